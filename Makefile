@@ -1,0 +1,49 @@
+# Inbound — the two commands a new machine needs are `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+GEN := build/gen
+PROTOS := $(shell find proto -name '*.proto' | sort)
+SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+
+.PHONY: all install gen run test test-fast bench clean deploy-check
+
+all: gen
+
+# The venv carries every package the project uses; the .pth file puts the
+# project's import roots (libs/, cli/, services/, generated code) on its path.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	printf '%s\n' "$(CURDIR)/libs" "$(CURDIR)/cli" "$(CURDIR)" "$(CURDIR)/$(GEN)" > "$(SITE)/inbound-dev.pth"
+	touch $@
+
+install: $(VENV)/.installed
+
+# Generated protobuf/gRPC code: built here, never edited, never committed.
+$(GEN)/.stamp: $(PROTOS) $(VENV)/.installed
+	rm -rf $(GEN) && mkdir -p $(GEN)
+	$(PY) -m grpc_tools.protoc -I proto --python_out=$(GEN) --grpc_python_out=$(GEN) --pyi_out=$(GEN) $(PROTOS)
+	touch $@
+
+gen: $(GEN)/.stamp
+
+run: gen
+	$(PY) -m inboundlib.devstack run
+
+test: gen
+	$(PY) -m pytest -q tests
+
+test-fast: gen
+	$(PY) -m pytest -q tests/unit tests/contract
+
+bench: gen
+	$(PY) -m bench
+
+deploy-check: gen
+	$(PY) -m pytest -q tests/contract/test_deploy_manifests.py
+
+clean:
+	rm -rf $(GEN) .run .pytest_cache

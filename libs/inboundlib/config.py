@@ -1,0 +1,122 @@
+"""Configuration from environment variables, failing fast with a clear message.
+
+Every service reads its settings once at start through these helpers; a bad
+value stops the process before it serves anything (exit code 2).
+"""
+from __future__ import annotations
+
+import base64
+import os
+import re
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+_ADDR = re.compile(r"^(?:dns:///)?(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-_]+):(\d{1,5})$")
+
+
+class Env:
+    """Typed access to a mapping of environment variables (os.environ by default)."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None):
+        self._env = os.environ if environ is None else environ
+
+    def _raw(self, name: str) -> str | None:
+        value = self._env.get(name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def str(self, name: str, default: str | None = None) -> str:
+        value = self._raw(name)
+        if value is None:
+            if default is None:
+                raise ConfigError(f"{name} is required but not set")
+            return default
+        return value
+
+    def int(self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+        value = self._raw(name)
+        if value is None:
+            result = default
+        else:
+            try:
+                result = int(value, 10)
+            except ValueError:
+                raise ConfigError(f"{name} must be an integer, got {value!r}") from None
+        if minimum is not None and result < minimum:
+            raise ConfigError(f"{name} must be >= {minimum}, got {result}")
+        if maximum is not None and result > maximum:
+            raise ConfigError(f"{name} must be <= {maximum}, got {result}")
+        return result
+
+    def float(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        value = self._raw(name)
+        if value is None:
+            return default
+        try:
+            result = float(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {value!r}") from None
+        if result < minimum:
+            raise ConfigError(f"{name} must be >= {minimum}, got {result}")
+        return result
+
+    def bool(self, name: str, default: bool) -> bool:
+        value = self._raw(name)
+        if value is None:
+            return default
+        lowered = value.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.str(name, default)
+        if value not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def addr(self, name: str, default: str | None = None) -> str:
+        """A gRPC target host:port (optionally dns:///host:port for client-side balancing)."""
+        value = self.str(name, default)
+        match = _ADDR.match(value)
+        if not match or not 0 < int(match.group(2)) < 65536:
+            raise ConfigError(f"{name} must be host:port, got {value!r}")
+        return value
+
+    def url(self, name: str, default: str | None = None, *, schemes: tuple[str, ...] = ("http", "https")) -> str:
+        value = self.str(name, default)
+        parts = urlsplit(value)
+        if parts.scheme not in schemes or not parts.netloc:
+            raise ConfigError(f"{name} must be a {'/'.join(schemes)} URL, got {value!r}")
+        return value
+
+    def key32(self, name: str) -> bytes:
+        """A required 256-bit key, base64 (standard or URL-safe alphabet)."""
+        value = self.str(name)
+        try:
+            padded = value + "=" * (-len(value) % 4)
+            key = base64.b64decode(padded.replace("-", "+").replace("_", "/"), validate=True)
+        except ValueError:
+            raise ConfigError(f"{name} must be base64") from None
+        if len(key) != 32:
+            raise ConfigError(f"{name} must decode to 32 bytes, got {len(key)}")
+        return key
+
+    def addr_map(self, name: str, default: str = "") -> dict[str, str]:
+        """`key=host:port,key2=host:port` into a dict, each address checked."""
+        value = self._raw(name) or default
+        result: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            key, sep, addr = item.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"{name} must be name=host:port[,name=host:port], got {item!r}")
+            result[key.strip()] = Env({"X": addr}).addr("X")
+        return result

@@ -1,0 +1,121 @@
+"""gRPC server and channel bootstrap, the same for every service.
+
+Server: the standard health service, per-method metrics, the caller's request
+id in the log context, and a graceful stop. Channels: round-robin over every
+address a name resolves to (one per replica behind a headless Service), the
+request id sent as metadata on unbatched calls, and keepalives so that a dead
+peer is noticed.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from inboundlib.logs import request_id_var
+from inboundlib.metrics import RPC_SECONDS
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_KEY = "x-request-id"
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+_CHANNEL_OPTIONS = [
+    ("grpc.lb_policy_name", "round_robin"),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.enable_retries", 1),
+]
+
+
+class _ServerInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every unary-unary handler: request id from metadata, timing by status."""
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method
+        inner = handler.unary_unary
+
+        async def behavior(request, context):
+            metadata = dict(context.invocation_metadata() or ())
+            token = request_id_var.set(str(metadata.get(REQUEST_ID_KEY, ""))[:128])
+            started = time.perf_counter()
+            code = "OK"
+            try:
+                return await inner(request, context)
+            except BaseException:
+                code = context.code().name if context.code() else "UNKNOWN"
+                raise
+            finally:
+                if context.code() not in (None, grpc.StatusCode.OK):
+                    code = context.code().name
+                RPC_SECONDS.labels(method, code).observe(time.perf_counter() - started)
+                request_id_var.reset(token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            behavior,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class _RequestIdClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation, client_call_details, request):
+        request_id = request_id_var.get()
+        if request_id:
+            metadata = list(client_call_details.metadata or ()) + [(REQUEST_ID_KEY, request_id)]
+            client_call_details = client_call_details._replace(metadata=metadata)
+        return await continuation(client_call_details, request)
+
+
+class GrpcServer:
+    """A grpc.aio server with health checking; create it inside the running loop."""
+
+    def __init__(self, host: str, port: int, service_names: Iterable[str]):
+        self.server = grpc.aio.server(
+            interceptors=[_ServerInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.service_names = list(service_names)
+        self.address = f"{host}:{port}"
+        self.port = self.server.add_insecure_port(self.address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.address}")
+
+    async def start(self) -> None:
+        await self.server.start()
+        for name in ["", *self.service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("grpc serving", extra={"address": self.address})
+
+    async def stop(self, grace: float) -> None:
+        # Report NOT_SERVING first so balancers stop sending, then drain.
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+def channel(target: str) -> grpc.aio.Channel:
+    """An insecure channel (mTLS is the service mesh's job in Kubernetes)."""
+    if not target.startswith("dns:///") and not target.startswith("unix:"):
+        target = "dns:///" + target
+    return grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS,
+                                     interceptors=[_RequestIdClientInterceptor()])
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """gRPC failures that mean 'try again later' rather than 'broken'."""
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (
+        grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)

@@ -1,0 +1,31 @@
+"""Prometheus metrics shared by every service."""
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram, start_http_server
+
+RPC_SECONDS = Histogram(
+    "inbound_rpc_server_seconds", "gRPC calls served, by method and status", ["method", "code"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+)
+BATCH_SIZE = Histogram(
+    "inbound_batch_size", "Items per batched call sent", ["call"], buckets=(1, 2, 4, 8, 16, 32, 64),
+)
+BATCH_REJECTED = Counter(
+    "inbound_batch_rejected_total", "Requests refused because a client's queue was full", ["call"],
+)
+TOKEN_REQUESTS = Counter(
+    "inbound_token_requests_total", "Token requests by grant type and outcome", ["grant_type", "outcome"],
+)
+EVENTS_DROPPED = Counter(
+    "inbound_events_dropped_total", "Events dropped because the outbound buffer was full", ["source"],
+)
+EVENTS_BUFFERED = Histogram(
+    "inbound_events_buffered", "Events waiting to be published when a publish round starts", ["source"],
+    buckets=(0, 1, 10, 100, 1000, 10000),
+)
+
+
+def serve(port: int) -> None:
+    """Serve /metrics on its own port (0 disables it)."""
+    if port:
+        start_http_server(port)

@@ -1,0 +1,134 @@
+"""Client authentication at the token endpoint: RFC 6749 §2.3.
+
+The edge extracts credentials (`extract_credentials`); the grant service,
+which holds the client record, checks them (`authenticate_client`).
+Client secrets are 256-bit random values, so a fast hash (SHA-256) is as safe
+as a slow one and keeps the token endpoint fast (see ory/hydra#1477).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from collections.abc import Sequence
+from typing import Protocol
+from urllib.parse import unquote_plus
+
+from inboundlib.oauth.errors import InvalidClient, InvalidRequest, UnauthorizedClient
+
+NONE = "none"
+CLIENT_SECRET_BASIC = "client_secret_basic"
+CLIENT_SECRET_POST = "client_secret_post"
+MAX_CLIENT_ID = 255
+MAX_CLIENT_SECRET = 512
+
+
+@dataclass(frozen=True)
+class ClientCredentials:
+    method: str
+    client_id: str
+    client_secret: str = ""
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"ClientCredentials(method={self.method!r}, client_id={self.client_id!r})"
+
+
+class AuthenticatableClient(Protocol):
+    client_id: str
+    secret_hash: str
+    public: bool
+    active: bool
+    grant_types: Sequence[str]
+
+
+def new_client_secret() -> str:
+    """256 bits from the OS CSPRNG, URL-safe."""
+    return secrets.token_urlsafe(32)
+
+
+def hash_client_secret(secret: str) -> str:
+    return "sha256$" + hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def verify_client_secret(secret: str, stored: str) -> bool:
+    scheme, _, _ = stored.partition("$")
+    if scheme != "sha256":
+        return False
+    return hmac.compare_digest(hash_client_secret(secret), stored)
+
+
+def _decode_basic(header_value: str) -> tuple[str, str]:
+    """§2.3.1: Basic credentials whose id and secret are form-urlencoded first."""
+    scheme, _, encoded = header_value.strip().partition(" ")
+    if scheme.lower() != "basic" or not encoded.strip():
+        raise InvalidClient("Malformed client authentication.")
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise InvalidClient("Malformed client authentication.") from None
+    client_id, sep, secret = decoded.partition(":")
+    if not sep:
+        raise InvalidClient("Malformed client authentication.")
+    return unquote_plus(client_id, errors="strict"), unquote_plus(secret, errors="strict")
+
+
+def extract_credentials(authorization: str | None, params: dict[str, str]) -> ClientCredentials | None:
+    """Find the one authentication method used (§2.3: a client MUST NOT use more
+    than one). Removes client_id / client_secret from `params`. Returns None when
+    the request names no client at all."""
+    body_id = params.pop("client_id", None)
+    body_secret = params.pop("client_secret", None)
+    if authorization is not None:
+        if not authorization.lower().startswith("basic "):
+            # Some other scheme (Bearer, Digest...): not a client authentication we accept.
+            raise InvalidClient("Unsupported client authentication method.")
+        try:
+            client_id, secret = _decode_basic(authorization)
+        except UnicodeDecodeError:
+            raise InvalidClient("Malformed client authentication.") from None
+        if body_secret is not None:
+            raise InvalidRequest("Only one client authentication method may be used.")
+        if body_id is not None and body_id != client_id:
+            raise InvalidRequest("client_id does not match the authenticated client.")
+        creds = ClientCredentials(CLIENT_SECRET_BASIC, client_id, secret)
+    elif body_secret is not None:
+        if body_id is None:
+            raise InvalidRequest("client_secret was sent without client_id.")
+        creds = ClientCredentials(CLIENT_SECRET_POST, body_id, body_secret)
+    elif body_id is not None:
+        creds = ClientCredentials(NONE, body_id)
+    else:
+        return None
+    if not creds.client_id or len(creds.client_id) > MAX_CLIENT_ID or len(creds.client_secret) > MAX_CLIENT_SECRET:
+        raise InvalidClient("Malformed client authentication.")
+    return creds
+
+
+def authenticate_client(client: AuthenticatableClient | None, creds: ClientCredentials | None) -> AuthenticatableClient:
+    """§2.3 / §3.2.1: confidential clients must prove their secret; public
+    clients identify themselves with client_id only. Every failure is the same
+    public `invalid_client`; the reason is private detail."""
+    if creds is None:
+        raise InvalidClient(detail="no client authentication")
+    if client is None:
+        raise InvalidClient(detail="unknown client")
+    if not client.active:
+        raise InvalidClient(detail="client is disabled")
+    if client.public:
+        if creds.method != NONE:
+            raise InvalidClient(detail="public client sent a secret")
+        return client
+    if creds.method == NONE:
+        raise InvalidClient(detail="confidential client sent no secret")
+    if not client.secret_hash or not verify_client_secret(creds.client_secret, client.secret_hash):
+        raise InvalidClient(detail="wrong client secret")
+    return client
+
+
+def require_grant_type(client: AuthenticatableClient, grant_type: str) -> None:
+    """§5.2 unauthorized_client: the client is not registered for this grant type."""
+    if grant_type not in client.grant_types:
+        raise UnauthorizedClient(detail=f"grant {grant_type} not allowed for client")

@@ -1,0 +1,58 @@
+"""Process entry point shared by every service's __main__.
+
+`run(name, main)` sets up JSON logs and uvloop, turns a ConfigError into a
+clear message and exit code 2, and hands `main` an event that is set on
+SIGTERM or SIGINT so it can stop gracefully.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+from inboundlib import logs
+from inboundlib.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def run(name: str, main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    logs.configure(name)
+
+    async def wrapper() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    try:
+        import uvloop
+
+        uvloop.run(wrapper())
+    except ConfigError as exc:
+        print(f"{name}: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        pass
+    log.info("stopped")
+
+
+async def retry_until_ready(what: str, start: Callable[[], Awaitable[None]], stop: asyncio.Event,
+                            timeout: float = 60.0) -> None:
+    """Run `start` until it succeeds: a dependency (the registry, say) may come up after us."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delay = 0.1
+    while True:
+        try:
+            await start()
+            return
+        except Exception as exc:
+            if loop.time() > deadline or stop.is_set():
+                raise RuntimeError(f"{what} not reachable after {timeout:.0f}s") from exc
+            log.warning("waiting for dependency", extra={"dependency": what, "error": type(exc).__name__})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)

@@ -1,0 +1,101 @@
+"""Protobuf <-> domain records for the registry contract (used by server.py and client.py)."""
+from __future__ import annotations
+
+from inbound.registry.v1 import registry_pb2 as pb
+from services.client_registry.api import ClientRecord, ClientSpec, ClientUpdate, OpaqueTokenRecord, SigningKeyRecord
+
+
+def client_to_pb(c: ClientRecord) -> pb.Client:
+    return pb.Client(
+        client_id=c.client_id, name=c.name, secret_hash=c.secret_hash, public=c.public,
+        grant_types=c.grant_types, scopes=c.scopes, redirect_uris=c.redirect_uris,
+        access_token_lifetime=c.access_token_lifetime, refresh_token_lifetime=c.refresh_token_lifetime,
+        token_format=c.token_format, pkce_required=c.pkce_required, active=c.active, logo_url=c.logo_url,
+        comments=c.comments, created_at=c.created_at, updated_at=c.updated_at,
+        secret_rotated_at=c.secret_rotated_at,
+    )
+
+
+def client_from_pb(m: pb.Client) -> ClientRecord:
+    return ClientRecord(
+        client_id=m.client_id, name=m.name, secret_hash=m.secret_hash, public=m.public,
+        grant_types=tuple(m.grant_types), scopes=tuple(m.scopes), redirect_uris=tuple(m.redirect_uris),
+        access_token_lifetime=m.access_token_lifetime, refresh_token_lifetime=m.refresh_token_lifetime,
+        token_format=m.token_format, pkce_required=m.pkce_required, active=m.active, logo_url=m.logo_url,
+        comments=m.comments, created_at=m.created_at, updated_at=m.updated_at,
+        secret_rotated_at=m.secret_rotated_at,
+    )
+
+
+def spec_to_pb(s: ClientSpec) -> pb.ClientSpec:
+    m = pb.ClientSpec(name=s.name, public=s.public, grant_types=s.grant_types, scopes=s.scopes,
+                      redirect_uris=s.redirect_uris, logo_url=s.logo_url, comments=s.comments)
+    for name in ("access_token_lifetime", "refresh_token_lifetime", "token_format", "pkce_required"):
+        value = getattr(s, name)
+        if value is not None:
+            setattr(m, name, value)
+    return m
+
+
+def spec_from_pb(m: pb.ClientSpec) -> ClientSpec:
+    return ClientSpec(
+        name=m.name, public=m.public, grant_types=list(m.grant_types), scopes=list(m.scopes),
+        redirect_uris=list(m.redirect_uris),
+        access_token_lifetime=m.access_token_lifetime if m.HasField("access_token_lifetime") else None,
+        refresh_token_lifetime=m.refresh_token_lifetime if m.HasField("refresh_token_lifetime") else None,
+        token_format=m.token_format if m.HasField("token_format") else None,
+        pkce_required=m.pkce_required if m.HasField("pkce_required") else None,
+        logo_url=m.logo_url, comments=m.comments,
+    )
+
+
+_OPTIONAL_UPDATE_FIELDS = ("active", "name", "access_token_lifetime", "refresh_token_lifetime", "token_format",
+                           "pkce_required", "logo_url", "comments")
+_LIST_UPDATE_FIELDS = ("grant_types", "scopes", "redirect_uris")
+
+
+def update_to_pb(client_id: str, u: ClientUpdate) -> pb.UpdateClientRequest:
+    m = pb.UpdateClientRequest(client_id=client_id)
+    for name in _OPTIONAL_UPDATE_FIELDS:
+        value = getattr(u, name)
+        if value is not None:
+            setattr(m, name, value)
+    for name in _LIST_UPDATE_FIELDS:
+        value = getattr(u, name)
+        if value is not None:
+            getattr(m, name).extend(value)
+            setattr(m, f"set_{name}", True)
+    return m
+
+
+def update_from_pb(m: pb.UpdateClientRequest) -> ClientUpdate:
+    u = ClientUpdate()
+    for name in _OPTIONAL_UPDATE_FIELDS:
+        if m.HasField(name):
+            setattr(u, name, getattr(m, name))
+    for name in _LIST_UPDATE_FIELDS:
+        if getattr(m, f"set_{name}"):
+            setattr(u, name, list(getattr(m, name)))
+    return u
+
+
+def key_to_pb(k: SigningKeyRecord) -> pb.SigningKey:
+    return pb.SigningKey(kid=k.kid, alg=k.alg, encrypted_private_key=k.encrypted_private_key,
+                         public_jwk_json=k.public_jwk_json, created_at=k.created_at, activates_at=k.activates_at)
+
+
+def key_from_pb(m: pb.SigningKey) -> SigningKeyRecord:
+    return SigningKeyRecord(kid=m.kid, alg=m.alg, encrypted_private_key=m.encrypted_private_key,
+                            public_jwk_json=m.public_jwk_json, created_at=m.created_at, activates_at=m.activates_at)
+
+
+def opaque_to_pb(t: OpaqueTokenRecord) -> pb.OpaqueToken:
+    return pb.OpaqueToken(token_hash=t.token_hash, jti=t.jti, client_id=t.client_id, subject=t.subject,
+                          username=t.username, scopes=t.scopes, audience=t.audience, issued_at=t.issued_at,
+                          expires_at=t.expires_at)
+
+
+def opaque_from_pb(m: pb.OpaqueToken) -> OpaqueTokenRecord:
+    return OpaqueTokenRecord(token_hash=m.token_hash, jti=m.jti, client_id=m.client_id, subject=m.subject,
+                             username=m.username, scopes=tuple(m.scopes), audience=tuple(m.audience),
+                             issued_at=m.issued_at, expires_at=m.expires_at)

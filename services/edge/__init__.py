@@ -1,0 +1,1 @@
+"""edge: the HTTP face of Inbound (RFC 6749 endpoints, metadata, JWKS)."""

@@ -1,0 +1,97 @@
+"""edge process: uvicorn serving the HTTP app, gRPC clients to the services behind it."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import uvicorn
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from inboundlib import grpcx, service
+from inboundlib.config import Env
+from inboundlib.events import KEYS_ROTATED, EventBus
+from inboundlib.grants.client import GrantClient
+from services.edge.app import EdgeConfig, create_app
+from services.token_issuer.client import IssuerClient
+
+log = logging.getLogger("edge")
+JWKS_CACHE_SECONDS = 30
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal capture: our SIGTERM handler stops it, then
+    the gRPC channels and NATS close cleanly (uvicorn would re-raise the signal)."""
+
+    def capture_signals(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+class JwksCache:
+    """The JWKS from token_issuer, kept `ttl` seconds and dropped when a key is rotated."""
+
+    def __init__(self, issuer: IssuerClient, ttl: float):
+        self.issuer = issuer
+        self.ttl = ttl
+        self._value: tuple[float, dict] | None = None
+
+    async def get(self) -> dict:
+        if self._value and self._value[0] > time.monotonic():
+            return self._value[1]
+        document = await self.issuer.jwks()
+        self._value = (time.monotonic() + self.ttl, document)
+        return document
+
+    async def invalidate(self, event=None) -> None:
+        self._value = None
+
+
+async def main(stop: asyncio.Event) -> None:
+    env = Env()
+    issuer_url = env.url("INBOUND_ISSUER", "http://127.0.0.1:8080")
+    port = env.int("INBOUND_HTTP_PORT", 8080, minimum=0, maximum=65535)
+    host = env.str("INBOUND_BIND_HOST", "0.0.0.0")
+    issuer_addr = env.addr("INBOUND_ISSUER_ADDR", "127.0.0.1:50052")
+    grant_addrs = env.addr_map("INBOUND_GRANT_ADDRS", "client_credentials=127.0.0.1:50061")
+    nats_url = env.str("NATS_URL", "nats://127.0.0.1:4222")
+
+    channels = {"token_issuer": grpcx.channel(issuer_addr)}
+    grants = {}
+    for grant_type, addr in grant_addrs.items():
+        channels[grant_type] = grpcx.channel(addr)
+        grants[grant_type] = GrantClient(grant_type, channels[grant_type])
+    issuer = IssuerClient(channels["token_issuer"])
+    jwks = JwksCache(issuer, JWKS_CACHE_SECONDS)
+    events = EventBus(nats_url, "edge")
+    await events.start()
+    await events.subscribe(KEYS_ROTATED, jwks.invalidate)
+
+    async def ready() -> bool:
+        try:
+            for channel in channels.values():
+                reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status != health_pb2.HealthCheckResponse.SERVING:
+                    return False
+            return True
+        except Exception:
+            return False
+
+    app = create_app(EdgeConfig(issuer=issuer_url, grants=grants, jwks=jwks.get, ready=ready))
+    server = _Server(uvicorn.Config(app, host=host, port=port, loop="none", http="httptools", lifespan="off",
+                                    access_log=False, log_config=None, server_header=False,
+                                    timeout_keep_alive=30, timeout_graceful_shutdown=10))
+    serving = asyncio.create_task(server.serve())
+    log.info("http serving", extra={"address": f"{host}:{port}"})
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait([serving, stopped], return_when=asyncio.FIRST_COMPLETED)
+    server.should_exit = True
+    await serving
+    await events.close()
+    for channel in channels.values():
+        await channel.close()
+
+
+if __name__ == "__main__":
+    service.run("edge", main)

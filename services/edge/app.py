@@ -1,0 +1,193 @@
+"""The edge's HTTP application.
+
+The token endpoint does only what HTTP needs — size and content type, form
+parsing, credential extraction, routing by grant_type — and renders what the
+grant service answers. It is the one place that turns OAuth errors into HTTP
+(RFC 6749 §5.2) and the one place that chooses status codes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from inboundlib.batching import Expired, Overloaded
+from inboundlib.grants.api import GrantHandler, TokenRequest
+from inboundlib.grpcx import is_unavailable
+from inboundlib.logs import request_id_var
+from inboundlib.oauth.client_auth import CLIENT_SECRET_BASIC, extract_credentials
+from inboundlib.oauth.errors import (
+    InvalidClient, InvalidRequest, OAuthError, ServerError, TemporarilyUnavailable, UnsupportedGrantType,
+)
+from inboundlib.oauth.params import MAX_BODY_BYTES, check_content_type, parse_form
+
+log = logging.getLogger(__name__)
+
+TOKEN_PATHS = ("/oauth/token", "/oauth_token.do")
+JWKS_PATH = "/oauth/jwks"
+METADATA_PATH = "/.well-known/oauth-authorization-server"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+HTTP_SECONDS = Histogram("inbound_http_request_seconds", "HTTP requests served", ["route", "status"],
+                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5))
+HTTP_ERRORS = Counter("inbound_http_oauth_errors_total", "OAuth errors rendered", ["route", "error"])
+
+
+class BodyTooLarge(InvalidRequest):
+    status = 413
+    default_description = "The request body is too large."
+
+
+@dataclass
+class EdgeConfig:
+    issuer: str
+    grants: dict[str, GrantHandler]
+    jwks: Callable[[], Awaitable[dict]]
+    ready: Callable[[], Awaitable[bool]] = field(default=lambda: _always_ready())
+
+
+async def _always_ready() -> bool:
+    return True
+
+
+def _json(body: dict, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status_code=status, headers=headers,
+                    media_type="application/json")
+
+
+def error_response(error: OAuthError, *, basic_auth: bool = False) -> Response:
+    """RFC 6749 §5.2: JSON error body; 401 with WWW-Authenticate when the client
+    tried HTTP Basic; never cached."""
+    headers = dict(_NO_STORE)
+    if isinstance(error, InvalidClient) and basic_auth:
+        headers["WWW-Authenticate"] = 'Basic realm="inbound", charset="UTF-8"'
+    return _json(error.to_json(), error.status, headers)
+
+
+def _request_id(request: Request) -> str:
+    given = request.headers.get("x-request-id", "")
+    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidRequest("Invalid Content-Length.")
+        if int(declared) > MAX_BODY_BYTES:
+            raise BodyTooLarge()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BodyTooLarge()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(config: EdgeConfig) -> Starlette:
+    metadata = build_metadata(config.issuer, sorted(config.grants))
+
+    async def token(request: Request) -> Response:
+        """RFC 6749 §3.2 token endpoint."""
+        started = time.perf_counter()
+        request_id = _request_id(request)
+        ctx = request_id_var.set(request_id)
+        basic_auth = "authorization" in request.headers
+        try:
+            if request.method != "POST":
+                raise InvalidRequest("The token endpoint accepts POST only.")
+            check_content_type(request.headers.get("content-type"))
+            params = parse_form(await _read_body(request))
+            credentials = extract_credentials(request.headers.get("authorization"), params)
+            grant_type = params.pop("grant_type", None)
+            if grant_type is None:
+                raise InvalidRequest("The grant_type parameter is missing.")
+            handler = config.grants.get(grant_type)
+            if handler is None:
+                raise UnsupportedGrantType()
+            try:
+                result = await handler.handle(TokenRequest(grant_type=grant_type, client=credentials,
+                                                           params=params, request_id=request_id))
+            except (Overloaded, Expired) as exc:
+                raise TemporarilyUnavailable(detail=type(exc).__name__) from None
+            except OAuthError:
+                raise
+            except Exception as exc:
+                if is_unavailable(exc):
+                    raise TemporarilyUnavailable(detail=type(exc).__name__) from None
+                log.exception("grant service call failed")
+                raise ServerError() from None
+            response = _json(result.to_json(), 200, dict(_NO_STORE))
+        except OAuthError as exc:
+            HTTP_ERRORS.labels("token", exc.code).inc()
+            if exc.status >= 500:
+                log.warning("token request failed", extra={"error": exc.code, "detail": exc.detail})
+            response = error_response(exc, basic_auth=basic_auth)
+        finally:
+            request_id_var.reset(ctx)
+        response.headers["X-Request-Id"] = request_id
+        HTTP_SECONDS.labels("token", str(response.status_code)).observe(time.perf_counter() - started)
+        return response
+
+    async def oauth_metadata(request: Request) -> Response:
+        """RFC 8414 §3: authorization server metadata."""
+        return _json(metadata, headers={"Cache-Control": "public, max-age=300"})
+
+    async def jwks(request: Request) -> Response:
+        """RFC 7517 JWK Set of every key that signs, will sign or signed unexpired tokens."""
+        try:
+            document = await config.jwks()
+        except Exception as exc:
+            log.warning("jwks unavailable", extra={"error": type(exc).__name__})
+            return error_response(TemporarilyUnavailable())
+        return Response(json.dumps(document), media_type="application/jwk-set+json",
+                        headers={"Cache-Control": "public, max-age=60"})
+
+    async def healthz(request: Request) -> Response:
+        return Response("ok", media_type="text/plain")
+
+    async def readyz(request: Request) -> Response:
+        ready = await config.ready()
+        return Response("ready" if ready else "not ready", status_code=200 if ready else 503,
+                        media_type="text/plain")
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    routes = [Route(path, token, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]) for path in TOKEN_PATHS]
+    routes += [
+        Route(METADATA_PATH, oauth_metadata, methods=["GET"]),
+        Route(JWKS_PATH, jwks, methods=["GET"]),
+        Route("/.well-known/jwks.json", jwks, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    return Starlette(routes=routes)
+
+
+def build_metadata(issuer: str, grant_types: list[str]) -> dict:
+    """RFC 8414 §2: only what this server really supports."""
+    base = issuer.rstrip("/")
+    return {
+        "issuer": issuer,
+        "token_endpoint": base + TOKEN_PATHS[0],
+        "jwks_uri": base + JWKS_PATH,
+        "grant_types_supported": grant_types,
+        "token_endpoint_auth_methods_supported": [CLIENT_SECRET_BASIC, "client_secret_post"],
+        # RFC 8414 requires the member; no authorization endpoint is served yet.
+        "response_types_supported": [],
+    }

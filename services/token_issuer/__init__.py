@@ -1,0 +1,1 @@
+"""token_issuer: signing keys, access tokens, JWKS (DESIGN.md)."""

@@ -1,0 +1,59 @@
+"""token_issuer process."""
+from __future__ import annotations
+
+import asyncio
+
+from inboundlib import grpcx, metrics, service
+from inboundlib.config import Env
+from inboundlib.events import EventBus
+from services.client_registry.client import RegistryClient
+from services.token_issuer import server
+from services.token_issuer.issuer import TokenIssuer
+from services.token_issuer.keys import ALGORITHMS, KeyEncryptor
+
+KEY_RELOAD_SECONDS = 60
+
+
+async def main(stop: asyncio.Event) -> None:
+    env = Env()
+    issuer_url = env.url("INBOUND_ISSUER", "http://127.0.0.1:8080")
+    kek = env.key32("INBOUND_KEY_ENCRYPTION_KEY")
+    alg = env.choice("INBOUND_SIGNING_ALG", "ES256", ALGORITHMS)
+    # Long enough for resource servers' JWKS caches to refresh before a new key signs.
+    delay = env.int("INBOUND_KEY_ACTIVATION_DELAY", 3600, minimum=0)
+    audience = env.str("INBOUND_ACCESS_TOKEN_AUDIENCE", issuer_url.rstrip("/") + "/api")
+    registry_addr = env.addr("INBOUND_REGISTRY_ADDR", "127.0.0.1:50051")
+    nats_url = env.str("NATS_URL", "nats://127.0.0.1:4222")
+    port = env.int("INBOUND_GRPC_PORT", 50052, minimum=0, maximum=65535)
+    host = env.str("INBOUND_BIND_HOST", "0.0.0.0")
+    metrics_port = env.int("INBOUND_METRICS_PORT", 0, minimum=0, maximum=65535)
+
+    registry_channel = grpcx.channel(registry_addr)
+    events = EventBus(nats_url, "token_issuer")
+    await events.start()
+    issuer = TokenIssuer(RegistryClient(registry_channel), KeyEncryptor(kek), issuer=issuer_url,
+                         default_audience=audience, alg=alg, activation_delay=delay, events=events)
+    await service.retry_until_ready("registry", issuer.start, stop)
+    grpc_server = grpcx.GrpcServer(host, port, [server.SERVICE_NAME])
+    server.add_to_server(issuer, grpc_server.server)
+    metrics.serve(metrics_port)
+    await grpc_server.start()
+
+    async def reload_periodically() -> None:  # a backstop for a missed keys-rotated event
+        while True:
+            await asyncio.sleep(KEY_RELOAD_SECONDS)
+            try:
+                await issuer.reload_keys()
+            except Exception:
+                pass
+
+    reloader = asyncio.create_task(reload_periodically())
+    await stop.wait()
+    reloader.cancel()
+    await grpc_server.stop(grace=5)
+    await events.close()
+    await registry_channel.close()
+
+
+if __name__ == "__main__":
+    service.run("token_issuer", main)

@@ -1,0 +1,53 @@
+"""token_issuer's interface as plain Python; issuer.py implements it, client.py calls it over gRPC."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from inboundlib.oauth.errors import OAuthError
+
+FORMAT_JWT = "jwt"
+FORMAT_OPAQUE = "opaque"
+
+
+@dataclass(frozen=True)
+class IssueRequest:
+    client_id: str
+    subject: str
+    scopes: tuple[str, ...]
+    format: str
+    lifetime_seconds: int
+    audience: tuple[str, ...] = ()
+    username: str = ""
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    access_token: str = field(repr=False)
+    expires_in: int
+    jti: str
+    issued_at: int
+    token_type: str = "Bearer"
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    kid: str
+    alg: str
+    created_at: int
+    activates_at: int
+    signing: bool
+
+
+class TokenIssuerApi(Protocol):
+    async def issue(self, request: IssueRequest) -> IssuedToken:
+        """Raises OAuthError when the token cannot be issued."""
+        ...
+
+    async def jwks(self) -> dict: ...
+    async def list_keys(self) -> list[KeyInfo]: ...
+    async def rotate_key(self, alg: str = "", activation_delay: int | None = None) -> KeyInfo: ...
+
+
+__all__ = ["IssueRequest", "IssuedToken", "KeyInfo", "TokenIssuerApi", "OAuthError", "FORMAT_JWT", "FORMAT_OPAQUE"]

@@ -1,0 +1,62 @@
+"""token_issuer over gRPC, with Issue calls coalesced into batches (same interface as TokenIssuer)."""
+from __future__ import annotations
+
+import json
+
+import grpc
+
+from inbound.issuer.v1 import issuer_pb2 as pb
+from inbound.issuer.v1 import issuer_pb2_grpc
+from inboundlib.batching import Coalescer
+from inboundlib.oauth.errors import InvalidRequest
+from inboundlib.wire import error_from_pb, meta
+from services.token_issuer.api import FORMAT_OPAQUE, IssuedToken, IssueRequest, KeyInfo
+
+HOT_TIMEOUT = 3.0
+ADMIN_TIMEOUT = 10.0
+
+
+def _key(k: pb.SigningKeyInfo) -> KeyInfo:
+    return KeyInfo(kid=k.kid, alg=k.alg, created_at=k.created_at, activates_at=k.activates_at, signing=k.signing)
+
+
+class IssuerClient:
+    def __init__(self, channel: grpc.aio.Channel):
+        self.stub = issuer_pb2_grpc.TokenIssuerStub(channel)
+        self._issue = Coalescer("issuer.Issue", self._send_issue, max_batch=32)
+
+    async def _send_issue(self, items: list[pb.IssueRequest], timeout: float) -> list[pb.IssueResult]:
+        reply = await self.stub.Issue(pb.IssueBatch(requests=items), timeout=timeout)
+        return list(reply.results)
+
+    async def issue(self, request: IssueRequest) -> IssuedToken:
+        item = pb.IssueRequest(
+            meta=meta(request.request_id, HOT_TIMEOUT), client_id=request.client_id, subject=request.subject,
+            scopes=request.scopes, audience=request.audience,
+            format=pb.TOKEN_FORMAT_OPAQUE if request.format == FORMAT_OPAQUE else pb.TOKEN_FORMAT_JWT,
+            lifetime_seconds=request.lifetime_seconds, username=request.username)
+        result = await self._issue.submit(item, HOT_TIMEOUT)
+        if result.HasField("error"):
+            raise error_from_pb(result.error)
+        t = result.token
+        return IssuedToken(access_token=t.access_token, token_type=t.token_type, expires_in=t.expires_in,
+                           jti=t.jti, issued_at=t.issued_at)
+
+    async def jwks(self) -> dict:
+        reply = await self.stub.GetJwks(pb.GetJwksRequest(), timeout=HOT_TIMEOUT)
+        return json.loads(reply.jwks_json)
+
+    async def list_keys(self) -> list[KeyInfo]:
+        reply = await self.stub.ListKeys(pb.ListKeysRequest(), timeout=ADMIN_TIMEOUT)
+        return [_key(k) for k in reply.keys]
+
+    async def rotate_key(self, alg: str = "", activation_delay: int | None = None) -> KeyInfo:
+        try:
+            reply = await self.stub.RotateKey(pb.RotateKeyRequest(
+                alg=alg, activation_delay_seconds=-1 if activation_delay is None else activation_delay),
+                timeout=ADMIN_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidRequest(exc.details()) from None
+            raise
+        return _key(reply.key)

@@ -1,0 +1,129 @@
+"""Access token issuance: RFC 9068 JWTs and opaque reference tokens.
+
+JWT access tokens carry iss, sub, aud, client_id, scope, jti, iat, exp (RFC
+9068 §2.2) and the header typ "at+jwt" (§2.1), signed with the key that is
+active now. Opaque tokens are 256-bit random strings; only their SHA-256 is
+stored (through client_registry), so a database leak yields no usable token.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+import time
+
+import jwt
+
+from inbound.events.v1 import events_pb2
+from inboundlib.events import KEYS_ROTATED, EventBus
+from inboundlib.oauth.errors import InvalidRequest, ServerError, TemporarilyUnavailable
+from services.client_registry.api import ClientRegistryApi, OpaqueTokenRecord
+from services.token_issuer.api import FORMAT_JWT, FORMAT_OPAQUE, IssuedToken, IssueRequest, KeyInfo
+from services.token_issuer.keys import ALGORITHMS, KeyEncryptor, KeyRing, new_key_record, open_key_record
+
+log = logging.getLogger(__name__)
+
+MAX_LIFETIME = 10 * 365 * 24 * 3600
+OPAQUE_PREFIX = "ibo_"
+
+
+class TokenIssuer:
+    def __init__(self, registry: ClientRegistryApi, encryptor: KeyEncryptor, *, issuer: str,
+                 default_audience: str, alg: str = "ES256", activation_delay: int = 0,
+                 events: EventBus | None = None):
+        if alg not in ALGORITHMS:
+            raise ValueError(f"unsupported signing algorithm {alg!r}")
+        self.registry = registry
+        self.encryptor = encryptor
+        self.issuer = issuer
+        self.default_audience = default_audience
+        self.alg = alg
+        self.activation_delay = activation_delay
+        self.events = events
+        self.keyring = KeyRing()
+        self._reload_lock = asyncio.Lock()
+
+    # --- keys -----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the shared keys; the first replica ever to start creates the first one."""
+        await self.reload_keys()
+        if not self.keyring.keys:
+            await self.registry.add_signing_key(new_key_record(self.alg, self.encryptor), only_if_none=True)
+            await self.reload_keys()
+        if self.events is not None:
+            await self.events.subscribe(KEYS_ROTATED, self._on_keys_rotated)
+
+    async def _on_keys_rotated(self, event: events_pb2.Event) -> None:
+        await self.reload_keys()
+
+    async def reload_keys(self) -> None:
+        async with self._reload_lock:
+            records = await self.registry.list_signing_keys()
+            known = {k.kid: k for k in self.keyring.keys}
+            self.keyring = KeyRing([known.get(r.kid) or open_key_record(r, self.encryptor) for r in records])
+
+    async def rotate_key(self, alg: str = "", activation_delay: int | None = None) -> KeyInfo:
+        alg = alg or self.alg
+        if alg not in ALGORITHMS:
+            raise InvalidRequest(f"Unsupported algorithm; use one of {', '.join(ALGORITHMS)}.")
+        delay = self.activation_delay if activation_delay is None or activation_delay < 0 else activation_delay
+        record = new_key_record(alg, self.encryptor, activates_at=int(time.time()) + delay)
+        await self.registry.add_signing_key(record, only_if_none=False)
+        await self.reload_keys()
+        if self.events is not None:
+            self.events.publish(KEYS_ROTATED, events_pb2.Event(keys_rotated=events_pb2.KeysRotated(
+                kid=record.kid, alg=alg, activates_at=record.activates_at)))
+        log.info("signing key rotated", extra={"kid": record.kid, "alg": alg, "activates_at": record.activates_at})
+        return next(k for k in await self.list_keys() if k.kid == record.kid)
+
+    async def list_keys(self) -> list[KeyInfo]:
+        signing = self.keyring.signing_key()
+        return [KeyInfo(kid=k.kid, alg=k.alg, created_at=k.created_at, activates_at=k.activates_at,
+                        signing=signing is not None and k.kid == signing.kid) for k in self.keyring.keys]
+
+    async def jwks(self) -> dict:
+        return self.keyring.jwks()
+
+    # --- tokens ---------------------------------------------------------------------------------
+
+    async def issue(self, request: IssueRequest) -> IssuedToken:
+        if not request.client_id or not request.subject:
+            raise InvalidRequest(detail="issue request without client or subject")
+        if not 0 < request.lifetime_seconds <= MAX_LIFETIME:
+            raise InvalidRequest(detail=f"lifetime {request.lifetime_seconds} out of range")
+        now = int(time.time())
+        jti = secrets.token_urlsafe(16)
+        audience = list(request.audience) or [self.default_audience]
+        if request.format == FORMAT_OPAQUE:
+            return await self._issue_opaque(request, jti, now, audience)
+        if request.format != FORMAT_JWT:
+            raise ServerError(detail=f"unknown token format {request.format!r}")
+        key = self.keyring.signing_key(now)
+        if key is None:
+            raise TemporarilyUnavailable(detail="no signing key is active")
+        claims = {
+            "iss": self.issuer,
+            "sub": request.subject,
+            "aud": audience[0] if len(audience) == 1 else audience,
+            "client_id": request.client_id,
+            "scope": " ".join(request.scopes),
+            "jti": jti,
+            "iat": now,
+            "exp": now + request.lifetime_seconds,
+        }
+        if request.username:
+            claims["username"] = request.username
+        token = jwt.encode(claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": "at+jwt"})
+        return IssuedToken(access_token=token, expires_in=request.lifetime_seconds, jti=jti, issued_at=now)
+
+    async def _issue_opaque(self, request: IssueRequest, jti: str, now: int, audience: list[str]) -> IssuedToken:
+        token = OPAQUE_PREFIX + secrets.token_urlsafe(32)
+        error = await self.registry.store_opaque_tokens([OpaqueTokenRecord(
+            token_hash=hashlib.sha256(token.encode()).digest(), jti=jti, client_id=request.client_id,
+            subject=request.subject, username=request.username, scopes=request.scopes, audience=tuple(audience),
+            issued_at=now, expires_at=now + request.lifetime_seconds)])
+        if error[0]:
+            raise ServerError(detail=f"opaque token not stored: {error[0]}")
+        return IssuedToken(access_token=token, expires_in=request.lifetime_seconds, jti=jti, issued_at=now)

@@ -1,0 +1,113 @@
+"""Signing keys: generation, encryption at rest, JWKS, and which key signs now.
+
+Private keys are encrypted here (AES-256-GCM under the key-encryption key,
+with the kid as associated data) before they are stored through
+client_registry, so every replica signs with the same keys and the database
+never holds one in clear. `kid` is the RFC 7638 JWK thumbprint.
+
+Rotation (RFC 7517 practice, hydra#2535): a new key is published in the JWKS
+at once but signs only from `activates_at`, so resource servers' JWKS caches
+learn it before the first token signed with it arrives. Older keys stay in
+the JWKS so tokens they signed keep verifying.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+from services.client_registry.api import SigningKeyRecord
+
+log = logging.getLogger(__name__)
+
+ALGORITHMS = ("ES256", "RS256", "EdDSA")
+_THUMBPRINT_MEMBERS = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n"), "OKP": ("crv", "kty", "x")}
+
+
+def generate_private_key(alg: str):
+    if alg == "ES256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if alg == "RS256":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if alg == "EdDSA":
+        return ed25519.Ed25519PrivateKey.generate()
+    raise ValueError(f"unsupported signing algorithm {alg!r}; use one of {', '.join(ALGORITHMS)}")
+
+
+def public_jwk(alg: str, private_key) -> dict[str, Any]:
+    """The public JWK (RFC 7517) with kid = RFC 7638 thumbprint."""
+    public = private_key.public_key()
+    codec = {"ES256": ECAlgorithm, "RS256": RSAAlgorithm, "EdDSA": OKPAlgorithm}[alg]
+    jwk = codec.to_jwk(public, as_dict=True)
+    required = {name: jwk[name] for name in _THUMBPRINT_MEMBERS[jwk["kty"]]}
+    digest = hashlib.sha256(json.dumps(required, separators=(",", ":"), sort_keys=True).encode()).digest()
+    jwk.update(kid=base64.urlsafe_b64encode(digest).rstrip(b"=").decode(), use="sig", alg=alg)
+    return jwk
+
+
+class KeyEncryptor:
+    """AES-256-GCM with a random 96-bit nonce; the kid is bound as associated data."""
+
+    def __init__(self, kek: bytes):
+        self._aead = AESGCM(kek)
+
+    def encrypt(self, kid: str, plaintext: bytes) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self._aead.encrypt(nonce, plaintext, kid.encode())
+
+    def decrypt(self, kid: str, blob: bytes) -> bytes:
+        return self._aead.decrypt(blob[:12], blob[12:], kid.encode())
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    kid: str
+    alg: str
+    private_key: Any
+    jwk: dict[str, Any]
+    created_at: int
+    activates_at: int
+
+
+def new_key_record(alg: str, encryptor: KeyEncryptor, activates_at: int | None = None) -> SigningKeyRecord:
+    private_key = generate_private_key(alg)
+    jwk = public_jwk(alg, private_key)
+    pem = private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+    now = int(time.time())
+    return SigningKeyRecord(kid=jwk["kid"], alg=alg, encrypted_private_key=encryptor.encrypt(jwk["kid"], pem),
+                            public_jwk_json=json.dumps(jwk), created_at=now,
+                            activates_at=now if activates_at is None else activates_at)
+
+
+def open_key_record(record: SigningKeyRecord, encryptor: KeyEncryptor) -> SigningKey:
+    pem = encryptor.decrypt(record.kid, record.encrypted_private_key)
+    private_key = serialization.load_pem_private_key(pem, password=None)
+    return SigningKey(kid=record.kid, alg=record.alg, private_key=private_key,
+                      jwk=json.loads(record.public_jwk_json), created_at=record.created_at,
+                      activates_at=record.activates_at)
+
+
+class KeyRing:
+    """The keys this replica knows, newest activation last."""
+
+    def __init__(self, keys: list[SigningKey] | None = None):
+        self.keys: list[SigningKey] = sorted(keys or [], key=lambda k: (k.activates_at, k.created_at))
+
+    def signing_key(self, now: float | None = None) -> SigningKey | None:
+        now = time.time() if now is None else now
+        active = [k for k in self.keys if k.activates_at <= now]
+        return active[-1] if active else None
+
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": [k.jwk for k in self.keys]}
