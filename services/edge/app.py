@@ -49,6 +49,12 @@ class BodyTooLarge(InvalidRequest):
     default_description = "The request body is too large."
 
 
+class MethodNotAllowed(InvalidRequest):
+    """RFC 6749 §3.2: the client MUST use POST at the token endpoint."""
+    status = 405
+    default_description = "The token endpoint accepts POST only."
+
+
 @dataclass
 class EdgeConfig:
     issuer: str
@@ -108,7 +114,7 @@ def create_app(config: EdgeConfig) -> Starlette:
         basic_auth = "authorization" in request.headers
         try:
             if request.method != "POST":
-                raise InvalidRequest("The token endpoint accepts POST only.")
+                raise MethodNotAllowed()
             check_content_type(request.headers.get("content-type"))
             params = parse_form(await _read_body(request))
             credentials = extract_credentials(request.headers.get("authorization"), params)
@@ -139,6 +145,8 @@ def create_app(config: EdgeConfig) -> Starlette:
         finally:
             request_id_var.reset(ctx)
         response.headers["X-Request-Id"] = request_id
+        if response.status_code == 405:
+            response.headers["Allow"] = "POST"
         HTTP_SECONDS.labels("token", str(response.status_code)).observe(time.perf_counter() - started)
         return response
 

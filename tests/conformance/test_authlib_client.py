@@ -1,0 +1,73 @@
+"""Real OAuth client libraries that nobody here wrote, configured only from the
+RFC 8414 metadata URL."""
+from __future__ import annotations
+
+import warnings
+
+import httpx
+import jwt
+import pytest
+from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuth2Client
+
+METADATA = "/.well-known/oauth-authorization-server"
+
+
+@pytest.mark.parametrize("auth_method", ["client_secret_basic", "client_secret_post"])
+async def test_authlib_gets_a_token_from_metadata_alone(stack, make_client, auth_method):
+    client, secret = await make_client(scopes=["api.read", "api.write"])
+    metadata = httpx.get(stack.edge_url + METADATA).json()
+    assert auth_method in metadata["token_endpoint_auth_methods_supported"]
+    assert "client_credentials" in metadata["grant_types_supported"]
+
+    async with AsyncOAuth2Client(client.client_id, secret, scope="api.read",
+                                 token_endpoint_auth_method=auth_method) as oauth:
+        token = await oauth.fetch_token(metadata["token_endpoint"], grant_type="client_credentials")
+    assert token["token_type"] == "Bearer"
+    assert token["scope"] == "api.read"
+    assert token["expires_at"] > 0
+
+    # Verify with the JWKS the metadata points to, using joserfc (Authlib's JOSE library).
+    from joserfc import jwt as jose_jwt
+    from joserfc.jwk import KeySet
+
+    keys = KeySet.import_key_set(httpx.get(metadata["jwks_uri"]).json())
+    decoded = jose_jwt.decode(token["access_token"], keys, algorithms=["ES256"])
+    assert decoded.header["typ"] == "at+jwt"
+    assert decoded.claims["iss"] == metadata["issuer"]
+    assert decoded.claims["client_id"] == client.client_id
+
+
+async def test_authlib_sees_the_rfc_error_for_a_bad_secret(stack, make_client):
+    from authlib.integrations.base_client.errors import OAuthError
+
+    client, _ = await make_client()
+    metadata = httpx.get(stack.edge_url + METADATA).json()
+    with OAuth2Client(client.client_id, "not-the-secret") as oauth:
+        with pytest.raises(OAuthError) as raised:
+            oauth.fetch_token(metadata["token_endpoint"], grant_type="client_credentials")
+    assert raised.value.error == "invalid_client"
+
+
+def test_metadata_is_rfc8414_exact(stack):
+    reply = httpx.get(stack.edge_url + METADATA)
+    assert reply.status_code == 200
+    metadata = reply.json()
+    # §3.3: the issuer in the document is the one it was fetched for.
+    assert metadata["issuer"] == stack.edge_url
+    for endpoint in ("token_endpoint", "jwks_uri"):
+        assert metadata[endpoint].startswith(stack.edge_url + "/")
+    # Only what is really served is advertised.
+    assert metadata["grant_types_supported"] == ["client_credentials"]
+    assert "authorization_endpoint" not in metadata
+    assert "introspection_endpoint" not in metadata
+
+
+def test_jwks_is_a_public_jwk_set(stack):
+    reply = httpx.get(stack.edge_url + "/oauth/jwks")
+    assert reply.status_code == 200
+    keys = reply.json()["keys"]
+    assert keys
+    for key in keys:
+        assert {"kty", "kid", "alg", "use"} <= set(key)
+        assert not {"d", "p", "q", "dp", "dq", "qi"} & set(key), "private key material published"
+        jwt.PyJWK(key)  # parses as a JWK

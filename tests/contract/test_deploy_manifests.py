@@ -1,0 +1,457 @@
+"""Contract: the Kubernetes deployment under deploy/.
+
+Renders the kustomize base and each overlay with `kubectl kustomize`, validates
+every object against the Kubernetes 1.30 OpenAPI schemas with kubernetes-validate
+(strict: misspelt fields fail), then checks what the schemas cannot: the
+hardening every pod must keep, the probes, the wiring between objects (env
+references, ports, Service selectors, gRPC targets), the NetworkPolicy, and the
+replica / autoscaling shape of each overlay.
+
+Only the rendering needs kubectl; without it those tests skip with a message and
+the rest (Secret example, Dockerfile, validator sanity) still run.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes_validate import utils as kv
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+K8S_VERSION = "1.30.0"
+NAMESPACE = "inbound"
+APP_LABEL = ("app.kubernetes.io/part-of", "inbound")
+UID = 10001
+SECRET_NAME = "inbound-secrets"
+TARGETS = ["base", "overlays/local", "overlays/production"]
+
+# k8s name -> module, kind, main port, and the env each must carry:
+# a literal string, ("configmap", key) or ("secret", key).
+SERVICES = {
+    "client-registry": {
+        "module": "client_registry", "kind": "grpc", "port": 50051,
+        "env": {
+            "DATABASE_URL": ("secret", "database-url"),
+            "NATS_URL": ("configmap", "nats-url"),
+            "INBOUND_GRPC_PORT": "50051",
+            "INBOUND_METRICS_PORT": "9090",
+        },
+    },
+    "token-issuer": {
+        "module": "token_issuer", "kind": "grpc", "port": 50052,
+        "env": {
+            "INBOUND_REGISTRY_ADDR": "dns:///client-registry:50051",
+            "NATS_URL": ("configmap", "nats-url"),
+            "INBOUND_ISSUER": ("configmap", "issuer"),
+            "INBOUND_KEY_ENCRYPTION_KEY": ("secret", "key-encryption-key"),
+            "INBOUND_GRPC_PORT": "50052",
+            "INBOUND_METRICS_PORT": "9090",
+        },
+    },
+    "client-credentials": {
+        "module": "client_credentials", "kind": "grpc", "port": 50061,
+        "env": {
+            "INBOUND_REGISTRY_ADDR": "dns:///client-registry:50051",
+            "INBOUND_ISSUER_ADDR": "dns:///token-issuer:50052",
+            "NATS_URL": ("configmap", "nats-url"),
+            "INBOUND_GRPC_PORT": "50061",
+            "INBOUND_METRICS_PORT": "9090",
+        },
+    },
+    "edge": {
+        "module": "edge", "kind": "http", "port": 8080,
+        "env": {
+            "INBOUND_HTTP_PORT": "8080",
+            "INBOUND_ISSUER": ("configmap", "issuer"),
+            "INBOUND_ISSUER_ADDR": "dns:///token-issuer:50052",
+            "INBOUND_REGISTRY_ADDR": "dns:///client-registry:50051",
+            "INBOUND_GRANT_ADDRS": "client_credentials=dns:///client-credentials:50061",
+            "NATS_URL": ("configmap", "nats-url"),
+        },
+    },
+}
+GRPC_SERVICES = [name for name, spec in SERVICES.items() if spec["kind"] == "grpc"]
+METRICS_PORT = 9090
+AUTOSCALED = ["edge", "token-issuer", "client-credentials"]
+ADDR_VARS = ("INBOUND_REGISTRY_ADDR", "INBOUND_ISSUER_ADDR")
+
+
+# ---------------------------------------------------------------- rendering
+
+def _kubectl() -> str | None:
+    found = shutil.which("kubectl")
+    if found:
+        return found
+    return "/usr/bin/kubectl" if os.access("/usr/bin/kubectl", os.X_OK) else None
+
+
+@functools.cache
+def _render(target: str) -> tuple[list[dict], str | None]:
+    kubectl = _kubectl()
+    if kubectl is None:
+        return [], "kubectl not found on PATH or at /usr/bin/kubectl: cannot render the kustomize overlays"
+    proc = subprocess.run([kubectl, "kustomize", str(DEPLOY / target)],
+                          capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        pytest.fail(f"kubectl kustomize deploy/{target} failed:\n{proc.stderr}")
+    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc], None
+
+
+@pytest.fixture(params=TARGETS)
+def target(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def docs(target) -> list[dict]:
+    rendered, skip_reason = _render(target)
+    if skip_reason:
+        pytest.skip(skip_reason)
+    return rendered
+
+
+def _of_kind(docs: list[dict], kind: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def _pod(deployment: dict) -> dict:
+    return deployment["spec"]["template"]["spec"]
+
+
+def _containers(deployment: dict) -> list[dict]:
+    pod = _pod(deployment)
+    return [*pod.get("initContainers", []), *pod["containers"], *pod.get("ephemeralContainers", [])]
+
+
+def _main(deployment: dict) -> dict:
+    return _pod(deployment)["containers"][0]
+
+
+def _port(container: dict, name_or_number) -> int | None:
+    for port in container.get("ports", []):
+        if name_or_number in (port.get("name"), port["containerPort"]):
+            return port["containerPort"]
+    return None
+
+
+def _matches(selector: dict, labels: dict) -> bool:
+    assert set(selector) <= {"matchLabels"}, f"only matchLabels selectors are checked here: {selector}"
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def _quantity(value) -> float:
+    match = re.fullmatch(r"([0-9.]+)(m|k|M|G|Ki|Mi|Gi)?", str(value))
+    assert match, f"unparsable quantity {value!r}"
+    factor = {None: 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9,
+              "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}[match.group(2)]
+    return float(match.group(1)) * factor
+
+
+def _addr(value: str) -> tuple[str, int]:
+    match = re.fullmatch(r"dns:///([a-z0-9-]+):(\d+)", value)
+    assert match, f"gRPC target {value!r} is not dns:///<service>:<port>"
+    return match.group(1), int(match.group(2))
+
+
+# ---------------------------------------------------------------- schema
+
+def _schema_errors(doc: dict) -> str | None:
+    try:
+        kv.validate(doc, K8S_VERSION, strict=True)
+    except kv.ValidationError as exc:
+        where = ".".join(str(p) for p in exc.path)
+        return f"{doc['kind']}/{doc['metadata']['name']}: {where}: {exc.message}"
+    except kv.SchemaNotFoundError as exc:  # the CLI only warns; an unknown kind is an error here
+        return exc.message
+    return None
+
+
+def test_validator_is_strict():
+    """Guard: the validator really rejects a misspelt field (else every pass is hollow)."""
+    bad = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
+           "spec": {"selector": {"matchLabels": {"a": "b"}},
+                    "template": {"metadata": {"labels": {"a": "b"}},
+                                 "spec": {"containers": [{"name": "x", "image": "x",
+                                                          "securityContext": {"readOnlyRootFileSystem": True}}]}}}}
+    assert _schema_errors(bad), "kubernetes-validate --strict accepted a misspelt field"
+
+
+def test_renders_and_validates_strict(docs, target):
+    errors = [e for e in map(_schema_errors, docs) if e]
+    assert not errors, f"deploy/{target} fails kubernetes-validate -k {K8S_VERSION} --strict:\n" + "\n".join(errors)
+
+
+# ---------------------------------------------------------------- inventory
+
+def test_inventory_namespace_and_labels(docs, target):
+    deployments = _of_kind(docs, "Deployment")
+    assert set(deployments) == set(SERVICES), f"deploy/{target}: Deployments {sorted(deployments)}"
+    for kind in ("Service", "PodDisruptionBudget", "ServiceAccount"):
+        assert set(SERVICES) <= set(_of_kind(docs, kind)), f"deploy/{target}: a {kind} per service"
+    assert NAMESPACE in _of_kind(docs, "Namespace")
+    assert not _of_kind(docs, "Secret"), "the Secret is created out of band, never rendered by kustomize"
+    for doc in docs:
+        meta = doc["metadata"]
+        if doc["kind"] != "Namespace":
+            assert meta.get("namespace") == NAMESPACE, f"{doc['kind']}/{meta['name']} not in {NAMESPACE}"
+        assert meta.get("labels", {}).get(APP_LABEL[0]) == APP_LABEL[1], f"{doc['kind']}/{meta['name']} lacks {APP_LABEL}"
+    for sa in _of_kind(docs, "ServiceAccount").values():
+        assert sa.get("automountServiceAccountToken") is False, f"ServiceAccount/{sa['metadata']['name']}"
+
+
+# ---------------------------------------------------------------- hardening
+
+def test_pod_and_container_hardening(docs, target):
+    for name, dep in _of_kind(docs, "Deployment").items():
+        pod = _pod(dep)
+        psc = pod.get("securityContext", {})
+        where = f"deploy/{target} Deployment/{name}"
+        assert dep["spec"]["template"]["metadata"]["labels"].get(APP_LABEL[0]) == APP_LABEL[1], f"{where}: pod label {APP_LABEL}"
+        assert pod.get("automountServiceAccountToken") is False, f"{where}: automountServiceAccountToken"
+        assert pod.get("serviceAccountName") == name, f"{where}: own ServiceAccount"
+        for host in ("hostNetwork", "hostPID", "hostIPC"):
+            assert not pod.get(host), f"{where}: {host}"
+        grace = pod.get("terminationGracePeriodSeconds")
+        assert isinstance(grace, int) and 10 <= grace <= 300, f"{where}: terminationGracePeriodSeconds={grace}"
+        for volume in pod.get("volumes", []):
+            assert set(volume) - {"name"} <= {"emptyDir", "configMap", "secret", "projected", "downwardAPI"}, \
+                f"{where}: volume {volume}"
+        for c in _containers(dep):
+            csc = c.get("securityContext", {})
+            cw = f"{where} container {c['name']}"
+            assert csc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True, f"{cw}: runAsNonRoot"
+            uid = csc.get("runAsUser", psc.get("runAsUser"))
+            assert uid == UID, f"{cw}: runAsUser {uid} (the image's user is {UID})"
+            seccomp = csc.get("seccompProfile", psc.get("seccompProfile")) or {}
+            assert seccomp.get("type") == "RuntimeDefault", f"{cw}: seccompProfile {seccomp}"
+            assert csc.get("readOnlyRootFilesystem") is True, f"{cw}: readOnlyRootFilesystem"
+            assert csc.get("allowPrivilegeEscalation") is False, f"{cw}: allowPrivilegeEscalation"
+            assert not csc.get("privileged"), f"{cw}: privileged"
+            caps = csc.get("capabilities", {})
+            assert "ALL" in caps.get("drop", []) and not caps.get("add"), f"{cw}: capabilities {caps}"
+            res = c.get("resources", {})
+            for what in ("cpu", "memory"):
+                req, lim = res.get("requests", {}).get(what), res.get("limits", {}).get(what)
+                assert req is not None and lim is not None, f"{cw}: {what} request and limit"
+                assert _quantity(req) <= _quantity(lim), f"{cw}: {what} request {req} > limit {lim}"
+            image = c["image"]
+            assert image.split("/")[-1].startswith("inbound"), f"{cw}: image {image}"
+            if target == "overlays/production":
+                assert "@sha256:" in image or (":" in image.split("/")[-1] and not image.endswith(":latest")), \
+                    f"{cw}: production image must be pinned, got {image}"
+
+
+def test_command_runs_the_service_module(docs):
+    for name, dep in _of_kind(docs, "Deployment").items():
+        module = SERVICES[name]["module"]
+        c = _main(dep)
+        assert [*c.get("command", []), *c.get("args", [])] == ["python", "-m", f"services.{module}"], name
+        assert (REPO / "services" / module).is_dir(), f"services/{module} does not exist"
+
+
+def test_probes(docs):
+    for name, dep in _of_kind(docs, "Deployment").items():
+        spec, c = SERVICES[name], _main(dep)
+        ready, live = c.get("readinessProbe"), c.get("livenessProbe")
+        assert ready and live, f"{name}: readiness and liveness probes"
+        if spec["kind"] == "grpc":
+            assert _port(c, "grpc") == spec["port"], f"{name}: container port grpc={spec['port']}"
+            for probe in (ready, live, c.get("startupProbe")):
+                if probe is not None:
+                    assert probe.get("grpc", {}).get("port") == spec["port"], \
+                        f"{name}: native gRPC probe on {spec['port']}, got {probe}"
+        else:
+            assert _port(c, "http") == spec["port"], f"{name}: container port http={spec['port']}"
+            for probe, path in ((ready, "/readyz"), (live, "/healthz")):
+                http = probe.get("httpGet", {})
+                assert http.get("path") == path and _port(c, http.get("port")) == spec["port"], \
+                    f"{name}: httpGet {path} on the http port, got {probe}"
+
+
+def test_prometheus_annotations(docs):
+    for name, dep in _of_kind(docs, "Deployment").items():
+        ann = dep["spec"]["template"]["metadata"].get("annotations", {})
+        expected = METRICS_PORT if SERVICES[name]["kind"] == "grpc" else SERVICES[name]["port"]
+        assert ann.get("prometheus.io/scrape") == "true", name
+        assert ann.get("prometheus.io/path") == "/metrics", name
+        assert ann.get("prometheus.io/port") == str(expected), name
+        assert _port(_main(dep), int(ann["prometheus.io/port"])) == expected, f"{name}: metrics port not exposed"
+
+
+# ---------------------------------------------------------------- wiring
+
+def _secret_example() -> dict:
+    return yaml.safe_load((DEPLOY / "base" / "secret.example.yaml").read_text())
+
+
+def test_env_wiring(docs):
+    configmaps = _of_kind(docs, "ConfigMap")
+    secret_keys = set(_secret_example()["stringData"])
+    for name, dep in _of_kind(docs, "Deployment").items():
+        c = _main(dep)
+        names = [e["name"] for e in c.get("env", [])]
+        assert len(names) == len(set(names)), f"{name}: duplicate env {names}"
+        env = {e["name"]: e for e in c.get("env", [])}
+        for var, want in SERVICES[name]["env"].items():
+            assert var in env, f"{name}: env {var} missing"
+            got = env[var]
+            if isinstance(want, str):
+                assert got.get("value") == want, f"{name}: {var}={got}"
+            elif want[0] == "configmap":
+                ref = got.get("valueFrom", {}).get("configMapKeyRef", {})
+                assert ref.get("key") == want[1], f"{name}: {var} from ConfigMap key {want[1]}"
+                assert ref.get("name") in configmaps, f"{name}: {var} refers to missing ConfigMap {ref.get('name')}"
+                assert ref["name"].startswith("inbound-config"), ref
+                assert want[1] in configmaps[ref["name"]].get("data", {}), f"ConfigMap {ref['name']} lacks {want[1]}"
+            else:
+                ref = got.get("valueFrom", {}).get("secretKeyRef", {})
+                assert ref.get("name") == SECRET_NAME and ref.get("key") == want[1], f"{name}: {var} from Secret"
+                assert want[1] in secret_keys, f"secret.example.yaml lacks key {want[1]}"
+        for var, kind in (("INBOUND_GRPC_PORT", "grpc"), ("INBOUND_HTTP_PORT", "http"), ("INBOUND_METRICS_PORT", "metrics")):
+            if var in env:
+                assert int(env[var]["value"]) == _port(c, kind), f"{name}: {var} disagrees with port {kind}"
+    for cm in configmaps.values():
+        assert re.fullmatch(r"[a-z][a-z0-9+.-]*://\S+", cm["data"]["nats-url"]), cm["data"]
+        assert re.fullmatch(r"https?://\S+", cm["data"]["issuer"]), cm["data"]
+
+
+def test_grpc_targets_resolve_to_headless_services(docs):
+    deployments, services = _of_kind(docs, "Deployment"), _of_kind(docs, "Service")
+    targets = []
+    for name, dep in deployments.items():
+        env = {e["name"]: e.get("value") for e in _main(dep).get("env", [])}
+        targets += [(name, env[v]) for v in ADDR_VARS if v in env]
+        for item in filter(None, (env.get("INBOUND_GRANT_ADDRS") or "").split(",")):
+            grant, _, addr = item.partition("=")
+            assert grant and addr, f"{name}: INBOUND_GRANT_ADDRS item {item!r}"
+            targets.append((name, addr))
+    assert targets
+    for caller, value in targets:
+        host, port = _addr(value)
+        svc = services.get(host)
+        assert svc, f"{caller}: target {value} names no Service"
+        assert svc["spec"].get("clusterIP") == "None", f"Service/{host} must be headless for round_robin"
+        # Headless: clients dial pod IPs, so the target port must be the pod's port.
+        backends = [d for d in deployments.values() if _matches({"matchLabels": svc["spec"]["selector"]},
+                                                               d["spec"]["template"]["metadata"]["labels"])]
+        assert len(backends) == 1 and _port(_main(backends[0]), port) == port, f"{caller}: {value} reaches no pod port"
+        assert any(p["port"] == port for p in svc["spec"]["ports"]), f"Service/{host} lacks port {port}"
+
+
+def test_services_select_their_pods(docs):
+    deployments = _of_kind(docs, "Deployment")
+    for name, svc in _of_kind(docs, "Service").items():
+        backends = [d for d in deployments.values()
+                    if _matches({"matchLabels": svc["spec"]["selector"]}, d["spec"]["template"]["metadata"]["labels"])]
+        assert [b["metadata"]["name"] for b in backends] == [name], f"Service/{name} selects {backends}"
+        for port in svc["spec"]["ports"]:
+            assert _port(_main(backends[0]), port["targetPort"]), f"Service/{name} targetPort {port['targetPort']}"
+        if SERVICES[name]["kind"] == "grpc":
+            assert svc["spec"].get("clusterIP") == "None", f"Service/{name} must be headless"
+    for name, dep in deployments.items():
+        assert _matches(dep["spec"]["selector"], dep["spec"]["template"]["metadata"]["labels"]), name
+
+
+def test_disruption_budgets(docs):
+    pdbs = list(_of_kind(docs, "PodDisruptionBudget").values())
+    for name, dep in _of_kind(docs, "Deployment").items():
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        mine = [p for p in pdbs if _matches(p["spec"]["selector"], labels)]
+        assert len(mine) == 1, f"{name}: {len(mine)} PodDisruptionBudgets"
+        spec = mine[0]["spec"]
+        # minAvailable >= replicas would block every node drain.
+        if "minAvailable" in spec:
+            assert isinstance(spec["minAvailable"], int) and spec["minAvailable"] < dep["spec"].get("replicas", 1), name
+        else:
+            assert spec.get("maxUnavailable") not in (None, 0, "0%"), name
+
+
+def test_network_policy(docs):
+    policies = list(_of_kind(docs, "NetworkPolicy").values())
+    pods = {n: (d["spec"]["template"]["metadata"]["labels"], _main(d)) for n, d in _of_kind(docs, "Deployment").items()}
+
+    def ingress_rules(labels):
+        selecting = [p for p in policies if _matches(p["spec"]["podSelector"], labels)]
+        assert any("Ingress" in p["spec"].get("policyTypes", []) for p in selecting), f"no ingress isolation for {labels}"
+        return [r for p in selecting for r in p["spec"].get("ingress", [])]
+
+    def covers(rule, container, port):
+        ports = rule.get("ports")
+        return not ports or any(p.get("port") is None or _port(container, p["port"]) == port for p in ports)
+
+    def from_app_only(rule):
+        sources = rule.get("from")
+        # podSelector only (same namespace), and it must name the app label: an
+        # empty podSelector would admit every pod of the namespace.
+        return bool(sources) and all(
+            set(s) == {"podSelector"}
+            and s["podSelector"].get("matchLabels", {}).get(APP_LABEL[0]) == APP_LABEL[1]
+            for s in sources)
+
+    for name, (labels, container) in pods.items():
+        rules = ingress_rules(labels)
+        port = SERVICES[name]["port"]
+        if SERVICES[name]["kind"] == "http":
+            assert any(covers(r, container, port) and not r.get("from") for r in rules), \
+                f"{name}: HTTP {port} must be open to any source"
+            continue
+        grpc_rules = [r for r in rules if covers(r, container, port)]
+        assert grpc_rules, f"{name}: gRPC port {port} reachable by no one"
+        assert all(from_app_only(r) for r in grpc_rules), f"{name}: gRPC port {port} open beyond the app's pods: {grpc_rules}"
+        for rule in rules:
+            if not from_app_only(rule):  # anything from outside the app may only reach metrics
+                assert rule.get("ports") and all(_port(container, p["port"]) == METRICS_PORT for p in rule["ports"]), \
+                    f"{name}: rule admits outside sources beyond metrics: {rule}"
+
+
+# ---------------------------------------------------------------- overlays
+
+def test_replicas_and_autoscaling(docs, target):
+    deployments = _of_kind(docs, "Deployment")
+    hpas = _of_kind(docs, "HorizontalPodAutoscaler")
+    if target == "overlays/local":
+        assert not hpas
+        assert {n: d["spec"].get("replicas") for n, d in deployments.items()} == {n: 1 for n in SERVICES}
+    if target == "overlays/production":
+        assert set(hpas) == set(AUTOSCALED), sorted(hpas)
+        for name, hpa in hpas.items():
+            spec = hpa["spec"]
+            assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+            assert 3 <= spec["minReplicas"] <= spec["maxReplicas"], name
+            assert any(m.get("resource", {}).get("name") == "cpu" for m in spec["metrics"]), name
+            replicas = deployments[name]["spec"].get("replicas")
+            assert replicas is None or replicas >= spec["minReplicas"], f"{name}: replicas {replicas} below HPA min"
+        for name in set(SERVICES) - set(AUTOSCALED):
+            assert deployments[name]["spec"].get("replicas", 1) >= 2, f"{name}: production needs >= 2 replicas"
+
+
+# ---------------------------------------------------------------- no kubectl needed
+
+def test_secret_is_an_example_outside_the_base():
+    kustomization = yaml.safe_load((DEPLOY / "base" / "kustomization.yaml").read_text())
+    assert "secret.example.yaml" not in kustomization.get("resources", [])
+    assert not kustomization.get("secretGenerator"), "secrets are created out of band"
+    secret = _secret_example()
+    assert _schema_errors(secret) is None, _schema_errors(secret)
+    assert secret["metadata"]["name"] == SECRET_NAME
+    assert set(secret["stringData"]) == {"database-url", "key-encryption-key"}
+    readme = (DEPLOY / "README.md").read_text()
+    assert f"create secret generic {SECRET_NAME}" in readme, "README must document creating the Secret"
+
+
+def test_dockerfile():
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
+    assert re.search(r"^USER 10001(:10001)?\s*$", text, re.M), "non-root numeric user 10001"
+    assert "pip install ." in text
+    assert "python -m grpc_tools.protoc -I proto" in text and "--pyi_out=build/gen" in text
+    assert re.search(r"^ENV PYTHONPATH=/app/libs:/app/cli:/app:/app/build/gen\s*$", text, re.M)
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
+    assert ".venv" in ignore and ".git" in ignore
