@@ -50,6 +50,8 @@ async def retry_until_ready(what: str, start: Callable[[], Awaitable[None]], sto
         try:
             await start()
             return
+        except ConfigError:
+            raise
         except Exception as exc:
             if loop.time() > deadline or stop.is_set():
                 raise RuntimeError(f"{what} not reachable after {timeout:.0f}s") from exc

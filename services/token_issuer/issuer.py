@@ -14,8 +14,10 @@ import secrets
 import time
 
 import jwt
+from cryptography.exceptions import InvalidTag
 
 from inbound.events.v1 import events_pb2
+from inboundlib.config import ConfigError
 from inboundlib.events import KEYS_ROTATED, EventBus
 from inboundlib.oauth.errors import InvalidRequest, ServerError, TemporarilyUnavailable
 from services.client_registry.api import ClientRegistryApi, OpaqueTokenRecord
@@ -62,7 +64,12 @@ class TokenIssuer:
         async with self._reload_lock:
             records = await self.registry.list_signing_keys()
             known = {k.kid: k for k in self.keyring.keys}
-            self.keyring = KeyRing([known.get(r.kid) or open_key_record(r, self.encryptor) for r in records])
+            try:
+                keys = [known.get(r.kid) or open_key_record(r, self.encryptor) for r in records]
+            except InvalidTag:
+                raise ConfigError("INBOUND_KEY_ENCRYPTION_KEY does not decrypt the stored signing keys "
+                                  "(every token_issuer replica needs the same key)") from None
+            self.keyring = KeyRing(keys)
 
     async def rotate_key(self, alg: str = "", activation_delay: int | None = None) -> KeyInfo:
         alg = alg or self.alg

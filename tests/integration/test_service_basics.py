@@ -1,0 +1,105 @@
+"""What every service process does the same way: config fail-fast, JSON logs
+with a request id carried across gRPC hops, health, metrics, graceful SIGTERM."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from inboundlib.devstack import ROOT, free_port
+
+
+def _run_with_env(module: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("INBOUND_")}
+    full.update(env)
+    return subprocess.run([sys.executable, "-m", module], cwd=ROOT, env=full, capture_output=True, text=True,
+                          timeout=30)
+
+
+@pytest.mark.parametrize("module,env,names", [
+    ("services.token_issuer", {"INBOUND_KEY_ENCRYPTION_KEY": "too-short"}, "INBOUND_KEY_ENCRYPTION_KEY"),
+    ("services.token_issuer", {}, "INBOUND_KEY_ENCRYPTION_KEY"),
+    ("services.client_registry", {"DATABASE_URL": "postgresql://x/y", "INBOUND_GRPC_PORT": "eighty"},
+     "INBOUND_GRPC_PORT"),
+    ("services.client_registry", {}, "DATABASE_URL"),
+    ("services.client_credentials", {"INBOUND_REGISTRY_ADDR": "not an address"}, "INBOUND_REGISTRY_ADDR"),
+    ("services.edge", {"INBOUND_ISSUER": "ftp://nope"}, "INBOUND_ISSUER"),
+    ("services.edge", {"INBOUND_GRANT_ADDRS": "client_credentials"}, "INBOUND_GRANT_ADDRS"),
+])
+def test_bad_config_fails_fast_with_a_clear_message(module, env, names):
+    result = _run_with_env(module, env)
+    assert result.returncode == 2
+    assert "configuration error" in result.stderr
+    assert names in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _json_lines(stack, service: str) -> list[dict]:
+    entries = []
+    for line in stack.services[service].lines:
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            pass
+    return entries
+
+
+async def test_logs_are_json_and_the_request_id_crosses_grpc_hops(stack, make_client):
+    client, secret = await make_client()
+    request_id = "trace-" + str(time.time_ns())
+    reply = httpx.post(stack.edge_url + "/oauth/token", data={"grant_type": "client_credentials"},
+                       auth=(client.client_id, secret), headers={"X-Request-Id": request_id})
+    assert reply.status_code == 200
+    assert reply.headers["x-request-id"] == request_id
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        hits = [e for e in _json_lines(stack, "client_credentials") if e.get("request_id") == request_id]
+        if hits:
+            break
+        time.sleep(0.05)
+    assert hits and hits[0]["msg"] == "token issued"
+    assert hits[0]["service"] == "client_credentials"
+    for name in stack.services:
+        lines = [line for line in stack.services[name].lines if line.strip()]
+        assert lines, f"{name} logged nothing"
+        for line in lines:
+            json.loads(line)  # every line is JSON
+
+
+def test_an_unsafe_request_id_is_replaced(stack):
+    reply = httpx.post(stack.edge_url + "/oauth/token", data={"grant_type": "client_credentials"},
+                       headers={"X-Request-Id": "bad id\twith spaces"})
+    assert reply.headers["x-request-id"] != "bad id\twith spaces"
+    assert len(reply.headers["x-request-id"]) == 32
+
+
+async def test_grpc_health_and_prometheus_metrics(stack):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from inboundlib import grpcx
+
+    for name in ("client_registry", "token_issuer", "client_credentials"):
+        channel = grpcx.channel(stack.addr(name))
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        await channel.close()
+    metrics = httpx.get(stack.edge_url + "/metrics").text
+    assert "inbound_http_request_seconds" in metrics
+
+
+def test_sigterm_stops_a_service_gracefully(stack):
+    """A second client_credentials replica, with metrics on: it serves, then exits 0 on SIGTERM."""
+    port, metrics_port = free_port(), free_port()
+    replica = stack.start_service("client_credentials", port=port, key="cc-replica",
+                                  extra_env={"INBOUND_METRICS_PORT": str(metrics_port)})
+    assert "inbound_rpc_server_seconds" in httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+    replica.proc.send_signal(signal.SIGTERM)
+    assert replica.proc.wait(15) == 0
+    stack.services.pop("cc-replica", None)
+    assert any('"stopped"' in line for line in replica.lines)

@@ -1,0 +1,58 @@
+"""token_issuer replicas share encrypted keys through client_registry."""
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import subprocess
+import sys
+
+import jwt
+import pytest
+
+from inboundlib import grpcx
+from inboundlib.devstack import ROOT, free_port
+from services.token_issuer.api import IssueRequest
+from services.token_issuer.client import IssuerClient
+
+
+async def test_two_replicas_publish_the_same_keys_and_verify_each_others_tokens(stack):
+    port = free_port()
+    stack.start_service("token_issuer", port=port, key="issuer-2")
+    try:
+        first, second = grpcx.channel(stack.addr("token_issuer")), grpcx.channel(f"127.0.0.1:{port}")
+        one, two = IssuerClient(first), IssuerClient(second)
+        assert await one.jwks() == await two.jwks()
+        issued = await two.issue(IssueRequest(client_id="c", subject="c", scopes=("a",), format="jwt",
+                                              lifetime_seconds=60))
+        keys = jwt.PyJWKSet.from_dict(await one.jwks())
+        kid = jwt.get_unverified_header(issued.access_token)["kid"]
+        key = next(k for k in keys.keys if k.key_id == kid)
+        claims = jwt.decode(issued.access_token, key.key, algorithms=["ES256"], audience=stack.edge_url + "/api")
+        assert claims["sub"] == "c"
+        await first.close()
+        await second.close()
+    finally:
+        stack.stop_service("issuer-2")
+
+
+async def test_issue_refuses_out_of_range_lifetimes_per_item(stack):
+    channel = grpcx.channel(stack.addr("token_issuer"))
+    issuer = IssuerClient(channel)
+    from inboundlib.oauth.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest):
+        await issuer.issue(IssueRequest(client_id="c", subject="c", scopes=(), format="jwt", lifetime_seconds=0))
+    ok = await issuer.issue(IssueRequest(client_id="c", subject="c", scopes=(), format="jwt", lifetime_seconds=5))
+    assert ok.expires_in == 5
+    await channel.close()
+
+
+def test_a_replica_with_the_wrong_key_encryption_key_refuses_to_start(stack):
+    env = stack.service_env()
+    env["INBOUND_KEY_ENCRYPTION_KEY"] = base64.b64encode(secrets.token_bytes(32)).decode()
+    env["INBOUND_GRPC_PORT"] = str(free_port())
+    result = subprocess.run([sys.executable, "-m", "services.token_issuer"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "INBOUND_KEY_ENCRYPTION_KEY does not decrypt" in result.stderr
