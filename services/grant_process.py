@@ -48,7 +48,7 @@ def run(name: str, default_port: int, build: Callable[[GrantDeps], GrantHandler]
         handler = build(GrantDeps(clients=clients, registry=registry, issuer=IssuerClient(issuer_channel),
                                   events=events, env=env))
         grpc_server = grpcx.GrpcServer(host, port, [server.SERVICE_NAME])
-        server.add_to_server(handler, grpc_server.server)
+        server.add_to_server(handler, grpc_server.server, events)
         metrics.serve(metrics_port)
         await grpc_server.start()
         await stop.wait()

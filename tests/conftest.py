@@ -80,3 +80,13 @@ def http(stack):
 
     with httpx.Client(base_url=stack.edge_url, timeout=10) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+async def issuer(stack):
+    from inboundlib import grpcx
+    from services.token_issuer.client import IssuerClient
+
+    channel = grpcx.channel(stack.addr("token_issuer"))
+    yield IssuerClient(channel)
+    await channel.close()

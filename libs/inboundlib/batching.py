@@ -57,7 +57,11 @@ class Coalescer(Generic[Req, Res]):
         self._pending.append((item, future, time.monotonic() + timeout))
         if self._in_flight < self._max_in_flight:
             self._launch()
-        return await future
+        try:
+            # On timeout wait_for cancels the future: a batch not yet sent skips it.
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise Expired(self.name) from None
 
     def _launch(self) -> None:
         now = time.monotonic()

@@ -6,6 +6,7 @@ value stops the process before it serves anything (exit code 2).
 from __future__ import annotations
 
 import base64
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -62,8 +63,8 @@ class Env:
             result = float(value)
         except ValueError:
             raise ConfigError(f"{name} must be a number, got {value!r}") from None
-        if result < minimum:
-            raise ConfigError(f"{name} must be >= {minimum}, got {result}")
+        if not math.isfinite(result) or result < minimum:
+            raise ConfigError(f"{name} must be >= {minimum} and finite, got {value!r}")
         return result
 
     def bool(self, name: str, default: bool) -> bool:
@@ -93,7 +94,10 @@ class Env:
 
     def url(self, name: str, default: str | None = None, *, schemes: tuple[str, ...] = ("http", "https")) -> str:
         value = self.str(name, default)
-        parts = urlsplit(value)
+        try:
+            parts = urlsplit(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be a {'/'.join(schemes)} URL, got {value!r}") from None
         if parts.scheme not in schemes or not parts.netloc:
             raise ConfigError(f"{name} must be a {'/'.join(schemes)} URL, got {value!r}")
         return value
@@ -118,5 +122,8 @@ class Env:
             key, sep, addr = item.partition("=")
             if not sep or not key:
                 raise ConfigError(f"{name} must be name=host:port[,name=host:port], got {item!r}")
-            result[key.strip()] = Env({"X": addr}).addr("X")
+            try:
+                result[key.strip()] = Env({name: addr}).addr(name)
+            except ConfigError:
+                raise ConfigError(f"{name} must be name=host:port[,name=host:port], got {item!r}") from None
         return result

@@ -31,8 +31,24 @@ STREAM = "INBOUND_EVENTS"
 SUBJECT_PREFIX = "inbound.events."
 CLIENT_CHANGED = "inbound.events.registry.client"
 KEYS_ROTATED = "inbound.events.keys.rotated"
+TOKEN_ISSUED = "inbound.events.token.issued"
+TOKEN_DENIED = "inbound.events.token.denied"
+TOKEN_REVOKED = "inbound.events.token.revoked"
+REVOKED_TOKEN_INTROSPECTED = "inbound.events.token.introspected_revoked"
+
+PUBLISH_ROUND = 128
 
 Handler = Callable[[events_pb2.Event], Awaitable[None]]
+
+
+async def ensure_stream(js) -> None:
+    """Create (or bring up to date) the INBOUND_EVENTS stream; publishers and the audit consumer both call it."""
+    config = StreamConfig(name=STREAM, subjects=[SUBJECT_PREFIX + ">"], duplicate_window=120,
+                          max_age=14 * 24 * 3600)
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        await js.update_stream(config)
 
 
 class EventBus:
@@ -86,12 +102,7 @@ class EventBus:
                 delay = min(delay * 2, 5.0)
 
     async def _ensure_stream(self) -> None:
-        config = StreamConfig(name=STREAM, subjects=[SUBJECT_PREFIX + ">"], duplicate_window=120,
-                              max_age=14 * 24 * 3600)
-        try:
-            await self._js.add_stream(config)
-        except BadRequestError:
-            await self._js.update_stream(config)
+        await ensure_stream(self._js)
 
     async def _on_disconnect(self) -> None:
         self.connected.clear()
@@ -129,20 +140,25 @@ class EventBus:
         return len(self._buffer)
 
     async def _send_loop(self) -> None:
+        """Publish in pipelined rounds (up to PUBLISH_ROUND at once, each awaiting its ack);
+        what fails stays at the front of the buffer and is retried with the same id."""
         while True:
             await self._wake.wait()
             self._wake.clear()
             if self._buffer:
                 EVENTS_BUFFERED.labels(self.source).observe(len(self._buffer))
             while self._buffer and self._js is not None and self.connected.is_set():
-                subject, data, event_id = self._buffer[0]
-                try:
-                    await self._js.publish(subject, data, headers={"Nats-Msg-Id": event_id}, timeout=2)
-                except Exception as exc:
-                    log.warning("event publish failed, will retry", extra={"error": type(exc).__name__})
+                round_ = [self._buffer.popleft() for _ in range(min(PUBLISH_ROUND, len(self._buffer)))]
+                outcomes = await asyncio.gather(
+                    *(self._js.publish(subject, data, headers={"Nats-Msg-Id": event_id}, timeout=2)
+                      for subject, data, event_id in round_), return_exceptions=True)
+                failed = [item for item, outcome in zip(round_, outcomes) if isinstance(outcome, BaseException)]
+                if failed:
+                    self._buffer.extendleft(reversed(failed))
+                    log.warning("event publish failed, will retry",
+                                extra={"failed": len(failed), "error": type(next(
+                                    o for o in outcomes if isinstance(o, BaseException))).__name__})
                     await asyncio.sleep(0.5)
-                    continue
-                self._buffer.popleft()
             if self._buffer:  # not connected: look again shortly
                 await asyncio.sleep(0.2)
                 self._wake.set()

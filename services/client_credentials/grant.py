@@ -41,6 +41,6 @@ class ClientCredentialsGrant:
         token = await self.issuer.issue(IssueRequest(
             client_id=client.client_id, subject=client.client_id, scopes=tuple(scopes),
             format=client.token_format, lifetime_seconds=client.access_token_lifetime,
-            request_id=request.request_id))
+            request_id=request.request_id, grant_type=self.grant_type))
         return TokenResponse(access_token=token.access_token, token_type=token.token_type,
                              expires_in=token.expires_in, scope=format_scope(scopes))

@@ -109,6 +109,26 @@ class OpaqueTokenRecord:
     audience: tuple[str, ...]
     issued_at: int
     expires_at: int
+    kind: str = "access"  # access | refresh
+    grant_id: str = ""
+
+
+REVOKE_JTI = "jti"
+REVOKE_GRANT = "grant"
+REVOKE_CLIENT = "client"
+
+
+@dataclass(frozen=True)
+class RevocationRecord:
+    """One revoked thing: a token (by jti), a grant (by grant id) or all of a
+    client's tokens issued at or before `revoked_before`."""
+    kind: str
+    value: str
+    client_id: str
+    expires_at: int
+    revoked_before: int = 0
+    revoked_by: str = ""
+    id: int = 0
 
 
 class ClientRegistryApi(Protocol):
@@ -121,3 +141,6 @@ class ClientRegistryApi(Protocol):
     async def list_signing_keys(self) -> list[SigningKeyRecord]: ...
     async def add_signing_key(self, key: SigningKeyRecord, only_if_none: bool) -> bool: ...
     async def store_opaque_tokens(self, tokens: list[OpaqueTokenRecord]) -> list[str | None]: ...
+    async def get_opaque_tokens(self, token_hashes: list[bytes]) -> list[OpaqueTokenRecord | None]: ...
+    async def add_revocations(self, revocations: list[RevocationRecord]) -> list[int]: ...
+    async def list_revocations(self, after_id: int = 0, limit: int = 10_000) -> list[RevocationRecord]: ...

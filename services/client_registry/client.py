@@ -13,7 +13,8 @@ from inbound.registry.v1 import registry_pb2_grpc
 from inboundlib.batching import Coalescer
 from services.client_registry import wire
 from services.client_registry.api import (
-    ClientRecord, ClientSpec, ClientUpdate, InvalidArgument, NotFound, OpaqueTokenRecord, SigningKeyRecord,
+    ClientRecord, ClientSpec, ClientUpdate, InvalidArgument, NotFound, OpaqueTokenRecord, RevocationRecord,
+    SigningKeyRecord,
 )
 
 ADMIN_TIMEOUT = 10.0
@@ -33,6 +34,7 @@ class RegistryClient:
         self.stub = registry_pb2_grpc.ClientRegistryStub(channel)
         self._lookups = Coalescer("registry.GetClients", self._send_lookups, max_batch=64)
         self._opaque = Coalescer("registry.StoreOpaqueTokens", self._send_opaque, max_batch=64)
+        self._opaque_lookups = Coalescer("registry.GetOpaqueTokens", self._send_opaque_lookups, max_batch=64)
 
     async def _admin(self, method, request):
         try:
@@ -89,3 +91,22 @@ class RegistryClient:
 
     async def store_opaque_tokens(self, tokens: list[OpaqueTokenRecord]) -> list[str | None]:
         return [await self.store_opaque_token(t) for t in tokens]
+
+    async def _send_opaque_lookups(self, hashes: list[bytes], timeout: float) -> list[OpaqueTokenRecord | None]:
+        reply = await self.stub.GetOpaqueTokens(pb.GetOpaqueTokensRequest(token_hashes=hashes), timeout=timeout)
+        return [wire.opaque_from_pb(r.token) if r.HasField("token") else None for r in reply.results]
+
+    async def get_opaque_token(self, token_hash: bytes) -> OpaqueTokenRecord | None:
+        return await self._opaque_lookups.submit(token_hash, HOT_TIMEOUT)
+
+    async def get_opaque_tokens(self, token_hashes: list[bytes]) -> list[OpaqueTokenRecord | None]:
+        return [await self.get_opaque_token(h) for h in token_hashes]
+
+    async def add_revocations(self, revocations: list[RevocationRecord]) -> list[int]:
+        reply = await self._admin(self.stub.AddRevocations, pb.AddRevocationsRequest(
+            revocations=[wire.revocation_to_pb(r) for r in revocations]))
+        return list(reply.ids)
+
+    async def list_revocations(self, after_id: int = 0, limit: int = 10_000) -> list[RevocationRecord]:
+        reply = await self._admin(self.stub.ListRevocations, pb.ListRevocationsRequest(after_id=after_id, limit=limit))
+        return [wire.revocation_from_pb(r) for r in reply.revocations]

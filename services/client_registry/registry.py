@@ -20,12 +20,15 @@ from inboundlib.oauth.scopes import is_valid_scope_token
 from services.client_registry.api import (
     DEFAULT_ACCESS_TOKEN_LIFETIME, DEFAULT_REFRESH_TOKEN_LIFETIME, GRANT_AUTHORIZATION_CODE,
     GRANT_CLIENT_CREDENTIALS, GRANT_IMPLICIT, GRANT_REFRESH_TOKEN, KNOWN_GRANT_TYPES, TOKEN_FORMATS, ClientRecord,
-    ClientSpec, ClientUpdate, InvalidArgument, NotFound, OpaqueTokenRecord, SigningKeyRecord,
+    ClientSpec, ClientUpdate, InvalidArgument, NotFound, OpaqueTokenRecord, RevocationRecord, SigningKeyRecord,
 )
 
 log = logging.getLogger(__name__)
 
 MAX_LIFETIME = 10 * 365 * 24 * 3600
+# Access tokens are bearer credentials: a day at most (and retired signing keys
+# stay in the JWKS this long after their last token).
+MAX_ACCESS_TOKEN_LIFETIME = 24 * 3600
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _LOOPBACK = ("localhost", "127.0.0.1", "::1")
 
@@ -101,9 +104,9 @@ def _check_redirect_uri(uri: str) -> str:
     return uri
 
 
-def _check_lifetime(label: str, value: int) -> int:
-    if not 0 < value <= MAX_LIFETIME:
-        raise InvalidArgument(f"{label} must be between 1 and {MAX_LIFETIME} seconds")
+def _check_lifetime(label: str, value: int, limit: int = MAX_LIFETIME) -> int:
+    if not 0 < value <= limit:
+        raise InvalidArgument(f"{label} must be between 1 and {limit} seconds")
     return value
 
 
@@ -145,7 +148,8 @@ class Registry:
         scopes = _check_scopes(spec.scopes)
         redirect_uris = [_check_redirect_uri(u) for u in spec.redirect_uris]
         _check_redirects_for_grants(grant_types, redirect_uris)
-        access = _check_lifetime("access token lifetime", spec.access_token_lifetime or DEFAULT_ACCESS_TOKEN_LIFETIME)
+        access = _check_lifetime("access token lifetime", spec.access_token_lifetime or DEFAULT_ACCESS_TOKEN_LIFETIME,
+                                 MAX_ACCESS_TOKEN_LIFETIME)
         refresh = _check_lifetime("refresh token lifetime",
                                   spec.refresh_token_lifetime or DEFAULT_REFRESH_TOKEN_LIFETIME)
         token_format = _check_token_format(spec.token_format or "jwt")
@@ -196,7 +200,7 @@ class Registry:
                 "scopes": list(current.scopes) if update.scopes is None else _check_scopes(update.scopes),
                 "redirect_uris": redirect_uris,
                 "access_token_lifetime": current.access_token_lifetime if update.access_token_lifetime is None
-                else _check_lifetime("access token lifetime", update.access_token_lifetime),
+                else _check_lifetime("access token lifetime", update.access_token_lifetime, MAX_ACCESS_TOKEN_LIFETIME),
                 "refresh_token_lifetime": current.refresh_token_lifetime if update.refresh_token_lifetime is None
                 else _check_lifetime("refresh token lifetime", update.refresh_token_lifetime),
                 "token_format": current.token_format if update.token_format is None
@@ -271,11 +275,11 @@ class Registry:
         """Store a batch in one round trip; if the batch fails, store row by row so
         one bad item (its client deleted meanwhile) fails alone."""
         sql = ("INSERT INTO opaque_tokens (token_hash, jti, client_id, subject, username, scopes, audience,"
-               " issued_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+               " issued_at, expires_at, kind, grant_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
 
         def args(t: OpaqueTokenRecord) -> tuple:
             return (t.token_hash, t.jti, t.client_id, t.subject, t.username, list(t.scopes), list(t.audience),
-                    _from_ts(t.issued_at), _from_ts(t.expires_at))
+                    _from_ts(t.issued_at), _from_ts(t.expires_at), t.kind, t.grant_id)
 
         try:
             await self.pool.executemany(sql, [args(t) for t in tokens])
@@ -293,3 +297,50 @@ class Registry:
                 log.warning("opaque token not stored", extra={"client_id": token.client_id}, exc_info=True)
                 results.append("could not store token")
         return results
+
+    async def get_opaque_tokens(self, token_hashes: list[bytes]) -> list[OpaqueTokenRecord | None]:
+        rows = await self.pool.fetch(
+            "SELECT token_hash, jti, client_id, subject, username, scopes, audience, issued_at, expires_at, kind,"
+            " grant_id FROM opaque_tokens WHERE token_hash = ANY($1::bytea[])", list(set(token_hashes)))
+        found = {bytes(r["token_hash"]): OpaqueTokenRecord(
+            token_hash=bytes(r["token_hash"]), jti=r["jti"], client_id=r["client_id"], subject=r["subject"],
+            username=r["username"], scopes=tuple(r["scopes"]), audience=tuple(r["audience"]),
+            issued_at=_ts(r["issued_at"]), expires_at=_ts(r["expires_at"]), kind=r["kind"], grant_id=r["grant_id"])
+            for r in rows}
+        return [found.get(h) for h in token_hashes]
+
+    # --- revocations ----------------------------------------------------------------------------
+
+    async def add_revocations(self, revocations: list[RevocationRecord]) -> list[int]:
+        """Store revocations; re-revoking widens an entry (later cut-off, later expiry) and gives it a
+        new id, so replicas that sync by id see the change."""
+        ids = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            for r in revocations:
+                if r.kind not in ("jti", "grant", "client") or not r.value:
+                    raise InvalidArgument(f"bad revocation kind {r.kind!r} or empty value")
+                ids.append(await conn.fetchval(
+                    "INSERT INTO revocations (kind, value, client_id, revoked_before, expires_at, revoked_by)"
+                    " VALUES ($1, $2, $3, $4, $5, $6)"
+                    " ON CONFLICT (kind, value) DO UPDATE SET"
+                    "  revoked_before = GREATEST(revocations.revoked_before, EXCLUDED.revoked_before),"
+                    "  expires_at = GREATEST(revocations.expires_at, EXCLUDED.expires_at),"
+                    "  id = nextval(pg_get_serial_sequence('revocations', 'id'))"
+                    " RETURNING id",
+                    r.kind, r.value, r.client_id, _from_ts(r.revoked_before) if r.revoked_before else None,
+                    _from_ts(r.expires_at), r.revoked_by))
+        return ids
+
+    async def list_revocations(self, after_id: int = 0, limit: int = 10_000) -> list[RevocationRecord]:
+        rows = await self.pool.fetch(
+            "SELECT id, kind, value, client_id, revoked_before, expires_at, revoked_by FROM revocations"
+            " WHERE id > $1 AND expires_at > now() ORDER BY id LIMIT $2", after_id, limit)
+        return [RevocationRecord(id=r["id"], kind=r["kind"], value=r["value"], client_id=r["client_id"],
+                                 revoked_before=_ts(r["revoked_before"]), expires_at=_ts(r["expires_at"]),
+                                 revoked_by=r["revoked_by"]) for r in rows]
+
+    async def purge_expired(self) -> int:
+        """Drop expired opaque tokens and revocations (kept a day longer, for investigations)."""
+        tokens = await self.pool.execute("DELETE FROM opaque_tokens WHERE expires_at < now() - interval '1 day'")
+        revocations = await self.pool.execute("DELETE FROM revocations WHERE expires_at < now() - interval '1 day'")
+        return int(tokens.split()[-1]) + int(revocations.split()[-1])

@@ -66,6 +66,24 @@ class ClientRegistryServicer(registry_pb2_grpc.ClientRegistryServicer):
             common_pb2.OAuthError(code="server_error", description=e) if e else common_pb2.OAuthError()
             for e in errors])
 
+    async def GetOpaqueTokens(self, request, context):
+        if len(request.token_hashes) > MAX_BATCH:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_BATCH} hashes a call")
+        found = await self.registry.get_opaque_tokens(list(request.token_hashes))
+        return pb.GetOpaqueTokensResponse(results=[
+            pb.OpaqueTokenLookup(token=wire.opaque_to_pb(t)) if t else pb.OpaqueTokenLookup() for t in found])
+
+    async def AddRevocations(self, request, context):
+        ids = await self._call(context, self.registry.add_revocations(
+            [wire.revocation_from_pb(r) for r in request.revocations]))
+        return pb.AddRevocationsResponse(ids=ids)
+
+    async def ListRevocations(self, request, context):
+        limit = request.limit if 0 < request.limit <= 10_000 else 10_000
+        found = await self.registry.list_revocations(request.after_id, limit)
+        return pb.ListRevocationsResponse(revocations=[wire.revocation_to_pb(r) for r in found])
+
 
 def add_to_server(registry: ClientRegistryApi, server: grpc.aio.Server) -> None:
     registry_pb2_grpc.add_ClientRegistryServicer_to_server(ClientRegistryServicer(registry), server)
+

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from inbound.registry.v1 import registry_pb2 as pb
-from services.client_registry.api import ClientRecord, ClientSpec, ClientUpdate, OpaqueTokenRecord, SigningKeyRecord
+from services.client_registry.api import (
+    ClientRecord, ClientSpec, ClientUpdate, OpaqueTokenRecord, RevocationRecord, SigningKeyRecord,
+)
 
 
 def client_to_pb(c: ClientRecord) -> pb.Client:
@@ -92,10 +94,21 @@ def key_from_pb(m: pb.SigningKey) -> SigningKeyRecord:
 def opaque_to_pb(t: OpaqueTokenRecord) -> pb.OpaqueToken:
     return pb.OpaqueToken(token_hash=t.token_hash, jti=t.jti, client_id=t.client_id, subject=t.subject,
                           username=t.username, scopes=t.scopes, audience=t.audience, issued_at=t.issued_at,
-                          expires_at=t.expires_at)
+                          expires_at=t.expires_at, kind=t.kind, grant_id=t.grant_id)
 
 
 def opaque_from_pb(m: pb.OpaqueToken) -> OpaqueTokenRecord:
     return OpaqueTokenRecord(token_hash=m.token_hash, jti=m.jti, client_id=m.client_id, subject=m.subject,
                              username=m.username, scopes=tuple(m.scopes), audience=tuple(m.audience),
-                             issued_at=m.issued_at, expires_at=m.expires_at)
+                             issued_at=m.issued_at, expires_at=m.expires_at, kind=m.kind or "access",
+                             grant_id=m.grant_id)
+
+
+def revocation_to_pb(r: RevocationRecord) -> pb.Revocation:
+    return pb.Revocation(id=r.id, kind=r.kind, value=r.value, client_id=r.client_id,
+                         revoked_before=r.revoked_before, expires_at=r.expires_at, revoked_by=r.revoked_by)
+
+
+def revocation_from_pb(m: pb.Revocation) -> RevocationRecord:
+    return RevocationRecord(id=m.id, kind=m.kind, value=m.value, client_id=m.client_id,
+                            revoked_before=m.revoked_before, expires_at=m.expires_at, revoked_by=m.revoked_by)

@@ -78,7 +78,8 @@ async def main(stop: asyncio.Event) -> None:
         except Exception:
             return False
 
-    app = create_app(EdgeConfig(issuer=issuer_url, grants=grants, jwks=jwks.get, ready=ready))
+    app = create_app(EdgeConfig(issuer=issuer_url, grants=grants, jwks=jwks.get, tokens=issuer, events=events,
+                                ready=ready))
     server = _Server(uvicorn.Config(app, host=host, port=port, loop="none", http="httptools", lifespan="off",
                                     access_log=False, log_config=None, server_header=False,
                                     timeout_keep_alive=30, timeout_graceful_shutdown=10))

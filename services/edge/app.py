@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.applications import Starlette
@@ -21,19 +22,26 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from inbound.events.v1 import events_pb2
 from inboundlib.batching import Expired, Overloaded
+from inboundlib.events import TOKEN_DENIED, EventBus
 from inboundlib.grants.api import GrantHandler, TokenRequest
 from inboundlib.grpcx import is_unavailable
 from inboundlib.logs import request_id_var
 from inboundlib.oauth.client_auth import CLIENT_SECRET_BASIC, extract_credentials
+from inboundlib.oauth.client_auth import ClientCredentials
 from inboundlib.oauth.errors import (
     InvalidClient, InvalidRequest, OAuthError, ServerError, TemporarilyUnavailable, UnsupportedGrantType,
+    UnsupportedTokenType,
 )
 from inboundlib.oauth.params import MAX_BODY_BYTES, check_content_type, parse_form
 
 log = logging.getLogger(__name__)
 
 TOKEN_PATHS = ("/oauth/token", "/oauth_token.do")
+INTROSPECT_PATH = "/oauth/introspect"
+REVOKE_PATHS = ("/oauth/revoke", "/oauth_revoke_token.do")
+TOKEN_TYPE_HINTS = ("access_token", "refresh_token")
 JWKS_PATH = "/oauth/jwks"
 METADATA_PATH = "/.well-known/oauth-authorization-server"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
@@ -55,11 +63,21 @@ class MethodNotAllowed(InvalidRequest):
     default_description = "The token endpoint accepts POST only."
 
 
+class TokenService(Protocol):
+    """What the edge needs of token_issuer beyond JWKS (services/token_issuer/client.py)."""
+
+    async def introspect(self, token: str, caller: ClientCredentials | None = None, *, request_id: str = ""): ...
+    async def revoke(self, token: str, caller: ClientCredentials | None, *, token_type_hint: str = "",
+                     request_id: str = "") -> None: ...
+
+
 @dataclass
 class EdgeConfig:
     issuer: str
     grants: dict[str, GrantHandler]
     jwks: Callable[[], Awaitable[dict]]
+    tokens: TokenService | None = None
+    events: EventBus | None = None
     ready: Callable[[], Awaitable[bool]] = field(default=lambda: _always_ready())
 
 
@@ -103,52 +121,104 @@ async def _read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(config: EdgeConfig) -> Starlette:
-    metadata = build_metadata(config.issuer, sorted(config.grants))
+async def _backend(call: Awaitable):
+    """Await a backend call; infrastructure failures become 503/500 OAuth errors (DESIGN.md)."""
+    try:
+        return await call
+    except (Overloaded, Expired) as exc:
+        raise TemporarilyUnavailable(detail=type(exc).__name__) from None
+    except OAuthError:
+        raise
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise TemporarilyUnavailable(detail=type(exc).__name__) from None
+        log.exception("backend call failed")
+        raise ServerError() from None
 
-    async def token(request: Request) -> Response:
-        """RFC 6749 §3.2 token endpoint."""
-        started = time.perf_counter()
-        request_id = _request_id(request)
-        ctx = request_id_var.set(request_id)
-        basic_auth = "authorization" in request.headers
+
+async def _read_form(request: Request) -> tuple[dict[str, str], ClientCredentials | None]:
+    """RFC 6749 §3.2 / RFC 7009 §2.1 / RFC 7662 §2.1: a POSTed form with the client's credentials."""
+    if request.method != "POST":
+        raise MethodNotAllowed()
+    check_content_type(request.headers.get("content-type"))
+    params = parse_form(await _read_body(request))
+    return params, extract_credentials(request.headers.get("authorization"), params)
+
+
+def create_app(config: EdgeConfig) -> Starlette:
+    metadata = build_metadata(config.issuer, sorted(config.grants), introspection=config.tokens is not None)
+
+    def endpoint(route: str, handle: Callable[[Request, str], Awaitable[Response]]):
+        """The frame every OAuth endpoint shares: request id, error rendering, metrics."""
+
+        async def serve(request: Request) -> Response:
+            started = time.perf_counter()
+            request_id = _request_id(request)
+            ctx = request_id_var.set(request_id)
+            try:
+                response = await handle(request, request_id)
+            except OAuthError as exc:
+                HTTP_ERRORS.labels(route, exc.code).inc()
+                if exc.status >= 500:
+                    log.warning("request failed", extra={"route": route, "error": exc.code, "detail": exc.detail})
+                response = error_response(exc, basic_auth="authorization" in request.headers)
+            finally:
+                request_id_var.reset(ctx)
+            response.headers["X-Request-Id"] = request_id
+            if response.status_code == 405:
+                response.headers["Allow"] = "POST"
+            HTTP_SECONDS.labels(route, str(response.status_code)).observe(time.perf_counter() - started)
+            return response
+
+        return serve
+
+    async def token(request: Request, request_id: str) -> Response:
+        """RFC 6749 §3.2 token endpoint: parse, route by grant_type, render."""
+        credentials = None
+        grant_type = ""
         try:
-            if request.method != "POST":
-                raise MethodNotAllowed()
-            check_content_type(request.headers.get("content-type"))
-            params = parse_form(await _read_body(request))
-            credentials = extract_credentials(request.headers.get("authorization"), params)
-            grant_type = params.pop("grant_type", None)
-            if grant_type is None:
+            params, credentials = await _read_form(request)
+            grant_type = params.pop("grant_type", "")
+            if not grant_type:
                 raise InvalidRequest("The grant_type parameter is missing.")
             handler = config.grants.get(grant_type)
             if handler is None:
                 raise UnsupportedGrantType()
-            try:
-                result = await handler.handle(TokenRequest(grant_type=grant_type, client=credentials,
-                                                           params=params, request_id=request_id))
-            except (Overloaded, Expired) as exc:
-                raise TemporarilyUnavailable(detail=type(exc).__name__) from None
-            except OAuthError:
-                raise
-            except Exception as exc:
-                if is_unavailable(exc):
-                    raise TemporarilyUnavailable(detail=type(exc).__name__) from None
-                log.exception("grant service call failed")
-                raise ServerError() from None
-            response = _json(result.to_json(), 200, dict(_NO_STORE))
         except OAuthError as exc:
-            HTTP_ERRORS.labels("token", exc.code).inc()
-            if exc.status >= 500:
-                log.warning("token request failed", extra={"error": exc.code, "detail": exc.detail})
-            response = error_response(exc, basic_auth=basic_auth)
-        finally:
-            request_id_var.reset(ctx)
-        response.headers["X-Request-Id"] = request_id
-        if response.status_code == 405:
-            response.headers["Allow"] = "POST"
-        HTTP_SECONDS.labels("token", str(response.status_code)).observe(time.perf_counter() - started)
-        return response
+            # Refused here, before any grant service saw it: the audit record is ours to write.
+            if config.events is not None:
+                config.events.publish(TOKEN_DENIED, events_pb2.Event(token_denied=events_pb2.TokenDenied(
+                    client_id=credentials.client_id if credentials else "", grant_type=grant_type[:100],
+                    error=exc.code, detail=exc.detail or exc.description)))
+            raise
+        result = await _backend(handler.handle(TokenRequest(grant_type=grant_type, client=credentials,
+                                                            params=params, request_id=request_id)))
+        return _json(result.to_json(), 200, dict(_NO_STORE))
+
+    async def introspect(request: Request, request_id: str) -> Response:
+        """RFC 7662 §2: the caller authenticates as a client; inactive is only {"active": false}."""
+        params, credentials = await _read_form(request)
+        if credentials is None:
+            raise InvalidClient(detail="introspection without client authentication")
+        token_value = params.get("token")
+        if token_value is None:
+            raise InvalidRequest("The token parameter is missing.")
+        info = await _backend(config.tokens.introspect(token_value, credentials, request_id=request_id))
+        return _json(info.to_json(), 200, dict(_NO_STORE))
+
+    async def revoke(request: Request, request_id: str) -> Response:
+        """RFC 7009 §2: 200 whether or not the token was known; unsupported hints are refused."""
+        params, credentials = await _read_form(request)
+        if credentials is None:
+            raise InvalidClient(detail="revocation without client authentication")
+        token_value = params.get("token")
+        if token_value is None:
+            raise InvalidRequest("The token parameter is missing.")
+        hint = params.get("token_type_hint", "")
+        if hint and hint not in TOKEN_TYPE_HINTS:
+            raise UnsupportedTokenType()
+        await _backend(config.tokens.revoke(token_value, credentials, token_type_hint=hint, request_id=request_id))
+        return Response(b"", status_code=200, headers=dict(_NO_STORE))
 
     async def oauth_metadata(request: Request) -> Response:
         """RFC 8414 §3: authorization server metadata."""
@@ -175,7 +245,11 @@ def create_app(config: EdgeConfig) -> Starlette:
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    routes = [Route(path, token, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]) for path in TOKEN_PATHS]
+    any_method = ["GET", "POST", "PUT", "DELETE", "PATCH"]
+    routes = [Route(path, endpoint("token", token), methods=any_method) for path in TOKEN_PATHS]
+    if config.tokens is not None:
+        routes.append(Route(INTROSPECT_PATH, endpoint("introspect", introspect), methods=any_method))
+        routes += [Route(path, endpoint("revoke", revoke), methods=any_method) for path in REVOKE_PATHS]
     routes += [
         Route(METADATA_PATH, oauth_metadata, methods=["GET"]),
         Route(JWKS_PATH, jwks, methods=["GET"]),
@@ -187,15 +261,24 @@ def create_app(config: EdgeConfig) -> Starlette:
     return Starlette(routes=routes)
 
 
-def build_metadata(issuer: str, grant_types: list[str]) -> dict:
+def build_metadata(issuer: str, grant_types: list[str], *, introspection: bool = True) -> dict:
     """RFC 8414 §2: only what this server really supports."""
     base = issuer.rstrip("/")
-    return {
+    auth_methods = [CLIENT_SECRET_BASIC, "client_secret_post"]
+    metadata = {
         "issuer": issuer,
         "token_endpoint": base + TOKEN_PATHS[0],
         "jwks_uri": base + JWKS_PATH,
         "grant_types_supported": grant_types,
-        "token_endpoint_auth_methods_supported": [CLIENT_SECRET_BASIC, "client_secret_post"],
+        "token_endpoint_auth_methods_supported": auth_methods,
         # RFC 8414 requires the member; no authorization endpoint is served yet.
         "response_types_supported": [],
     }
+    if introspection:
+        metadata.update({
+            "introspection_endpoint": base + INTROSPECT_PATH,
+            "introspection_endpoint_auth_methods_supported": auth_methods,
+            "revocation_endpoint": base + REVOKE_PATHS[0],
+            "revocation_endpoint_auth_methods_supported": auth_methods,
+        })
+    return metadata

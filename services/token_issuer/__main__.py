@@ -6,10 +6,13 @@ import asyncio
 from inboundlib import grpcx, metrics, service
 from inboundlib.config import Env
 from inboundlib.events import EventBus
+from services.client_registry.cache import ClientCache
 from services.client_registry.client import RegistryClient
 from services.token_issuer import server
+from services.token_issuer.introspection import TokenChecker
 from services.token_issuer.issuer import TokenIssuer
 from services.token_issuer.keys import ALGORITHMS, KeyEncryptor
+from services.token_issuer.revocations import RevocationSet, RevocationSync
 
 KEY_RELOAD_SECONDS = 60
 
@@ -27,15 +30,26 @@ async def main(stop: asyncio.Event) -> None:
     port = env.int("INBOUND_GRPC_PORT", 50052, minimum=0, maximum=65535)
     host = env.str("INBOUND_BIND_HOST", "0.0.0.0")
     metrics_port = env.int("INBOUND_METRICS_PORT", 0, minimum=0, maximum=65535)
+    cache_ttl = env.float("INBOUND_CLIENT_CACHE_TTL", 60.0)
+    resync = env.float("INBOUND_REVOCATION_RESYNC_SECONDS", 5.0, minimum=0.1)
 
     registry_channel = grpcx.channel(registry_addr)
     events = EventBus(nats_url, "token_issuer")
     await events.start()
-    issuer = TokenIssuer(RegistryClient(registry_channel), KeyEncryptor(kek), issuer=issuer_url,
+    registry = RegistryClient(registry_channel)
+    issuer = TokenIssuer(registry, KeyEncryptor(kek), issuer=issuer_url,
                          default_audience=audience, alg=alg, activation_delay=delay, events=events)
     await service.retry_until_ready("registry", issuer.start, stop)
+    clients = ClientCache(registry, ttl=cache_ttl)
+    await clients.attach(events)
+    revocations = RevocationSet()
+    # Serve only once the revocations made so far are known (a late replica must honour them).
+    sync = RevocationSync(revocations, registry, events, resync_seconds=resync)
+    await service.retry_until_ready("registry", sync.start, stop)
+    checker = TokenChecker(issuer=issuer_url, keyring=lambda: issuer.keyring, revocations=revocations,
+                           clients=clients, registry=registry, events=events)
     grpc_server = grpcx.GrpcServer(host, port, [server.SERVICE_NAME])
-    server.add_to_server(issuer, grpc_server.server)
+    server.add_to_server(issuer, checker, grpc_server.server)
     metrics.serve(metrics_port)
     await grpc_server.start()
 
@@ -50,6 +64,7 @@ async def main(stop: asyncio.Event) -> None:
     reloader = asyncio.create_task(reload_periodically())
     await stop.wait()
     reloader.cancel()
+    await sync.stop()
     await grpc_server.stop(grace=5)
     await events.close()
     await registry_channel.close()

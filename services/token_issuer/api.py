@@ -20,6 +20,11 @@ class IssueRequest:
     audience: tuple[str, ...] = ()
     username: str = ""
     request_id: str = ""
+    grant_type: str = ""
+    # Tokens from one authorization grant share it; empty starts a new grant.
+    grant_id: str = ""
+    # > 0: issue a refresh token with this lifetime too.
+    refresh_token_lifetime: int = 0
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,8 @@ class IssuedToken:
     jti: str
     issued_at: int
     token_type: str = "Bearer"
+    refresh_token: str = field(default="", repr=False)
+    grant_id: str = ""
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,10 @@ from inbound.issuer.v1 import issuer_pb2 as pb
 from inbound.issuer.v1 import issuer_pb2_grpc
 from inboundlib.batching import Coalescer
 from inboundlib.oauth.errors import InvalidRequest
-from inboundlib.wire import error_from_pb, meta
+from inboundlib.oauth.client_auth import ClientCredentials
+from inboundlib.wire import credentials_to_pb, error_from_pb, meta
 from services.token_issuer.api import FORMAT_OPAQUE, IssuedToken, IssueRequest, KeyInfo
+from services.token_issuer.introspection import TokenInfo
 
 HOT_TIMEOUT = 3.0
 ADMIN_TIMEOUT = 10.0
@@ -24,6 +26,8 @@ class IssuerClient:
     def __init__(self, channel: grpc.aio.Channel):
         self.stub = issuer_pb2_grpc.TokenIssuerStub(channel)
         self._issue = Coalescer("issuer.Issue", self._send_issue, max_batch=32)
+        self._introspect = Coalescer("issuer.Introspect", self._send_introspect, max_batch=32)
+        self._revoke = Coalescer("issuer.Revoke", self._send_revoke, max_batch=32)
 
     async def _send_issue(self, items: list[pb.IssueRequest], timeout: float) -> list[pb.IssueResult]:
         reply = await self.stub.Issue(pb.IssueBatch(requests=items), timeout=timeout)
@@ -34,13 +38,14 @@ class IssuerClient:
             meta=meta(request.request_id, HOT_TIMEOUT), client_id=request.client_id, subject=request.subject,
             scopes=request.scopes, audience=request.audience,
             format=pb.TOKEN_FORMAT_OPAQUE if request.format == FORMAT_OPAQUE else pb.TOKEN_FORMAT_JWT,
-            lifetime_seconds=request.lifetime_seconds, username=request.username)
+            lifetime_seconds=request.lifetime_seconds, username=request.username, grant_type=request.grant_type,
+            grant_id=request.grant_id, refresh_token_lifetime_seconds=request.refresh_token_lifetime)
         result = await self._issue.submit(item, HOT_TIMEOUT)
         if result.HasField("error"):
             raise error_from_pb(result.error)
         t = result.token
         return IssuedToken(access_token=t.access_token, token_type=t.token_type, expires_in=t.expires_in,
-                           jti=t.jti, issued_at=t.issued_at)
+                           jti=t.jti, issued_at=t.issued_at, refresh_token=t.refresh_token, grant_id=t.grant_id)
 
     async def jwks(self) -> dict:
         reply = await self.stub.GetJwks(pb.GetJwksRequest(), timeout=HOT_TIMEOUT)
@@ -60,3 +65,37 @@ class IssuerClient:
                 raise InvalidRequest(exc.details()) from None
             raise
         return _key(reply.key)
+
+    async def _send_introspect(self, items: list[pb.IntrospectRequest], timeout: float) -> list[pb.IntrospectResult]:
+        reply = await self.stub.Introspect(pb.IntrospectBatch(requests=items), timeout=timeout)
+        return list(reply.results)
+
+    async def introspect(self, token: str, caller: ClientCredentials | None = None, *,
+                         request_id: str = "") -> TokenInfo:
+        """RFC 7662. `caller` is the HTTP client asking; internal services pass None."""
+        item = pb.IntrospectRequest(meta=meta(request_id, HOT_TIMEOUT), token=token,
+                                    caller=credentials_to_pb(caller))
+        result = await self._introspect.submit(item, HOT_TIMEOUT)
+        if result.HasField("error"):
+            raise error_from_pb(result.error)
+        i = result.info
+        return TokenInfo(active=i.active, scope=i.scope, client_id=i.client_id, sub=i.sub, username=i.username,
+                         token_type=i.token_type, exp=i.exp, iat=i.iat, iss=i.iss, aud=tuple(i.aud), jti=i.jti)
+
+    async def _send_revoke(self, items: list[pb.RevokeRequest], timeout: float) -> list[pb.RevokeResult]:
+        reply = await self.stub.Revoke(pb.RevokeBatch(requests=items), timeout=timeout)
+        return list(reply.results)
+
+    async def revoke(self, token: str, caller: ClientCredentials | None, *, token_type_hint: str = "",
+                     request_id: str = "") -> None:
+        """RFC 7009; raises the OAuth error when the request is refused."""
+        item = pb.RevokeRequest(meta=meta(request_id, HOT_TIMEOUT), token=token, token_type_hint=token_type_hint,
+                                caller=credentials_to_pb(caller))
+        result = await self._revoke.submit(item, HOT_TIMEOUT)
+        if result.HasField("error"):
+            raise error_from_pb(result.error)
+
+    async def revoke_client_tokens(self, client_id: str) -> int:
+        reply = await self.stub.RevokeClientTokens(pb.RevokeClientTokensRequest(client_id=client_id),
+                                                   timeout=ADMIN_TIMEOUT)
+        return reply.revoked_before

@@ -18,7 +18,7 @@ from cryptography.exceptions import InvalidTag
 
 from inbound.events.v1 import events_pb2
 from inboundlib.config import ConfigError
-from inboundlib.events import KEYS_ROTATED, EventBus
+from inboundlib.events import KEYS_ROTATED, TOKEN_ISSUED, EventBus
 from inboundlib.oauth.errors import InvalidRequest, ServerError, TemporarilyUnavailable
 from services.client_registry.api import ClientRegistryApi, OpaqueTokenRecord
 from services.token_issuer.api import FORMAT_JWT, FORMAT_OPAQUE, IssuedToken, IssueRequest, KeyInfo
@@ -27,7 +27,10 @@ from services.token_issuer.keys import ALGORITHMS, KeyEncryptor, KeyRing, new_ke
 log = logging.getLogger(__name__)
 
 MAX_LIFETIME = 10 * 365 * 24 * 3600
+# Access tokens live a day at most; retired keys stay published that long.
+MAX_ACCESS_TOKEN_LIFETIME = 24 * 3600
 OPAQUE_PREFIX = "ibo_"
+REFRESH_PREFIX = "ibr_"
 
 
 class TokenIssuer:
@@ -91,22 +94,43 @@ class TokenIssuer:
                         signing=signing is not None and k.kid == signing.kid) for k in self.keyring.keys]
 
     async def jwks(self) -> dict:
-        return self.keyring.jwks()
+        return self.keyring.jwks(MAX_ACCESS_TOKEN_LIFETIME)
 
     # --- tokens ---------------------------------------------------------------------------------
 
     async def issue(self, request: IssueRequest) -> IssuedToken:
         if not request.client_id or not request.subject:
             raise InvalidRequest(detail="issue request without client or subject")
-        if not 0 < request.lifetime_seconds <= MAX_LIFETIME:
+        if not 0 < request.lifetime_seconds <= MAX_ACCESS_TOKEN_LIFETIME:
             raise InvalidRequest(detail=f"lifetime {request.lifetime_seconds} out of range")
+        if not 0 <= request.refresh_token_lifetime <= MAX_LIFETIME:
+            raise InvalidRequest(detail=f"refresh lifetime {request.refresh_token_lifetime} out of range")
         now = int(time.time())
         jti = secrets.token_urlsafe(16)
         audience = list(request.audience) or [self.default_audience]
+        grant_id = request.grant_id or (secrets.token_urlsafe(16) if request.refresh_token_lifetime else "")
         if request.format == FORMAT_OPAQUE:
-            return await self._issue_opaque(request, jti, now, audience)
-        if request.format != FORMAT_JWT:
+            access_token = await self._issue_opaque(request, jti, now, audience, grant_id)
+        elif request.format == FORMAT_JWT:
+            access_token = self._issue_jwt(request, jti, now, audience, grant_id)
+        else:
             raise ServerError(detail=f"unknown token format {request.format!r}")
+        refresh_token = ""
+        if request.refresh_token_lifetime:
+            refresh_token = REFRESH_PREFIX + secrets.token_urlsafe(32)
+            await self._store(refresh_token, OpaqueTokenRecord(
+                token_hash=b"", jti=secrets.token_urlsafe(16), client_id=request.client_id, subject=request.subject,
+                username=request.username, scopes=request.scopes, audience=tuple(audience), issued_at=now,
+                expires_at=now + request.refresh_token_lifetime, kind="refresh", grant_id=grant_id))
+        if self.events is not None:
+            self.events.publish(TOKEN_ISSUED, events_pb2.Event(token_issued=events_pb2.TokenIssued(
+                client_id=request.client_id, grant_type=request.grant_type, subject=request.subject, jti=jti,
+                scope=" ".join(request.scopes), token_format=request.format,
+                expires_at=now + request.lifetime_seconds, refresh_token_issued=bool(refresh_token))))
+        return IssuedToken(access_token=access_token, expires_in=request.lifetime_seconds, jti=jti, issued_at=now,
+                           refresh_token=refresh_token, grant_id=grant_id)
+
+    def _issue_jwt(self, request: IssueRequest, jti: str, now: int, audience: list[str], grant_id: str) -> str:
         key = self.keyring.signing_key(now)
         if key is None:
             raise TemporarilyUnavailable(detail="no signing key is active")
@@ -122,15 +146,22 @@ class TokenIssuer:
         }
         if request.username:
             claims["username"] = request.username
-        token = jwt.encode(claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": "at+jwt"})
-        return IssuedToken(access_token=token, expires_in=request.lifetime_seconds, jti=jti, issued_at=now)
+        if grant_id:
+            claims["grant_id"] = grant_id
+        return jwt.encode(claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": "at+jwt"})
 
-    async def _issue_opaque(self, request: IssueRequest, jti: str, now: int, audience: list[str]) -> IssuedToken:
+    async def _issue_opaque(self, request: IssueRequest, jti: str, now: int, audience: list[str],
+                            grant_id: str) -> str:
         token = OPAQUE_PREFIX + secrets.token_urlsafe(32)
-        error = await self.registry.store_opaque_tokens([OpaqueTokenRecord(
-            token_hash=hashlib.sha256(token.encode()).digest(), jti=jti, client_id=request.client_id,
-            subject=request.subject, username=request.username, scopes=request.scopes, audience=tuple(audience),
-            issued_at=now, expires_at=now + request.lifetime_seconds)])
-        if error[0]:
-            raise ServerError(detail=f"opaque token not stored: {error[0]}")
-        return IssuedToken(access_token=token, expires_in=request.lifetime_seconds, jti=jti, issued_at=now)
+        await self._store(token, OpaqueTokenRecord(
+            token_hash=b"", jti=jti, client_id=request.client_id, subject=request.subject,
+            username=request.username, scopes=request.scopes, audience=tuple(audience), issued_at=now,
+            expires_at=now + request.lifetime_seconds, kind="access", grant_id=grant_id))
+        return token
+
+    async def _store(self, token: str, record: OpaqueTokenRecord) -> None:
+        """Only the SHA-256 of a token is stored; a database leak yields no usable token."""
+        record = OpaqueTokenRecord(**{**record.__dict__, "token_hash": hashlib.sha256(token.encode()).digest()})
+        error = (await self.registry.store_opaque_tokens([record]))[0]
+        if error:
+            raise ServerError(detail=f"token not stored: {error}")

@@ -109,5 +109,19 @@ class KeyRing:
         active = [k for k in self.keys if k.activates_at <= now]
         return active[-1] if active else None
 
-    def jwks(self) -> dict[str, Any]:
-        return {"keys": [k.jwk for k in self.keys]}
+    def by_kid(self, kid: str) -> SigningKey | None:
+        return next((k for k in self.keys if k.kid == kid), None)
+
+    def published(self, max_token_lifetime: int, now: float | None = None) -> list[SigningKey]:
+        """Keys to publish: the signing one, every future one (so caches learn them
+        before they sign), and retired ones until the last token they signed expires."""
+        now = time.time() if now is None else now
+        result = []
+        for i, key in enumerate(self.keys):
+            successor = next((k for k in self.keys[i + 1:] if k.activates_at <= now), None)
+            if successor is None or successor.activates_at + max_token_lifetime > now:
+                result.append(key)
+        return result
+
+    def jwks(self, max_token_lifetime: int = 24 * 3600) -> dict[str, Any]:
+        return {"keys": [k.jwk for k in self.published(max_token_lifetime)]}

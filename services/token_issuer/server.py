@@ -11,8 +11,9 @@ from inbound.issuer.v1 import issuer_pb2 as pb
 from inbound.issuer.v1 import issuer_pb2_grpc
 from inboundlib.logs import request_id_var
 from inboundlib.oauth.errors import OAuthError, ServerError, TemporarilyUnavailable
-from inboundlib.wire import error_to_pb, expired
+from inboundlib.wire import credentials_from_pb, error_to_pb, expired
 from services.token_issuer.api import FORMAT_JWT, FORMAT_OPAQUE, IssueRequest, KeyInfo
+from services.token_issuer.introspection import TokenChecker, TokenInfo
 from services.token_issuer.issuer import TokenIssuer
 
 log = logging.getLogger(__name__)
@@ -27,34 +28,92 @@ def key_to_pb(k: KeyInfo) -> pb.SigningKeyInfo:
                              signing=k.signing)
 
 
+def info_to_pb(info: TokenInfo) -> pb.TokenInfo:
+    if not info.active:
+        return pb.TokenInfo(active=False)
+    return pb.TokenInfo(active=True, scope=info.scope, client_id=info.client_id, sub=info.sub,
+                        username=info.username, token_type=info.token_type, exp=info.exp, iat=info.iat,
+                        iss=info.iss, aud=info.aud, jti=info.jti)
+
+
+async def _per_item(meta, work):
+    """Run one batch item with its request id in the log context; OAuth errors become data."""
+    token = request_id_var.set(meta.request_id)
+    try:
+        if expired(meta):
+            raise TemporarilyUnavailable(detail="deadline passed before handling")
+        return await work()
+    except OAuthError as exc:
+        log.info("request refused", extra={"error": exc.code, "detail": exc.detail})
+        return error_to_pb(exc)
+    except Exception:
+        log.exception("request failed")
+        return error_to_pb(ServerError())
+    finally:
+        request_id_var.reset(token)
+
+
 class TokenIssuerServicer(issuer_pb2_grpc.TokenIssuerServicer):
-    def __init__(self, issuer: TokenIssuer):
+    def __init__(self, issuer: TokenIssuer, checker: TokenChecker):
         self.issuer = issuer
+        self.checker = checker
 
     async def _issue_one(self, item: pb.IssueRequest) -> pb.IssueResult:
-        token = request_id_var.set(item.meta.request_id)
-        try:
-            if expired(item.meta):
-                raise TemporarilyUnavailable(detail="deadline passed before issuing")
+        async def work():
             issued = await self.issuer.issue(IssueRequest(
                 client_id=item.client_id, subject=item.subject, scopes=tuple(item.scopes),
                 format=_FORMATS.get(item.format, FORMAT_JWT), lifetime_seconds=item.lifetime_seconds,
-                audience=tuple(item.audience), username=item.username, request_id=item.meta.request_id))
-            return pb.IssueResult(token=pb.IssuedToken(
-                access_token=issued.access_token, token_type=issued.token_type, expires_in=issued.expires_in,
-                jti=issued.jti, issued_at=issued.issued_at))
-        except OAuthError as exc:
-            log.info("token not issued", extra={"error": exc.code, "detail": exc.detail})
-            return pb.IssueResult(error=error_to_pb(exc))
-        except Exception:
-            log.exception("token issuance failed")
-            return pb.IssueResult(error=error_to_pb(ServerError()))
-        finally:
-            request_id_var.reset(token)
+                audience=tuple(item.audience), username=item.username, request_id=item.meta.request_id,
+                grant_type=item.grant_type, grant_id=item.grant_id,
+                refresh_token_lifetime=item.refresh_token_lifetime_seconds))
+            return pb.IssuedToken(access_token=issued.access_token, token_type=issued.token_type,
+                                  expires_in=issued.expires_in, jti=issued.jti, issued_at=issued.issued_at,
+                                  refresh_token=issued.refresh_token, grant_id=issued.grant_id)
+
+        outcome = await _per_item(item.meta, work)
+        if isinstance(outcome, pb.IssuedToken):
+            return pb.IssueResult(token=outcome)
+        return pb.IssueResult(error=outcome)
+
+    async def _introspect_one(self, item: pb.IntrospectRequest) -> pb.IntrospectResult:
+        async def work():
+            caller = credentials_from_pb(item.caller) if item.HasField("caller") else None
+            return info_to_pb(await self.checker.introspect(item.token, caller, internal=caller is None))
+
+        outcome = await _per_item(item.meta, work)
+        if isinstance(outcome, pb.TokenInfo):
+            return pb.IntrospectResult(info=outcome)
+        return pb.IntrospectResult(error=outcome)
+
+    async def _revoke_one(self, item: pb.RevokeRequest) -> pb.RevokeResult:
+        async def work():
+            await self.checker.revoke(item.token, credentials_from_pb(item.caller))
+            return None
+
+        outcome = await _per_item(item.meta, work)
+        return pb.RevokeResult(error=outcome) if outcome is not None else pb.RevokeResult()
+
+    async def _check_batch(self, context, items) -> None:
+        if len(items) > MAX_BATCH:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_BATCH} requests a call")
+
+    async def Introspect(self, request, context):
+        await self._check_batch(context, request.requests)
+        return pb.IntrospectResults(results=await asyncio.gather(
+            *(self._introspect_one(item) for item in request.requests)))
+
+    async def Revoke(self, request, context):
+        await self._check_batch(context, request.requests)
+        return pb.RevokeResults(results=await asyncio.gather(*(self._revoke_one(item) for item in request.requests)))
+
+    async def RevokeClientTokens(self, request, context):
+        if not request.client_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "client_id is required")
+        return pb.RevokeClientTokensResponse(
+            revoked_before=await self.checker.revoke_client_tokens(request.client_id))
 
     async def Issue(self, request, context):
-        if len(request.requests) > MAX_BATCH:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_BATCH} requests a call")
+        await self._check_batch(context, request.requests)
         results = await asyncio.gather(*(self._issue_one(item) for item in request.requests))
         return pb.IssueResults(results=results)
 
@@ -72,5 +131,5 @@ class TokenIssuerServicer(issuer_pb2_grpc.TokenIssuerServicer):
         return pb.RotateKeyResponse(key=key_to_pb(key))
 
 
-def add_to_server(issuer: TokenIssuer, server: grpc.aio.Server) -> None:
-    issuer_pb2_grpc.add_TokenIssuerServicer_to_server(TokenIssuerServicer(issuer), server)
+def add_to_server(issuer: TokenIssuer, checker: TokenChecker, server: grpc.aio.Server) -> None:
+    issuer_pb2_grpc.add_TokenIssuerServicer_to_server(TokenIssuerServicer(issuer, checker), server)

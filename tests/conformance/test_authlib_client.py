@@ -59,7 +59,8 @@ def test_metadata_is_rfc8414_exact(stack):
     # Only what is really served is advertised.
     assert metadata["grant_types_supported"] == ["client_credentials"]
     assert "authorization_endpoint" not in metadata
-    assert "introspection_endpoint" not in metadata
+    assert metadata["introspection_endpoint"] == stack.edge_url + "/oauth/introspect"
+    assert metadata["revocation_endpoint"] == stack.edge_url + "/oauth/revoke"
 
 
 def test_jwks_is_a_public_jwk_set(stack):

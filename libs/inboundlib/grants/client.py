@@ -7,8 +7,7 @@ from inbound.grant.v1 import grant_pb2 as pb
 from inbound.grant.v1 import grant_pb2_grpc
 from inboundlib.batching import Coalescer
 from inboundlib.grants.api import TokenRequest, TokenResponse
-from inboundlib.grants.server import METHOD_TO_PB
-from inboundlib.wire import error_from_pb, meta
+from inboundlib.wire import credentials_to_pb, error_from_pb, meta
 
 TIMEOUT = 5.0
 
@@ -25,11 +24,7 @@ class GrantClient:
 
     async def handle(self, request: TokenRequest) -> TokenResponse:
         item = pb.TokenRequest(meta=meta(request.request_id, TIMEOUT), grant_type=request.grant_type,
-                               params=request.params)
-        if request.client is not None:
-            item.client.CopyFrom(pb.ClientCredentials(method=METHOD_TO_PB[request.client.method],
-                                                      client_id=request.client.client_id,
-                                                      client_secret=request.client.client_secret))
+                               params=request.params, client=credentials_to_pb(request.client))
         result = await self._token.submit(item, TIMEOUT)
         if result.HasField("error"):
             raise error_from_pb(result.error)

@@ -7,33 +7,22 @@ import logging
 
 import grpc
 
+from inbound.events.v1 import events_pb2
 from inbound.grant.v1 import grant_pb2 as pb
 from inbound.grant.v1 import grant_pb2_grpc
 from inboundlib.grants.api import GrantHandler, TokenRequest, TokenResponse
+from inboundlib.events import TOKEN_DENIED, EventBus
 from inboundlib.logs import request_id_var
 from inboundlib.metrics import TOKEN_REQUESTS
-from inboundlib.oauth.client_auth import CLIENT_SECRET_BASIC, CLIENT_SECRET_POST, NONE, ClientCredentials
 from inboundlib.oauth.errors import OAuthError, ServerError, TemporarilyUnavailable, UnsupportedGrantType
-from inboundlib.wire import error_to_pb, expired
+from inboundlib.wire import credentials_from_pb, error_to_pb, expired
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "inbound.grant.v1.GrantService"
 MAX_BATCH = 256
-METHOD_FROM_PB = {
-    pb.CLIENT_AUTH_METHOD_NONE: NONE,
-    pb.CLIENT_AUTH_METHOD_CLIENT_SECRET_BASIC: CLIENT_SECRET_BASIC,
-    pb.CLIENT_AUTH_METHOD_CLIENT_SECRET_POST: CLIENT_SECRET_POST,
-}
-METHOD_TO_PB = {value: key for key, value in METHOD_FROM_PB.items()}
-
-
 def request_from_pb(item: pb.TokenRequest) -> TokenRequest:
-    client = None
-    if item.HasField("client") and item.client.method in METHOD_FROM_PB:
-        client = ClientCredentials(METHOD_FROM_PB[item.client.method], item.client.client_id,
-                                   item.client.client_secret)
-    return TokenRequest(grant_type=item.grant_type, client=client, params=dict(item.params),
+    return TokenRequest(grant_type=item.grant_type, client=credentials_from_pb(item.client), params=dict(item.params),
                         request_id=item.meta.request_id)
 
 
@@ -44,8 +33,9 @@ def response_to_pb(r: TokenResponse) -> pb.TokenResponse:
 
 
 class GrantServicer(grant_pb2_grpc.GrantServiceServicer):
-    def __init__(self, handler: GrantHandler):
+    def __init__(self, handler: GrantHandler, events: EventBus | None = None):
         self.handler = handler
+        self.events = events
 
     async def _one(self, item: pb.TokenRequest) -> pb.TokenResult:
         token = request_id_var.set(item.meta.request_id)
@@ -63,6 +53,9 @@ class GrantServicer(grant_pb2_grpc.GrantServiceServicer):
             TOKEN_REQUESTS.labels(self.handler.grant_type, exc.code).inc()
             log.info("token request denied", extra={"client_id": client_id, "error": exc.code,
                                                    "detail": exc.detail})
+            if self.events is not None:
+                self.events.publish(TOKEN_DENIED, events_pb2.Event(token_denied=events_pb2.TokenDenied(
+                    client_id=client_id[:255], grant_type=item.grant_type, error=exc.code, detail=exc.detail)))
             return pb.TokenResult(error=error_to_pb(exc))
         except Exception:
             TOKEN_REQUESTS.labels(self.handler.grant_type, "server_error").inc()
@@ -78,5 +71,5 @@ class GrantServicer(grant_pb2_grpc.GrantServiceServicer):
         return pb.TokenResults(results=results)
 
 
-def add_to_server(handler: GrantHandler, server: grpc.aio.Server) -> None:
-    grant_pb2_grpc.add_GrantServiceServicer_to_server(GrantServicer(handler), server)
+def add_to_server(handler: GrantHandler, server: grpc.aio.Server, events: EventBus | None = None) -> None:
+    grant_pb2_grpc.add_GrantServiceServicer_to_server(GrantServicer(handler, events), server)

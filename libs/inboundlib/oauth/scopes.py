@@ -6,7 +6,7 @@ import re
 from inboundlib.oauth.errors import InvalidScope
 
 # scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
-SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
+SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 MAX_SCOPES = 100
 
 
@@ -15,7 +15,7 @@ def parse_scope(value: str | None) -> list[str]:
     if value is None or value == "":
         return []
     tokens = value.split(" ")
-    if any(not SCOPE_TOKEN.match(token) for token in tokens):
+    if any(not SCOPE_TOKEN.fullmatch(token) for token in tokens):
         raise InvalidScope("The scope parameter is malformed.")
     unique = list(dict.fromkeys(tokens))
     if len(unique) > MAX_SCOPES:
@@ -24,7 +24,7 @@ def parse_scope(value: str | None) -> list[str]:
 
 
 def is_valid_scope_token(token: str) -> bool:
-    return bool(SCOPE_TOKEN.match(token))
+    return bool(SCOPE_TOKEN.fullmatch(token))
 
 
 def narrow_scopes(requested: str | None, allowed: list[str]) -> list[str]:

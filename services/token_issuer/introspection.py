@@ -1,0 +1,237 @@
+"""Token introspection (RFC 7662) and revocation (RFC 7009).
+
+Named checks, in order, for introspection:
+1. the caller is an authenticated confidential client (§2.1), when it is an HTTP caller
+2. the token is ours: a JWT signed by one of our keys with our `iss`, or an
+   opaque token whose hash is stored
+3. not expired
+4. not revoked (jti, its grant, or all of its client's tokens up to a time)
+5. its client still exists and is active
+Any failed check from 2 on answers only {"active": false} (§2.2).
+
+JWTs are checked without any I/O (keys, revocation set and client records are
+in memory); opaque tokens are looked up through client_registry and cached —
+they never change once stored, so only the revocation set and the client
+record can make one inactive, and both are checked on every call.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+import jwt
+
+from inbound.events.v1 import events_pb2
+from inboundlib.events import REVOKED_TOKEN_INTROSPECTED, EventBus
+from inboundlib.oauth.client_auth import ClientCredentials, authenticate_client
+from inboundlib.oauth.errors import InvalidClient, UnauthorizedClient
+from services.client_registry.api import (
+    REVOKE_CLIENT, REVOKE_GRANT, REVOKE_JTI, ClientRegistryApi, OpaqueTokenRecord, RevocationRecord,
+)
+from services.client_registry.cache import ClientSource
+from services.token_issuer.keys import KeyRing
+from services.token_issuer.revocations import RevocationSet, event_from_record
+from inboundlib.events import TOKEN_REVOKED
+
+log = logging.getLogger(__name__)
+
+ACCESS_TOKEN = "access_token"
+REFRESH_TOKEN = "refresh_token"
+TOKEN_TYPE_HINTS = (ACCESS_TOKEN, REFRESH_TOKEN)
+# A revoked client keeps its cut-off this long: longer than any token it holds can live.
+CLIENT_REVOCATION_SECONDS = 10 * 365 * 24 * 3600
+MAX_TOKEN_LENGTH = 8192
+
+
+@dataclass(frozen=True)
+class TokenFacts:
+    """What a valid-looking token says about itself, before the expiry/revocation/client checks."""
+    kind: str  # access_token | refresh_token
+    jti: str
+    client_id: str
+    sub: str
+    scopes: tuple[str, ...]
+    aud: tuple[str, ...]
+    iat: int
+    exp: int
+    grant_id: str = ""
+    username: str = ""
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """RFC 7662 §2.2 answer; inactive answers carry nothing else."""
+    active: bool
+    scope: str = ""
+    client_id: str = ""
+    sub: str = ""
+    username: str = ""
+    token_type: str = ""
+    exp: int = 0
+    iat: int = 0
+    iss: str = ""
+    aud: tuple[str, ...] = field(default=())
+    jti: str = ""
+
+    def to_json(self) -> dict:
+        if not self.active:
+            return {"active": False}
+        body = {"active": True, "scope": self.scope, "client_id": self.client_id, "sub": self.sub,
+                "token_type": self.token_type, "exp": self.exp, "iat": self.iat, "iss": self.iss,
+                "aud": self.aud[0] if len(self.aud) == 1 else list(self.aud), "jti": self.jti}
+        if self.username:
+            body["username"] = self.username
+        return body
+
+
+INACTIVE = TokenInfo(active=False)
+
+
+class OpaqueTokenCache:
+    """Stored tokens by hash; unknown hashes cached briefly so guesses don't reach Postgres."""
+
+    def __init__(self, registry: ClientRegistryApi, *, ttl: float = 300.0, negative_ttl: float = 5.0,
+                 max_entries: int = 200_000):
+        self.registry = registry
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self.max_entries = max_entries
+        self._entries: dict[bytes, tuple[float, OpaqueTokenRecord | None]] = {}
+
+    async def get(self, token_hash: bytes) -> OpaqueTokenRecord | None:
+        entry = self._entries.get(token_hash)
+        now = time.monotonic()
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        record = (await self.registry.get_opaque_tokens([token_hash]))[0]
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[token_hash] = (now + (self.ttl if record else self.negative_ttl), record)
+        return record
+
+
+class TokenChecker:
+    def __init__(self, *, issuer: str, keyring: callable, revocations: RevocationSet, clients: ClientSource,
+                 registry: ClientRegistryApi, events: EventBus | None = None):
+        self.issuer = issuer
+        self._keyring = keyring  # returns the current KeyRing (it is replaced on reload)
+        self.revocations = revocations
+        self.clients = clients
+        self.registry = registry
+        self.opaque = OpaqueTokenCache(registry)
+        self.events = events
+
+    # --- check 1: the caller ----------------------------------------------------------------------
+
+    async def authenticate_caller(self, creds: ClientCredentials | None):
+        record = await self.clients.get_client(creds.client_id) if creds else None
+        client = authenticate_client(record, creds)
+        return client
+
+    # --- check 2: is it ours? ---------------------------------------------------------------------
+
+    async def identify(self, token: str) -> TokenFacts | None:
+        if not token or len(token) > MAX_TOKEN_LENGTH:
+            return None
+        if token.count(".") == 2:
+            return self._identify_jwt(token)
+        record = await self.opaque.get(hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest())
+        if record is None:
+            return None
+        return TokenFacts(kind=REFRESH_TOKEN if record.kind == "refresh" else ACCESS_TOKEN, jti=record.jti,
+                          client_id=record.client_id, sub=record.subject, scopes=record.scopes,
+                          aud=record.audience, iat=record.issued_at, exp=record.expires_at,
+                          grant_id=record.grant_id, username=record.username)
+
+    def _identify_jwt(self, token: str) -> TokenFacts | None:
+        keyring: KeyRing = self._keyring()
+        try:
+            header = jwt.get_unverified_header(token)
+            if header.get("typ") != "at+jwt":  # RFC 9068 §4: reject other JWTs (ID tokens, say)
+                return None
+            key = keyring.by_kid(header.get("kid", ""))
+            if key is None:
+                return None
+            claims = jwt.decode(token, key.private_key.public_key(), algorithms=[key.alg], issuer=self.issuer,
+                                options={"verify_aud": False, "verify_exp": False,
+                                         "require": ["iss", "sub", "client_id", "jti", "iat", "exp"]})
+        except (jwt.PyJWTError, ValueError, TypeError):
+            return None
+        aud = claims.get("aud", ())
+        try:
+            return TokenFacts(kind=ACCESS_TOKEN, jti=str(claims["jti"]), client_id=str(claims["client_id"]),
+                              sub=str(claims["sub"]), scopes=tuple(str(claims.get("scope", "")).split()),
+                              aud=(aud,) if isinstance(aud, str) else tuple(aud), iat=int(claims["iat"]),
+                              exp=int(claims["exp"]), grant_id=str(claims.get("grant_id", "")),
+                              username=str(claims.get("username", "")))
+        except (TypeError, ValueError):
+            return None
+
+    # --- checks 3-5 -------------------------------------------------------------------------------
+
+    def _revoked(self, facts: TokenFacts) -> bool:
+        return self.revocations.is_revoked(jti=facts.jti, grant_id=facts.grant_id, client_id=facts.client_id,
+                                           issued_at=facts.iat)
+
+    async def introspect(self, token: str, caller: ClientCredentials | None, *, internal: bool) -> TokenInfo:
+        if not internal:
+            client = await self.authenticate_caller(caller)
+            if client.public:
+                raise UnauthorizedClient(detail="public clients may not introspect")
+        facts = await self.identify(token)
+        if facts is None or facts.exp <= time.time():
+            return INACTIVE
+        if self._revoked(facts):
+            if self.events is not None:
+                self.events.publish(REVOKED_TOKEN_INTROSPECTED, events_pb2.Event(
+                    revoked_token_introspected=events_pb2.RevokedTokenIntrospected(
+                        caller=caller.client_id if caller else "internal", client_id=facts.client_id,
+                        jti=facts.jti)))
+            return INACTIVE
+        owner = await self.clients.get_client(facts.client_id)
+        if owner is None or not owner.active:
+            return INACTIVE
+        return TokenInfo(active=True, scope=" ".join(facts.scopes), client_id=facts.client_id, sub=facts.sub,
+                         username=facts.username,
+                         token_type="Bearer" if facts.kind == ACCESS_TOKEN else REFRESH_TOKEN,
+                         exp=facts.exp, iat=facts.iat, iss=self.issuer, aud=facts.aud, jti=facts.jti)
+
+    # --- revocation -------------------------------------------------------------------------------
+
+    async def revoke(self, token: str, caller: ClientCredentials | None) -> None:
+        """RFC 7009 §2.1: only the client the token was issued to may revoke it;
+        an unknown or expired token is not an error (§2.2)."""
+        client = await self.authenticate_caller(caller)
+        facts = await self.identify(token)
+        if facts is None or facts.exp <= time.time():
+            return
+        if facts.client_id != client.client_id:
+            raise UnauthorizedClient("The token was not issued to this client.",
+                                     detail="revocation of another client's token")
+        if facts.kind == REFRESH_TOKEN:
+            # Revoking a refresh token revokes its grant: every access token issued from it too.
+            record = RevocationRecord(kind=REVOKE_GRANT, value=facts.grant_id or facts.jti,
+                                      client_id=facts.client_id, expires_at=facts.exp + 24 * 3600,
+                                      revoked_by=client.client_id)
+        else:
+            record = RevocationRecord(kind=REVOKE_JTI, value=facts.jti, client_id=facts.client_id,
+                                      expires_at=facts.exp, revoked_by=client.client_id)
+        await self._store(record)
+
+    async def revoke_client_tokens(self, client_id: str, revoked_by: str = "operator") -> int:
+        now = int(time.time())
+        await self._store(RevocationRecord(kind=REVOKE_CLIENT, value=client_id, client_id=client_id,
+                                           revoked_before=now, expires_at=now + CLIENT_REVOCATION_SECONDS,
+                                           revoked_by=revoked_by))
+        return now
+
+    async def _store(self, record: RevocationRecord) -> None:
+        """Durable first (the registry), then this replica, then every other one (NATS)."""
+        ids = await self.registry.add_revocations([record])
+        stored = RevocationRecord(**{**record.__dict__, "id": ids[0]}) if ids else record
+        self.revocations.apply(stored)
+        if self.events is not None:
+            self.events.publish(TOKEN_REVOKED, event_from_record(stored))
+        log.info("token revoked", extra={"kind": record.kind, "client_id": record.client_id})

@@ -1,0 +1,119 @@
+"""The in-memory revocation set every token_issuer replica keeps.
+
+Filled from client_registry on start, kept current from NATS (`TokenRevoked`,
+applied within milliseconds), and re-synced from the registry every few
+seconds by id as a backstop for events missed during a NATS outage. Entries
+drop once what they revoke would have expired anyway.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from inbound.events.v1 import events_pb2
+from inboundlib.events import TOKEN_REVOKED, EventBus
+from services.client_registry.api import REVOKE_CLIENT, REVOKE_GRANT, REVOKE_JTI, ClientRegistryApi, RevocationRecord
+
+log = logging.getLogger(__name__)
+
+
+class RevocationSet:
+    def __init__(self) -> None:
+        self._jti: dict[str, int] = {}
+        self._grant: dict[str, int] = {}
+        # client id -> (revoked_before, expires_at)
+        self._client: dict[str, tuple[int, int]] = {}
+        self.last_id = 0
+
+    def apply(self, r: RevocationRecord) -> None:
+        if r.kind == REVOKE_JTI:
+            self._jti[r.value] = max(self._jti.get(r.value, 0), r.expires_at)
+        elif r.kind == REVOKE_GRANT:
+            self._grant[r.value] = max(self._grant.get(r.value, 0), r.expires_at)
+        elif r.kind == REVOKE_CLIENT:
+            before, expires = self._client.get(r.value, (0, 0))
+            self._client[r.value] = (max(before, r.revoked_before), max(expires, r.expires_at))
+        self.last_id = max(self.last_id, r.id)
+
+    def is_revoked(self, *, jti: str, grant_id: str, client_id: str, issued_at: int) -> bool:
+        if jti and jti in self._jti:
+            return True
+        if grant_id and grant_id in self._grant:
+            return True
+        cut = self._client.get(client_id)
+        return cut is not None and issued_at <= cut[0]
+
+    def prune(self, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        dropped = 0
+        for table in (self._jti, self._grant):
+            for key in [k for k, expires in table.items() if expires < now]:
+                del table[key]
+                dropped += 1
+        for key in [k for k, (_, expires) in self._client.items() if expires < now]:
+            del self._client[key]
+            dropped += 1
+        return dropped
+
+    def __len__(self) -> int:
+        return len(self._jti) + len(self._grant) + len(self._client)
+
+
+def record_from_event(event: events_pb2.TokenRevoked) -> RevocationRecord:
+    value = {REVOKE_JTI: event.jti, REVOKE_GRANT: event.grant_id, REVOKE_CLIENT: event.client_id}.get(event.kind, "")
+    return RevocationRecord(kind=event.kind, value=value, client_id=event.client_id, expires_at=event.expires_at,
+                            revoked_before=event.revoked_before, revoked_by=event.revoked_by)
+
+
+def event_from_record(r: RevocationRecord) -> events_pb2.Event:
+    return events_pb2.Event(token_revoked=events_pb2.TokenRevoked(
+        kind=r.kind, client_id=r.client_id, jti=r.value if r.kind == REVOKE_JTI else "",
+        grant_id=r.value if r.kind == REVOKE_GRANT else "", revoked_before=r.revoked_before,
+        expires_at=r.expires_at, revoked_by=r.revoked_by))
+
+
+class RevocationSync:
+    """Keeps a RevocationSet current: NATS first, the registry as the source of truth."""
+
+    def __init__(self, revocations: RevocationSet, registry: ClientRegistryApi, events: EventBus | None, *,
+                 resync_seconds: float = 5.0):
+        self.revocations = revocations
+        self.registry = registry
+        self.events = events
+        self.resync_seconds = resync_seconds
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        # Subscribe before reading the registry so nothing falls between the two.
+        if self.events is not None:
+            await self.events.subscribe(TOKEN_REVOKED, self._on_event)
+        await self.catch_up()
+        self._task = asyncio.create_task(self._loop(), name="revocation-sync")
+
+    async def _on_event(self, event: events_pb2.Event) -> None:
+        if event.HasField("token_revoked"):
+            self.revocations.apply(record_from_event(event.token_revoked))
+
+    async def catch_up(self) -> int:
+        applied = 0
+        while True:
+            page = await self.registry.list_revocations(self.revocations.last_id, 10_000)
+            for record in page:
+                self.revocations.apply(record)
+            applied += len(page)
+            if len(page) < 10_000:
+                return applied
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.resync_seconds)
+            try:
+                await self.catch_up()
+                self.revocations.prune()
+            except Exception as exc:
+                log.warning("revocation resync failed", extra={"error": type(exc).__name__})
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
