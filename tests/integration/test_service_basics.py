@@ -53,9 +53,10 @@ def _json_lines(stack, service: str) -> list[dict]:
 async def test_logs_are_json_and_the_request_id_crosses_grpc_hops(stack, make_client):
     client, secret = await make_client()
     request_id = "trace-" + str(time.time_ns())
-    reply = httpx.post(stack.edge_url + "/oauth/token", data={"grant_type": "client_credentials"},
+    # A refused request is logged (at INFO) by the grant service that refused it.
+    reply = httpx.post(stack.edge_url + "/oauth/token", data={"grant_type": "client_credentials", "scope": "nope"},
                        auth=(client.client_id, secret), headers={"X-Request-Id": request_id})
-    assert reply.status_code == 200
+    assert reply.status_code == 400
     assert reply.headers["x-request-id"] == request_id
     deadline = time.monotonic() + 2
     while time.monotonic() < deadline:
@@ -63,7 +64,8 @@ async def test_logs_are_json_and_the_request_id_crosses_grpc_hops(stack, make_cl
         if hits:
             break
         time.sleep(0.05)
-    assert hits and hits[0]["msg"] == "token issued"
+    assert hits and hits[0]["msg"] == "token request denied"
+    assert hits[0]["error"] == "invalid_scope"
     assert hits[0]["service"] == "client_credentials"
     for name in stack.services:
         lines = [line for line in stack.services[name].lines if line.strip()]
