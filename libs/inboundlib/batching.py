@@ -37,7 +37,7 @@ SendBatch = Callable[[list[Req], float], Awaitable[Sequence[Res]]]
 
 
 class Coalescer(Generic[Req, Res]):
-    def __init__(self, name: str, send: SendBatch, *, max_batch: int = 32, max_in_flight: int = 1,
+    def __init__(self, name: str, send: SendBatch, *, max_batch: int = 32, max_in_flight: int = 2,
                  max_pending: int = 4096):
         self.name = name
         self._send = send

@@ -148,10 +148,11 @@ class Registry:
         scopes = _check_scopes(spec.scopes)
         redirect_uris = [_check_redirect_uri(u) for u in spec.redirect_uris]
         _check_redirects_for_grants(grant_types, redirect_uris)
-        access = _check_lifetime("access token lifetime", spec.access_token_lifetime or DEFAULT_ACCESS_TOKEN_LIFETIME,
+        access = _check_lifetime("access token lifetime", DEFAULT_ACCESS_TOKEN_LIFETIME
+                                 if spec.access_token_lifetime is None else spec.access_token_lifetime,
                                  MAX_ACCESS_TOKEN_LIFETIME)
-        refresh = _check_lifetime("refresh token lifetime",
-                                  spec.refresh_token_lifetime or DEFAULT_REFRESH_TOKEN_LIFETIME)
+        refresh = _check_lifetime("refresh token lifetime", DEFAULT_REFRESH_TOKEN_LIFETIME
+                                  if spec.refresh_token_lifetime is None else spec.refresh_token_lifetime)
         token_format = _check_token_format(spec.token_format or "jwt")
         # Public clients always use PKCE (RFC 9700 §2.1.1); confidential ones may opt in.
         pkce_required = True if spec.public else bool(spec.pkce_required)
@@ -250,7 +251,7 @@ class Registry:
     async def list_signing_keys(self) -> list[SigningKeyRecord]:
         rows = await self.pool.fetch(
             "SELECT kid, alg, encrypted_private_key, public_jwk, created_at, activates_at FROM signing_keys"
-            " ORDER BY activates_at, created_at, kid")
+            " ORDER BY activates_at, created_at")
         return [SigningKeyRecord(kid=r["kid"], alg=r["alg"], encrypted_private_key=bytes(r["encrypted_private_key"]),
                                  public_jwk_json=r["public_jwk"], created_at=_ts(r["created_at"]),
                                  activates_at=_ts(r["activates_at"])) for r in rows]
@@ -262,10 +263,11 @@ class Registry:
             if only_if_none and await conn.fetchval("SELECT count(*) FROM signing_keys"):
                 return False
             await conn.execute(
+                # created_at from the database clock, to the microsecond: it orders two
+                # rotations within one second (the later one signs).
                 "INSERT INTO signing_keys (kid, alg, encrypted_private_key, public_jwk, created_at, activates_at)"
-                " VALUES ($1, $2, $3, $4, $5, $6)",
-                key.kid, key.alg, key.encrypted_private_key, key.public_jwk_json, _from_ts(key.created_at),
-                _from_ts(key.activates_at))
+                " VALUES ($1, $2, $3, $4, clock_timestamp(), $5)",
+                key.kid, key.alg, key.encrypted_private_key, key.public_jwk_json, _from_ts(key.activates_at))
         log.info("signing key added", extra={"kid": key.kid, "alg": key.alg})
         return True
 

@@ -99,10 +99,11 @@ def open_key_record(record: SigningKeyRecord, encryptor: KeyEncryptor) -> Signin
 
 
 class KeyRing:
-    """The keys this replica knows, newest activation last."""
+    """The keys this replica knows, newest activation last. Keys that activate in
+    the same second keep the order given (the registry's creation order)."""
 
     def __init__(self, keys: list[SigningKey] | None = None):
-        self.keys: list[SigningKey] = sorted(keys or [], key=lambda k: (k.activates_at, k.created_at))
+        self.keys: list[SigningKey] = sorted(keys or [], key=lambda k: k.activates_at)
 
     def signing_key(self, now: float | None = None) -> SigningKey | None:
         now = time.time() if now is None else now

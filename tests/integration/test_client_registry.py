@@ -76,6 +76,9 @@ async def test_public_clients_have_no_secret_and_always_pkce(registry):
     (ClientSpec(name="x", grant_types=["authorization_code"], redirect_uris=["/relative"]), "absolute"),
     (ClientSpec(name="x", grant_types=["implicit"], redirect_uris=["javascript:alert(1)"]), "scheme"),
     (ClientSpec(name="x", access_token_lifetime=-5), "lifetime"),
+    (ClientSpec(name="x", access_token_lifetime=0), "zero lifetime"),
+    (ClientSpec(name="x", refresh_token_lifetime=0), "zero refresh lifetime"),
+    (ClientSpec(name="x", access_token_lifetime=2 * 86400), "access lifetime over a day"),
     (ClientSpec(name="x", token_format="paseto"), "format"),
     (ClientSpec(name="x", logo_url="javascript:alert(1)"), "logo"),
 ])

@@ -56,3 +56,18 @@ def test_a_replica_with_the_wrong_key_encryption_key_refuses_to_start(stack):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "INBOUND_KEY_ENCRYPTION_KEY does not decrypt" in result.stderr
+
+
+async def test_the_latest_of_two_rotations_in_one_second_signs(stack):
+    channel = grpcx.channel(stack.addr("token_issuer"))
+    issuer = IssuerClient(channel)
+    try:
+        first = await issuer.rotate_key("ES256", 0)
+        second = await issuer.rotate_key("ES256", 0)
+        signing = [k.kid for k in await issuer.list_keys() if k.signing]
+        assert signing == [second.kid] != [first.kid]
+        token = await issuer.issue(IssueRequest(client_id="c", subject="c", scopes=(), format="jwt",
+                                                lifetime_seconds=60))
+        assert jwt.get_unverified_header(token.access_token)["kid"] == second.kid
+    finally:
+        await channel.close()

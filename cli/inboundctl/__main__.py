@@ -1,0 +1,409 @@
+"""inboundctl: manage Inbound's clients and signing keys from the command line.
+
+    inboundctl client create --name NAME [--public] [--grant-type G]... [--scope S]... [--redirect-uri U]...
+    inboundctl client list | show ID | disable ID | enable ID | delete ID | rotate-secret ID
+    inboundctl client update ID [--name ..] [--scope ..]... [--grant-type ..]... ...
+    inboundctl keys list
+    inboundctl keys rotate [--alg ES256|RS256|EdDSA] [--activation-delay SECONDS]
+
+Exit codes: 0 done; 1 a service could not be reached or failed; 2 bad input; 3 no such client.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable
+
+EXIT_OK, EXIT_UNAVAILABLE, EXIT_INVALID, EXIT_NOT_FOUND = 0, 1, 2, 3
+DEFAULT_REGISTRY_ADDR = "127.0.0.1:50051"
+DEFAULT_ISSUER_ADDR = "127.0.0.1:50052"
+REGISTRY, ISSUER = "client_registry", "token_issuer"
+
+SIGNING_ALGORITHMS = ("ES256", "RS256", "EdDSA")  # token_issuer.keys.ALGORITHMS, without importing crypto code
+TOKEN_FORMATS = ("jwt", "opaque")
+GRANT_ALIASES = {
+    "jwt-bearer": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+    "jwt_bearer": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+    "token-exchange": "urn:ietf:params:oauth:grant-type:token-exchange",
+    "token_exchange": "urn:ietf:params:oauth:grant-type:token-exchange",
+}
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+# --- what each command does ---------------------------------------------------------------------
+
+class Session:
+    """The one gRPC channel a command uses, opened inside the running loop and closed after it."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.channel = None
+
+    def _open(self, addr: str):
+        from inboundlib import grpcx
+
+        self.channel = grpcx.channel(addr)
+        return self.channel
+
+    def registry(self):
+        from services.client_registry.client import RegistryClient
+
+        return RegistryClient(self._open(self.args.registry_addr))
+
+    def issuer(self):
+        from services.token_issuer.client import IssuerClient
+
+        return IssuerClient(self._open(self.args.issuer_addr))
+
+    async def close(self) -> None:
+        if self.channel is not None:
+            await self.channel.close()
+
+
+def _scopes(values: list[str] | None) -> list[str] | None:
+    """`--scope "a b" --scope c` -> [a, b, c]: a scope token never holds a space (RFC 6749 §3.3)."""
+    if values is None:
+        return None
+    return [s for value in values for s in value.split()]
+
+
+def _grants(values: list[str] | None) -> list[str] | None:
+    if values is None:
+        return None
+    return [GRANT_ALIASES.get(g, g) for g in values]
+
+
+def _not_found(client_id: str) -> CliError:
+    return CliError(f"no client with id {client_id!r}", EXIT_NOT_FOUND)
+
+
+async def client_create(s: Session, a: argparse.Namespace) -> None:
+    from inboundctl import output
+    from services.client_registry.api import ClientSpec
+
+    spec = ClientSpec(
+        name=a.name, public=a.public, grant_types=_grants(a.grant_type) or [], scopes=_scopes(a.scope) or [],
+        redirect_uris=a.redirect_uri or [], access_token_lifetime=a.access_token_lifetime,
+        refresh_token_lifetime=a.refresh_token_lifetime, token_format=a.token_format,
+        pkce_required=True if a.pkce_required else None, logo_url=a.logo_url or "", comments=a.comments or "")
+    client, secret = await s.registry().create_client(spec)
+    if a.json:
+        output.emit_json({"client": output.client_dict(client), "client_secret": secret or None})
+        if secret:
+            print(output.SECRET_NOTE, file=sys.stderr)
+    else:
+        output.show_client_with_secret(client, secret)
+
+
+async def client_list(s: Session, a: argparse.Namespace) -> None:
+    from inboundctl import output
+
+    clients = await s.registry().list_clients()
+    if a.json:
+        output.emit_json([output.client_dict(c) for c in clients])
+    else:
+        output.client_table(clients)
+
+
+async def client_show(s: Session, a: argparse.Namespace) -> None:
+    from inboundctl import output
+
+    client = await s.registry().get_client(a.client_id)
+    if client is None:
+        raise _not_found(a.client_id)
+    if a.json:
+        output.emit_json(output.client_dict(client))
+    else:
+        output.show_client(client)
+
+
+async def _update(s: Session, a: argparse.Namespace, update) -> None:
+    from inboundctl import output
+    from services.client_registry.api import NotFound
+
+    try:
+        client = await s.registry().update_client(a.client_id, update)
+    except NotFound:
+        raise _not_found(a.client_id) from None
+    if a.json:
+        output.emit_json(output.client_dict(client))
+    else:
+        output.show_client(client)
+
+
+async def client_enable(s: Session, a: argparse.Namespace) -> None:
+    from services.client_registry.api import ClientUpdate
+
+    await _update(s, a, ClientUpdate(active=True))
+
+
+async def client_disable(s: Session, a: argparse.Namespace) -> None:
+    from services.client_registry.api import ClientUpdate
+
+    await _update(s, a, ClientUpdate(active=False))
+
+
+async def client_update(s: Session, a: argparse.Namespace) -> None:
+    from services.client_registry.api import ClientUpdate
+
+    update = ClientUpdate(
+        name=a.name, grant_types=_grants(a.grant_type), scopes=[] if a.clear_scopes else _scopes(a.scope),
+        redirect_uris=[] if a.clear_redirect_uris else a.redirect_uri, token_format=a.token_format,
+        access_token_lifetime=a.access_token_lifetime, refresh_token_lifetime=a.refresh_token_lifetime,
+        pkce_required=a.pkce_required, logo_url=a.logo_url, comments=a.comments)
+    if all(value is None for value in vars(update).values()):
+        raise CliError("nothing to update: give at least one option (see `inboundctl client update -h`)",
+                       EXIT_INVALID)
+    await _update(s, a, update)
+
+
+async def client_delete(s: Session, a: argparse.Namespace) -> None:
+    from inboundctl import output
+
+    if not await s.registry().delete_client(a.client_id):
+        raise _not_found(a.client_id)
+    if a.json:
+        output.emit_json({"client_id": a.client_id, "deleted": True})
+    else:
+        print(f"client {output.clean(a.client_id)} deleted")
+
+
+async def client_rotate_secret(s: Session, a: argparse.Namespace) -> None:
+    from inboundctl import output
+    from services.client_registry.api import NotFound
+
+    try:
+        client, secret = await s.registry().rotate_client_secret(a.client_id)
+    except NotFound:
+        raise _not_found(a.client_id) from None
+    if a.json:
+        output.emit_json({"client": output.client_dict(client), "client_secret": secret})
+        print(output.SECRET_NOTE + " The old secret no longer works.", file=sys.stderr)
+    else:
+        output.listing([("client_id", client.client_id), ("name", client.name), ("client_secret", secret)])
+        print("\n" + output.SECRET_NOTE + " The old secret no longer works.")
+
+
+async def client_revoke_tokens(s: Session, a: argparse.Namespace) -> None:
+    from inboundctl import output
+
+    # Refuse unknown ids rather than store a revocation for nothing.
+    if await s.registry().get_client(a.client_id) is None:
+        raise _not_found(a.client_id)
+    before = await s.issuer().revoke_client_tokens(a.client_id)
+    if a.json:
+        output.emit_json({"client_id": a.client_id, "revoked_before": before})
+    else:
+        print(f"every token of client {output.clean(a.client_id)} issued until {output.when(before)} is revoked "
+              "(on every token_issuer replica within a second)")
+
+
+async def keys_list(s: Session, a: argparse.Namespace) -> None:
+    from inboundctl import output
+
+    keys = await s.issuer().list_keys()
+    if a.json:
+        output.emit_json([output.key_dict(k) for k in keys])
+    else:
+        output.key_table(keys)
+
+
+async def keys_rotate(s: Session, a: argparse.Namespace) -> None:
+    from inboundctl import output
+
+    key = await s.issuer().rotate_key(a.alg or "", a.activation_delay)
+    if a.json:
+        output.emit_json(output.key_dict(key))
+        return
+    output.show_key(key)
+    if key.signing:
+        print("\nThe new key signs from now on; older keys stay in the JWKS so their tokens keep verifying.")
+    else:
+        print(f"\nThe new key is published in the JWKS now and signs from {output.when(key.activates_at)}.")
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _common() -> argparse.ArgumentParser:
+    """Options accepted both before and after the subcommand (SUPPRESS: an unset one overrides nothing)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable JSON output")
+    p.add_argument("--registry-addr", default=argparse.SUPPRESS, metavar="HOST:PORT",
+                   help=f"client_registry gRPC address (env INBOUND_REGISTRY_ADDR, default {DEFAULT_REGISTRY_ADDR})")
+    p.add_argument("--issuer-addr", default=argparse.SUPPRESS, metavar="HOST:PORT",
+                   help=f"token_issuer gRPC address (env INBOUND_ISSUER_ADDR, default {DEFAULT_ISSUER_ADDR})")
+    return p
+
+
+def _client_settings(p: argparse.ArgumentParser, *, update: bool) -> None:
+    verb = "replaces the list" if update else "repeatable"
+    p.add_argument("--grant-type", action="append", metavar="G",
+                   help=f"grant type ({verb}); jwt-bearer and token-exchange stand for their URNs")
+    scopes = p.add_mutually_exclusive_group() if update else p
+    scopes.add_argument("--scope", action="append", metavar="S",
+                        help=f"scope ({verb}); a space-separated list is split")
+    if update:
+        scopes.add_argument("--clear-scopes", action="store_true", help="remove every scope")
+    uris = p.add_mutually_exclusive_group() if update else p
+    uris.add_argument("--redirect-uri", action="append", metavar="U", help=f"redirect URI ({verb})")
+    if update:
+        uris.add_argument("--clear-redirect-uris", action="store_true", help="remove every redirect URI")
+    p.add_argument("--token-format", choices=TOKEN_FORMATS, help="access token format")
+    p.add_argument("--access-token-lifetime", type=_positive, metavar="N", help="seconds")
+    p.add_argument("--refresh-token-lifetime", type=_positive, metavar="N", help="seconds")
+    if update:
+        p.add_argument("--pkce-required", action=argparse.BooleanOptionalAction, default=None,
+                       help="require PKCE (public clients always do)")
+    else:
+        p.add_argument("--pkce-required", action="store_true", help="require PKCE (public clients always do)")
+    p.add_argument("--logo-url", metavar="URL")
+    p.add_argument("--comments", metavar="TEXT")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="inboundctl", parents=[common],
+        description="Manage Inbound's registered clients and signing keys.",
+        epilog="Exit codes: 0 done, 1 a service could not be reached or failed, 2 bad input, 3 no such client.")
+    areas = parser.add_subparsers(dest="area", required=True, metavar="{client,keys}")
+
+    client = areas.add_parser("client", help="registered OAuth clients (client_registry)")
+    client_cmds = client.add_subparsers(dest="command", required=True)
+
+    def command(group, name: str, handler: Callable[[Session, argparse.Namespace], Awaitable[None]],
+                service: str, help: str, client_id: bool = False) -> argparse.ArgumentParser:
+        p = group.add_parser(name, parents=[common], help=help, description=help)
+        p.set_defaults(handler=handler, service=service)
+        if client_id:
+            p.add_argument("client_id", metavar="ID")
+        return p
+
+    p = command(client_cmds, "create", client_create, REGISTRY,
+                "register a client; its secret is printed this once")
+    p.add_argument("--name", required=True)
+    p.add_argument("--public", action="store_true", help="a public client (no secret; PKCE always required)")
+    _client_settings(p, update=False)
+
+    command(client_cmds, "list", client_list, REGISTRY, "list every client")
+    command(client_cmds, "show", client_show, REGISTRY, "show one client", client_id=True)
+    command(client_cmds, "disable", client_disable, REGISTRY,
+            "refuse the client's token requests until it is enabled again", client_id=True)
+    command(client_cmds, "enable", client_enable, REGISTRY, "accept the client's requests again", client_id=True)
+    command(client_cmds, "delete", client_delete, REGISTRY, "delete a client (no confirmation)", client_id=True)
+    command(client_cmds, "rotate-secret", client_rotate_secret, REGISTRY,
+            "issue a new secret (printed this once); the old one stops working", client_id=True)
+    command(client_cmds, "revoke-tokens", client_revoke_tokens, ISSUER,
+            "revoke every access and refresh token the client holds now", client_id=True)
+    p = command(client_cmds, "update", client_update, REGISTRY,
+                "change a client's settings; list options replace the whole list", client_id=True)
+    p.add_argument("--name")
+    _client_settings(p, update=True)
+
+    keys = areas.add_parser("keys", help="token signing keys (token_issuer)")
+    key_cmds = keys.add_subparsers(dest="command", required=True)
+    command(key_cmds, "list", keys_list, ISSUER, "list signing keys")
+    p = command(key_cmds, "rotate", keys_rotate, ISSUER,
+                "add a new signing key; it is in the JWKS at once and signs after the activation delay")
+    p.add_argument("--alg", choices=SIGNING_ALGORITHMS, help="signing algorithm (default: the issuer's)")
+    p.add_argument("--activation-delay", type=_non_negative, metavar="SECONDS",
+                   help="seconds until the key signs (default: the issuer's INBOUND_KEY_ACTIVATION_DELAY)")
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    args.json = getattr(args, "json", False)
+    args.registry_addr = (getattr(args, "registry_addr", None) or os.environ.get("INBOUND_REGISTRY_ADDR")
+                          or DEFAULT_REGISTRY_ADDR)
+    args.issuer_addr = (getattr(args, "issuer_addr", None) or os.environ.get("INBOUND_ISSUER_ADDR")
+                        or DEFAULT_ISSUER_ADDR)
+    return args
+
+
+async def _run(args: argparse.Namespace) -> None:
+    session = Session(args)
+    try:
+        await args.handler(session, args)
+    finally:
+        await session.close()
+
+
+def _failure(exc: BaseException, args: argparse.Namespace) -> CliError | None:
+    """The message and exit code for an expected failure; None for a bug (which keeps its traceback)."""
+    import grpc
+
+    from inboundlib.batching import Expired, Overloaded
+    from inboundlib.oauth.errors import OAuthError
+    from services.client_registry.api import InvalidArgument, NotFound
+
+    addr = args.registry_addr if args.service == REGISTRY else args.issuer_addr
+    if isinstance(exc, CliError):
+        return exc
+    if isinstance(exc, InvalidArgument):
+        return CliError(str(exc) or "invalid argument", EXIT_INVALID)
+    if isinstance(exc, NotFound):
+        return CliError(getattr(args, "client_id", None) and f"no client with id {args.client_id!r}"
+                        or str(exc), EXIT_NOT_FOUND)
+    if isinstance(exc, OAuthError):  # token_issuer refuses a rotation as invalid_request
+        return CliError(exc.description, EXIT_INVALID)
+    if isinstance(exc, grpc.aio.AioRpcError):
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            return CliError(f"cannot reach {args.service} at {addr} ({exc.details()})", EXIT_UNAVAILABLE)
+        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return CliError(f"{args.service} at {addr} did not answer in time", EXIT_UNAVAILABLE)
+        return CliError(f"{args.service} at {addr} failed: {exc.code().name}: {exc.details()}", EXIT_UNAVAILABLE)
+    if isinstance(exc, (Expired, Overloaded)):
+        return CliError(f"{args.service} at {addr} did not answer in time", EXIT_UNAVAILABLE)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        asyncio.run(_run(args))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `inboundctl client list | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except Exception as exc:
+        failure = _failure(exc, args)
+        if failure is None:
+            raise
+        print(f"inboundctl: error: {failure}", file=sys.stderr)
+        return failure.code
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # `inboundctl client list | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

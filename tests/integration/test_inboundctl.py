@@ -1,0 +1,327 @@
+"""inboundctl end to end: the real CLI as a subprocess against the running
+system, checked through what an OAuth client sees at the HTTP edge."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import httpx
+import jwt
+import pytest
+
+from inboundlib.devstack import free_port
+
+TOKEN = "/oauth/token"
+CC = {"grant_type": "client_credentials"}
+PROPAGATION = 2.5  # seconds: caches are invalidated over NATS well within this
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self):
+        return json.loads(self.out)
+
+
+async def ctl(stack, *args: str, env: dict[str, str] | None = None) -> Result:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("INBOUND_")}
+    environ.update(INBOUND_REGISTRY_ADDR=stack.addr("client_registry"), INBOUND_ISSUER_ADDR=stack.addr("token_issuer"))
+    environ.update(env or {})
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "inboundctl", *args, env=environ,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    result = Result(proc.returncode, out.decode(), err.decode())
+    assert "Traceback" not in result.err, result.err
+    return result
+
+
+async def ok(stack, *args: str) -> Result:
+    result = await ctl(stack, *args)
+    assert result.code == 0, f"inboundctl {' '.join(args)} -> {result.code}\n{result.err}"
+    return result
+
+
+def basic(client_id: str, secret: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()}
+
+
+async def token(stack, client_id: str, secret: str) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=stack.edge_url, timeout=10) as http:
+        return await http.post(TOKEN, data=CC, headers=basic(client_id, secret))
+
+
+async def until(check, what: str, within: float = PROPAGATION):
+    """Poll `check()` (async, returning a truthy value when done) until it holds; the time it took."""
+    started = time.monotonic()
+    while True:
+        value = await check()
+        if value:
+            return time.monotonic() - started
+        if time.monotonic() - started > within:
+            pytest.fail(f"{what}: not within {within}s")
+        await asyncio.sleep(0.05)
+
+
+async def token_status(stack, client_id: str, secret: str, status: int, what: str) -> float:
+    async def check():
+        reply = await token(stack, client_id, secret)
+        if reply.status_code == status:
+            if status == 401:
+                assert reply.json()["error"] == "invalid_client"
+            return True
+        return False
+
+    return await until(check, what)
+
+
+async def create(stack, *args: str) -> tuple[dict, str]:
+    result = await ok(stack, "client", "create", "--json", *args)
+    document = result.json()
+    return document["client"], document["client_secret"]
+
+
+def assert_private(text: str, *private: str) -> None:
+    assert "secret_hash" not in text
+    for value in private:
+        assert value and value not in text
+
+
+# --- clients ---------------------------------------------------------------------------------------
+
+async def test_client_lifecycle_through_the_cli(stack, registry):
+    client, secret = await create(stack, "--name", "ctl-lifecycle", "--scope", "api.read", "--scope", "api.write",
+                                  "--comments", "made by inboundctl")
+    client_id = client["client_id"]
+    assert client["name"] == "ctl-lifecycle" and client["scopes"] == ["api.read", "api.write"]
+    assert client["grant_types"] == ["client_credentials"] and client["active"] and not client["public"]
+    assert "secret_hash" not in client
+    secret_hash = (await registry.get_client(client_id)).secret_hash
+    assert secret_hash
+
+    reply = await token(stack, client_id, secret)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["scope"] == "api.read api.write"
+
+    # list and show: the client is there; its secret and hash are not.
+    for args in (("client", "list"), ("client", "list", "--json"), ("client", "show", client_id),
+                 ("client", "show", client_id, "--json"), ("--json", "client", "show", client_id)):
+        result = await ok(stack, *args)
+        assert client_id in result.out
+        assert_private(result.out + result.err, secret, secret_hash)
+    listed = (await ok(stack, "client", "list", "--json")).json()
+    assert [c for c in listed if c["client_id"] == client_id][0]["comments"] == "made by inboundctl"
+    shown = (await ok(stack, "client", "show", client_id, "--json")).json()
+    assert shown == {**client, "updated_at": shown["updated_at"]}
+
+    # disable: refused within ~2 s on the edge (the grant service's cache hears of it over NATS).
+    disabled = (await ok(stack, "client", "disable", client_id, "--json")).json()
+    assert disabled["active"] is False
+    await token_status(stack, client_id, secret, 401, "disabled client refused")
+    assert "active:" in (await ok(stack, "client", "show", client_id)).out
+
+    await ok(stack, "client", "enable", client_id)
+    await token_status(stack, client_id, secret, 200, "enabled client accepted")
+
+    # rotate-secret: the new secret works, the old one stops working.
+    rotated = await ok(stack, "client", "rotate-secret", client_id, "--json")
+    new_secret = rotated.json()["client_secret"]
+    assert new_secret and new_secret != secret
+    assert "not be shown again" in rotated.err
+    new_hash = (await registry.get_client(client_id)).secret_hash
+    assert_private(rotated.out, secret_hash, new_hash)
+    await token_status(stack, client_id, secret, 401, "old secret refused")
+    await token_status(stack, client_id, new_secret, 200, "new secret accepted")
+
+    # delete: gone, and asks nothing.
+    deleted = await ok(stack, "client", "delete", client_id)
+    assert client_id in deleted.out
+    await token_status(stack, client_id, new_secret, 401, "deleted client refused")
+    gone = await ctl(stack, "client", "show", client_id)
+    assert gone.code == 3 and client_id in gone.err
+    assert (await ctl(stack, "client", "delete", client_id)).code == 3
+
+
+async def test_human_create_prints_the_secret_once_with_a_note(stack, registry):
+    result = await ok(stack, "client", "create", "--name", "ctl-human", "--scope", "api.read api.write",
+                      "--token-format", "opaque", "--access-token-lifetime", "120")
+    lines = dict(line.split(":", 1) for line in result.out.splitlines() if ":" in line and not line.startswith(" "))
+    client_id, secret = lines["client_id"].strip(), lines["client_secret"].strip()
+    assert lines["scopes"].strip() == "api.read api.write"
+    assert lines["token_format"].strip() == "opaque"
+    assert "will not be shown again" in result.out
+    assert result.out.count(secret) == 1
+    assert_private(result.out, (await registry.get_client(client_id)).secret_hash)
+    reply = await token(stack, client_id, secret)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["expires_in"] == 120 and "." not in reply.json()["access_token"]
+
+    shown = await ok(stack, "client", "show", client_id)
+    assert "client_secret" not in shown.out and secret not in shown.out
+    assert "confidential" in shown.out
+
+    public = await ok(stack, "client", "create", "--name", "ctl-public", "--public",
+                      "--redirect-uri", "https://app.example/cb")
+    assert "client_secret" not in public.out and "not be shown again" not in public.out
+    assert "public" in public.out
+
+
+async def test_update_replaces_lists_and_takes_effect(stack):
+    client, secret = await create(stack, "--name", "ctl-update", "--scope", "api.read", "--scope", "api.write")
+    client_id = client["client_id"]
+    updated = (await ok(stack, "client", "update", client_id, "--json", "--name", "ctl-updated",
+                        "--scope", "api.read", "--access-token-lifetime", "300", "--comments", "narrowed",
+                        "--logo-url", "https://app.example/logo.png")).json()
+    assert updated["name"] == "ctl-updated" and updated["scopes"] == ["api.read"]
+    assert updated["access_token_lifetime"] == 300 and updated["comments"] == "narrowed"
+    assert updated["logo_url"] == "https://app.example/logo.png"
+    assert updated["grant_types"] == ["client_credentials"]  # untouched
+
+    async def narrowed():
+        reply = await token(stack, client_id, secret)
+        return reply.status_code == 200 and reply.json()["scope"] == "api.read" and reply.json()["expires_in"] == 300
+
+    await until(narrowed, "update reaches the grant service")
+
+    cleared = (await ok(stack, "client", "update", client_id, "--json", "--clear-scopes")).json()
+    assert cleared["scopes"] == []
+    nothing = await ctl(stack, "client", "update", client_id)
+    assert nothing.code == 2 and "nothing to update" in nothing.err
+    refused = await ctl(stack, "client", "update", client_id, "--grant-type", "authorization_code")
+    assert refused.code == 2 and "redirect URI" in refused.err
+
+
+async def test_unknown_client_exits_3(stack):
+    for args in (("show",), ("disable",), ("enable",), ("delete",), ("rotate-secret",),
+                 ("update", "--name", "x")):
+        result = await ctl(stack, "client", args[0], "no-such-client", *args[1:])
+        assert result.code == 3, (args, result)
+        assert "no client with id 'no-such-client'" in result.err
+        assert result.out == ""
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--grant-type", "bogus"), "unknown grant types: bogus"),
+    (("--public", "--grant-type", "client_credentials"), "public client cannot use client_credentials"),
+    (("--grant-type", "authorization_code"), "redirect URI"),
+    (("--redirect-uri", "http://app.example/cb"), "loopback"),
+    (("--token-format", "paseto"), "invalid choice"),
+    (("--access-token-lifetime", "0"), "at least 1"),
+    (("--scope", 'bad"scope'), "malformed scopes"),
+    (("--logo-url", "javascript:alert(1)"), "logo URL"),
+])
+async def test_bad_input_exits_2_with_a_message(stack, args, message):
+    result = await ctl(stack, "client", "create", "--name", "ctl-bad", *args)
+    assert result.code == 2, result
+    assert message in result.err
+    assert result.out == ""
+
+
+async def test_unreachable_services_exit_1_without_a_traceback(stack):
+    addr = f"127.0.0.1:{free_port()}"
+    result = await ctl(stack, "client", "list", env={"INBOUND_REGISTRY_ADDR": addr})
+    assert result.code == 1
+    assert f"cannot reach client_registry at {addr}" in result.err
+    result = await ctl(stack, "--registry-addr", addr, "client", "create", "--name", "x", "--json")
+    assert result.code == 1 and f"cannot reach client_registry at {addr}" in result.err and result.out == ""
+    result = await ctl(stack, "keys", "list", "--issuer-addr", addr)
+    assert result.code == 1 and f"cannot reach token_issuer at {addr}" in result.err
+
+
+# --- signing keys -------------------------------------------------------------------------------
+
+async def keys(stack) -> list[dict]:
+    return (await ok(stack, "keys", "list", "--json")).json()
+
+
+async def next_second_after_newest_key(stack) -> None:
+    """Key order has one-second resolution: let a rotation be strictly newer than every key so far."""
+    newest = max(max(k["created_at"], k["activates_at"]) for k in await keys(stack) if k["activates_at"] <= time.time())
+    while time.time() < newest + 1:
+        await asyncio.sleep(0.05)
+
+
+async def jwks_kids(stack) -> set[str]:
+    async with httpx.AsyncClient(base_url=stack.edge_url, timeout=10) as http:
+        reply = await http.get("/oauth/jwks")
+    assert reply.status_code == 200, reply.text
+    return {k["kid"] for k in reply.json()["keys"]}
+
+
+async def test_rotate_now_signs_with_the_new_key(stack, make_client):
+    client, secret = await make_client()
+    await next_second_after_newest_key(stack)
+    rotated = (await ok(stack, "keys", "rotate", "--alg", "ES256", "--activation-delay", "0", "--json")).json()
+    kid = rotated["kid"]
+    assert rotated["alg"] == "ES256" and rotated["signing"] is True
+
+    listed = await keys(stack)
+    assert [k["kid"] for k in listed if k["signing"]] == [kid]
+    human = (await ok(stack, "keys", "list")).out
+    row = [line for line in human.splitlines() if line.startswith(kid)]
+    assert row and row[0].split()[-1] == "yes"
+    assert human.splitlines()[0].split() == ["KID", "ALG", "CREATED", "ACTIVATES", "SIGNING"]
+
+    reply = await token(stack, client.client_id, secret)
+    assert reply.status_code == 200, reply.text
+    assert jwt.get_unverified_header(reply.json()["access_token"])["kid"] == kid
+
+    async def published():
+        return kid in await jwks_kids(stack)
+
+    await until(published, "new key in the JWKS")
+
+
+async def test_rotate_with_delay_publishes_first_and_signs_later(stack, make_client):
+    client, secret = await make_client()
+    signing_before = [k["kid"] for k in await keys(stack) if k["signing"]]
+    result = await ok(stack, "keys", "rotate", "--activation-delay", "3600")
+    kid = [line.split(":", 1)[1].strip() for line in result.out.splitlines() if line.startswith("kid:")][0]
+    assert "signing:   no" in result.out or "signing: no" in " ".join(result.out.split())
+
+    listed = {k["kid"]: k for k in await keys(stack)}
+    assert listed[kid]["signing"] is False
+    assert listed[kid]["activates_at"] >= time.time() + 3500
+    assert [k for k, v in listed.items() if v["signing"]] == signing_before
+
+    async def published():
+        return kid in await jwks_kids(stack)
+
+    await until(published, "pending key in the JWKS")
+    reply = await token(stack, client.client_id, secret)
+    assert reply.status_code == 200, reply.text
+    assert jwt.get_unverified_header(reply.json()["access_token"])["kid"] == signing_before[0]
+
+
+async def test_rotate_to_another_algorithm_and_back(stack, make_client):
+    client, secret = await make_client()
+    try:
+        for alg in ("RS256", "EdDSA"):
+            await next_second_after_newest_key(stack)
+            rotated = (await ok(stack, "keys", "rotate", "--json", "--alg", alg, "--activation-delay", "0")).json()
+            reply = await token(stack, client.client_id, secret)
+            assert reply.status_code == 200, reply.text
+            header = jwt.get_unverified_header(reply.json()["access_token"])
+            assert (header["alg"], header["kid"]) == (alg, rotated["kid"])
+    finally:  # the rest of the suite expects ES256
+        await next_second_after_newest_key(stack)
+        await ok(stack, "keys", "rotate", "--alg", "ES256", "--activation-delay", "0")
+    bad = await ctl(stack, "keys", "rotate", "--alg", "HS256")
+    assert bad.code == 2 and "invalid choice" in bad.err
+
+
+async def test_revoke_tokens_makes_every_token_of_the_client_inactive(stack, issuer, make_client):
+    client, secret = await make_client()
+    tokens = [(await token(stack, client.client_id, secret)).json()["access_token"] for _ in range(2)]
+    assert all([(await issuer.introspect(t)).active for t in tokens])
+    result = await ok(stack, "client", "revoke-tokens", client.client_id, "--json")
+    assert json.loads(result.out)["client_id"] == client.client_id
+    assert not any([(await issuer.introspect(t)).active for t in tokens])
+    assert (await ctl(stack, "client", "revoke-tokens", "no-such-client")).code == 3
