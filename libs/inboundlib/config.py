@@ -122,6 +122,8 @@ class Env:
             key, sep, addr = item.partition("=")
             if not sep or not key:
                 raise ConfigError(f"{name} must be name=host:port[,name=host:port], got {item!r}")
+            if key.strip() in result:
+                raise ConfigError(f"{name} names {key.strip()!r} twice")
             try:
                 result[key.strip()] = Env({name: addr}).addr(name)
             except ConfigError:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 
@@ -56,6 +57,12 @@ class FakeSend:
             gate.set()
 
 
+def make(prefix: str, send: FakeSend, **kwargs) -> Coalescer:
+    """A Coalescer with one batch in flight unless a test asks otherwise (the default may be tuned)."""
+    kwargs.setdefault("max_in_flight", 1)
+    return Coalescer(unique(prefix), send, **kwargs)
+
+
 async def settle(rounds: int = 5) -> None:
     for _ in range(rounds):
         await asyncio.sleep(0)
@@ -76,14 +83,14 @@ async def drain(send: FakeSend, tasks, calls_cap: int = 100):
 
 async def test_single_request_goes_out_at_once():
     send = FakeSend(block=False)
-    c = Coalescer(unique("single"), send)
+    c = make("single", send)
     assert await c.submit(4, 1.0) == 40
     assert send.batches == [[4]]
 
 
 async def test_sequential_requests_each_go_alone():
     send = FakeSend(block=False)
-    c = Coalescer(unique("seq"), send)
+    c = make("seq", send)
     results = [await c.submit(i, 1.0) for i in range(5)]
     assert results == [0, 10, 20, 30, 40]
     assert send.sizes == [1, 1, 1, 1, 1]
@@ -91,7 +98,7 @@ async def test_sequential_requests_each_go_alone():
 
 async def test_first_request_is_sent_before_submit_yields_to_waiting():
     send = FakeSend()
-    c = Coalescer(unique("immediate"), send)
+    c = make("immediate", send)
     task = asyncio.create_task(c.submit(1, 1.0))
     await send.wait_calls(1)
     assert send.batches == [[1]]
@@ -104,7 +111,7 @@ async def test_first_request_is_sent_before_submit_yields_to_waiting():
 
 async def test_requests_gather_while_one_is_in_flight():
     send = FakeSend()
-    c = Coalescer(unique("gather"), send, max_batch=32)
+    c = make("gather", send, max_batch=32)
     first = asyncio.create_task(c.submit(0, 1.0))
     await send.wait_calls(1)
     rest = [asyncio.create_task(c.submit(i, 1.0)) for i in range(1, 6)]
@@ -121,7 +128,7 @@ async def test_requests_gather_while_one_is_in_flight():
 
 async def test_concurrent_burst_is_one_then_batches_of_max_batch():
     send = FakeSend()
-    c = Coalescer(unique("burst"), send, max_batch=4)
+    c = make("burst", send, max_batch=4)
     tasks = [asyncio.create_task(c.submit(i, 1.0)) for i in range(10)]
     await send.wait_calls(1)
     await settle()
@@ -138,7 +145,7 @@ async def test_concurrent_burst_is_one_then_batches_of_max_batch():
 
 async def test_default_max_batch_is_32():
     send = FakeSend()
-    c = Coalescer(unique("default32"), send)
+    c = make("default32", send)
     tasks = [asyncio.create_task(c.submit(i, 1.0)) for i in range(40)]
     results = await drain(send, tasks)
     assert results == [i * 10 for i in range(40)]
@@ -147,16 +154,27 @@ async def test_default_max_batch_is_32():
 
 async def test_results_are_routed_to_their_own_callers():
     send = FakeSend(respond=lambda items: [f"r-{item}" for item in items])
-    c = Coalescer(unique("route"), send, max_batch=8)
+    c = make("route", send, max_batch=8)
     tasks = [asyncio.create_task(c.submit(f"q{i}", 1.0)) for i in range(6)]
     results = await drain(send, tasks)
     assert results == [f"r-q{i}" for i in range(6)]
     assert send.batches == [["q0"], ["q1", "q2", "q3", "q4", "q5"]]
 
 
+async def test_default_allows_more_than_one_batch_in_flight_but_still_gathers():
+    send = FakeSend()
+    c = Coalescer(unique("default_inflight"), send, max_batch=8)
+    tasks = [asyncio.create_task(c.submit(i, 1.0)) for i in range(6)]
+    results = await drain(send, tasks)
+    assert results == [i * 10 for i in range(6)]
+    assert send.sizes[0] == 1          # no added latency for the first request
+    assert max(send.sizes) > 1         # the rest gathered
+    assert sum(send.sizes) == 6
+
+
 async def test_max_in_flight_two():
     send = FakeSend()
-    c = Coalescer(unique("inflight2"), send, max_batch=8, max_in_flight=2)
+    c = make("inflight2", send, max_batch=8, max_in_flight=2)
     tasks = [asyncio.create_task(c.submit(i, 1.0)) for i in range(6)]
     await send.wait_calls(2)
     await settle()
@@ -172,7 +190,7 @@ async def test_max_in_flight_two():
 async def test_queue_drains_after_last_batch_returns():
     """Requests submitted while a later batch is in flight are still sent (no stall)."""
     send = FakeSend()
-    c = Coalescer(unique("nostall"), send, max_batch=2)
+    c = make("nostall", send, max_batch=2)
     t0 = asyncio.create_task(c.submit(0, 1.0))
     await send.wait_calls(1)
     t1 = asyncio.create_task(c.submit(1, 1.0))
@@ -193,7 +211,7 @@ async def test_queue_drains_after_last_batch_returns():
 
 async def test_send_gets_remaining_time_of_the_longest_deadline_in_batch():
     send = FakeSend()
-    c = Coalescer(unique("timeout"), send, max_batch=8)
+    c = make("timeout", send, max_batch=8)
     first = asyncio.create_task(c.submit(0, 2.0))
     await send.wait_calls(1)
     assert 1.5 < send.timeouts[0] <= 2.0
@@ -213,7 +231,7 @@ async def test_send_gets_remaining_time_of_the_longest_deadline_in_batch():
 @pytest.mark.parametrize("timeout", [0.0, -1.0])
 async def test_already_expired_request_raises_expired_and_is_not_sent(timeout):
     send = FakeSend(block=False)
-    c = Coalescer(unique("expired0"), send)
+    c = make("expired0", send)
     with pytest.raises(Expired):
         await c.submit(1, timeout)
     assert send.batches == []
@@ -222,7 +240,7 @@ async def test_already_expired_request_raises_expired_and_is_not_sent(timeout):
 
 async def test_request_expiring_in_the_queue_raises_expired_and_is_skipped():
     send = FakeSend()
-    c = Coalescer(unique("expiredq"), send, max_batch=8)
+    c = make("expiredq", send, max_batch=8)
     first = asyncio.create_task(c.submit(0, 1.0))
     await send.wait_calls(1)
     short = asyncio.create_task(c.submit(1, 0.01))
@@ -240,7 +258,7 @@ async def test_request_expiring_in_the_queue_raises_expired_and_is_skipped():
 
 async def test_all_queued_expired_means_no_empty_batch_and_next_request_goes_at_once():
     send = FakeSend()
-    c = Coalescer(unique("allexpired"), send)
+    c = make("allexpired", send)
     first = asyncio.create_task(c.submit(0, 1.0))
     await send.wait_calls(1)
     doomed = [asyncio.create_task(c.submit(i, 0.01)) for i in (1, 2)]
@@ -258,28 +276,61 @@ async def test_all_queued_expired_means_no_empty_batch_and_next_request_goes_at_
     assert await later == 30
 
 
-@pytest.mark.xfail(strict=True, raises=TimeoutError, reason="BUG batching.py:51-60: submit() documents 'wait at most `timeout` "
-                                       "seconds' but awaits its future with no timeout; a queued request only "
-                                       "learns it expired when the in-flight batch returns")
 async def test_queued_request_gives_up_at_its_own_deadline_while_a_batch_is_in_flight():
+    """submit() waits at most `timeout`, even while an earlier (slow) batch holds the only slot."""
     send = FakeSend()
-    c = Coalescer(unique("deadline_inflight"), send)
+    c = make("deadline_inflight", send, max_batch=8)
     first = asyncio.create_task(c.submit(0, 10.0))
     await send.wait_calls(1)
-    try:
-        started = time.monotonic()
-        with pytest.raises(Expired):
-            # expected: Expired after ~0.05 s; a hang shows up as TimeoutError from the guard
-            await asyncio.wait_for(c.submit(1, 0.05), 0.3)
-        assert time.monotonic() - started < 0.3
-    finally:
-        send.release_all()
-        await first
+    later = asyncio.create_task(c.submit(2, 1.0))
+    started = time.monotonic()
+    with pytest.raises(Expired):
+        await c.submit(1, 0.05)
+    assert time.monotonic() - started < 0.5
+    send.release(0)
+    await send.wait_calls(2)
+    send.release(1)
+    assert await first == 0
+    assert await later == 20
+    assert send.batches == [[0], [2]]  # the expired request is not sent afterwards
+
+
+async def test_in_flight_request_gives_up_at_its_own_deadline():
+    send = FakeSend()
+    c = make("deadline_sent", send)
+    started = time.monotonic()
+    with pytest.raises(Expired):
+        await c.submit(1, 0.05)
+    assert time.monotonic() - started < 0.5
+    assert send.batches == [[1]]
+    send.release(0)
+    await settle()  # the late result is dropped without error
+    send.block = False
+    assert await c.submit(2, 1.0) == 20
+
+
+async def test_short_deadline_in_a_batch_expires_alone():
+    send = FakeSend()
+    c = make("deadline_mixed", send, max_batch=8)
+    first = asyncio.create_task(c.submit(0, 1.0))
+    await send.wait_calls(1)
+    short = asyncio.create_task(c.submit(1, 0.1))
+    long_ = asyncio.create_task(c.submit(2, 1.0))
+    await settle()
+    send.release(0)
+    await send.wait_calls(2)
+    assert send.batches[1] == [1, 2]
+    with pytest.raises(Expired):
+        await short
+    assert not long_.done()
+    send.release(1)
+    assert await long_ == 20
+    await first
 
 
 async def test_cancelled_waiter_is_dropped_from_the_next_batch():
     send = FakeSend()
-    c = Coalescer(unique("cancel"), send, max_batch=8)
+    c = make("cancel", send, max_batch=8)
     first = asyncio.create_task(c.submit(0, 1.0))
     await send.wait_calls(1)
     a = asyncio.create_task(c.submit(1, 1.0))
@@ -298,7 +349,7 @@ async def test_cancelled_waiter_is_dropped_from_the_next_batch():
 
 async def test_cancelled_waiter_in_flight_does_not_break_others():
     send = FakeSend()
-    c = Coalescer(unique("cancel_inflight"), send, max_batch=8)
+    c = make("cancel_inflight", send, max_batch=8)
     first = asyncio.create_task(c.submit(0, 1.0))
     await send.wait_calls(1)
     a = asyncio.create_task(c.submit(1, 1.0))
@@ -320,7 +371,7 @@ async def test_cancelled_waiter_in_flight_does_not_break_others():
 async def test_overloaded_when_max_pending_reached():
     name = unique("overload")
     send = FakeSend()
-    c = Coalescer(name, send, max_batch=8, max_pending=2)
+    c = Coalescer(name, send, max_batch=8, max_pending=2, max_in_flight=1)
     before = REGISTRY.get_sample_value("inbound_batch_rejected_total", {"call": name}) or 0.0
     first = asyncio.create_task(c.submit(0, 1.0))
     await send.wait_calls(1)  # in flight, not pending
@@ -347,7 +398,7 @@ async def test_overloaded_when_max_pending_reached():
 
 async def test_in_flight_items_do_not_count_against_max_pending():
     send = FakeSend()
-    c = Coalescer(unique("pending_inflight"), send, max_batch=8, max_pending=1)
+    c = make("pending_inflight", send, max_batch=8, max_pending=1)
     first = asyncio.create_task(c.submit(0, 1.0))
     await send.wait_calls(1)
     second = asyncio.create_task(c.submit(1, 1.0))
@@ -372,7 +423,7 @@ async def test_send_failure_reaches_every_waiter_in_the_batch():
     error = Boom("issuer down")
     calls = itertools.count()
     send = FakeSend(respond=lambda items: error if next(calls) == 1 else [i * 10 for i in items])
-    c = Coalescer(unique("fail"), send, max_batch=8)
+    c = make("fail", send, max_batch=8)
     first = asyncio.create_task(c.submit(0, 1.0))
     await send.wait_calls(1)
     batch = [asyncio.create_task(c.submit(i, 1.0)) for i in range(1, 4)]
@@ -391,7 +442,7 @@ async def test_send_failure_reaches_every_waiter_in_the_batch():
 
 async def test_send_failure_on_single_request_propagates():
     send = FakeSend(block=False, respond=lambda items: Boom("x"))
-    c = Coalescer(unique("fail1"), send)
+    c = make("fail1", send)
     with pytest.raises(Boom):
         await c.submit(1, 1.0)
     with pytest.raises(Boom):
@@ -402,7 +453,7 @@ async def test_send_failure_on_single_request_propagates():
 async def test_failure_does_not_stall_requests_queued_behind_it():
     calls = itertools.count()
     send = FakeSend(respond=lambda items: Boom("first") if next(calls) == 0 else [i * 10 for i in items])
-    c = Coalescer(unique("fail_queue"), send, max_batch=8)
+    c = make("fail_queue", send, max_batch=8)
     first = asyncio.create_task(c.submit(0, 1.0))
     await send.wait_calls(1)
     queued = [asyncio.create_task(c.submit(i, 1.0)) for i in (1, 2)]
@@ -424,7 +475,7 @@ async def test_failure_does_not_stall_requests_queued_behind_it():
 async def test_result_count_mismatch_is_an_error_for_every_waiter(respond):
     calls = itertools.count()
     send = FakeSend(respond=lambda items: [0] if next(calls) == 0 else respond(items))
-    c = Coalescer(unique("mismatch"), send, max_batch=8)
+    c = make("mismatch", send, max_batch=8)
     first = asyncio.create_task(c.submit(0, 1.0))
     await send.wait_calls(1)
     batch = [asyncio.create_task(c.submit(i, 1.0)) for i in range(1, 4)]
@@ -443,14 +494,14 @@ async def test_result_count_mismatch_is_an_error_for_every_waiter(respond):
 
 async def test_result_count_mismatch_single_request():
     send = FakeSend(block=False, respond=lambda items: [])
-    c = Coalescer(unique("mismatch1"), send)
+    c = make("mismatch1", send)
     with pytest.raises(RuntimeError):
         await c.submit(1, 1.0)
 
 
 async def test_results_may_be_any_sequence():
     send = FakeSend(block=False, respond=lambda items: tuple(i + 1 for i in items))
-    c = Coalescer(unique("tuple"), send)
+    c = make("tuple", send)
     assert await c.submit(1, 1.0) == 2
 
 
@@ -458,9 +509,28 @@ async def test_per_item_errors_are_results_not_failures():
     """A batched RPC carries per-item errors as data; the coalescer hands each caller its own result."""
     err = ValueError("item 2 failed")
     send = FakeSend(respond=lambda items: [err if i == 2 else i for i in items])
-    c = Coalescer(unique("peritem"), send, max_batch=8)
+    c = make("peritem", send, max_batch=8)
     first = asyncio.create_task(c.submit(0, 1.0))
     await send.wait_calls(1)
     batch = [asyncio.create_task(c.submit(i, 1.0)) for i in (1, 2, 3)]
     results = await drain(send, [first, *batch])
     assert results == [0, 1, err, 3]
+
+
+# --- every test here is bounded, so a regression that loses a waiter fails instead of hanging ----
+
+TEST_TIMEOUT = 2.0
+
+
+def _bounded(test):
+    @functools.wraps(test)
+    async def wrapper(*args, **kwargs):
+        async with asyncio.timeout(TEST_TIMEOUT):
+            return await test(*args, **kwargs)
+    return wrapper
+
+
+for _name, _obj in list(globals().items()):
+    if _name.startswith("test_") and asyncio.iscoroutinefunction(_obj):
+        globals()[_name] = _bounded(_obj)
+del _name, _obj

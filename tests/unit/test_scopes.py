@@ -71,16 +71,12 @@ def test_bad_delimiters_are_invalid_scope(value):
         parse_scope(value)
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason="BUG scopes.py:9: SCOPE_TOKEN uses `$`, which also matches before a "
-                                       "trailing newline, so 'read\\n' is accepted as a scope token")
 @pytest.mark.parametrize("value", ["read\n", "read write\n"])
 def test_trailing_newline_is_invalid_scope(value):
     with pytest.raises(InvalidScope):
         parse_scope(value)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="BUG scopes.py:9/27: is_valid_scope_token('read\\n') is True (`$` "
-                                       "matches before a trailing newline)")
 def test_is_valid_scope_token_rejects_trailing_newline():
     assert not is_valid_scope_token("read\n")
 
