@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="inboundctl", parents=[common],
         description="Manage Inbound's registered clients and signing keys.",
         epilog="Exit codes: 0 done, 1 a service could not be reached or failed, 2 bad input, 3 no such client.")
-    areas = parser.add_subparsers(dest="area", required=True, metavar="{client,keys}")
+    areas = parser.add_subparsers(dest="area", required=True, metavar="{client,keys,audit}")
 
     client = areas.add_parser("client", help="registered OAuth clients (client_registry)")
     client_cmds = client.add_subparsers(dest="command", required=True)
@@ -332,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alg", choices=SIGNING_ALGORITHMS, help="signing algorithm (default: the issuer's)")
     p.add_argument("--activation-delay", type=_non_negative, metavar="SECONDS",
                    help="seconds until the key signs (default: the issuer's INBOUND_KEY_ACTIVATION_DELAY)")
+    from inboundctl import audit_commands  # inboundctl audit tail | search (the audit service)
+    audit_commands.add_subparsers(areas)
     return parser
 
 
@@ -384,6 +386,9 @@ def _failure(exc: BaseException, args: argparse.Namespace) -> CliError | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.area == "audit":
+        from inboundctl import audit_commands
+        return audit_commands.main(args)
     try:
         asyncio.run(_run(args))
     except KeyboardInterrupt:

@@ -29,8 +29,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-SERVICES = ("client_registry", "token_issuer", "client_credentials", "edge")
-DEFAULT_PORTS = {"client_registry": 50051, "token_issuer": 50052, "client_credentials": 50061, "edge": 8080}
+SERVICES = ("client_registry", "token_issuer", "client_credentials", "audit", "edge")
+DEFAULT_PORTS = {"client_registry": 50051, "token_issuer": 50052, "client_credentials": 50061, "audit": 50070,
+                 "edge": 8080}
 
 
 def free_port() -> int:
@@ -235,6 +236,7 @@ class Stack:
             "INBOUND_REGISTRY_ADDR": self.addr("client_registry"),
             "INBOUND_ISSUER_ADDR": self.addr("token_issuer"),
             "INBOUND_GRANT_ADDRS": f"client_credentials={self.addr('client_credentials')}",
+            "INBOUND_AUDIT_ADDR": self.addr("audit"),
             "PYTHONUNBUFFERED": "1",
         })
         env.update(self.extra_env)

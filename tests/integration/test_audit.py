@@ -1,0 +1,404 @@
+"""The audit log end to end: events published on JetStream land in the
+append-only audit_log table exactly once, survive the audit service being
+down, and read back over gRPC and through `inboundctl audit`."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import time
+import uuid
+
+import asyncpg
+import httpx
+import jwt
+import nats
+import pytest
+
+from inbound.events.v1 import events_pb2
+from inboundctl import audit_commands
+from inboundlib import grpcx
+from inboundlib.devstack import free_port
+from inboundlib.events import TOKEN_DENIED, TOKEN_ISSUED, EventBus
+from services.audit.api import InvalidArgument, SearchQuery
+from services.audit.client import AuditClient
+
+ARRIVAL = 10.0  # seconds an event may take to reach the table (normally well under one)
+
+
+@pytest.fixture(scope="module")
+async def pg(stack):
+    conn = await asyncpg.connect(stack.database_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture(scope="module")
+async def bus(stack):
+    events = EventBus(stack.nats_url, "audit-test")
+    await events.start()
+    await asyncio.wait_for(events.connected.wait(), 10)
+    yield events
+    await events.close()
+
+
+@pytest.fixture(scope="module")
+async def audit(stack):
+    channel = grpcx.channel(stack.addr("audit"))
+    yield AuditClient(channel)
+    await channel.close()
+
+
+def _issued(client_id: str, **kwargs) -> events_pb2.Event:
+    return events_pb2.Event(token_issued=events_pb2.TokenIssued(
+        client_id=client_id, grant_type="client_credentials", jti=uuid.uuid4().hex, scope="api.read",
+        token_format="jwt", expires_at=int(time.time()) + 1800), **kwargs)
+
+
+async def _counts(pg, ids: list[str]) -> dict[str, int]:
+    rows = await pg.fetch("SELECT event_id, count(*) AS n FROM audit_log WHERE event_id = ANY($1) GROUP BY event_id",
+                          ids)
+    return {r["event_id"]: r["n"] for r in rows}
+
+
+async def _wait_stored(pg, ids: list[str], timeout: float = ARRIVAL) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = await _counts(pg, ids)
+        if len(counts) == len(set(ids)) or time.monotonic() > deadline:
+            return counts
+        await asyncio.sleep(0.05)
+
+
+async def test_published_events_are_stored_once_with_their_fields(pg, bus):
+    client_id = "audit-" + uuid.uuid4().hex[:8]
+    issued = _issued(client_id, request_id="req-" + uuid.uuid4().hex[:8])
+    denied = events_pb2.Event(token_denied=events_pb2.TokenDenied(
+        client_id=client_id, grant_type="client_credentials", error="invalid_client", detail="bad secret"))
+    ids = [bus.publish(TOKEN_ISSUED, issued), bus.publish(TOKEN_DENIED, denied)]
+    counts = await _wait_stored(pg, ids)
+    assert counts == {ids[0]: 1, ids[1]: 1}
+
+    rows = {r["event_id"]: r for r in await pg.fetch("SELECT * FROM audit_log WHERE event_id = ANY($1)", ids)}
+    row = rows[ids[0]]
+    assert (row["type"], row["client_id"], row["source"], row["request_id"]) == (
+        "token_issued", client_id, "audit-test", issued.request_id)
+    assert abs(row["occurred_at"].timestamp() * 1000 - issued.occurred_at_unix_ms) < 1
+    detail = json.loads(row["detail"])
+    assert detail["jti"] == issued.token_issued.jti and detail["expires_at"] == issued.token_issued.expires_at
+    assert detail["refresh_token_issued"] is False  # fields at their default are kept: records are self-describing
+    assert rows[ids[1]]["type"] == "token_denied"
+    assert json.loads(rows[ids[1]]["detail"])["error"] == "invalid_client"
+
+
+async def test_creating_a_client_is_audited(pg, make_client):
+    client, _ = await make_client()
+    deadline = time.monotonic() + ARRIVAL
+    while time.monotonic() < deadline:
+        rows = await pg.fetch("SELECT * FROM audit_log WHERE client_id = $1 AND type = 'client_changed'",
+                              client.client_id)
+        if rows:
+            break
+        await asyncio.sleep(0.05)
+    assert len(rows) == 1
+    assert rows[0]["source"] == "client_registry"
+    assert json.loads(rows[0]["detail"]) == {"client_id": client.client_id, "change": "created"}
+
+
+async def test_a_redelivered_or_republished_event_is_stored_once(stack, pg, bus):
+    # The same event published twice: JetStream drops the copy (same Nats-Msg-Id).
+    event = _issued("dup-client")
+    first = bus.publish(TOKEN_ISSUED, event)
+    bus.publish(TOKEN_ISSUED, event)
+    # The same event id under another Nats-Msg-Id gets past JetStream's de-duplication,
+    # so the consumer really sees it twice; the insert must ignore the second.
+    twin = _issued("dup-client", event_id=uuid.uuid4().hex)
+    nc = await nats.connect(stack.nats_url)
+    try:
+        js = nc.jetstream()
+        for _ in range(2):
+            await js.publish(TOKEN_ISSUED, twin.SerializeToString(), headers={"Nats-Msg-Id": uuid.uuid4().hex})
+        marker = _issued("dup-client", event_id=uuid.uuid4().hex)
+        await js.publish(TOKEN_ISSUED, marker.SerializeToString(), headers={"Nats-Msg-Id": marker.event_id})
+    finally:
+        await nc.close()
+    # The consumer stores in stream order: once the marker is in, both copies were handled.
+    assert await _wait_stored(pg, [first, twin.event_id, marker.event_id]) == {
+        first: 1, twin.event_id: 1, marker.event_id: 1}
+
+
+async def test_the_consumer_path_ignores_an_event_already_stored(stack, pg):
+    """The store the consumer uses, called directly: a second insert of the same event adds nothing."""
+    from services.audit.log import AuditLog, decode
+
+    pool = await asyncpg.create_pool(stack.database_url, min_size=1, max_size=2)
+    try:
+        log = AuditLog(pool)
+        event = _issued("direct-client", event_id=uuid.uuid4().hex, occurred_at_unix_ms=int(time.time() * 1000))
+        record = decode(event.SerializeToString(), fallback_id="unused", fallback_time_ms=0)
+        assert await log.store([record]) == 1
+        assert await log.store([record, record]) == 0
+        other = decode(_issued("direct-client", event_id=uuid.uuid4().hex).SerializeToString(),
+                       fallback_id="unused", fallback_time_ms=int(time.time() * 1000))
+        assert await log.store([record, other, other]) == 1
+        odd = decode(events_pb2.Event(event_id=uuid.uuid4().hex, token_denied=events_pb2.TokenDenied(
+            client_id="nul\x00client", detail="nul\x00detail")).SerializeToString(), fallback_id="", fallback_time_ms=1)
+        assert await log.store([odd]) == 1  # Postgres takes it (NUL replaced)
+        assert await _counts(pg, [record.event_id, other.event_id]) == {record.event_id: 1, other.event_id: 1}
+    finally:
+        await pool.close()
+
+
+async def test_the_table_is_append_only(pg, bus):
+    event_id = bus.publish(TOKEN_ISSUED, _issued("append-only"))
+    assert await _wait_stored(pg, [event_id]) == {event_id: 1}
+    with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError, match="append-only"):
+        await pg.execute("UPDATE audit_log SET client_id = 'forged' WHERE event_id = $1", event_id)
+    with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError, match="append-only"):
+        await pg.execute("DELETE FROM audit_log WHERE event_id = $1", event_id)
+    with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError, match="append-only"):
+        await pg.execute("TRUNCATE audit_log")
+    assert await _counts(pg, [event_id]) == {event_id: 1}
+    # Its migrations are bookkept apart from client_registry's.
+    assert await pg.fetchval("SELECT name FROM audit_schema_migrations WHERE version = 1") == "0001_audit_log.sql"
+    assert not await pg.fetchval("SELECT count(*) FROM schema_migrations WHERE name = '0001_audit_log.sql'")
+
+
+async def test_an_undecodable_message_is_dropped_without_wedging_the_consumer(stack, pg):
+    nc = await nats.connect(stack.nats_url)
+    try:
+        js = nc.jetstream()
+        await js.publish("inbound.events.test.garbage", b"\xff\xff\xff", headers={"Nats-Msg-Id": uuid.uuid4().hex})
+        marker = _issued("after-garbage", event_id=uuid.uuid4().hex)
+        await js.publish(TOKEN_ISSUED, marker.SerializeToString(), headers={"Nats-Msg-Id": marker.event_id})
+    finally:
+        await nc.close()
+    assert await _wait_stored(pg, [marker.event_id]) == {marker.event_id: 1}
+    assert any("undecodable message" in line for line in stack.services["audit"].lines)
+
+
+async def test_events_published_while_audit_is_down_arrive_exactly_once(stack, pg, bus):
+    assert stack.stop_service("audit") == 0  # graceful: the batch in hand is stored and acked
+    ids = [bus.publish(TOKEN_ISSUED, _issued(f"outage-{i % 7}")) for i in range(200)]
+    await bus.flush(5)
+    assert bus.pending == 0  # all in JetStream now, none stored yet
+    assert await _counts(pg, ids) == {}
+    stack.start_service("audit")
+    counts = await _wait_stored(pg, ids)
+    assert len(counts) == 200 and set(counts.values()) == {1}
+    await asyncio.sleep(0.3)  # nothing stored twice a moment later either
+    assert await pg.fetchval("SELECT count(*) FROM audit_log WHERE event_id = ANY($1)", ids) == 200
+
+
+async def test_two_replicas_share_the_consumer_and_serve_health_and_metrics(stack, pg, bus):
+    """A second audit replica pulls from the same durable consumer: still every event exactly once."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    port, metrics_port = free_port(), free_port()
+    replica = stack.start_service("audit", port=port, key="audit-replica",
+                                  extra_env={"INBOUND_METRICS_PORT": str(metrics_port)})
+    try:
+        channel = grpcx.channel(f"127.0.0.1:{port}")
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="inbound.audit.v1.AuditLog"), timeout=2)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        await channel.close()
+        ids = []
+        for _ in range(10):  # in small bursts, so that both replicas get some
+            ids += [bus.publish(TOKEN_ISSUED, _issued("two-replicas")) for _ in range(20)]
+            await asyncio.sleep(0.02)
+        counts = await _wait_stored(pg, ids)
+        assert len(counts) == 200 and set(counts.values()) == {1}
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+        assert "inbound_audit_events_stored_total" in metrics and "inbound_audit_consumer_pending" in metrics
+    finally:
+        replica.proc.send_signal(signal.SIGTERM)
+        assert replica.proc.wait(15) == 0
+        stack.services.pop("audit-replica", None)
+
+
+def _jti(reply) -> str:
+    assert reply.status_code == 200, reply.text
+    return jwt.decode(reply.json()["access_token"], options={"verify_signature": False})["jti"]
+
+
+async def _wait_issued(pg, client_id: str, jtis: list[str], timeout: float = ARRIVAL) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [r["jti"] for r in await pg.fetch(
+            "SELECT detail->>'jti' AS jti FROM audit_log WHERE client_id = $1 AND type = 'token_issued'", client_id)]
+        if len(found) >= len(jtis) or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.05)
+
+
+async def test_an_issued_token_is_audited_under_its_jti(pg, make_client, http):
+    # (A NATS outage meanwhile is tests/integration/test_nats_outage.py, on a system of its own.)
+    client, secret = await make_client()
+    jti = _jti(http.post("/oauth/token", data={"grant_type": "client_credentials"}, auth=(client.client_id, secret)))
+    assert await _wait_issued(pg, client.client_id, [jti]) == [jti]
+
+
+async def test_tail_and_search_over_grpc(pg, bus, audit):
+    client_id = "search-" + uuid.uuid4().hex[:8]
+    base = int(time.time() * 1000) - 60_000
+    events = [_issued(client_id, occurred_at_unix_ms=base + i * 1000) for i in range(5)]
+    events.append(events_pb2.Event(occurred_at_unix_ms=base + 10_000, token_denied=events_pb2.TokenDenied(
+        client_id=client_id, grant_type="client_credentials", error="invalid_scope")))
+    ids = [bus.publish(TOKEN_DENIED if e.HasField("token_denied") else TOKEN_ISSUED, e) for e in events]
+    assert len(await _wait_stored(pg, ids)) == 6
+
+    page = await audit.search(SearchQuery(client_id=client_id))
+    assert [r.event_id for r in page.records] == ids  # oldest first
+    assert not page.truncated
+    assert json.loads(page.records[-1].detail_json)["error"] == "invalid_scope"
+    assert page.records[0].stored_at_unix_ms >= page.records[0].occurred_at_unix_ms
+
+    page = await audit.search(SearchQuery(client_id=client_id, type="token_denied"))
+    assert [r.event_id for r in page.records] == ids[5:]
+    page = await audit.search(SearchQuery(client_id=client_id, since_unix_ms=base + 1000,
+                                          until_unix_ms=base + 3000))
+    assert [r.event_id for r in page.records] == ids[1:3]
+    page = await audit.search(SearchQuery(client_id=client_id, limit=2))
+    assert [r.event_id for r in page.records] == ids[4:] and page.truncated
+    with pytest.raises(InvalidArgument, match="unknown event type"):
+        await audit.search(SearchQuery(type="token_stolen"))
+    with pytest.raises(InvalidArgument):
+        await audit.search(SearchQuery(since_unix_ms=base + 10, until_unix_ms=base))
+
+    last = await audit.tail(3)
+    assert len(last.records) == 3 and last.truncated
+    seqs = [r.seq for r in last.records]
+    assert seqs == sorted(seqs)
+    after = await audit.tail(10, after_seq=seqs[0])
+    assert [r.seq for r in after.records][:2] == seqs[1:]
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="inboundctl")
+    areas = parser.add_subparsers(dest="area", required=True)
+    audit_commands.add_subparsers(areas)
+    return parser.parse_args(list(argv))
+
+
+async def test_inboundctl_audit_commands(stack, pg, bus, capsys):
+    addr = stack.addr("audit")
+    client_id = "cli-" + uuid.uuid4().hex[:8]
+    ids = [bus.publish(TOKEN_ISSUED, _issued(client_id)) for _ in range(3)]
+    assert len(await _wait_stored(pg, ids)) == 3
+    capsys.readouterr()
+
+    assert await audit_commands.run(_parse("audit", "search", "--client", client_id, "--since", "10m",
+                                           "--json", "--audit-addr", addr)) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert [r["event_id"] for r in found] == ids
+    assert found[0]["type"] == "token_issued" and found[0]["detail"]["client_id"] == client_id
+    assert found[0]["occurred_at"].endswith("Z")
+
+    assert await audit_commands.run(_parse("audit", "search", "--client", client_id, "--type", "token_issued",
+                                           "--limit", "2", "--audit-addr", addr)) == 0
+    out = capsys.readouterr()
+    lines = out.out.splitlines()
+    assert len(lines) == 2 and all(f"client={client_id}" in line for line in lines)
+    assert ids[2] in lines[-1] and "newest 2" in out.err
+
+    assert await audit_commands.run(_parse("audit", "search", "--client", client_id, "--until", "1h",
+                                           "--audit-addr", addr)) == 0
+    assert capsys.readouterr().out == ""
+
+    assert await audit_commands.run(_parse("audit", "tail", "-n", "3", "--audit-addr", addr)) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3
+
+    # --follow prints what is stored after it started, one JSON object a line.
+    follow = asyncio.create_task(audit_commands.run(_parse("audit", "tail", "-n", "1", "-f", "--json",
+                                                           "--audit-addr", addr)))
+    await asyncio.sleep(0.5)
+    later = bus.publish(TOKEN_ISSUED, _issued(client_id))
+    await _wait_stored(pg, [later])
+    await asyncio.sleep(audit_commands.FOLLOW_INTERVAL + 0.5)
+    follow.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await follow
+    followed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["event_id"] for r in followed].count(later) == 1
+    assert len(followed) == len({r["seq"] for r in followed})
+
+    assert await audit_commands.run(_parse("audit", "search", "--type", "nope", "--audit-addr", addr)) == 2
+    assert "unknown event type" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _parse("audit", "search", "--since", "yesterday-ish")
+    port = stack.addr("audit").rsplit(":", 1)[0] + ":1"
+    assert await audit_commands.run(_parse("audit", "tail", "--audit-addr", port)) == 1
+    assert "cannot reach audit" in capsys.readouterr().err
+
+
+async def test_inboundctl_audit_as_a_process(stack, pg, bus):
+    """The real command line, the address from INBOUND_AUDIT_ADDR, --json before or after the area."""
+    import os
+    import sys
+
+    client_id = "proc-" + uuid.uuid4().hex[:8]
+    ids = [bus.publish(TOKEN_ISSUED, _issued(client_id)) for _ in range(2)]
+    assert len(await _wait_stored(pg, ids)) == 2
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INBOUND_")}
+    env["INBOUND_AUDIT_ADDR"] = stack.addr("audit")
+
+    async def ctl(*args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "inboundctl", *args, env=env,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        return proc.returncode, out.decode(), err.decode()
+
+    code, out, err = await ctl("audit", "search", "--client", client_id, "--since", "5m", "--json")
+    assert code == 0, err
+    assert [r["event_id"] for r in json.loads(out)] == ids
+    code, out, err = await ctl("--json", "audit", "tail", "-n", "1")
+    assert code == 0 and len(json.loads(out)) == 1
+    code, out, err = await ctl("audit", "search", "--type", "nope")
+    assert code == 2 and "unknown event type" in err
+
+
+def test_time_arguments():
+    now = 1_800_000_000.0
+    assert audit_commands.parse_time("30m", now=now) == (now - 1800) * 1000
+    assert audit_commands.parse_time("2d", now=now) == (now - 172800) * 1000
+    assert audit_commands.parse_time("2026-11-28T10:00:00Z") == 1795860000000
+    assert audit_commands.parse_time("2026-11-28T11:00:00+01:00") == 1795860000000
+    assert audit_commands.parse_time("2026-11-28T10:00:00") == 1795860000000  # UTC when no zone is given
+    with pytest.raises(audit_commands.UsageError):
+        audit_commands.parse_time("soon")
+
+
+def test_decoding_odd_events():
+    from services.audit.log import Undecodable, decode
+
+    # No id, no time, no payload (or one newer than this build): kept whole, under stable fallbacks.
+    record = decode(b"\x08\x01", fallback_id="nats:INBOUND_EVENTS:7", fallback_time_ms=1234)
+    assert (record.event_id, record.occurred_at_unix_ms, record.type) == ("nats:INBOUND_EVENTS:7", 1234, "unknown")
+    assert json.loads(record.detail_json) == {"raw_event_base64": "CAE="}
+    # NUL cannot go into Postgres text or jsonb: replaced, the rest kept.
+    event = events_pb2.Event(event_id="e\x00", occurred_at_unix_ms=2**62, token_denied=events_pb2.TokenDenied(
+        client_id="c\x00", detail="a\x00b"))
+    record = decode(event.SerializeToString(), fallback_id="x", fallback_time_ms=99)
+    assert (record.event_id, record.client_id, record.occurred_at_unix_ms) == ("e\ufffd", "c\ufffd", 99)
+    assert json.loads(record.detail_json)["detail"] == "a\ufffdb"
+    with pytest.raises(Undecodable):
+        decode(b"\xff\xff\xff", fallback_id="x", fallback_time_ms=0)
+
+
+@pytest.mark.parametrize("env,name", [
+    ({}, "DATABASE_URL"),
+    ({"DATABASE_URL": "postgresql://x/y", "INBOUND_AUDIT_BATCH": "0"}, "INBOUND_AUDIT_BATCH"),
+])
+def test_bad_config_fails_fast(env, name):
+    import os
+    import subprocess
+    import sys
+
+    from inboundlib.devstack import ROOT
+
+    full = {k: v for k, v in os.environ.items() if not k.startswith("INBOUND_") and k != "DATABASE_URL"}
+    result = subprocess.run([sys.executable, "-m", "services.audit"], cwd=ROOT, env={**full, **env},
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and f"configuration error: {name}" in result.stderr

@@ -1,0 +1,75 @@
+"""A NATS outage fails no token request, and the events of that time still reach
+the audit log, exactly once, when NATS is back. Runs on a system of its own
+(its own NATS, its own database) so stopping NATS disturbs no other test."""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import asyncpg
+import httpx
+import jwt
+import pytest
+
+from inboundlib import grpcx
+from inboundlib.devstack import Stack
+from services.client_registry.api import ClientSpec
+from services.client_registry.client import RegistryClient
+
+
+@pytest.fixture(scope="module")
+def own_stack(stack, tmp_path_factory):
+    async def fresh_db() -> str:
+        name = "inbound_outage_" + uuid.uuid4().hex[:10]
+        conn = await asyncpg.connect(stack.database_url)
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.close()
+        return stack.database_url.rpartition("/")[0] + "/" + name
+
+    url = asyncio.run(fresh_db())
+    s = Stack(tmp_path_factory.mktemp("outage"), fixed_ports=False, echo=False, database_url=url, nats_url="",
+              extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0"})
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+
+
+async def test_tokens_keep_flowing_while_nats_is_down_and_their_events_arrive_later(own_stack):
+    channel = grpcx.channel(own_stack.addr("client_registry"))
+    client, secret = await RegistryClient(channel).create_client(ClientSpec(name="outage"))
+    await channel.close()
+
+    own_stack.nats.stop()
+    jtis = []
+    async with httpx.AsyncClient(base_url=own_stack.edge_url, timeout=10) as http:
+        for _ in range(30):
+            reply = await http.post("/oauth/token", data={"grant_type": "client_credentials"},
+                                    auth=(client.client_id, secret))
+            assert reply.status_code == 200, reply.text
+            jtis.append(jwt.decode(reply.json()["access_token"], options={"verify_signature": False})["jti"])
+        denied = await http.post("/oauth/token", data={"grant_type": "client_credentials"},
+                                 auth=(client.client_id, "wrong"))
+        assert denied.status_code == 401
+    await asyncio.sleep(1.0)  # a while, with events waiting in the services' buffers
+    own_stack.nats.start()
+
+    conn = await asyncpg.connect(own_stack.database_url)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            rows = await conn.fetch("SELECT detail->>'jti' AS jti FROM audit_log WHERE type = 'token_issued'"
+                                    " AND client_id = $1", client.client_id)
+            found = [r["jti"] for r in rows]
+            if set(jtis) <= set(found) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        denials = await conn.fetchval("SELECT count(*) FROM audit_log WHERE type = 'token_denied'"
+                                      " AND client_id = $1 AND detail->>'error' = 'invalid_client'",
+                                      client.client_id)
+    finally:
+        await conn.close()
+    assert sorted(found) == sorted(jtis), "every event of the outage arrives, each exactly once"
+    assert denials == 1
