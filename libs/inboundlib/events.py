@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 
 import nats
 from nats.js.api import StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
 
 from inbound.events.v1 import events_pb2
 from inboundlib.logs import request_id_var
@@ -36,7 +36,9 @@ TOKEN_DENIED = "inbound.events.token.denied"
 TOKEN_REVOKED = "inbound.events.token.revoked"
 REVOKED_TOKEN_INTROSPECTED = "inbound.events.token.introspected_revoked"
 
-PUBLISH_ROUND = 128
+ROUND_EVENTS = 1024
+MESSAGE_EVENTS = 256
+BATCH_HEADER = "Inbound-Event-Batch"
 
 Handler = Callable[[events_pb2.Event], Awaitable[None]]
 
@@ -56,7 +58,7 @@ class EventBus:
         self.url = url
         self.source = source
         self.buffer_limit = buffer_limit
-        self._buffer: deque[tuple[str, bytes, str]] = deque()
+        self._buffer: deque[tuple[str, events_pb2.Event]] = deque()
         self._wake = asyncio.Event()
         self._nc: nats.NATS | None = None
         self._js = None
@@ -65,6 +67,7 @@ class EventBus:
         self._tasks: list[asyncio.Task] = []
         self._closing = False
         self._drop_logged_at = 0.0
+        self._sending = 0  # events taken from the buffer whose publish is not acked yet
         self.connected = asyncio.Event()
 
     async def start(self) -> None:
@@ -131,37 +134,64 @@ class EventBus:
                 self._drop_logged_at = now
                 log.error("event buffer full, dropping events", extra={"limit": self.buffer_limit})
             return event.event_id
-        self._buffer.append((subject, event.SerializeToString(), event.event_id))
+        self._buffer.append((subject, event))
         self._wake.set()
         return event.event_id
 
     @property
     def pending(self) -> int:
-        return len(self._buffer)
+        """Events not yet stored by JetStream (buffered or in flight)."""
+        return len(self._buffer) + self._sending
 
     async def _send_loop(self) -> None:
-        """Publish in pipelined rounds (up to PUBLISH_ROUND at once, each awaiting its ack);
-        what fails stays at the front of the buffer and is retried with the same id."""
+        """Adaptive batches, as on the hot-path RPCs: whatever gathered while the
+        previous round was in flight goes out now, one message per subject
+        (EventBatch, up to MESSAGE_EVENTS events), each awaiting its ack. What
+        fails stays at the front of the buffer and is sent again with the same
+        message id, so JetStream stores it once."""
         while True:
             await self._wake.wait()
             self._wake.clear()
             if self._buffer:
                 EVENTS_BUFFERED.labels(self.source).observe(len(self._buffer))
             while self._buffer and self._js is not None and self.connected.is_set():
-                round_ = [self._buffer.popleft() for _ in range(min(PUBLISH_ROUND, len(self._buffer)))]
-                outcomes = await asyncio.gather(
-                    *(self._js.publish(subject, data, headers={"Nats-Msg-Id": event_id}, timeout=2)
-                      for subject, data, event_id in round_), return_exceptions=True)
-                failed = [item for item, outcome in zip(round_, outcomes) if isinstance(outcome, BaseException)]
+                taken = [self._buffer.popleft() for _ in range(min(ROUND_EVENTS, len(self._buffer)))]
+                messages = _group(taken)
+                self._sending = len(taken)
+                try:
+                    outcomes = await asyncio.gather(*(self._publish(subject, events) for subject, events in messages),
+                                                    return_exceptions=True)
+                finally:
+                    self._sending = 0
+                failed = [(subject, event) for (subject, events), outcome in zip(messages, outcomes)
+                          if isinstance(outcome, BaseException) for event in events]
                 if failed:
                     self._buffer.extendleft(reversed(failed))
+                    error = next(o for o in outcomes if isinstance(o, BaseException))
                     log.warning("event publish failed, will retry",
-                                extra={"failed": len(failed), "error": type(next(
-                                    o for o in outcomes if isinstance(o, BaseException))).__name__})
+                                extra={"events": len(failed), "error": type(error).__name__})
+                    if isinstance(error, (NoStreamResponseError, NotFoundError)):
+                        await self._recreate_stream()
                     await asyncio.sleep(0.5)
             if self._buffer:  # not connected: look again shortly
                 await asyncio.sleep(0.2)
                 self._wake.set()
+
+    async def _publish(self, subject: str, events: list[events_pb2.Event]) -> None:
+        if len(events) == 1:
+            data, headers = events[0].SerializeToString(), {"Nats-Msg-Id": events[0].event_id}
+        else:
+            # A stable id for this exact group, so a retry of it is de-duplicated.
+            data = events_pb2.EventBatch(events=events).SerializeToString()
+            headers = {"Nats-Msg-Id": f"{events[0].event_id}+{len(events)}", BATCH_HEADER: "1"}
+        await self._js.publish(subject, data, headers=headers, timeout=2)
+
+    async def _recreate_stream(self) -> None:
+        """NATS came back without its data (a new server, a wiped volume): make the stream again."""
+        try:
+            await self._ensure_stream()
+        except Exception as exc:
+            log.warning("stream re-create failed", extra={"error": type(exc).__name__})
 
     async def subscribe(self, subject: str, handler: Handler) -> None:
         """Deliver every event on `subject` to `handler` (now, or once connected)."""
@@ -176,22 +206,22 @@ class EventBus:
         self._subscribed.add(key)
 
         async def on_message(msg) -> None:
-            event = events_pb2.Event()
             try:
-                event.ParseFromString(msg.data)
+                events = decode_message(msg.data, msg.headers)
             except Exception:
                 log.warning("undecodable event", extra={"subject": msg.subject})
                 return
-            try:
-                await handler(event)
-            except Exception:
-                log.exception("event handler failed", extra={"subject": msg.subject})
+            for event in events:
+                try:
+                    await handler(event)
+                except Exception:
+                    log.exception("event handler failed", extra={"subject": msg.subject})
 
         await self._nc.subscribe(subject, cb=on_message)
 
     async def flush(self, timeout: float = 2.0) -> None:
         deadline = time.monotonic() + timeout
-        while self._buffer and time.monotonic() < deadline:
+        while self.pending and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
 
     async def close(self, flush_timeout: float = 2.0) -> None:
@@ -204,10 +234,30 @@ class EventBus:
                 await task
             except BaseException:
                 pass
-        if self._buffer:
-            log.warning("events not sent at shutdown", extra={"count": len(self._buffer)})
+        if self.pending:
+            log.warning("events not sent at shutdown", extra={"count": self.pending})
         if self._nc is not None:
             try:
                 await self._nc.drain()
             except Exception:
                 pass
+
+
+def _group(taken: list[tuple[str, events_pb2.Event]]) -> list[tuple[str, list[events_pb2.Event]]]:
+    """Events by subject, in order, cut into messages of at most MESSAGE_EVENTS."""
+    by_subject: dict[str, list[events_pb2.Event]] = {}
+    for subject, event in taken:
+        by_subject.setdefault(subject, []).append(event)
+    return [(subject, events[i:i + MESSAGE_EVENTS])
+            for subject, events in by_subject.items() for i in range(0, len(events), MESSAGE_EVENTS)]
+
+
+def decode_message(data: bytes, headers: dict | None) -> list[events_pb2.Event]:
+    """The events one JetStream message carries (one Event, or an EventBatch)."""
+    if headers and headers.get(BATCH_HEADER):
+        batch = events_pb2.EventBatch()
+        batch.ParseFromString(data)
+        return list(batch.events)
+    event = events_pb2.Event()
+    event.ParseFromString(data)
+    return [event]

@@ -29,9 +29,9 @@ import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import Counter, Gauge, Histogram
 
-from inboundlib.events import STREAM, SUBJECT_PREFIX, ensure_stream
+from inboundlib.events import BATCH_HEADER, STREAM, SUBJECT_PREFIX, ensure_stream
 from services.audit.api import AuditRecord
-from services.audit.log import AuditLog, decode
+from services.audit.log import AuditLog, decode, decode_batch
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class Consumer:
 
     async def _handle(self, msgs: list, stop: asyncio.Event) -> None:
         started = time.perf_counter()
-        good: list[tuple[object, AuditRecord]] = []
+        good: list[tuple[object, list[AuditRecord]]] = []
         for msg in msgs:
             try:
                 good.append((msg, self._decode(msg)))
@@ -189,7 +189,7 @@ class Consumer:
         BATCH_SECONDS.observe(time.perf_counter() - started)
 
     @staticmethod
-    def _decode(msg) -> AuditRecord:
+    def _decode(msg) -> list[AuditRecord]:
         fallback_id, fallback_ms = "", int(time.time() * 1000)
         try:
             meta = msg.metadata
@@ -199,7 +199,9 @@ class Consumer:
             pass
         headers = msg.headers or {}
         fallback_id = headers.get("Nats-Msg-Id") or fallback_id
-        return decode(msg.data, fallback_id=fallback_id, fallback_time_ms=fallback_ms)
+        if headers.get(BATCH_HEADER):
+            return decode_batch(msg.data, fallback_id=fallback_id, fallback_time_ms=fallback_ms)
+        return [decode(msg.data, fallback_id=fallback_id, fallback_time_ms=fallback_ms)]
 
     @staticmethod
     async def _term(msg) -> None:
@@ -208,17 +210,18 @@ class Consumer:
         except Exception:
             pass
 
-    async def _store(self, pending: list[tuple[object, AuditRecord]], stop: asyncio.Event) -> list:
+    async def _store(self, pending: list[tuple[object, list[AuditRecord]]], stop: asyncio.Event) -> list:
         """Store the batch, retrying until it commits; returns the messages now safe to ack
         (all of them, unless stopping while Postgres is down: those are delivered again later)."""
         done: list = []
         delay = 0.2
         last_touch = time.monotonic()
         while pending:
+            records = [record for _, batch in pending for record in batch]
             try:
-                new = await self.log.store([record for _, record in pending])
+                new = await self.log.store(records)
                 STORED.inc(new)
-                DUPLICATES.inc(len(pending) - new)
+                DUPLICATES.inc(len(records) - new)
                 return done + [msg for msg, _ in pending]
             except asyncpg.DataError:
                 # Some row is not storable as data: store them one by one, drop the bad one loudly.
@@ -228,10 +231,10 @@ class Consumer:
             except Exception as exc:
                 STORE_FAILURES.inc()
                 log.warning("storing audit events failed, will retry",
-                            extra={"error": f"{type(exc).__name__}: {exc}", "events": len(pending)})
+                            extra={"error": f"{type(exc).__name__}: {exc}", "events": len(records)})
             if stop.is_set():
                 log.warning("stopping with unstored events; they will be delivered again",
-                            extra={"events": len(pending)})
+                            extra={"events": len(records)})
                 for msg, _ in pending:  # at once, not after ack_wait
                     try:
                         await msg.nak()
@@ -249,20 +252,28 @@ class Consumer:
             delay = min(delay * 2, 5.0)
         return done
 
-    async def _store_one_by_one(self, batch: list[tuple[object, AuditRecord]]) -> tuple[list, list]:
-        """After a DataError: each alone. Returns (stored messages, still pending for retry)."""
-        stored, pending = [], []
-        for msg, record in batch:
-            try:
-                new = await self.log.store([record])
-                STORED.inc(new)
-                DUPLICATES.inc(1 - new)
-                stored.append(msg)
-            except asyncpg.DataError as exc:
-                REJECTED.labels("unstorable").inc()
-                log.error("audit event refused by Postgres, dropped",
-                          extra={"event_id": record.event_id, "type": record.type, "error": str(exc)})
+    async def _store_one_by_one(self, batch: list[tuple[object, list[AuditRecord]]]) -> tuple[list, list]:
+        """After a DataError: each record alone. Returns (messages done, messages still pending for retry).
+        A message is done when each of its records is stored or refused as data (logged, dropped)."""
+        done, pending = [], []
+        for msg, records in batch:
+            retry, refused = False, 0
+            for record in records:
+                try:
+                    new = await self.log.store([record])
+                    STORED.inc(new)
+                    DUPLICATES.inc(1 - new)
+                except asyncpg.DataError as exc:
+                    refused += 1
+                    REJECTED.labels("unstorable").inc()
+                    log.error("audit event refused by Postgres, dropped",
+                              extra={"event_id": record.event_id, "type": record.type, "error": str(exc)})
+                except Exception:
+                    retry = True  # not a data problem: the whole message is retried (stored ones are no-ops)
+            if retry:
+                pending.append((msg, records))
+            elif refused == len(records):
                 await self._term(msg)
-            except Exception:
-                pending.append((msg, record))  # not a data problem: retried
-        return stored, pending
+            else:
+                done.append(msg)
+        return done, pending

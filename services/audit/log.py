@@ -59,8 +59,25 @@ def decode(data: bytes, *, fallback_id: str, fallback_time_ms: int) -> AuditReco
         event.ParseFromString(data)
     except (DecodeError, ValueError) as exc:
         raise Undecodable(str(exc) or "not an Event") from None
+    return record_from_event(event, fallback_id=fallback_id, fallback_time_ms=fallback_time_ms, raw=data)
+
+
+def decode_batch(data: bytes, *, fallback_id: str, fallback_time_ms: int) -> list[AuditRecord]:
+    """The events of one EventBatch message (see libs/inboundlib/events.py)."""
+    batch = events_pb2.EventBatch()
+    try:
+        batch.ParseFromString(data)
+    except (DecodeError, ValueError) as exc:
+        raise Undecodable(str(exc) or "not an EventBatch") from None
+    return [record_from_event(event, fallback_id=f"{fallback_id}#{i}", fallback_time_ms=fallback_time_ms)
+            for i, event in enumerate(batch.events)]
+
+
+def record_from_event(event: events_pb2.Event, *, fallback_id: str, fallback_time_ms: int,
+                      raw: bytes | None = None) -> AuditRecord:
     kind = event.WhichOneof("payload")
     if kind is None:
+        data = event.SerializeToString() if raw is None else raw
         detail = {"raw_event_base64": base64.b64encode(data).decode()} if data else {}
         kind = UNKNOWN_TYPE
     else:

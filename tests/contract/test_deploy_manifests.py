@@ -5,13 +5,16 @@ every object against the Kubernetes 1.30 OpenAPI schemas with kubernetes-validat
 (strict: misspelt fields fail), then checks what the schemas cannot: the
 hardening every pod must keep, the probes, the wiring between objects (env
 references, ports, Service selectors, gRPC targets), the NetworkPolicy, and the
-replica / autoscaling shape of each overlay.
+replica / autoscaling shape of each overlay. The env each Deployment sets is
+also checked against the variables its service's code actually reads (AST of
+services/<module>/__main__.py and services/grant_process.py).
 
 Only the rendering needs kubectl; without it those tests skip with a message and
 the rest (Secret example, Dockerfile, validator sanity) still run.
 """
 from __future__ import annotations
 
+import ast
 import functools
 import os
 import re
@@ -71,15 +74,31 @@ SERVICES = {
             "INBOUND_HTTP_PORT": "8080",
             "INBOUND_ISSUER": ("configmap", "issuer"),
             "INBOUND_ISSUER_ADDR": "dns:///token-issuer:50052",
-            "INBOUND_REGISTRY_ADDR": "dns:///client-registry:50051",
             "INBOUND_GRANT_ADDRS": "client_credentials=dns:///client-credentials:50061",
             "NATS_URL": ("configmap", "nats-url"),
+        },
+    },
+    "audit": {
+        "module": "audit", "kind": "grpc", "port": 50070,
+        "env": {
+            "DATABASE_URL": ("secret", "database-url"),
+            "NATS_URL": ("configmap", "nats-url"),
+            "INBOUND_GRPC_PORT": "50070",
+            "INBOUND_METRICS_PORT": "9090",
         },
     },
 }
 GRPC_SERVICES = [name for name, spec in SERVICES.items() if spec["kind"] == "grpc"]
 METRICS_PORT = 9090
 AUTOSCALED = ["edge", "token-issuer", "client-credentials"]
+PRODUCTION_REPLICAS = {"client-registry": 2, "audit": 2}  # the rest: HPA
+# Pods (any namespace) with this label may call token-issuer's gRPC port: resource
+# servers using gRPC Introspect. No other outside source reaches a gRPC port.
+INTROSPECTION_LABEL = ("inbound.dev/introspection-client", "true")
+INTROSPECTION_SERVICE = "token-issuer"
+# Read by every process through inboundlib (not in the services' own code).
+COMMON_ENV = {"INBOUND_LOG_LEVEL"}
+ENV_METHODS = {"str", "int", "float", "bool", "choice", "addr", "url", "key32", "addr_map"}
 ADDR_VARS = ("INBOUND_REGISTRY_ADDR", "INBOUND_ISSUER_ADDR")
 
 
@@ -322,6 +341,48 @@ def test_env_wiring(docs):
         assert re.fullmatch(r"https?://\S+", cm["data"]["issuer"]), cm["data"]
 
 
+@functools.cache
+def _env_read(module: str) -> dict[str, bool]:
+    """Env variables services/<module>/__main__.py (plus services/grant_process.py when it
+    uses it) reads through inboundlib.config.Env: name -> required (no default)."""
+    files = [REPO / "services" / module / "__main__.py"]
+    source = files[0].read_text()
+    if "grant_process" in source:
+        files.append(REPO / "services" / "grant_process.py")
+    found: dict[str, bool] = {}
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ENV_METHODS and node.args
+                    and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
+                    and re.fullmatch(r"[A-Z][A-Z0-9_]+", node.args[0].value)):
+                required = len(node.args) == 1 and not any(k.arg == "default" for k in node.keywords)
+                found[node.args[0].value] = found.get(node.args[0].value, False) or required
+    return found
+
+
+def test_env_reader_sanity():
+    """Guard for the AST scan below: it finds what the services are known to read."""
+    assert _env_read("token_issuer").get("INBOUND_KEY_ENCRYPTION_KEY") is True
+    assert _env_read("token_issuer").get("INBOUND_REVOCATION_RESYNC_SECONDS") is False
+    assert _env_read("client_credentials").get("INBOUND_ISSUER_ADDR") is False  # via grant_process
+    assert _env_read("audit").get("DATABASE_URL") is True
+
+
+def test_env_matches_what_the_code_reads(docs):
+    """No stale variable in a manifest (a typo or one the code stopped reading is
+    silently ignored), and every variable without a default is set."""
+    for name, dep in _of_kind(docs, "Deployment").items():
+        read = _env_read(SERVICES[name]["module"])
+        assert set(SERVICES[name]["env"]) <= set(read), \
+            f"{name}: the test expects env the code does not read: {sorted(set(SERVICES[name]['env']) - set(read))}"
+        set_here = {e["name"] for e in _main(dep).get("env", [])}
+        stale = set_here - set(read) - COMMON_ENV
+        assert not stale, f"{name}: env {sorted(stale)} is set but services.{SERVICES[name]['module']} never reads it"
+        missing = {var for var, required in read.items() if required} - set_here
+        assert not missing, f"{name}: required env {sorted(missing)} not set"
+
+
 def test_grpc_targets_resolve_to_headless_services(docs):
     deployments, services = _of_kind(docs, "Deployment"), _of_kind(docs, "Service")
     targets = []
@@ -395,6 +456,19 @@ def test_network_policy(docs):
             and s["podSelector"].get("matchLabels", {}).get(APP_LABEL[0]) == APP_LABEL[1]
             for s in sources)
 
+    def from_introspection_clients(rule):
+        sources = rule.get("from")
+        # Pods carrying the label, in any namespace (or in the namespaces named):
+        # a peer without the podSelector would admit whole namespaces.
+        return bool(sources) and all(
+            set(s) == {"namespaceSelector", "podSelector"}
+            and s["podSelector"].get("matchLabels", {}).get(INTROSPECTION_LABEL[0]) == INTROSPECTION_LABEL[1]
+            and set(s["podSelector"]) == {"matchLabels"}
+            for s in sources)
+
+    def only_port(rule, container, port):
+        return bool(rule.get("ports")) and all(_port(container, p.get("port")) == port for p in rule["ports"])
+
     for name, (labels, container) in pods.items():
         rules = ingress_rules(labels)
         port = SERVICES[name]["port"]
@@ -403,12 +477,28 @@ def test_network_policy(docs):
                 f"{name}: HTTP {port} must be open to any source"
             continue
         grpc_rules = [r for r in rules if covers(r, container, port)]
-        assert grpc_rules, f"{name}: gRPC port {port} reachable by no one"
-        assert all(from_app_only(r) for r in grpc_rules), f"{name}: gRPC port {port} open beyond the app's pods: {grpc_rules}"
+        assert any(from_app_only(r) for r in grpc_rules), f"{name}: gRPC port {port} not open to the app's pods"
+        introspection = [r for r in grpc_rules if from_introspection_clients(r)]
+        if name == INTROSPECTION_SERVICE:
+            assert introspection, f"{name}: gRPC port {port} not open to pods labelled {INTROSPECTION_LABEL}"
+            assert all(only_port(r, container, port) for r in introspection), \
+                f"{name}: introspection clients may reach the gRPC port only: {introspection}"
+        else:
+            assert not introspection, f"{name}: only {INTROSPECTION_SERVICE} admits introspection clients"
+        assert all(from_app_only(r) or from_introspection_clients(r) for r in grpc_rules), \
+            f"{name}: gRPC port {port} open beyond the app's pods: {grpc_rules}"
         for rule in rules:
-            if not from_app_only(rule):  # anything from outside the app may only reach metrics
-                assert rule.get("ports") and all(_port(container, p["port"]) == METRICS_PORT for p in rule["ports"]), \
+            # anything from outside the app may only reach metrics (or, for
+            # token-issuer's introspection clients, its gRPC port: checked above)
+            if not from_app_only(rule) and not (name == INTROSPECTION_SERVICE and from_introspection_clients(rule)):
+                assert only_port(rule, container, METRICS_PORT), \
                     f"{name}: rule admits outside sources beyond metrics: {rule}"
+
+
+def test_introspection_label_is_documented():
+    readme = (DEPLOY / "README.md").read_text()
+    assert f'{INTROSPECTION_LABEL[0]}: "{INTROSPECTION_LABEL[1]}"' in readme, \
+        "deploy/README.md must tell resource servers which pod label opens token-issuer's gRPC port"
 
 
 # ---------------------------------------------------------------- overlays
@@ -428,8 +518,9 @@ def test_replicas_and_autoscaling(docs, target):
             assert any(m.get("resource", {}).get("name") == "cpu" for m in spec["metrics"]), name
             replicas = deployments[name]["spec"].get("replicas")
             assert replicas is None or replicas >= spec["minReplicas"], f"{name}: replicas {replicas} below HPA min"
-        for name in set(SERVICES) - set(AUTOSCALED):
-            assert deployments[name]["spec"].get("replicas", 1) >= 2, f"{name}: production needs >= 2 replicas"
+        assert set(PRODUCTION_REPLICAS) == set(SERVICES) - set(AUTOSCALED)
+        for name, count in PRODUCTION_REPLICAS.items():
+            assert deployments[name]["spec"].get("replicas") == count, f"{name}: production runs {count} replicas"
 
 
 # ---------------------------------------------------------------- no kubectl needed
@@ -453,5 +544,10 @@ def test_dockerfile():
     assert "pip install ." in text
     assert "python -m grpc_tools.protoc -I proto" in text and "--pyi_out=build/gen" in text
     assert re.search(r"^ENV PYTHONPATH=/app/libs:/app/cli:/app:/app/build/gen\s*$", text, re.M)
+    exposed = {int(p) for line in re.findall(r"^EXPOSE\s+(.+)$", text, re.M) for p in line.split()}
+    for name, spec in SERVICES.items():
+        assert spec["port"] in exposed, f"Dockerfile EXPOSE lacks {name}'s port {spec['port']}"
+        assert (REPO / "services" / spec["module"] / "__main__.py").is_file(), f"services/{spec['module']}/__main__.py"
+    assert METRICS_PORT in exposed, "Dockerfile EXPOSE lacks the metrics port"
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
     assert ".venv" in ignore and ".git" in ignore

@@ -1,0 +1,63 @@
+"""EventBus against a real NATS: batched publishing, subscribers, the bounded buffer."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import nats
+import pytest
+
+from inbound.events.v1 import events_pb2
+from inboundlib.devstack import free_port
+from inboundlib.events import BATCH_HEADER, EventBus, decode_message
+from inboundlib.metrics import EVENTS_DROPPED
+
+
+def changed(i: int) -> events_pb2.Event:
+    return events_pb2.Event(client_changed=events_pb2.ClientChanged(client_id=f"c{i}", change="updated"))
+
+
+async def test_a_burst_goes_out_in_batches_and_every_subscriber_sees_every_event(stack):
+    subject = "inbound.events.test.burst"
+    bus = EventBus(stack.nats_url, "test-burst")
+    seen: list[str] = []
+
+    async def collect(event: events_pb2.Event) -> None:
+        seen.append(event.client_changed.client_id)
+
+    raw = await nats.connect(stack.nats_url)
+    messages = []
+
+    async def keep(msg) -> None:
+        messages.append(msg)
+
+    await raw.subscribe(subject, cb=keep)
+    await bus.start()
+    await asyncio.wait_for(bus.connected.wait(), 5)
+    await bus.subscribe(subject, collect)
+    await asyncio.sleep(0.1)
+    ids = [bus.publish(subject, changed(i)) for i in range(1000)]
+    await bus.flush(10)
+    for _ in range(100):
+        if len(seen) == 1000:
+            break
+        await asyncio.sleep(0.05)
+    await bus.close()
+    await raw.close()
+    assert seen == [f"c{i}" for i in range(1000)]  # every event, in order
+    assert len(set(ids)) == 1000
+    assert len(messages) < 1000  # several events shared a message
+    batched = [m for m in messages if (m.headers or {}).get(BATCH_HEADER)]
+    assert batched and all(len(decode_message(m.data, m.headers)) <= 256 for m in messages)
+
+
+async def test_events_wait_in_the_buffer_while_nats_is_unreachable_and_the_bound_drops_and_logs(caplog):
+    bus = EventBus(f"nats://127.0.0.1:{free_port()}", "test-bound", buffer_limit=10)
+    before = EVENTS_DROPPED.labels("test-bound")._value.get()
+    with caplog.at_level(logging.ERROR, logger="inboundlib.events"):
+        for i in range(15):
+            bus.publish("inbound.events.test.bound", changed(i))  # never blocks, never raises
+    assert bus.pending == 10
+    assert EVENTS_DROPPED.labels("test-bound")._value.get() - before == 5
+    assert any("event buffer full" in r.getMessage() for r in caplog.records)
+    await bus.close(flush_timeout=0.1)
