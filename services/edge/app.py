@@ -145,6 +145,16 @@ async def _backend(call: Awaitable):
         raise ServerError() from None
 
 
+def _claimed_client_id(request: Request) -> str:
+    """For the audit record of a request refused before its credentials were read:
+    the client id its Basic header names, if it names one (the secret is not checked)."""
+    try:
+        creds = extract_credentials(request.headers.get("authorization"), {})
+    except OAuthError:
+        return ""
+    return creds.client_id if creds else ""
+
+
 async def _read_form(request: Request) -> tuple[dict[str, str], ClientCredentials | None]:
     """RFC 6749 §3.2 / RFC 7009 §2.1 / RFC 7662 §2.1: a POSTed form with the client's credentials."""
     if request.method != "POST":
@@ -196,8 +206,9 @@ def create_app(config: EdgeConfig) -> Starlette:
         except OAuthError as exc:
             # Refused here, before any grant service saw it: the audit record is ours to write.
             if config.events is not None:
+                client_id = credentials.client_id if credentials else _claimed_client_id(request)
                 config.events.publish(TOKEN_DENIED, events_pb2.Event(token_denied=events_pb2.TokenDenied(
-                    client_id=credentials.client_id if credentials else "", grant_type=grant_type[:100],
+                    client_id=client_id, grant_type=grant_type[:100],
                     error=exc.code, detail=exc.detail or exc.description)))
             raise
         result = await _backend(handler.handle(TokenRequest(grant_type=grant_type, client=credentials,

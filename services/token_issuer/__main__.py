@@ -32,6 +32,8 @@ async def main(stop: asyncio.Event) -> None:
     metrics_port = env.int("INBOUND_METRICS_PORT", 0, minimum=0, maximum=65535)
     cache_ttl = env.float("INBOUND_CLIENT_CACHE_TTL", 60.0)
     resync = env.float("INBOUND_REVOCATION_RESYNC_SECONDS", 5.0, minimum=0.1)
+    # A second port serving Introspect only, for resource servers outside Inbound (0: none).
+    introspection_port = env.int("INBOUND_INTROSPECTION_PORT", 0, minimum=0, maximum=65535)
 
     registry_channel = grpcx.channel(registry_addr)
     events = EventBus(nats_url, "token_issuer")
@@ -50,6 +52,11 @@ async def main(stop: asyncio.Event) -> None:
                            clients=clients, registry=registry, events=events)
     grpc_server = grpcx.GrpcServer(host, port, [server.SERVICE_NAME])
     server.add_to_server(issuer, checker, grpc_server.server)
+    introspection_server = None
+    if introspection_port:
+        introspection_server = grpcx.GrpcServer(host, introspection_port, [server.SERVICE_NAME])
+        server.add_to_server(issuer, checker, introspection_server.server, introspection_only=True)
+        await introspection_server.start()
     metrics.serve(metrics_port)
     await grpc_server.start()
 
@@ -65,6 +72,8 @@ async def main(stop: asyncio.Event) -> None:
     await stop.wait()
     reloader.cancel()
     await sync.stop()
+    if introspection_server is not None:
+        await introspection_server.stop(grace=5)
     await grpc_server.stop(grace=5)
     await events.close()
     await registry_channel.close()

@@ -131,5 +131,18 @@ class TokenIssuerServicer(issuer_pb2_grpc.TokenIssuerServicer):
         return pb.RotateKeyResponse(key=key_to_pb(key))
 
 
-def add_to_server(issuer: TokenIssuer, checker: TokenChecker, server: grpc.aio.Server) -> None:
-    issuer_pb2_grpc.add_TokenIssuerServicer_to_server(TokenIssuerServicer(issuer, checker), server)
+class IntrospectionOnlyServicer(TokenIssuerServicer):
+    """For the port that resource servers elsewhere in the cluster may reach:
+    Introspect (and the JWKS) only. Issuing, revoking and key management stay on
+    the main port, which only Inbound's own services can reach."""
+
+    async def _refuse(self, request, context):
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "only Introspect is served on this port")
+
+    Issue = Revoke = RevokeClientTokens = ListKeys = RotateKey = _refuse
+
+
+def add_to_server(issuer: TokenIssuer, checker: TokenChecker, server: grpc.aio.Server, *,
+                  introspection_only: bool = False) -> None:
+    servicer = (IntrospectionOnlyServicer if introspection_only else TokenIssuerServicer)(issuer, checker)
+    issuer_pb2_grpc.add_TokenIssuerServicer_to_server(servicer, server)

@@ -71,3 +71,31 @@ async def test_the_latest_of_two_rotations_in_one_second_signs(stack):
         assert jwt.get_unverified_header(token.access_token)["kid"] == second.kid
     finally:
         await channel.close()
+
+
+async def test_the_introspection_port_serves_introspect_and_nothing_else(stack, make_client):
+    import grpc
+
+    client, _ = await make_client()
+    port, side_port = free_port(), free_port()
+    stack.start_service("token_issuer", port=port, key="issuer-rs",
+                        extra_env={"INBOUND_INTROSPECTION_PORT": str(side_port)})
+    main, side = grpcx.channel(f"127.0.0.1:{port}"), grpcx.channel(f"127.0.0.1:{side_port}")
+    try:
+        issued = await IssuerClient(main).issue(IssueRequest(client_id=client.client_id, subject="s", scopes=(),
+                                                             format="jwt", lifetime_seconds=60))
+        resource_server = IssuerClient(side)
+        assert (await resource_server.introspect(issued.access_token)).active
+        for call in (lambda: resource_server.issue(IssueRequest(client_id=client.client_id, subject="s", scopes=(),
+                                                                format="jwt", lifetime_seconds=60)),
+                     lambda: resource_server.rotate_key("ES256", 0),
+                     lambda: resource_server.revoke_client_tokens(client.client_id),
+                     resource_server.list_keys):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call()
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert (await resource_server.introspect(issued.access_token)).active  # nothing was revoked
+    finally:
+        await main.close()
+        await side.close()
+        stack.stop_service("issuer-rs")

@@ -1,0 +1,59 @@
+"""What the audit log holds after a client's whole life: every kind of event,
+and never a secret or a whole token."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import httpx
+
+from services.client_registry.api import ClientUpdate
+
+
+async def test_a_clients_life_is_audited_without_secrets_or_tokens(stack, registry, make_client, issuer):
+    client, secret = await make_client(token_format="opaque")
+    resource_server, rs_secret = await make_client()
+    async with httpx.AsyncClient(base_url=stack.edge_url) as http:
+        tokens = [(await http.post("/oauth/token", data={"grant_type": "client_credentials"},
+                                   auth=(client.client_id, secret))).json()["access_token"] for _ in range(2)]
+        denied = await http.post("/oauth/token", data={"grant_type": "client_credentials"},
+                                 auth=(client.client_id, secret + "x"))
+        assert denied.status_code == 401
+        bad_scope = await http.post("/oauth/token", data={"grant_type": "client_credentials", "scope": "admin"},
+                                    auth=(client.client_id, secret))
+        assert bad_scope.status_code == 400
+        malformed = await http.post("/oauth/token", content=b"grant_type=client_credentials&grant_type=x",
+                                    headers={"Content-Type": "application/x-www-form-urlencoded"},
+                                    auth=(client.client_id, secret))
+        assert malformed.status_code == 400
+        assert (await http.post("/oauth/revoke", data={"token": tokens[0]},
+                                auth=(client.client_id, secret))).status_code == 200
+        inactive = await http.post("/oauth/introspect", data={"token": tokens[0]},
+                                   auth=(resource_server.client_id, rs_secret))
+        assert inactive.json() == {"active": False}
+    await registry.update_client(client.client_id, ClientUpdate(comments="audited"))
+    _, new_secret = await registry.rotate_client_secret(client.client_id)
+
+    expected = {"client_changed", "token_issued", "token_denied", "token_revoked", "revoked_token_introspected"}
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            rows = await conn.fetch("SELECT type, detail::text AS detail, source, request_id FROM audit_log"
+                                    " WHERE client_id = $1 OR detail->>'client_id' = $1", client.client_id)
+            types = {r["type"] for r in rows}
+            changes = [r for r in rows if r["type"] == "client_changed"]
+            if expected <= types and len(changes) >= 3 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+    assert expected <= types, types
+    denials = sorted(r["detail"] for r in rows if r["type"] == "token_denied")
+    assert any('"invalid_client"' in d for d in denials)
+    assert any('"invalid_scope"' in d for d in denials)
+    assert any('"invalid_request"' in d for d in denials)  # refused at the edge, audited there
+    text = "\n".join(f"{r['type']} {r['detail']} {r['source']} {r['request_id']}" for r in rows)
+    for private in (secret, secret + "x", new_secret, rs_secret, *tokens):
+        assert private not in text
