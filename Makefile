@@ -5,7 +5,6 @@ VENV := .venv
 PY := $(VENV)/bin/python
 GEN := build/gen
 PROTOS := $(shell find proto -name '*.proto' | sort)
-SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
 
 .PHONY: all install gen run test test-fast bench clean deploy-check
 
@@ -17,7 +16,8 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
-	printf '%s\n' "$(CURDIR)/libs" "$(CURDIR)/cli" "$(CURDIR)" "$(CURDIR)/$(GEN)" > "$(SITE)/inbound-dev.pth"
+	site="$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" && \
+	  printf '%s\n' "$(CURDIR)/libs" "$(CURDIR)/cli" "$(CURDIR)" "$(CURDIR)/$(GEN)" > "$$site/inbound-dev.pth"
 	touch $@
 
 install: $(VENV)/.installed
