@@ -350,7 +350,9 @@ def _seed_demo_client(stack: Stack) -> None:
 def run_forever() -> None:
     stack = Stack(ROOT / ".run", fixed_ports=True, echo=True)
     stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    # Ctrl-C (SIGINT, also delivered to the children, which stop gracefully) or SIGTERM.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
     try:
         stack.start()
         _seed_demo_client(stack)
