@@ -164,6 +164,17 @@ async def _read_form(request: Request) -> tuple[dict[str, str], ClientCredential
     return params, extract_credentials(request.headers.get("authorization"), params)
 
 
+async def _read_token_form(request: Request) -> tuple[str, dict[str, str], ClientCredentials]:
+    """RFC 7662 §2.1 / RFC 7009 §2.1: a client-authenticated form with a `token` parameter."""
+    params, credentials = await _read_form(request)
+    if credentials is None:
+        raise InvalidClient(detail="no client authentication")
+    token_value = params.get("token")
+    if token_value is None:
+        raise InvalidRequest("The token parameter is missing.")
+    return token_value, params, credentials
+
+
 def create_app(config: EdgeConfig) -> Starlette:
     metadata = build_metadata(config.issuer, sorted(config.grants), introspection=config.tokens is not None)
 
@@ -217,23 +228,13 @@ def create_app(config: EdgeConfig) -> Starlette:
 
     async def introspect(request: Request, request_id: str) -> Response:
         """RFC 7662 §2: the caller authenticates as a client; inactive is only {"active": false}."""
-        params, credentials = await _read_form(request)
-        if credentials is None:
-            raise InvalidClient(detail="introspection without client authentication")
-        token_value = params.get("token")
-        if token_value is None:
-            raise InvalidRequest("The token parameter is missing.")
+        token_value, _, credentials = await _read_token_form(request)
         info = await _backend(config.tokens.introspect(token_value, credentials, request_id=request_id))
         return _json(info.to_json(), 200, dict(_NO_STORE))
 
     async def revoke(request: Request, request_id: str) -> Response:
         """RFC 7009 §2: 200 whether or not the token was known; unsupported hints are refused."""
-        params, credentials = await _read_form(request)
-        if credentials is None:
-            raise InvalidClient(detail="revocation without client authentication")
-        token_value = params.get("token")
-        if token_value is None:
-            raise InvalidRequest("The token parameter is missing.")
+        token_value, params, credentials = await _read_token_form(request)
         hint = params.get("token_type_hint", "")
         if hint and hint not in TOKEN_TYPE_HINTS:
             raise UnsupportedTokenType()
