@@ -131,18 +131,24 @@ class TokenIssuerServicer(issuer_pb2_grpc.TokenIssuerServicer):
         return pb.RotateKeyResponse(key=key_to_pb(key))
 
 
-class IntrospectionOnlyServicer(TokenIssuerServicer):
-    """For the port that resource servers elsewhere in the cluster may reach:
-    Introspect (and the JWKS) only. Issuing, revoking and key management stay on
-    the main port, which only Inbound's own services can reach."""
-
-    async def _refuse(self, request, context):
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "only Introspect is served on this port")
-
-    Issue = Revoke = RevokeClientTokens = ListKeys = RotateKey = _refuse
+# What the introspection-only port serves: an allow-list, so an RPC added to the
+# contract later is not exposed there by accident.
+INTROSPECTION_PORT_METHODS = {
+    "Introspect": (pb.IntrospectBatch, pb.IntrospectResults),
+    "GetJwks": (pb.GetJwksRequest, pb.GetJwksResponse),
+}
 
 
 def add_to_server(issuer: TokenIssuer, checker: TokenChecker, server: grpc.aio.Server, *,
                   introspection_only: bool = False) -> None:
-    servicer = (IntrospectionOnlyServicer if introspection_only else TokenIssuerServicer)(issuer, checker)
-    issuer_pb2_grpc.add_TokenIssuerServicer_to_server(servicer, server)
+    """The full API on the main port; with `introspection_only`, just Introspect and
+    the JWKS, for resource servers outside Inbound (every other method: UNIMPLEMENTED)."""
+    servicer = TokenIssuerServicer(issuer, checker)
+    if not introspection_only:
+        issuer_pb2_grpc.add_TokenIssuerServicer_to_server(servicer, server)
+        return
+    handlers = {name: grpc.unary_unary_rpc_method_handler(getattr(servicer, name),
+                                                          request_deserializer=request.FromString,
+                                                          response_serializer=reply.SerializeToString)
+                for name, (request, reply) in INTROSPECTION_PORT_METHODS.items()}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

@@ -4,7 +4,8 @@ Renders the kustomize base and each overlay with `kubectl kustomize`, validates
 every object against the Kubernetes 1.30 OpenAPI schemas with kubernetes-validate
 (strict: misspelt fields fail), then checks what the schemas cannot: the
 hardening every pod must keep, the probes, the wiring between objects (env
-references, ports, Service selectors, gRPC targets), the NetworkPolicy, and the
+references, ports, Service selectors, gRPC targets), the NetworkPolicy (the
+rules' shape, and what sample peers it actually admits to which ports), and the
 replica / autoscaling shape of each overlay. The env each Deployment sets is
 also checked against the variables its service's code actually reads (AST of
 services/<module>/__main__.py and services/grant_process.py).
@@ -55,6 +56,7 @@ SERVICES = {
             "INBOUND_ISSUER": ("configmap", "issuer"),
             "INBOUND_KEY_ENCRYPTION_KEY": ("secret", "key-encryption-key"),
             "INBOUND_GRPC_PORT": "50052",
+            "INBOUND_INTROSPECTION_PORT": "50053",
             "INBOUND_METRICS_PORT": "9090",
         },
     },
@@ -92,10 +94,16 @@ GRPC_SERVICES = [name for name, spec in SERVICES.items() if spec["kind"] == "grp
 METRICS_PORT = 9090
 AUTOSCALED = ["edge", "token-issuer", "client-credentials"]
 PRODUCTION_REPLICAS = {"client-registry": 2, "audit": 2}  # the rest: HPA
-# Pods (any namespace) with this label may call token-issuer's gRPC port: resource
-# servers using gRPC Introspect. No other outside source reaches a gRPC port.
+# Pods (any namespace) with this label may call token-issuer's introspection-only
+# gRPC port (INBOUND_INTROSPECTION_PORT, container port grpc-introspect): resource
+# servers using gRPC Introspect. They must not reach its main port (Issue, Revoke,
+# RotateKey, ...); no other outside source reaches a gRPC port.
 INTROSPECTION_LABEL = ("inbound.dev/introspection-client", "true")
 INTROSPECTION_SERVICE = "token-issuer"
+INTROSPECTION_PORT = 50053
+INTROSPECTION_PORT_NAME = "grpc-introspect"
+# What deploy/README.md tells resource servers to dial.
+INTROSPECTION_TARGET = f"dns:///{INTROSPECTION_SERVICE}.{NAMESPACE}.svc:{INTROSPECTION_PORT}"
 # Read by every process through inboundlib (not in the services' own code).
 COMMON_ENV = {"INBOUND_LOG_LEVEL"}
 ENV_METHODS = {"str", "int", "float", "bool", "choice", "addr", "url", "key32", "addr_map"}
@@ -333,7 +341,8 @@ def test_env_wiring(docs):
                 ref = got.get("valueFrom", {}).get("secretKeyRef", {})
                 assert ref.get("name") == SECRET_NAME and ref.get("key") == want[1], f"{name}: {var} from Secret"
                 assert want[1] in secret_keys, f"secret.example.yaml lacks key {want[1]}"
-        for var, kind in (("INBOUND_GRPC_PORT", "grpc"), ("INBOUND_HTTP_PORT", "http"), ("INBOUND_METRICS_PORT", "metrics")):
+        for var, kind in (("INBOUND_GRPC_PORT", "grpc"), ("INBOUND_HTTP_PORT", "http"), ("INBOUND_METRICS_PORT", "metrics"),
+                          ("INBOUND_INTROSPECTION_PORT", INTROSPECTION_PORT_NAME)):
             if var in env:
                 assert int(env[var]["value"]) == _port(c, kind), f"{name}: {var} disagrees with port {kind}"
     for cm in configmaps.values():
@@ -365,6 +374,7 @@ def test_env_reader_sanity():
     """Guard for the AST scan below: it finds what the services are known to read."""
     assert _env_read("token_issuer").get("INBOUND_KEY_ENCRYPTION_KEY") is True
     assert _env_read("token_issuer").get("INBOUND_REVOCATION_RESYNC_SECONDS") is False
+    assert _env_read("token_issuer").get("INBOUND_INTROSPECTION_PORT") is False
     assert _env_read("client_credentials").get("INBOUND_ISSUER_ADDR") is False  # via grant_process
     assert _env_read("audit").get("DATABASE_URL") is True
 
@@ -420,6 +430,29 @@ def test_services_select_their_pods(docs):
         assert _matches(dep["spec"]["selector"], dep["spec"]["template"]["metadata"]["labels"]), name
 
 
+def test_introspection_port_is_exposed(docs):
+    """token-issuer's introspection-only port: set, declared, behind the headless
+    Service (resource servers dial it with round_robin), and not what the probes use."""
+    dep = _of_kind(docs, "Deployment")[INTROSPECTION_SERVICE]
+    svc = _of_kind(docs, "Service")[INTROSPECTION_SERVICE]
+    c = _main(dep)
+    env = {e["name"]: e.get("value") for e in c.get("env", [])}
+    assert env.get("INBOUND_INTROSPECTION_PORT") == str(INTROSPECTION_PORT), \
+        f"{INTROSPECTION_SERVICE}: INBOUND_INTROSPECTION_PORT={env.get('INBOUND_INTROSPECTION_PORT')} (0 or unset: no port)"
+    assert _port(c, INTROSPECTION_PORT_NAME) == INTROSPECTION_PORT, \
+        f"{INTROSPECTION_SERVICE}: container port {INTROSPECTION_PORT_NAME}={INTROSPECTION_PORT}"
+    assert INTROSPECTION_PORT != SERVICES[INTROSPECTION_SERVICE]["port"]
+    assert svc["spec"].get("clusterIP") == "None", f"Service/{INTROSPECTION_SERVICE} must be headless"
+    exposed = [p for p in svc["spec"]["ports"] if p["port"] == INTROSPECTION_PORT]
+    assert exposed, f"Service/{INTROSPECTION_SERVICE} lacks port {INTROSPECTION_PORT}"
+    assert _port(c, exposed[0].get("targetPort", exposed[0]["port"])) == INTROSPECTION_PORT, \
+        f"Service/{INTROSPECTION_SERVICE} port {INTROSPECTION_PORT} targets {exposed[0].get('targetPort')}"
+    assert exposed[0].get("appProtocol") == "grpc", exposed[0]
+    for probe in (c.get("startupProbe"), c.get("readinessProbe"), c.get("livenessProbe")):
+        assert probe and probe.get("grpc", {}).get("port") != INTROSPECTION_PORT, \
+            f"{INTROSPECTION_SERVICE}: probes belong on the main port, got {probe}"
+
+
 def test_disruption_budgets(docs):
     pdbs = list(_of_kind(docs, "PodDisruptionBudget").values())
     for name, dep in _of_kind(docs, "Deployment").items():
@@ -434,6 +467,77 @@ def test_disruption_budgets(docs):
             assert spec.get("maxUnavailable") not in (None, 0, "0%"), name
 
 
+def _rule_ports(rule: dict, container: dict) -> list[tuple[int, int]] | None:
+    """The TCP port ranges a rule's `ports` admit on this container; None: every port.
+    A named port the container does not declare admits nothing."""
+    if not rule.get("ports"):
+        return None
+    ranges = []
+    for p in rule["ports"]:
+        if p.get("protocol", "TCP") != "TCP":
+            continue
+        if p.get("port") is None:
+            return None
+        number = p["port"] if isinstance(p["port"], int) else _port(container, p["port"])
+        if number is not None:
+            ranges.append((number, p.get("endPort", number)))
+    return ranges
+
+
+def _rule_covers(rule: dict, container: dict, port: int) -> bool:
+    ranges = _rule_ports(rule, container)
+    return ranges is None or any(lo <= port <= hi for lo, hi in ranges)
+
+
+def _rule_only_port(rule: dict, container: dict, port: int) -> bool:
+    return bool(rule.get("ports")) and _rule_ports(rule, container) == [(port, port)] * len(rule["ports"])
+
+
+# Sample peers: (description, namespace, pod labels).
+APP_PEER = ("an Inbound pod", NAMESPACE, {APP_LABEL[0]: APP_LABEL[1]})
+RESOURCE_SERVER_PEERS = [
+    ("a labelled pod in another namespace", "shop", {INTROSPECTION_LABEL[0]: INTROSPECTION_LABEL[1]}),
+    ("a labelled pod in namespace inbound", NAMESPACE, {INTROSPECTION_LABEL[0]: INTROSPECTION_LABEL[1]}),
+]
+STRANGER_PEERS = [
+    ("an unlabelled pod in another namespace", "shop", {}),
+    ("an unlabelled pod in namespace inbound", NAMESPACE, {}),
+    ("a pod with the label's key but another value", "shop", {INTROSPECTION_LABEL[0]: "false"}),
+]
+PROMETHEUS_PEER = ("Prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"})
+
+
+def _peer_admitted(entry: dict, policy_ns: str, peer_ns: str, peer_labels: dict) -> bool:
+    if "ipBlock" in entry:
+        return True  # pod IPs may fall in any CIDR: count it as admitting everyone
+    ns_ok = (_matches(entry["namespaceSelector"], {"kubernetes.io/metadata.name": peer_ns})
+             if "namespaceSelector" in entry else peer_ns == policy_ns)
+    pod_ok = _matches(entry["podSelector"], peer_labels) if "podSelector" in entry else True
+    return ns_ok and pod_ok
+
+
+def _reachable(policies: list[dict], pod_labels: dict, container: dict, peer) -> set[int]:
+    """Which of the container's declared TCP ports the peer may connect to, by
+    NetworkPolicy semantics: no policy selects the pod for Ingress -> all of them;
+    else the union over the selecting policies' rules whose `from` admits the peer."""
+    _, peer_ns, peer_labels = peer
+    declared = {p["containerPort"] for p in container.get("ports", []) if p.get("protocol", "TCP") == "TCP"}
+    selecting = [p for p in policies
+                 if _matches(p["spec"]["podSelector"], pod_labels)
+                 and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])]
+    if not selecting:
+        return declared
+    open_ports: set[int] = set()
+    for policy in selecting:
+        policy_ns = policy["metadata"].get("namespace", NAMESPACE)
+        for rule in policy["spec"].get("ingress", []):
+            sources = rule.get("from")
+            if sources and not any(_peer_admitted(s, policy_ns, peer_ns, peer_labels) for s in sources):
+                continue
+            open_ports |= {port for port in declared if _rule_covers(rule, container, port)}
+    return open_ports
+
+
 def test_network_policy(docs):
     policies = list(_of_kind(docs, "NetworkPolicy").values())
     pods = {n: (d["spec"]["template"]["metadata"]["labels"], _main(d)) for n, d in _of_kind(docs, "Deployment").items()}
@@ -442,10 +546,6 @@ def test_network_policy(docs):
         selecting = [p for p in policies if _matches(p["spec"]["podSelector"], labels)]
         assert any("Ingress" in p["spec"].get("policyTypes", []) for p in selecting), f"no ingress isolation for {labels}"
         return [r for p in selecting for r in p["spec"].get("ingress", [])]
-
-    def covers(rule, container, port):
-        ports = rule.get("ports")
-        return not ports or any(p.get("port") is None or _port(container, p["port"]) == port for p in ports)
 
     def from_app_only(rule):
         sources = rule.get("from")
@@ -466,39 +566,110 @@ def test_network_policy(docs):
             and set(s["podSelector"]) == {"matchLabels"}
             for s in sources)
 
-    def only_port(rule, container, port):
-        return bool(rule.get("ports")) and all(_port(container, p.get("port")) == port for p in rule["ports"])
-
     for name, (labels, container) in pods.items():
         rules = ingress_rules(labels)
         port = SERVICES[name]["port"]
         if SERVICES[name]["kind"] == "http":
-            assert any(covers(r, container, port) and not r.get("from") for r in rules), \
+            assert any(_rule_covers(r, container, port) and not r.get("from") for r in rules), \
                 f"{name}: HTTP {port} must be open to any source"
             continue
-        grpc_rules = [r for r in rules if covers(r, container, port)]
+        grpc_rules = [r for r in rules if _rule_covers(r, container, port)]
         assert any(from_app_only(r) for r in grpc_rules), f"{name}: gRPC port {port} not open to the app's pods"
-        introspection = [r for r in grpc_rules if from_introspection_clients(r)]
+        # The main gRPC port (token-issuer's too: Issue, Revoke, RotateKey, ...)
+        # admits the app's pods and nothing else.
+        assert all(from_app_only(r) for r in grpc_rules), \
+            f"{name}: gRPC port {port} open beyond the app's pods: {grpc_rules}"
+        introspection = [r for r in rules if from_introspection_clients(r)]
         if name == INTROSPECTION_SERVICE:
-            assert introspection, f"{name}: gRPC port {port} not open to pods labelled {INTROSPECTION_LABEL}"
-            assert all(only_port(r, container, port) for r in introspection), \
-                f"{name}: introspection clients may reach the gRPC port only: {introspection}"
+            assert introspection, \
+                f"{name}: introspection port {INTROSPECTION_PORT} not open to pods labelled {INTROSPECTION_LABEL}"
+            assert all(_rule_only_port(r, container, INTROSPECTION_PORT) for r in introspection), \
+                f"{name}: introspection clients may reach port {INTROSPECTION_PORT} only: {introspection}"
         else:
             assert not introspection, f"{name}: only {INTROSPECTION_SERVICE} admits introspection clients"
-        assert all(from_app_only(r) or from_introspection_clients(r) for r in grpc_rules), \
-            f"{name}: gRPC port {port} open beyond the app's pods: {grpc_rules}"
         for rule in rules:
             # anything from outside the app may only reach metrics (or, for
-            # token-issuer's introspection clients, its gRPC port: checked above)
+            # token-issuer's introspection clients, the introspection port: checked above)
             if not from_app_only(rule) and not (name == INTROSPECTION_SERVICE and from_introspection_clients(rule)):
-                assert only_port(rule, container, METRICS_PORT), \
+                assert _rule_only_port(rule, container, METRICS_PORT), \
                     f"{name}: rule admits outside sources beyond metrics: {rule}"
+
+
+def test_network_policy_admits_only_the_intended_peers(docs):
+    """Evaluate the policies for sample peers, whatever the rules' shape: which
+    ports of each pod each peer may connect to."""
+    policies = list(_of_kind(docs, "NetworkPolicy").values())
+    for name, dep in _of_kind(docs, "Deployment").items():
+        labels, container = dep["spec"]["template"]["metadata"]["labels"], _main(dep)
+        spec = SERVICES[name]
+        public = {spec["port"]} if spec["kind"] == "http" else set()
+        reach = functools.partial(_reachable, policies, labels, container)
+        if spec["kind"] == "grpc":
+            assert spec["port"] in reach(APP_PEER), f"{name}: the app's pods cannot reach gRPC {spec['port']}"
+            assert reach(PROMETHEUS_PEER) == {METRICS_PORT}, \
+                f"{name}: Prometheus reaches {sorted(reach(PROMETHEUS_PEER))}, expected only {METRICS_PORT}"
+        for peer in RESOURCE_SERVER_PEERS:
+            got = reach(peer)
+            if name == INTROSPECTION_SERVICE:
+                assert spec["port"] not in got, \
+                    f"{name}: {peer[0]} reaches the full TokenIssuer API on port {spec['port']}"
+            want = public | ({INTROSPECTION_PORT} if name == INTROSPECTION_SERVICE else set())
+            assert got == want, f"{name}: {peer[0]} reaches ports {sorted(got)}, expected {sorted(want)}"
+        for peer in STRANGER_PEERS:
+            assert reach(peer) == public, f"{name}: {peer[0]} reaches ports {sorted(reach(peer))}"
+
+
+def test_network_policy_evaluator_sanity():
+    """Guard for the evaluator above: it catches the old policy (labelled pods on
+    token-issuer's main port), port ranges, same-namespace-only peers, and treats
+    a pod no policy selects as open."""
+    container = {"ports": [{"name": "grpc", "containerPort": 50052},
+                           {"name": INTROSPECTION_PORT_NAME, "containerPort": INTROSPECTION_PORT},
+                           {"name": "metrics", "containerPort": METRICS_PORT}]}
+    labels = {APP_LABEL[0]: APP_LABEL[1], "app.kubernetes.io/name": INTROSPECTION_SERVICE}
+    everything = {50052, INTROSPECTION_PORT, METRICS_PORT}
+    outside, inside = RESOURCE_SERVER_PEERS
+
+    def policy(ingress, pod_selector=None):
+        return {"metadata": {"namespace": NAMESPACE},
+                "spec": {"podSelector": {"matchLabels": pod_selector or {APP_LABEL[0]: APP_LABEL[1]}},
+                         "policyTypes": ["Ingress"], "ingress": ingress}}
+
+    labelled = [{"namespaceSelector": {}, "podSelector": {"matchLabels": dict([INTROSPECTION_LABEL])}}]
+    same_ns_only = [{"podSelector": {"matchLabels": dict([INTROSPECTION_LABEL])}}]
+    assert _reachable([policy([])], labels, container, outside) == set()
+    assert _reachable([policy([{"from": labelled, "ports": [{"port": "grpc"}]}])], labels, container, outside) == {50052}
+    assert _reachable([policy([{"from": labelled, "ports": [{"port": 50050, "endPort": 50060}]}])],
+                      labels, container, outside) == {50052, INTROSPECTION_PORT}
+    assert _reachable([policy([{"from": labelled}])], labels, container, outside) == everything
+    assert _reachable([policy([{"from": labelled, "ports": [{"port": INTROSPECTION_PORT_NAME}]}])],
+                      labels, container, STRANGER_PEERS[0]) == set()
+    assert _reachable([policy([{"from": same_ns_only}])], labels, container, outside) == set()
+    assert _reachable([policy([{"from": same_ns_only}])], labels, container, inside) == everything
+    assert _reachable([policy([], pod_selector={"app.kubernetes.io/name": "other"})],
+                      labels, container, outside) == everything
 
 
 def test_introspection_label_is_documented():
     readme = (DEPLOY / "README.md").read_text()
     assert f'{INTROSPECTION_LABEL[0]}: "{INTROSPECTION_LABEL[1]}"' in readme, \
-        "deploy/README.md must tell resource servers which pod label opens token-issuer's gRPC port"
+        "deploy/README.md must tell resource servers which pod label opens token-issuer's introspection port"
+    assert INTROSPECTION_TARGET in readme, f"deploy/README.md must give resource servers the target {INTROSPECTION_TARGET}"
+    main_port = SERVICES[INTROSPECTION_SERVICE]["port"]
+    stale = re.findall(rf"dns:///{INTROSPECTION_SERVICE}\.{NAMESPACE}\.svc[a-z.]*:{main_port}\b", readme)
+    assert not stale, f"deploy/README.md still sends resource servers to the main port: {stale}"
+
+
+def test_documented_introspection_target_resolves(docs):
+    """The README's target names the headless Service in namespace inbound and a
+    port that Service and the pod both expose."""
+    match = re.fullmatch(r"dns:///([a-z0-9-]+)\.([a-z0-9-]+)\.svc:(\d+)", INTROSPECTION_TARGET)
+    host, namespace, port = match.group(1), match.group(2), int(match.group(3))
+    svc = _of_kind(docs, "Service").get(host)
+    assert svc and svc["metadata"]["namespace"] == namespace, f"{INTROSPECTION_TARGET}: no Service {host} in {namespace}"
+    assert svc["spec"].get("clusterIP") == "None", f"Service/{host} must be headless for round_robin"
+    assert any(p["port"] == port for p in svc["spec"]["ports"]), f"Service/{host} lacks port {port}"
+    assert _port(_main(_of_kind(docs, "Deployment")[host]), port) == port, f"{host}: no container port {port}"
 
 
 # ---------------------------------------------------------------- overlays
@@ -549,5 +720,6 @@ def test_dockerfile():
         assert spec["port"] in exposed, f"Dockerfile EXPOSE lacks {name}'s port {spec['port']}"
         assert (REPO / "services" / spec["module"] / "__main__.py").is_file(), f"services/{spec['module']}/__main__.py"
     assert METRICS_PORT in exposed, "Dockerfile EXPOSE lacks the metrics port"
+    assert INTROSPECTION_PORT in exposed, f"Dockerfile EXPOSE lacks token-issuer's introspection port {INTROSPECTION_PORT}"
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
     assert ".venv" in ignore and ".git" in ignore
