@@ -7,6 +7,7 @@ import secrets
 import subprocess
 import sys
 
+import httpx
 import jwt
 import pytest
 
@@ -100,3 +101,31 @@ async def test_the_introspection_port_serves_introspect_and_nothing_else(stack, 
         await main.close()
         await side.close()
         stack.stop_service("issuer-rs")
+
+
+async def test_a_rotation_on_one_replica_reaches_the_others_over_nats(stack):
+    import asyncio
+    import time
+
+    port = free_port()
+    stack.start_service("token_issuer", port=port, key="issuer-rot")
+    first, second = grpcx.channel(stack.addr("token_issuer")), grpcx.channel(f"127.0.0.1:{port}")
+    try:
+        other = IssuerClient(second)
+        new = await IssuerClient(first).rotate_key("ES256", 0)
+        deadline = time.monotonic() + 1.0  # the periodic reload is 60 s: only the event can make this
+        while True:
+            token = await other.issue(IssueRequest(client_id="c", subject="c", scopes=(), format="jwt",
+                                                   lifetime_seconds=60))
+            if jwt.get_unverified_header(token.access_token)["kid"] == new.kid:
+                break
+            assert time.monotonic() < deadline, "the other replica did not learn of the rotation"
+            await asyncio.sleep(0.02)
+        deadline = time.monotonic() + 1.0  # the edge's JWKS cache (30 s) is dropped on the event too
+        while new.kid not in {k["kid"] for k in httpx.get(stack.edge_url + "/oauth/jwks").json()["keys"]}:
+            assert time.monotonic() < deadline, "the edge still serves the old JWKS"
+            await asyncio.sleep(0.02)
+    finally:
+        await first.close()
+        await second.close()
+        stack.stop_service("issuer-rot")
