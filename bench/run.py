@@ -1,10 +1,18 @@
 """`make bench` (python -m bench): one run, figures side by side.
 
-1. raw ES256 signing on one core (in this process, before anything else runs)
+1. raw ES256 signing and verification on one core (in this process, before anything else runs)
 2. a bare Starlette/uvicorn endpoint in its own process, under the same load
-3. client_credentials through the real edge, a JWT client then an opaque one
-4. CPU per token of every process from /proc deltas over the measured window
-5. ratios: edge rate / bare rate, total CPU per token / raw signing cost
+3. a bare gRPC echo server (grpc.aio) in its own process, at 64 calls in flight
+4. client_credentials through the real edge, a JWT client then an opaque one; then, on the
+   same stack, gRPC Introspect on token_issuer at 64 in flight for JWT and opaque tokens,
+   through the coalescing IssuerClient and as plain one-item unary calls
+5. CPU per operation of every process from /proc deltas over the measured window
+6. ratios: edge rate / bare HTTP rate, total CPU per token / raw signing cost,
+   introspections/s / echo calls/s, issuer CPU per introspection / echo CPU per call
+
+The HTTP load comes from wrk; the gRPC load from bench.grpcload, a Python grpc.aio
+process (there is no wrk for gRPC) that shares the cores with the servers and whose
+own CPU is measured and shown.
 
 The machine is shared: nothing here asserts a timing; read the ratios.
 Results also go to build/bench/results.json.
@@ -23,6 +31,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -36,6 +45,9 @@ DEFAULT_OUT = ROOT / "build" / "bench" / "results.json"
 TOKEN_PATH = "/oauth/token"
 FORM = "grant_type=client_credentials"
 CONTENT_TYPE = {"Content-Type": "application/x-www-form-urlencoded"}
+ECHO_PAYLOAD = 200  # bytes each way per echo call
+GRPC_LOADGEN_NOTE = ("Python grpc.aio + uvloop in 1 process of its own (no wrk for gRPC): it shares the "
+                     f"{os.cpu_count()} cores with the servers; its CPU is shown")
 SERVICE_ORDER = ("edge", "client_credentials", "token_issuer", "client_registry", "postgres", "nats")
 
 
@@ -69,39 +81,65 @@ def _post(url: str, headers: dict[str, str]) -> tuple[int, str]:
 
 # --- one measured load run ---------------------------------------------------------------------------
 
-def scrape_batches(metrics_urls: dict[str, str]) -> dict[str, tuple[float, float]]:
-    """'service: call' -> (items, batches) so far, from each service's inbound_batch_size histogram."""
-    out: dict[str, list[float]] = {}
+def _labels(text: str) -> dict[str, str]:
+    out = {}
+    for part in text.split('",'):
+        key, _, value = part.partition('="')
+        out[key.strip(",")] = value.rstrip('"')
+    return out
+
+
+def parse_metrics(text: str, service: str, out: dict[str, dict[str, list[float]]] | None = None) -> dict:
+    """From one service's /metrics text: "batches" — 'service: call' -> [items, batches] so far, from the
+    inbound_batch_size histogram; "rpcs" — 'service: method' -> [seconds, calls] so far of gRPC calls
+    served with status OK, from inbound_rpc_server_seconds."""
+    out = out if out is not None else {"batches": {}, "rpcs": {}}
+    for line in text.splitlines():
+        for metric, kind in (("inbound_batch_size", "batches"), ("inbound_rpc_server_seconds", "rpcs")):
+            for suffix, slot in (("_sum{", 0), ("_count{", 1)):
+                if not line.startswith(metric + suffix):
+                    continue
+                labels_text, _, value = line[len(metric + suffix):].rpartition("} ")
+                labels = _labels(labels_text)
+                if kind == "rpcs" and labels.get("code") != "OK":
+                    continue
+                key = f"{service}: {labels.get('call') or labels.get('method', '')}"
+                out[kind].setdefault(key, [0.0, 0.0])[slot] = float(value)
+    return out
+
+
+def scrape_metrics(metrics_urls: dict[str, str]) -> dict[str, dict[str, tuple[float, float]]]:
+    """parse_metrics over every service's /metrics (a service that does not answer is left out)."""
+    out: dict[str, dict[str, list[float]]] = {"batches": {}, "rpcs": {}}
     for service, url in metrics_urls.items():
         try:
             with urllib.request.urlopen(url, timeout=5) as reply:
                 text = reply.read().decode()
         except OSError:
             continue
-        for line in text.splitlines():
-            for suffix, slot in (("_sum{", 0), ("_count{", 1)):
-                if line.startswith("inbound_batch_size" + suffix):
-                    labels, _, value = line.rpartition("} ")
-                    call = labels.split('call="', 1)[1].split('"', 1)[0]
-                    out.setdefault(f"{service}: {call}", [0.0, 0.0])[slot] = float(value)
-    return {k: (v[0], v[1]) for k, v in out.items()}
+        parse_metrics(text, service, out)
+    return {kind: {k: (v[0], v[1]) for k, v in rows.items()} for kind, rows in out.items()}
 
 
-def measured_run(loadgen: LoadGen, url: str, headers: dict[str, str], roots: dict[str, int], *,
-                 connections: int, seconds: float, warmup: float,
-                 metrics_urls: dict[str, str] | None = None) -> dict:
-    """Warm-up run, then the measured run with CPU snapshots of every root's process tree around it."""
-    if warmup > 0:
-        loadgen.run(url, FORM, headers, connections, warmup)
-    batches0 = scrape_batches(metrics_urls) if metrics_urls else {}
+def scrape_batches(metrics_urls: dict[str, str]) -> dict[str, tuple[float, float]]:
+    """'service: call' -> (items, batches) so far, from each service's inbound_batch_size histogram."""
+    return scrape_metrics(metrics_urls)["batches"]
+
+
+def measure_window(roots: dict[str, int], load, *, metrics_urls: dict[str, str] | None = None,
+                   loadgen_pids: tuple[int, ...] = ()) -> dict:
+    """Run `load()` (-> a result dict with "ok" and "loadgen_cpu_s") with CPU snapshots of every root's
+    process tree, of the machine and of the services' metrics around it."""
+    metrics0 = scrape_metrics(metrics_urls) if metrics_urls else {"batches": {}, "rpcs": {}}
     all0 = procstat.all_processes()
     cpu0, m0, t0 = procstat.snapshot(roots), procstat.machine(), time.monotonic()
-    result = loadgen.run(url, FORM, headers, connections, seconds)
+    result = load()
     cpu1, m1, t1 = procstat.snapshot(roots), procstat.machine(), time.monotonic()
     all1 = procstat.all_processes()
-    batches1 = scrape_batches(metrics_urls) if metrics_urls else {}
+    metrics1 = scrape_metrics(metrics_urls) if metrics_urls else {"batches": {}, "rpcs": {}}
     kids = procstat.children_map()
-    ours = {pid for root in roots.values() for pid in procstat.tree_pids(root, kids)} | {os.getpid()}
+    ours = {pid for root in roots.values() for pid in procstat.tree_pids(root, kids)} | {os.getpid()} \
+        | set(loadgen_pids)
     wall = t1 - t0
     ok = result["ok"]
     cpu = {name: cpu1[name] - cpu0[name] for name in roots}
@@ -112,12 +150,18 @@ def measured_run(loadgen: LoadGen, url: str, headers: dict[str, str], roots: dic
     result["server_cpu_us_per_ok"] = result["server_cpu_s"] / ok * 1e6 if ok else None
     result["loadgen_cpu_us_per_ok"] = result["loadgen_cpu_s"] / ok * 1e6 if ok else None
     result["batches"] = {}
-    for call, (items1, count1) in sorted(batches1.items()):
-        items0, count0 = batches0.get(call, (0.0, 0.0))
+    for call, (items1, count1) in sorted(metrics1["batches"].items()):
+        items0, count0 = metrics0["batches"].get(call, (0.0, 0.0))
         items, count = items1 - items0, count1 - count0
         if count > 0:
             result["batches"][call] = {"batches": count, "items": items, "mean_batch": items / count,
                                        "calls_per_token": count / ok if ok else None}
+    result["rpcs_served"] = {}
+    for method, (secs1, count1) in sorted(metrics1["rpcs"].items()):
+        secs0, count0 = metrics0["rpcs"].get(method, (0.0, 0.0))
+        if count1 - count0 > 0:
+            result["rpcs_served"][method] = {"calls": count1 - count0,
+                                             "mean_handler_us": (secs1 - secs0) / (count1 - count0) * 1e6}
     busy = m1.busy - m0.busy
     result["machine"] = {
         "busy_cores": busy / wall,
@@ -128,6 +172,61 @@ def measured_run(loadgen: LoadGen, url: str, headers: dict[str, str], roots: dic
         "top_other_processes": procstat.top_others(all0, all1, ours, wall),
         "processes_started": m1.forks - m0.forks,  # wrk itself is one; Postgres backends count too
     }
+    return result
+
+
+def measured_run(loadgen: LoadGen, url: str, headers: dict[str, str], roots: dict[str, int], *,
+                 connections: int, seconds: float, warmup: float,
+                 metrics_urls: dict[str, str] | None = None) -> dict:
+    """Warm-up run, then the measured run with CPU snapshots of every root's process tree around it."""
+    if warmup > 0:
+        loadgen.run(url, FORM, headers, connections, warmup)
+    return measure_window(roots, lambda: loadgen.run(url, FORM, headers, connections, seconds),
+                          metrics_urls=metrics_urls)
+
+
+def grpc_measured_run(mode: str, target: str, roots: dict[str, int], *, concurrency: int, seconds: float,
+                      warmup: float, tokens_file: str = "", metrics_urls: dict[str, str] | None = None,
+                      payload: int = ECHO_PAYLOAD) -> dict:
+    """One bench.grpcload process: it connects and warms up on its own, then runs its measured
+    `seconds` when told, inside CPU snapshots of every root (and of its own CPU, by itself)."""
+    cmd = [sys.executable, "-m", "bench.grpcload", "--mode", mode, "--target", target,
+           "--concurrency", str(concurrency), "--seconds", str(seconds), "--warmup", str(warmup),
+           "--payload", str(payload)]
+    if tokens_file:
+        cmd += ["--tokens", tokens_file]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    stderr_lines: list[str] = []
+    reader = threading.Thread(target=lambda: stderr_lines.extend(proc.stderr), daemon=True)
+    reader.start()
+
+    def expect(prefix: str) -> dict:
+        while True:
+            line = proc.stdout.readline()
+            if not line:
+                proc.wait(10)
+                reader.join(2)
+                raise RuntimeError(f"gRPC load generator ({mode}) exited {proc.returncode} before {prefix}: "
+                                   + "".join(stderr_lines)[-2000:])
+            if line.startswith(prefix + " "):
+                return json.loads(line[len(prefix) + 1:])
+
+    def load() -> dict:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        return expect("GRPC_RESULT")
+
+    try:
+        ready = expect("READY")
+        result = measure_window(roots, load, metrics_urls=metrics_urls, loadgen_pids=(proc.pid,))
+        result["warmup"] = ready
+        proc.wait(20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    result["loadgen"] = "python-grpc-aio"
     return result
 
 
@@ -145,6 +244,29 @@ def bench_bare(loadgen: LoadGen, args) -> dict:
             raise RuntimeError(f"bare HTTP app answered {status}: {body[:200]}")
         return measured_run(loadgen, url, CONTENT_TYPE, {"bare_app": proc.pid},
                             connections=args.connections, seconds=args.seconds, warmup=args.warmup)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --- bare gRPC ------------------------------------------------------------------------------------------
+
+def bench_grpc_echo(args) -> dict:
+    """bench.grpc_echo in its own process under bench.grpcload at the same concurrency as introspection."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.grpc_echo", str(port)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_port(port, proc)
+        result = grpc_measured_run("echo", f"127.0.0.1:{port}", {"grpc_echo": proc.pid},
+                                   concurrency=args.grpc_concurrency, seconds=args.grpc_seconds,
+                                   warmup=args.grpc_warmup)
+        result["payload_bytes"] = ECHO_PAYLOAD
+        return result
     finally:
         proc.terminate()
         try:
@@ -188,6 +310,69 @@ async def _create_clients(addr: str) -> dict[str, tuple[str, str]]:
         return out
     finally:
         await channel.close()
+
+
+async def _issue_tokens(addr: str, clients: dict[str, tuple[str, str]], count: int,
+                        lifetime: int) -> dict[str, list[str]]:
+    """`count` access tokens of each format, through IssuerClient.issue (coalesced), for the bench clients."""
+    from inboundlib import grpcx
+    from services.token_issuer.api import IssueRequest
+    from services.token_issuer.client import IssuerClient
+
+    channel = grpcx.channel(addr)
+    try:
+        issuer = IssuerClient(channel)
+        gate = asyncio.Semaphore(64)
+        out = {}
+        for fmt, (client_id, _) in clients.items():
+            async def one(client_id: str = client_id, fmt: str = fmt) -> str:
+                async with gate:
+                    issued = await issuer.issue(IssueRequest(
+                        client_id=client_id, subject=client_id, scopes=("api.read",), format=fmt,
+                        lifetime_seconds=lifetime, grant_type="client_credentials"))
+                    return issued.access_token
+            out[fmt] = list(await asyncio.gather(*(one() for _ in range(count))))
+        return out
+    finally:
+        await channel.close()
+
+
+INTROSPECT_MODES = ("batched", "unary")
+
+
+def bench_introspection(stack, roots: dict[str, int], metrics_urls: dict[str, str],
+                        clients: dict[str, tuple[str, str]], args) -> dict:
+    """gRPC Introspect on token_issuer at `grpc_concurrency` in flight: a pool of tokens of each format,
+    then for each format the product's coalescing IssuerClient and plain one-item unary calls."""
+    t0 = time.monotonic()
+    pools = asyncio.run(_issue_tokens(stack.addr("token_issuer"), clients, args.introspect_tokens,
+                                      args.token_lifetime))
+    out: dict = {"tokens_per_format": args.introspect_tokens, "token_lifetime_s": args.token_lifetime,
+                 "issue_s": time.monotonic() - t0}
+    with tempfile.TemporaryDirectory(prefix="inbound-bench-tokens-") as tmp:
+        for fmt, tokens in pools.items():
+            looks_jwt = all(t.count(".") == 2 for t in tokens)
+            if looks_jwt != (fmt == "jwt"):
+                raise RuntimeError(f"{fmt} client got tokens that do not look {fmt}")
+            path = Path(tmp) / f"{fmt}.txt"
+            path.write_text("\n".join(tokens) + "\n")
+            out[fmt] = {}
+            for mode in INTROSPECT_MODES:
+                offsets = _log_offsets(stack)
+                result = grpc_measured_run(mode, stack.addr("token_issuer"), roots,
+                                           concurrency=args.grpc_concurrency, seconds=args.grpc_seconds,
+                                           warmup=args.grpc_warmup, tokens_file=str(path),
+                                           metrics_urls=metrics_urls)
+                result["token_chars"] = sum(len(t) for t in tokens) / len(tokens)
+                served = result["rpcs_served"].get("token_issuer: /inbound.issuer.v1.TokenIssuer/Introspect")
+                result["issuer_introspect_rpcs"] = served["calls"] if served else 0
+                result["items_per_rpc"] = result["ok"] / served["calls"] if served and served["calls"] else None
+                result["service_logs"] = _log_findings(stack, offsets)
+                dead = {n: sp.proc.returncode for n, sp in stack.services.items() if sp.proc.poll() is not None}
+                if dead:
+                    result["dead_services"] = dead
+                out[fmt][mode] = result
+    return out
 
 
 def _log_offsets(stack) -> dict[str, int]:
@@ -279,6 +464,11 @@ def bench_edge(loadgen: LoadGen, args) -> dict:
             if dead:
                 result["dead_services"] = dead
             out[fmt] = result
+        if not args.skip_introspection:
+            print(f"   introspection over gRPC: {args.introspect_tokens:,} tokens of each format, then "
+                  f"{' and '.join(INTROSPECT_MODES)} calls for JWT and opaque, "
+                  f"{args.grpc_warmup:.1f}+{args.grpc_seconds:.0f} s each ...", flush=True)
+            out["introspection"] = bench_introspection(stack, roots, metrics_urls, clients, args)
     finally:
         stack.stop()
         if fresh_db:
@@ -315,6 +505,38 @@ def ratios(results: dict) -> dict:
         edge = run["cpu_us_per_ok"].get("edge")
         bare_cpu = bare["cpu_us_per_ok"].get("bare_app")
         out[f"{fmt}_edge_cpu_over_bare_http_cpu"] = edge / bare_cpu if edge and bare_cpu else None
+    out.update(grpc_ratios(results))
+    return out
+
+
+def grpc_ratios(results: dict) -> dict:
+    """Introspection over gRPC against the bare gRPC echo of the same run."""
+    echo = results.get("grpc_echo")
+    intro = results.get("introspection") or {}
+    out: dict = {}
+    if not echo:
+        return out
+    echo_cpu = echo["cpu_us_per_ok"].get("grpc_echo")
+    for fmt in ("jwt", "opaque"):
+        for mode in INTROSPECT_MODES:
+            run = intro.get(fmt, {}).get(mode)
+            if not run:
+                continue
+            key = f"introspect_{fmt}_{mode}"
+            out[f"{key}_rate_over_grpc_echo"] = run["ok_per_s"] / echo["ok_per_s"] if echo["ok_per_s"] else None
+            issuer = run["cpu_us_per_ok"].get("token_issuer")
+            out[f"{key}_issuer_cpu_over_echo_cpu"] = issuer / echo_cpu if issuer and echo_cpu else None
+            total = run["server_cpu_us_per_ok"]
+            out[f"{key}_server_cpu_over_echo_cpu"] = total / echo_cpu if total and echo_cpu else None
+            verify = results.get("verifying")
+            if fmt == "jwt" and verify:
+                out[f"{key}_issuer_cpu_over_raw_verify"] = issuer / verify["cpu_us_per_token"] if issuer else None
+        batched, unary = intro.get(fmt, {}).get("batched"), intro.get(fmt, {}).get("unary")
+        if batched and unary:
+            out[f"introspect_{fmt}_batched_rate_over_unary"] = \
+                batched["ok_per_s"] / unary["ok_per_s"] if unary["ok_per_s"] else None
+            b, u = batched["cpu_us_per_ok"].get("token_issuer"), unary["cpu_us_per_ok"].get("token_issuer")
+            out[f"introspect_{fmt}_unary_issuer_cpu_over_batched"] = u / b if u and b else None
     return out
 
 
@@ -407,6 +629,7 @@ def render(results: dict) -> str:
         w(f"  {f:<7} edge token rate / raw signing rate     {_f(r[f + '_rate_over_raw_signing'], '{:.2f}'):>8}")
         w(f"  {f:<7} total CPU per token / raw ES256 sign   {_f(r[f + '_total_cpu_over_signing_cpu'], '{:.1f}'):>8}x")
         w(f"  {f:<7} edge CPU per token / bare HTTP per req {_f(r[f + '_edge_cpu_over_bare_http_cpu'], '{:.1f}'):>8}x")
+    lines.extend(render_grpc(results))
     if results["warnings"]:
         w("")
         for warning in results["warnings"]:
@@ -416,12 +639,149 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
+GRPC_ROWS = (("jwt", "batched", "introspect JWT, IssuerClient (batched)"),
+             ("jwt", "unary", "introspect JWT, unary 1 item/RPC"),
+             ("opaque", "batched", "introspect opaque, IssuerClient (batched)"),
+             ("opaque", "unary", "introspect opaque, unary 1 item/RPC"))
+GRPC_COLUMNS = {("jwt", "batched"): "jwt batch", ("jwt", "unary"): "jwt unary",
+                ("opaque", "batched"): "opq batch", ("opaque", "unary"): "opq unary"}
+STACK_SERVICES = ("edge", "client_credentials", "audit")  # idle during introspection: summed in one row
+
+
+def render_grpc(results: dict) -> list[str]:
+    echo, intro, r, meta = results.get("grpc_echo"), results.get("introspection") or {}, results["ratios"], \
+        results["meta"]
+    if not echo:
+        return []
+    lines: list[str] = []
+    w = lines.append
+    runs = [(fmt, mode, label, intro[fmt][mode]) for fmt, mode, label in GRPC_ROWS if mode in intro.get(fmt, {})]
+    cores = meta["cores"]
+    w("")
+    w(f"gRPC, {meta['grpc_concurrency']} calls in flight, {meta['grpc_seconds']:.0f} s measured after "
+      f"{meta['grpc_warmup']:.1f} s warm-up; load generator: {meta['grpc_loadgen_note']}")
+    if intro:
+        w(f"Introspection: a pool of {intro['tokens_per_format']:,} tokens per format (lifetime "
+          f"{intro['token_lifetime_s']} s) issued through IssuerClient.issue; each call introspects a random one; "
+          f"each token was introspected once before the warm-up, so the opaque cache is warm.")
+    w("")
+    head = f"{'':<44}{'calls/s':>10}{'µs/op':>10}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}{'failed':>8}" \
+        f"{'items/RPC':>11}"
+    w(head)
+    w("-" * len(head))
+
+    def row(label: str, run: dict, cpu_us, items) -> None:
+        w(f"{label:<44}{_f(run['ok_per_s']):>10}{_f(cpu_us, '{:.1f}'):>10}{_ms(run['p50_us']):>9}"
+          f"{_ms(run['p99_us']):>9}{_ms(run['p999_us']):>10}{run['failed']:>8,}{_f(items, '{:.1f}'):>11}")
+
+    verify = results.get("verifying")
+    if verify:
+        w(f"{'raw ES256 verify, 1 core (pyjwt)':<44}{_f(verify['tokens_per_s']):>10}"
+          f"{_f(verify['cpu_us_per_token'], '{:.1f}'):>10}")
+    row(f"bare gRPC echo (grpc.aio, 1 proc, {echo.get('payload_bytes', ECHO_PAYLOAD)} B)", echo,
+        echo["cpu_us_per_ok"].get("grpc_echo"), 1.0)
+    for fmt, mode, label, run in runs:
+        row(label, run, run["cpu_us_per_ok"].get("token_issuer"), run.get("items_per_rpc"))
+    w("  µs/op: CPU per op — verify: this thread; echo: the echo server process; introspect rows: token_issuer "
+      "alone (all processes below)")
+    w("  items/RPC: introspections per Introspect RPC that token_issuer served (its /metrics); failed: errors or "
+      "answers not active=true")
+    for fmt, mode, label, run in runs:
+        if run.get("client_mean_batch"):
+            w(f"  {fmt} IssuerClient coalescer: {run['client_batches']:,.0f} batches, "
+              f"mean {run['client_mean_batch']:.1f} items (max 32)")
+    if not runs:
+        return lines
+    w("")
+    cols = [GRPC_COLUMNS[(fmt, mode)] for fmt, mode, _, _ in runs]
+    head = f"{'CPU µs per call (from /proc)':<40}{'echo':>11}" + "".join(f"{c:>11}" for c in cols)
+    w(head)
+    w("-" * len(head))
+
+    def per_call(run: dict, names: tuple[str, ...]):
+        values = [run["cpu_us_per_ok"].get(n) for n in names if n in run["cpu_us_per_ok"]]
+        return sum(values) if values and None not in values else None
+
+    def cpu_row(label: str, echo_cell: str, names: tuple[str, ...]) -> None:
+        cells = []
+        for _, _, _, run in runs:
+            present = [n for n in names if n in run["cpu_us_per_ok"]]
+            if not present:
+                cells.append("external" if set(names) & {"postgres", "nats"} else "—")
+            else:
+                cells.append(_f(per_call(run, tuple(present)), "{:.1f}"))
+        w(f"{label:<40}{echo_cell:>11}" + "".join(f"{c:>11}" for c in cells))
+
+    cpu_row("bare gRPC echo server", _f(echo["cpu_us_per_ok"].get("grpc_echo"), "{:.1f}"), ("grpc_echo",))
+    for name in ("token_issuer", "client_registry", "postgres", "nats"):
+        cpu_row(name, "", (name,))
+    cpu_row("other services (" + ", ".join(STACK_SERVICES) + ")", "", STACK_SERVICES)
+    w(f"{'TOTAL server side':<40}{_f(echo['server_cpu_us_per_ok'], '{:.1f}'):>11}"
+      + "".join(f"{_f(run['server_cpu_us_per_ok'], '{:.1f}'):>11}" for *_, run in runs))
+    w(f"{'load generator (Python grpc.aio)':<40}{_f(echo['loadgen_cpu_us_per_ok'], '{:.1f}'):>11}"
+      + "".join(f"{_f(run['loadgen_cpu_us_per_ok'], '{:.1f}'):>11}" for *_, run in runs))
+    w("")
+    head = f"{'CPU use, cores (of ' + str(cores) + ')':<40}{'echo':>11}" + "".join(f"{c:>11}" for c in cols)
+    w(head)
+    w("-" * len(head))
+
+    def cores_row(label: str, echo_value, values) -> None:
+        w(f"{label:<40}{_f(echo_value, '{:.2f}', none=''):>11}" + "".join(f"{_f(v, '{:.2f}'):>11}" for v in values))
+
+    def share(run: dict, names: tuple[str, ...]):
+        present = [run["cpu_s"][n] for n in names if n in run["cpu_s"]]
+        return sum(present) / run["window_s"] if present else None
+
+    cores_row("bare gRPC echo server", echo["cpu_s"]["grpc_echo"] / echo["window_s"], [None for _ in runs])
+    for name in ("token_issuer", "client_registry", "postgres", "nats"):
+        cores_row(name, None, [share(run, (name,)) for *_, run in runs])
+    cores_row("other services", None, [share(run, STACK_SERVICES) for *_, run in runs])
+    cores_row("load generator (Python grpc.aio)", echo["loadgen_cpu_s"] / echo["window_s"],
+              [run["loadgen_cpu_s"] / run["window_s"] for *_, run in runs])
+    cores_row("machine busy", echo["machine"]["busy_cores"], [run["machine"]["busy_cores"] for *_, run in runs])
+    cores_row("  of which other processes", echo["machine"]["other_cores"],
+              [run["machine"]["other_cores"] for *_, run in runs])
+    cores_row("  steal", echo["machine"]["steal_cores"], [run["machine"]["steal_cores"] for *_, run in runs])
+    w("")
+    w("Ratios (same run), gRPC")
+    w("-" * 76)
+    for fmt, mode, _, _ in runs:
+        key = f"introspect_{fmt}_{mode}"
+        tag = f"{fmt} {mode}"
+        w(f"  {tag:<15} introspections/s / bare gRPC echo calls/s        "
+          f"{_f(r.get(key + '_rate_over_grpc_echo'), '{:.2f}'):>8}")
+        w(f"  {tag:<15} issuer CPU per introspection / echo CPU per call "
+          f"{_f(r.get(key + '_issuer_cpu_over_echo_cpu'), '{:.2f}'):>8}x")
+        if fmt == "jwt":
+            w(f"  {tag:<15} issuer CPU per introspection / raw ES256 verify  "
+              f"{_f(r.get(key + '_issuer_cpu_over_raw_verify'), '{:.2f}'):>8}x")
+    for fmt in ("jwt", "opaque"):
+        if r.get(f"introspect_{fmt}_batched_rate_over_unary") is not None:
+            w(f"  {fmt:<15} batching: batched rate / unary rate               "
+              f"{_f(r[f'introspect_{fmt}_batched_rate_over_unary'], '{:.2f}'):>8}")
+            w(f"  {fmt:<15} batching: unary issuer CPU / batched issuer CPU   "
+              f"{_f(r.get(f'introspect_{fmt}_unary_issuer_cpu_over_batched'), '{:.2f}'):>8}x")
+    return lines
+
+
 def collect_warnings(results: dict) -> list[str]:
     warnings = []
     runs = [("bare HTTP", results["bare_http"])] + \
         [(f"edge {f}", results["edge"][f]) for f in ("jwt", "opaque") if f in results["edge"]]
-    for label, run in runs:
-        if run["non2xx"] or run["socket_errors"]:
+    grpc_runs = ([("bare gRPC echo", results["grpc_echo"])] if results.get("grpc_echo") else []) + \
+        [(f"introspect {f} {m}", results["introspection"][f][m]) for f in ("jwt", "opaque")
+         for m in INTROSPECT_MODES if m in (results.get("introspection") or {}).get(f, {})]
+    for label, run in grpc_runs:
+        if run["failed"] or not run["ok"]:
+            warnings.append(f"{label}: INVALID RUN — {run['failed']:,} of {run['requests']:,} calls failed or "
+                            f"answered other than active=true; first: {run['sample_failure'] or '—'}")
+        warm = run.get("warmup") or {}
+        if warm.get("first_pass_failed") or warm.get("warmup_failed"):
+            warnings.append(f"{label}: during warm-up {warm.get('first_pass_failed', 0):,} first-pass and "
+                            f"{warm.get('warmup_failed', 0):,} later calls failed; first: "
+                            f"{warm.get('first_pass_sample') or warm.get('warmup_sample') or '—'}")
+    for label, run in runs + grpc_runs:
+        if run.get("non2xx") or run.get("socket_errors"):
             warnings.append(f"{label}: INVALID RUN — {run['non2xx']} non-2xx answers, {run['socket_errors']} socket "
                             f"errors (connect {run['err_connect']}, read {run['err_read']}, write {run['err_write']}, "
                             f"timeout {run['err_timeout']}); first non-2xx: {run['sample_non2xx'] or '—'}")
@@ -439,35 +799,61 @@ def collect_warnings(results: dict) -> list[str]:
                             f"in the window; top long-lived: {top or 'none'})")
         if run.get("dead_services"):
             warnings.append(f"{label}: services exited during the run: {run['dead_services']}")
+    idle = results.get("idle_check")
+    if idle and idle["busy_cores"] > 0.25:
+        top = ", ".join(f"{p['comm']}[{p['pid']}] {p['cores']:.2f}" for p in idle["top_processes"])
+        warnings.append(f"before the bench started, the machine was already busy: {idle['busy_cores']:.2f} cores "
+                        f"({idle['processes_started']} processes started in 1 s; top: {top or 'none'})")
     if not results["meta"]["loadgen"] == "wrk":
         warnings.append("wrk was not available: the Python fallback load generator competes with the server "
                         "for the same cores, so rates are lower than wrk would show")
     return warnings
 
 
+def idle_check(seconds: float = 1.0) -> dict:
+    """How busy the machine is before the bench starts anything (someone else's tests, say)."""
+    all0, m0, t0 = procstat.all_processes(), procstat.machine(), time.monotonic()
+    time.sleep(seconds)
+    all1, m1, t1 = procstat.all_processes(), procstat.machine(), time.monotonic()
+    wall = t1 - t0
+    return {"busy_cores": (m1.busy - m0.busy) / wall, "processes_started": m1.forks - m0.forks,
+            "top_processes": procstat.top_others(all0, all1, {os.getpid()}, wall)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per load run (10)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds before each run (2)")
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per HTTP load run (8)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds before each HTTP run (2)")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--sign-seconds", type=float, default=2.0)
+    parser.add_argument("--grpc-seconds", type=float, default=8.0, help="measured seconds per gRPC run (8)")
+    parser.add_argument("--grpc-warmup", type=float, default=1.5, help="warm-up seconds before each gRPC run (1.5)")
+    parser.add_argument("--grpc-concurrency", type=int, default=64, help="gRPC calls in flight (64)")
+    parser.add_argument("--introspect-tokens", type=int, default=2000, help="tokens of each format to introspect")
+    parser.add_argument("--token-lifetime", type=int, default=600, help="lifetime of those tokens, seconds")
     parser.add_argument("--python-loadgen", action="store_true", help="use the Python fallback even if wrk exists")
     parser.add_argument("--no-install", action="store_true", help="do not apt-get install wrk when it is missing")
     parser.add_argument("--skip-edge", action="store_true", help="only the machine's limits (no stack)")
+    parser.add_argument("--skip-introspection", action="store_true", help="no gRPC introspection runs")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
 
     started = time.monotonic()
     loadgen = LoadGen.create(install=not args.no_install, prefer_python=args.python_loadgen)
-    print(f"load generator: {loadgen.note}", flush=True)
-    print(f"1/3 raw ES256 signing for {args.sign_seconds:.0f} s ...", flush=True)
+    print(f"load generator: {loadgen.note}; gRPC: {GRPC_LOADGEN_NOTE}", flush=True)
+    idle = idle_check()
+    print(f"1/4 raw ES256 signing and verification for {args.sign_seconds * 1.5:.0f} s ...", flush=True)
     sign = signing.measure(args.sign_seconds)
-    print(f"2/3 bare HTTP endpoint, {args.warmup:.0f}+{args.seconds:.0f} s ...", flush=True)
+    verify = signing.measure_verify(args.sign_seconds / 2)
+    print(f"2/4 bare HTTP endpoint, {args.warmup:.0f}+{args.seconds:.0f} s ...", flush=True)
     bare = bench_bare(loadgen, args)
+    print(f"3/4 bare gRPC echo, {args.grpc_concurrency} in flight, {args.grpc_warmup:.1f}+{args.grpc_seconds:.0f} s "
+          f"...", flush=True)
+    echo = bench_grpc_echo(args)
     edge: dict = {}
     if not args.skip_edge:
-        print(f"3/3 the real stack: client_credentials JWT and opaque, {args.warmup:.0f}+{args.seconds:.0f} s "
+        print(f"4/4 the real stack: client_credentials JWT and opaque, {args.warmup:.0f}+{args.seconds:.0f} s "
               f"each ...", flush=True)
         edge = bench_edge(loadgen, args)
     results = {
@@ -476,9 +862,15 @@ def main(argv: list[str] | None = None) -> None:
             "host": platform.node(), "python": platform.python_version(), "cores": os.cpu_count(),
             "connections": args.connections, "seconds": args.seconds, "warmup": args.warmup,
             "loadgen": loadgen.kind, "loadgen_note": loadgen.note, "out": str(args.out),
+            "grpc_concurrency": args.grpc_concurrency, "grpc_seconds": args.grpc_seconds,
+            "grpc_warmup": args.grpc_warmup, "grpc_loadgen_note": GRPC_LOADGEN_NOTE,
         },
+        "idle_check": idle,
         "signing": sign,
+        "verifying": verify,
         "bare_http": bare,
+        "grpc_echo": echo,
+        "introspection": edge.pop("introspection", {}),
         "edge": edge,
     }
     results["ratios"] = ratios(results) if edge else {}

@@ -1,5 +1,6 @@
-"""Raw ES256 signing rate on one core: pyjwt over a cryptography P-256 key,
-with the claims an RFC 9068 access token from token_issuer carries."""
+"""Raw ES256 signing and verification rates on one core: pyjwt over a
+cryptography P-256 key, with the claims an RFC 9068 access token from
+token_issuer carries (verification: the floor under JWT introspection)."""
 from __future__ import annotations
 
 import secrets
@@ -9,11 +10,9 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
 
-def measure(seconds: float = 2.0) -> dict:
-    key = ec.generate_private_key(ec.SECP256R1())
-    headers = {"kid": "bench-" + secrets.token_hex(8), "typ": "at+jwt"}
+def _claims() -> dict:
     now = int(time.time())
-    claims = {
+    return {
         "iss": "http://127.0.0.1:8080",
         "sub": "c_" + secrets.token_hex(12),
         "aud": "https://api.example.com",
@@ -23,6 +22,12 @@ def measure(seconds: float = 2.0) -> dict:
         "iat": now,
         "exp": now + 1800,
     }
+
+
+def measure(seconds: float = 2.0) -> dict:
+    key = ec.generate_private_key(ec.SECP256R1())
+    headers = {"kid": "bench-" + secrets.token_hex(8), "typ": "at+jwt"}
+    claims = _claims()
     for _ in range(200):  # warm-up
         jwt.encode(claims, key, algorithm="ES256", headers=headers)
     n = 0
@@ -44,3 +49,29 @@ def measure(seconds: float = 2.0) -> dict:
         "cpu_us_per_token": cpu / n * 1e6,
         "wall_us_per_token": wall / n * 1e6,
     }
+
+
+def measure_verify(seconds: float = 1.0) -> dict:
+    """jwt.decode of one ES256 access token with its public key (signature, iss, required claims)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = key.public_key()
+    claims = _claims()
+    token = jwt.encode(claims, key, algorithm="ES256", headers={"kid": "bench", "typ": "at+jwt"})
+    options = {"verify_aud": False, "require": ["iss", "sub", "client_id", "jti", "iat", "exp"]}
+
+    def verify() -> None:
+        jwt.decode(token, public, algorithms=["ES256"], issuer=claims["iss"], options=options)
+
+    for _ in range(200):  # warm-up
+        verify()
+    n = 0
+    wall0, cpu0 = time.perf_counter(), time.thread_time()
+    deadline = wall0 + seconds
+    while True:
+        for _ in range(100):
+            verify()
+        n += 100
+        if time.perf_counter() >= deadline:
+            break
+    wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
+    return {"tokens": n, "wall_s": wall, "cpu_s": cpu, "tokens_per_s": n / wall, "cpu_us_per_token": cpu / n * 1e6}

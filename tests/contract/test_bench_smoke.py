@@ -3,7 +3,12 @@ parsed, on a very short run. Asserts no timing (the machine is shared)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import math
+import os
+import subprocess
+import sys
 
 from bench import procstat, run, signing
 from bench.loadgen import LoadGen, lua_script, parse_result
@@ -49,3 +54,101 @@ def test_short_run_figures_parse_and_render(tmp_path):
     text = run.render(results)
     assert "TOTAL server side" in text and "bare HTTP rate" in text
     assert results["ratios"]["jwt_rate_over_bare_http"] == 1.0
+
+
+def test_raw_verify_figure():
+    verify = signing.measure_verify(0.1)
+    assert verify["tokens"] > 0 and verify["cpu_us_per_token"] > 0
+
+
+METRICS_TEXT = """# HELP inbound_batch_size Items per batched call sent
+inbound_batch_size_sum{call="issuer.Introspect"} 640.0
+inbound_batch_size_count{call="issuer.Introspect"} 20.0
+inbound_rpc_server_seconds_count{method="/inbound.issuer.v1.TokenIssuer/Introspect",code="OK"} 20.0
+inbound_rpc_server_seconds_sum{method="/inbound.issuer.v1.TokenIssuer/Introspect",code="OK"} 0.5
+inbound_rpc_server_seconds_count{method="/inbound.issuer.v1.TokenIssuer/Introspect",code="UNAVAILABLE"} 3.0
+"""
+
+
+def test_parse_service_metrics():
+    out = run.parse_metrics(METRICS_TEXT, "token_issuer")
+    assert out["batches"] == {"token_issuer: issuer.Introspect": [640.0, 20.0]}
+    assert out["rpcs"] == {"token_issuer: /inbound.issuer.v1.TokenIssuer/Introspect": [0.5, 20.0]}
+
+
+FAKE_ISSUER = """
+import asyncio, grpc
+from inbound.issuer.v1 import issuer_pb2 as pb, issuer_pb2_grpc
+
+class Fake(issuer_pb2_grpc.TokenIssuerServicer):
+    async def Introspect(self, request, context):
+        return pb.IntrospectResults(results=[pb.IntrospectResult(info=pb.TokenInfo(active=r.token != "bad"))
+                                             for r in request.requests])
+
+async def main():
+    server = grpc.aio.server()
+    issuer_pb2_grpc.add_TokenIssuerServicer_to_server(Fake(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await server.wait_for_termination()
+
+asyncio.run(main())
+"""
+
+
+@contextlib.contextmanager
+def fake_issuer():
+    """A TokenIssuer process answering Introspect: active unless the token is 'bad'."""
+    proc = subprocess.Popen([sys.executable, "-c", FAKE_ISSUER], cwd=run.ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_grpc_echo_and_introspection_load_render(tmp_path):
+    args = argparse.Namespace(grpc_concurrency=8, grpc_seconds=0.5, grpc_warmup=0.2)
+    echo = run.bench_grpc_echo(args)
+    assert echo["ok"] > 0 and echo["failed"] == 0 and echo["valid"]
+    assert echo["cpu_us_per_ok"]["grpc_echo"] is not None and echo["loadgen_cpu_s"] > 0
+
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("a\nb\nc\n")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a\nbad\n")
+    intro: dict = {"tokens_per_format": 3, "token_lifetime_s": 600}
+    with fake_issuer() as target:
+        for mode in run.INTROSPECT_MODES:
+            result = run.grpc_measured_run(mode, target, {"token_issuer": os.getpid()}, concurrency=8, seconds=0.5,
+                                           warmup=0.1, tokens_file=str(tokens))
+            assert result["ok"] > 0 and result["failed"] == 0, result["sample_failure"]
+            assert result["warmup"]["first_pass_ok"] == 3
+            result["items_per_rpc"] = 1.0
+            intro.setdefault("jwt", {})[mode] = intro.setdefault("opaque", {})[mode] = result
+        assert intro["jwt"]["batched"]["client_mean_batch"] >= 1
+        failing = run.grpc_measured_run("unary", target, {"token_issuer": os.getpid()}, concurrency=4,
+                                        seconds=0.3, warmup=0, tokens_file=str(bad))
+        assert failing["failed"] > 0 and failing["sample_failure"] == "active=false"
+        assert failing["warmup"]["first_pass_failed"] == 1
+
+    sign = signing.measure(0.1)
+    results = {"meta": {"cores": 2, "connections": 8, "seconds": 1, "warmup": 0, "loadgen": "wrk",
+                        "loadgen_note": "wrk", "out": str(tmp_path / "r.json"), "grpc_concurrency": 8,
+                        "grpc_seconds": 0.5, "grpc_warmup": 0.2, "grpc_loadgen_note": run.GRPC_LOADGEN_NOTE},
+               "signing": sign, "verifying": signing.measure_verify(0.1), "bare_http": echo_as_http(echo),
+               "grpc_echo": echo, "introspection": intro, "edge": {}}
+    results["ratios"] = run.grpc_ratios(results)
+    results["warnings"] = run.collect_warnings(results)
+    text = "\n".join(run.render_grpc(results))
+    assert "bare gRPC echo" in text and "introspect opaque, unary 1 item/RPC" in text
+    assert "introspections/s / bare gRPC echo calls/s" in text
+    assert results["ratios"]["introspect_jwt_batched_rate_over_grpc_echo"] > 0
+    json.dumps(results)  # results.json must be able to hold it
+
+
+def echo_as_http(run_result: dict) -> dict:
+    """A bare-HTTP-shaped result, so collect_warnings can look at it."""
+    return {**run_result, "non2xx": 0, "socket_errors": 0, "service_logs": {}}
