@@ -43,6 +43,7 @@ TOKEN_TYPE_HINTS = (ACCESS_TOKEN, REFRESH_TOKEN)
 # A revoked client keeps its cut-off this long: longer than any token it holds can live.
 CLIENT_REVOCATION_SECONDS = 10 * 365 * 24 * 3600
 MAX_TOKEN_LENGTH = 8192
+VERIFIED_CACHE_ENTRIES = 50_000
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,8 @@ class TokenChecker:
         self.registry = registry
         self.opaque = OpaqueTokenCache(registry)
         self.events = events
+        self._verified: dict[str, TokenFacts | None] = {}
+        self._verified_for: KeyRing | None = None
 
     # --- check 1: the caller ----------------------------------------------------------------------
 
@@ -146,7 +149,24 @@ class TokenChecker:
                           grant_id=record.grant_id, username=record.username)
 
     def _identify_jwt(self, token: str) -> TokenFacts | None:
+        """Verified once per token string and key set: resource servers introspect
+        the same token again and again, and verification is most of the cost.
+        (Expiry, revocation and the client are checked on every call.)"""
         keyring: KeyRing = self._keyring()
+        if keyring is not self._verified_for:
+            self._verified.clear()
+            self._verified_for = keyring
+        try:
+            return self._verified[token]
+        except KeyError:
+            pass
+        facts = self._verify_jwt(token, keyring)
+        if len(self._verified) >= VERIFIED_CACHE_ENTRIES:
+            self._verified.clear()
+        self._verified[token] = facts
+        return facts
+
+    def _verify_jwt(self, token: str, keyring: KeyRing) -> TokenFacts | None:
         try:
             header = jwt.get_unverified_header(token)
             if header.get("typ") != "at+jwt":  # RFC 9068 §4: reject other JWTs (ID tokens, say)
@@ -154,7 +174,7 @@ class TokenChecker:
             key = keyring.by_kid(header.get("kid", ""))
             if key is None:
                 return None
-            claims = jwt.decode(token, key.private_key.public_key(), algorithms=[key.alg], issuer=self.issuer,
+            claims = jwt.decode(token, key.public_key, algorithms=[key.alg], issuer=self.issuer,
                                 options={"verify_aud": False, "verify_exp": False,
                                          "require": ["iss", "sub", "client_id", "jti", "iat", "exp"]})
         except (jwt.PyJWTError, ValueError, TypeError):

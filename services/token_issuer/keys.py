@@ -19,6 +19,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -77,6 +78,10 @@ class SigningKey:
     jwk: dict[str, Any]
     created_at: int
     activates_at: int
+
+    @cached_property
+    def public_key(self):
+        return self.private_key.public_key()
 
 
 def new_key_record(alg: str, encryptor: KeyEncryptor, activates_at: int | None = None) -> SigningKeyRecord:

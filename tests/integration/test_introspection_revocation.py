@@ -86,7 +86,9 @@ async def test_a_forged_jwt_is_inactive(stack, make_client, resource_server):
 async def test_an_expired_token_is_inactive(stack, issuer, make_client, resource_server):
     client, _ = await make_client()
     issued = await issuer.issue(IssueRequest(client_id=client.client_id, subject=client.client_id, scopes=(),
-                                             format="jwt", lifetime_seconds=1))
+                                             format="jwt", lifetime_seconds=2))
+    # Introspected (and so cached as verified) while active, then again once expired.
+    assert (await introspect(stack, resource_server, issued.access_token)).json()["active"] is True
     await asyncio.sleep(2.1)
     assert (await introspect(stack, resource_server, issued.access_token)).json() == {"active": False}
 
