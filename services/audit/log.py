@@ -12,7 +12,6 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import asyncpg
-from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from inbound.events.v1 import events_pb2
@@ -73,6 +72,34 @@ def decode_batch(data: bytes, *, fallback_id: str, fallback_time_ms: int) -> lis
             for i, event in enumerate(batch.events)]
 
 
+def _as_dict(message) -> dict:
+    """A payload as JSON-able data with proto field names, every field present and
+    int64s as numbers: what json_format.MessageToJson(preserving_proto_field_name,
+    always_print_fields_with_no_presence, unquote_int64_if_possible) gives, at a
+    fraction of its cost (the audit service converts every event)."""
+    result = {}
+    for field in message.DESCRIPTOR.fields:
+        if field.message_type is not None and not _is_repeated(field) and not message.HasField(field.name):
+            continue  # an unset sub-message (or oneof member) is absent, as in MessageToJson
+        value = getattr(message, field.name)
+        if field.message_type is not None:
+            value = [_as_dict(v) for v in value] if _is_repeated(field) else _as_dict(value)
+        elif field.enum_type is not None:
+            name = lambda n: field.enum_type.values_by_number[n].name if n in field.enum_type.values_by_number else n
+            value = [name(v) for v in value] if _is_repeated(field) else name(value)
+        elif field.type == field.TYPE_BYTES:
+            value = ([base64.b64encode(v).decode() for v in value] if _is_repeated(field)
+                     else base64.b64encode(value).decode())
+        elif _is_repeated(field):
+            value = list(value)
+        result[field.name] = value
+    return result
+
+
+def _is_repeated(field) -> bool:
+    return field.is_repeated
+
+
 def record_from_event(event: events_pb2.Event, *, fallback_id: str, fallback_time_ms: int,
                       raw: bytes | None = None) -> AuditRecord:
     kind = event.WhichOneof("payload")
@@ -81,10 +108,7 @@ def record_from_event(event: events_pb2.Event, *, fallback_id: str, fallback_tim
         detail = {"raw_event_base64": base64.b64encode(data).decode()} if data else {}
         kind = UNKNOWN_TYPE
     else:
-        payload = getattr(event, kind)
-        detail = json.loads(json_format.MessageToJson(
-            payload, preserving_proto_field_name=True, always_print_fields_with_no_presence=True, indent=None,
-            unquote_int64_if_possible=True))
+        detail = _as_dict(getattr(event, kind))
     client_id = detail.get("client_id", "") if kind != UNKNOWN_TYPE else ""
     occurred = event.occurred_at_unix_ms
     if not 0 < occurred <= _MAX_MS:
