@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 GEN := build/gen
 PROTOS := $(shell find proto -name '*.proto' | sort)
 
-.PHONY: all install gen run test test-fast bench clean deploy-check
+.PHONY: all install gen run test test-fast lint bench clean deploy-check
 
 all: gen
 
@@ -33,7 +33,10 @@ gen: $(GEN)/.stamp
 run: gen
 	$(PY) -m inboundlib.devstack run
 
-test: gen
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check libs services cli bench tests
+
+test: gen lint
 	$(PY) -m pytest -q tests
 
 test-fast: gen

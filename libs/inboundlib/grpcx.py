@@ -15,8 +15,10 @@ from collections.abc import Iterable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from inboundlib.batching import Expired, Overloaded
 from inboundlib.logs import request_id_var
 from inboundlib.metrics import RPC_SECONDS
+from inboundlib.oauth.errors import OAuthError, ServerError, TemporarilyUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,10 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.enable_retries", 1),
+    # A restarted peer is found again within ~2 s (gRPC's default backoff grows to 120 s).
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
 ]
 
 
@@ -116,6 +122,17 @@ def channel(target: str) -> grpc.aio.Channel:
 
 
 def is_unavailable(exc: BaseException) -> bool:
-    """gRPC failures that mean 'try again later' rather than 'broken'."""
+    """Failures that mean 'try again later' rather than 'broken': a peer down or
+    too slow (gRPC), or our own queue in front of it full or timed out."""
+    if isinstance(exc, (Overloaded, Expired)):
+        return True
     return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (
         grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def infrastructure_error(exc: BaseException) -> OAuthError:
+    """DESIGN.md: an unavailable dependency is `temporarily_unavailable` (503);
+    anything else unexpected is `server_error` (500). Logged by the caller."""
+    if is_unavailable(exc):
+        return TemporarilyUnavailable(detail=type(exc).__name__)
+    return ServerError(detail=type(exc).__name__)

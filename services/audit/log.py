@@ -16,8 +16,15 @@ from google.protobuf.message import DecodeError
 
 from inbound.events.v1 import events_pb2
 from services.audit.api import (
-    DEFAULT_SEARCH_LIMIT, DEFAULT_TAIL_LIMIT, UNKNOWN_TYPE, AuditPage, AuditRecord, InvalidArgument, SearchQuery,
-    check_limit, check_query,
+    DEFAULT_SEARCH_LIMIT,
+    DEFAULT_TAIL_LIMIT,
+    UNKNOWN_TYPE,
+    AuditPage,
+    AuditRecord,
+    InvalidArgument,
+    SearchQuery,
+    check_limit,
+    check_query,
 )
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

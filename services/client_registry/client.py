@@ -13,7 +13,13 @@ from inbound.registry.v1 import registry_pb2_grpc
 from inboundlib.batching import Coalescer
 from services.client_registry import wire
 from services.client_registry.api import (
-    ClientRecord, ClientSpec, ClientUpdate, InvalidArgument, NotFound, OpaqueTokenRecord, RevocationRecord,
+    ClientRecord,
+    ClientSpec,
+    ClientUpdate,
+    InvalidArgument,
+    NotFound,
+    OpaqueTokenRecord,
+    RevocationRecord,
     SigningKeyRecord,
 )
 

@@ -18,9 +18,22 @@ from inboundlib.events import CLIENT_CHANGED, EventBus
 from inboundlib.oauth.client_auth import hash_client_secret, new_client_secret
 from inboundlib.oauth.scopes import is_valid_scope_token
 from services.client_registry.api import (
-    DEFAULT_ACCESS_TOKEN_LIFETIME, DEFAULT_REFRESH_TOKEN_LIFETIME, GRANT_AUTHORIZATION_CODE,
-    GRANT_CLIENT_CREDENTIALS, GRANT_IMPLICIT, GRANT_REFRESH_TOKEN, KNOWN_GRANT_TYPES, TOKEN_FORMATS, ClientRecord,
-    ClientSpec, ClientUpdate, InvalidArgument, NotFound, OpaqueTokenRecord, RevocationRecord, SigningKeyRecord,
+    DEFAULT_ACCESS_TOKEN_LIFETIME,
+    DEFAULT_REFRESH_TOKEN_LIFETIME,
+    GRANT_AUTHORIZATION_CODE,
+    GRANT_CLIENT_CREDENTIALS,
+    GRANT_IMPLICIT,
+    GRANT_REFRESH_TOKEN,
+    KNOWN_GRANT_TYPES,
+    TOKEN_FORMATS,
+    ClientRecord,
+    ClientSpec,
+    ClientUpdate,
+    InvalidArgument,
+    NotFound,
+    OpaqueTokenRecord,
+    RevocationRecord,
+    SigningKeyRecord,
 )
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,12 @@ from __future__ import annotations
 
 from inbound.registry.v1 import registry_pb2 as pb
 from services.client_registry.api import (
-    ClientRecord, ClientSpec, ClientUpdate, OpaqueTokenRecord, RevocationRecord, SigningKeyRecord,
+    ClientRecord,
+    ClientSpec,
+    ClientUpdate,
+    OpaqueTokenRecord,
+    RevocationRecord,
+    SigningKeyRecord,
 )
 
 

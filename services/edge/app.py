@@ -7,12 +7,12 @@ grant service answers. It is the one place that turns OAuth errors into HTTP
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
-import time
-import itertools
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -24,15 +24,18 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from inbound.events.v1 import events_pb2
-from inboundlib.batching import Expired, Overloaded
 from inboundlib.events import TOKEN_DENIED, EventBus
 from inboundlib.grants.api import GrantHandler, TokenRequest
-from inboundlib.grpcx import is_unavailable
+from inboundlib.grpcx import infrastructure_error
 from inboundlib.logs import request_id_var
-from inboundlib.oauth.client_auth import CLIENT_SECRET_BASIC, extract_credentials
-from inboundlib.oauth.client_auth import ClientCredentials
+from inboundlib.oauth.client_auth import CLIENT_SECRET_BASIC, ClientCredentials, extract_credentials
 from inboundlib.oauth.errors import (
-    InvalidClient, InvalidRequest, OAuthError, ServerError, TemporarilyUnavailable, UnsupportedGrantType,
+    InvalidClient,
+    InvalidRequest,
+    OAuthError,
+    ServerError,
+    TemporarilyUnavailable,
+    UnsupportedGrantType,
     UnsupportedTokenType,
 )
 from inboundlib.oauth.params import MAX_BODY_BYTES, check_content_type, parse_form
@@ -134,15 +137,13 @@ async def _backend(call: Awaitable):
     """Await a backend call; infrastructure failures become 503/500 OAuth errors (DESIGN.md)."""
     try:
         return await call
-    except (Overloaded, Expired) as exc:
-        raise TemporarilyUnavailable(detail=type(exc).__name__) from None
     except OAuthError:
         raise
     except Exception as exc:
-        if is_unavailable(exc):
-            raise TemporarilyUnavailable(detail=type(exc).__name__) from None
-        log.exception("backend call failed")
-        raise ServerError() from None
+        error = infrastructure_error(exc)
+        if isinstance(error, ServerError):
+            log.exception("backend call failed")
+        raise error from None
 
 
 def _claimed_client_id(request: Request) -> str:

@@ -8,8 +8,8 @@ import grpc
 from inbound.issuer.v1 import issuer_pb2 as pb
 from inbound.issuer.v1 import issuer_pb2_grpc
 from inboundlib.batching import Coalescer
-from inboundlib.oauth.errors import InvalidRequest
 from inboundlib.oauth.client_auth import ClientCredentials
+from inboundlib.oauth.errors import InvalidRequest
 from inboundlib.wire import credentials_to_pb, error_from_pb, meta
 from services.token_issuer.api import FORMAT_OPAQUE, IssuedToken, IssueRequest, KeyInfo
 from services.token_issuer.introspection import TokenInfo

@@ -24,16 +24,20 @@ from dataclasses import dataclass, field
 import jwt
 
 from inbound.events.v1 import events_pb2
-from inboundlib.events import REVOKED_TOKEN_INTROSPECTED, EventBus
+from inboundlib.events import REVOKED_TOKEN_INTROSPECTED, TOKEN_REVOKED, EventBus
 from inboundlib.oauth.client_auth import ClientCredentials, authenticate_client
-from inboundlib.oauth.errors import InvalidClient, UnauthorizedClient
+from inboundlib.oauth.errors import UnauthorizedClient
 from services.client_registry.api import (
-    REVOKE_CLIENT, REVOKE_GRANT, REVOKE_JTI, ClientRegistryApi, OpaqueTokenRecord, RevocationRecord,
+    REVOKE_CLIENT,
+    REVOKE_GRANT,
+    REVOKE_JTI,
+    ClientRegistryApi,
+    OpaqueTokenRecord,
+    RevocationRecord,
 )
 from services.client_registry.cache import ClientSource
 from services.token_issuer.keys import KeyRing
 from services.token_issuer.revocations import RevocationSet, event_from_record
-from inboundlib.events import TOKEN_REVOKED
 
 log = logging.getLogger(__name__)
 

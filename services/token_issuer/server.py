@@ -9,6 +9,7 @@ import grpc
 
 from inbound.issuer.v1 import issuer_pb2 as pb
 from inbound.issuer.v1 import issuer_pb2_grpc
+from inboundlib.grpcx import infrastructure_error
 from inboundlib.logs import request_id_var
 from inboundlib.oauth.errors import OAuthError, ServerError, TemporarilyUnavailable
 from inboundlib.wire import credentials_from_pb, error_to_pb, expired
@@ -46,9 +47,13 @@ async def _per_item(meta, work):
     except OAuthError as exc:
         log.info("request refused", extra={"error": exc.code, "detail": exc.detail})
         return error_to_pb(exc)
-    except Exception:
-        log.exception("request failed")
-        return error_to_pb(ServerError())
+    except Exception as exc:
+        error = infrastructure_error(exc)
+        if isinstance(error, ServerError):
+            log.exception("request failed")
+        else:
+            log.warning("request failed: a dependency is unavailable", extra={"detail": error.detail})
+        return error_to_pb(error)
     finally:
         request_id_var.reset(token)
 

@@ -2,8 +2,6 @@
 RFC 8414 metadata URL."""
 from __future__ import annotations
 
-import warnings
-
 import httpx
 import jwt
 import pytest

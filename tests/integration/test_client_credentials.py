@@ -8,7 +8,6 @@ import time
 
 import httpx
 import jwt
-import pytest
 
 TOKEN = "/oauth/token"
 

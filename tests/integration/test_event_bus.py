@@ -5,7 +5,6 @@ import asyncio
 import logging
 
 import nats
-import pytest
 
 from inbound.events.v1 import events_pb2
 from inboundlib.devstack import free_port

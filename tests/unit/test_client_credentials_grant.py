@@ -8,7 +8,11 @@ import pytest
 
 from inboundlib.grants.api import TokenRequest
 from inboundlib.oauth.client_auth import (
-    CLIENT_SECRET_BASIC, CLIENT_SECRET_POST, NONE, ClientCredentials, hash_client_secret,
+    CLIENT_SECRET_BASIC,
+    CLIENT_SECRET_POST,
+    NONE,
+    ClientCredentials,
+    hash_client_secret,
 )
 from inboundlib.oauth.errors import InvalidClient, InvalidScope, UnauthorizedClient
 from services.client_credentials.grant import ClientCredentialsGrant

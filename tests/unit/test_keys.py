@@ -7,7 +7,13 @@ import pytest
 from cryptography.exceptions import InvalidTag
 
 from services.token_issuer.keys import (
-    ALGORITHMS, KeyEncryptor, KeyRing, SigningKey, new_key_record, open_key_record, public_jwk,
+    ALGORITHMS,
+    KeyEncryptor,
+    KeyRing,
+    SigningKey,
+    new_key_record,
+    open_key_record,
+    public_jwk,
 )
 
 

@@ -10,8 +10,9 @@ import grpc
 from inbound.events.v1 import events_pb2
 from inbound.grant.v1 import grant_pb2 as pb
 from inbound.grant.v1 import grant_pb2_grpc
-from inboundlib.grants.api import GrantHandler, TokenRequest, TokenResponse
 from inboundlib.events import TOKEN_DENIED, EventBus
+from inboundlib.grants.api import GrantHandler, TokenRequest, TokenResponse
+from inboundlib.grpcx import infrastructure_error
 from inboundlib.logs import request_id_var
 from inboundlib.metrics import TOKEN_REQUESTS
 from inboundlib.oauth.errors import OAuthError, ServerError, TemporarilyUnavailable, UnsupportedGrantType
@@ -58,10 +59,15 @@ class GrantServicer(grant_pb2_grpc.GrantServiceServicer):
                 self.events.publish(TOKEN_DENIED, events_pb2.Event(token_denied=events_pb2.TokenDenied(
                     client_id=client_id[:255], grant_type=item.grant_type, error=exc.code, detail=exc.detail)))
             return pb.TokenResult(error=error_to_pb(exc))
-        except Exception:
-            TOKEN_REQUESTS.labels(self.handler.grant_type, "server_error").inc()
-            log.exception("token request failed", extra={"client_id": client_id})
-            return pb.TokenResult(error=error_to_pb(ServerError()))
+        except Exception as exc:
+            error = infrastructure_error(exc)
+            TOKEN_REQUESTS.labels(self.handler.grant_type, error.code).inc()
+            if isinstance(error, ServerError):
+                log.exception("token request failed", extra={"client_id": client_id})
+            else:
+                log.warning("token request failed: a dependency is unavailable",
+                            extra={"client_id": client_id, "detail": error.detail})
+            return pb.TokenResult(error=error_to_pb(error))
         finally:
             request_id_var.reset(token)
 

@@ -12,8 +12,8 @@ import binascii
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import unquote_plus
 
