@@ -16,6 +16,18 @@ log = logging.getLogger("client_registry")
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+async def purge_periodically(registry: Registry, seconds: int) -> None:
+    """Expired opaque tokens and revocations go, a day after they stop mattering."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            removed = await registry.purge_expired()
+            if removed:
+                log.info("expired rows purged", extra={"rows": removed})
+        except Exception as exc:
+            log.warning("purge failed", extra={"error": type(exc).__name__})
+
+
 async def main(stop: asyncio.Event) -> None:
     env = Env()
     dsn = env.str("DATABASE_URL")
@@ -24,16 +36,20 @@ async def main(stop: asyncio.Event) -> None:
     host = env.str("INBOUND_BIND_HOST", "0.0.0.0")
     metrics_port = env.int("INBOUND_METRICS_PORT", 0, minimum=0, maximum=65535)
     pool_size = env.int("INBOUND_DB_POOL_SIZE", 10, minimum=1, maximum=200)
+    purge_seconds = env.int("INBOUND_PURGE_INTERVAL", 600, minimum=1)
 
     pool = await db.create_pool(dsn, max_size=pool_size)
     await db.migrate(pool, MIGRATIONS)
     events = EventBus(nats_url, "client_registry")
     await events.start()
     grpc_server = GrpcServer(host, port, [server.SERVICE_NAME])
-    server.add_to_server(Registry(pool, events), grpc_server.server)
+    registry = Registry(pool, events)
+    server.add_to_server(registry, grpc_server.server)
     metrics.serve(metrics_port)
     await grpc_server.start()
+    janitor = asyncio.create_task(purge_periodically(registry, purge_seconds))
     await stop.wait()
+    janitor.cancel()
     await grpc_server.stop(grace=5)
     await events.close()
     await pool.close()

@@ -158,3 +158,29 @@ async def test_client_secrets_are_stored_hashed(stack, registry):
     finally:
         await conn.close()
     assert secret not in dump
+
+
+async def test_expired_tokens_and_revocations_are_purged_a_day_later(stack):
+    import time
+
+    from services.client_registry.api import OpaqueTokenRecord, RevocationRecord
+    from services.client_registry.registry import Registry
+
+    pool = await db.create_pool(stack.database_url, min_size=1, max_size=2)
+    try:
+        registry = Registry(pool, events=None)
+        client, _ = await registry.create_client(ClientSpec(name="purge"))
+        now = int(time.time())
+        old, recent = now - 2 * 86400, now - 3600
+        await registry.store_opaque_tokens([
+            OpaqueTokenRecord(token_hash=bytes([i]) * 32, jti=f"purge-{uuid.uuid4().hex}", client_id=client.client_id,
+                              subject="s", username="", scopes=(), audience=(), issued_at=exp - 60, expires_at=exp)
+            for i, exp in ((201, old), (202, recent), (203, now + 600))])
+        await registry.add_revocations([
+            RevocationRecord(kind="jti", value=f"purge-old-{uuid.uuid4().hex}", client_id="c", expires_at=old),
+            RevocationRecord(kind="jti", value=f"purge-new-{uuid.uuid4().hex}", client_id="c", expires_at=now + 600)])
+        assert await registry.purge_expired() >= 2
+        left = await registry.get_opaque_tokens([bytes([i]) * 32 for i in (201, 202, 203)])
+        assert [t is not None for t in left] == [False, True, True]
+    finally:
+        await pool.close()
