@@ -8,13 +8,14 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import time
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 import asyncpg
 
 from inbound.events.v1 import events_pb2
-from inboundlib.events import CLIENT_CHANGED, EventBus
+from inboundlib.events import CLIENT_CHANGED, TOKEN_REVOKED, EventBus
 from inboundlib.oauth.client_auth import hash_client_secret, new_client_secret
 from inboundlib.oauth.scopes import is_valid_scope_token
 from services.client_registry.api import (
@@ -35,6 +36,7 @@ from services.client_registry.api import (
     RevocationRecord,
     SigningKeyRecord,
 )
+from services.client_registry.wire import revocation_event
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +144,24 @@ def _check_redirects_for_grants(grant_types: list[str], redirect_uris: list[str]
         raise InvalidArgument("authorization_code and implicit clients need at least one redirect URI")
 
 
+async def _insert_revocation(conn: asyncpg.Connection, r: RevocationRecord) -> int:
+    if r.kind not in ("jti", "grant", "client") or not r.value:
+        raise InvalidArgument(f"bad revocation kind {r.kind!r} or empty value")
+    # One writer at a time (held to commit): ids then become visible in the order
+    # they are given, so a replica that has read up to id N never misses one below N.
+    await conn.execute("SELECT pg_advisory_xact_lock(7002)")
+    return await conn.fetchval(
+        "INSERT INTO revocations (kind, value, client_id, revoked_before, expires_at, revoked_by)"
+        " VALUES ($1, $2, $3, $4, $5, $6)"
+        " ON CONFLICT (kind, value) DO UPDATE SET"
+        "  revoked_before = GREATEST(revocations.revoked_before, EXCLUDED.revoked_before),"
+        "  expires_at = GREATEST(revocations.expires_at, EXCLUDED.expires_at),"
+        "  id = nextval(pg_get_serial_sequence('revocations', 'id'))"
+        " RETURNING id",
+        r.kind, r.value, r.client_id, _from_ts(r.revoked_before) if r.revoked_before else None,
+        _from_ts(r.expires_at), r.revoked_by)
+
+
 class Registry:
     def __init__(self, pool: asyncpg.Pool, events: EventBus | None):
         self.pool = pool
@@ -231,8 +251,19 @@ class Registry:
                 f" logo_url=$11, comments=$12, updated_at=now() WHERE client_id=$1 RETURNING {_CLIENT_COLUMNS}",
                 client_id, *values.values(),
             )
+            cut_off = None
+            if current.active and not values["active"]:
+                # Disabling revokes what the client holds: enabling it again (after a
+                # secret rotation, say) must not bring stolen tokens back.
+                now = int(time.time())
+                cut_off = RevocationRecord(kind="client", value=client_id, client_id=client_id,
+                                           revoked_before=now, expires_at=now + MAX_LIFETIME,
+                                           revoked_by="operator: client disabled")
+                cut_off = RevocationRecord(**{**cut_off.__dict__, "id": await _insert_revocation(conn, cut_off)})
         log.info("client updated", extra={"client_id": client_id})
         self._changed(client_id, "updated")
+        if cut_off is not None and self.events is not None:
+            self.events.publish(TOKEN_REVOKED, revocation_event(cut_off))
         return _client(row)
 
     async def delete_client(self, client_id: str) -> bool:
@@ -329,22 +360,8 @@ class Registry:
     async def add_revocations(self, revocations: list[RevocationRecord]) -> list[int]:
         """Store revocations; re-revoking widens an entry (later cut-off, later expiry) and gives it a
         new id, so replicas that sync by id see the change."""
-        ids = []
         async with self.pool.acquire() as conn, conn.transaction():
-            for r in revocations:
-                if r.kind not in ("jti", "grant", "client") or not r.value:
-                    raise InvalidArgument(f"bad revocation kind {r.kind!r} or empty value")
-                ids.append(await conn.fetchval(
-                    "INSERT INTO revocations (kind, value, client_id, revoked_before, expires_at, revoked_by)"
-                    " VALUES ($1, $2, $3, $4, $5, $6)"
-                    " ON CONFLICT (kind, value) DO UPDATE SET"
-                    "  revoked_before = GREATEST(revocations.revoked_before, EXCLUDED.revoked_before),"
-                    "  expires_at = GREATEST(revocations.expires_at, EXCLUDED.expires_at),"
-                    "  id = nextval(pg_get_serial_sequence('revocations', 'id'))"
-                    " RETURNING id",
-                    r.kind, r.value, r.client_id, _from_ts(r.revoked_before) if r.revoked_before else None,
-                    _from_ts(r.expires_at), r.revoked_by))
-        return ids
+            return [await _insert_revocation(conn, r) for r in revocations]
 
     async def list_revocations(self, after_id: int = 0, limit: int = 10_000) -> list[RevocationRecord]:
         rows = await self.pool.fetch(

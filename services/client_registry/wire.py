@@ -1,6 +1,7 @@
 """Protobuf <-> domain records for the registry contract (used by server.py and client.py)."""
 from __future__ import annotations
 
+from inbound.events.v1 import events_pb2
 from inbound.registry.v1 import registry_pb2 as pb
 from services.client_registry.api import (
     ClientRecord,
@@ -117,3 +118,16 @@ def revocation_to_pb(r: RevocationRecord) -> pb.Revocation:
 def revocation_from_pb(m: pb.Revocation) -> RevocationRecord:
     return RevocationRecord(id=m.id, kind=m.kind, value=m.value, client_id=m.client_id,
                             revoked_before=m.revoked_before, expires_at=m.expires_at, revoked_by=m.revoked_by)
+
+
+def revocation_from_event(event: events_pb2.TokenRevoked) -> RevocationRecord:
+    value = {"jti": event.jti, "grant": event.grant_id, "client": event.client_id}.get(event.kind, "")
+    return RevocationRecord(kind=event.kind, value=value, client_id=event.client_id, expires_at=event.expires_at,
+                            revoked_before=event.revoked_before, revoked_by=event.revoked_by)
+
+
+def revocation_event(r: RevocationRecord) -> events_pb2.Event:
+    return events_pb2.Event(token_revoked=events_pb2.TokenRevoked(
+        kind=r.kind, client_id=r.client_id, jti=r.value if r.kind == "jti" else "",
+        grant_id=r.value if r.kind == "grant" else "", revoked_before=r.revoked_before,
+        expires_at=r.expires_at, revoked_by=r.revoked_by))

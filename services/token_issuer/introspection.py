@@ -5,8 +5,9 @@ Named checks, in order, for introspection:
 2. the token is ours: a JWT signed by one of our keys with our `iss`, or an
    opaque token whose hash is stored
 3. not expired
-4. not revoked (jti, its grant, or all of its client's tokens up to a time)
-5. its client still exists and is active
+4. the caller may see it: its own token, or the caller holds `inbound.introspect` (§4)
+5. not revoked (jti, its grant, or all of its client's tokens up to a time)
+6. its client still exists and is active
 Any failed check from 2 on answers only {"active": false} (§2.2).
 
 JWTs are checked without any I/O (keys, revocation set and client records are
@@ -36,17 +37,21 @@ from services.client_registry.api import (
     RevocationRecord,
 )
 from services.client_registry.cache import ClientSource
+from services.client_registry.wire import revocation_event
 from services.token_issuer.keys import KeyRing
-from services.token_issuer.revocations import RevocationSet, event_from_record
+from services.token_issuer.revocations import RevocationSet
 
 log = logging.getLogger(__name__)
 
+# Registered on a client (a resource server), it may introspect every client's tokens.
+INTROSPECT_SCOPE = "inbound.introspect"
 ACCESS_TOKEN = "access_token"
 REFRESH_TOKEN = "refresh_token"
 TOKEN_TYPE_HINTS = (ACCESS_TOKEN, REFRESH_TOKEN)
 # A revoked client keeps its cut-off this long: longer than any token it holds can live.
 CLIENT_REVOCATION_SECONDS = 10 * 365 * 24 * 3600
-MAX_TOKEN_LENGTH = 8192
+# Our JWTs are under 1 KiB and opaque tokens under 50 bytes.
+MAX_TOKEN_LENGTH = 4096
 VERIFIED_CACHE_ENTRIES = 50_000
 
 
@@ -127,7 +132,7 @@ class TokenChecker:
         self.registry = registry
         self.opaque = OpaqueTokenCache(registry)
         self.events = events
-        self._verified: dict[str, TokenFacts | None] = {}
+        self._verified: dict[bytes, TokenFacts] = {}
         self._verified_for: KeyRing | None = None
 
     # --- check 1: the caller ----------------------------------------------------------------------
@@ -153,21 +158,23 @@ class TokenChecker:
                           grant_id=record.grant_id, username=record.username)
 
     def _identify_jwt(self, token: str) -> TokenFacts | None:
-        """Verified once per token string and key set: resource servers introspect
-        the same token again and again, and verification is most of the cost.
-        (Expiry, revocation and the client are checked on every call.)"""
+        """Verified once per token and key set: resource servers introspect the same
+        token again and again, and verification is most of the cost. Only tokens
+        that verified are kept (a flood of junk cannot fill the cache), by their
+        SHA-256; expiry, revocation and the client are checked on every call."""
         keyring: KeyRing = self._keyring()
         if keyring is not self._verified_for:
             self._verified.clear()
             self._verified_for = keyring
-        try:
-            return self._verified[token]
-        except KeyError:
-            pass
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        facts = self._verified.get(digest)
+        if facts is not None:
+            return facts
         facts = self._verify_jwt(token, keyring)
-        if len(self._verified) >= VERIFIED_CACHE_ENTRIES:
-            self._verified.clear()
-        self._verified[token] = facts
+        if facts is not None:
+            if len(self._verified) >= VERIFIED_CACHE_ENTRIES:
+                self._verified.clear()
+            self._verified[digest] = facts
         return facts
 
     def _verify_jwt(self, token: str, keyring: KeyRing) -> TokenFacts | None:
@@ -179,7 +186,9 @@ class TokenChecker:
             if key is None:
                 return None
             claims = jwt.decode(token, key.public_key, algorithms=[key.alg], issuer=self.issuer,
-                                options={"verify_aud": False, "verify_exp": False,
+                                # exp is checked on every call, not here; iat is not checked at all:
+                                # another replica's clock may run a little ahead of ours.
+                                options={"verify_aud": False, "verify_exp": False, "verify_iat": False,
                                          "require": ["iss", "sub", "client_id", "jti", "iat", "exp"]})
         except (jwt.PyJWTError, ValueError, TypeError):
             return None
@@ -200,12 +209,17 @@ class TokenChecker:
                                            issued_at=facts.iat)
 
     async def introspect(self, token: str, caller: ClientCredentials | None, *, internal: bool) -> TokenInfo:
+        client = None
         if not internal:
             client = await self.authenticate_caller(caller)
             if client.public:
                 raise UnauthorizedClient(detail="public clients may not introspect")
         facts = await self.identify(token)
         if facts is None or facts.exp <= time.time():
+            return INACTIVE
+        if client is not None and facts.client_id != client.client_id and INTROSPECT_SCOPE not in client.scopes:
+            # RFC 7662 §4: a client sees its own tokens; a resource server needs the
+            # introspection scope to see others'. To anyone else a token is just inactive.
             return INACTIVE
         if self._revoked(facts):
             if self.events is not None:
@@ -257,5 +271,5 @@ class TokenChecker:
         stored = RevocationRecord(**{**record.__dict__, "id": ids[0]}) if ids else record
         self.revocations.apply(stored)
         if self.events is not None:
-            self.events.publish(TOKEN_REVOKED, event_from_record(stored))
+            self.events.publish(TOKEN_REVOKED, revocation_event(stored))
         log.info("token revoked", extra={"kind": record.kind, "client_id": record.client_id})

@@ -67,6 +67,8 @@ class TokenIssuer:
         async with self._reload_lock:
             records = await self.registry.list_signing_keys()
             known = {k.kid: k for k in self.keyring.keys}
+            if [r.kid for r in records] == [k.kid for k in self.keyring.keys]:
+                return  # nothing changed: keep the ring (and what was verified with it)
             try:
                 keys = [known.get(r.kid) or open_key_record(r, self.encryptor) for r in records]
             except InvalidTag:

@@ -14,6 +14,7 @@ import time
 from inbound.events.v1 import events_pb2
 from inboundlib.events import TOKEN_REVOKED, EventBus
 from services.client_registry.api import REVOKE_CLIENT, REVOKE_GRANT, REVOKE_JTI, ClientRegistryApi, RevocationRecord
+from services.client_registry.wire import revocation_from_event
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,6 @@ class RevocationSet:
         self._grant: dict[str, int] = {}
         # client id -> (revoked_before, expires_at)
         self._client: dict[str, tuple[int, int]] = {}
-        self.last_id = 0
 
     def apply(self, r: RevocationRecord) -> None:
         if r.kind == REVOKE_JTI:
@@ -34,7 +34,6 @@ class RevocationSet:
         elif r.kind == REVOKE_CLIENT:
             before, expires = self._client.get(r.value, (0, 0))
             self._client[r.value] = (max(before, r.revoked_before), max(expires, r.expires_at))
-        self.last_id = max(self.last_id, r.id)
 
     def is_revoked(self, *, jti: str, grant_id: str, client_id: str, issued_at: int) -> bool:
         if jti and jti in self._jti:
@@ -60,19 +59,6 @@ class RevocationSet:
         return len(self._jti) + len(self._grant) + len(self._client)
 
 
-def record_from_event(event: events_pb2.TokenRevoked) -> RevocationRecord:
-    value = {REVOKE_JTI: event.jti, REVOKE_GRANT: event.grant_id, REVOKE_CLIENT: event.client_id}.get(event.kind, "")
-    return RevocationRecord(kind=event.kind, value=value, client_id=event.client_id, expires_at=event.expires_at,
-                            revoked_before=event.revoked_before, revoked_by=event.revoked_by)
-
-
-def event_from_record(r: RevocationRecord) -> events_pb2.Event:
-    return events_pb2.Event(token_revoked=events_pb2.TokenRevoked(
-        kind=r.kind, client_id=r.client_id, jti=r.value if r.kind == REVOKE_JTI else "",
-        grant_id=r.value if r.kind == REVOKE_GRANT else "", revoked_before=r.revoked_before,
-        expires_at=r.expires_at, revoked_by=r.revoked_by))
-
-
 class RevocationSync:
     """Keeps a RevocationSet current: NATS first, the registry as the source of truth."""
 
@@ -83,6 +69,10 @@ class RevocationSync:
         self.events = events
         self.resync_seconds = resync_seconds
         self._task: asyncio.Task | None = None
+        # The registry id up to which every revocation has been read from the registry.
+        # Only catch_up moves it: entries applied from NATS or made here may have
+        # higher ids than ones this replica has not seen yet.
+        self.watermark = 0
 
     async def start(self) -> None:
         # Subscribe before reading the registry so nothing falls between the two.
@@ -93,14 +83,15 @@ class RevocationSync:
 
     async def _on_event(self, event: events_pb2.Event) -> None:
         if event.HasField("token_revoked"):
-            self.revocations.apply(record_from_event(event.token_revoked))
+            self.revocations.apply(revocation_from_event(event.token_revoked))
 
     async def catch_up(self) -> int:
         applied = 0
         while True:
-            page = await self.registry.list_revocations(self.revocations.last_id, 10_000)
+            page = await self.registry.list_revocations(self.watermark, 10_000)
             for record in page:
                 self.revocations.apply(record)
+                self.watermark = max(self.watermark, record.id)
             applied += len(page)
             if len(page) < 10_000:
                 return applied

@@ -13,7 +13,7 @@ from services.client_registry.api import ClientUpdate
 
 async def test_a_clients_life_is_audited_without_secrets_or_tokens(stack, registry, make_client, issuer):
     client, secret = await make_client(token_format="opaque")
-    resource_server, rs_secret = await make_client()
+    resource_server, rs_secret = await make_client(scopes=["inbound.introspect"])
     async with httpx.AsyncClient(base_url=stack.edge_url) as http:
         tokens = [(await http.post("/oauth/token", data={"grant_type": "client_credentials"},
                                    auth=(client.client_id, secret))).json()["access_token"] for _ in range(2)]

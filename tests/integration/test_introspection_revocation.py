@@ -19,7 +19,8 @@ FIELDS = {"active", "scope", "client_id", "sub", "token_type", "exp", "iat", "is
 async def resource_server(registry):
     from services.client_registry.api import ClientSpec
 
-    return await registry.create_client(ClientSpec(name="resource-server", grant_types=["client_credentials"]))
+    return await registry.create_client(ClientSpec(name="resource-server", grant_types=["client_credentials"],
+                                                   scopes=["inbound.introspect"]))
 
 
 async def get_token(stack, client, secret, **data) -> dict:
@@ -58,6 +59,14 @@ async def test_an_active_token_answers_every_field(stack, make_client, resource_
     assert info["iss"] == stack.edge_url
     assert info["aud"] == stack.edge_url + "/api"
     assert info["exp"] - info["iat"] == 1800
+
+
+async def test_without_the_introspection_scope_a_client_sees_only_its_own_tokens(stack, make_client):
+    owner = await make_client()
+    other = await make_client()
+    token = (await get_token(stack, *owner))["access_token"]
+    assert (await introspect(stack, owner, token)).json()["active"] is True
+    assert (await introspect(stack, other, token)).json() == {"active": False}
 
 
 @pytest.mark.parametrize("token", ["", "garbage", "a.b.c", "ibo_" + "x" * 43, "x" * 9000])
@@ -175,10 +184,26 @@ async def test_disabling_or_deleting_a_client_makes_its_tokens_inactive(stack, r
     token = (await get_token(stack, client, secret))["access_token"]
     await registry.update_client(client.client_id, ClientUpdate(active=False))
     await _eventually(lambda: introspect(stack, resource_server, token), {"active": False})
+    # Enabling it again (after a secret rotation, say) does not bring old tokens back.
     await registry.update_client(client.client_id, ClientUpdate(active=True))
-    await _eventually(lambda: introspect(stack, resource_server, token), None)
+    await asyncio.sleep(1.1)  # the cut-off is in whole seconds
+    fresh = (await _eventually_token(stack, client, secret))["access_token"]
+    await _eventually(lambda: introspect(stack, resource_server, fresh), None)
+    assert (await introspect(stack, resource_server, token)).json() == {"active": False}
     await registry.delete_client(client.client_id)
-    await _eventually(lambda: introspect(stack, resource_server, token), {"active": False})
+    await _eventually(lambda: introspect(stack, resource_server, fresh), {"active": False})
+
+
+async def _eventually_token(stack, client, secret, timeout: float = 2.0) -> dict:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(base_url=stack.edge_url) as http:
+        while True:
+            reply = await http.post("/oauth/token", data={"grant_type": "client_credentials"},
+                                    auth=(client.client_id, secret))
+            if reply.status_code == 200:
+                return reply.json()
+            assert time.monotonic() < deadline, reply.text
+            await asyncio.sleep(0.05)
 
 
 async def test_revoking_everything_of_a_client(stack, issuer, make_client, resource_server):
