@@ -44,13 +44,19 @@ Handler = Callable[[events_pb2.Event], Awaitable[None]]
 
 
 async def ensure_stream(js) -> None:
-    """Create (or bring up to date) the INBOUND_EVENTS stream; publishers and the audit consumer both call it."""
-    config = StreamConfig(name=STREAM, subjects=[SUBJECT_PREFIX + ">"], duplicate_window=120,
-                          max_age=14 * 24 * 3600)
+    """Create the INBOUND_EVENTS stream if it does not exist; publishers and the audit
+    consumer both call it. An existing stream is left as it is (an operator may have
+    given it replicas or limits of their own)."""
     try:
-        await js.add_stream(config)
+        await js.stream_info(STREAM)
+        return
+    except NotFoundError:
+        pass
+    try:
+        await js.add_stream(StreamConfig(name=STREAM, subjects=[SUBJECT_PREFIX + ">"], duplicate_window=120,
+                                         max_age=14 * 24 * 3600))
     except BadRequestError:
-        await js.update_stream(config)
+        pass  # created meanwhile by another process
 
 
 class EventBus:
@@ -64,6 +70,8 @@ class EventBus:
         self._js = None
         self._handlers: list[tuple[str, Handler]] = []
         self._subscribed: set[str] = set()
+        self._reconnect_hooks: list[Callable[[], Awaitable[None]]] = []
+        self._hook_tasks: set[asyncio.Task] = set()
         self._tasks: list[asyncio.Task] = []
         self._closing = False
         self._drop_logged_at = 0.0
@@ -86,12 +94,15 @@ class EventBus:
                     error_cb=self._on_error,
                 )
                 self._js = self._nc.jetstream(timeout=3)
-                await self._ensure_stream()
-                for subject, handler in self._handlers:
+                self._subscribed = set()  # subscriptions belong to a connection
+                for subject, handler in list(self._handlers):
                     await self._subscribe(subject, handler)
+                await self._nc.flush(timeout=2)  # the server has them before we rely on them
+                await self._ensure_stream()
                 self.connected.set()
                 self._wake.set()
                 log.info("nats connected")
+                self._run_reconnect_hooks()
                 return
             except Exception as exc:  # keep trying: NATS may come up later
                 log.warning("nats connect failed, retrying", extra={"error": type(exc).__name__})
@@ -115,6 +126,26 @@ class EventBus:
         self.connected.set()
         self._wake.set()
         log.info("nats reconnected")
+        self._run_reconnect_hooks()
+
+    def on_reconnect(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run `hook` whenever a connection to NATS is (re)made: events published
+        while disconnected were missed by this process's subscriptions, so caches
+        kept current by them must catch up (drop, or re-read their source)."""
+        self._reconnect_hooks.append(hook)
+
+    def _run_reconnect_hooks(self) -> None:
+        for hook in self._reconnect_hooks:
+            task = asyncio.get_running_loop().create_task(self._run_hook(hook))
+            self._hook_tasks.add(task)
+            task.add_done_callback(self._hook_tasks.discard)
+
+    async def _run_hook(self, hook) -> None:
+        try:
+            await hook()
+        except Exception as exc:
+            log.warning("reconnect hook failed", extra={"hook": getattr(hook, "__qualname__", "?"),
+                                                        "error": type(exc).__name__})
 
     async def _on_error(self, exc: Exception) -> None:
         log.debug("nats error", extra={"error": repr(exc)})
@@ -196,8 +227,14 @@ class EventBus:
     async def subscribe(self, subject: str, handler: Handler) -> None:
         """Deliver every event on `subject` to `handler` (now, or once connected)."""
         self._handlers.append((subject, handler))
-        if self._nc is not None and self._nc.is_connected:
+        if self._nc is not None and not self._nc.is_closed:
+            # Connected or reconnecting: nats-py replays subscriptions on reconnect.
             await self._subscribe(subject, handler)
+            if self._nc.is_connected:
+                try:
+                    await self._nc.flush(timeout=2)
+                except Exception:
+                    pass
 
     async def _subscribe(self, subject: str, handler: Handler) -> None:
         key = f"{subject}#{id(handler)}"

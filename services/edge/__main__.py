@@ -67,6 +67,7 @@ async def main(stop: asyncio.Event) -> None:
     events = EventBus(nats_url, "edge")
     await events.start()
     await events.subscribe(KEYS_ROTATED, jwks.invalidate)
+    events.on_reconnect(jwks.invalidate)
 
     async def ready() -> bool:
         try:

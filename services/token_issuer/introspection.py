@@ -108,17 +108,26 @@ class OpaqueTokenCache:
         self.ttl = ttl
         self.negative_ttl = negative_ttl
         self.max_entries = max_entries
-        self._entries: dict[bytes, tuple[float, OpaqueTokenRecord | None]] = {}
+        self._entries: dict[bytes, tuple[float, OpaqueTokenRecord]] = {}
+        self._unknown: dict[bytes, float] = {}
 
     async def get(self, token_hash: bytes) -> OpaqueTokenRecord | None:
-        entry = self._entries.get(token_hash)
         now = time.monotonic()
+        entry = self._entries.get(token_hash)
         if entry is not None and entry[0] > now:
             return entry[1]
+        unknown_until = self._unknown.get(token_hash)
+        if unknown_until is not None and unknown_until > now:
+            return None
         record = (await self.registry.get_opaque_tokens([token_hash]))[0]
-        if len(self._entries) >= self.max_entries:
-            self._entries.clear()
-        self._entries[token_hash] = (now + (self.ttl if record else self.negative_ttl), record)
+        # Unknown hashes live apart, in a small table: guesses cannot evict real tokens.
+        table, limit = (self._entries, self.max_entries) if record else (self._unknown, 10_000)
+        if len(table) >= limit:
+            table.clear()
+        if record:
+            self._entries[token_hash] = (now + self.ttl, record)
+        else:
+            self._unknown[token_hash] = now + self.negative_ttl
         return record
 
 

@@ -59,6 +59,7 @@ class TokenIssuer:
             await self.reload_keys()
         if self.events is not None:
             await self.events.subscribe(KEYS_ROTATED, self._on_keys_rotated)
+            self.events.on_reconnect(self.reload_keys)
 
     async def _on_keys_rotated(self, event: events_pb2.Event) -> None:
         await self.reload_keys()

@@ -78,6 +78,7 @@ class RevocationSync:
         # Subscribe before reading the registry so nothing falls between the two.
         if self.events is not None:
             await self.events.subscribe(TOKEN_REVOKED, self._on_event)
+            self.events.on_reconnect(self._catch_up_now)  # what was published while disconnected
         await self.catch_up()
         self._task = asyncio.create_task(self._loop(), name="revocation-sync")
 
@@ -95,6 +96,9 @@ class RevocationSync:
             applied += len(page)
             if len(page) < 10_000:
                 return applied
+
+    async def _catch_up_now(self) -> None:
+        await self.catch_up()
 
     async def _loop(self) -> None:
         while True:

@@ -60,3 +60,42 @@ async def test_events_wait_in_the_buffer_while_nats_is_unreachable_and_the_bound
     assert EVENTS_DROPPED.labels("test-bound")._value.get() - before == 5
     assert any("event buffer full" in r.getMessage() for r in caplog.records)
     await bus.close(flush_timeout=0.1)
+
+
+async def test_after_a_reconnect_hooks_run_and_subscriptions_still_deliver(tmp_path):
+    from inboundlib.devstack import PrivateNats
+
+    server = PrivateNats(tmp_path / "nats", free_port())
+    server.start()
+    bus = EventBus(server.url, "test-reconnect")
+    connects: list[float] = []
+    seen: list[str] = []
+
+    async def hook() -> None:
+        connects.append(asyncio.get_running_loop().time())
+
+    async def collect(event: events_pb2.Event) -> None:
+        seen.append(event.client_changed.client_id)
+
+    bus.on_reconnect(hook)
+    await bus.subscribe("inbound.events.test.reconnect", collect)  # before the first connection
+    try:
+        await bus.start()
+        await asyncio.wait_for(bus.connected.wait(), 5)
+        server.stop()
+        await asyncio.sleep(0.5)
+        server.start()
+        for _ in range(100):
+            if len(connects) >= 2 and bus.connected.is_set():
+                break
+            await asyncio.sleep(0.05)
+        assert len(connects) >= 2, "the hook runs on the first connection and again after the reconnect"
+        bus.publish("inbound.events.test.reconnect", changed(7))
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.05)
+        assert seen == ["c7"]
+    finally:
+        await bus.close(flush_timeout=1)
+        server.stop()
