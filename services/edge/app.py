@@ -36,7 +36,6 @@ from inboundlib.oauth.errors import (
     ServerError,
     TemporarilyUnavailable,
     UnsupportedGrantType,
-    UnsupportedTokenType,
 )
 from inboundlib.oauth.params import MAX_BODY_BYTES, check_content_type, parse_form
 
@@ -94,11 +93,12 @@ def _json(body: dict, status: int = 200, headers: dict | None = None) -> Respons
                     media_type="application/json")
 
 
-def error_response(error: OAuthError, *, basic_auth: bool = False) -> Response:
-    """RFC 6749 §5.2: JSON error body; 401 with WWW-Authenticate when the client
-    tried HTTP Basic; never cached."""
+def error_response(error: OAuthError) -> Response:
+    """RFC 6749 §5.2: a JSON error body, never cached. Client authentication
+    failures are 401 with a Basic challenge (RFC 7235 §3.1: every 401 has one),
+    whichever method the client tried."""
     headers = dict(_NO_STORE)
-    if isinstance(error, InvalidClient) and basic_auth:
+    if error.status == 401:
         headers["WWW-Authenticate"] = 'Basic realm="inbound", charset="UTF-8"'
     return _json(error.to_json(), error.status, headers)
 
@@ -192,7 +192,7 @@ def create_app(config: EdgeConfig) -> Starlette:
                 HTTP_ERRORS.labels(route, exc.code).inc()
                 if exc.status >= 500:
                     log.warning("request failed", extra={"route": route, "error": exc.code, "detail": exc.detail})
-                response = error_response(exc, basic_auth="authorization" in request.headers)
+                response = error_response(exc)
             finally:
                 request_id_var.reset(ctx)
             response.headers["X-Request-Id"] = request_id
@@ -234,11 +234,12 @@ def create_app(config: EdgeConfig) -> Starlette:
         return _json(info.to_json(), 200, dict(_NO_STORE))
 
     async def revoke(request: Request, request_id: str) -> Response:
-        """RFC 7009 §2: 200 whether or not the token was known; unsupported hints are refused."""
+        """RFC 7009 §2: 200 whether or not the token was known."""
         token_value, params, credentials = await _read_token_form(request)
+        # RFC 7009 §2.1: the hint only speeds the search; one we do not know is ignored.
         hint = params.get("token_type_hint", "")
-        if hint and hint not in TOKEN_TYPE_HINTS:
-            raise UnsupportedTokenType()
+        if hint not in TOKEN_TYPE_HINTS:
+            hint = ""
         await _backend(config.tokens.revoke(token_value, credentials, token_type_hint=hint, request_id=request_id))
         return Response(b"", status_code=200, headers=dict(_NO_STORE))
 

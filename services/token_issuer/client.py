@@ -57,9 +57,10 @@ class IssuerClient:
 
     async def rotate_key(self, alg: str = "", activation_delay: int | None = None) -> KeyInfo:
         try:
-            reply = await self.stub.RotateKey(pb.RotateKeyRequest(
-                alg=alg, activation_delay_seconds=-1 if activation_delay is None else activation_delay),
-                timeout=ADMIN_TIMEOUT)
+            request = pb.RotateKeyRequest(alg=alg)
+            if activation_delay is not None:
+                request.activation_delay_seconds = activation_delay
+            reply = await self.stub.RotateKey(request, timeout=ADMIN_TIMEOUT)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidRequest(exc.details()) from None

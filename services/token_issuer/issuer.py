@@ -81,7 +81,9 @@ class TokenIssuer:
         alg = alg or self.alg
         if alg not in ALGORITHMS:
             raise InvalidRequest(f"Unsupported algorithm; use one of {', '.join(ALGORITHMS)}.")
-        delay = self.activation_delay if activation_delay is None or activation_delay < 0 else activation_delay
+        if activation_delay is not None and activation_delay < 0:
+            raise InvalidRequest("The activation delay cannot be negative.")
+        delay = self.activation_delay if activation_delay is None else activation_delay
         record = new_key_record(alg, self.encryptor, activates_at=int(time.time()) + delay)
         await self.registry.add_signing_key(record, only_if_none=False)
         await self.reload_keys()

@@ -130,7 +130,8 @@ class TokenIssuerServicer(issuer_pb2_grpc.TokenIssuerServicer):
 
     async def RotateKey(self, request, context):
         try:
-            key = await self.issuer.rotate_key(request.alg, request.activation_delay_seconds)
+            delay = request.activation_delay_seconds if request.HasField("activation_delay_seconds") else None
+            key = await self.issuer.rotate_key(request.alg, delay)
         except OAuthError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.description)
         return pb.RotateKeyResponse(key=key_to_pb(key))

@@ -128,3 +128,25 @@ async def test_a_rotation_on_one_replica_reaches_the_others_over_nats(stack):
         await first.close()
         await second.close()
         stack.stop_service("issuer-rot")
+
+
+async def test_a_rotation_without_a_delay_takes_the_configured_one(stack):
+    """RotateKeyRequest with no delay set must not mean 'sign now'."""
+    import grpc
+
+    from inbound.issuer.v1 import issuer_pb2, issuer_pb2_grpc
+
+    port = free_port()
+    stack.start_service("token_issuer", port=port, key="issuer-delay",
+                        extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "3600"})
+    channel = grpcx.channel(f"127.0.0.1:{port}")
+    try:
+        stub = issuer_pb2_grpc.TokenIssuerStub(channel)
+        reply = await stub.RotateKey(issuer_pb2.RotateKeyRequest(alg="ES256"), timeout=10)
+        assert not reply.key.signing and reply.key.activates_at - reply.key.created_at >= 3599
+        with pytest.raises(grpc.aio.AioRpcError) as negative:
+            await stub.RotateKey(issuer_pb2.RotateKeyRequest(alg="ES256", activation_delay_seconds=-5), timeout=10)
+        assert negative.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        await channel.close()
+        stack.stop_service("issuer-delay")
