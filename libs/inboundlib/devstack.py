@@ -295,7 +295,7 @@ class Stack:
             self.start_service(name)
         self.wait_ready()
 
-    def stop_service(self, key: str, timeout: float = 10) -> int | None:
+    def stop_service(self, key: str, timeout: float = 20) -> int | None:
         sp = self.services.pop(key, None)
         if sp is None or sp.proc.poll() is not None:
             return sp.proc.returncode if sp else None

@@ -65,6 +65,7 @@ class EventBus:
         self.source = source
         self.buffer_limit = buffer_limit
         self._buffer: deque[tuple[str, events_pb2.Event]] = deque()
+        self._low: deque[tuple[str, events_pb2.Event]] = deque()
         self._wake = asyncio.Event()
         self._nc: nats.NATS | None = None
         self._js = None
@@ -150,29 +151,39 @@ class EventBus:
     async def _on_error(self, exc: Exception) -> None:
         log.debug("nats error", extra={"error": repr(exc)})
 
-    def publish(self, subject: str, event: events_pb2.Event) -> str:
-        """Queue an event; returns its id. Never blocks, never raises for NATS trouble."""
+    def publish(self, subject: str, event: events_pb2.Event, *, low_priority: bool = False) -> str:
+        """Queue an event; returns its id. Never blocks, never raises for NATS trouble.
+
+        `low_priority` marks events a caller can cause at will (refused requests,
+        revoked tokens presented again): when the buffer is full they go first, so
+        a flood of them during a NATS outage cannot push out issued or revoked tokens."""
         if not event.event_id:
             event.event_id = uuid.uuid4().hex
         if not event.occurred_at_unix_ms:
             event.occurred_at_unix_ms = int(time.time() * 1000)
         event.source = event.source or self.source
         event.request_id = event.request_id or request_id_var.get()
-        if len(self._buffer) >= self.buffer_limit:
-            EVENTS_DROPPED.labels(self.source).inc()
-            now = time.monotonic()
-            if now - self._drop_logged_at > 5:
-                self._drop_logged_at = now
-                log.error("event buffer full, dropping events", extra={"limit": self.buffer_limit})
-            return event.event_id
-        self._buffer.append((subject, event))
+        if len(self._buffer) + len(self._low) >= self.buffer_limit:
+            if low_priority or not self._low:
+                self._dropped()
+                return event.event_id
+            self._low.popleft()
+            self._dropped()
+        (self._low if low_priority else self._buffer).append((subject, event))
         self._wake.set()
         return event.event_id
+
+    def _dropped(self) -> None:
+        EVENTS_DROPPED.labels(self.source).inc()
+        now = time.monotonic()
+        if now - self._drop_logged_at > 5:
+            self._drop_logged_at = now
+            log.error("event buffer full, dropping events", extra={"limit": self.buffer_limit})
 
     @property
     def pending(self) -> int:
         """Events not yet stored by JetStream (buffered or in flight)."""
-        return len(self._buffer) + self._sending
+        return len(self._buffer) + len(self._low) + self._sending
 
     async def _send_loop(self) -> None:
         """Adaptive batches, as on the hot-path RPCs: whatever gathered while the
@@ -183,10 +194,11 @@ class EventBus:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self._buffer:
-                EVENTS_BUFFERED.labels(self.source).observe(len(self._buffer))
-            while self._buffer and self._js is not None and self.connected.is_set():
+            if self._buffer or self._low:
+                EVENTS_BUFFERED.labels(self.source).observe(len(self._buffer) + len(self._low))
+            while (self._buffer or self._low) and self._js is not None and self.connected.is_set():
                 taken = [self._buffer.popleft() for _ in range(min(ROUND_EVENTS, len(self._buffer)))]
+                taken += [self._low.popleft() for _ in range(min(ROUND_EVENTS - len(taken), len(self._low)))]
                 messages = _group(taken)
                 self._sending = len(taken)
                 try:
@@ -204,7 +216,7 @@ class EventBus:
                     if isinstance(error, (NoStreamResponseError, NotFoundError)):
                         await self._recreate_stream()
                     await asyncio.sleep(0.5)
-            if self._buffer:  # not connected: look again shortly
+            if self._buffer or self._low:  # not connected: look again shortly
                 await asyncio.sleep(0.2)
                 self._wake.set()
 
@@ -261,7 +273,7 @@ class EventBus:
         while self.pending and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
 
-    async def close(self, flush_timeout: float = 2.0) -> None:
+    async def close(self, flush_timeout: float = 5.0) -> None:
         await self.flush(flush_timeout)
         self._closing = True
         for task in self._tasks:

@@ -1,8 +1,6 @@
 """Protobuf <-> domain for the types every contract shares (common.v1)."""
 from __future__ import annotations
 
-import time
-
 from inbound.common.v1 import common_pb2
 from inboundlib.oauth.client_auth import CLIENT_SECRET_BASIC, CLIENT_SECRET_POST, NONE, ClientCredentials
 from inboundlib.oauth.errors import OAuthError, from_code
@@ -24,11 +22,12 @@ def error_from_pb(message: common_pb2.OAuthError) -> OAuthError:
 
 
 def meta(request_id: str, timeout: float) -> common_pb2.RequestMeta:
-    return common_pb2.RequestMeta(request_id=request_id, deadline_unix_ms=int((time.time() + timeout) * 1000))
+    return common_pb2.RequestMeta(request_id=request_id, timeout_ms=max(1, int(timeout * 1000)))
 
 
 def expired(message: common_pb2.RequestMeta) -> bool:
-    return bool(message.deadline_unix_ms) and message.deadline_unix_ms < time.time() * 1000
+    """An item sent with no time left (a caller that sets no budget, 0, is not refused)."""
+    return message.timeout_ms < 0
 
 
 def credentials_to_pb(creds: ClientCredentials | None) -> common_pb2.ClientCredentials | None:

@@ -6,6 +6,8 @@ back as the registry's own exceptions.
 """
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 from inbound.registry.v1 import registry_pb2 as pb
@@ -60,7 +62,7 @@ class RegistryClient:
         return await self._lookups.submit(client_id, HOT_TIMEOUT)
 
     async def get_clients(self, client_ids: list[str]) -> list[ClientRecord | None]:
-        return [await self.get_client(client_id) for client_id in client_ids]
+        return list(await asyncio.gather(*(self.get_client(client_id) for client_id in client_ids)))
 
     async def list_clients(self) -> list[ClientRecord]:
         reply = await self._admin(self.stub.ListClients, pb.ListClientsRequest())
@@ -96,7 +98,7 @@ class RegistryClient:
         return await self._opaque.submit(token, HOT_TIMEOUT)
 
     async def store_opaque_tokens(self, tokens: list[OpaqueTokenRecord]) -> list[str | None]:
-        return [await self.store_opaque_token(t) for t in tokens]
+        return list(await asyncio.gather(*(self.store_opaque_token(t) for t in tokens)))
 
     async def _send_opaque_lookups(self, hashes: list[bytes], timeout: float) -> list[OpaqueTokenRecord | None]:
         reply = await self.stub.GetOpaqueTokens(pb.GetOpaqueTokensRequest(token_hashes=hashes), timeout=timeout)
@@ -106,7 +108,7 @@ class RegistryClient:
         return await self._opaque_lookups.submit(token_hash, HOT_TIMEOUT)
 
     async def get_opaque_tokens(self, token_hashes: list[bytes]) -> list[OpaqueTokenRecord | None]:
-        return [await self.get_opaque_token(h) for h in token_hashes]
+        return list(await asyncio.gather(*(self.get_opaque_token(h) for h in token_hashes)))
 
     async def add_revocations(self, revocations: list[RevocationRecord]) -> list[int]:
         reply = await self._admin(self.stub.AddRevocations, pb.AddRevocationsRequest(

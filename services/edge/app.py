@@ -221,7 +221,7 @@ def create_app(config: EdgeConfig) -> Starlette:
                 client_id = credentials.client_id if credentials else _claimed_client_id(request)
                 config.events.publish(TOKEN_DENIED, events_pb2.Event(token_denied=events_pb2.TokenDenied(
                     client_id=client_id, grant_type=grant_type[:100],
-                    error=exc.code, detail=exc.detail or exc.description)))
+                    error=exc.code, detail=exc.detail or exc.description)), low_priority=True)
             raise
         result = await _backend(handler.handle(TokenRequest(grant_type=grant_type, client=credentials,
                                                             params=params, request_id=request_id)))

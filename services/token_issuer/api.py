@@ -47,6 +47,32 @@ class KeyInfo:
     signing: bool
 
 
+@dataclass(frozen=True)
+class TokenInfo:
+    """RFC 7662 §2.2 answer; inactive answers carry nothing else."""
+    active: bool
+    scope: str = ""
+    client_id: str = ""
+    sub: str = ""
+    username: str = ""
+    token_type: str = ""
+    exp: int = 0
+    iat: int = 0
+    iss: str = ""
+    aud: tuple[str, ...] = field(default=())
+    jti: str = ""
+
+    def to_json(self) -> dict:
+        if not self.active:
+            return {"active": False}
+        body = {"active": True, "scope": self.scope, "client_id": self.client_id, "sub": self.sub,
+                "token_type": self.token_type, "exp": self.exp, "iat": self.iat, "iss": self.iss,
+                "aud": self.aud[0] if len(self.aud) == 1 else list(self.aud), "jti": self.jti}
+        if self.username:
+            body["username"] = self.username
+        return body
+
+
 class TokenIssuerApi(Protocol):
     async def issue(self, request: IssueRequest) -> IssuedToken:
         """Raises OAuthError when the token cannot be issued."""

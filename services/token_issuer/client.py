@@ -11,8 +11,7 @@ from inboundlib.batching import Coalescer
 from inboundlib.oauth.client_auth import ClientCredentials
 from inboundlib.oauth.errors import InvalidRequest
 from inboundlib.wire import credentials_to_pb, error_from_pb, meta
-from services.token_issuer.api import FORMAT_OPAQUE, IssuedToken, IssueRequest, KeyInfo
-from services.token_issuer.introspection import TokenInfo
+from services.token_issuer.api import FORMAT_OPAQUE, IssuedToken, IssueRequest, KeyInfo, TokenInfo
 
 HOT_TIMEOUT = 3.0
 ADMIN_TIMEOUT = 10.0

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import jwt
 
@@ -38,6 +38,7 @@ from services.client_registry.api import (
 )
 from services.client_registry.cache import ClientSource
 from services.client_registry.wire import revocation_event
+from services.token_issuer.api import TokenInfo
 from services.token_issuer.keys import KeyRing
 from services.token_issuer.revocations import RevocationSet
 
@@ -68,32 +69,6 @@ class TokenFacts:
     exp: int
     grant_id: str = ""
     username: str = ""
-
-
-@dataclass(frozen=True)
-class TokenInfo:
-    """RFC 7662 §2.2 answer; inactive answers carry nothing else."""
-    active: bool
-    scope: str = ""
-    client_id: str = ""
-    sub: str = ""
-    username: str = ""
-    token_type: str = ""
-    exp: int = 0
-    iat: int = 0
-    iss: str = ""
-    aud: tuple[str, ...] = field(default=())
-    jti: str = ""
-
-    def to_json(self) -> dict:
-        if not self.active:
-            return {"active": False}
-        body = {"active": True, "scope": self.scope, "client_id": self.client_id, "sub": self.sub,
-                "token_type": self.token_type, "exp": self.exp, "iat": self.iat, "iss": self.iss,
-                "aud": self.aud[0] if len(self.aud) == 1 else list(self.aud), "jti": self.jti}
-        if self.username:
-            body["username"] = self.username
-        return body
 
 
 INACTIVE = TokenInfo(active=False)
@@ -235,7 +210,7 @@ class TokenChecker:
                 self.events.publish(REVOKED_TOKEN_INTROSPECTED, events_pb2.Event(
                     revoked_token_introspected=events_pb2.RevokedTokenIntrospected(
                         caller=caller.client_id if caller else "internal", client_id=facts.client_id,
-                        jti=facts.jti)))
+                        jti=facts.jti)), low_priority=True)
             return INACTIVE
         owner = await self.clients.get_client(facts.client_id)
         if owner is None or not owner.active:

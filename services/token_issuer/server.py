@@ -13,8 +13,8 @@ from inboundlib.grpcx import infrastructure_error
 from inboundlib.logs import request_id_var
 from inboundlib.oauth.errors import OAuthError, ServerError, TemporarilyUnavailable
 from inboundlib.wire import credentials_from_pb, error_to_pb, expired
-from services.token_issuer.api import FORMAT_JWT, FORMAT_OPAQUE, IssueRequest, KeyInfo
-from services.token_issuer.introspection import TokenChecker, TokenInfo
+from services.token_issuer.api import FORMAT_JWT, FORMAT_OPAQUE, IssueRequest, KeyInfo, TokenInfo
+from services.token_issuer.introspection import TokenChecker
 from services.token_issuer.issuer import TokenIssuer
 
 log = logging.getLogger(__name__)

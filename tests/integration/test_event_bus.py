@@ -99,3 +99,20 @@ async def test_after_a_reconnect_hooks_run_and_subscriptions_still_deliver(tmp_p
     finally:
         await bus.close(flush_timeout=1)
         server.stop()
+
+
+async def test_a_full_buffer_sheds_low_priority_events_first():
+    bus = EventBus(f"nats://127.0.0.1:{free_port()}", "test-priority", buffer_limit=4)
+    for i in range(3):
+        bus.publish("inbound.events.test.p", changed(i), low_priority=True)  # refused requests, say
+    bus.publish("inbound.events.test.p", changed(100))
+    assert bus.pending == 4
+    for i in range(101, 104):  # important events push the low-priority ones out, oldest first
+        bus.publish("inbound.events.test.p", changed(i))
+    assert bus.pending == 4
+    bus.publish("inbound.events.test.p", changed(999), low_priority=True)  # no room: dropped
+    kept = [event.client_changed.client_id for _, event in list(bus._buffer) + list(bus._low)]
+    assert kept == ["c100", "c101", "c102", "c103"]
+    bus.publish("inbound.events.test.p", changed(104))  # nothing low left to shed: the new one is dropped
+    assert bus.pending == 4
+    await bus.close(flush_timeout=0.1)

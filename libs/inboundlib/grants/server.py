@@ -57,7 +57,8 @@ class GrantServicer(grant_pb2_grpc.GrantServiceServicer):
                                                    "detail": exc.detail})
             if self.events is not None:
                 self.events.publish(TOKEN_DENIED, events_pb2.Event(token_denied=events_pb2.TokenDenied(
-                    client_id=client_id[:255], grant_type=item.grant_type, error=exc.code, detail=exc.detail)))
+                    client_id=client_id[:255], grant_type=item.grant_type, error=exc.code, detail=exc.detail)),
+                    low_priority=True)
             return pb.TokenResult(error=error_to_pb(exc))
         except Exception as exc:
             error = infrastructure_error(exc)
