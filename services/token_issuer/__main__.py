@@ -34,6 +34,8 @@ async def main(stop: asyncio.Event) -> None:
     resync = env.float("INBOUND_REVOCATION_RESYNC_SECONDS", 5.0, minimum=0.1)
     # A second port serving Introspect only, for resource servers outside Inbound (0: none).
     introspection_port = env.int("INBOUND_INTROSPECTION_PORT", 0, minimum=0, maximum=65535)
+    # JWTs remembered as verified (0: verify every time).
+    verified_cache = env.int("INBOUND_VERIFIED_JWT_CACHE", 50_000, minimum=0, maximum=10_000_000)
 
     registry_channel = grpcx.channel(registry_addr)
     events = EventBus(nats_url, "token_issuer")
@@ -49,7 +51,8 @@ async def main(stop: asyncio.Event) -> None:
     sync = RevocationSync(revocations, registry, events, resync_seconds=resync)
     await service.retry_until_ready("registry", sync.start, stop)
     checker = TokenChecker(issuer=issuer_url, keyring=lambda: issuer.keyring, revocations=revocations,
-                           clients=clients, registry=registry, events=events)
+                           clients=clients, registry=registry, events=events,
+                           verified_cache_entries=verified_cache)
     grpc_server = grpcx.GrpcServer(host, port, [server.SERVICE_NAME])
     server.add_to_server(issuer, checker, grpc_server.server)
     introspection_server = None

@@ -108,7 +108,8 @@ class OpaqueTokenCache:
 
 class TokenChecker:
     def __init__(self, *, issuer: str, keyring: callable, revocations: RevocationSet, clients: ClientSource,
-                 registry: ClientRegistryApi, events: EventBus | None = None):
+                 registry: ClientRegistryApi, events: EventBus | None = None,
+                 verified_cache_entries: int = VERIFIED_CACHE_ENTRIES):
         self.issuer = issuer
         self._keyring = keyring  # returns the current KeyRing (it is replaced on reload)
         self.revocations = revocations
@@ -117,6 +118,7 @@ class TokenChecker:
         self.opaque = OpaqueTokenCache(registry)
         self.events = events
         self._verified: dict[bytes, TokenFacts] = {}
+        self._verified_limit = verified_cache_entries
         self._verified_for: KeyRing | None = None
 
     # --- check 1: the caller ----------------------------------------------------------------------
@@ -155,8 +157,8 @@ class TokenChecker:
         if facts is not None:
             return facts
         facts = self._verify_jwt(token, keyring)
-        if facts is not None:
-            if len(self._verified) >= VERIFIED_CACHE_ENTRIES:
+        if facts is not None and self._verified_limit:
+            if len(self._verified) >= self._verified_limit:
                 self._verified.clear()
             self._verified[digest] = facts
         return facts
