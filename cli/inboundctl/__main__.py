@@ -256,6 +256,8 @@ def _common() -> argparse.ArgumentParser:
                    help=f"client_registry gRPC address (env INBOUND_REGISTRY_ADDR, default {DEFAULT_REGISTRY_ADDR})")
     p.add_argument("--issuer-addr", default=argparse.SUPPRESS, metavar="HOST:PORT",
                    help=f"token_issuer gRPC address (env INBOUND_ISSUER_ADDR, default {DEFAULT_ISSUER_ADDR})")
+    p.add_argument("--audit-addr", default=argparse.SUPPRESS, metavar="HOST:PORT",
+                   help="audit gRPC address (env INBOUND_AUDIT_ADDR, default 127.0.0.1:50070)")
     return p
 
 
@@ -288,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = argparse.ArgumentParser(
         prog="inboundctl", parents=[common],
-        description="Manage Inbound's registered clients and signing keys.",
+        description="Manage Inbound's registered clients, signing keys and token revocation; read the audit log.",
         epilog="Exit codes: 0 done, 1 a service could not be reached or failed, 2 bad input, 3 no such client.")
     areas = parser.add_subparsers(dest="area", required=True, metavar="{client,keys,audit}")
 
