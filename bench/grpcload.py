@@ -15,7 +15,9 @@ that is not active=True counts as a failure, as does any exception.
 
 Protocol with the parent (bench.run), so that its CPU snapshots frame exactly
 the measured window: connect, warm up (introspection: first one pass over every
-token, so the opaque cache is warm and every token has been seen, then
+token, so the opaque cache is warm and every token has been seen — and, unless
+that token_issuer runs with INBOUND_VERIFIED_JWT_CACHE=0, every JWT is in its
+verified-JWT cache — then
 --warmup seconds of load), print `READY <json>`, wait for a line on stdin, run
 --seconds, print `GRPC_RESULT <json>` and exit.
 
@@ -169,7 +171,8 @@ async def _main(args) -> None:
     channel, one = make_call(args.mode, args.target, args.payload)
     ready: dict = {}
     if tokens:
-        # Every token once: warms token_issuer's opaque cache and shows a bad pool before any timing.
+        # Every token once: warms token_issuer's opaque and verified-JWT caches (when on) and shows a bad
+        # pool before any timing.
         t0 = time.perf_counter()
         first = await each_once(one, tokens, args.concurrency)
         ready["first_pass_s"] = time.perf_counter() - t0

@@ -5,10 +5,14 @@
 3. a bare gRPC echo server (grpc.aio) in its own process, at 64 calls in flight
 4. client_credentials through the real edge, a JWT client then an opaque one; then, on the
    same stack, gRPC Introspect on token_issuer at 64 in flight for JWT and opaque tokens,
-   through the coalescing IssuerClient and as plain one-item unary calls
+   through the coalescing IssuerClient and as plain one-item unary calls. JWTs twice: at the
+   stack's token_issuer, whose verified-JWT cache holds every pool token (repeat tokens, the
+   warm path), and at a second token_issuer replica started for it with
+   INBOUND_VERIFIED_JWT_CACHE=0, so every call verifies the ES256 signature (the cold path)
 5. CPU per operation of every process from /proc deltas over the measured window
 6. ratios: edge rate / bare HTTP rate, total CPU per token / raw signing cost,
-   introspections/s / echo calls/s, issuer CPU per introspection / echo CPU per call
+   introspections/s / echo calls/s, issuer CPU per introspection / echo CPU per call,
+   JWT issuer CPU per introspection / raw ES256 verify, cache off / cache on
 
 The HTTP load comes from wrk; the gRPC load from bench.grpcload, a Python grpc.aio
 process (there is no wrk for gRPC) that shares the cores with the servers and whose
@@ -338,17 +342,120 @@ async def _issue_tokens(addr: str, clients: dict[str, tuple[str, str]], count: i
 
 
 INTROSPECT_MODES = ("batched", "unary")
+# results["introspection"] keys, in the order they run: JWT at the stack's token_issuer (its verified-JWT cache
+# on, as deployed: every pool token is in it after the first pass), the same JWTs at a second replica started
+# with the cache off (every call verifies the signature), then opaque tokens (no signature to verify).
+JWT_COLD = "jwt_cold"
+INTROSPECT_KINDS = ("jwt", JWT_COLD, "opaque")
+COLD_ISSUER_KEY = "issuer-cold"  # devstack key of the cache-off replica
+IDLE_ISSUER = "token_issuer_idle"  # the stack's own token_issuer while the cache-off replica takes the load
+INTROSPECT_METHOD = "/inbound.issuer.v1.TokenIssuer/Introspect"
+GRPC_ROWS = (("jwt", "batched", "introspect JWT, batched, repeat tokens (verified-JWT cache)"),
+             ("jwt", "unary", "introspect JWT, unary, repeat tokens (verified-JWT cache)"),
+             (JWT_COLD, "batched", "introspect JWT, batched, verified each call (cache off)"),
+             (JWT_COLD, "unary", "introspect JWT, unary, verified each call (cache off)"),
+             ("opaque", "batched", "introspect opaque, batched (opaque-token cache)"),
+             ("opaque", "unary", "introspect opaque, unary (opaque-token cache)"))
+GRPC_LABELS = {(kind, mode): label for kind, mode, label in GRPC_ROWS}
+GRPC_COLUMNS = {("jwt", "batched"): "warm batch", ("jwt", "unary"): "warm unary",
+                (JWT_COLD, "batched"): "cold batch", (JWT_COLD, "unary"): "cold unary",
+                ("opaque", "batched"): "opq batch", ("opaque", "unary"): "opq unary"}
+GRPC_TAGS = {"jwt": "JWT warm", JWT_COLD: "JWT cold", "opaque": "opaque"}
+JWT_CACHE_STATE = {"jwt": "on (the default, 50,000 entries; every pool token already in it)",
+                   JWT_COLD: "off (INBOUND_VERIFIED_JWT_CACHE=0 on a second replica: every call verifies)"}
+
+
+def _introspect_run(stack, kind: str, mode: str, target: str, roots: dict[str, int], metrics_urls: dict[str, str],
+                    tokens_path: Path, tokens: list[str], args) -> dict:
+    offsets = _log_offsets(stack)
+    result = grpc_measured_run(mode, target, roots, concurrency=args.grpc_concurrency, seconds=args.grpc_seconds,
+                               warmup=args.grpc_warmup, tokens_file=str(tokens_path), metrics_urls=metrics_urls)
+    result["label"] = GRPC_LABELS[(kind, mode)]
+    result["target"] = target
+    if kind in JWT_CACHE_STATE:
+        result["verified_jwt_cache"] = JWT_CACHE_STATE[kind]
+    result["token_chars"] = sum(len(t) for t in tokens) / len(tokens)
+    served = result["rpcs_served"].get(f"token_issuer: {INTROSPECT_METHOD}")
+    result["issuer_introspect_rpcs"] = served["calls"] if served else 0
+    result["items_per_rpc"] = result["ok"] / served["calls"] if served and served["calls"] else None
+    result["service_logs"] = _log_findings(stack, offsets)
+    dead = {n: sp.proc.returncode for n, sp in stack.services.items() if sp.proc.poll() is not None}
+    if dead:
+        result["dead_services"] = dead
+    return result
+
+
+def cold_replica_view(roots: dict[str, int], metrics_urls: dict[str, str], cold_pid: int,
+                      cold_metrics_url: str) -> tuple[dict[str, int], dict[str, str]]:
+    """Roots and /metrics for a run against the cache-off replica: it is "token_issuer" (the replica under
+    load), the stack's own token_issuer stays measured as IDLE_ISSUER (it should serve nothing)."""
+    cold_roots = {name: pid for name, pid in roots.items() if name != "token_issuer"}
+    cold_roots["token_issuer"] = cold_pid
+    cold_metrics = {name: url for name, url in metrics_urls.items() if name != "token_issuer"}
+    cold_metrics["token_issuer"] = cold_metrics_url
+    if "token_issuer" in roots:
+        cold_roots[IDLE_ISSUER] = roots["token_issuer"]
+    if "token_issuer" in metrics_urls:
+        cold_metrics[IDLE_ISSUER] = metrics_urls["token_issuer"]
+    return cold_roots, cold_metrics
+
+
+def _env_of(pid: int, name: str) -> str | None:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    for item in raw.split(b"\0"):
+        key, _, value = item.partition(b"=")
+        if key.decode(errors="replace") == name:
+            return value.decode(errors="replace")
+    return None
+
+
+def bench_cold_jwt(stack, roots: dict[str, int], metrics_urls: dict[str, str], tokens_path: Path,
+                   tokens: list[str], args) -> dict:
+    """The JWT pool again, at a second token_issuer replica started with its verified-JWT cache off, so every
+    introspection verifies the ES256 signature; stopped afterwards."""
+    from inboundlib.devstack import free_port
+
+    metrics_port = free_port()
+    t0 = time.monotonic()
+    sp = stack.start_service("token_issuer", port=free_port(), key=COLD_ISSUER_KEY,
+                             extra_env={"INBOUND_VERIFIED_JWT_CACHE": "0",
+                                        "INBOUND_METRICS_PORT": str(metrics_port)})
+    out: dict = {}
+    try:
+        startup = time.monotonic() - t0
+        cache_env = _env_of(sp.proc.pid, "INBOUND_VERIFIED_JWT_CACHE")
+        cold_roots, cold_metrics = cold_replica_view(roots, metrics_urls, sp.proc.pid,
+                                                     f"http://127.0.0.1:{metrics_port}/metrics")
+        target = f"127.0.0.1:{sp.port}"
+        for mode in INTROSPECT_MODES:
+            result = _introspect_run(stack, JWT_COLD, mode, target, cold_roots, cold_metrics, tokens_path, tokens,
+                                     args)
+            result["replica"] = {"key": COLD_ISSUER_KEY, "pid": sp.proc.pid, "startup_s": startup,
+                                 "INBOUND_VERIFIED_JWT_CACHE": cache_env}
+            idle = result["rpcs_served"].get(f"{IDLE_ISSUER}: {INTROSPECT_METHOD}")
+            result["idle_issuer_introspect_rpcs"] = idle["calls"] if idle else 0
+            out[mode] = result
+    finally:
+        code = stack.stop_service(COLD_ISSUER_KEY)
+    for result in out.values():
+        result["replica"]["exit_code"] = code
+    return out
 
 
 def bench_introspection(stack, roots: dict[str, int], metrics_urls: dict[str, str],
                         clients: dict[str, tuple[str, str]], args) -> dict:
     """gRPC Introspect on token_issuer at `grpc_concurrency` in flight: a pool of tokens of each format,
-    then for each format the product's coalescing IssuerClient and plain one-item unary calls."""
+    then for each format the product's coalescing IssuerClient and plain one-item unary calls; JWTs twice:
+    at the stack's token_issuer (verified-JWT cache on) and at a second replica with the cache off."""
     t0 = time.monotonic()
     pools = asyncio.run(_issue_tokens(stack.addr("token_issuer"), clients, args.introspect_tokens,
                                       args.token_lifetime))
     out: dict = {"tokens_per_format": args.introspect_tokens, "token_lifetime_s": args.token_lifetime,
-                 "issue_s": time.monotonic() - t0}
+                 "issue_s": time.monotonic() - t0,
+                 "row_labels": {f"{kind}/{mode}": label for kind, mode, label in GRPC_ROWS}}
     with tempfile.TemporaryDirectory(prefix="inbound-bench-tokens-") as tmp:
         for fmt, tokens in pools.items():
             looks_jwt = all(t.count(".") == 2 for t in tokens)
@@ -356,22 +463,11 @@ def bench_introspection(stack, roots: dict[str, int], metrics_urls: dict[str, st
                 raise RuntimeError(f"{fmt} client got tokens that do not look {fmt}")
             path = Path(tmp) / f"{fmt}.txt"
             path.write_text("\n".join(tokens) + "\n")
-            out[fmt] = {}
-            for mode in INTROSPECT_MODES:
-                offsets = _log_offsets(stack)
-                result = grpc_measured_run(mode, stack.addr("token_issuer"), roots,
-                                           concurrency=args.grpc_concurrency, seconds=args.grpc_seconds,
-                                           warmup=args.grpc_warmup, tokens_file=str(path),
-                                           metrics_urls=metrics_urls)
-                result["token_chars"] = sum(len(t) for t in tokens) / len(tokens)
-                served = result["rpcs_served"].get("token_issuer: /inbound.issuer.v1.TokenIssuer/Introspect")
-                result["issuer_introspect_rpcs"] = served["calls"] if served else 0
-                result["items_per_rpc"] = result["ok"] / served["calls"] if served and served["calls"] else None
-                result["service_logs"] = _log_findings(stack, offsets)
-                dead = {n: sp.proc.returncode for n, sp in stack.services.items() if sp.proc.poll() is not None}
-                if dead:
-                    result["dead_services"] = dead
-                out[fmt][mode] = result
+            out[fmt] = {mode: _introspect_run(stack, fmt, mode, stack.addr("token_issuer"), roots, metrics_urls,
+                                              path, tokens, args)
+                        for mode in INTROSPECT_MODES}
+            if fmt == "jwt" and not args.skip_cold_jwt:
+                out[JWT_COLD] = bench_cold_jwt(stack, roots, metrics_urls, path, tokens, args)
     return out
 
 
@@ -466,7 +562,8 @@ def bench_edge(loadgen: LoadGen, args) -> dict:
             out[fmt] = result
         if not args.skip_introspection:
             print(f"   introspection over gRPC: {args.introspect_tokens:,} tokens of each format, then "
-                  f"{' and '.join(INTROSPECT_MODES)} calls for JWT and opaque, "
+                  f"{' and '.join(INTROSPECT_MODES)} calls for JWT (verified-JWT cache on"
+                  f"{'' if args.skip_cold_jwt else ', then off on a second token_issuer replica'}) and opaque, "
                   f"{args.grpc_warmup:.1f}+{args.grpc_seconds:.0f} s each ...", flush=True)
             out["introspection"] = bench_introspection(stack, roots, metrics_urls, clients, args)
     finally:
@@ -510,33 +607,46 @@ def ratios(results: dict) -> dict:
 
 
 def grpc_ratios(results: dict) -> dict:
-    """Introspection over gRPC against the bare gRPC echo of the same run."""
+    """Introspection over gRPC against the bare gRPC echo of the same run, against raw ES256 verification
+    (JWT), batched against unary, and JWT with the verified-JWT cache off against on."""
     echo = results.get("grpc_echo")
     intro = results.get("introspection") or {}
     out: dict = {}
     if not echo:
         return out
     echo_cpu = echo["cpu_us_per_ok"].get("grpc_echo")
-    for fmt in ("jwt", "opaque"):
+    verify = results.get("verifying")
+    verify_cpu = verify["cpu_us_per_token"] if verify else None
+    for kind in INTROSPECT_KINDS:
         for mode in INTROSPECT_MODES:
-            run = intro.get(fmt, {}).get(mode)
+            run = intro.get(kind, {}).get(mode)
             if not run:
                 continue
-            key = f"introspect_{fmt}_{mode}"
+            key = f"introspect_{kind}_{mode}"
             out[f"{key}_rate_over_grpc_echo"] = run["ok_per_s"] / echo["ok_per_s"] if echo["ok_per_s"] else None
             issuer = run["cpu_us_per_ok"].get("token_issuer")
             out[f"{key}_issuer_cpu_over_echo_cpu"] = issuer / echo_cpu if issuer and echo_cpu else None
             total = run["server_cpu_us_per_ok"]
             out[f"{key}_server_cpu_over_echo_cpu"] = total / echo_cpu if total and echo_cpu else None
-            verify = results.get("verifying")
-            if fmt == "jwt" and verify:
-                out[f"{key}_issuer_cpu_over_raw_verify"] = issuer / verify["cpu_us_per_token"] if issuer else None
-        batched, unary = intro.get(fmt, {}).get("batched"), intro.get(fmt, {}).get("unary")
+            if kind in ("jwt", JWT_COLD) and verify_cpu:
+                out[f"{key}_issuer_cpu_over_raw_verify"] = issuer / verify_cpu if issuer else None
+        batched, unary = intro.get(kind, {}).get("batched"), intro.get(kind, {}).get("unary")
         if batched and unary:
-            out[f"introspect_{fmt}_batched_rate_over_unary"] = \
+            out[f"introspect_{kind}_batched_rate_over_unary"] = \
                 batched["ok_per_s"] / unary["ok_per_s"] if unary["ok_per_s"] else None
             b, u = batched["cpu_us_per_ok"].get("token_issuer"), unary["cpu_us_per_ok"].get("token_issuer")
-            out[f"introspect_{fmt}_unary_issuer_cpu_over_batched"] = u / b if u and b else None
+            out[f"introspect_{kind}_unary_issuer_cpu_over_batched"] = u / b if u and b else None
+    for mode in INTROSPECT_MODES:
+        warm, cold = intro.get("jwt", {}).get(mode), intro.get(JWT_COLD, {}).get(mode)
+        if not (warm and cold):
+            continue
+        w, c = warm["cpu_us_per_ok"].get("token_issuer"), cold["cpu_us_per_ok"].get("token_issuer")
+        out[f"introspect_jwt_{mode}_cache_on_rate_over_cache_off"] = \
+            warm["ok_per_s"] / cold["ok_per_s"] if cold["ok_per_s"] else None
+        out[f"introspect_jwt_{mode}_cache_off_issuer_cpu_over_cache_on"] = c / w if c and w else None
+        # what the cache saves per call, in raw verifications (about 1 if it saves exactly the signature check)
+        out[f"introspect_jwt_{mode}_cache_saving_over_raw_verify"] = \
+            (c - w) / verify_cpu if c and w and verify_cpu else None
     return out
 
 
@@ -639,12 +749,6 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
-GRPC_ROWS = (("jwt", "batched", "introspect JWT, IssuerClient (batched)"),
-             ("jwt", "unary", "introspect JWT, unary 1 item/RPC"),
-             ("opaque", "batched", "introspect opaque, IssuerClient (batched)"),
-             ("opaque", "unary", "introspect opaque, unary 1 item/RPC"))
-GRPC_COLUMNS = {("jwt", "batched"): "jwt batch", ("jwt", "unary"): "jwt unary",
-                ("opaque", "batched"): "opq batch", ("opaque", "unary"): "opq unary"}
 STACK_SERVICES = ("edge", "client_credentials", "audit")  # idle during introspection: summed in one row
 
 
@@ -655,7 +759,8 @@ def render_grpc(results: dict) -> list[str]:
         return []
     lines: list[str] = []
     w = lines.append
-    runs = [(fmt, mode, label, intro[fmt][mode]) for fmt, mode, label in GRPC_ROWS if mode in intro.get(fmt, {})]
+    runs = [(kind, mode, label, intro[kind][mode]) for kind, mode, label in GRPC_ROWS
+            if mode in intro.get(kind, {})]
     cores = meta["cores"]
     w("")
     w(f"gRPC, {meta['grpc_concurrency']} calls in flight, {meta['grpc_seconds']:.0f} s measured after "
@@ -663,37 +768,49 @@ def render_grpc(results: dict) -> list[str]:
     if intro:
         w(f"Introspection: a pool of {intro['tokens_per_format']:,} tokens per format (lifetime "
           f"{intro['token_lifetime_s']} s) issued through IssuerClient.issue; each call introspects a random one; "
-          f"each token was introspected once before the warm-up, so the opaque cache is warm.")
+          f"each token was introspected once before the warm-up, so token_issuer's caches hold them all.")
+        w("  repeat tokens (verified-JWT cache): the stack's token_issuer, as deployed — a JWT's signature was "
+          "verified on its first introspection, later ones find it by SHA-256 (expiry, revocation, client still "
+          "checked each call)")
+        if JWT_COLD in intro:
+            w("  verified each call (cache off): the same JWT pool at a second token_issuer replica started for "
+              "these rows with INBOUND_VERIFIED_JWT_CACHE=0 — every call verifies the ES256 signature")
+        w("  batched: IssuerClient.introspect, the product's client (concurrent calls coalesced into one RPC); "
+          "unary: 1 item per Introspect RPC")
     w("")
-    head = f"{'':<44}{'calls/s':>10}{'µs/op':>10}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}{'failed':>8}" \
+    lw = max([44] + [len(label) + 2 for *_, label, _ in runs])
+    head = f"{'':<{lw}}{'calls/s':>10}{'µs/op':>10}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}{'failed':>8}" \
         f"{'items/RPC':>11}"
     w(head)
     w("-" * len(head))
 
     def row(label: str, run: dict, cpu_us, items) -> None:
-        w(f"{label:<44}{_f(run['ok_per_s']):>10}{_f(cpu_us, '{:.1f}'):>10}{_ms(run['p50_us']):>9}"
+        w(f"{label:<{lw}}{_f(run['ok_per_s']):>10}{_f(cpu_us, '{:.1f}'):>10}{_ms(run['p50_us']):>9}"
           f"{_ms(run['p99_us']):>9}{_ms(run['p999_us']):>10}{run['failed']:>8,}{_f(items, '{:.1f}'):>11}")
 
     verify = results.get("verifying")
     if verify:
-        w(f"{'raw ES256 verify, 1 core (pyjwt)':<44}{_f(verify['tokens_per_s']):>10}"
+        w(f"{'raw ES256 verify, 1 core (pyjwt)':<{lw}}{_f(verify['tokens_per_s']):>10}"
           f"{_f(verify['cpu_us_per_token'], '{:.1f}'):>10}")
     row(f"bare gRPC echo (grpc.aio, 1 proc, {echo.get('payload_bytes', ECHO_PAYLOAD)} B)", echo,
         echo["cpu_us_per_ok"].get("grpc_echo"), 1.0)
-    for fmt, mode, label, run in runs:
+    for kind, mode, label, run in runs:
         row(label, run, run["cpu_us_per_ok"].get("token_issuer"), run.get("items_per_rpc"))
-    w("  µs/op: CPU per op — verify: this thread; echo: the echo server process; introspect rows: token_issuer "
-      "alone (all processes below)")
+    w("  µs/op: CPU per op — verify: this thread; echo: the echo server process; introspect rows: the token_issuer "
+      "under load alone (cache off: the second replica; all processes below)")
     w("  items/RPC: introspections per Introspect RPC that token_issuer served (its /metrics); failed: errors or "
       "answers not active=true")
-    for fmt, mode, label, run in runs:
+    for kind, mode, label, run in runs:
         if run.get("client_mean_batch"):
-            w(f"  {fmt} IssuerClient coalescer: {run['client_batches']:,.0f} batches, "
+            w(f"  {GRPC_TAGS.get(kind, kind)} IssuerClient coalescer: {run['client_batches']:,.0f} batches, "
               f"mean {run['client_mean_batch']:.1f} items (max 32)")
     if not runs:
         return lines
     w("")
-    cols = [GRPC_COLUMNS[(fmt, mode)] for fmt, mode, _, _ in runs]
+    cols = [GRPC_COLUMNS[(kind, mode)] for kind, mode, _, _ in runs]
+    legend = "  warm: JWT, repeat tokens (verified-JWT cache on); cold: JWT, verified each call (cache off, " \
+        "second replica); opq: opaque"
+    has_idle = any(IDLE_ISSUER in run["cpu_s"] for *_, run in runs)
     head = f"{'CPU µs per call (from /proc)':<40}{'echo':>11}" + "".join(f"{c:>11}" for c in cols)
     w(head)
     w("-" * len(head))
@@ -713,13 +830,20 @@ def render_grpc(results: dict) -> list[str]:
         w(f"{label:<40}{echo_cell:>11}" + "".join(f"{c:>11}" for c in cells))
 
     cpu_row("bare gRPC echo server", _f(echo["cpu_us_per_ok"].get("grpc_echo"), "{:.1f}"), ("grpc_echo",))
-    for name in ("token_issuer", "client_registry", "postgres", "nats"):
+    cpu_row("token_issuer (the one under load)", "", ("token_issuer",))
+    if has_idle:
+        cpu_row("token_issuer of the stack, idle (cold)", "", (IDLE_ISSUER,))
+    for name in ("client_registry", "postgres", "nats"):
         cpu_row(name, "", (name,))
-    cpu_row("other services (" + ", ".join(STACK_SERVICES) + ")", "", STACK_SERVICES)
+    cpu_row("other (" + ", ".join(STACK_SERVICES) + ")", "", STACK_SERVICES)
     w(f"{'TOTAL server side':<40}{_f(echo['server_cpu_us_per_ok'], '{:.1f}'):>11}"
       + "".join(f"{_f(run['server_cpu_us_per_ok'], '{:.1f}'):>11}" for *_, run in runs))
     w(f"{'load generator (Python grpc.aio)':<40}{_f(echo['loadgen_cpu_us_per_ok'], '{:.1f}'):>11}"
       + "".join(f"{_f(run['loadgen_cpu_us_per_ok'], '{:.1f}'):>11}" for *_, run in runs))
+    if verify and any(kind in ("jwt", JWT_COLD) for kind, *_ in runs):
+        cells = [f"{verify['cpu_us_per_token']:.1f}" if kind in ("jwt", JWT_COLD) else "" for kind, *_ in runs]
+        w((f"{'  (raw ES256 verify, for scale)':<40}{'':>11}" + "".join(f"{c:>11}" for c in cells)).rstrip())
+    w(legend)
     w("")
     head = f"{'CPU use, cores (of ' + str(cores) + ')':<40}{'echo':>11}" + "".join(f"{c:>11}" for c in cols)
     w(head)
@@ -733,7 +857,10 @@ def render_grpc(results: dict) -> list[str]:
         return sum(present) / run["window_s"] if present else None
 
     cores_row("bare gRPC echo server", echo["cpu_s"]["grpc_echo"] / echo["window_s"], [None for _ in runs])
-    for name in ("token_issuer", "client_registry", "postgres", "nats"):
+    cores_row("token_issuer (the one under load)", None, [share(run, ("token_issuer",)) for *_, run in runs])
+    if has_idle:
+        cores_row("token_issuer of the stack, idle (cold)", None, [share(run, (IDLE_ISSUER,)) for *_, run in runs])
+    for name in ("client_registry", "postgres", "nats"):
         cores_row(name, None, [share(run, (name,)) for *_, run in runs])
     cores_row("other services", None, [share(run, STACK_SERVICES) for *_, run in runs])
     cores_row("load generator (Python grpc.aio)", echo["loadgen_cpu_s"] / echo["window_s"],
@@ -744,23 +871,33 @@ def render_grpc(results: dict) -> list[str]:
     cores_row("  steal", echo["machine"]["steal_cores"], [run["machine"]["steal_cores"] for *_, run in runs])
     w("")
     w("Ratios (same run), gRPC")
-    w("-" * 76)
-    for fmt, mode, _, _ in runs:
-        key = f"introspect_{fmt}_{mode}"
-        tag = f"{fmt} {mode}"
-        w(f"  {tag:<15} introspections/s / bare gRPC echo calls/s        "
-          f"{_f(r.get(key + '_rate_over_grpc_echo'), '{:.2f}'):>8}")
-        w(f"  {tag:<15} issuer CPU per introspection / echo CPU per call "
-          f"{_f(r.get(key + '_issuer_cpu_over_echo_cpu'), '{:.2f}'):>8}x")
-        if fmt == "jwt":
-            w(f"  {tag:<15} issuer CPU per introspection / raw ES256 verify  "
-              f"{_f(r.get(key + '_issuer_cpu_over_raw_verify'), '{:.2f}'):>8}x")
-    for fmt in ("jwt", "opaque"):
-        if r.get(f"introspect_{fmt}_batched_rate_over_unary") is not None:
-            w(f"  {fmt:<15} batching: batched rate / unary rate               "
-              f"{_f(r[f'introspect_{fmt}_batched_rate_over_unary'], '{:.2f}'):>8}")
-            w(f"  {fmt:<15} batching: unary issuer CPU / batched issuer CPU   "
-              f"{_f(r.get(f'introspect_{fmt}_unary_issuer_cpu_over_batched'), '{:.2f}'):>8}x")
+    w("-" * 86)
+
+    def ratio(tag: str, text: str, value, suffix: str = "") -> None:
+        w(f"  {tag:<17} {text:<58}{_f(value, '{:.2f}'):>8}{suffix}")
+
+    for kind, mode, _, _ in runs:
+        key = f"introspect_{kind}_{mode}"
+        tag = f"{GRPC_TAGS.get(kind, kind)} {mode}"
+        ratio(tag, "introspections/s / bare gRPC echo calls/s", r.get(key + "_rate_over_grpc_echo"))
+        ratio(tag, "issuer CPU per introspection / echo CPU per call", r.get(key + "_issuer_cpu_over_echo_cpu"), "x")
+        if kind in ("jwt", JWT_COLD):
+            ratio(tag, "issuer CPU per introspection / raw ES256 verify",
+                  r.get(key + "_issuer_cpu_over_raw_verify"), "x")
+    for kind in INTROSPECT_KINDS:
+        if r.get(f"introspect_{kind}_batched_rate_over_unary") is not None:
+            tag = GRPC_TAGS.get(kind, kind)
+            ratio(tag, "batching: batched rate / unary rate", r[f"introspect_{kind}_batched_rate_over_unary"])
+            ratio(tag, "batching: unary issuer CPU / batched issuer CPU",
+                  r.get(f"introspect_{kind}_unary_issuer_cpu_over_batched"), "x")
+    for mode in INTROSPECT_MODES:
+        if f"introspect_jwt_{mode}_cache_on_rate_over_cache_off" in r:
+            tag = f"JWT {mode}"
+            ratio(tag, "verified-JWT cache: rate on / off", r[f"introspect_jwt_{mode}_cache_on_rate_over_cache_off"])
+            ratio(tag, "verified-JWT cache: issuer CPU per call off / on",
+                  r.get(f"introspect_jwt_{mode}_cache_off_issuer_cpu_over_cache_on"), "x")
+            ratio(tag, "verified-JWT cache: CPU saved per call / raw ES256 verify",
+                  r.get(f"introspect_jwt_{mode}_cache_saving_over_raw_verify"), "x")
     return lines
 
 
@@ -768,9 +905,22 @@ def collect_warnings(results: dict) -> list[str]:
     warnings = []
     runs = [("bare HTTP", results["bare_http"])] + \
         [(f"edge {f}", results["edge"][f]) for f in ("jwt", "opaque") if f in results["edge"]]
+    intro = results.get("introspection") or {}
     grpc_runs = ([("bare gRPC echo", results["grpc_echo"])] if results.get("grpc_echo") else []) + \
-        [(f"introspect {f} {m}", results["introspection"][f][m]) for f in ("jwt", "opaque")
-         for m in INTROSPECT_MODES if m in (results.get("introspection") or {}).get(f, {})]
+        [(intro[k][m].get("label") or f"introspect {k} {m}", intro[k][m]) for k in INTROSPECT_KINDS
+         for m in INTROSPECT_MODES if m in intro.get(k, {})]
+    for mode in INTROSPECT_MODES:
+        cold = intro.get(JWT_COLD, {}).get(mode)
+        if not cold:
+            continue
+        label = cold.get("label") or f"introspect {JWT_COLD} {mode}"
+        replica = cold.get("replica") or {}
+        if "INBOUND_VERIFIED_JWT_CACHE" in replica and replica["INBOUND_VERIFIED_JWT_CACHE"] != "0":
+            warnings.append(f"{label}: INVALID RUN — the second token_issuer ran with INBOUND_VERIFIED_JWT_CACHE="
+                            f"{replica['INBOUND_VERIFIED_JWT_CACHE']!r}, not '0': its cache may have been on")
+        if cold.get("idle_issuer_introspect_rpcs"):
+            warnings.append(f"{label}: the stack's own token_issuer served {cold['idle_issuer_introspect_rpcs']:,.0f} "
+                            f"Introspect RPCs during the run (it should have been idle)")
     for label, run in grpc_runs:
         if run["failed"] or not run["ok"]:
             warnings.append(f"{label}: INVALID RUN — {run['failed']:,} of {run['requests']:,} calls failed or "
@@ -836,6 +986,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-install", action="store_true", help="do not apt-get install wrk when it is missing")
     parser.add_argument("--skip-edge", action="store_true", help="only the machine's limits (no stack)")
     parser.add_argument("--skip-introspection", action="store_true", help="no gRPC introspection runs")
+    parser.add_argument("--skip-cold-jwt", action="store_true",
+                        help="no JWT introspection runs at a second token_issuer with its verified-JWT cache off")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
 

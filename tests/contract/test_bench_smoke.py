@@ -99,11 +99,11 @@ asyncio.run(main())
 
 @contextlib.contextmanager
 def fake_issuer():
-    """A TokenIssuer process answering Introspect: active unless the token is 'bad'."""
+    """A TokenIssuer process answering Introspect: active unless the token is 'bad'. Yields (target, pid)."""
     proc = subprocess.Popen([sys.executable, "-c", FAKE_ISSUER], cwd=run.ROOT, stdout=subprocess.PIPE, text=True)
     try:
         port = int(proc.stdout.readline())
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", proc.pid
     finally:
         proc.terminate()
         proc.wait(10)
@@ -120,14 +120,22 @@ def test_grpc_echo_and_introspection_load_render(tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_text("a\nbad\n")
     intro: dict = {"tokens_per_format": 3, "token_lifetime_s": 600}
-    with fake_issuer() as target:
+    with fake_issuer() as (target, fake_pid):
         for mode in run.INTROSPECT_MODES:
-            result = run.grpc_measured_run(mode, target, {"token_issuer": os.getpid()}, concurrency=8, seconds=0.5,
+            result = run.grpc_measured_run(mode, target, {"token_issuer": fake_pid}, concurrency=8, seconds=0.5,
                                            warmup=0.1, tokens_file=str(tokens))
             assert result["ok"] > 0 and result["failed"] == 0, result["sample_failure"]
             assert result["warmup"]["first_pass_ok"] == 3
             result["items_per_rpc"] = 1.0
             intro.setdefault("jwt", {})[mode] = intro.setdefault("opaque", {})[mode] = result
+            # as against the cache-off replica: the loaded one is "token_issuer", the stack's own one idle
+            cold_roots, _ = run.cold_replica_view({"token_issuer": os.getpid()}, {}, fake_pid, "")
+            cold = run.grpc_measured_run(mode, target, cold_roots, concurrency=8, seconds=0.3, warmup=0,
+                                         tokens_file=str(tokens))
+            assert set(cold["cpu_s"]) == {"token_issuer", run.IDLE_ISSUER}
+            cold.update(label=run.GRPC_LABELS[(run.JWT_COLD, mode)], items_per_rpc=1.0, idle_issuer_introspect_rpcs=0,
+                        replica={"INBOUND_VERIFIED_JWT_CACHE": "0"})
+            intro.setdefault(run.JWT_COLD, {})[mode] = cold
         assert intro["jwt"]["batched"]["client_mean_batch"] >= 1
         failing = run.grpc_measured_run("unary", target, {"token_issuer": os.getpid()}, concurrency=4,
                                         seconds=0.3, warmup=0, tokens_file=str(bad))
@@ -142,11 +150,38 @@ def test_grpc_echo_and_introspection_load_render(tmp_path):
                "grpc_echo": echo, "introspection": intro, "edge": {}}
     results["ratios"] = run.grpc_ratios(results)
     results["warnings"] = run.collect_warnings(results)
+    assert not [w for w in results["warnings"] if "INVALID" in w or "idle" in w], results["warnings"]
     text = "\n".join(run.render_grpc(results))
-    assert "bare gRPC echo" in text and "introspect opaque, unary 1 item/RPC" in text
-    assert "introspections/s / bare gRPC echo calls/s" in text
-    assert results["ratios"]["introspect_jwt_batched_rate_over_grpc_echo"] > 0
+    for _, _, label in run.GRPC_ROWS:
+        assert label in text
+    assert "bare gRPC echo" in text and "introspections/s / bare gRPC echo calls/s" in text
+    assert "INBOUND_VERIFIED_JWT_CACHE=0" in text and "token_issuer of the stack, idle" in text
+    assert "JWT cold batched  issuer CPU per introspection / raw ES256 verify" in text
+    assert "verified-JWT cache: issuer CPU per call off / on" in text
+    ratios = results["ratios"]
+    assert ratios["introspect_jwt_batched_rate_over_grpc_echo"] > 0
+    assert ratios["introspect_jwt_cold_batched_issuer_cpu_over_raw_verify"] > 0
+    assert ratios["introspect_jwt_batched_cache_off_issuer_cpu_over_cache_on"] > 0
+    widths = {len(line) for line in text.splitlines() if line.startswith("introspect ")}
+    assert len(widths) == 1, widths  # the labels fit their column
     json.dumps(results)  # results.json must be able to hold it
+
+    intro[run.JWT_COLD]["unary"] = {**intro[run.JWT_COLD]["unary"], "idle_issuer_introspect_rpcs": 5,
+                                    "replica": {"INBOUND_VERIFIED_JWT_CACHE": "50000"}}
+    warnings = run.collect_warnings(results)
+    assert any("INVALID RUN" in w and "INBOUND_VERIFIED_JWT_CACHE='50000'" in w for w in warnings)
+    assert any("served 5 Introspect RPCs" in w for w in warnings)
+
+
+def test_cold_replica_view():
+    roots = {"edge": 1, "token_issuer": 2, "client_registry": 3}
+    urls = {"edge": "e", "token_issuer": "t", "client_registry": "r"}
+    cold_roots, cold_urls = run.cold_replica_view(roots, urls, 9, "cold")
+    assert cold_roots == {"edge": 1, "client_registry": 3, "token_issuer": 9, run.IDLE_ISSUER: 2}
+    assert cold_urls == {"edge": "e", "client_registry": "r", "token_issuer": "cold", run.IDLE_ISSUER: "t"}
+    assert roots["token_issuer"] == 2  # the stack's view is left as it was
+    assert run._env_of(os.getpid(), "PATH") == os.environ["PATH"]
+    assert run._env_of(os.getpid(), "INBOUND_NO_SUCH_VARIABLE") is None
 
 
 def echo_as_http(run_result: dict) -> dict:
