@@ -148,6 +148,18 @@ async def test_chunked_body_over_the_limit_is_refused(stack, victim):
     assert reply.json()["error"] == "invalid_request"
 
 
+@pytest.mark.parametrize("path", ["/oauth/token", "/oauth/introspect", "/oauth/revoke"])
+async def test_parameters_in_the_uri_are_refused_and_not_logged(stack, victim, path):
+    client, secret = victim
+    async with httpx.AsyncClient(base_url=stack.edge_url) as http:
+        reply = await http.post(f"{path}?client_secret={secret}", data={"grant_type": "client_credentials",
+                                                                        "token": "x"},
+                                auth=(client.client_id, secret))
+    assert reply.status_code == 400
+    assert reply.json()["error"] == "invalid_request"
+    assert secret not in reply.text
+
+
 async def test_get_on_the_token_endpoint_is_refused(stack):
     async with httpx.AsyncClient(base_url=stack.edge_url) as http:
         reply = await http.get("/oauth/token", params={"grant_type": "client_credentials"})
