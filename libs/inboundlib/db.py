@@ -8,6 +8,7 @@ lock, so their version numbers never collide.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import zlib
@@ -16,6 +17,13 @@ from pathlib import Path
 import asyncpg
 
 log = logging.getLogger(__name__)
+
+# The database is unreachable or restarting, as opposed to refusing a statement:
+# callers answer "try again later" (gRPC UNAVAILABLE), never "broken".
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
+)
 
 _MIGRATION = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _LOCK_KEY = 0x1B0D  # the advisory lock of the default bookkeeping table

@@ -40,7 +40,12 @@ _CHANNEL_OPTIONS = [
 
 
 class _ServerInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every unary-unary handler: request id from metadata, timing by status."""
+    """Wraps every unary-unary handler: request id from metadata, timing by status,
+    and the service's `unavailable_on` errors (its database down, say) answered as
+    UNAVAILABLE, so callers say "try again later" rather than "broken"."""
+
+    def __init__(self, unavailable_on: tuple[type[BaseException], ...] = ()):
+        self.unavailable_on = unavailable_on
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -56,6 +61,10 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
             code = "OK"
             try:
                 return await inner(request, context)
+            except self.unavailable_on as exc:
+                log.warning("dependency unavailable", extra={"method": method, "error": type(exc).__name__})
+                code = "UNAVAILABLE"
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "a dependency is unavailable")
             except BaseException:
                 code = context.code().name if context.code() else "UNKNOWN"
                 raise
@@ -84,9 +93,10 @@ class _RequestIdClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
 class GrpcServer:
     """A grpc.aio server with health checking; create it inside the running loop."""
 
-    def __init__(self, host: str, port: int, service_names: Iterable[str]):
+    def __init__(self, host: str, port: int, service_names: Iterable[str], *,
+                 unavailable_on: tuple[type[BaseException], ...] = ()):
         self.server = grpc.aio.server(
-            interceptors=[_ServerInterceptor()],
+            interceptors=[_ServerInterceptor(unavailable_on)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

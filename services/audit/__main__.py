@@ -41,7 +41,7 @@ async def main(stop: asyncio.Event) -> None:
 
     await service.retry_until_ready("postgres", open_database, stop)
     audit_log = AuditLog(pool)
-    grpc_server = GrpcServer(host, port, [server.SERVICE_NAME])
+    grpc_server = GrpcServer(host, port, [server.SERVICE_NAME], unavailable_on=db.UNAVAILABLE_ERRORS)
     server.add_to_server(audit_log, grpc_server.server)
     metrics.serve(metrics_port)
     await grpc_server.start()

@@ -42,7 +42,7 @@ async def main(stop: asyncio.Event) -> None:
     await db.migrate(pool, MIGRATIONS)
     events = EventBus(nats_url, "client_registry")
     await events.start()
-    grpc_server = GrpcServer(host, port, [server.SERVICE_NAME])
+    grpc_server = GrpcServer(host, port, [server.SERVICE_NAME], unavailable_on=db.UNAVAILABLE_ERRORS)
     registry = Registry(pool, events)
     server.add_to_server(registry, grpc_server.server)
     metrics.serve(metrics_port)

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from inbound.events.v1 import events_pb2
+from inboundlib.db import UNAVAILABLE_ERRORS
 from inboundlib.events import CLIENT_CHANGED, TOKEN_REVOKED, EventBus
 from inboundlib.oauth.client_auth import hash_client_secret, new_client_secret
 from inboundlib.oauth.scopes import is_valid_scope_token
@@ -330,6 +331,8 @@ class Registry:
         try:
             await self.pool.executemany(sql, [args(t) for t in tokens])
             return [None] * len(tokens)
+        except UNAVAILABLE_ERRORS:
+            raise  # the database, not an item, is the problem: the caller answers UNAVAILABLE
         except asyncpg.PostgresError:
             if len(tokens) == 1:
                 log.warning("opaque token not stored", exc_info=True)
@@ -339,6 +342,8 @@ class Registry:
             try:
                 await self.pool.execute(sql, *args(token))
                 results.append(None)
+            except UNAVAILABLE_ERRORS:
+                raise
             except asyncpg.PostgresError:
                 log.warning("opaque token not stored", extra={"client_id": token.client_id}, exc_info=True)
                 results.append("could not store token")

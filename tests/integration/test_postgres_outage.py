@@ -1,0 +1,78 @@
+"""Postgres down for a while: JWT tokens for clients already cached keep being
+issued (that path never touches Postgres), opaque tokens answer 503
+temporarily_unavailable rather than 500, and everything recovers when Postgres
+is back — with the audit events of the outage stored once it is."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import httpx
+import jwt
+import pytest
+
+from inboundlib import grpcx
+from inboundlib.devstack import Stack
+from services.client_registry.api import ClientSpec
+from services.client_registry.client import RegistryClient
+
+
+@pytest.fixture(scope="module")
+def pg_stack(tmp_path_factory):
+    s = Stack(tmp_path_factory.mktemp("pg-outage"), fixed_ports=False, echo=False, database_url="", nats_url="",
+              extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0"})
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+
+
+async def test_jwt_tokens_flow_and_opaque_ones_fail_softly_while_postgres_is_down(pg_stack):
+    if pg_stack.postgres is None:
+        pytest.skip("needs the private Postgres")
+    channel = grpcx.channel(pg_stack.addr("client_registry"))
+    registry = RegistryClient(channel)
+    jwt_client, jwt_secret = await registry.create_client(ClientSpec(name="pg-jwt"))
+    opaque_client, opaque_secret = await registry.create_client(ClientSpec(name="pg-opaque", token_format="opaque"))
+    await channel.close()
+
+    async def token(client, secret) -> httpx.Response:
+        async with httpx.AsyncClient(base_url=pg_stack.edge_url, timeout=10) as http:
+            return await http.post("/oauth/token", data={"grant_type": "client_credentials"},
+                                   auth=(client.client_id, secret))
+
+    assert (await token(jwt_client, jwt_secret)).status_code == 200  # both clients now cached
+    assert (await token(opaque_client, opaque_secret)).status_code == 200
+
+    pg_stack.postgres.stop()
+    jtis = []
+    try:
+        for _ in range(10):
+            reply = await token(jwt_client, jwt_secret)
+            assert reply.status_code == 200, reply.text
+            jtis.append(jwt.decode(reply.json()["access_token"], options={"verify_signature": False})["jti"])
+        opaque = await token(opaque_client, opaque_secret)
+        assert opaque.status_code == 503, opaque.text
+        assert opaque.json()["error"] == "temporarily_unavailable"
+    finally:
+        pg_stack.postgres.start()
+
+    deadline = time.monotonic() + 15
+    while (reply := await token(opaque_client, opaque_secret)).status_code != 200:
+        assert time.monotonic() < deadline, reply.text
+        await asyncio.sleep(0.2)
+    conn = await asyncpg.connect(pg_stack.database_url)
+    try:
+        while True:
+            stored = await conn.fetchval("SELECT count(*) FROM audit_log WHERE type = 'token_issued'"
+                                         " AND detail->>'jti' = ANY($1::text[])", jtis)
+            if stored == len(jtis) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+    assert stored == len(jtis), "the audit events of the outage were stored once Postgres was back"
+    for sp in pg_stack.services.values():
+        assert sp.proc.poll() is None, f"{sp.name} died during the outage"
