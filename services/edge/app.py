@@ -47,7 +47,7 @@ REVOKE_PATHS = ("/oauth/revoke", "/oauth_revoke_token.do")
 TOKEN_TYPE_HINTS = ("access_token", "refresh_token")
 JWKS_PATH = "/oauth/jwks"
 METADATA_PATH = "/.well-known/oauth-authorization-server"
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 HTTP_SECONDS = Histogram("inbound_http_request_seconds", "HTTP requests served", ["route", "status"],
@@ -61,9 +61,9 @@ class BodyTooLarge(InvalidRequest):
 
 
 class MethodNotAllowed(InvalidRequest):
-    """RFC 6749 §3.2: the client MUST use POST at the token endpoint."""
+    """RFC 6749 §3.2, RFC 7009 §2.1, RFC 7662 §2.1: these endpoints take POST only."""
     status = 405
-    default_description = "The token endpoint accepts POST only."
+    default_description = "This endpoint accepts POST only."
 
 
 class TokenService(Protocol):
@@ -111,7 +111,7 @@ def _request_id(request: Request) -> str:
     """The caller's X-Request-Id if it is safe to log, else a new one: a random
     per-process prefix and a counter (unique without a syscall per request)."""
     given = request.headers.get("x-request-id")
-    if given and _REQUEST_ID.match(given):
+    if given and _REQUEST_ID.fullmatch(given):
         return given
     return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
