@@ -73,3 +73,11 @@ async def test_a_missed_event_is_caught_up_even_after_this_replica_revoked_somet
     await a_sync.catch_up()
     assert revoked(a_set, jti="X") and revoked(a_set, jti="Y")
     assert a_sync.watermark == 2
+
+
+def test_a_client_cut_off_is_kept_until_it_expires_not_until_its_cut_off_time():
+    s = RevocationSet()
+    s.apply(RevocationRecord(kind="client", value="c", client_id="c", revoked_before=NOW - 3600,
+                             expires_at=NOW + 3600))
+    assert s.prune(NOW) == 0
+    assert revoked(s, client="c", iat=NOW - 3601)
