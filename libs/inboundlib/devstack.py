@@ -40,6 +40,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
 def _wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -353,8 +362,17 @@ def run_forever() -> None:
     # Ctrl-C (SIGINT, also delivered to the children, which stop gracefully) or SIGTERM.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
+    busy = [f"{name} ({port})" for name, port in stack.ports.items() if not _port_free(port)]
+    if busy:
+        print(f"make run: ports in use: {', '.join(busy)} — is another `make run` still going?", file=sys.stderr)
+        sys.exit(1)
     try:
-        stack.start()
+        try:
+            stack.start()
+        except RuntimeError as exc:
+            print(f"make run: could not start: {exc}", file=sys.stderr)
+            stopping.set()
+            sys.exit(1)
         _seed_demo_client(stack)
         print(f"Inbound is up: {stack.edge_url}  (metadata: {stack.edge_url}/.well-known/oauth-authorization-server)"
               f"\ninboundctl talks to the registry at {stack.addr('client_registry')}. Ctrl-C stops everything.\n",
