@@ -4,6 +4,7 @@ from __future__ import annotations
 import grpc
 
 from inbound.audit.v1 import audit_pb2_grpc
+from inboundlib.grpcx import request_metadata
 from services.audit import wire
 from services.audit.api import AuditPage, InvalidArgument, SearchQuery
 
@@ -17,7 +18,7 @@ class AuditClient:
 
     async def _call(self, method, request):
         try:
-            return await method(request, timeout=self.timeout)
+            return await method(request, timeout=self.timeout, metadata=request_metadata())
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidArgument(exc.details()) from None

@@ -13,6 +13,7 @@ import grpc
 from inbound.registry.v1 import registry_pb2 as pb
 from inbound.registry.v1 import registry_pb2_grpc
 from inboundlib.batching import Coalescer
+from inboundlib.grpcx import request_metadata
 from services.client_registry import wire
 from services.client_registry.api import (
     ClientRecord,
@@ -46,7 +47,7 @@ class RegistryClient:
 
     async def _admin(self, method, request):
         try:
-            return await method(request, timeout=ADMIN_TIMEOUT)
+            return await method(request, timeout=ADMIN_TIMEOUT, metadata=request_metadata())
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc) from None
 

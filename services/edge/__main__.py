@@ -82,7 +82,7 @@ async def main(stop: asyncio.Event) -> None:
     app = create_app(EdgeConfig(issuer=issuer_url, grants=grants, jwks=jwks.get, tokens=issuer, events=events,
                                 ready=ready))
     server = _Server(uvicorn.Config(app, host=host, port=port, loop="none", http="httptools", lifespan="off",
-                                    access_log=False, log_config=None, server_header=False,
+                                    access_log=False, log_config=None, server_header=False, proxy_headers=False,
                                     timeout_keep_alive=30, timeout_graceful_shutdown=10))
     serving = asyncio.create_task(server.serve())
     log.info("http serving", extra={"address": f"{host}:{port}"})

@@ -8,6 +8,7 @@ import grpc
 from inbound.issuer.v1 import issuer_pb2 as pb
 from inbound.issuer.v1 import issuer_pb2_grpc
 from inboundlib.batching import Coalescer
+from inboundlib.grpcx import request_metadata
 from inboundlib.oauth.client_auth import ClientCredentials
 from inboundlib.oauth.errors import InvalidRequest
 from inboundlib.wire import credentials_to_pb, error_from_pb, meta
@@ -47,11 +48,11 @@ class IssuerClient:
                            jti=t.jti, issued_at=t.issued_at, refresh_token=t.refresh_token, grant_id=t.grant_id)
 
     async def jwks(self) -> dict:
-        reply = await self.stub.GetJwks(pb.GetJwksRequest(), timeout=HOT_TIMEOUT)
+        reply = await self.stub.GetJwks(pb.GetJwksRequest(), timeout=HOT_TIMEOUT, metadata=request_metadata())
         return json.loads(reply.jwks_json)
 
     async def list_keys(self) -> list[KeyInfo]:
-        reply = await self.stub.ListKeys(pb.ListKeysRequest(), timeout=ADMIN_TIMEOUT)
+        reply = await self.stub.ListKeys(pb.ListKeysRequest(), timeout=ADMIN_TIMEOUT, metadata=request_metadata())
         return [_key(k) for k in reply.keys]
 
     async def rotate_key(self, alg: str = "", activation_delay: int | None = None) -> KeyInfo:
@@ -59,7 +60,7 @@ class IssuerClient:
             request = pb.RotateKeyRequest(alg=alg)
             if activation_delay is not None:
                 request.activation_delay_seconds = activation_delay
-            reply = await self.stub.RotateKey(request, timeout=ADMIN_TIMEOUT)
+            reply = await self.stub.RotateKey(request, timeout=ADMIN_TIMEOUT, metadata=request_metadata())
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidRequest(exc.details()) from None
@@ -97,5 +98,5 @@ class IssuerClient:
 
     async def revoke_client_tokens(self, client_id: str) -> int:
         reply = await self.stub.RevokeClientTokens(pb.RevokeClientTokensRequest(client_id=client_id),
-                                                   timeout=ADMIN_TIMEOUT)
+                                                   timeout=ADMIN_TIMEOUT, metadata=request_metadata())
         return reply.revoked_before

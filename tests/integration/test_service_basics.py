@@ -105,3 +105,22 @@ def test_sigterm_stops_a_service_gracefully(stack):
     assert replica.proc.wait(15) == 0
     stack.services.pop("cc-replica", None)
     assert any('"stopped"' in line for line in replica.lines)
+
+
+async def test_an_unbatched_call_carries_the_request_id_as_metadata(stack, registry):
+    from inboundlib.logs import request_id_var
+    from services.client_registry.api import ClientSpec
+
+    request_id = "admin-" + str(time.time_ns())
+    token = request_id_var.set(request_id)
+    try:
+        client, _ = await registry.create_client(ClientSpec(name="traced"))
+    finally:
+        request_id_var.reset(token)
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        hits = [e for e in _json_lines(stack, "client_registry") if e.get("request_id") == request_id]
+        if hits:
+            break
+        time.sleep(0.05)
+    assert hits and hits[0]["msg"] == "client created" and hits[0]["client_id"] == client.client_id
