@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 GEN := build/gen
 PROTOS := $(shell find proto -name '*.proto' | sort)
 
-.PHONY: all install gen run test test-fast lint bench clean deploy-check
+.PHONY: all install gen run run-single test test-fast lint bench clean deploy-check
 
 all: gen
 
@@ -32,6 +32,10 @@ gen: $(GEN)/.stamp
 
 run: gen
 	$(PY) -m inboundlib.devstack run
+
+# The same system with every service in one process (small installs; what the gRPC hops cost).
+run-single: gen
+	$(PY) -m inboundlib.devstack run --single
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check libs services cli bench tests

@@ -197,13 +197,15 @@ class Stack:
     """Postgres, NATS and every service; `start()` returns once the edge is ready."""
 
     def __init__(self, state_dir: Path, *, fixed_ports: bool, echo: bool, database_url: str | None = None,
-                 nats_url: str | None = None, extra_env: dict[str, str] | None = None):
+                 nats_url: str | None = None, extra_env: dict[str, str] | None = None, single: bool = False):
         self.state_dir = state_dir
         self.fixed_ports = fixed_ports
         self.echo = echo
         self.database_url = database_url if database_url is not None else os.environ.get("DATABASE_URL")
         self.nats_url = nats_url if nats_url is not None else os.environ.get("NATS_URL")
         self.extra_env = extra_env or {}
+        # One process hosting every service (services/all_in_one) instead of one process each.
+        self.single = single
         self.postgres: PrivatePostgres | None = None
         self.nats: PrivateNats | None = None
         self.services: dict[str, ServiceProcess] = {}
@@ -257,7 +259,7 @@ class Stack:
         key = key or name
         port = port or self.ports[name]
         env = self.service_env()
-        env["INBOUND_HTTP_PORT" if name == "edge" else "INBOUND_GRPC_PORT"] = str(port)
+        env["INBOUND_HTTP_PORT" if name in ("edge", "all_in_one") else "INBOUND_GRPC_PORT"] = str(port)
         env.update(extra_env or {})
         log_path = self.state_dir / "logs" / f"{key}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -300,8 +302,14 @@ class Stack:
 
     def start(self) -> None:
         self.start_infra()
-        for name in SERVICES:
-            self.start_service(name)
+        if self.single:
+            self.start_service("all_in_one", port=self.ports["edge"], extra_env={
+                "INBOUND_REGISTRY_PORT": str(self.ports["client_registry"]),
+                "INBOUND_ISSUER_PORT": str(self.ports["token_issuer"]),
+                "INBOUND_AUDIT_PORT": str(self.ports["audit"])})
+        else:
+            for name in SERVICES:
+                self.start_service(name)
         self.wait_ready()
 
     def stop_service(self, key: str, timeout: float = 20) -> int | None:
@@ -356,8 +364,8 @@ def _seed_demo_client(stack: Stack) -> None:
     asyncio.run(seed())
 
 
-def run_forever() -> None:
-    stack = Stack(ROOT / ".run", fixed_ports=True, echo=True)
+def run_forever(single: bool = False) -> None:
+    stack = Stack(ROOT / ".run", fixed_ports=True, echo=True, single=single)
     stopping = threading.Event()
     # Ctrl-C (SIGINT, also delivered to the children, which stop gracefully) or SIGTERM.
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -393,8 +401,9 @@ def run_forever() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m inboundlib.devstack")
     parser.add_argument("command", choices=["run"])
-    parser.parse_args()
-    run_forever()
+    parser.add_argument("--single", action="store_true", help="every service in one process (services.all_in_one)")
+    args = parser.parse_args()
+    run_forever(single=args.single)
 
 
 if __name__ == "__main__":

@@ -16,18 +16,6 @@ log = logging.getLogger("client_registry")
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-async def purge_periodically(registry: Registry, seconds: int) -> None:
-    """Expired opaque tokens and revocations go, a day after they stop mattering."""
-    while True:
-        await asyncio.sleep(seconds)
-        try:
-            removed = await registry.purge_expired()
-            if removed:
-                log.info("expired rows purged", extra={"rows": removed})
-        except Exception as exc:
-            log.warning("purge failed", extra={"error": type(exc).__name__})
-
-
 async def main(stop: asyncio.Event) -> None:
     env = Env()
     dsn = env.str("DATABASE_URL")
@@ -47,7 +35,7 @@ async def main(stop: asyncio.Event) -> None:
     server.add_to_server(registry, grpc_server.server)
     metrics.serve(metrics_port)
     await grpc_server.start()
-    janitor = asyncio.create_task(purge_periodically(registry, purge_seconds))
+    janitor = asyncio.create_task(registry.purge_periodically(purge_seconds))
     await stop.wait()
     janitor.cancel()
     await grpc_server.stop(grace=5)

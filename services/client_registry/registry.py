@@ -5,6 +5,7 @@ in every replica of every service, drops it.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
@@ -212,6 +213,9 @@ class Registry:
         found = {row["client_id"]: _client(row) for row in rows}
         return [found.get(client_id) for client_id in client_ids]
 
+    async def get_client(self, client_id: str) -> ClientRecord | None:
+        return (await self.get_clients([client_id]))[0]
+
     async def list_clients(self) -> list[ClientRecord]:
         rows = await self.pool.fetch(f"SELECT {_CLIENT_COLUMNS} FROM clients ORDER BY created_at, client_id")
         return [_client(row) for row in rows]
@@ -375,6 +379,17 @@ class Registry:
         return [RevocationRecord(id=r["id"], kind=r["kind"], value=r["value"], client_id=r["client_id"],
                                  revoked_before=_ts(r["revoked_before"]), expires_at=_ts(r["expires_at"]),
                                  revoked_by=r["revoked_by"]) for r in rows]
+
+    async def purge_periodically(self, seconds: float) -> None:
+        """Run purge_expired every `seconds`, for the life of the service."""
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                removed = await self.purge_expired()
+                if removed:
+                    log.info("expired rows purged", extra={"rows": removed})
+            except Exception as exc:
+                log.warning("purge failed", extra={"error": type(exc).__name__})
 
     async def purge_expired(self) -> int:
         """Drop expired opaque tokens and revocations (kept a day longer, for investigations)."""

@@ -5,7 +5,6 @@ import asyncio
 import logging
 import time
 
-import uvicorn
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from inboundlib import grpcx, service
@@ -13,20 +12,11 @@ from inboundlib.config import Env
 from inboundlib.events import KEYS_ROTATED, EventBus
 from inboundlib.grants.client import GrantClient
 from services.edge.app import EdgeConfig, create_app
+from services.edge.server import serve
 from services.token_issuer.client import IssuerClient
 
 log = logging.getLogger("edge")
 JWKS_CACHE_SECONDS = 30
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal capture: our SIGTERM handler stops it, then
-    the gRPC channels and NATS close cleanly (uvicorn would re-raise the signal)."""
-
-    def capture_signals(self):
-        import contextlib
-
-        return contextlib.nullcontext()
 
 
 class JwksCache:
@@ -81,15 +71,7 @@ async def main(stop: asyncio.Event) -> None:
 
     app = create_app(EdgeConfig(issuer=issuer_url, grants=grants, jwks=jwks.get, tokens=issuer, events=events,
                                 ready=ready))
-    server = _Server(uvicorn.Config(app, host=host, port=port, loop="none", http="httptools", lifespan="off",
-                                    access_log=False, log_config=None, server_header=False, proxy_headers=False,
-                                    timeout_keep_alive=30, timeout_graceful_shutdown=10))
-    serving = asyncio.create_task(server.serve())
-    log.info("http serving", extra={"address": f"{host}:{port}"})
-    stopped = asyncio.create_task(stop.wait())
-    await asyncio.wait([serving, stopped], return_when=asyncio.FIRST_COMPLETED)
-    server.should_exit = True
-    await serving
+    await serve(app, host, port, stop)
     await events.close()
     for channel in channels.values():
         await channel.close()

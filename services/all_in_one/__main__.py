@@ -1,0 +1,131 @@
+"""Inbound in one process: client_registry, token_issuer, the client_credentials
+grant, audit and the edge, calling one another directly instead of over gRPC.
+
+For small installs and for measuring what the gRPC hops cost. The logic is the
+services' own (each service's plain Python interface is what the others call);
+only the wiring differs. The gRPC APIs stay available for inboundctl and for
+resource servers: every gRPC service is served on each of the ports the
+separate services use (50051 registry, 50052 issuer, 50070 audit by default).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from inboundlib import db, metrics, service
+from inboundlib.config import Env
+from inboundlib.events import EventBus
+from inboundlib.grants.runner import GrantRunner
+from inboundlib.grpcx import GrpcServer
+from inboundlib.oauth.client_auth import ClientCredentials
+from services.audit import server as audit_server
+from services.audit.consumer import Consumer
+from services.audit.log import AuditLog
+from services.client_credentials.grant import ClientCredentialsGrant
+from services.client_registry import server as registry_server
+from services.client_registry.cache import ClientCache
+from services.client_registry.registry import Registry
+from services.edge.app import EdgeConfig, create_app
+from services.edge.server import serve
+from services.token_issuer import server as issuer_server
+from services.token_issuer.api import TokenInfo
+from services.token_issuer.introspection import TokenChecker
+from services.token_issuer.issuer import TokenIssuer
+from services.token_issuer.keys import ALGORITHMS, KeyEncryptor
+from services.token_issuer.revocations import RevocationSet, RevocationSync
+
+log = logging.getLogger("all_in_one")
+SERVICES = Path(__file__).resolve().parents[1]
+
+
+class LocalTokens:
+    """The edge's view of token_issuer (introspect, revoke), in process."""
+
+    def __init__(self, checker: TokenChecker):
+        self.checker = checker
+
+    async def introspect(self, token: str, caller: ClientCredentials | None = None, *,
+                         request_id: str = "") -> TokenInfo:
+        return await self.checker.introspect(token, caller, internal=caller is None)
+
+    async def revoke(self, token: str, caller: ClientCredentials | None, *, token_type_hint: str = "",
+                     request_id: str = "") -> None:
+        await self.checker.revoke(token, caller)
+
+
+async def main(stop: asyncio.Event) -> None:
+    env = Env()
+    dsn = env.str("DATABASE_URL")
+    nats_url = env.str("NATS_URL", "nats://127.0.0.1:4222")
+    issuer_url = env.url("INBOUND_ISSUER", "http://127.0.0.1:8080")
+    kek = env.key32("INBOUND_KEY_ENCRYPTION_KEY")
+    alg = env.choice("INBOUND_SIGNING_ALG", "ES256", ALGORITHMS)
+    delay = env.int("INBOUND_KEY_ACTIVATION_DELAY", 3600, minimum=0)
+    audience = env.str("INBOUND_ACCESS_TOKEN_AUDIENCE", issuer_url.rstrip("/") + "/api")
+    host = env.str("INBOUND_BIND_HOST", "0.0.0.0")
+    http_port = env.int("INBOUND_HTTP_PORT", 8080, minimum=0, maximum=65535)
+    grpc_ports = [env.int(name, default, minimum=1, maximum=65535) for name, default in (
+        ("INBOUND_REGISTRY_PORT", 50051), ("INBOUND_ISSUER_PORT", 50052), ("INBOUND_AUDIT_PORT", 50070))]
+    metrics_port = env.int("INBOUND_METRICS_PORT", 0, minimum=0, maximum=65535)
+    pool_size = env.int("INBOUND_DB_POOL_SIZE", 10, minimum=2, maximum=200)
+    cache_ttl = env.float("INBOUND_CLIENT_CACHE_TTL", 60.0)
+    purge_seconds = env.int("INBOUND_PURGE_INTERVAL", 600, minimum=1)
+
+    pool = None
+
+    async def open_database() -> None:
+        nonlocal pool
+        if pool is None:
+            pool = await db.create_pool(dsn, max_size=pool_size)
+        await db.migrate(pool, SERVICES / "client_registry" / "migrations")
+        await db.migrate(pool, SERVICES / "audit" / "migrations", table="audit_schema_migrations")
+
+    await service.retry_until_ready("postgres", open_database, stop)
+    events = EventBus(nats_url, "inbound")
+    await events.start()
+
+    registry = Registry(pool, events)
+    issuer = TokenIssuer(registry, KeyEncryptor(kek), issuer=issuer_url, default_audience=audience, alg=alg,
+                         activation_delay=delay, events=events)
+    await service.retry_until_ready("postgres", issuer.start, stop)
+    clients = ClientCache(registry, ttl=cache_ttl)
+    await clients.attach(events)
+    revocations = RevocationSet()
+    sync = RevocationSync(revocations, registry, events)
+    await sync.start()
+    checker = TokenChecker(issuer=issuer_url, keyring=lambda: issuer.keyring, revocations=revocations,
+                           clients=clients, registry=registry, events=events)
+    grant = GrantRunner(ClientCredentialsGrant(clients, issuer), events)
+    audit_log = AuditLog(pool)
+
+    grpc_server = GrpcServer(host, grpc_ports[0], [registry_server.SERVICE_NAME, issuer_server.SERVICE_NAME,
+                                                   audit_server.SERVICE_NAME],
+                             unavailable_on=db.UNAVAILABLE_ERRORS)
+    for port in grpc_ports[1:]:
+        grpc_server.server.add_insecure_port(f"{host}:{port}")
+    registry_server.add_to_server(registry, grpc_server.server)
+    issuer_server.add_to_server(issuer, checker, grpc_server.server)
+    audit_server.add_to_server(audit_log, grpc_server.server)
+    metrics.serve(metrics_port)
+    await grpc_server.start()
+    consumer = asyncio.create_task(Consumer(nats_url, audit_log).run(stop), name="audit-consumer")
+    janitor = asyncio.create_task(registry.purge_periodically(purge_seconds))
+
+    app = create_app(EdgeConfig(issuer=issuer_url, grants={grant.grant_type: grant}, jwks=issuer.jwks,
+                                tokens=LocalTokens(checker), events=events))
+    await serve(app, host, http_port, stop)
+
+    janitor.cancel()
+    await grpc_server.stop(grace=5)
+    try:
+        await asyncio.wait_for(consumer, 15)
+    except Exception:
+        log.exception("audit consumer did not stop cleanly")
+    await sync.stop()
+    await events.close()
+    await pool.close()
+
+
+if __name__ == "__main__":
+    service.run("all_in_one", main)

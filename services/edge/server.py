@@ -1,0 +1,33 @@
+"""The edge's HTTP server: uvicorn around the app, stopped by our stop event."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import uvicorn
+from starlette.applications import Starlette
+
+log = logging.getLogger("edge")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal capture: our SIGTERM handler stops it, then
+    the gRPC channels and NATS close cleanly (uvicorn would re-raise the signal)."""
+
+    def capture_signals(self):
+        return contextlib.nullcontext()
+
+
+async def serve(app: Starlette, host: str, port: int, stop: asyncio.Event) -> None:
+    """Serve until `stop` is set, then finish the requests in flight (10 s at most)."""
+    server = _Server(uvicorn.Config(app, host=host, port=port, loop="none", http="httptools", lifespan="off",
+                                    access_log=False, log_config=None, server_header=False, proxy_headers=False,
+                                    timeout_keep_alive=30, timeout_graceful_shutdown=10))
+    serving = asyncio.create_task(server.serve())
+    log.info("http serving", extra={"address": f"{host}:{port}"})
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait([serving, stopped], return_when=asyncio.FIRST_COMPLETED)
+    server.should_exit = True
+    stopped.cancel()
+    await serving

@@ -1,0 +1,91 @@
+"""Every service in one process (services/all_in_one), from the same code:
+the same HTTP and gRPC behaviour as the separate processes, end to end."""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import asyncpg
+import httpx
+import jwt
+import pytest
+
+from inboundlib import grpcx
+from inboundlib.devstack import Stack
+from services.client_registry.api import ClientSpec, ClientUpdate
+from services.client_registry.client import RegistryClient
+from services.token_issuer.client import IssuerClient
+
+
+@pytest.fixture(scope="module")
+def single(stack, tmp_path_factory):
+    async def fresh_db() -> str:
+        name = "inbound_single_" + uuid.uuid4().hex[:10]
+        conn = await asyncpg.connect(stack.database_url)
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.close()
+        return stack.database_url.rpartition("/")[0] + "/" + name
+
+    s = Stack(tmp_path_factory.mktemp("single"), fixed_ports=False, echo=False, database_url=asyncio.run(fresh_db()),
+              nats_url="", extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0"}, single=True)
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+
+
+async def test_one_process_serves_the_whole_token_lifecycle(single):
+    assert list(single.services) == ["all_in_one"]
+    channel = grpcx.channel(single.addr("client_registry"))
+    registry = RegistryClient(channel)
+    client, secret = await registry.create_client(ClientSpec(name="single", scopes=["api.read"]))
+    rs, rs_secret = await registry.create_client(ClientSpec(name="rs", scopes=["inbound.introspect"]))
+    async with httpx.AsyncClient(base_url=single.edge_url) as http:
+        reply = await http.post("/oauth/token", data={"grant_type": "client_credentials"},
+                                auth=(client.client_id, secret))
+        assert reply.status_code == 200, reply.text
+        token = reply.json()["access_token"]
+        metadata = (await http.get("/.well-known/oauth-authorization-server")).json()
+        keys = jwt.PyJWKClient(metadata["jwks_uri"])
+        claims = jwt.decode(token, keys.get_signing_key_from_jwt(token).key, algorithms=["ES256"],
+                            audience=single.edge_url + "/api", issuer=single.edge_url)
+        assert claims["client_id"] == client.client_id
+        denied = await http.post("/oauth/token", data={"grant_type": "client_credentials"},
+                                 auth=(client.client_id, "wrong"))
+        assert denied.status_code == 401 and denied.json()["error"] == "invalid_client"
+        info = await http.post("/oauth/introspect", data={"token": token}, auth=(rs.client_id, rs_secret))
+        assert info.json()["active"] is True
+        assert (await http.post("/oauth/revoke", data={"token": token},
+                                auth=(client.client_id, secret))).status_code == 200
+        info = await http.post("/oauth/introspect", data={"token": token}, auth=(rs.client_id, rs_secret))
+        assert info.json() == {"active": False}
+        # Registry changes reach the in-process caches too.
+        await registry.update_client(client.client_id, ClientUpdate(active=False))
+        deadline = time.monotonic() + 2
+        while (await http.post("/oauth/token", data={"grant_type": "client_credentials"},
+                               auth=(client.client_id, secret))).status_code != 401:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+    await channel.close()
+
+    # gRPC, as the separate services serve it: internal introspection, keys.
+    issuer_channel = grpcx.channel(single.addr("token_issuer"))
+    assert not (await IssuerClient(issuer_channel).introspect(token)).active
+    assert any(k.signing for k in await IssuerClient(issuer_channel).list_keys())
+    await issuer_channel.close()
+
+    conn = await asyncpg.connect(single.database_url)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            types = {r["type"] for r in await conn.fetch(
+                "SELECT DISTINCT type FROM audit_log WHERE client_id = $1", client.client_id)}
+            if {"client_changed", "token_issued", "token_denied", "token_revoked"} <= types \
+                    or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+    assert {"client_changed", "token_issued", "token_denied", "token_revoked"} <= types
