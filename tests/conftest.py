@@ -51,6 +51,12 @@ def stack(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def fresh_database(stack):
+    """Make an empty database on the suite's Postgres, for a system of a test's own."""
+    return lambda: _fresh_database(stack.database_url)
+
+
+@pytest.fixture(scope="session")
 async def registry(stack):
     from inboundlib import grpcx
     from services.client_registry.client import RegistryClient

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 
 import asyncpg
 import httpx
@@ -19,15 +18,8 @@ from services.token_issuer.client import IssuerClient
 
 
 @pytest.fixture(scope="module")
-def single(stack, tmp_path_factory):
-    async def fresh_db() -> str:
-        name = "inbound_single_" + uuid.uuid4().hex[:10]
-        conn = await asyncpg.connect(stack.database_url)
-        await conn.execute(f'CREATE DATABASE "{name}"')
-        await conn.close()
-        return stack.database_url.rpartition("/")[0] + "/" + name
-
-    s = Stack(tmp_path_factory.mktemp("single"), fixed_ports=False, echo=False, database_url=asyncio.run(fresh_db()),
+def single(fresh_database, tmp_path_factory):
+    s = Stack(tmp_path_factory.mktemp("single"), fixed_ports=False, echo=False, database_url=fresh_database(),
               nats_url="", extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0"}, single=True)
     try:
         s.start()

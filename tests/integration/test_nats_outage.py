@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 
 import asyncpg
 import httpx
@@ -19,16 +18,8 @@ from services.client_registry.client import RegistryClient
 
 
 @pytest.fixture(scope="module")
-def own_stack(stack, tmp_path_factory):
-    async def fresh_db() -> str:
-        name = "inbound_outage_" + uuid.uuid4().hex[:10]
-        conn = await asyncpg.connect(stack.database_url)
-        await conn.execute(f'CREATE DATABASE "{name}"')
-        await conn.close()
-        return stack.database_url.rpartition("/")[0] + "/" + name
-
-    url = asyncio.run(fresh_db())
-    s = Stack(tmp_path_factory.mktemp("outage"), fixed_ports=False, echo=False, database_url=url, nats_url="",
+def own_stack(fresh_database, tmp_path_factory):
+    s = Stack(tmp_path_factory.mktemp("outage"), fixed_ports=False, echo=False, database_url=fresh_database(), nats_url="",
               extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0"})
     try:
         s.start()
