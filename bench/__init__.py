@@ -1,4 +1,5 @@
 """`make bench`: Inbound's token and introspection rates and CPU per operation,
+through the multi-process stack and again through the single process (services.all_in_one),
 side by side with the machine's own limits (raw ES256 signing and verification,
 a bare HTTP endpoint, a bare gRPC echo) measured in the same run. The machine is shared and noisy: read the ratios,
 not the absolutes.

@@ -9,8 +9,14 @@
    stack's token_issuer, whose verified-JWT cache holds every pool token (repeat tokens, the
    warm path), and at a second token_issuer replica started for it with
    INBOUND_VERIFIED_JWT_CACHE=0, so every call verifies the ES256 signature (the cold path)
-5. CPU per operation of every process from /proc deltas over the measured window
-6. ratios: edge rate / bare HTTP rate, total CPU per token / raw signing cost,
+5. client_credentials again, JWT then opaque under the same wrk load, through a second stack in
+   single-process mode (services.all_in_one: registry, issuer, grant, audit and edge in one process,
+   calling one another in process), with its own Postgres and its own private NATS, started after
+   the first stack stopped (--skip-single leaves it out)
+6. CPU per operation of every process from /proc deltas over the measured window
+7. ratios: edge rate / bare HTTP rate, total CPU per token / raw signing cost,
+   single-process rate / multi-process rate, multi-process total CPU per token / single-process,
+   single-process CPU per token / raw signing cost,
    introspections/s / echo calls/s, issuer CPU per introspection / echo CPU per call,
    JWT issuer CPU per introspection / raw ES256 verify, cache off / cache on
 
@@ -26,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import platform
@@ -505,74 +512,138 @@ def _log_findings(stack, offsets: dict[str, int]) -> dict[str, dict]:
     return findings
 
 
+@contextlib.contextmanager
+def _bench_database():
+    """Yields (database_url, external): with DATABASE_URL set, a fresh database beside it, dropped afterwards
+    (never the caller's own); else "" (the stack starts a private Postgres server of its own)."""
+    env_db = os.environ.get("DATABASE_URL", "")
+    if not env_db:
+        yield "", False
+        return
+    fresh_db = "inbound_bench_" + secrets.token_hex(6)
+    asyncio.run(_db_admin(env_db, f'CREATE DATABASE "{fresh_db}"'))
+    try:
+        yield _sibling_db(env_db, fresh_db), True
+    finally:
+        try:
+            asyncio.run(_db_admin(env_db, f'DROP DATABASE IF EXISTS "{fresh_db}"'))
+        except Exception as exc:  # noqa: BLE001 - leave it and say so
+            print(f"note: could not drop the bench database {fresh_db}: {exc}", file=sys.stderr)
+
+
+def _infra_roots(stack, roots: dict[str, int]) -> dict[str, int]:
+    """`roots` plus the stack's private Postgres and NATS servers (an external one is not measured)."""
+    roots = dict(roots)
+    if stack.postgres is not None:
+        pidfile = stack.postgres.directory / "data" / "postmaster.pid"
+        roots["postgres"] = int(pidfile.read_text().split()[0])
+    if stack.nats is not None and stack.nats.proc is not None:
+        roots["nats"] = stack.nats.proc.pid
+    return roots
+
+
+def _token_runs(loadgen: LoadGen, stack, roots: dict[str, int], metrics_urls: dict[str, str],
+                clients: dict[str, tuple[str, str]], args) -> dict:
+    """client_credentials through the stack's edge for each bench client (JWT, then opaque): one token
+    checked by hand, then measured_run with every root's CPU and the services' /metrics around it."""
+    url = stack.edge_url + TOKEN_PATH
+    out = {}
+    for fmt, (client_id, secret) in clients.items():
+        basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+        headers = {**CONTENT_TYPE, "Authorization": f"Basic {basic}"}
+        status, body = _post(url, headers)
+        if status != 200:
+            raise RuntimeError(f"{fmt} client: the edge answered {status}: {body[:300]}")
+        token = json.loads(body)["access_token"]
+        looks_jwt = token.count(".") == 2
+        if looks_jwt != (fmt == "jwt"):
+            raise RuntimeError(f"{fmt} client got a token that does not look {fmt}: {token[:40]}...")
+        offsets = _log_offsets(stack)
+        result = measured_run(loadgen, url, headers, roots, connections=args.connections,
+                              seconds=args.seconds, warmup=args.warmup, metrics_urls=metrics_urls)
+        result["token_chars"] = len(token)
+        result["service_logs"] = _log_findings(stack, offsets)
+        dead = {n: sp.proc.returncode for n, sp in stack.services.items() if sp.proc.poll() is not None}
+        if dead:
+            result["dead_services"] = dead
+        out[fmt] = result
+    return out
+
+
 def bench_edge(loadgen: LoadGen, args) -> dict:
     from inboundlib.devstack import SERVICES, Stack
 
     state = Path(tempfile.mkdtemp(prefix="inbound-bench-stack-"))
-    env_db = os.environ.get("DATABASE_URL", "")
-    fresh_db = None
-    database_url = ""
-    if env_db:  # never write into the caller's database: a fresh one beside it, dropped afterwards
-        fresh_db = "inbound_bench_" + secrets.token_hex(6)
-        asyncio.run(_db_admin(env_db, f'CREATE DATABASE "{fresh_db}"'))
-        database_url = _sibling_db(env_db, fresh_db)
-    stack = Stack(state, fixed_ports=False, echo=False, database_url=database_url,
-                  nats_url=os.environ.get("NATS_URL", ""), extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0"})
-    out: dict = {"postgres": "external (DATABASE_URL; not measured)" if env_db else "private",
-                 "nats": "external (NATS_URL; not measured)" if os.environ.get("NATS_URL") else "private"}
-    metrics_urls = {"edge": stack.edge_url + "/metrics"}
+    out: dict = {"nats": "external (NATS_URL; not measured)" if os.environ.get("NATS_URL") else "private"}
     try:
-        t0 = time.monotonic()
-        stack.start_infra()  # as Stack.start(), but each service also serves /metrics on a port of its own
-        for name in SERVICES:
-            extra = {}
-            if name != "edge":
-                metrics_port = _free_port()
-                extra["INBOUND_METRICS_PORT"] = str(metrics_port)
-                metrics_urls[name] = f"http://127.0.0.1:{metrics_port}/metrics"
-            stack.start_service(name, extra_env=extra)
-        stack.wait_ready()
-        out["startup_s"] = time.monotonic() - t0
-        roots = {name: sp.proc.pid for name, sp in stack.services.items()}  # every service devstack runs
-        if stack.postgres is not None:
-            pidfile = stack.postgres.directory / "data" / "postmaster.pid"
-            roots["postgres"] = int(pidfile.read_text().split()[0])
-        if stack.nats is not None and stack.nats.proc is not None:
-            roots["nats"] = stack.nats.proc.pid
-        clients = asyncio.run(_create_clients(stack.addr("client_registry")))
-        url = stack.edge_url + TOKEN_PATH
-        for fmt, (client_id, secret) in clients.items():
-            basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
-            headers = {**CONTENT_TYPE, "Authorization": f"Basic {basic}"}
-            status, body = _post(url, headers)
-            if status != 200:
-                raise RuntimeError(f"{fmt} client: the edge answered {status}: {body[:300]}")
-            token = json.loads(body)["access_token"]
-            looks_jwt = token.count(".") == 2
-            if looks_jwt != (fmt == "jwt"):
-                raise RuntimeError(f"{fmt} client got a token that does not look {fmt}: {token[:40]}...")
-            offsets = _log_offsets(stack)
-            result = measured_run(loadgen, url, headers, roots, connections=args.connections,
-                                  seconds=args.seconds, warmup=args.warmup, metrics_urls=metrics_urls)
-            result["token_chars"] = len(token)
-            result["service_logs"] = _log_findings(stack, offsets)
-            dead = {n: sp.proc.returncode for n, sp in stack.services.items() if sp.proc.poll() is not None}
-            if dead:
-                result["dead_services"] = dead
-            out[fmt] = result
-        if not args.skip_introspection:
-            print(f"   introspection over gRPC: {args.introspect_tokens:,} tokens of each format, then "
-                  f"{' and '.join(INTROSPECT_MODES)} calls for JWT (verified-JWT cache on"
-                  f"{'' if args.skip_cold_jwt else ', then off on a second token_issuer replica'}) and opaque, "
-                  f"{args.grpc_warmup:.1f}+{args.grpc_seconds:.0f} s each ...", flush=True)
-            out["introspection"] = bench_introspection(stack, roots, metrics_urls, clients, args)
-    finally:
-        stack.stop()
-        if fresh_db:
+        with _bench_database() as (database_url, external_db):
+            out["postgres"] = "external (DATABASE_URL; not measured)" if external_db else "private"
+            stack = Stack(state, fixed_ports=False, echo=False, database_url=database_url,
+                          nats_url=os.environ.get("NATS_URL", ""),
+                          extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0"})
+            metrics_urls = {"edge": stack.edge_url + "/metrics"}
             try:
-                asyncio.run(_db_admin(env_db, f'DROP DATABASE IF EXISTS "{fresh_db}"'))
-            except Exception as exc:  # noqa: BLE001 - leave it and say so
-                print(f"note: could not drop the bench database {fresh_db}: {exc}", file=sys.stderr)
+                t0 = time.monotonic()
+                stack.start_infra()  # as Stack.start(), but each service also serves /metrics on a port of its own
+                for name in SERVICES:
+                    extra = {}
+                    if name != "edge":
+                        metrics_port = _free_port()
+                        extra["INBOUND_METRICS_PORT"] = str(metrics_port)
+                        metrics_urls[name] = f"http://127.0.0.1:{metrics_port}/metrics"
+                    stack.start_service(name, extra_env=extra)
+                stack.wait_ready()
+                out["startup_s"] = time.monotonic() - t0
+                # every service devstack runs, and its private Postgres and NATS
+                roots = _infra_roots(stack, {name: sp.proc.pid for name, sp in stack.services.items()})
+                clients = asyncio.run(_create_clients(stack.addr("client_registry")))
+                out.update(_token_runs(loadgen, stack, roots, metrics_urls, clients, args))
+                if not args.skip_introspection:
+                    print(f"   introspection over gRPC: {args.introspect_tokens:,} tokens of each format, then "
+                          f"{' and '.join(INTROSPECT_MODES)} calls for JWT (verified-JWT cache on"
+                          f"{'' if args.skip_cold_jwt else ', then off on a second token_issuer replica'}) and "
+                          f"opaque, {args.grpc_warmup:.1f}+{args.grpc_seconds:.0f} s each ...", flush=True)
+                    out["introspection"] = bench_introspection(stack, roots, metrics_urls, clients, args)
+            finally:
+                stack.stop()
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+    return out
+
+
+SINGLE_PROCESS = "all_in_one"  # devstack's key (and the module, services.all_in_one) of the single process
+
+
+def bench_single(loadgen: LoadGen, args) -> dict:
+    """The same client_credentials load (JWT, then opaque) through a second stack started in single-process
+    mode: services.all_in_one hosts client_registry, token_issuer, the grant, audit and the edge, which call
+    one another in process. It has a private NATS of its own (never NATS_URL, never the multi-process stack's:
+    audit's durable consumer would split the events between the two) and its own Postgres (a private server,
+    or a fresh database beside DATABASE_URL). Started after the multi-process stack stopped, stopped after."""
+    from inboundlib.devstack import Stack
+
+    state = Path(tempfile.mkdtemp(prefix="inbound-bench-single-"))
+    metrics_port = _free_port()
+    out: dict = {"process": f"services.{SINGLE_PROCESS}", "nats": "a private nats-server of its own"}
+    try:
+        with _bench_database() as (database_url, external_db):
+            out["postgres"] = "a fresh database beside DATABASE_URL; not measured" if external_db \
+                else "a private server of its own"
+            stack = Stack(state, fixed_ports=False, echo=False, database_url=database_url, nats_url="",
+                          single=True, extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0",
+                                                  "INBOUND_METRICS_PORT": str(metrics_port)})
+            try:
+                t0 = time.monotonic()
+                stack.start()
+                out["startup_s"] = time.monotonic() - t0
+                roots = _infra_roots(stack, {SINGLE_PROCESS: stack.services[SINGLE_PROCESS].proc.pid})
+                # the process's one /metrics (the edge's /metrics on the HTTP port is the same registry)
+                metrics_urls = {SINGLE_PROCESS: f"http://127.0.0.1:{metrics_port}/metrics"}
+                clients = asyncio.run(_create_clients(stack.addr("client_registry")))
+                out.update(_token_runs(loadgen, stack, roots, metrics_urls, clients, args))
+            finally:
+                stack.stop()
+    finally:
         shutil.rmtree(state, ignore_errors=True)
     return out
 
@@ -602,8 +673,41 @@ def ratios(results: dict) -> dict:
         edge = run["cpu_us_per_ok"].get("edge")
         bare_cpu = bare["cpu_us_per_ok"].get("bare_app")
         out[f"{fmt}_edge_cpu_over_bare_http_cpu"] = edge / bare_cpu if edge and bare_cpu else None
+    out.update(single_ratios(results))
     out.update(grpc_ratios(results))
     return out
+
+
+def _div(a, b):
+    return a / b if a is not None and b else None
+
+
+def single_ratios(results: dict) -> dict:
+    """Single process (services.all_in_one) against the multi-process stack of the same run, and against raw
+    ES256 signing: rate single / multi, total CPU per token multi / single, CPU per token single / raw sign."""
+    sign_cpu = results["signing"]["cpu_us_per_token"]
+    out = {}
+    for fmt in ("jwt", "opaque"):
+        single = (results.get("single") or {}).get(fmt)
+        if not single:
+            continue
+        multi = results["edge"].get(fmt)
+        process = single["cpu_us_per_ok"].get(SINGLE_PROCESS)
+        total = single["server_cpu_us_per_ok"]
+        out[f"{fmt}_single_total_cpu_over_signing_cpu"] = _div(total, sign_cpu)
+        out[f"{fmt}_single_process_cpu_over_signing_cpu"] = _div(process, sign_cpu)
+        if multi:
+            out[f"{fmt}_single_rate_over_multi_rate"] = _div(single["ok_per_s"], multi["ok_per_s"])
+            out[f"{fmt}_multi_total_cpu_over_single_total_cpu"] = _div(multi["server_cpu_us_per_ok"], total)
+            services = _services_cpu(multi)
+            out[f"{fmt}_multi_services_cpu_over_single_process_cpu"] = _div(services, process)
+    return out
+
+
+def _services_cpu(run: dict):
+    """CPU µs per token of Inbound's own processes (everything measured but Postgres and NATS)."""
+    values = [v for name, v in run["cpu_us_per_ok"].items() if name not in ("postgres", "nats")]
+    return sum(values) if values and None not in values else None
 
 
 def grpc_ratios(results: dict) -> dict:
@@ -671,11 +775,16 @@ def render(results: dict) -> str:
           f"{_ms(run['p99_us']):>9}{_ms(run['p999_us']):>10}{run['non2xx']:>9,}{run['socket_errors']:>8,}")
 
     row("bare HTTP (Starlette+uvicorn, 1 proc)", bare, bare["cpu_us_per_ok"].get("bare_app"))
+    single = results.get("single") or {}
     for fmt, label in (("jwt", "edge client_credentials, JWT (ES256)"), ("opaque", "edge client_credentials, opaque")):
         if fmt in edge:
             row(label, edge[fmt], edge[fmt]["server_cpu_us_per_ok"])
+        if fmt in single:
+            row(SINGLE_ROW_LABEL, single[fmt], single[fmt]["server_cpu_us_per_ok"])
     w("  µs/op: CPU time per operation — signing: this thread; bare HTTP: the server process; "
       "edge rows: all server processes summed")
+    if single:
+        w(f"  single process: the same load at a second stack, every service in services.{SINGLE_PROCESS} (below)")
     w("")
     fmts = [f for f in ("jwt", "opaque") if f in edge]
     names = {name for f in fmts for name in edge[f]["cpu_s"]}
@@ -739,6 +848,7 @@ def render(results: dict) -> str:
         w(f"  {f:<7} edge token rate / raw signing rate     {_f(r[f + '_rate_over_raw_signing'], '{:.2f}'):>8}")
         w(f"  {f:<7} total CPU per token / raw ES256 sign   {_f(r[f + '_total_cpu_over_signing_cpu'], '{:.1f}'):>8}x")
         w(f"  {f:<7} edge CPU per token / bare HTTP per req {_f(r[f + '_edge_cpu_over_bare_http_cpu'], '{:.1f}'):>8}x")
+    lines.extend(render_single(results))
     lines.extend(render_grpc(results))
     if results["warnings"]:
         w("")
@@ -747,6 +857,93 @@ def render(results: dict) -> str:
     w("")
     w(f"results: {meta['out']}")
     return "\n".join(lines)
+
+
+SINGLE_ROW_LABEL = "  same, single process (all_in_one)"
+SINGLE_RATIOS = (("single_rate_over_multi_rate", "token rate, single process / multi-process", ""),
+                 ("multi_total_cpu_over_single_total_cpu", "total CPU per token, multi-process / single", "x"),
+                 ("multi_services_cpu_over_single_process_cpu",
+                  "Inbound processes' CPU per token, multi / single", "x"),
+                 ("single_total_cpu_over_signing_cpu", "single: total CPU per token / raw ES256 sign", "x"),
+                 ("single_process_cpu_over_signing_cpu", "single: all_in_one CPU per token / raw ES256 sign", "x"))
+
+
+def render_single(results: dict) -> list[str]:
+    """client_credentials in single-process mode (services.all_in_one) beside the multi-process stack."""
+    single, edge, r, meta = results.get("single") or {}, results["edge"], results["ratios"], results["meta"]
+    fmts = [f for f in ("jwt", "opaque") if f in single]
+    if not fmts:
+        return []
+    lines: list[str] = []
+    w = lines.append
+    tags = {"jwt": "JWT", "opaque": "opq"}
+    cols = [(f, mode) for f in fmts for mode in ("multi", "single")]
+
+    def run_of(f: str, mode: str):
+        return (edge if mode == "multi" else single).get(f)
+
+    def cells(value_of, fmt: str, none: str = "—") -> str:
+        out = []
+        for f, mode in cols:
+            run = run_of(f, mode)
+            out.append(_f(value_of(run, mode) if run else None, fmt, none=none))
+        return "".join(f"{c:>12}" for c in out)
+
+    w("")
+    w(f"client_credentials, multi-process (one process per service, gRPC between them) against single process "
+      f"(services.{SINGLE_PROCESS}:")
+    w(f"registry, issuer, grant, audit and edge in one process, calling one another in process); the same wrk load, "
+      f"{meta['connections']} connections, {meta['warmup']:.0f}+{meta['seconds']:.0f} s.")
+    w(f"The single process ran after the multi-process stack stopped. Its Postgres: {single.get('postgres', '?')}; "
+      f"its NATS: {single.get('nats', '?')}.")
+    head = f"{'multi-process / single process':<40}" + "".join(f"{tags[f] + ' ' + mode:>12}" for f, mode in cols)
+    w(head)
+    w("-" * len(head))
+    w(f"{'tokens/s':<40}" + cells(lambda run, _: run["ok_per_s"], "{:,.0f}"))
+    w(f"{'p50 ms':<40}" + cells(lambda run, _: run["p50_us"] / 1000, "{:.2f}"))
+    w(f"{'p99 ms':<40}" + cells(lambda run, _: run["p99_us"] / 1000, "{:.2f}"))
+    w("CPU µs per token (from /proc)")
+    counts = sorted({len([n for n in edge[f]["cpu_s"] if n not in ("postgres", "nats")]) for f in fmts if f in edge})
+    w(f"{'  Inbound processes (multi ' + '/'.join(map(str, counts or ['—'])) + ', single 1)':<40}" + cells(lambda run, _: _services_cpu(run), "{:.1f}"))
+    w(f"{'    of which all_in_one':<40}"
+      + cells(lambda run, mode: run["cpu_us_per_ok"].get(SINGLE_PROCESS) if mode == "single" else None, "{:.1f}",
+              none=""))
+    for name in ("postgres", "nats"):
+        w(f"{'  ' + name:<40}" + cells(lambda run, _, name=name: run["cpu_us_per_ok"].get(name), "{:.1f}",
+                                none="external"))
+    w(f"{'  TOTAL server side':<40}" + cells(lambda run, _: run["server_cpu_us_per_ok"], "{:.1f}"))
+    w(f"{'    (raw ES256 sign, for scale)':<40}" + cells(lambda *_: results["signing"]["cpu_us_per_token"], "{:.1f}"))
+    w(f"{'  load generator (' + meta['loadgen'] + ')':<40}" + cells(lambda run, _: run["loadgen_cpu_us_per_ok"],
+                                                                  "{:.1f}"))
+    w(f"{'all_in_one CPU use, cores (of ' + str(meta['cores']) + ')':<40}"
+      + cells(lambda run, mode: run["cpu_s"][SINGLE_PROCESS] / run["window_s"] if mode == "single" else None,
+              "{:.2f}", none=""))
+    w(f"{'machine busy, cores':<40}" + cells(lambda run, _: run["machine"]["busy_cores"], "{:.2f}"))
+    w(f"{'  of which other processes, cores':<40}" + cells(lambda run, _: run["machine"]["other_cores"], "{:.2f}"))
+    w(f"{'  steal, cores':<40}" + cells(lambda run, _: run["machine"]["steal_cores"], "{:.2f}"))
+    calls = sorted({c for f in fmts for c in single[f].get("batches", {})})
+    if calls:
+        head = f"{'single process: batched calls (/metrics)':<48}" + "".join(f"{f + ' items/batch':>20}" for f in fmts)
+        w(head)
+        for call in calls:
+            row = []
+            for f in fmts:
+                b = single[f].get("batches", {}).get(call)
+                row.append(f"{b['mean_batch']:.1f} ({b['calls_per_token']:.2f}/tok)" if b else "—")
+            w(f"{call:<48}" + "".join(f"{c:>20}" for c in row))
+    else:
+        w("  single process: no batched calls in the window (inbound_batch_size on its /metrics did not move: "
+          "no Coalescer on the in-process path)")
+    rpcs = {f: sum(v["calls"] for v in single[f].get("rpcs_served", {}).values()) for f in fmts}
+    w("  gRPC calls the single process served in the window: "
+      + ", ".join(f"{f} {rpcs[f]:,.0f}" for f in fmts) + " (0 expected: the token path is in process)")
+    w("")
+    w("Ratios (same run), single process")
+    w("-" * 72)
+    for f in fmts:
+        for key, text, suffix in SINGLE_RATIOS:
+            w(f"  {f:<7} {text:<52}{_f(r.get(f'{f}_{key}'), '{:.2f}'):>8}{suffix}")
+    return lines
 
 
 STACK_SERVICES = ("edge", "client_credentials", "audit")  # idle during introspection: summed in one row
@@ -903,8 +1100,15 @@ def render_grpc(results: dict) -> list[str]:
 
 def collect_warnings(results: dict) -> list[str]:
     warnings = []
+    single = results.get("single") or {}
     runs = [("bare HTTP", results["bare_http"])] + \
-        [(f"edge {f}", results["edge"][f]) for f in ("jwt", "opaque") if f in results["edge"]]
+        [(f"edge {f}", results["edge"][f]) for f in ("jwt", "opaque") if f in results["edge"]] + \
+        [(f"single process {f}", single[f]) for f in ("jwt", "opaque") if f in single]
+    for f in ("jwt", "opaque"):
+        served = sum(v["calls"] for v in (single.get(f) or {}).get("rpcs_served", {}).values())
+        if served:
+            warnings.append(f"single process {f}: {SINGLE_PROCESS} served {served:,.0f} gRPC calls during the run "
+                            f"(the token path should be in process, with no gRPC)")
     intro = results.get("introspection") or {}
     grpc_runs = ([("bare gRPC echo", results["grpc_echo"])] if results.get("grpc_echo") else []) + \
         [(intro[k][m].get("label") or f"introspect {k} {m}", intro[k][m]) for k in INTROSPECT_KINDS
@@ -986,6 +1190,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-install", action="store_true", help="do not apt-get install wrk when it is missing")
     parser.add_argument("--skip-edge", action="store_true", help="only the machine's limits (no stack)")
     parser.add_argument("--skip-introspection", action="store_true", help="no gRPC introspection runs")
+    parser.add_argument("--skip-single", action="store_true",
+                        help="no client_credentials runs through the single-process stack (services.all_in_one)")
     parser.add_argument("--skip-cold-jwt", action="store_true",
                         help="no JWT introspection runs at a second token_issuer with its verified-JWT cache off")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -995,19 +1201,26 @@ def main(argv: list[str] | None = None) -> None:
     loadgen = LoadGen.create(install=not args.no_install, prefer_python=args.python_loadgen)
     print(f"load generator: {loadgen.note}; gRPC: {GRPC_LOADGEN_NOTE}", flush=True)
     idle = idle_check()
-    print(f"1/4 raw ES256 signing and verification for {args.sign_seconds * 1.5:.0f} s ...", flush=True)
+    steps = 4 if args.skip_edge or args.skip_single else 5
+    print(f"1/{steps} raw ES256 signing and verification for {args.sign_seconds * 1.5:.0f} s ...", flush=True)
     sign = signing.measure(args.sign_seconds)
     verify = signing.measure_verify(args.sign_seconds / 2)
-    print(f"2/4 bare HTTP endpoint, {args.warmup:.0f}+{args.seconds:.0f} s ...", flush=True)
+    print(f"2/{steps} bare HTTP endpoint, {args.warmup:.0f}+{args.seconds:.0f} s ...", flush=True)
     bare = bench_bare(loadgen, args)
-    print(f"3/4 bare gRPC echo, {args.grpc_concurrency} in flight, {args.grpc_warmup:.1f}+{args.grpc_seconds:.0f} s "
+    print(f"3/{steps} bare gRPC echo, {args.grpc_concurrency} in flight, {args.grpc_warmup:.1f}+{args.grpc_seconds:.0f} s "
           f"...", flush=True)
     echo = bench_grpc_echo(args)
     edge: dict = {}
     if not args.skip_edge:
-        print(f"4/4 the real stack: client_credentials JWT and opaque, {args.warmup:.0f}+{args.seconds:.0f} s "
+        print(f"4/{steps} the real stack: client_credentials JWT and opaque, {args.warmup:.0f}+{args.seconds:.0f} s "
               f"each ...", flush=True)
         edge = bench_edge(loadgen, args)
+    single: dict = {}
+    if not args.skip_edge and not args.skip_single:
+        print(f"5/{steps} client_credentials JWT and opaque again, every service in one process "
+              f"(services.{SINGLE_PROCESS}, its own Postgres and NATS), {args.warmup:.0f}+{args.seconds:.0f} s each "
+              f"...", flush=True)
+        single = bench_single(loadgen, args)
     results = {
         "meta": {
             "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -1024,6 +1237,7 @@ def main(argv: list[str] | None = None) -> None:
         "grpc_echo": echo,
         "introspection": edge.pop("introspection", {}),
         "edge": edge,
+        "single": single,
     }
     results["ratios"] = ratios(results) if edge else {}
     results["warnings"] = collect_warnings(results)

@@ -54,6 +54,35 @@ def test_short_run_figures_parse_and_render(tmp_path):
     text = run.render(results)
     assert "TOTAL server side" in text and "bare HTTP rate" in text
     assert results["ratios"]["jwt_rate_over_bare_http"] == 1.0
+    assert "single process" not in text  # no single-process runs (--skip-single): no such rows
+
+    # the same load through the single-process stack: its one process is services.all_in_one
+    single = as_single_process(bare)
+    results["single"] = {"jwt": single, "postgres": "private", "nats": "private (its own nats-server)"}
+    results["ratios"] = run.ratios(results)
+    results["warnings"] = run.collect_warnings(results)
+    assert not [w for w in results["warnings"] if "single process" in w], results["warnings"]
+    text = run.render(results)
+    assert run.SINGLE_ROW_LABEL in text and "JWT single" in text and "no batched calls" in text
+    for _, label, _ in run.SINGLE_RATIOS:
+        assert label in text
+    ratios = results["ratios"]
+    assert ratios["jwt_single_rate_over_multi_rate"] == 1.0
+    assert ratios["jwt_multi_total_cpu_over_single_total_cpu"] == 1.0
+    assert ratios["jwt_single_total_cpu_over_signing_cpu"] > 0
+    assert ratios["jwt_single_process_cpu_over_signing_cpu"] > 0
+    assert "opaque_single_rate_over_multi_rate" not in ratios
+    json.dumps(results)
+
+    single["rpcs_served"] = {"all_in_one: /inbound.issuer.v1.TokenIssuer/Issue": {"calls": 7, "mean_handler_us": 1}}
+    assert any("served 7 gRPC calls" in w for w in run.collect_warnings(results))
+
+
+def as_single_process(run_result: dict) -> dict:
+    """A run result as if its one server process were services.all_in_one."""
+    (cpu_s,), (per_ok,) = run_result["cpu_s"].values(), run_result["cpu_us_per_ok"].values()
+    return {**run_result, "cpu_s": {run.SINGLE_PROCESS: cpu_s}, "cpu_us_per_ok": {run.SINGLE_PROCESS: per_ok},
+            "batches": {}, "rpcs_served": {}}
 
 
 def test_raw_verify_figure():
