@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 from inboundlib import db, metrics, service
+from inboundlib.batching import Coalescer
 from inboundlib.config import Env
 from inboundlib.events import EventBus
 from inboundlib.grants.runner import GrantRunner
@@ -37,6 +38,28 @@ from services.token_issuer.revocations import RevocationSet, RevocationSync
 
 log = logging.getLogger("all_in_one")
 SERVICES = Path(__file__).resolve().parents[1]
+HOT_TIMEOUT = 3.0
+
+
+class BatchedTokenStore:
+    """The registry, with opaque-token writes and lookups coalesced into one
+    statement per batch, as RegistryClient does across the network."""
+
+    def __init__(self, registry: Registry):
+        self._registry = registry
+        self._store = Coalescer("local.StoreOpaqueTokens", lambda items, _: registry.store_opaque_tokens(items),
+                                max_batch=64)
+        self._lookup = Coalescer("local.GetOpaqueTokens", lambda items, _: registry.get_opaque_tokens(items),
+                                 max_batch=64)
+
+    def __getattr__(self, name):
+        return getattr(self._registry, name)
+
+    async def store_opaque_tokens(self, tokens):
+        return list(await asyncio.gather(*(self._store.submit(t, HOT_TIMEOUT) for t in tokens)))
+
+    async def get_opaque_tokens(self, token_hashes):
+        return list(await asyncio.gather(*(self._lookup.submit(h, HOT_TIMEOUT) for h in token_hashes)))
 
 
 class LocalTokens:
@@ -86,7 +109,8 @@ async def main(stop: asyncio.Event) -> None:
     await events.start()
 
     registry = Registry(pool, events)
-    issuer = TokenIssuer(registry, KeyEncryptor(kek), issuer=issuer_url, default_audience=audience, alg=alg,
+    token_store = BatchedTokenStore(registry)
+    issuer = TokenIssuer(token_store, KeyEncryptor(kek), issuer=issuer_url, default_audience=audience, alg=alg,
                          activation_delay=delay, events=events)
     await service.retry_until_ready("postgres", issuer.start, stop)
     clients = ClientCache(registry, ttl=cache_ttl)
@@ -95,7 +119,7 @@ async def main(stop: asyncio.Event) -> None:
     sync = RevocationSync(revocations, registry, events)
     await sync.start()
     checker = TokenChecker(issuer=issuer_url, keyring=lambda: issuer.keyring, revocations=revocations,
-                           clients=clients, registry=registry, events=events)
+                           clients=clients, registry=token_store, events=events)
     grant = GrantRunner(ClientCredentialsGrant(clients, issuer), events)
     audit_log = AuditLog(pool)
 

@@ -62,6 +62,19 @@ async def test_one_process_serves_the_whole_token_lifecycle(single):
             await asyncio.sleep(0.05)
     await channel.close()
 
+    # Opaque tokens (stored through the batched in-process registry), issued concurrently.
+    channel = grpcx.channel(single.addr("client_registry"))
+    opaque, opaque_secret = await RegistryClient(channel).create_client(ClientSpec(name="single-opaque",
+                                                                                  token_format="opaque"))
+    await channel.close()
+    async with httpx.AsyncClient(base_url=single.edge_url, limits=httpx.Limits(max_connections=32)) as http:
+        replies = await asyncio.gather(*(http.post("/oauth/token", data={"grant_type": "client_credentials"},
+                                                   auth=(opaque.client_id, opaque_secret)) for _ in range(40)))
+        assert [r.status_code for r in replies] == [200] * 40
+        opaque_token = replies[0].json()["access_token"]
+        info = await http.post("/oauth/introspect", data={"token": opaque_token}, auth=(rs.client_id, rs_secret))
+        assert info.json()["active"] is True and info.json()["client_id"] == opaque.client_id
+
     # gRPC, as the separate services serve it: internal introspection, keys.
     issuer_channel = grpcx.channel(single.addr("token_issuer"))
     assert not (await IssuerClient(issuer_channel).introspect(token)).active
