@@ -25,16 +25,13 @@ from services.audit.consumer import Consumer
 from services.audit.log import AuditLog
 from services.client_credentials.grant import ClientCredentialsGrant
 from services.client_registry import server as registry_server
-from services.client_registry.cache import ClientCache
 from services.client_registry.registry import Registry
 from services.edge.app import EdgeConfig, create_app
 from services.edge.server import serve
 from services.token_issuer import server as issuer_server
 from services.token_issuer.api import TokenInfo
+from services.token_issuer.assembly import IssuerSettings, start_token_service
 from services.token_issuer.introspection import TokenChecker
-from services.token_issuer.issuer import TokenIssuer
-from services.token_issuer.keys import ALGORITHMS, KeyEncryptor
-from services.token_issuer.revocations import RevocationSet, RevocationSync
 
 log = logging.getLogger("all_in_one")
 SERVICES = Path(__file__).resolve().parents[1]
@@ -81,18 +78,13 @@ async def main(stop: asyncio.Event) -> None:
     env = Env()
     dsn = env.str("DATABASE_URL")
     nats_url = env.str("NATS_URL", "nats://127.0.0.1:4222")
-    issuer_url = env.url("INBOUND_ISSUER", "http://127.0.0.1:8080")
-    kek = env.key32("INBOUND_KEY_ENCRYPTION_KEY")
-    alg = env.choice("INBOUND_SIGNING_ALG", "ES256", ALGORITHMS)
-    delay = env.int("INBOUND_KEY_ACTIVATION_DELAY", 3600, minimum=0)
-    audience = env.str("INBOUND_ACCESS_TOKEN_AUDIENCE", issuer_url.rstrip("/") + "/api")
+    settings = IssuerSettings.from_env(env)
     host = env.str("INBOUND_BIND_HOST", "0.0.0.0")
     http_port = env.int("INBOUND_HTTP_PORT", 8080, minimum=0, maximum=65535)
     grpc_ports = [env.int(name, default, minimum=1, maximum=65535) for name, default in (
         ("INBOUND_REGISTRY_PORT", 50051), ("INBOUND_ISSUER_PORT", 50052), ("INBOUND_AUDIT_PORT", 50070))]
     metrics_port = env.int("INBOUND_METRICS_PORT", 0, minimum=0, maximum=65535)
     pool_size = env.int("INBOUND_DB_POOL_SIZE", 10, minimum=2, maximum=200)
-    cache_ttl = env.float("INBOUND_CLIENT_CACHE_TTL", 60.0)
     purge_seconds = env.int("INBOUND_PURGE_INTERVAL", 600, minimum=1)
 
     pool = None
@@ -110,17 +102,9 @@ async def main(stop: asyncio.Event) -> None:
 
     registry = Registry(pool, events)
     token_store = BatchedTokenStore(registry)
-    issuer = TokenIssuer(token_store, KeyEncryptor(kek), issuer=issuer_url, default_audience=audience, alg=alg,
-                         activation_delay=delay, events=events)
-    await service.retry_until_ready("postgres", issuer.start, stop)
-    clients = ClientCache(registry, ttl=cache_ttl)
-    await clients.attach(events)
-    revocations = RevocationSet()
-    sync = RevocationSync(revocations, registry, events)
-    await sync.start()
-    checker = TokenChecker(issuer=issuer_url, keyring=lambda: issuer.keyring, revocations=revocations,
-                           clients=clients, registry=token_store, events=events)
-    grant = GrantRunner(ClientCredentialsGrant(clients, issuer), events)
+    tokens = await start_token_service(settings, token_store, events, stop)
+    issuer, checker = tokens.issuer, tokens.checker
+    grant = GrantRunner(ClientCredentialsGrant(tokens.clients, issuer), events)
     audit_log = AuditLog(pool)
 
     grpc_server = GrpcServer(host, grpc_ports[0], [registry_server.SERVICE_NAME, issuer_server.SERVICE_NAME,
@@ -136,7 +120,7 @@ async def main(stop: asyncio.Event) -> None:
     consumer = asyncio.create_task(Consumer(nats_url, audit_log).run(stop), name="audit-consumer")
     janitor = asyncio.create_task(registry.purge_periodically(purge_seconds))
 
-    app = create_app(EdgeConfig(issuer=issuer_url, grants={grant.grant_type: grant}, jwks=issuer.jwks,
+    app = create_app(EdgeConfig(issuer=settings.issuer_url, grants={grant.grant_type: grant}, jwks=issuer.jwks,
                                 tokens=LocalTokens(checker), events=events))
     await serve(app, host, http_port, stop)
 
@@ -146,7 +130,7 @@ async def main(stop: asyncio.Event) -> None:
         await asyncio.wait_for(consumer, 15)
     except Exception:
         log.exception("audit consumer did not stop cleanly")
-    await sync.stop()
+    await tokens.stop()
     await events.close()
     await pool.close()
 

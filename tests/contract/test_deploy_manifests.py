@@ -352,12 +352,15 @@ def test_env_wiring(docs):
 
 @functools.cache
 def _env_read(module: str) -> dict[str, bool]:
-    """Env variables services/<module>/__main__.py (plus services/grant_process.py when it
-    uses it) reads through inboundlib.config.Env: name -> required (no default)."""
+    """Env variables services/<module>/__main__.py (plus services/grant_process.py and
+    services/token_issuer/assembly.py when it uses them) reads through
+    inboundlib.config.Env: name -> required (no default)."""
     files = [REPO / "services" / module / "__main__.py"]
     source = files[0].read_text()
     if "grant_process" in source:
         files.append(REPO / "services" / "grant_process.py")
+    if "token_issuer.assembly" in source:
+        files.append(REPO / "services" / "token_issuer" / "assembly.py")
     found: dict[str, bool] = {}
     for path in files:
         for node in ast.walk(ast.parse(path.read_text())):

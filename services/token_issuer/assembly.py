@@ -1,0 +1,92 @@
+"""token_issuer's settings and start-up, shared by its own process and by the
+single process that hosts every service (services/all_in_one), so the two
+cannot drift apart."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from inboundlib import service
+from inboundlib.config import Env
+from inboundlib.events import EventBus
+from services.client_registry.api import ClientRegistryApi
+from services.client_registry.cache import ClientCache
+from services.token_issuer.introspection import VERIFIED_CACHE_ENTRIES, TokenChecker
+from services.token_issuer.issuer import TokenIssuer
+from services.token_issuer.keys import ALGORITHMS, KeyEncryptor
+from services.token_issuer.revocations import RevocationSet, RevocationSync
+
+
+@dataclass(frozen=True)
+class IssuerSettings:
+    issuer_url: str
+    key_encryption_key: bytes
+    alg: str
+    activation_delay: int
+    audience: str
+    client_cache_ttl: float
+    revocation_resync: float
+    verified_jwt_cache: int
+
+    @classmethod
+    def from_env(cls, env: Env) -> IssuerSettings:
+        issuer_url = env.url("INBOUND_ISSUER", "http://127.0.0.1:8080")
+        return cls(
+            issuer_url=issuer_url,
+            key_encryption_key=env.key32("INBOUND_KEY_ENCRYPTION_KEY"),
+            alg=env.choice("INBOUND_SIGNING_ALG", "ES256", ALGORITHMS),
+            # Long enough for resource servers' JWKS caches to refresh before a new key signs.
+            activation_delay=env.int("INBOUND_KEY_ACTIVATION_DELAY", 3600, minimum=0),
+            audience=env.str("INBOUND_ACCESS_TOKEN_AUDIENCE", issuer_url.rstrip("/") + "/api"),
+            client_cache_ttl=env.float("INBOUND_CLIENT_CACHE_TTL", 60.0),
+            revocation_resync=env.float("INBOUND_REVOCATION_RESYNC_SECONDS", 5.0, minimum=0.1),
+            # JWTs remembered as verified (0: verify every time).
+            verified_jwt_cache=env.int("INBOUND_VERIFIED_JWT_CACHE", VERIFIED_CACHE_ENTRIES, minimum=0,
+                                       maximum=10_000_000),
+        )
+
+
+KEY_RELOAD_SECONDS = 60
+
+
+@dataclass
+class TokenService:
+    issuer: TokenIssuer
+    checker: TokenChecker
+    clients: ClientCache
+    sync: RevocationSync
+    reloader: asyncio.Task
+
+    async def stop(self) -> None:
+        self.reloader.cancel()
+        await self.sync.stop()
+
+
+async def _reload_keys_periodically(issuer: TokenIssuer) -> None:
+    """A backstop for a missed keys-rotated event."""
+    while True:
+        await asyncio.sleep(KEY_RELOAD_SECONDS)
+        try:
+            await issuer.reload_keys()
+        except Exception:
+            pass  # the registry is away for now; the next round tries again
+
+
+async def start_token_service(settings: IssuerSettings, registry: ClientRegistryApi, events: EventBus,
+                              stop: asyncio.Event) -> TokenService:
+    """Keys loaded (the first replica ever creates one), client cache attached, and
+    every revocation made so far known: a late replica must honour them before it serves."""
+    issuer = TokenIssuer(registry, KeyEncryptor(settings.key_encryption_key), issuer=settings.issuer_url,
+                         default_audience=settings.audience, alg=settings.alg,
+                         activation_delay=settings.activation_delay, events=events)
+    await service.retry_until_ready("registry", issuer.start, stop)
+    clients = ClientCache(registry, ttl=settings.client_cache_ttl)
+    await clients.attach(events)
+    revocations = RevocationSet()
+    sync = RevocationSync(revocations, registry, events, resync_seconds=settings.revocation_resync)
+    await service.retry_until_ready("registry", sync.start, stop)
+    checker = TokenChecker(issuer=settings.issuer_url, keyring=lambda: issuer.keyring, revocations=revocations,
+                           clients=clients, registry=registry, events=events,
+                           verified_cache_entries=settings.verified_jwt_cache)
+    return TokenService(issuer=issuer, checker=checker, clients=clients, sync=sync,
+                        reloader=asyncio.create_task(_reload_keys_periodically(issuer)))
