@@ -10,6 +10,11 @@ from typing import Protocol
 
 DEFAULT_ACCESS_TOKEN_LIFETIME = 1800
 DEFAULT_REFRESH_TOKEN_LIFETIME = 8_640_000
+# Access tokens are bearer credentials: a day at most (and retired signing keys
+# stay in the JWKS that long after their last token).
+MAX_ACCESS_TOKEN_LIFETIME = 24 * 3600
+# Refresh tokens at most, and so how long a client-wide cut-off must be kept.
+MAX_LIFETIME = 10 * 365 * 24 * 3600
 TOKEN_FORMATS = ("jwt", "opaque")
 
 GRANT_AUTHORIZATION_CODE = "authorization_code"
@@ -129,6 +134,13 @@ class RevocationRecord:
     revoked_before: int = 0
     revoked_by: str = ""
     id: int = 0
+
+
+def client_cut_off(client_id: str, now: int, revoked_by: str) -> RevocationRecord:
+    """Every token of the client issued until `now` is revoked (disabling a client,
+    `inboundctl client revoke-tokens`); kept as long as any such token can live."""
+    return RevocationRecord(kind=REVOKE_CLIENT, value=client_id, client_id=client_id, revoked_before=now,
+                            expires_at=now + MAX_LIFETIME, revoked_by=revoked_by)
 
 
 class ClientRegistryApi(Protocol):

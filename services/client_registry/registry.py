@@ -28,6 +28,8 @@ from services.client_registry.api import (
     GRANT_IMPLICIT,
     GRANT_REFRESH_TOKEN,
     KNOWN_GRANT_TYPES,
+    MAX_ACCESS_TOKEN_LIFETIME,
+    MAX_LIFETIME,
     TOKEN_FORMATS,
     ClientRecord,
     ClientSpec,
@@ -37,15 +39,12 @@ from services.client_registry.api import (
     OpaqueTokenRecord,
     RevocationRecord,
     SigningKeyRecord,
+    client_cut_off,
 )
 from services.client_registry.wire import revocation_event
 
 log = logging.getLogger(__name__)
 
-MAX_LIFETIME = 10 * 365 * 24 * 3600
-# Access tokens are bearer credentials: a day at most (and retired signing keys
-# stay in the JWKS this long after their last token).
-MAX_ACCESS_TOKEN_LIFETIME = 24 * 3600
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _LOOPBACK = ("localhost", "127.0.0.1", "::1")
 
@@ -260,10 +259,7 @@ class Registry:
             if current.active and not values["active"]:
                 # Disabling revokes what the client holds: enabling it again (after a
                 # secret rotation, say) must not bring stolen tokens back.
-                now = int(time.time())
-                cut_off = RevocationRecord(kind="client", value=client_id, client_id=client_id,
-                                           revoked_before=now, expires_at=now + MAX_LIFETIME,
-                                           revoked_by="operator: client disabled")
+                cut_off = client_cut_off(client_id, int(time.time()), "operator: client disabled")
                 cut_off = RevocationRecord(**{**cut_off.__dict__, "id": await _insert_revocation(conn, cut_off)})
         log.info("client updated", extra={"client_id": client_id})
         self._changed(client_id, "updated")

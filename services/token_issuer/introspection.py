@@ -29,12 +29,12 @@ from inboundlib.events import REVOKED_TOKEN_INTROSPECTED, TOKEN_REVOKED, EventBu
 from inboundlib.oauth.client_auth import ClientCredentials, authenticate_client
 from inboundlib.oauth.errors import UnauthorizedClient
 from services.client_registry.api import (
-    REVOKE_CLIENT,
     REVOKE_GRANT,
     REVOKE_JTI,
     ClientRegistryApi,
     OpaqueTokenRecord,
     RevocationRecord,
+    client_cut_off,
 )
 from services.client_registry.cache import ClientSource
 from services.client_registry.wire import revocation_event
@@ -48,9 +48,6 @@ log = logging.getLogger(__name__)
 INTROSPECT_SCOPE = "inbound.introspect"
 ACCESS_TOKEN = "access_token"
 REFRESH_TOKEN = "refresh_token"
-TOKEN_TYPE_HINTS = (ACCESS_TOKEN, REFRESH_TOKEN)
-# A revoked client keeps its cut-off this long: longer than any token it holds can live.
-CLIENT_REVOCATION_SECONDS = 10 * 365 * 24 * 3600
 # Our JWTs are under 1 KiB and opaque tokens under 50 bytes.
 MAX_TOKEN_LENGTH = 4096
 VERIFIED_CACHE_ENTRIES = 50_000
@@ -246,9 +243,7 @@ class TokenChecker:
 
     async def revoke_client_tokens(self, client_id: str, revoked_by: str = "operator") -> int:
         now = int(time.time())
-        await self._store(RevocationRecord(kind=REVOKE_CLIENT, value=client_id, client_id=client_id,
-                                           revoked_before=now, expires_at=now + CLIENT_REVOCATION_SECONDS,
-                                           revoked_by=revoked_by))
+        await self._store(client_cut_off(client_id, now, revoked_by))
         return now
 
     async def _store(self, record: RevocationRecord) -> None:

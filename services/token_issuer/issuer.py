@@ -20,15 +20,12 @@ from inbound.events.v1 import events_pb2
 from inboundlib.config import ConfigError
 from inboundlib.events import KEYS_ROTATED, TOKEN_ISSUED, EventBus
 from inboundlib.oauth.errors import InvalidRequest, ServerError, TemporarilyUnavailable
-from services.client_registry.api import ClientRegistryApi, OpaqueTokenRecord
+from services.client_registry.api import MAX_ACCESS_TOKEN_LIFETIME, MAX_LIFETIME, ClientRegistryApi, OpaqueTokenRecord
 from services.token_issuer.api import FORMAT_JWT, FORMAT_OPAQUE, IssuedToken, IssueRequest, KeyInfo
 from services.token_issuer.keys import ALGORITHMS, KeyEncryptor, KeyRing, new_key_record, open_key_record
 
 log = logging.getLogger(__name__)
 
-MAX_LIFETIME = 10 * 365 * 24 * 3600
-# Access tokens live a day at most; retired keys stay published that long.
-MAX_ACCESS_TOKEN_LIFETIME = 24 * 3600
 OPAQUE_PREFIX = "ibo_"
 REFRESH_PREFIX = "ibr_"
 
