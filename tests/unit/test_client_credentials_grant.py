@@ -2,8 +2,6 @@
 The same paths run end to end in tests/integration/test_client_credentials.py."""
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from inboundlib.grants.api import TokenRequest
@@ -17,35 +15,14 @@ from inboundlib.oauth.client_auth import (
 from inboundlib.oauth.errors import InvalidClient, InvalidScope, UnauthorizedClient
 from services.client_credentials.grant import ClientCredentialsGrant
 from services.client_registry.api import ClientRecord
-from services.token_issuer.api import IssuedToken, IssueRequest
+from tests.fakes import FakeClients, FakeIssuer, client_record
 
 SECRET = "s3cret-s3cret-s3cret-s3cret-s3cret-s3cret-s3"
 
 
 def record(**overrides) -> ClientRecord:
-    base = ClientRecord(
-        client_id="app", name="app", secret_hash=hash_client_secret(SECRET), public=False,
-        grant_types=("client_credentials",), scopes=("read", "write"), redirect_uris=(),
-        access_token_lifetime=900, refresh_token_lifetime=86400, token_format="opaque", pkce_required=False,
-        active=True, logo_url="", comments="", created_at=1, updated_at=1)
-    return dataclasses.replace(base, **overrides)
-
-
-class FakeClients:
-    def __init__(self, *clients: ClientRecord):
-        self.clients = {c.client_id: c for c in clients}
-
-    async def get_client(self, client_id: str):
-        return self.clients.get(client_id)
-
-
-class FakeIssuer:
-    def __init__(self):
-        self.requests: list[IssueRequest] = []
-
-    async def issue(self, request: IssueRequest) -> IssuedToken:
-        self.requests.append(request)
-        return IssuedToken(access_token="tok", expires_in=request.lifetime_seconds, jti="j", issued_at=0)
+    return client_record(**{"secret_hash": hash_client_secret(SECRET), "scopes": ("read", "write"),
+                            "token_format": "opaque", **overrides})
 
 
 def request(method=CLIENT_SECRET_BASIC, client_id="app", secret=SECRET, **params) -> TokenRequest:
@@ -57,7 +34,7 @@ async def test_issues_with_the_clients_settings():
     issuer = FakeIssuer()
     grant = ClientCredentialsGrant(FakeClients(record()), issuer)
     response = await grant.handle(request(CLIENT_SECRET_POST, scope="read"))
-    assert response.to_json() == {"access_token": "tok", "token_type": "Bearer", "expires_in": 900,
+    assert response.to_json() == {"access_token": "token-jti-1", "token_type": "Bearer", "expires_in": 900,
                                   "scope": "read"}
     assert issuer.requests[0].format == "opaque"
     assert issuer.requests[0].subject == "app"

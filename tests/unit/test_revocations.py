@@ -8,22 +8,7 @@ from services.client_registry.api import RevocationRecord
 from services.client_registry.wire import revocation_event, revocation_from_event
 from services.token_issuer.introspection import TokenChecker
 from services.token_issuer.revocations import RevocationSet, RevocationSync
-
-
-class FakeRegistry:
-    def __init__(self):
-        self.rows: list[RevocationRecord] = []
-
-    async def add_revocations(self, records):
-        ids = []
-        for r in records:
-            self.rows.append(RevocationRecord(**{**r.__dict__, "id": len(self.rows) + 1}))
-            ids.append(len(self.rows))
-        return ids
-
-    async def list_revocations(self, after_id=0, limit=10_000):
-        return [r for r in self.rows if r.id > after_id][:limit]
-
+from tests.fakes import FakeRevocations
 
 NOW = int(time.time())
 
@@ -63,7 +48,7 @@ def test_events_round_trip():
 async def test_a_missed_event_is_caught_up_even_after_this_replica_revoked_something_newer():
     """Replica A misses B's event for X; A then revokes Y itself (a higher id). A's
     resync must still bring X: its own revocations must not move the watermark."""
-    registry = FakeRegistry()
+    registry = FakeRevocations()
     a_set, b_set = RevocationSet(), RevocationSet()
     a = TokenChecker(issuer="i", keyring=None, revocations=a_set, clients=None, registry=registry)
     b = TokenChecker(issuer="i", keyring=None, revocations=b_set, clients=None, registry=registry)

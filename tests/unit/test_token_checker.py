@@ -2,16 +2,15 @@
 each rule is the only thing that can make these tokens inactive."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 
 import jwt
 
-from services.client_registry.api import ClientRecord
 from services.token_issuer.introspection import TokenChecker
 from services.token_issuer.keys import KeyEncryptor, KeyRing, new_key_record, open_key_record
 from services.token_issuer.revocations import RevocationSet
+from tests.fakes import FakeClients, client_record
 
 ISSUER = "https://issuer.example"
 ENC = KeyEncryptor(os.urandom(32))
@@ -19,25 +18,9 @@ KEY = open_key_record(new_key_record("ES256", ENC), ENC)
 RING = KeyRing([KEY])
 
 
-def record(**overrides) -> ClientRecord:
-    base = ClientRecord(client_id="app", name="app", secret_hash="", public=False,
-                        grant_types=("client_credentials",), scopes=("api.read",), redirect_uris=(),
-                        access_token_lifetime=900, refresh_token_lifetime=0, token_format="jwt",
-                        pkce_required=False, active=True, logo_url="", comments="", created_at=1, updated_at=1)
-    return dataclasses.replace(base, **overrides)
-
-
-class FakeClients:
-    def __init__(self, *clients):
-        self.clients = {c.client_id: c for c in clients}
-
-    async def get_client(self, client_id):
-        return self.clients.get(client_id)
-
-
 def checker(*clients) -> TokenChecker:
     return TokenChecker(issuer=ISSUER, keyring=lambda: RING, revocations=RevocationSet(),
-                        clients=FakeClients(*(clients or (record(),))), registry=None)
+                        clients=FakeClients(*(clients or (client_record(scopes=("api.read",)),))), registry=None)
 
 
 def mint(headers=None, **claims) -> str:
@@ -67,7 +50,7 @@ async def test_a_disabled_owner_makes_its_token_inactive_even_without_a_revocati
     """Defence in depth: the cut-off revocation may not have reached this replica yet
     (or a token was issued from a stale client cache after it)."""
     token = mint()
-    assert not (await checker(record(active=False)).introspect(token, None, internal=True)).active
+    assert not (await checker(client_record(active=False)).introspect(token, None, internal=True)).active
 
 
 async def test_tokens_that_fail_verification_are_not_cached():

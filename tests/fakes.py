@@ -1,0 +1,213 @@
+"""In-memory fakes for the ports services talk through, shared by the fast unit tests.
+
+One copy of each, so a port's change is followed in one place. Every path a fake
+stands in for also runs for real (Postgres, NATS, gRPC) in tests/integration.
+
+- `client_record(**overrides)`: a valid confidential client record to vary.
+- `FakeClients`: the client source port (`get_client`, `get_clients`); can be taken
+  down (`down = SomeError()`) to test what callers do while the registry is away.
+- `FakeIssuer`: the token issuer port (`issue`), recording each request.
+- `FakeRevocations`, `FakeSigningKeys`, `FakeOpaqueTokens`: the registry's domains;
+  `FakeRegistry` is all of them at once, for code that still takes the whole registry.
+- `FakeBus`: the event bus port (`publish`, `subscribe`, `on_reconnect`): events are
+  delivered when the test says so (`await bus.deliver()`), and `await bus.reconnect()`
+  runs the reconnect hooks as a real reconnect would.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+
+from inbound.events.v1 import events_pb2
+from services.client_registry.api import ClientRecord, OpaqueTokenRecord, RevocationRecord, SigningKeyRecord
+from services.token_issuer.api import IssuedToken, IssueRequest
+
+
+def client_record(**overrides) -> ClientRecord:
+    """A confidential client "app" allowed client_credentials; override any field."""
+    base = ClientRecord(client_id="app", name="app", secret_hash="", public=False,
+                        grant_types=("client_credentials",), scopes=("api.read", "api.write"), redirect_uris=(),
+                        access_token_lifetime=900, refresh_token_lifetime=86400, token_format="jwt",
+                        pkce_required=False, active=True, logo_url="", comments="", created_at=1, updated_at=1)
+    return dataclasses.replace(base, **overrides)
+
+
+class _CanBeDown:
+    """`down = SomeError(...)` makes every call raise it, as an unreachable source would."""
+    down: BaseException | None = None
+
+    def _check(self) -> None:
+        if self.down is not None:
+            raise self.down
+
+
+class FakeClients(_CanBeDown):
+    """The client source port. `lookups` lists every id asked for, in order (to see
+    what a cache in front of it lets through)."""
+
+    def __init__(self, *clients: ClientRecord):
+        self.clients: dict[str, ClientRecord] = {c.client_id: c for c in clients}
+        self.lookups: list[str] = []
+
+    def put(self, client: ClientRecord) -> None:
+        self.clients[client.client_id] = client
+
+    async def get_client(self, client_id: str) -> ClientRecord | None:
+        return (await self.get_clients([client_id]))[0]
+
+    async def get_clients(self, client_ids: list[str]) -> list[ClientRecord | None]:
+        self._check()
+        self.lookups.extend(client_ids)
+        return [self.clients.get(client_id) for client_id in client_ids]
+
+
+class FakeIssuer(_CanBeDown):
+    """The token issuer port: records each request, answers a token named after its jti."""
+
+    def __init__(self):
+        self.requests: list[IssueRequest] = []
+
+    async def issue(self, request: IssueRequest) -> IssuedToken:
+        self._check()
+        self.requests.append(request)
+        jti = f"jti-{len(self.requests)}"
+        return IssuedToken(access_token=f"token-{jti}", expires_in=request.lifetime_seconds, jti=jti,
+                           issued_at=int(time.time()))
+
+
+class FakeRevocations(_CanBeDown):
+    """The registry's revocations: ids are assigned in order, as the real table does."""
+
+    def __init__(self):
+        self.revocation_rows: list[RevocationRecord] = []
+
+    async def add_revocations(self, records: list[RevocationRecord]) -> list[int]:
+        self._check()
+        ids = []
+        for r in records:
+            self.revocation_rows.append(dataclasses.replace(r, id=len(self.revocation_rows) + 1))
+            ids.append(len(self.revocation_rows))
+        return ids
+
+    async def list_revocations(self, after_id: int = 0, limit: int = 10_000) -> list[RevocationRecord]:
+        self._check()
+        return [r for r in self.revocation_rows if r.id > after_id][:limit]
+
+
+class FakeSigningKeys(_CanBeDown):
+    """The registry's signing keys (as stored: encrypted)."""
+
+    def __init__(self, *keys: SigningKeyRecord):
+        self.keys: list[SigningKeyRecord] = list(keys)
+
+    async def list_signing_keys(self) -> list[SigningKeyRecord]:
+        self._check()
+        return list(self.keys)
+
+    async def add_signing_key(self, key: SigningKeyRecord, only_if_none: bool) -> bool:
+        self._check()
+        if only_if_none and any(k.alg == key.alg for k in self.keys):
+            return False
+        self.keys.append(key)
+        return True
+
+
+class FakeOpaqueTokens(_CanBeDown):
+    """The registry's opaque tokens, by hash; a second token with a stored hash is refused."""
+
+    def __init__(self):
+        self.tokens: dict[bytes, OpaqueTokenRecord] = {}
+        self.token_lookups: list[bytes] = []
+
+    async def store_opaque_tokens(self, tokens: list[OpaqueTokenRecord]) -> list[str | None]:
+        self._check()
+        errors: list[str | None] = []
+        for token in tokens:
+            if token.token_hash in self.tokens:
+                errors.append("duplicate token hash")
+            else:
+                self.tokens[token.token_hash] = token
+                errors.append(None)
+        return errors
+
+    async def get_opaque_tokens(self, token_hashes: list[bytes]) -> list[OpaqueTokenRecord | None]:
+        self._check()
+        self.token_lookups.extend(token_hashes)
+        return [self.tokens.get(h) for h in token_hashes]
+
+
+class FakeRegistry(FakeClients, FakeRevocations, FakeSigningKeys, FakeOpaqueTokens):
+    """Every registry domain in one object, for code that still takes the whole registry."""
+
+    def __init__(self, *clients: ClientRecord):
+        FakeClients.__init__(self, *clients)
+        FakeRevocations.__init__(self)
+        FakeSigningKeys.__init__(self)
+        FakeOpaqueTokens.__init__(self)
+
+
+def _matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: `*` is one token, a final `>` one or more."""
+    p, s = pattern.split("."), subject.split(".")
+    for i, token in enumerate(p):
+        if token == ">":
+            return len(s) > i
+        if i >= len(s) or (token != "*" and token != s[i]):
+            return False
+    return len(p) == len(s)
+
+
+class FakeBus:
+    """The event bus port. `published` keeps every (subject, event) ever published;
+    subscribers get them on `await deliver()` (the real bus delivers later, too)."""
+
+    def __init__(self, source: str = "test"):
+        self.source = source
+        self.published: list[tuple[str, events_pb2.Event]] = []
+        self._undelivered: list[tuple[str, events_pb2.Event]] = []
+        self.handlers: list[tuple[str, object]] = []
+        self.hooks: list[object] = []
+
+    def publish(self, subject: str, event: events_pb2.Event, *, low_priority: bool = False) -> str:
+        if not event.event_id:
+            event.event_id = uuid.uuid4().hex
+        event.source = event.source or self.source
+        self.published.append((subject, event))
+        self._undelivered.append((subject, event))
+        return event.event_id
+
+    async def subscribe(self, subject: str, handler) -> None:
+        self.handlers.append((subject, handler))
+
+    def on_reconnect(self, hook) -> None:
+        self.hooks.append(hook)
+
+    def events(self, subject: str = ">") -> list[events_pb2.Event]:
+        """What was published on subjects matching `subject`."""
+        return [event for s, event in self.published if _matches(subject, s)]
+
+    async def deliver(self) -> int:
+        """Hand every undelivered event to the matching subscribers; returns how many events."""
+        pending, self._undelivered = self._undelivered, []
+        for subject, event in pending:
+            for pattern, handler in list(self.handlers):
+                if _matches(pattern, subject):
+                    await handler(event)
+        return len(pending)
+
+    def drop_undelivered(self) -> int:
+        """Lose what was not delivered yet (what a disconnected subscriber misses)."""
+        lost, self._undelivered = len(self._undelivered), []
+        return lost
+
+    async def reconnect(self) -> None:
+        for hook in list(self.hooks):
+            await hook()
+
+    @property
+    def pending(self) -> int:
+        return 0
+
+    async def flush(self, timeout: float = 2.0) -> None:
+        return None

@@ -1,0 +1,97 @@
+"""The one way a test waits: poll a probe until its value satisfies a condition,
+or fail, after a generous deadline, with the last value seen.
+
+Nothing in the suite sleeps a fixed time hoping something has happened; a wait
+ends as soon as the condition holds, and a wait that times out says what it saw.
+Deadlines are generous on purpose (the suite shares 2 cores with other work):
+how fast something happens is the SLO set's business (`make slo`), not a test's.
+
+    rows = await eventually(lambda: audit_rows(jti), until=lambda rows: len(rows) == 1,
+                            message="the issued token's audit row")
+    eventually_sync(lambda: http.get("/readyz").status_code, until=lambda s: s == 200)
+
+`probe` may be sync or async. Exceptions of the types in `ignore` count as "not
+yet" (and are shown if the deadline passes); any other exception fails at once.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Callable
+from typing import Any
+
+DEFAULT_TIMEOUT = 30.0
+_FIRST_INTERVAL = 0.01
+_MAX_INTERVAL = 0.2
+
+
+class _Nothing:
+    def __repr__(self) -> str:
+        return "<no value: the probe never returned>"
+
+
+_NOTHING = _Nothing()
+
+
+def _truthy(value: Any) -> bool:
+    return bool(value)
+
+
+def _failure(message: str, timeout: float, polls: int, last: Any, error: BaseException | None) -> AssertionError:
+    what = message or "condition"
+    text = f"{what}: not met within {timeout:g} s ({polls} polls); last value: {last!r}"
+    if error is not None:
+        text += f"; last error: {type(error).__name__}: {error}"
+    return AssertionError(text)
+
+
+async def eventually(probe: Callable[[], Any], *, until: Callable[[Any], bool] = _truthy,
+                     timeout: float = DEFAULT_TIMEOUT, interval: float = _MAX_INTERVAL,
+                     ignore: tuple[type[BaseException], ...] = (), message: str = "") -> Any:
+    """Call `probe()` (awaiting it if it returns an awaitable) until `until(value)` is
+    true, and return that value. Polls quickly at first, then every `interval` s."""
+    deadline = time.monotonic() + timeout
+    pause, polls = _FIRST_INTERVAL, 0
+    last: Any = _NOTHING
+    error: BaseException | None = None
+    while True:
+        polls += 1
+        try:
+            value = probe()
+            if inspect.isawaitable(value):
+                value = await value
+        except ignore as exc:
+            error = exc
+        else:
+            last, error = value, None
+            if until(value):
+                return value
+        if time.monotonic() >= deadline:
+            raise _failure(message, timeout, polls, last, error)
+        await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 2, interval)
+
+
+def eventually_sync(probe: Callable[[], Any], *, until: Callable[[Any], bool] = _truthy,
+                    timeout: float = DEFAULT_TIMEOUT, interval: float = _MAX_INTERVAL,
+                    ignore: tuple[type[BaseException], ...] = (), message: str = "") -> Any:
+    """`eventually` for code without an event loop (HTTP through httpx.Client, processes)."""
+    deadline = time.monotonic() + timeout
+    pause, polls = _FIRST_INTERVAL, 0
+    last: Any = _NOTHING
+    error: BaseException | None = None
+    while True:
+        polls += 1
+        try:
+            value = probe()
+        except ignore as exc:
+            error = exc
+        else:
+            last, error = value, None
+            if until(value):
+                return value
+        if time.monotonic() >= deadline:
+            raise _failure(message, timeout, polls, last, error)
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 2, interval)
