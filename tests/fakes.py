@@ -20,7 +20,15 @@ import time
 import uuid
 
 from inbound.events.v1 import events_pb2
-from services.client_registry.api import ClientRecord, OpaqueTokenRecord, RevocationRecord, SigningKeyRecord
+from services.client_registry.api import (
+    ClientRecord,
+    ItemError,
+    OpaqueTokenRecord,
+    RevocationCursor,
+    RevocationPage,
+    RevocationRecord,
+    SigningKeyRecord,
+)
 from services.token_issuer.api import IssuedToken, IssueRequest
 
 
@@ -90,9 +98,12 @@ class FakeRevocations(_CanBeDown):
             ids.append(len(self.revocation_rows))
         return ids
 
-    async def list_revocations(self, after_id: int = 0, limit: int = 10_000) -> list[RevocationRecord]:
+    async def list_revocations(self, after: RevocationCursor = RevocationCursor(),
+                               limit: int = 10_000) -> RevocationPage:
+        """Paged by id (nothing here commits out of order, unlike the real table)."""
         self._check()
-        return [r for r in self.revocation_rows if r.id > after_id][:limit]
+        rows = [r for r in self.revocation_rows if r.id > after.id][:limit]
+        return RevocationPage(rows, RevocationCursor(0, rows[-1].id if rows else after.id), len(rows) == limit)
 
 
 class FakeSigningKeys(_CanBeDown):
@@ -120,12 +131,12 @@ class FakeOpaqueTokens(_CanBeDown):
         self.tokens: dict[bytes, OpaqueTokenRecord] = {}
         self.token_lookups: list[bytes] = []
 
-    async def store_opaque_tokens(self, tokens: list[OpaqueTokenRecord]) -> list[str | None]:
+    async def store_opaque_tokens(self, tokens: list[OpaqueTokenRecord]) -> list[ItemError | None]:
         self._check()
-        errors: list[str | None] = []
+        errors: list[ItemError | None] = []
         for token in tokens:
             if token.token_hash in self.tokens:
-                errors.append("duplicate token hash")
+                errors.append(ItemError("internal", "duplicate token hash"))
             else:
                 self.tokens[token.token_hash] = token
                 errors.append(None)

@@ -6,6 +6,10 @@
     inboundctl keys list
     inboundctl keys rotate [--alg ES256|RS256|EdDSA] [--activation-delay SECONDS]
 
+Every change is recorded with the operator who made it: --operator NAME (env
+INBOUND_OPERATOR, default the local user name), sent as call metadata. Not yet
+authenticated: services record the name as given until mTLS identities arrive.
+
 Exit codes: 0 done; 1 a service could not be reached or failed; 2 bad input; 3 no such client.
 """
 from __future__ import annotations
@@ -258,6 +262,9 @@ def _common() -> argparse.ArgumentParser:
                    help=f"token_issuer gRPC address (env INBOUND_ISSUER_ADDR, default {DEFAULT_ISSUER_ADDR})")
     p.add_argument("--audit-addr", default=argparse.SUPPRESS, metavar="HOST:PORT",
                    help="audit gRPC address (env INBOUND_AUDIT_ADDR, default 127.0.0.1:50070)")
+    p.add_argument("--operator", default=argparse.SUPPRESS, metavar="NAME",
+                   help="who is making the change, for the audit log (env INBOUND_OPERATOR, default the "
+                        "local user; recorded as given, not yet authenticated)")
     return p
 
 
@@ -346,10 +353,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                           or DEFAULT_REGISTRY_ADDR)
     args.issuer_addr = (getattr(args, "issuer_addr", None) or os.environ.get("INBOUND_ISSUER_ADDR")
                         or DEFAULT_ISSUER_ADDR)
+    args.operator = getattr(args, "operator", None) or os.environ.get("INBOUND_OPERATOR") or _local_user()
     return args
 
 
+def _local_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in the environment or the password database
+        return f"uid-{os.getuid()}"
+
+
 async def _run(args: argparse.Namespace) -> None:
+    from inboundlib import actors
+
+    # Every call this command makes names the operator (grpcx.request_metadata sends it).
+    actors.actor_var.set(actors.actor(actors.OPERATOR, args.operator))
     session = Session(args)
     try:
         await args.handler(session, args)

@@ -2,7 +2,7 @@
 
     inboundctl audit tail [-n N] [--follow]
     inboundctl audit search [--client ID] [--since 1h|30m|2026-11-28T10:00:00Z] [--until ...]
-                            [--type token_issued] [--limit N]
+                            [--type token_issued] [--actor operator:alice] [--limit N]
 
 Both take --json (tail --follow then writes one JSON object a line) and
 --audit-addr HOST:PORT (env INBOUND_AUDIT_ADDR, default 127.0.0.1:50070).
@@ -105,8 +105,11 @@ def add_subparsers(subparsers) -> argparse.ArgumentParser:
                         help="occurred at or after: 30m, 1h, 2d (ago) or 2026-11-28T10:00:00Z")
     search.add_argument("--until", type=_time_arg, default=0, metavar="WHEN", help="occurred before (same forms)")
     search.add_argument("--type", default="", metavar="TYPE",
-                        help="event type, e.g. token_issued, token_denied, token_revoked, client_changed, "
+                        help="event type, e.g. token_issued, token_denied, token_revoked, registry_changed, "
                              "keys_rotated, revoked_token_introspected")
+    search.add_argument("--actor", default="", metavar="KIND[:ID]",
+                        help="who caused it: service, operator, client or user, optionally :ID "
+                             "(e.g. operator:alice, client:abc123)")
     search.add_argument("--limit", type=_limit_arg, default=100, metavar="N", help="at most N records (default 100)")
     search.set_defaults(handler=_handler, service="audit", audit_command=search_command)
     return audit
@@ -132,7 +135,8 @@ def record_dict(r) -> dict[str, Any]:
     return {"event_id": r.event_id, "occurred_at": _iso(r.occurred_at_unix_ms),
             "occurred_at_unix_ms": r.occurred_at_unix_ms, "type": r.type, "source": r.source,
             "request_id": r.request_id, "client_id": r.client_id, "detail": detail,
-            "stored_at": _iso(r.stored_at_unix_ms), "seq": r.seq}
+            "stored_at": _iso(r.stored_at_unix_ms), "seq": r.seq,
+            "actor": {"kind": r.actor_kind, "id": r.actor_id} if r.actor_kind else None}
 
 
 def _value(v: Any) -> str:
@@ -151,7 +155,8 @@ def record_line(r) -> str:
         detail = {"detail": detail}
     parts = [_iso(r.occurred_at_unix_ms), f"{r.type:<26}", f"client={r.client_id or '-'}"]
     parts += [f"{k}={_value(v)}" for k, v in detail.items()
-              if k != "client_id" and v not in ("", None, 0, False, [], {})]
+              if k not in ("client_id", "actor") and v not in ("", None, 0, False, [], {})]
+    parts.append(f"actor={r.actor_kind}:{r.actor_id}" if r.actor_kind else "actor=-")
     parts.append(f"source={r.source or '-'}")
     if r.request_id:
         parts.append(f"request_id={r.request_id}")
@@ -207,7 +212,8 @@ async def search_command(audit, args: argparse.Namespace) -> None:
     if args.type and args.type not in _event_types():
         raise UsageError(f"unknown event type {args.type!r}; known: {', '.join(_event_types())}")
     page = await audit.search(SearchQuery(client_id=args.client, since_unix_ms=args.since,
-                                          until_unix_ms=args.until, type=args.type, limit=args.limit))
+                                          until_unix_ms=args.until, type=args.type, limit=args.limit,
+                                          actor=args.actor))
     _emit(page.records, as_json=getattr(args, "json", False))
     if page.truncated:
         print(f"(showing the newest {len(page.records)} matches; narrow with --since/--until or raise --limit)",

@@ -22,6 +22,7 @@ from nats.js.api import StreamConfig
 from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
 
 from inbound.events.v1 import events_pb2
+from inboundlib import actors
 from inboundlib.logs import request_id_var
 from inboundlib.metrics import EVENTS_BUFFERED, EVENTS_DROPPED
 
@@ -29,7 +30,20 @@ log = logging.getLogger(__name__)
 
 STREAM = "INBOUND_EVENTS"
 SUBJECT_PREFIX = "inbound.events."
-CLIENT_CHANGED = "inbound.events.registry.client"
+# RegistryChanged events go to inbound.events.registry.<entity>; subscribe to
+# one entity's subject, or to REGISTRY_CHANGED_ALL for every entity.
+REGISTRY_CHANGED_PREFIX = "inbound.events.registry."
+REGISTRY_CHANGED_ALL = REGISTRY_CHANGED_PREFIX + ">"
+ENTITY_CLIENT = "client"
+ENTITY_SIGNING_KEY = "signing_key"
+
+
+def registry_subject(entity: str) -> str:
+    return REGISTRY_CHANGED_PREFIX + entity
+
+
+CLIENT_CHANGED = registry_subject(ENTITY_CLIENT)
+SIGNING_KEY_CHANGED = registry_subject(ENTITY_SIGNING_KEY)
 KEYS_ROTATED = "inbound.events.keys.rotated"
 TOKEN_ISSUED = "inbound.events.token.issued"
 TOKEN_DENIED = "inbound.events.token.denied"
@@ -41,6 +55,20 @@ MESSAGE_EVENTS = 256
 BATCH_HEADER = "Inbound-Event-Batch"
 
 Handler = Callable[[events_pb2.Event], Awaitable[None]]
+
+
+def registry_changed(entity: str, id: str, change: str) -> events_pb2.Event:
+    """The one change event of every registry entity; the actor is whoever is in context."""
+    event = events_pb2.Event(registry_changed=events_pb2.RegistryChanged(entity=entity, id=id, change=change))
+    who = actors.current()
+    if who is not None:
+        event.actor.CopyFrom(actor_to_pb(who))
+        event.registry_changed.actor.CopyFrom(actor_to_pb(who))
+    return event
+
+
+def actor_to_pb(who: actors.Actor) -> events_pb2.Actor:
+    return events_pb2.Actor(kind=who.kind, id=who.id)
 
 
 async def ensure_stream(js) -> None:
@@ -162,6 +190,11 @@ class EventBus:
         if not event.occurred_at_unix_ms:
             event.occurred_at_unix_ms = int(time.time() * 1000)
         event.source = event.source or self.source
+        if not event.HasField("actor"):
+            # Whoever is in context (an operator through inboundctl, ...), else the service itself.
+            event.actor.CopyFrom(actor_to_pb(actors.current() or actors.Actor(actors.SERVICE, self.source)))
+        if event.HasField("registry_changed") and not event.registry_changed.HasField("actor"):
+            event.registry_changed.actor.CopyFrom(event.actor)
         event.request_id = event.request_id or request_id_var.get()
         if len(self._buffer) + len(self._low) >= self.buffer_limit:
             if low_priority or not self._low:

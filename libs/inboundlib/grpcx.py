@@ -15,6 +15,7 @@ from collections.abc import Iterable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from inboundlib import actors
 from inboundlib.batching import Expired, Overloaded
 from inboundlib.logs import request_id_var
 from inboundlib.metrics import RPC_SECONDS
@@ -57,6 +58,7 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
         async def behavior(request, context):
             metadata = dict(context.invocation_metadata() or ())
             token = request_id_var.set(str(metadata.get(REQUEST_ID_KEY, ""))[:128])
+            actor_token = actors.actor_var.set(actors.parse(str(metadata.get(actors.ACTOR_METADATA_KEY, ""))))
             started = time.perf_counter()
             code = "OK"
             try:
@@ -73,6 +75,7 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
                     code = context.code().name
                 RPC_SECONDS.labels(method, code).observe(time.perf_counter() - started)
                 request_id_var.reset(token)
+                actors.actor_var.reset(actor_token)
 
         return grpc.unary_unary_rpc_method_handler(
             behavior,
@@ -82,11 +85,12 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
 
 
 def request_metadata() -> tuple[tuple[str, str], ...] | None:
-    """The current request id as call metadata, for unbatched calls. (Batched
+    """The current request id (and actor, libs/inboundlib/actors.py) as call metadata, for unbatched calls. (Batched
     calls carry an id per item instead; a channel interceptor would cost every
     hot-path call and tag a batch with whichever item came first.)"""
     request_id = request_id_var.get()
-    return ((REQUEST_ID_KEY, request_id),) if request_id else None
+    metadata = (((REQUEST_ID_KEY, request_id),) if request_id else ()) + actors.metadata()
+    return metadata or None
 
 
 class GrpcServer:

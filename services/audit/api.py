@@ -14,11 +14,14 @@ DEFAULT_TAIL_LIMIT = 20
 DEFAULT_SEARCH_LIMIT = 100
 MAX_LIMIT = 1000
 
-# Every payload type an Event can carry (its field name in the oneof), and
-# "unknown" for a payload newer than this build.
+# Every payload type an Event can carry (its field name in the oneof), types
+# older builds stored (client_changed, now registry_changed), and "unknown" for
+# a payload newer than this build.
 UNKNOWN_TYPE = "unknown"
+RETIRED_TYPES = ("client_changed",)
 EVENT_TYPES: tuple[str, ...] = tuple(
-    f.name for f in events_pb2.Event.DESCRIPTOR.oneofs_by_name["payload"].fields) + (UNKNOWN_TYPE,)
+    f.name for f in events_pb2.Event.DESCRIPTOR.oneofs_by_name["payload"].fields) + RETIRED_TYPES + (UNKNOWN_TYPE,)
+ACTOR_KINDS = ("service", "operator", "client", "user")
 
 
 class InvalidArgument(Exception):
@@ -36,6 +39,8 @@ class AuditRecord:
     detail_json: str
     stored_at_unix_ms: int = 0  # set by the log when stored
     seq: int = 0  # storage order, set by the log
+    actor_kind: str = ""  # who caused it: service | operator | client | user ("" in rows from before actors)
+    actor_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,7 @@ class SearchQuery:
     until_unix_ms: int = 0
     type: str = ""
     limit: int = 0  # 0: DEFAULT_SEARCH_LIMIT
+    actor: str = ""  # "kind:id", or just "kind"
 
 
 @dataclass(frozen=True)
@@ -77,4 +83,8 @@ def check_query(query: SearchQuery) -> SearchQuery:
         raise InvalidArgument(f"unknown event type {query.type!r}; known: {', '.join(EVENT_TYPES)}")
     if len(query.client_id) > 256:
         raise InvalidArgument("client_id is too long")
+    if query.actor:
+        kind, _, actor_id = query.actor.partition(":")
+        if kind not in ACTOR_KINDS or len(actor_id) > 256:
+            raise InvalidArgument(f"actor must be KIND or KIND:ID with KIND one of {', '.join(ACTOR_KINDS)}")
     return query

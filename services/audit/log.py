@@ -117,6 +117,8 @@ def record_from_event(event: events_pb2.Event, *, fallback_id: str, fallback_tim
     else:
         detail = _as_dict(getattr(event, kind))
     client_id = detail.get("client_id", "") if kind != UNKNOWN_TYPE else ""
+    if kind == "registry_changed" and detail.get("entity") == "client":
+        client_id = detail.get("id", "")  # a change to a client is about that client
     occurred = event.occurred_at_unix_ms
     if not 0 < occurred <= _MAX_MS:
         occurred = fallback_time_ms
@@ -125,6 +127,7 @@ def record_from_event(event: events_pb2.Event, *, fallback_id: str, fallback_tim
         source=_text(event.source), request_id=_text(event.request_id),
         client_id=_text(client_id if isinstance(client_id, str) else ""),
         detail_json=json.dumps(_scrub(detail), ensure_ascii=False, separators=(",", ":")),
+        actor_kind=_text(event.actor.kind)[:32], actor_id=_text(event.actor.id),
     )
 
 
@@ -133,13 +136,15 @@ def ms_to_datetime(ms: int) -> datetime:
 
 
 _COLUMNS = ("event_id, (extract(epoch FROM occurred_at) * 1000)::bigint AS occurred_ms, type, source, request_id,"
-            " client_id, detail::text AS detail, (extract(epoch FROM stored_at) * 1000)::bigint AS stored_ms, seq")
+            " client_id, detail::text AS detail, (extract(epoch FROM stored_at) * 1000)::bigint AS stored_ms, seq,"
+            " actor_kind, actor_id")
 
 _INSERT = """
-INSERT INTO audit_log (event_id, occurred_at, type, source, request_id, client_id, detail)
-SELECT e, o, t, s, r, c, d::jsonb
-  FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
-       AS x(e, o, t, s, r, c, d)
+INSERT INTO audit_log (event_id, occurred_at, type, source, request_id, client_id, detail, actor_kind, actor_id)
+SELECT e, o, t, s, r, c, d::jsonb, ak, ai
+  FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+              $8::text[], $9::text[])
+       AS x(e, o, t, s, r, c, d, ak, ai)
 ON CONFLICT (event_id) DO NOTHING
 """
 
@@ -148,7 +153,7 @@ def _record(row: asyncpg.Record) -> AuditRecord:
     return AuditRecord(
         event_id=row["event_id"], occurred_at_unix_ms=row["occurred_ms"], type=row["type"], source=row["source"],
         request_id=row["request_id"], client_id=row["client_id"], detail_json=row["detail"],
-        stored_at_unix_ms=row["stored_ms"], seq=row["seq"])
+        stored_at_unix_ms=row["stored_ms"], seq=row["seq"], actor_kind=row["actor_kind"], actor_id=row["actor_id"])
 
 
 class AuditLog:
@@ -165,6 +170,7 @@ class AuditLog:
             [r.event_id for r in records], [ms_to_datetime(r.occurred_at_unix_ms) for r in records],
             [r.type for r in records], [r.source for r in records], [r.request_id for r in records],
             [r.client_id for r in records], [r.detail_json for r in records],
+            [r.actor_kind for r in records], [r.actor_id for r in records],
         )
         status = await self.pool.execute(_INSERT, *columns)
         return int(status.rsplit(" ", 1)[-1])  # "INSERT 0 <n>"
@@ -192,6 +198,13 @@ class AuditLog:
         if query.type:
             args.append(query.type)
             where.append(f"type = ${len(args)}")
+        if query.actor:
+            kind, sep, actor_id = query.actor.partition(":")
+            args.append(kind)
+            where.append(f"actor_kind = ${len(args)}")
+            if sep:
+                args.append(actor_id)
+                where.append(f"actor_id = ${len(args)}")
         if query.since_unix_ms:
             args.append(ms_to_datetime(min(query.since_unix_ms, _MAX_MS)))
             where.append(f"occurred_at >= ${len(args)}")

@@ -1,10 +1,20 @@
-"""The registry's interface as plain Python: domain records and the calls on them.
+"""The registry's interface as plain Python: domain records, domain errors, and
+one narrow Protocol per domain (clients, signing keys, opaque tokens,
+revocations), the way fosite splits its storage.
 
-`Registry` (registry.py) implements it over Postgres; `RegistryClient`
-(client.py) implements it over gRPC. Callers depend only on this module.
+Each domain has one Postgres repository (clients.py, keys.py, tokens.py,
+revocations.py), one gRPC service (server.py) and one gRPC client (client.py);
+callers depend only on the Protocol they need. A new domain (users, grants,
+trust stores) follows the same pattern: records and a Protocol here, a
+repository, a servicer and a client, one row in server.DOMAINS.
+
+Errors: storage raises the errors below and nothing else of its own; only the
+servicers map them to gRPC status codes and the clients map them back. Batched
+calls never raise for one item: each item answers a value or an `ItemError`.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -33,11 +43,46 @@ class RegistryError(Exception):
 
 
 class InvalidArgument(RegistryError):
-    """A client spec or update breaks a rule; the message says which."""
+    """A record or request breaks a rule; the message says which."""
 
 
 class NotFound(RegistryError):
-    """No client with that id."""
+    """No such entity (the message names it)."""
+
+
+class AlreadyExists(RegistryError):
+    """An entity with that identity exists already."""
+
+
+# What an item of a batched call answers when it could not be done (its
+# neighbours are unaffected). Codes: the error classes above, by name.
+ITEM_INVALID = "invalid_argument"
+ITEM_NOT_FOUND = "not_found"
+ITEM_INTERNAL = "internal"
+
+
+@dataclass(frozen=True)
+class ItemError:
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message or self.code
+
+
+# Ids a client, jti, grant or subject can have: printable, bounded. A lookup by
+# anything else is answered "not found" (or an ItemError for a write) without
+# touching Postgres, whose text type refuses NUL.
+MAX_ID_LENGTH = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def is_plausible_id(value: str) -> bool:
+    return 0 < len(value) <= MAX_ID_LENGTH and not _CONTROL.search(value)
+
+
+def has_control_characters(value: str) -> bool:
+    return bool(_CONTROL.search(value))
 
 
 @dataclass(frozen=True)
@@ -116,43 +161,115 @@ class OpaqueTokenRecord:
     expires_at: int
     kind: str = "access"  # access | refresh
     grant_id: str = ""
+    # issued_at to the millisecond (0 from an older writer: taken as issued_at * 1000).
+    issued_at_ms: int = 0
+
+    @property
+    def issued_at_precise_ms(self) -> int:
+        return self.issued_at_ms or self.issued_at * 1000
 
 
 REVOKE_JTI = "jti"
 REVOKE_GRANT = "grant"
 REVOKE_CLIENT = "client"
+REVOKE_SUBJECT = "subject"
+REVOCATION_KINDS = (REVOKE_JTI, REVOKE_GRANT, REVOKE_CLIENT, REVOKE_SUBJECT)
+# Kinds that revoke every token issued up to a cut-off, rather than one token or grant.
+CUT_OFF_KINDS = (REVOKE_CLIENT, REVOKE_SUBJECT)
 
 
 @dataclass(frozen=True)
 class RevocationRecord:
-    """One revoked thing: a token (by jti), a grant (by grant id) or all of a
-    client's tokens issued at or before `revoked_before`."""
+    """One revoked thing: a token (by jti), a grant (by grant id), or every token
+    of a client, or of a subject (user) across clients, issued at or before
+    `revoked_before_ms` (Unix milliseconds; see `client_cut_off` for whose clock)."""
     kind: str
     value: str
     client_id: str
     expires_at: int
-    revoked_before: int = 0
+    revoked_before_ms: int = 0
     revoked_by: str = ""
     id: int = 0
 
-
-def client_cut_off(client_id: str, now: int, revoked_by: str) -> RevocationRecord:
-    """Every token of the client issued until `now` is revoked (disabling a client,
-    `inboundctl client revoke-tokens`); kept as long as any such token can live."""
-    return RevocationRecord(kind=REVOKE_CLIENT, value=client_id, client_id=client_id, revoked_before=now,
-                            expires_at=now + MAX_LIFETIME, revoked_by=revoked_by)
+    @property
+    def revoked_before(self) -> int:
+        """The cut-off in whole seconds (what older readers and the audit trail show)."""
+        return self.revoked_before_ms // 1000
 
 
-class ClientRegistryApi(Protocol):
-    async def create_client(self, spec: ClientSpec) -> tuple[ClientRecord, str]: ...
+def client_cut_off(client_id: str, now_ms: int, revoked_by: str) -> RevocationRecord:
+    """Every token of the client issued until `now_ms` is revoked (disabling or deleting
+    a client, `inboundctl client revoke-tokens`); kept as long as any such token can live.
+
+    The cut-off is read from the wall clock of the process that makes it (token_issuer
+    for revoke-tokens, client_registry for disable and delete), never the database's:
+    tokens are stamped by token_issuer's clock without touching the database (JWTs), so
+    a database timestamp would add a third clock and its skew to the comparison. Hosts
+    run NTP; skew between replicas (milliseconds) is the only imprecision left."""
+    return RevocationRecord(kind=REVOKE_CLIENT, value=client_id, client_id=client_id, revoked_before_ms=now_ms,
+                            expires_at=now_ms // 1000 + 1 + MAX_LIFETIME, revoked_by=revoked_by)
+
+
+def subject_cut_off(subject: str, now_ms: int, revoked_by: str) -> RevocationRecord:
+    """Every token of one subject (a user, for every client) issued until `now_ms` is revoked."""
+    return RevocationRecord(kind=REVOKE_SUBJECT, value=subject, client_id="", revoked_before_ms=now_ms,
+                            expires_at=now_ms // 1000 + 1 + MAX_LIFETIME, revoked_by=revoked_by)
+
+
+@dataclass(frozen=True)
+class RevocationCursor:
+    """Where a reader of the revocations stands (opaque: pass back what a page answered).
+    Every row of a transaction with id below `txid` has been read, and those of `txid`
+    up to row `id`."""
+    txid: int = 0
+    id: int = 0
+
+
+@dataclass(frozen=True)
+class RevocationPage:
+    records: list[RevocationRecord]
+    next: RevocationCursor
+    more: bool = False  # the page was full: read again at once
+
+
+# --- one narrow interface per domain ----------------------------------------------------------
+
+class ClientReader(Protocol):
+    """The hot path: client records by id (None: no such client)."""
+    async def get_client(self, client_id: str) -> ClientRecord | None: ...
     async def get_clients(self, client_ids: list[str]) -> list[ClientRecord | None]: ...
+
+
+class ClientAdmin(Protocol):
+    async def create_client(self, spec: ClientSpec) -> tuple[ClientRecord, str]: ...
     async def list_clients(self) -> list[ClientRecord]: ...
     async def update_client(self, client_id: str, update: ClientUpdate) -> ClientRecord: ...
     async def delete_client(self, client_id: str) -> bool: ...
     async def rotate_client_secret(self, client_id: str) -> tuple[ClientRecord, str]: ...
+
+
+class ClientStore(ClientReader, ClientAdmin, Protocol):
+    pass
+
+
+class SigningKeyStore(Protocol):
     async def list_signing_keys(self) -> list[SigningKeyRecord]: ...
     async def add_signing_key(self, key: SigningKeyRecord, only_if_none: bool) -> bool: ...
-    async def store_opaque_tokens(self, tokens: list[OpaqueTokenRecord]) -> list[str | None]: ...
+
+
+class TokenStore(Protocol):
+    """Opaque tokens by hash. store answers None per stored token, or its ItemError."""
+    async def store_opaque_tokens(self, tokens: list[OpaqueTokenRecord]) -> list[ItemError | None]: ...
     async def get_opaque_tokens(self, token_hashes: list[bytes]) -> list[OpaqueTokenRecord | None]: ...
-    async def add_revocations(self, revocations: list[RevocationRecord]) -> list[int]: ...
-    async def list_revocations(self, after_id: int = 0, limit: int = 10_000) -> list[RevocationRecord]: ...
+
+
+class RevocationStore(Protocol):
+    """add answers the stored row's id per revocation, or its ItemError."""
+    async def add_revocations(self, revocations: list[RevocationRecord]) -> list[int | ItemError]: ...
+    async def list_revocations(self, after: RevocationCursor = RevocationCursor(),
+                               limit: int = 10_000) -> RevocationPage: ...
+
+
+class ClientRegistryApi(ClientStore, SigningKeyStore, TokenStore, RevocationStore, Protocol):
+    """Every domain at once: what the registry process hosts (and what a test or the
+    one-process mode may hand around). Callers should ask for the narrow one they use."""

@@ -1,6 +1,6 @@
 """A read-through cache of client records for the services on the hot path.
 
-Entries drop when a `ClientChanged` event names the client (any replica of
+Entries drop when a `RegistryChanged` event names the client (any replica of
 client_registry publishes it), and expire after `ttl` seconds anyway, so a
 lost event costs at most `ttl` of staleness. Unknown ids are cached briefly
 too, so that a flood of requests with made-up client ids cannot reach Postgres.
@@ -13,7 +13,7 @@ import time
 from typing import Protocol
 
 from inbound.events.v1 import events_pb2
-from inboundlib.events import CLIENT_CHANGED, EventBus
+from inboundlib.events import CLIENT_CHANGED, ENTITY_CLIENT, EventBus
 from services.client_registry.api import ClientRecord
 
 MAX_UNKNOWN = 10_000
@@ -45,8 +45,8 @@ class ClientCache:
         self._generation += 1
 
     async def _on_event(self, event: events_pb2.Event) -> None:
-        if event.HasField("client_changed"):
-            self.invalidate(event.client_changed.client_id)
+        if event.HasField("registry_changed") and event.registry_changed.entity == ENTITY_CLIENT:
+            self.invalidate(event.registry_changed.id)
 
     def invalidate(self, client_id: str) -> None:
         self._entries.pop(client_id, None)

@@ -1,89 +1,157 @@
-"""gRPC servicer for client_registry: protobuf in, domain calls, protobuf out."""
+"""gRPC servicers for client_registry, one per domain: protobuf in, repository
+calls, protobuf out. The only place where domain errors become status codes.
+
+`DOMAINS` says what the registry process registers on its gRPC server, per
+domain (the health service names them too); `add_to_server` adds them all.
+"""
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
-from inbound.common.v1 import common_pb2
 from inbound.registry.v1 import registry_pb2 as pb
 from inbound.registry.v1 import registry_pb2_grpc
 from services.client_registry import wire
-from services.client_registry.api import ClientRegistryApi, InvalidArgument, NotFound
+from services.client_registry.api import (
+    AlreadyExists,
+    ClientStore,
+    InvalidArgument,
+    ItemError,
+    NotFound,
+    RegistryError,
+    RevocationStore,
+    SigningKeyStore,
+    TokenStore,
+)
 
-SERVICE_NAME = "inbound.registry.v1.ClientRegistry"
 MAX_BATCH = 256
+MAX_PAGE = 10_000
+
+# Domain error -> status code; client.py maps them back.
+STATUS_OF: dict[type[RegistryError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+}
 
 
-class ClientRegistryServicer(registry_pb2_grpc.ClientRegistryServicer):
-    def __init__(self, registry: ClientRegistryApi):
-        self.registry = registry
+async def _call(context, coro):
+    try:
+        return await coro
+    except RegistryError as exc:
+        status = next((code for cls, code in STATUS_OF.items() if isinstance(exc, cls)), grpc.StatusCode.INTERNAL)
+        await context.abort(status, str(exc) or type(exc).__name__)
 
-    async def _call(self, context, coro):
-        try:
-            return await coro
-        except InvalidArgument as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except NotFound:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "no such client")
+
+async def _check_batch(context, items, what: str) -> None:
+    if len(items) > MAX_BATCH:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_BATCH} {what} a call")
+
+
+class ClientsServicer(registry_pb2_grpc.ClientsServicer):
+    def __init__(self, clients: ClientStore):
+        self.clients = clients
 
     async def CreateClient(self, request, context):
-        client, secret = await self._call(context, self.registry.create_client(wire.spec_from_pb(request.spec)))
+        client, secret = await _call(context, self.clients.create_client(wire.spec_from_pb(request.spec)))
         return pb.CreateClientResponse(client=wire.client_to_pb(client), client_secret=secret)
 
     async def GetClients(self, request, context):
-        if len(request.client_ids) > MAX_BATCH:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_BATCH} ids a call")
-        found = await self.registry.get_clients(list(request.client_ids))
+        await _check_batch(context, request.client_ids, "ids")
+        found = await self.clients.get_clients(list(request.client_ids))
         return pb.GetClientsResponse(results=[
             pb.ClientLookup(client=wire.client_to_pb(c)) if c else pb.ClientLookup() for c in found])
 
     async def ListClients(self, request, context):
-        return pb.ListClientsResponse(clients=[wire.client_to_pb(c) for c in await self.registry.list_clients()])
+        return pb.ListClientsResponse(clients=[wire.client_to_pb(c) for c in await self.clients.list_clients()])
 
     async def UpdateClient(self, request, context):
-        client = await self._call(context, self.registry.update_client(request.client_id,
-                                                                       wire.update_from_pb(request)))
+        client = await _call(context, self.clients.update_client(request.client_id, wire.update_from_pb(request)))
         return pb.UpdateClientResponse(client=wire.client_to_pb(client))
 
     async def DeleteClient(self, request, context):
-        return pb.DeleteClientResponse(deleted=await self.registry.delete_client(request.client_id))
+        return pb.DeleteClientResponse(deleted=await _call(context, self.clients.delete_client(request.client_id)))
 
     async def RotateClientSecret(self, request, context):
-        client, secret = await self._call(context, self.registry.rotate_client_secret(request.client_id))
+        client, secret = await _call(context, self.clients.rotate_client_secret(request.client_id))
         return pb.RotateClientSecretResponse(client=wire.client_to_pb(client), client_secret=secret)
 
+
+class SigningKeysServicer(registry_pb2_grpc.SigningKeysServicer):
+    def __init__(self, keys: SigningKeyStore):
+        self.keys = keys
+
     async def ListSigningKeys(self, request, context):
-        return pb.ListSigningKeysResponse(keys=[wire.key_to_pb(k) for k in await self.registry.list_signing_keys()])
+        return pb.ListSigningKeysResponse(keys=[wire.key_to_pb(k) for k in await self.keys.list_signing_keys()])
 
     async def AddSigningKey(self, request, context):
-        added = await self.registry.add_signing_key(wire.key_from_pb(request.key), request.only_if_none)
+        added = await _call(context, self.keys.add_signing_key(wire.key_from_pb(request.key), request.only_if_none))
         return pb.AddSigningKeyResponse(added=added)
 
+
+class TokensServicer(registry_pb2_grpc.TokensServicer):
+    def __init__(self, tokens: TokenStore):
+        self.tokens = tokens
+
     async def StoreOpaqueTokens(self, request, context):
-        if len(request.tokens) > MAX_BATCH:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_BATCH} tokens a call")
-        errors = await self.registry.store_opaque_tokens([wire.opaque_from_pb(t) for t in request.tokens])
-        return pb.StoreOpaqueTokensResponse(errors=[
-            common_pb2.OAuthError(code="server_error", description=e) if e else common_pb2.OAuthError()
-            for e in errors])
+        await _check_batch(context, request.tokens, "tokens")
+        errors = await self.tokens.store_opaque_tokens([wire.opaque_from_pb(t) for t in request.tokens])
+        return pb.StoreOpaqueTokensResponse(errors=[wire.item_error_to_pb(e) for e in errors])
 
     async def GetOpaqueTokens(self, request, context):
-        if len(request.token_hashes) > MAX_BATCH:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_BATCH} hashes a call")
-        found = await self.registry.get_opaque_tokens(list(request.token_hashes))
+        await _check_batch(context, request.token_hashes, "hashes")
+        found = await self.tokens.get_opaque_tokens(list(request.token_hashes))
         return pb.GetOpaqueTokensResponse(results=[
             pb.OpaqueTokenLookup(token=wire.opaque_to_pb(t)) if t else pb.OpaqueTokenLookup() for t in found])
 
+
+class RevocationsServicer(registry_pb2_grpc.RevocationsServicer):
+    def __init__(self, revocations: RevocationStore):
+        self.revocations = revocations
+
     async def AddRevocations(self, request, context):
-        ids = await self._call(context, self.registry.add_revocations(
-            [wire.revocation_from_pb(r) for r in request.revocations]))
-        return pb.AddRevocationsResponse(ids=ids)
+        await _check_batch(context, request.revocations, "revocations")
+        outcomes = await self.revocations.add_revocations(
+            [wire.revocation_from_pb(r) for r in request.revocations])
+        return pb.AddRevocationsResponse(results=[
+            pb.RevocationOutcome(error=wire.item_error_to_pb(o)) if isinstance(o, ItemError)
+            else pb.RevocationOutcome(id=o) for o in outcomes])
 
     async def ListRevocations(self, request, context):
-        limit = request.limit if 0 < request.limit <= 10_000 else 10_000
-        found = await self.registry.list_revocations(request.after_id, limit)
-        return pb.ListRevocationsResponse(revocations=[wire.revocation_to_pb(r) for r in found])
+        limit = request.limit if 0 < request.limit <= MAX_PAGE else MAX_PAGE
+        page = await self.revocations.list_revocations(wire.cursor_from_pb(request.after), limit)
+        return pb.ListRevocationsResponse(revocations=[wire.revocation_to_pb(r) for r in page.records],
+                                          next=wire.cursor_to_pb(page.next), more=page.more)
 
 
-def add_to_server(registry: ClientRegistryApi, server: grpc.aio.Server) -> None:
-    registry_pb2_grpc.add_ClientRegistryServicer_to_server(ClientRegistryServicer(registry), server)
+@dataclass(frozen=True)
+class Domain:
+    """One gRPC service of the registry: its full name, and how to add it to a server
+    given the registry's repositories (registry.Registry)."""
+    service_name: str
+    add: Callable[[Any, grpc.aio.Server], None]
 
+
+DOMAINS: tuple[Domain, ...] = (
+    Domain("inbound.registry.v1.Clients",
+           lambda r, s: registry_pb2_grpc.add_ClientsServicer_to_server(ClientsServicer(r.clients), s)),
+    Domain("inbound.registry.v1.SigningKeys",
+           lambda r, s: registry_pb2_grpc.add_SigningKeysServicer_to_server(SigningKeysServicer(r.signing_keys), s)),
+    Domain("inbound.registry.v1.Tokens",
+           lambda r, s: registry_pb2_grpc.add_TokensServicer_to_server(TokensServicer(r.tokens), s)),
+    Domain("inbound.registry.v1.Revocations",
+           lambda r, s: registry_pb2_grpc.add_RevocationsServicer_to_server(RevocationsServicer(r.revocations), s)),
+)
+SERVICE_NAMES: tuple[str, ...] = tuple(d.service_name for d in DOMAINS)
+# Kept for callers that name one service for health checks: the registry is serving
+# when its clients service is.
+SERVICE_NAME = SERVICE_NAMES[0]
+
+
+def add_to_server(registry, server: grpc.aio.Server) -> None:
+    """Every domain's service (`registry` is a registry.Registry: one repository per domain)."""
+    for domain in DOMAINS:
+        domain.add(registry, server)

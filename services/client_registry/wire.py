@@ -4,10 +4,16 @@ from __future__ import annotations
 from inbound.events.v1 import events_pb2
 from inbound.registry.v1 import registry_pb2 as pb
 from services.client_registry.api import (
+    REVOKE_CLIENT,
+    REVOKE_GRANT,
+    REVOKE_JTI,
+    REVOKE_SUBJECT,
     ClientRecord,
     ClientSpec,
     ClientUpdate,
+    ItemError,
     OpaqueTokenRecord,
+    RevocationCursor,
     RevocationRecord,
     SigningKeyRecord,
 )
@@ -97,37 +103,64 @@ def key_from_pb(m: pb.SigningKey) -> SigningKeyRecord:
                             public_jwk_json=m.public_jwk_json, created_at=m.created_at, activates_at=m.activates_at)
 
 
+def item_error_to_pb(e: ItemError | None) -> pb.ItemError:
+    return pb.ItemError(code=e.code, message=e.message) if e is not None else pb.ItemError()
+
+
+def item_error_from_pb(m: pb.ItemError) -> ItemError | None:
+    return ItemError(m.code, m.message) if m.code or m.message else None
+
+
 def opaque_to_pb(t: OpaqueTokenRecord) -> pb.OpaqueToken:
     return pb.OpaqueToken(token_hash=t.token_hash, jti=t.jti, client_id=t.client_id, subject=t.subject,
                           username=t.username, scopes=t.scopes, audience=t.audience, issued_at=t.issued_at,
-                          expires_at=t.expires_at, kind=t.kind, grant_id=t.grant_id)
+                          expires_at=t.expires_at, kind=t.kind, grant_id=t.grant_id,
+                          issued_at_unix_ms=t.issued_at_precise_ms)
 
 
 def opaque_from_pb(m: pb.OpaqueToken) -> OpaqueTokenRecord:
     return OpaqueTokenRecord(token_hash=m.token_hash, jti=m.jti, client_id=m.client_id, subject=m.subject,
                              username=m.username, scopes=tuple(m.scopes), audience=tuple(m.audience),
                              issued_at=m.issued_at, expires_at=m.expires_at, kind=m.kind or "access",
-                             grant_id=m.grant_id)
+                             grant_id=m.grant_id, issued_at_ms=m.issued_at_unix_ms)
+
+
+def _cut_off_ms(precise_ms: int, seconds: int) -> int:
+    """The cut-off from a message: to the ms, or (from an older writer) the end of its second."""
+    return precise_ms or (seconds * 1000 + 999 if seconds else 0)
 
 
 def revocation_to_pb(r: RevocationRecord) -> pb.Revocation:
     return pb.Revocation(id=r.id, kind=r.kind, value=r.value, client_id=r.client_id,
-                         revoked_before=r.revoked_before, expires_at=r.expires_at, revoked_by=r.revoked_by)
+                         revoked_before=r.revoked_before, revoked_before_unix_ms=r.revoked_before_ms,
+                         expires_at=r.expires_at, revoked_by=r.revoked_by)
 
 
 def revocation_from_pb(m: pb.Revocation) -> RevocationRecord:
     return RevocationRecord(id=m.id, kind=m.kind, value=m.value, client_id=m.client_id,
-                            revoked_before=m.revoked_before, expires_at=m.expires_at, revoked_by=m.revoked_by)
+                            revoked_before_ms=_cut_off_ms(m.revoked_before_unix_ms, m.revoked_before),
+                            expires_at=m.expires_at, revoked_by=m.revoked_by)
+
+
+def cursor_to_pb(c: RevocationCursor) -> pb.RevocationCursor:
+    return pb.RevocationCursor(txid=c.txid, id=c.id)
+
+
+def cursor_from_pb(m: pb.RevocationCursor) -> RevocationCursor:
+    return RevocationCursor(txid=m.txid, id=m.id)
 
 
 def revocation_from_event(event: events_pb2.TokenRevoked) -> RevocationRecord:
-    value = {"jti": event.jti, "grant": event.grant_id, "client": event.client_id}.get(event.kind, "")
+    value = {REVOKE_JTI: event.jti, REVOKE_GRANT: event.grant_id, REVOKE_CLIENT: event.client_id,
+             REVOKE_SUBJECT: event.subject}.get(event.kind, "")
     return RevocationRecord(kind=event.kind, value=value, client_id=event.client_id, expires_at=event.expires_at,
-                            revoked_before=event.revoked_before, revoked_by=event.revoked_by)
+                            revoked_before_ms=_cut_off_ms(event.revoked_before_unix_ms, event.revoked_before),
+                            revoked_by=event.revoked_by)
 
 
 def revocation_event(r: RevocationRecord) -> events_pb2.Event:
     return events_pb2.Event(token_revoked=events_pb2.TokenRevoked(
-        kind=r.kind, client_id=r.client_id, jti=r.value if r.kind == "jti" else "",
-        grant_id=r.value if r.kind == "grant" else "", revoked_before=r.revoked_before,
+        kind=r.kind, client_id=r.client_id, jti=r.value if r.kind == REVOKE_JTI else "",
+        grant_id=r.value if r.kind == REVOKE_GRANT else "", subject=r.value if r.kind == REVOKE_SUBJECT else "",
+        revoked_before=r.revoked_before, revoked_before_unix_ms=r.revoked_before_ms,
         expires_at=r.expires_at, revoked_by=r.revoked_by))

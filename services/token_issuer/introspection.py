@@ -6,7 +6,8 @@ Named checks, in order, for introspection:
    opaque token whose hash is stored
 3. not expired
 4. the caller may see it: its own token, or the caller holds `inbound.introspect` (§4)
-5. not revoked (jti, its grant, or all of its client's tokens up to a time)
+5. not revoked (jti, its grant, or every token of its client or of its subject
+   issued up to a cut-off, compared to the millisecond)
 6. its client still exists and is active
 Any failed check from 2 on answers only {"active": false} (§2.2).
 
@@ -21,24 +22,30 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import jwt
 
 from inbound.events.v1 import events_pb2
-from inboundlib.events import REVOKED_TOKEN_INTROSPECTED, TOKEN_REVOKED, EventBus
+from inboundlib import actors
+from inboundlib.events import REVOKED_TOKEN_INTROSPECTED, TOKEN_REVOKED, EventBus, actor_to_pb
 from inboundlib.oauth.client_auth import ClientCredentials, authenticate_client
-from inboundlib.oauth.errors import UnauthorizedClient
+from inboundlib.oauth.errors import ServerError, UnauthorizedClient
 from services.client_registry.api import (
     REVOKE_GRANT,
     REVOKE_JTI,
-    ClientRegistryApi,
+    ItemError,
     OpaqueTokenRecord,
     RevocationRecord,
+    RevocationStore,
+    TokenStore,
     client_cut_off,
+    subject_cut_off,
 )
 from services.client_registry.cache import ClientSource
 from services.client_registry.wire import revocation_event
 from services.token_issuer.api import TokenInfo
+from services.token_issuer.jti import issued_at_ms
 from services.token_issuer.keys import KeyRing
 from services.token_issuer.revocations import RevocationSet
 
@@ -66,6 +73,12 @@ class TokenFacts:
     exp: int
     grant_id: str = ""
     username: str = ""
+    # When it was issued, to the millisecond (what revocation cut-offs compare with).
+    iat_ms: int = 0
+
+
+class CheckerStore(TokenStore, RevocationStore, Protocol):
+    """What the checker needs of the registry: opaque tokens by hash, and a place for revocations."""
 
 
 INACTIVE = TokenInfo(active=False)
@@ -74,7 +87,7 @@ INACTIVE = TokenInfo(active=False)
 class OpaqueTokenCache:
     """Stored tokens by hash; unknown hashes cached briefly so guesses don't reach Postgres."""
 
-    def __init__(self, registry: ClientRegistryApi, *, ttl: float = 300.0, negative_ttl: float = 5.0,
+    def __init__(self, registry: TokenStore, *, ttl: float = 300.0, negative_ttl: float = 5.0,
                  max_entries: int = 200_000):
         self.registry = registry
         self.ttl = ttl
@@ -105,7 +118,7 @@ class OpaqueTokenCache:
 
 class TokenChecker:
     def __init__(self, *, issuer: str, keyring: callable, revocations: RevocationSet, clients: ClientSource,
-                 registry: ClientRegistryApi, events: EventBus | None = None,
+                 registry: CheckerStore, events: EventBus | None = None,
                  verified_cache_entries: int = VERIFIED_CACHE_ENTRIES):
         self.issuer = issuer
         self._keyring = keyring  # returns the current KeyRing (it is replaced on reload)
@@ -138,7 +151,8 @@ class TokenChecker:
         return TokenFacts(kind=REFRESH_TOKEN if record.kind == "refresh" else ACCESS_TOKEN, jti=record.jti,
                           client_id=record.client_id, sub=record.subject, scopes=record.scopes,
                           aud=record.audience, iat=record.issued_at, exp=record.expires_at,
-                          grant_id=record.grant_id, username=record.username)
+                          grant_id=record.grant_id, username=record.username,
+                          iat_ms=record.issued_at_precise_ms)
 
     def _identify_jwt(self, token: str) -> TokenFacts | None:
         """Verified once per token and key set: resource servers introspect the same
@@ -177,11 +191,12 @@ class TokenChecker:
             return None
         aud = claims.get("aud", ())
         try:
-            return TokenFacts(kind=ACCESS_TOKEN, jti=str(claims["jti"]), client_id=str(claims["client_id"]),
+            iat, jti = int(claims["iat"]), str(claims["jti"])
+            return TokenFacts(kind=ACCESS_TOKEN, jti=jti, client_id=str(claims["client_id"]),
                               sub=str(claims["sub"]), scopes=tuple(str(claims.get("scope", "")).split()),
-                              aud=(aud,) if isinstance(aud, str) else tuple(aud), iat=int(claims["iat"]),
+                              aud=(aud,) if isinstance(aud, str) else tuple(aud), iat=iat,
                               exp=int(claims["exp"]), grant_id=str(claims.get("grant_id", "")),
-                              username=str(claims.get("username", "")))
+                              username=str(claims.get("username", "")), iat_ms=issued_at_ms(jti, iat))
         except (TypeError, ValueError):
             return None
 
@@ -189,7 +204,7 @@ class TokenChecker:
 
     def _revoked(self, facts: TokenFacts) -> bool:
         return self.revocations.is_revoked(jti=facts.jti, grant_id=facts.grant_id, client_id=facts.client_id,
-                                           issued_at=facts.iat)
+                                           issued_at_ms=facts.iat_ms or facts.iat * 1000, subject=facts.sub)
 
     async def introspect(self, token: str, caller: ClientCredentials | None, *, internal: bool) -> TokenInfo:
         client = None
@@ -207,6 +222,7 @@ class TokenChecker:
         if self._revoked(facts):
             if self.events is not None:
                 self.events.publish(REVOKED_TOKEN_INTROSPECTED, events_pb2.Event(
+                    actor=actor_to_pb(actors.actor(actors.CLIENT, caller.client_id)) if caller else None,
                     revoked_token_introspected=events_pb2.RevokedTokenIntrospected(
                         caller=caller.client_id if caller else "internal", client_id=facts.client_id,
                         jti=facts.jti)), low_priority=True)
@@ -231,26 +247,49 @@ class TokenChecker:
         if facts.client_id != client.client_id:
             raise UnauthorizedClient("The token was not issued to this client.",
                                      detail="revocation of another client's token")
+        who = actors.actor(actors.CLIENT, client.client_id)
         if facts.kind == REFRESH_TOKEN:
             # Revoking a refresh token revokes its grant: every access token issued from it too.
             record = RevocationRecord(kind=REVOKE_GRANT, value=facts.grant_id or facts.jti,
                                       client_id=facts.client_id, expires_at=facts.exp + 24 * 3600,
-                                      revoked_by=client.client_id)
+                                      revoked_by=str(who))
         else:
             record = RevocationRecord(kind=REVOKE_JTI, value=facts.jti, client_id=facts.client_id,
-                                      expires_at=facts.exp, revoked_by=client.client_id)
-        await self._store(record)
+                                      expires_at=facts.exp, revoked_by=str(who))
+        await self._store(record, who)
 
-    async def revoke_client_tokens(self, client_id: str, revoked_by: str = "operator") -> int:
-        now = int(time.time())
-        await self._store(client_cut_off(client_id, now, revoked_by))
-        return now
+    async def revoke_client_tokens(self, client_id: str, revoked_by: str = "") -> int:
+        """Every token of the client issued until now (this process's clock, in ms: the
+        clock family that stamps tokens; see api.client_cut_off). Returns the cut-off in
+        whole seconds, as the contract shows it."""
+        now_ms = int(time.time() * 1000)
+        await self._store(client_cut_off(client_id, now_ms, revoked_by or _current_actor()))
+        return now_ms // 1000
 
-    async def _store(self, record: RevocationRecord) -> None:
+    async def revoke_subject_tokens(self, subject: str, revoked_by: str = "") -> int:
+        """Every token of one subject (a user), for every client, issued until now;
+        honoured for JWT and opaque tokens alike. Returns the cut-off in Unix ms."""
+        now_ms = int(time.time() * 1000)
+        await self._store(subject_cut_off(subject, now_ms, revoked_by or _current_actor()))
+        return now_ms
+
+    async def _store(self, record: RevocationRecord, who: actors.Actor | None = None) -> None:
         """Durable first (the registry), then this replica, then every other one (NATS)."""
-        ids = await self.registry.add_revocations([record])
-        stored = RevocationRecord(**{**record.__dict__, "id": ids[0]}) if ids else record
+        [outcome] = await self.registry.add_revocations([record])
+        if isinstance(outcome, ItemError):
+            raise ServerError(detail=f"revocation not stored: {outcome}")
+        stored = RevocationRecord(**{**record.__dict__, "id": outcome})
         self.revocations.apply(stored)
         if self.events is not None:
-            self.events.publish(TOKEN_REVOKED, revocation_event(stored))
+            event = revocation_event(stored)
+            if who is not None:
+                event.actor.CopyFrom(actor_to_pb(who))
+            self.events.publish(TOKEN_REVOKED, event)
         log.info("token revoked", extra={"kind": record.kind, "client_id": record.client_id})
+
+
+def _current_actor() -> str:
+    """Who is revoking, for the record: the actor of the call (an operator through
+    inboundctl), else this service."""
+    who = actors.current()
+    return str(who) if who is not None else "service:token_issuer"

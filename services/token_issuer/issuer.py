@@ -4,6 +4,10 @@ JWT access tokens carry iss, sub, aud, client_id, scope, jti, iat, exp (RFC
 9068 §2.2) and the header typ "at+jwt" (§2.1), signed with the key that is
 active now. Opaque tokens are 256-bit random strings; only their SHA-256 is
 stored (through client_registry), so a database leak yields no usable token.
+
+The issue time is read once, in milliseconds, from this process's clock: `iat`
+is its whole seconds, the jti (a UUIDv7, jti.py) and an opaque token's stored
+issue time carry the milliseconds that revocation cut-offs are compared with.
 """
 from __future__ import annotations
 
@@ -12,16 +16,25 @@ import hashlib
 import logging
 import secrets
 import time
+from typing import Protocol
 
 import jwt
 from cryptography.exceptions import InvalidTag
 
 from inbound.events.v1 import events_pb2
+from inboundlib import actors
 from inboundlib.config import ConfigError
-from inboundlib.events import KEYS_ROTATED, TOKEN_ISSUED, EventBus
+from inboundlib.events import KEYS_ROTATED, SIGNING_KEY_CHANGED, TOKEN_ISSUED, EventBus, actor_to_pb
 from inboundlib.oauth.errors import InvalidRequest, ServerError, TemporarilyUnavailable
-from services.client_registry.api import MAX_ACCESS_TOKEN_LIFETIME, MAX_LIFETIME, ClientRegistryApi, OpaqueTokenRecord
+from services.client_registry.api import (
+    MAX_ACCESS_TOKEN_LIFETIME,
+    MAX_LIFETIME,
+    OpaqueTokenRecord,
+    SigningKeyStore,
+    TokenStore,
+)
 from services.token_issuer.api import FORMAT_JWT, FORMAT_OPAQUE, IssuedToken, IssueRequest, KeyInfo
+from services.token_issuer.jti import new_jti
 from services.token_issuer.keys import ALGORITHMS, KeyEncryptor, KeyRing, new_key_record, open_key_record
 
 log = logging.getLogger(__name__)
@@ -30,8 +43,12 @@ OPAQUE_PREFIX = "ibo_"
 REFRESH_PREFIX = "ibr_"
 
 
+class IssuerStore(SigningKeyStore, TokenStore, Protocol):
+    """What the issuer needs of the registry: its signing keys, and a place for opaque tokens."""
+
+
 class TokenIssuer:
-    def __init__(self, registry: ClientRegistryApi, encryptor: KeyEncryptor, *, issuer: str,
+    def __init__(self, registry: IssuerStore, encryptor: KeyEncryptor, *, issuer: str,
                  default_audience: str, alg: str = "ES256", activation_delay: int = 0,
                  events: EventBus | None = None):
         if alg not in ALGORITHMS:
@@ -55,6 +72,9 @@ class TokenIssuer:
             await self.registry.add_signing_key(new_key_record(self.alg, self.encryptor), only_if_none=True)
             await self.reload_keys()
         if self.events is not None:
+            # A key added by any replica (or by hand) is a registry change; KeysRotated
+            # (published by the replica that rotated) says the same sooner or later.
+            await self.events.subscribe(SIGNING_KEY_CHANGED, self._on_keys_rotated)
             await self.events.subscribe(KEYS_ROTATED, self._on_keys_rotated)
             self.events.on_reconnect(self.reload_keys)
 
@@ -107,12 +127,13 @@ class TokenIssuer:
             raise InvalidRequest(detail=f"lifetime {request.lifetime_seconds} out of range")
         if not 0 <= request.refresh_token_lifetime <= MAX_LIFETIME:
             raise InvalidRequest(detail=f"refresh lifetime {request.refresh_token_lifetime} out of range")
-        now = int(time.time())
-        jti = secrets.token_urlsafe(16)
+        now_ms = int(time.time() * 1000)
+        now = now_ms // 1000
+        jti = new_jti(now_ms)
         audience = list(request.audience) or [self.default_audience]
         grant_id = request.grant_id or (secrets.token_urlsafe(16) if request.refresh_token_lifetime else "")
         if request.format == FORMAT_OPAQUE:
-            access_token = await self._issue_opaque(request, jti, now, audience, grant_id)
+            access_token = await self._issue_opaque(request, jti, now_ms, audience, grant_id)
         elif request.format == FORMAT_JWT:
             access_token = self._issue_jwt(request, jti, now, audience, grant_id)
         else:
@@ -121,11 +142,15 @@ class TokenIssuer:
         if request.refresh_token_lifetime:
             refresh_token = REFRESH_PREFIX + secrets.token_urlsafe(32)
             await self._store(refresh_token, OpaqueTokenRecord(
-                token_hash=b"", jti=secrets.token_urlsafe(16), client_id=request.client_id, subject=request.subject,
+                token_hash=b"", jti=new_jti(now_ms), client_id=request.client_id, subject=request.subject,
                 username=request.username, scopes=request.scopes, audience=tuple(audience), issued_at=now,
-                expires_at=now + request.refresh_token_lifetime, kind="refresh", grant_id=grant_id))
+                issued_at_ms=now_ms, expires_at=now + request.refresh_token_lifetime, kind="refresh",
+                grant_id=grant_id))
         if self.events is not None:
-            self.events.publish(TOKEN_ISSUED, events_pb2.Event(token_issued=events_pb2.TokenIssued(
+            # The client asked for it (a user, once user grants arrive, is the subject).
+            self.events.publish(TOKEN_ISSUED, events_pb2.Event(
+                actor=actor_to_pb(actors.actor(actors.CLIENT, request.client_id)),
+                token_issued=events_pb2.TokenIssued(
                 client_id=request.client_id, grant_type=request.grant_type, subject=request.subject, jti=jti,
                 scope=" ".join(request.scopes), token_format=request.format,
                 expires_at=now + request.lifetime_seconds, refresh_token_issued=bool(refresh_token))))
@@ -152,13 +177,14 @@ class TokenIssuer:
             claims["grant_id"] = grant_id
         return jwt.encode(claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": "at+jwt"})
 
-    async def _issue_opaque(self, request: IssueRequest, jti: str, now: int, audience: list[str],
+    async def _issue_opaque(self, request: IssueRequest, jti: str, now_ms: int, audience: list[str],
                             grant_id: str) -> str:
         token = OPAQUE_PREFIX + secrets.token_urlsafe(32)
+        now = now_ms // 1000
         await self._store(token, OpaqueTokenRecord(
             token_hash=b"", jti=jti, client_id=request.client_id, subject=request.subject,
             username=request.username, scopes=request.scopes, audience=tuple(audience), issued_at=now,
-            expires_at=now + request.lifetime_seconds, kind="access", grant_id=grant_id))
+            issued_at_ms=now_ms, expires_at=now + request.lifetime_seconds, kind="access", grant_id=grant_id))
         return token
 
     async def _store(self, token: str, record: OpaqueTokenRecord) -> None:

@@ -2,8 +2,14 @@
 
 Filled from client_registry on start, kept current from NATS (`TokenRevoked`,
 applied within milliseconds), and re-synced from the registry every few
-seconds by id as a backstop for events missed during a NATS outage. Entries
-drop once what they revoke would have expired anyway.
+seconds as a backstop for events missed during a NATS outage, through a
+cursor that never skips a revocation still being committed
+(services/client_registry/revocations.py). Entries drop once what they revoke
+would have expired anyway.
+
+Cut-offs (a client's or a subject's tokens issued up to an instant) compare
+at millisecond precision: a token issued right after the cut-off is valid,
+one issued before it (or in the same millisecond) is not.
 """
 from __future__ import annotations
 
@@ -13,35 +19,59 @@ import time
 
 from inbound.events.v1 import events_pb2
 from inboundlib.events import TOKEN_REVOKED, EventBus
-from services.client_registry.api import REVOKE_CLIENT, REVOKE_GRANT, REVOKE_JTI, ClientRegistryApi, RevocationRecord
+from services.client_registry.api import (
+    REVOKE_CLIENT,
+    REVOKE_GRANT,
+    REVOKE_JTI,
+    REVOKE_SUBJECT,
+    RevocationCursor,
+    RevocationRecord,
+    RevocationStore,
+)
 from services.client_registry.wire import revocation_from_event
 
 log = logging.getLogger(__name__)
+
+PAGE = 10_000
 
 
 class RevocationSet:
     def __init__(self) -> None:
         self._jti: dict[str, int] = {}
         self._grant: dict[str, int] = {}
-        # client id -> (revoked_before, expires_at)
+        # client id / subject -> (revoked_before_ms, expires_at)
         self._client: dict[str, tuple[int, int]] = {}
+        self._subject: dict[str, tuple[int, int]] = {}
 
     def apply(self, r: RevocationRecord) -> None:
         if r.kind == REVOKE_JTI:
             self._jti[r.value] = max(self._jti.get(r.value, 0), r.expires_at)
         elif r.kind == REVOKE_GRANT:
             self._grant[r.value] = max(self._grant.get(r.value, 0), r.expires_at)
-        elif r.kind == REVOKE_CLIENT:
-            before, expires = self._client.get(r.value, (0, 0))
-            self._client[r.value] = (max(before, r.revoked_before), max(expires, r.expires_at))
+        elif r.kind in (REVOKE_CLIENT, REVOKE_SUBJECT):
+            table = self._client if r.kind == REVOKE_CLIENT else self._subject
+            before, expires = table.get(r.value, (0, 0))
+            table[r.value] = (max(before, r.revoked_before_ms), max(expires, r.expires_at))
 
-    def is_revoked(self, *, jti: str, grant_id: str, client_id: str, issued_at: int) -> bool:
+    def is_revoked(self, *, jti: str, grant_id: str, client_id: str, issued_at_ms: int | None = None,
+                   subject: str = "", issued_at: int = 0) -> bool:
+        """`issued_at_ms`: when the token was issued, in Unix milliseconds (by the issuer's
+        clock); a token known only to the second (`issued_at`) counts from its start."""
+        if issued_at_ms is None:
+            issued_at_ms = issued_at * 1000
         if jti and jti in self._jti:
             return True
         if grant_id and grant_id in self._grant:
             return True
         cut = self._client.get(client_id)
-        return cut is not None and issued_at <= cut[0]
+        if cut is not None and issued_at_ms <= cut[0]:
+            return True
+        cut = self._subject.get(subject) if subject else None
+        return cut is not None and issued_at_ms <= cut[0]
+
+    def client_cut_off_ms(self, client_id: str) -> int:
+        """The client's cut-off (0: none): a deleted or disabled client has one."""
+        return self._client.get(client_id, (0, 0))[0]
 
     def prune(self, now: float | None = None) -> int:
         now = time.time() if now is None else now
@@ -50,29 +80,30 @@ class RevocationSet:
             for key in [k for k, expires in table.items() if expires < now]:
                 del table[key]
                 dropped += 1
-        for key in [k for k, (_, expires) in self._client.items() if expires < now]:
-            del self._client[key]
-            dropped += 1
+        for table in (self._client, self._subject):
+            for key in [k for k, (_, expires) in table.items() if expires < now]:
+                del table[key]
+                dropped += 1
         return dropped
 
     def __len__(self) -> int:
-        return len(self._jti) + len(self._grant) + len(self._client)
+        return len(self._jti) + len(self._grant) + len(self._client) + len(self._subject)
 
 
 class RevocationSync:
     """Keeps a RevocationSet current: NATS first, the registry as the source of truth."""
 
-    def __init__(self, revocations: RevocationSet, registry: ClientRegistryApi, events: EventBus | None, *,
+    def __init__(self, revocations: RevocationSet, registry: RevocationStore, events: EventBus | None, *,
                  resync_seconds: float = 5.0):
         self.revocations = revocations
         self.registry = registry
         self.events = events
         self.resync_seconds = resync_seconds
         self._task: asyncio.Task | None = None
-        # The registry id up to which every revocation has been read from the registry.
-        # Only catch_up moves it: entries applied from NATS or made here may have
-        # higher ids than ones this replica has not seen yet.
-        self.watermark = 0
+        # How far every revocation has been read from the registry. Only catch_up moves
+        # it, and only as far as the registry proves nothing can still appear before it:
+        # entries applied from NATS or made here prove nothing about others in flight.
+        self.cursor = RevocationCursor()
 
     async def start(self) -> None:
         # Subscribe before reading the registry so nothing falls between the two.
@@ -89,12 +120,12 @@ class RevocationSync:
     async def catch_up(self) -> int:
         applied = 0
         while True:
-            page = await self.registry.list_revocations(self.watermark, 10_000)
-            for record in page:
+            page = await self.registry.list_revocations(self.cursor, PAGE)
+            for record in page.records:
                 self.revocations.apply(record)
-                self.watermark = max(self.watermark, record.id)
-            applied += len(page)
-            if len(page) < 10_000:
+            self.cursor = page.next
+            applied += len(page.records)
+            if not page.more:
                 return applied
 
     async def _catch_up_now(self) -> None:

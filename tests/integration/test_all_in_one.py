@@ -87,10 +87,10 @@ async def test_one_process_serves_the_whole_token_lifecycle(single):
         while True:
             types = {r["type"] for r in await conn.fetch(
                 "SELECT DISTINCT type FROM audit_log WHERE client_id = $1", client.client_id)}
-            if {"client_changed", "token_issued", "token_denied", "token_revoked"} <= types \
+            if {"registry_changed", "token_issued", "token_denied", "token_revoked"} <= types \
                     or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.1)
     finally:
         await conn.close()
-    assert {"client_changed", "token_issued", "token_denied", "token_revoked"} <= types
+    assert {"registry_changed", "token_issued", "token_denied", "token_revoked"} <= types

@@ -96,14 +96,16 @@ async def test_creating_a_client_is_audited(pg, make_client):
     client, _ = await make_client()
     deadline = time.monotonic() + ARRIVAL
     while time.monotonic() < deadline:
-        rows = await pg.fetch("SELECT * FROM audit_log WHERE client_id = $1 AND type = 'client_changed'",
+        rows = await pg.fetch("SELECT * FROM audit_log WHERE client_id = $1 AND type = 'registry_changed'",
                               client.client_id)
         if rows:
             break
         await asyncio.sleep(0.05)
     assert len(rows) == 1
     assert rows[0]["source"] == "client_registry"
-    assert json.loads(rows[0]["detail"]) == {"client_id": client.client_id, "change": "created"}
+    assert json.loads(rows[0]["detail"]) == {"entity": "client", "id": client.client_id, "change": "created",
+                                             "actor": {"kind": "service", "id": "client_registry"}}
+    assert (rows[0]["actor_kind"], rows[0]["actor_id"]) == ("service", "client_registry")
 
 
 async def test_a_redelivered_or_republished_event_is_stored_once(stack, pg, bus):

@@ -35,7 +35,7 @@ async def test_a_clients_life_is_audited_without_secrets_or_tokens(stack, regist
     await registry.update_client(client.client_id, ClientUpdate(comments="audited"))
     _, new_secret = await registry.rotate_client_secret(client.client_id)
 
-    expected = {"client_changed", "token_issued", "token_denied", "token_revoked", "revoked_token_introspected"}
+    expected = {"registry_changed", "token_issued", "token_denied", "token_revoked", "revoked_token_introspected"}
     conn = await asyncpg.connect(stack.database_url)
     try:
         deadline = time.monotonic() + 10
@@ -43,7 +43,7 @@ async def test_a_clients_life_is_audited_without_secrets_or_tokens(stack, regist
             rows = await conn.fetch("SELECT type, detail::text AS detail, source, request_id FROM audit_log"
                                     " WHERE client_id = $1 OR detail->>'client_id' = $1", client.client_id)
             types = {r["type"] for r in rows}
-            changes = [r for r in rows if r["type"] == "client_changed"]
+            changes = [r for r in rows if r["type"] == "registry_changed"]
             if expected <= types and len(changes) >= 3 or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.1)

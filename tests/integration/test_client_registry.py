@@ -116,13 +116,14 @@ async def test_every_client_change_is_published_on_nats(stack, registry):
         await registry.rotate_client_secret(client.client_id)
         await registry.delete_client(client.client_id)
         deadline = asyncio.get_running_loop().time() + 3
-        while len([e for e in seen if e.client_changed.client_id == client.client_id]) < 4:
-            assert asyncio.get_running_loop().time() < deadline, [e.client_changed.change for e in seen]
+        while len([e for e in seen if e.registry_changed.id == client.client_id]) < 4:
+            assert asyncio.get_running_loop().time() < deadline, [e.registry_changed.change for e in seen]
             await asyncio.sleep(0.05)
     finally:
         await nc.close()
-    mine = [e for e in seen if e.client_changed.client_id == client.client_id]
-    assert [e.client_changed.change for e in mine] == ["created", "updated", "secret_rotated", "deleted"]
+    mine = [e for e in seen if e.registry_changed.id == client.client_id]
+    assert [e.registry_changed.change for e in mine] == ["created", "updated", "secret_rotated", "deleted"]
+    assert all(e.registry_changed.entity == "client" for e in mine)
     assert len({e.event_id for e in mine}) == 4
     assert all(e.source == "client_registry" for e in mine)
 

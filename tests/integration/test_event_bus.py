@@ -13,7 +13,7 @@ from inboundlib.metrics import EVENTS_DROPPED
 
 
 def changed(i: int) -> events_pb2.Event:
-    return events_pb2.Event(client_changed=events_pb2.ClientChanged(client_id=f"c{i}", change="updated"))
+    return events_pb2.Event(registry_changed=events_pb2.RegistryChanged(entity="client", id=f"c{i}", change="updated"))
 
 
 async def test_a_burst_goes_out_in_batches_and_every_subscriber_sees_every_event(stack):
@@ -22,7 +22,7 @@ async def test_a_burst_goes_out_in_batches_and_every_subscriber_sees_every_event
     seen: list[str] = []
 
     async def collect(event: events_pb2.Event) -> None:
-        seen.append(event.client_changed.client_id)
+        seen.append(event.registry_changed.id)
 
     raw = await nats.connect(stack.nats_url)
     messages = []
@@ -75,7 +75,7 @@ async def test_after_a_reconnect_hooks_run_and_subscriptions_still_deliver(tmp_p
         connects.append(asyncio.get_running_loop().time())
 
     async def collect(event: events_pb2.Event) -> None:
-        seen.append(event.client_changed.client_id)
+        seen.append(event.registry_changed.id)
 
     bus.on_reconnect(hook)
     await bus.subscribe("inbound.events.test.reconnect", collect)  # before the first connection
@@ -111,7 +111,7 @@ async def test_a_full_buffer_sheds_low_priority_events_first():
         bus.publish("inbound.events.test.p", changed(i))
     assert bus.pending == 4
     bus.publish("inbound.events.test.p", changed(999), low_priority=True)  # no room: dropped
-    kept = [event.client_changed.client_id for _, event in list(bus._buffer) + list(bus._low)]
+    kept = [event.registry_changed.id for _, event in list(bus._buffer) + list(bus._low)]
     assert kept == ["c100", "c101", "c102", "c103"]
     bus.publish("inbound.events.test.p", changed(104))  # nothing low left to shed: the new one is dropped
     assert bus.pending == 4

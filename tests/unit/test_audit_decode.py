@@ -12,11 +12,13 @@ from services.audit.log import _as_dict, decode, decode_batch
 PAYLOADS = [field.name for field in events_pb2.Event.DESCRIPTOR.oneofs_by_name["payload"].fields]
 
 
-def filled(name: str):
-    """A payload with every field set to something non-default."""
-    message = getattr(events_pb2.Event(), name).__class__()
+def filled(name: str, message=None):
+    """A payload with every field set to something non-default (sub-messages too)."""
+    message = getattr(events_pb2.Event(), name).__class__() if message is None else message
     for field in message.DESCRIPTOR.fields:
-        if field.type == field.TYPE_STRING:
+        if field.message_type is not None:
+            filled("", getattr(message, field.name))
+        elif field.type == field.TYPE_STRING:
             setattr(message, field.name, f"{field.name}-välue")
         elif field.type == field.TYPE_BOOL:
             setattr(message, field.name, True)

@@ -1,0 +1,79 @@
+"""What every Postgres repository of the registry shares: time conversions, and
+running a batch so that one bad item never fails its neighbours."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timezone
+from typing import TypeVar
+
+import asyncpg
+
+from inboundlib.db import UNAVAILABLE_ERRORS
+from services.client_registry.api import ITEM_INTERNAL, ItemError
+
+log = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# Times beyond this are junk (year 9999 is as far as Python's datetime goes).
+MAX_UNIX_SECONDS = 253_402_300_799
+
+
+def ts(value: datetime | None) -> int:
+    return int(value.timestamp()) if value else 0
+
+
+def ms(value: datetime | None) -> int:
+    """A timestamptz as Unix milliseconds, exactly (no float rounding)."""
+    if value is None:
+        return 0
+    delta = value - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def from_ts(value: int) -> datetime:
+    return datetime.fromtimestamp(value, tz=timezone.utc)
+
+
+def from_ms(value: int) -> datetime:
+    seconds, millis = divmod(value, 1000)
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).replace(microsecond=millis * 1000)
+
+
+def plausible_time(seconds: int) -> bool:
+    return 0 <= seconds <= MAX_UNIX_SECONDS
+
+
+async def batch_then_items(items: Sequence[Item], run: Callable[[list[Item]], Awaitable[list[Result]]],
+                           what: str) -> list[Result | ItemError]:
+    """`run` the whole batch in one round trip; if Postgres refuses it as data (one bad
+    item), run each item alone so only the bad one fails, with an ItemError. The
+    database being away is not an item's fault: that raises, for the caller to answer
+    UNAVAILABLE."""
+    items = list(items)
+    if not items:
+        return []
+    try:
+        return list(await run(items))
+    except UNAVAILABLE_ERRORS:
+        raise
+    except asyncpg.PostgresError as exc:
+        if len(items) == 1:
+            return [_refused(what, exc)]
+    results: list[Result | ItemError] = []
+    for item in items:
+        try:
+            results.append((await run([item]))[0])
+        except UNAVAILABLE_ERRORS:
+            raise
+        except asyncpg.PostgresError as exc:
+            results.append(_refused(what, exc))
+    return results
+
+
+def _refused(what: str, exc: asyncpg.PostgresError) -> ItemError:
+    log.warning("%s refused by Postgres", what, extra={"error": type(exc).__name__, "sqlstate": exc.sqlstate})
+    return ItemError(ITEM_INTERNAL, f"{what} could not be stored")

@@ -1,0 +1,151 @@
+"""Revocations over Postgres: batched writes without a global lock, and a read
+cursor that never skips a revocation still being committed.
+
+Writers: one statement per batch (callers coalesce concurrent revocations),
+upserting by (kind, value); re-revoking widens an entry (later cut-off, later
+expiry). Each row carries the id of the transaction that last wrote it
+(`txid`, from pg_current_xact_id()).
+
+Readers (every token_issuer replica's resync) page by (txid, id) and move their
+cursor only past transactions the snapshot proves finished: every transaction
+with an id below the snapshot's xmin has committed or aborted, so no row with
+such a txid can appear later. Rows of newer transactions that are already
+visible are returned (and applied) but read again next time; a transaction
+still in flight is read once it commits. This is the transactional-outbox
+technique: ids (a sequence) are handed out in one order and become visible in
+another, so "everything up to the highest id seen" loses revocations unless
+every writer is serialised, which is what the lock it replaces did.
+"""
+from __future__ import annotations
+
+import asyncpg
+
+from services.client_registry.api import (
+    CUT_OFF_KINDS,
+    ITEM_INVALID,
+    MAX_ID_LENGTH,
+    REVOCATION_KINDS,
+    REVOKE_SUBJECT,
+    ItemError,
+    RevocationCursor,
+    RevocationPage,
+    RevocationRecord,
+    has_control_characters,
+    is_plausible_id,
+)
+from services.client_registry.pg import batch_then_items, from_ms, from_ts, ms, plausible_time, ts
+
+MAX_PAGE = 10_000
+
+_UPSERT = """
+INSERT INTO revocations (kind, value, client_id, revoked_before, expires_at, revoked_by)
+SELECT k, v, c, rb, e, b
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::text[])
+       AS x(k, v, c, rb, e, b)
+ON CONFLICT (kind, value) DO UPDATE SET
+    revoked_before = GREATEST(revocations.revoked_before, EXCLUDED.revoked_before),
+    expires_at = GREATEST(revocations.expires_at, EXCLUDED.expires_at),
+    txid = pg_current_xact_id()::text::bigint
+RETURNING id, kind, value
+"""
+
+_COLUMNS = "id, txid, kind, value, client_id, revoked_before, expires_at, revoked_by"
+
+
+def check_revocation(r: RevocationRecord) -> str | None:
+    """Why a revocation cannot be stored, or None."""
+    if r.kind not in REVOCATION_KINDS:
+        return f"unknown revocation kind {r.kind!r}"
+    if not is_plausible_id(r.value):
+        return "the revoked value is empty, too long or has control characters"
+    if r.kind != REVOKE_SUBJECT and not is_plausible_id(r.client_id):
+        return "the client id is empty, too long or has control characters"
+    if r.kind == REVOKE_SUBJECT and r.client_id and not is_plausible_id(r.client_id):
+        return "the client id is too long or has control characters"
+    if len(r.revoked_by) > MAX_ID_LENGTH or has_control_characters(r.revoked_by):
+        return "revoked_by is too long or has control characters"
+    if not plausible_time(r.expires_at) or not plausible_time(r.revoked_before_ms // 1000):
+        return "a time is out of range"
+    if r.kind in CUT_OFF_KINDS and r.revoked_before_ms <= 0:
+        return f"a {r.kind} revocation needs a cut-off time"
+    return None
+
+
+def _record(row: asyncpg.Record) -> RevocationRecord:
+    return RevocationRecord(id=row["id"], kind=row["kind"], value=row["value"], client_id=row["client_id"],
+                            revoked_before_ms=ms(row["revoked_before"]), expires_at=ts(row["expires_at"]),
+                            revoked_by=row["revoked_by"])
+
+
+async def insert_revocations(conn: asyncpg.Connection | asyncpg.Pool,
+                             records: list[RevocationRecord]) -> list[int]:
+    """Upsert valid records in one statement (inside the caller's transaction, if any);
+    returns each record's row id, in order."""
+    merged: dict[tuple[str, str], RevocationRecord] = {}
+    for r in records:  # one row per (kind, value): an upsert cannot touch a row twice
+        seen = merged.get((r.kind, r.value))
+        merged[(r.kind, r.value)] = r if seen is None else RevocationRecord(
+            kind=r.kind, value=r.value, client_id=seen.client_id, revoked_by=seen.revoked_by,
+            revoked_before_ms=max(seen.revoked_before_ms, r.revoked_before_ms),
+            expires_at=max(seen.expires_at, r.expires_at))
+    rows = list(merged.values())
+    stored = await conn.fetch(
+        _UPSERT, [r.kind for r in rows], [r.value for r in rows], [r.client_id for r in rows],
+        [from_ms(r.revoked_before_ms) if r.revoked_before_ms else None for r in rows],
+        [from_ts(r.expires_at) for r in rows], [r.revoked_by for r in rows])
+    ids = {(row["kind"], row["value"]): row["id"] for row in stored}
+    return [ids[(r.kind, r.value)] for r in records]
+
+
+class RevocationRepository:
+    """Implements api.RevocationStore over Postgres."""
+
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool = pool
+
+    async def add_revocations(self, revocations: list[RevocationRecord]) -> list[int | ItemError]:
+        results: list[int | ItemError | None] = [None] * len(revocations)
+        valid: list[int] = []
+        for i, r in enumerate(revocations):
+            problem = check_revocation(r)
+            if problem:
+                results[i] = ItemError(ITEM_INVALID, problem)
+            else:
+                valid.append(i)
+        stored = await batch_then_items([revocations[i] for i in valid],
+                                        lambda batch: insert_revocations(self.pool, batch), "revocation")
+        for i, outcome in zip(valid, stored):
+            results[i] = outcome
+        return results  # type: ignore[return-value]
+
+    async def list_revocations(self, after: RevocationCursor = RevocationCursor(),
+                               limit: int = MAX_PAGE) -> RevocationPage:
+        limit = max(1, min(limit, MAX_PAGE))
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            # One snapshot for both statements: xmin says which transactions are finished
+            # as far as the rows read below are concerned.
+            xmin = await conn.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+            rows = await conn.fetch(
+                f"SELECT {_COLUMNS} FROM revocations WHERE (txid, id) > ($1, $2) AND expires_at > now()"
+                " ORDER BY txid, id LIMIT $3", after.txid, after.id, limit)
+        return RevocationPage([_record(r) for r in rows], *next_cursor(after, rows, xmin, limit))
+
+
+def next_cursor(after: RevocationCursor, rows: list, xmin: int, limit: int) -> tuple[RevocationCursor, bool]:
+    """Past every row of a finished transaction (txid < xmin), never past one that may
+    still commit. Rows come ordered by (txid, id), so the finished ones are a prefix."""
+    finished = [r for r in rows if r["txid"] < xmin]
+    if len(rows) < limit:
+        # Everything visible after `after` was read: what comes later has txid >= xmin.
+        return max(after, RevocationCursor(xmin, 0), key=lambda c: (c.txid, c.id)), False
+    if not finished:
+        return after, False  # a full page of in-flight work: wait for it to finish
+    last = finished[-1]
+    cursor = RevocationCursor(last["txid"], last["id"])
+    return cursor, (cursor.txid, cursor.id) > (after.txid, after.id)
+
+
+async def purge_expired(pool: asyncpg.Pool) -> int:
+    """Revocations whose tokens have been expired for a day (kept that long for investigations)."""
+    status = await pool.execute("DELETE FROM revocations WHERE expires_at < now() - interval '1 day'")
+    return int(status.split()[-1])
