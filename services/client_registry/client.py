@@ -179,8 +179,10 @@ class RegistryClient:
         self.revocations = RevocationsClient(channel)
 
     def __getattr__(self, name: str):
-        # Each call belongs to exactly one domain; ask each in turn.
-        for domain in (self.clients, self.signing_keys, self.tokens, self.revocations):
-            if hasattr(type(domain), name):
+        # Each call belongs to exactly one domain; ask each in turn. (Through __dict__:
+        # this runs only for names not found otherwise, and must not recurse.)
+        for key in ("clients", "signing_keys", "tokens", "revocations"):
+            domain = self.__dict__.get(key)
+            if domain is not None and hasattr(type(domain), name):
                 return getattr(domain, name)
         raise AttributeError(name)
