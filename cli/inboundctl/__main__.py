@@ -57,9 +57,10 @@ class Session:
         return self.channel
 
     def registry(self):
-        from services.client_registry.client import RegistryClient
+        """The registry's Clients service (the only domain inboundctl changes directly)."""
+        from services.client_registry.client import ClientsClient
 
-        return RegistryClient(self._open(self.args.registry_addr))
+        return ClientsClient(self._open(self.args.registry_addr))
 
     def issuer(self):
         from services.token_issuer.client import IssuerClient
