@@ -85,9 +85,10 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
 
 
 def request_metadata() -> tuple[tuple[str, str], ...] | None:
-    """The current request id (and actor, libs/inboundlib/actors.py) as call metadata, for unbatched calls. (Batched
-    calls carry an id per item instead; a channel interceptor would cost every
-    hot-path call and tag a batch with whichever item came first.)"""
+    """The current request id, and the actor (inboundlib.actors) when one is in
+    context, as call metadata, for unbatched calls. (Batched calls carry an id
+    per item instead; a channel interceptor would cost every hot-path call and
+    tag a batch with whichever item came first.)"""
     request_id = request_id_var.get()
     metadata = (((REQUEST_ID_KEY, request_id),) if request_id else ()) + actors.metadata()
     return metadata or None
