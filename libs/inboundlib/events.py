@@ -58,13 +58,8 @@ Handler = Callable[[events_pb2.Event], Awaitable[None]]
 
 
 def registry_changed(entity: str, id: str, change: str) -> events_pb2.Event:
-    """The one change event of every registry entity; the actor is whoever is in context."""
-    event = events_pb2.Event(registry_changed=events_pb2.RegistryChanged(entity=entity, id=id, change=change))
-    who = actors.current()
-    if who is not None:
-        event.actor.CopyFrom(actor_to_pb(who))
-        event.registry_changed.actor.CopyFrom(actor_to_pb(who))
-    return event
+    """The one change event of every registry entity (publish names its actor)."""
+    return events_pb2.Event(registry_changed=events_pb2.RegistryChanged(entity=entity, id=id, change=change))
 
 
 def actor_to_pb(who: actors.Actor) -> events_pb2.Actor:
@@ -194,7 +189,7 @@ class EventBus:
             # Whoever is in context (an operator through inboundctl, ...), else the service itself.
             event.actor.CopyFrom(actor_to_pb(actors.current() or actors.Actor(actors.SERVICE, self.source)))
         if event.HasField("registry_changed") and not event.registry_changed.HasField("actor"):
-            event.registry_changed.actor.CopyFrom(event.actor)
+            event.registry_changed.actor.CopyFrom(event.actor)  # the change keeps who made it
         event.request_id = event.request_id or request_id_var.get()
         if len(self._buffer) + len(self._low) >= self.buffer_limit:
             if low_priority or not self._low:

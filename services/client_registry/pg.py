@@ -10,7 +10,7 @@ from typing import TypeVar
 import asyncpg
 
 from inboundlib.db import UNAVAILABLE_ERRORS
-from services.client_registry.api import ITEM_INTERNAL, ItemError
+from services.client_registry.api import ITEM_INTERNAL, ITEM_INVALID, ItemError
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,27 @@ def plausible_time(seconds: int) -> bool:
 
 
 async def batch_then_items(items: Sequence[Item], run: Callable[[list[Item]], Awaitable[list[Result]]],
-                           what: str) -> list[Result | ItemError]:
-    """`run` the whole batch in one round trip; if Postgres refuses it as data (one bad
-    item), run each item alone so only the bad one fails, with an ItemError. The
-    database being away is not an item's fault: that raises, for the caller to answer
-    UNAVAILABLE."""
-    items = list(items)
+                           what: str, check: Callable[[Item], str | None] | None = None) -> list[Result | ItemError]:
+    """`run` the batch in one round trip, one result per item. An item `check` refuses
+    (it says why) gets an ItemError without reaching Postgres; if Postgres still refuses
+    the batch as data (one bad item), each item runs alone, so only the bad one fails.
+    The database being away is not an item's fault: that raises, for the caller to
+    answer UNAVAILABLE."""
+    results: list[Result | ItemError | None] = [None] * len(items)
+    valid: list[int] = []
+    for i, item in enumerate(items):
+        problem = check(item) if check is not None else None
+        if problem:
+            results[i] = ItemError(ITEM_INVALID, problem)
+        else:
+            valid.append(i)
+    for i, outcome in zip(valid, await _run_batch([items[i] for i in valid], run, what)):
+        results[i] = outcome
+    return results  # type: ignore[return-value]
+
+
+async def _run_batch(items: list[Item], run: Callable[[list[Item]], Awaitable[list[Result]]],
+                     what: str) -> list[Result | ItemError]:
     if not items:
         return []
     try:

@@ -22,7 +22,6 @@ import asyncpg
 
 from services.client_registry.api import (
     CUT_OFF_KINDS,
-    ITEM_INVALID,
     MAX_ID_LENGTH,
     REVOCATION_KINDS,
     REVOKE_SUBJECT,
@@ -104,19 +103,8 @@ class RevocationRepository:
         self.pool = pool
 
     async def add_revocations(self, revocations: list[RevocationRecord]) -> list[int | ItemError]:
-        results: list[int | ItemError | None] = [None] * len(revocations)
-        valid: list[int] = []
-        for i, r in enumerate(revocations):
-            problem = check_revocation(r)
-            if problem:
-                results[i] = ItemError(ITEM_INVALID, problem)
-            else:
-                valid.append(i)
-        stored = await batch_then_items([revocations[i] for i in valid],
-                                        lambda batch: insert_revocations(self.pool, batch), "revocation")
-        for i, outcome in zip(valid, stored):
-            results[i] = outcome
-        return results  # type: ignore[return-value]
+        return await batch_then_items(revocations, lambda batch: insert_revocations(self.pool, batch), "revocation",
+                                      check_revocation)
 
     async def list_revocations(self, after: RevocationCursor = RevocationCursor(),
                                limit: int = MAX_PAGE) -> RevocationPage:

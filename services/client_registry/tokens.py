@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncpg
 
 from services.client_registry.api import (
-    ITEM_INVALID,
     MAX_ID_LENGTH,
     ItemError,
     OpaqueTokenRecord,
@@ -66,23 +65,11 @@ class TokenRepository:
     async def store_opaque_tokens(self, tokens: list[OpaqueTokenRecord]) -> list[ItemError | None]:
         """The valid ones in one round trip; if Postgres refuses the batch (a client
         deleted meanwhile, say), row by row, so only the bad one fails."""
-        results: list[ItemError | None] = [None] * len(tokens)
-        valid = []
-        for i, t in enumerate(tokens):
-            problem = check_token(t)
-            if problem:
-                results[i] = ItemError(ITEM_INVALID, problem)
-            else:
-                valid.append(i)
-
         async def insert(batch: list[OpaqueTokenRecord]) -> list[None]:
             await self.pool.executemany(_INSERT, [_args(t) for t in batch])
             return [None] * len(batch)
 
-        stored = await batch_then_items([tokens[i] for i in valid], insert, "opaque token")
-        for i, outcome in zip(valid, stored):
-            results[i] = outcome
-        return results
+        return await batch_then_items(tokens, insert, "opaque token", check_token)
 
     async def get_opaque_tokens(self, token_hashes: list[bytes]) -> list[OpaqueTokenRecord | None]:
         """One answer per hash; anything that is not a SHA-256 is simply not found."""
