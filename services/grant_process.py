@@ -12,7 +12,7 @@ from inboundlib.config import Env
 from inboundlib.events import EventBus
 from inboundlib.grants import server
 from inboundlib.grants.api import GrantHandler
-from services.client_registry.cache import ClientCache
+from services.client_registry.cache import ClientCache, client_cache_settings
 from services.client_registry.client import RegistryClient
 from services.token_issuer.client import IssuerClient
 
@@ -36,14 +36,14 @@ def run(name: str, default_port: int, build: Callable[[GrantDeps], GrantHandler]
         port = env.int("INBOUND_GRPC_PORT", default_port, minimum=0, maximum=65535)
         host = env.str("INBOUND_BIND_HOST", "0.0.0.0")
         metrics_port = env.int("INBOUND_METRICS_PORT", 0, minimum=0, maximum=65535)
-        cache_ttl = env.float("INBOUND_CLIENT_CACHE_TTL", 60.0)
+        client_cache = client_cache_settings(env)
 
         registry_channel = grpcx.channel(registry_addr)
         issuer_channel = grpcx.channel(issuer_addr)
         events = EventBus(nats_url, name)
         await events.start()
         registry = RegistryClient(registry_channel)
-        clients = ClientCache(registry, ttl=cache_ttl)
+        clients = ClientCache(registry, client_cache)
         await clients.attach(events)
         handler = build(GrantDeps(clients=clients, registry=registry, issuer=IssuerClient(issuer_channel),
                                   events=events, env=env))

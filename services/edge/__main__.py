@@ -3,39 +3,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from inboundlib import grpcx, service
 from inboundlib.config import Env
-from inboundlib.events import KEYS_ROTATED, EventBus
+from inboundlib.events import EventBus
 from inboundlib.grants.client import GrantClient
 from services.edge.app import EdgeConfig, create_app
+from services.edge.jwks import JwksCache, jwks_cache_settings
 from services.edge.server import serve
 from services.token_issuer.client import IssuerClient
 
 log = logging.getLogger("edge")
-JWKS_CACHE_SECONDS = 30
-
-
-class JwksCache:
-    """The JWKS from token_issuer, kept `ttl` seconds and dropped when a key is rotated."""
-
-    def __init__(self, issuer: IssuerClient, ttl: float):
-        self.issuer = issuer
-        self.ttl = ttl
-        self._value: tuple[float, dict] | None = None
-
-    async def get(self) -> dict:
-        if self._value and self._value[0] > time.monotonic():
-            return self._value[1]
-        document = await self.issuer.jwks()
-        self._value = (time.monotonic() + self.ttl, document)
-        return document
-
-    async def invalidate(self, event=None) -> None:
-        self._value = None
 
 
 async def main(stop: asyncio.Event) -> None:
@@ -46,6 +26,7 @@ async def main(stop: asyncio.Event) -> None:
     issuer_addr = env.addr("INBOUND_ISSUER_ADDR", "127.0.0.1:50052")
     grant_addrs = env.addr_map("INBOUND_GRANT_ADDRS", "client_credentials=127.0.0.1:50061")
     nats_url = env.str("NATS_URL", "nats://127.0.0.1:4222")
+    jwks_cache = jwks_cache_settings(env)
 
     channels = {"token_issuer": grpcx.channel(issuer_addr)}
     grants = {}
@@ -53,11 +34,10 @@ async def main(stop: asyncio.Event) -> None:
         channels[grant_type] = grpcx.channel(addr)
         grants[grant_type] = GrantClient(grant_type, channels[grant_type])
     issuer = IssuerClient(channels["token_issuer"])
-    jwks = JwksCache(issuer, JWKS_CACHE_SECONDS)
+    jwks = JwksCache(issuer, jwks_cache)
     events = EventBus(nats_url, "edge")
     await events.start()
-    await events.subscribe(KEYS_ROTATED, jwks.invalidate)
-    events.on_reconnect(jwks.invalidate)
+    await jwks.attach(events)
 
     async def ready() -> bool:
         try:

@@ -7,13 +7,15 @@ import asyncio
 from dataclasses import dataclass
 
 from inboundlib import service
+from inboundlib.cache import CacheSettings
 from inboundlib.config import Env
 from inboundlib.events import EventBus
 from services.client_registry.api import ClientRegistryApi
-from services.client_registry.cache import ClientCache
+from services.client_registry.cache import ClientCache, client_cache_settings
 from services.token_issuer.introspection import VERIFIED_CACHE_ENTRIES, TokenChecker
 from services.token_issuer.issuer import TokenIssuer
 from services.token_issuer.keys import ALGORITHMS, KeyEncryptor
+from services.token_issuer.opaque_cache import OpaqueTokenCache, opaque_token_cache_settings
 from services.token_issuer.revocations import RevocationSet, RevocationSync
 
 
@@ -24,7 +26,8 @@ class IssuerSettings:
     alg: str
     activation_delay: int
     audience: str
-    client_cache_ttl: float
+    client_cache: CacheSettings
+    opaque_token_cache: CacheSettings
     revocation_resync: float
     verified_jwt_cache: int
 
@@ -38,7 +41,8 @@ class IssuerSettings:
             # Long enough for resource servers' JWKS caches to refresh before a new key signs.
             activation_delay=env.int("INBOUND_KEY_ACTIVATION_DELAY", 3600, minimum=0),
             audience=env.str("INBOUND_ACCESS_TOKEN_AUDIENCE", issuer_url.rstrip("/") + "/api"),
-            client_cache_ttl=env.float("INBOUND_CLIENT_CACHE_TTL", 60.0),
+            client_cache=client_cache_settings(env),
+            opaque_token_cache=opaque_token_cache_settings(env),
             revocation_resync=env.float("INBOUND_REVOCATION_RESYNC_SECONDS", 5.0, minimum=0.1),
             # JWTs remembered as verified (0: verify every time).
             verified_jwt_cache=env.int("INBOUND_VERIFIED_JWT_CACHE", VERIFIED_CACHE_ENTRIES, minimum=0,
@@ -80,13 +84,14 @@ async def start_token_service(settings: IssuerSettings, registry: ClientRegistry
                          default_audience=settings.audience, alg=settings.alg,
                          activation_delay=settings.activation_delay, events=events)
     await service.retry_until_ready("registry", issuer.start, stop)
-    clients = ClientCache(registry, ttl=settings.client_cache_ttl)
+    clients = ClientCache(registry, settings.client_cache)
     await clients.attach(events)
     revocations = RevocationSet()
     sync = RevocationSync(revocations, registry, events, resync_seconds=settings.revocation_resync)
     await service.retry_until_ready("registry", sync.start, stop)
     checker = TokenChecker(issuer=settings.issuer_url, keyring=lambda: issuer.keyring, revocations=revocations,
                            clients=clients, registry=registry, events=events,
-                           verified_cache_entries=settings.verified_jwt_cache)
+                           verified_cache_entries=settings.verified_jwt_cache,
+                           opaque=OpaqueTokenCache(registry, settings.opaque_token_cache))
     return TokenService(issuer=issuer, checker=checker, clients=clients, sync=sync,
                         reloader=asyncio.create_task(_reload_keys_periodically(issuer)))

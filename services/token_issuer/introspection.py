@@ -10,6 +10,9 @@ Named checks, in order, for introspection:
    issued up to a cut-off, compared to the millisecond)
 6. its client still exists and is active
 Any failed check from 2 on answers only {"active": false} (§2.2).
+When the client record cannot be had (the registry unavailable and the record not
+cached), check 6 rests on check 5: disabling or deleting a client records a cut-off
+in the revocation set, which every replica holds in memory.
 
 JWTs are checked without any I/O (keys, revocation set and client records are
 in memory); opaque tokens are looked up through client_registry and cached —
@@ -28,6 +31,7 @@ import jwt
 
 from inbound.events.v1 import events_pb2
 from inboundlib import actors
+from inboundlib.cache import source_unavailable
 from inboundlib.events import REVOKED_TOKEN_INTROSPECTED, TOKEN_REVOKED, EventBus, actor_to_pb
 from inboundlib.oauth.client_auth import ClientCredentials, authenticate_client
 from inboundlib.oauth.errors import ServerError, UnauthorizedClient
@@ -35,7 +39,6 @@ from services.client_registry.api import (
     REVOKE_GRANT,
     REVOKE_JTI,
     ItemError,
-    OpaqueTokenRecord,
     RevocationRecord,
     RevocationStore,
     TokenStore,
@@ -47,6 +50,7 @@ from services.client_registry.wire import revocation_event
 from services.token_issuer.api import TokenInfo
 from services.token_issuer.jti import issued_at_ms
 from services.token_issuer.keys import KeyRing
+from services.token_issuer.opaque_cache import OpaqueTokenCache
 from services.token_issuer.revocations import RevocationSet
 
 log = logging.getLogger(__name__)
@@ -84,48 +88,17 @@ class CheckerStore(TokenStore, RevocationStore, Protocol):
 INACTIVE = TokenInfo(active=False)
 
 
-class OpaqueTokenCache:
-    """Stored tokens by hash; unknown hashes cached briefly so guesses don't reach Postgres."""
-
-    def __init__(self, registry: TokenStore, *, ttl: float = 300.0, negative_ttl: float = 5.0,
-                 max_entries: int = 200_000):
-        self.registry = registry
-        self.ttl = ttl
-        self.negative_ttl = negative_ttl
-        self.max_entries = max_entries
-        self._entries: dict[bytes, tuple[float, OpaqueTokenRecord]] = {}
-        self._unknown: dict[bytes, float] = {}
-
-    async def get(self, token_hash: bytes) -> OpaqueTokenRecord | None:
-        now = time.monotonic()
-        entry = self._entries.get(token_hash)
-        if entry is not None and entry[0] > now:
-            return entry[1]
-        unknown_until = self._unknown.get(token_hash)
-        if unknown_until is not None and unknown_until > now:
-            return None
-        record = (await self.registry.get_opaque_tokens([token_hash]))[0]
-        # Unknown hashes live apart, in a small table: guesses cannot evict real tokens.
-        table, limit = (self._entries, self.max_entries) if record else (self._unknown, 10_000)
-        if len(table) >= limit:
-            table.clear()
-        if record:
-            self._entries[token_hash] = (now + self.ttl, record)
-        else:
-            self._unknown[token_hash] = now + self.negative_ttl
-        return record
-
-
 class TokenChecker:
     def __init__(self, *, issuer: str, keyring: callable, revocations: RevocationSet, clients: ClientSource,
                  registry: CheckerStore, events: EventBus | None = None,
-                 verified_cache_entries: int = VERIFIED_CACHE_ENTRIES):
+                 verified_cache_entries: int = VERIFIED_CACHE_ENTRIES, opaque: OpaqueTokenCache | None = None):
         self.issuer = issuer
         self._keyring = keyring  # returns the current KeyRing (it is replaced on reload)
         self.revocations = revocations
         self.clients = clients
         self.registry = registry
-        self.opaque = OpaqueTokenCache(registry)
+        self.opaque = opaque or OpaqueTokenCache(registry)
+        self._unavailable_logged_at = 0.0
         self.events = events
         self._verified: dict[bytes, TokenFacts] = {}
         self._verified_limit = verified_cache_entries
@@ -227,9 +200,22 @@ class TokenChecker:
                         caller=caller.client_id if caller else "internal", client_id=facts.client_id,
                         jti=facts.jti)), low_priority=True)
             return INACTIVE
-        owner = await self.clients.get_client(facts.client_id)
-        if owner is None or not owner.active:
-            return INACTIVE
+        try:
+            owner = await self.clients.get_client(facts.client_id)
+        except Exception as exc:
+            if not source_unavailable(exc):
+                raise
+            # The registry is down and the owner's record is not cached (not even stale).
+            # Decide on what this replica holds: the token verified (signature, or our own
+            # stored record), is unexpired, and is not revoked; disabling (or deleting) a
+            # client records a cut-off in the revocation set, so its tokens stay inactive.
+            if time.monotonic() - self._unavailable_logged_at > 10:  # once in a while, not per request
+                self._unavailable_logged_at = time.monotonic()
+                log.warning("client records unavailable: introspection decides without them",
+                            extra={"error": type(exc).__name__})
+        else:
+            if owner is None or not owner.active:
+                return INACTIVE
         return TokenInfo(active=True, scope=" ".join(facts.scopes), client_id=facts.client_id, sub=facts.sub,
                          username=facts.username,
                          token_type="Bearer" if facts.kind == ACCESS_TOKEN else REFRESH_TOKEN,

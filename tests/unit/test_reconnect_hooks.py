@@ -6,14 +6,14 @@ import dataclasses
 import time
 
 from services.client_registry.api import RevocationRecord
-from services.client_registry.cache import ClientCache
+from services.client_registry.cache import CLIENT_CACHE, ClientCache
 from services.token_issuer.revocations import RevocationSet, RevocationSync
 from tests.fakes import FakeBus, FakeClients, FakeRevocations, client_record
 
 
 async def test_the_client_cache_forgets_everything_on_reconnect():
     source, bus = FakeClients(client_record()), FakeBus()
-    cache = ClientCache(source, ttl=3600)
+    cache = ClientCache(source, dataclasses.replace(CLIENT_CACHE, ttl=3600))
     await cache.attach(bus)
     assert (await cache.get_client("app")).active
     source.put(dataclasses.replace(source.clients["app"], active=False))  # its ClientChanged event was missed

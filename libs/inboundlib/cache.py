@@ -1,0 +1,354 @@
+"""One read-through cache for every service: client records, opaque tokens and the
+JWKS today; users, identity providers and auth rules later.
+
+What every cache gets, and why:
+- A TTL per entry: a change whose event was lost costs at most `ttl` of staleness.
+- A bounded LRU per table: when full, the least recently used entry goes (never
+  the whole table, which would send every key to the source at once).
+- Unknown keys ("negative" entries: the source answered None) live in a table of
+  their own, with a smaller bound and a shorter TTL, so a flood of made-up keys
+  cannot push real entries out, and cannot reach the source either.
+- Single-flight loading: concurrent misses for one key share one load, which runs
+  in a task of its own (a caller that gives up does not fail the others waiting).
+  `get_many` loads every missing key with one `load_many` call when the source has one.
+- A generation guard: a key invalidated while its load is in flight does not get
+  that (possibly stale) result stored; callers arriving after the invalidation
+  start a fresh load.
+- Invalidation by key (from an event, through a small adapter that turns an event
+  into keys) and of everything when the event bus reconnects (events were missed).
+- Serve-stale: when a load fails because the source is unavailable (the registry
+  or Postgres down), an expired entry is served for up to `max_stale` seconds past
+  its expiry, counted in `inbound_cache_served_stale_total` and
+  `inbound_cache_staleness_seconds`; past that, the error propagates. While
+  serving stale, the source is asked again at most every `STALE_RETRY_SECONDS`
+  per key, so an outage that times out does not cost every request a timeout.
+  Invalidation still removes entries, and nothing is served stale while the event
+  bus is disconnected (invalidations may be being missed).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from inboundlib import db, grpcx
+from inboundlib.config import ConfigError, Env
+
+log = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+# While a source is failing, each key's load is retried at most this often; requests
+# in between are answered from the stale entry at once.
+STALE_RETRY_SECONDS = 1.0
+
+POSITIVE = "positive"
+NEGATIVE = "negative"
+
+HITS = Counter("inbound_cache_hits_total", "Cache lookups answered from a fresh entry", ["cache", "table"])
+MISSES = Counter("inbound_cache_misses_total", "Cache lookups with no fresh entry", ["cache"])
+LOADS = Counter("inbound_cache_loads_total", "Keys loaded from the source, by outcome "
+                "(found, unknown, unavailable, error)", ["cache", "outcome"])
+EVICTIONS = Counter("inbound_cache_evictions_total", "Entries evicted because a table was full (LRU)",
+                    ["cache", "table"])
+INVALIDATIONS = Counter("inbound_cache_invalidations_total", "Invalidations, by reason (key, all)",
+                        ["cache", "reason"])
+SERVED_STALE = Counter("inbound_cache_served_stale_total",
+                       "Lookups answered from an expired entry because the source was unavailable", ["cache"])
+STALENESS = Histogram("inbound_cache_staleness_seconds", "How long past its expiry an entry was when served stale",
+                      ["cache"], buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 86400))
+ENTRIES = Gauge("inbound_cache_entries", "Entries held (fresh or expired)", ["cache", "table"])
+
+
+def source_unavailable(exc: BaseException) -> bool:
+    """An infrastructure failure, as opposed to a bug or a refusal: a gRPC peer down
+    or too slow (or our queue in front of it full), or the database unreachable."""
+    return grpcx.is_unavailable(exc) or isinstance(exc, db.UNAVAILABLE_ERRORS)
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """How long and how many. `max_stale` 0 turns serve-stale off."""
+    ttl: float
+    negative_ttl: float
+    max_entries: int
+    max_negative_entries: int
+    max_stale: float
+
+    def __post_init__(self) -> None:
+        if self.ttl <= 0 or self.negative_ttl <= 0:
+            raise ValueError("cache TTLs must be positive")
+        if self.max_entries < 1 or self.max_negative_entries < 1:
+            raise ValueError("cache bounds must be at least 1")
+        if self.max_stale < 0:
+            raise ValueError("max_stale must be >= 0")
+
+    @classmethod
+    def from_env(cls, env: Env, name: str, defaults: CacheSettings) -> CacheSettings:
+        """INBOUND_<NAME>_CACHE_{TTL, NEGATIVE_TTL, MAX_ENTRIES, MAX_NEGATIVE_ENTRIES, MAX_STALE};
+        unknown keys must expire no later and be bounded no higher than known ones."""
+        prefix = f"INBOUND_{name.upper()}_CACHE_"
+        ttl = env.float(prefix + "TTL", defaults.ttl, minimum=0.001)
+        negative_ttl = env.float(prefix + "NEGATIVE_TTL", min(defaults.negative_ttl, ttl), minimum=0.001)
+        max_entries = env.int(prefix + "MAX_ENTRIES", defaults.max_entries, minimum=1, maximum=100_000_000)
+        max_negative = env.int(prefix + "MAX_NEGATIVE_ENTRIES", min(defaults.max_negative_entries, max_entries),
+                               minimum=1, maximum=100_000_000)
+        max_stale = env.float(prefix + "MAX_STALE", defaults.max_stale, minimum=0.0)
+        if negative_ttl > ttl:
+            raise ConfigError(f"{prefix}NEGATIVE_TTL ({negative_ttl}) must not exceed {prefix}TTL ({ttl})")
+        if max_negative > max_entries:
+            raise ConfigError(f"{prefix}MAX_NEGATIVE_ENTRIES ({max_negative}) must not exceed "
+                              f"{prefix}MAX_ENTRIES ({max_entries})")
+        return cls(ttl=ttl, negative_ttl=negative_ttl, max_entries=max_entries,
+                   max_negative_entries=max_negative, max_stale=max_stale)
+
+
+class _Entry(Generic[V]):
+    __slots__ = ("value", "expires_at", "retry_at")
+
+    def __init__(self, value: V | None, expires_at: float):
+        self.value = value
+        self.expires_at = expires_at
+        self.retry_at = 0.0  # while the source fails: no new load before this
+
+
+class _Flight:
+    """One load in progress for one key; `discarded` once the key is invalidated meanwhile."""
+    __slots__ = ("future", "discarded")
+
+    def __init__(self, future: asyncio.Future):
+        self.future = future
+        self.discarded = False
+
+
+# A flight's outcome: the value, and how long past expiry it was when served stale (None: fresh).
+_Outcome = tuple[object, float | None]
+
+
+class ReadThroughCache(Generic[K, V]):
+    """A read-through cache of `name`, loading through `load` (one key) and/or
+    `load_many` (a list of keys, answering a value or None per key, in order).
+    A loader answers None for a key the source does not know."""
+
+    def __init__(self, name: str, settings: CacheSettings, *,
+                 load: Callable[[K], Awaitable[V | None]] | None = None,
+                 load_many: Callable[[list[K]], Awaitable[Sequence[V | None]]] | None = None,
+                 unavailable: Callable[[BaseException], bool] = source_unavailable,
+                 clock: Callable[[], float] = time.monotonic,
+                 stale_retry: float = STALE_RETRY_SECONDS):
+        if load is None and load_many is None:
+            raise ValueError("a cache needs load or load_many")
+        self.name = name
+        self.settings = settings
+        self._load = load
+        self._load_many = load_many
+        self._unavailable = unavailable
+        self._clock = clock
+        self._stale_retry = stale_retry
+        self._positive: OrderedDict[K, _Entry[V]] = OrderedDict()
+        self._negative: OrderedDict[K, _Entry[V]] = OrderedDict()
+        self._loading: dict[K, _Flight] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._events = None  # the bus invalidations come from, once attached
+        self._hit = {POSITIVE: HITS.labels(name, POSITIVE), NEGATIVE: HITS.labels(name, NEGATIVE)}
+        self._miss = MISSES.labels(name)
+        self._evicted = {POSITIVE: EVICTIONS.labels(name, POSITIVE), NEGATIVE: EVICTIONS.labels(name, NEGATIVE)}
+        self._size = {POSITIVE: ENTRIES.labels(name, POSITIVE), NEGATIVE: ENTRIES.labels(name, NEGATIVE)}
+        self._served_stale = SERVED_STALE.labels(name)
+        self._staleness = STALENESS.labels(name)
+
+    # --- reading ----------------------------------------------------------------------------------
+
+    async def get(self, key: K) -> V | None:
+        """The value for `key` (None: the source does not know it)."""
+        now = self._clock()
+        found = self._fresh(key, now)
+        if found is not None:
+            return found[0]
+        self._miss.inc()
+        flight = self._loading.get(key)
+        if flight is None:
+            flight = self._start([key], now)[0]
+        return self._answer(await asyncio.shield(flight.future))
+
+    async def get_many(self, keys: Sequence[K]) -> list[V | None]:
+        """Values for `keys`, in order; every missing key not already loading goes to the
+        source in one `load_many` call. Raises if a key can be had neither fresh nor stale."""
+        now = self._clock()
+        answers: dict[K, V | None] = {}
+        waiting: dict[K, _Flight] = {}
+        to_load: list[K] = []
+        for key in dict.fromkeys(keys):
+            found = self._fresh(key, now)
+            if found is not None:
+                answers[key] = found[0]
+                continue
+            self._miss.inc()
+            flight = self._loading.get(key)
+            if flight is None:
+                to_load.append(key)
+            else:
+                waiting[key] = flight
+        if to_load:
+            waiting.update(zip(to_load, self._start(to_load, now)))
+        for key, flight in waiting.items():
+            answers[key] = self._answer(await asyncio.shield(flight.future))
+        return [answers[key] for key in keys]
+
+    def _fresh(self, key: K, now: float) -> tuple[V | None] | None:
+        """(value,) when an entry may answer without a load: fresh, or stale while the
+        source is known to be failing and retried meanwhile. None otherwise."""
+        for table_name, table in ((POSITIVE, self._positive), (NEGATIVE, self._negative)):
+            entry = table.get(key)
+            if entry is None:
+                continue
+            if now < entry.expires_at:
+                table.move_to_end(key)
+                self._hit[table_name].inc()
+                return (entry.value,)
+            if now < entry.retry_at and self._may_serve_stale(entry, now):
+                table.move_to_end(key)
+                return (self._answer((entry.value, now - entry.expires_at)),)
+            if now - entry.expires_at > self.settings.max_stale:
+                del table[key]  # dead: too old even to be served stale
+                self._size[table_name].set(len(table))
+            return None
+        return None
+
+    def _answer(self, outcome: _Outcome) -> V | None:
+        value, staleness = outcome
+        if staleness is not None:
+            self._served_stale.inc()
+            self._staleness.observe(staleness)
+        return value  # type: ignore[return-value]
+
+    # --- loading ----------------------------------------------------------------------------------
+
+    def _start(self, keys: list[K], now: float) -> list[_Flight]:
+        loop = asyncio.get_running_loop()
+        flights = [_Flight(loop.create_future()) for _ in keys]
+        self._loading.update(zip(keys, flights))
+        # A task of its own: a caller cancelled mid-load must not cancel it for the others.
+        task = loop.create_task(self._run(keys, flights, now), name=f"cache-load-{self.name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return flights
+
+    async def _run(self, keys: list[K], flights: list[_Flight], started: float) -> None:
+        try:
+            if self._load_many is not None:
+                values = list(await self._load_many(keys))
+                if len(values) != len(keys):
+                    raise RuntimeError(f"{self.name}: load_many answered {len(values)} values for {len(keys)} keys")
+                outcomes: list[object] = values
+            else:
+                outcomes = list(await asyncio.gather(*(self._load(key) for key in keys), return_exceptions=True))
+        except Exception as exc:
+            outcomes = [exc] * len(keys)
+        except BaseException as exc:  # cancelled (shutting down): waiters see it, nothing is stored
+            for key, flight in zip(keys, flights):
+                self._land(key, flight)
+                if not flight.future.done():
+                    flight.future.set_exception(exc)
+                    flight.future.exception()
+            raise
+        for key, flight, outcome in zip(keys, flights, outcomes):
+            self._land(key, flight)
+            if isinstance(outcome, BaseException):
+                self._failed(key, flight, outcome)
+            else:
+                self._loaded(key, flight, outcome, started)
+
+    def _land(self, key: K, flight: _Flight) -> None:
+        if self._loading.get(key) is flight:
+            del self._loading[key]
+
+    def _loaded(self, key: K, flight: _Flight, value, started: float) -> None:
+        LOADS.labels(self.name, "unknown" if value is None else "found").inc()
+        if not flight.discarded:
+            # The TTL counts from when the read began: the value is at least that old.
+            self._store(key, value, started)
+        flight.future.set_result((value, None))
+
+    def _failed(self, key: K, flight: _Flight, exc: BaseException) -> None:
+        unavailable = self._unavailable(exc)
+        LOADS.labels(self.name, "unavailable" if unavailable else "error").inc()
+        if unavailable and not flight.discarded:
+            now = self._clock()
+            entry = self._positive.get(key) or self._negative.get(key)
+            if entry is not None and self._may_serve_stale(entry, now):
+                entry.retry_at = now + self._stale_retry
+                flight.future.set_result((entry.value, max(0.0, now - entry.expires_at)))
+                return
+        flight.future.set_exception(exc)
+        flight.future.exception()  # retrieved: the waiters get it; nobody logs it as lost
+
+    def _may_serve_stale(self, entry: _Entry, now: float) -> bool:
+        if now - entry.expires_at > self.settings.max_stale:
+            return False
+        # While the bus is away, invalidations (a client disabled, say) may be being missed.
+        return self._events is None or self._events.connected.is_set()
+
+    def _store(self, key: K, value: V | None, loaded_at: float) -> None:
+        if value is None:
+            table_name, table, other = NEGATIVE, self._negative, self._positive
+            ttl, bound = self.settings.negative_ttl, self.settings.max_negative_entries
+        else:
+            table_name, table, other = POSITIVE, self._positive, self._negative
+            ttl, bound = self.settings.ttl, self.settings.max_entries
+        if other.pop(key, None) is not None:
+            self._size[NEGATIVE if table_name == POSITIVE else POSITIVE].set(len(other))
+        table[key] = _Entry(value, loaded_at + ttl)
+        table.move_to_end(key)
+        while len(table) > bound:
+            table.popitem(last=False)
+            self._evicted[table_name].inc()
+        self._size[table_name].set(len(table))
+
+    # --- invalidation -----------------------------------------------------------------------------
+
+    def invalidate(self, key: K) -> None:
+        """Forget `key`, and keep a load of it that is in flight from being stored."""
+        INVALIDATIONS.labels(self.name, "key").inc()
+        if self._positive.pop(key, None) is not None:
+            self._size[POSITIVE].set(len(self._positive))
+        if self._negative.pop(key, None) is not None:
+            self._size[NEGATIVE].set(len(self._negative))
+        flight = self._loading.pop(key, None)
+        if flight is not None:
+            flight.discarded = True
+
+    def invalidate_all(self) -> None:
+        INVALIDATIONS.labels(self.name, "all").inc()
+        self._positive.clear()
+        self._negative.clear()
+        for flight in self._loading.values():
+            flight.discarded = True
+        self._loading.clear()
+        self._size[POSITIVE].set(0)
+        self._size[NEGATIVE].set(0)
+
+    async def attach(self, events, subject: str, keys_of: Callable[[object], Iterable[K]]) -> None:
+        """Invalidate the keys `keys_of(event)` names for each event on `subject`, and
+        everything whenever `events` (re)connects: what was published meanwhile was missed."""
+        self._events = events
+
+        async def on_event(event) -> None:
+            for key in keys_of(event):
+                self.invalidate(key)
+
+        async def on_reconnect() -> None:
+            self.invalidate_all()
+
+        events.on_reconnect(on_reconnect)
+        await events.subscribe(subject, on_event)
+
+    def __len__(self) -> int:
+        return len(self._positive) + len(self._negative)

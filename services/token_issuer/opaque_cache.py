@@ -1,0 +1,34 @@
+"""Stored opaque tokens by SHA-256, for introspection and revocation (inboundlib.cache).
+
+A stored token record never changes (revocation lives in the revocation set and
+a client's state in its record, both checked on every call), so no event
+invalidates it, and a cached one may be served stale for long while the
+registry is unavailable: its own `expires_at` is still checked on every call.
+A token that is not cached needs the registry: during an outage its
+introspection answers temporarily_unavailable (503), never a guess.
+Unknown hashes are cached briefly, apart, so guesses neither reach Postgres
+nor evict real tokens.
+"""
+from __future__ import annotations
+
+from inboundlib.cache import CacheSettings, ReadThroughCache
+from inboundlib.config import Env
+from services.client_registry.api import ClientRegistryApi, OpaqueTokenRecord
+
+# An hour of serve-stale: longer than the default access-token lifetime (1800 s).
+OPAQUE_TOKEN_CACHE = CacheSettings(ttl=300.0, negative_ttl=5.0, max_entries=200_000, max_negative_entries=10_000,
+                                   max_stale=3600.0)
+
+
+def opaque_token_cache_settings(env: Env) -> CacheSettings:
+    """INBOUND_OPAQUE_TOKEN_CACHE_{TTL, NEGATIVE_TTL, MAX_ENTRIES, MAX_NEGATIVE_ENTRIES, MAX_STALE}."""
+    return CacheSettings.from_env(env, "opaque_token", OPAQUE_TOKEN_CACHE)
+
+
+class OpaqueTokenCache:
+    def __init__(self, registry: ClientRegistryApi, settings: CacheSettings = OPAQUE_TOKEN_CACHE):
+        self.cache: ReadThroughCache[bytes, OpaqueTokenRecord] = ReadThroughCache(
+            "opaque_tokens", settings, load_many=lambda hashes: registry.get_opaque_tokens(hashes))
+
+    async def get(self, token_hash: bytes) -> OpaqueTokenRecord | None:
+        return await self.cache.get(token_hash)
