@@ -374,6 +374,18 @@ async def test_past_the_maximum_staleness_the_error_propagates():
         await cache.get("a")
 
 
+async def test_the_maximum_staleness_counts_when_a_slow_load_fails_not_when_it_began():
+    source, cache, clock = await expired_entry()
+    clock.now += SETTINGS.max_stale - 1 - 0.5  # 0.5 s short of the bound when the load begins
+    source.gate = asyncio.Event()
+    waiter = asyncio.create_task(cache.get("a"))
+    await loads_begun(source, 2)
+    clock.now += 3  # the source times out 3 s later: past the bound by then
+    source.gate.set()
+    with pytest.raises(grpc.aio.AioRpcError):
+        await waiter
+
+
 async def test_max_stale_zero_turns_serve_stale_off():
     source, cache, _ = await expired_entry(dataclasses.replace(SETTINGS, max_stale=0))
     with pytest.raises(grpc.aio.AioRpcError):
@@ -486,3 +498,40 @@ def test_bad_settings_are_configuration_errors(env):
     with pytest.raises(ConfigError) as raised:
         client_cache_settings(Env(env))
     assert next(iter(env)) in str(raised.value)
+
+
+# --- the caches built on it -----------------------------------------------------------------------
+
+async def test_the_edge_jwks_is_dropped_when_a_key_is_rotated_and_served_stale_while_the_issuer_is_away():
+    from inboundlib.events import KEYS_ROTATED
+    from services.edge.jwks import JWKS_CACHE, JwksCache
+
+    class Issuer:
+        def __init__(self):
+            self.calls, self.failure = 0, None
+
+        async def jwks(self):
+            self.calls += 1
+            if self.failure:
+                raise self.failure
+            return {"keys": [{"kid": f"k{self.calls}"}]}
+
+    issuer, bus = Issuer(), FakeBus()
+    jwks = JwksCache(issuer, dataclasses.replace(JWKS_CACHE, ttl=0.001, negative_ttl=0.001))
+    await jwks.attach(bus)
+    assert (await jwks.get())["keys"][0]["kid"] == "k1"
+    await bus.deliver(KEYS_ROTATED, events_pb2.Event(keys_rotated=events_pb2.KeysRotated(kid="k2")))
+    issuer.failure = unavailable()
+    # The rotation dropped the document: nothing to serve stale, the error shows.
+    with pytest.raises(grpc.aio.AioRpcError):
+        await jwks.get()
+    issuer.failure = None
+    assert (await jwks.get())["keys"][0]["kid"] == "k3"
+    issuer.failure = unavailable()
+    served_stale = metric("inbound_cache_served_stale_total", jwks.cache)  # every JWKS cache counts as "jwks"
+    for _ in range(100):  # the 1 ms TTL passes on the real clock
+        if metric("inbound_cache_served_stale_total", jwks.cache) > served_stale:
+            break
+        assert (await jwks.get())["keys"][0]["kid"] == "k3"
+        await asyncio.sleep(0.001)
+    assert metric("inbound_cache_served_stale_total", jwks.cache) > served_stale
