@@ -37,7 +37,7 @@ from typing import Generic, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from inboundlib import db, grpcx
+from inboundlib import grpcx
 from inboundlib.config import ConfigError, Env
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ ENTRIES = Gauge("inbound_cache_entries", "Entries held (fresh or expired)", ["ca
 def source_unavailable(exc: BaseException) -> bool:
     """An infrastructure failure, as opposed to a bug or a refusal: a gRPC peer down
     or too slow (or our queue in front of it full), or the database unreachable."""
-    return grpcx.is_unavailable(exc) or isinstance(exc, db.UNAVAILABLE_ERRORS)
+    return grpcx.is_unavailable(exc)
 
 
 @dataclass(frozen=True)

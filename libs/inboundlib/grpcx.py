@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from inboundlib import actors
 from inboundlib.batching import Expired, Overloaded
+from inboundlib.db import UNAVAILABLE_ERRORS
 from inboundlib.logs import request_id_var
 from inboundlib.metrics import RPC_SECONDS
 from inboundlib.oauth.errors import OAuthError, ServerError, TemporarilyUnavailable
@@ -136,8 +137,9 @@ def channel(target: str) -> grpc.aio.Channel:
 
 def is_unavailable(exc: BaseException) -> bool:
     """Failures that mean 'try again later' rather than 'broken': a peer down or
-    too slow (gRPC), or our own queue in front of it full or timed out."""
-    if isinstance(exc, (Overloaded, Expired)):
+    too slow (gRPC), our own queue in front of it full or timed out, or (services
+    hosted in one process call the registry directly) its database out of reach."""
+    if isinstance(exc, (Overloaded, Expired, *UNAVAILABLE_ERRORS)):
         return True
     return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (
         grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
