@@ -30,12 +30,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from inboundlib import grpcx
 from inboundlib.config import ConfigError, Env
@@ -52,19 +55,64 @@ STALE_RETRY_SECONDS = 1.0
 POSITIVE = "positive"
 NEGATIVE = "negative"
 
-HITS = Counter("inbound_cache_hits_total", "Cache lookups answered from a fresh entry", ["cache", "table"])
-MISSES = Counter("inbound_cache_misses_total", "Cache lookups with no fresh entry", ["cache"])
-LOADS = Counter("inbound_cache_loads_total", "Keys loaded from the source, by outcome "
-                "(found, unknown, unavailable, error)", ["cache", "outcome"])
-EVICTIONS = Counter("inbound_cache_evictions_total", "Entries evicted because a table was full (LRU)",
-                    ["cache", "table"])
-INVALIDATIONS = Counter("inbound_cache_invalidations_total", "Invalidations, by reason (key, all)",
-                        ["cache", "reason"])
-SERVED_STALE = Counter("inbound_cache_served_stale_total",
-                       "Lookups answered from an expired entry because the source was unavailable", ["cache"])
 STALENESS = Histogram("inbound_cache_staleness_seconds", "How long past its expiry an entry was when served stale",
                       ["cache"], buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 86400))
-ENTRIES = Gauge("inbound_cache_entries", "Entries held (fresh or expired)", ["cache", "table"])
+
+# Counters every cache keeps as plain ints (a prometheus_client Counter takes a lock on
+# each inc(), several times the cost of a hit), read when /metrics is scraped and summed
+# per cache name: (family, help, label name, [(attribute of _Counts, label value)]).
+_COUNTERS = (
+    ("inbound_cache_hits", "Cache lookups answered from a fresh entry", "table",
+     (("hits_positive", POSITIVE), ("hits_negative", NEGATIVE))),
+    ("inbound_cache_misses", "Cache lookups with no fresh entry", None, (("misses", None),)),
+    ("inbound_cache_loads", "Keys loaded from the source, by outcome", "outcome",
+     (("loads_found", "found"), ("loads_unknown", "unknown"), ("loads_unavailable", "unavailable"),
+      ("loads_error", "error"))),
+    ("inbound_cache_evictions", "Entries evicted because a table was full (least recently used first)", "table",
+     (("evictions_positive", POSITIVE), ("evictions_negative", NEGATIVE))),
+    ("inbound_cache_invalidations", "Invalidations, by reason (one key, or everything)", "reason",
+     (("invalidations_key", "key"), ("invalidations_all", "all"))),
+    ("inbound_cache_served_stale", "Lookups answered from an expired entry because the source was unavailable",
+     None, (("served_stale", None),)),
+)
+
+
+class _Counts:
+    __slots__ = tuple(attribute for *_, pairs in _COUNTERS for attribute, _ in pairs)
+
+    def __init__(self) -> None:
+        for attribute in self.__slots__:
+            setattr(self, attribute, 0)
+
+
+_LIVE: weakref.WeakSet = weakref.WeakSet()  # every ReadThroughCache, for the collector
+
+
+class _Collector(Collector):
+    def collect(self):
+        caches = list(_LIVE)
+        for family_name, text, label, pairs in _COUNTERS:
+            family = CounterMetricFamily(family_name, text, labels=("cache", label) if label else ("cache",))
+            totals: dict[tuple[str, ...], int] = {}
+            for cache in caches:
+                for attribute, value in pairs:
+                    labels = (cache.name, value) if label else (cache.name,)
+                    totals[labels] = totals.get(labels, 0) + getattr(cache.counts, attribute)
+            for labels, total in totals.items():
+                family.add_metric(labels, total)
+            yield family
+        entries = GaugeMetricFamily("inbound_cache_entries", "Entries held (fresh, or expired and kept to be "
+                                    "served stale)", labels=("cache", "table"))
+        sizes: dict[tuple[str, str], int] = {}
+        for cache in caches:
+            for table, size in ((POSITIVE, len(cache._positive)), (NEGATIVE, len(cache._negative))):
+                sizes[(cache.name, table)] = sizes.get((cache.name, table), 0) + size
+        for labels, size in sizes.items():
+            entries.add_metric(labels, size)
+        yield entries
+
+
+REGISTRY.register(_Collector())
 
 
 def source_unavailable(exc: BaseException) -> bool:
@@ -157,12 +205,9 @@ class ReadThroughCache(Generic[K, V]):
         self._loading: dict[K, _Flight] = {}
         self._tasks: set[asyncio.Task] = set()
         self._events = None  # the bus invalidations come from, once attached
-        self._hit = {POSITIVE: HITS.labels(name, POSITIVE), NEGATIVE: HITS.labels(name, NEGATIVE)}
-        self._miss = MISSES.labels(name)
-        self._evicted = {POSITIVE: EVICTIONS.labels(name, POSITIVE), NEGATIVE: EVICTIONS.labels(name, NEGATIVE)}
-        self._size = {POSITIVE: ENTRIES.labels(name, POSITIVE), NEGATIVE: ENTRIES.labels(name, NEGATIVE)}
-        self._served_stale = SERVED_STALE.labels(name)
+        self.counts = _Counts()
         self._staleness = STALENESS.labels(name)
+        _LIVE.add(self)
 
     # --- reading ----------------------------------------------------------------------------------
 
@@ -172,7 +217,7 @@ class ReadThroughCache(Generic[K, V]):
         found = self._fresh(key, now)
         if found is not None:
             return found[0]
-        self._miss.inc()
+        self.counts.misses += 1
         flight = self._loading.get(key)
         if flight is None:
             flight = self._start([key], now)[0]
@@ -190,7 +235,7 @@ class ReadThroughCache(Generic[K, V]):
             if found is not None:
                 answers[key] = found[0]
                 continue
-            self._miss.inc()
+            self.counts.misses += 1
             flight = self._loading.get(key)
             if flight is None:
                 to_load.append(key)
@@ -205,27 +250,31 @@ class ReadThroughCache(Generic[K, V]):
     def _fresh(self, key: K, now: float) -> tuple[V | None] | None:
         """(value,) when an entry may answer without a load: fresh, or stale while the
         source is known to be failing and retried meanwhile. None otherwise."""
-        for table_name, table in ((POSITIVE, self._positive), (NEGATIVE, self._negative)):
+        table = self._positive
+        entry = table.get(key)
+        if entry is None:
+            table = self._negative
             entry = table.get(key)
             if entry is None:
-                continue
-            if now < entry.expires_at:
-                table.move_to_end(key)
-                self._hit[table_name].inc()
-                return (entry.value,)
-            if now < entry.retry_at and self._may_serve_stale(entry, now):
-                table.move_to_end(key)
-                return (self._answer((entry.value, now - entry.expires_at)),)
-            if now - entry.expires_at > self.settings.max_stale:
-                del table[key]  # dead: too old even to be served stale
-                self._size[table_name].set(len(table))
-            return None
+                return None
+        if now < entry.expires_at:
+            table.move_to_end(key)
+            if table is self._positive:
+                self.counts.hits_positive += 1
+            else:
+                self.counts.hits_negative += 1
+            return (entry.value,)
+        if now < entry.retry_at and self._may_serve_stale(entry, now):
+            table.move_to_end(key)
+            return (self._answer((entry.value, now - entry.expires_at)),)
+        if now - entry.expires_at > self.settings.max_stale:
+            del table[key]  # dead: too old even to be served stale
         return None
 
     def _answer(self, outcome: _Outcome) -> V | None:
         value, staleness = outcome
         if staleness is not None:
-            self._served_stale.inc()
+            self.counts.served_stale += 1
             self._staleness.observe(staleness)
         return value  # type: ignore[return-value]
 
@@ -271,7 +320,10 @@ class ReadThroughCache(Generic[K, V]):
             del self._loading[key]
 
     def _loaded(self, key: K, flight: _Flight, value, started: float) -> None:
-        LOADS.labels(self.name, "unknown" if value is None else "found").inc()
+        if value is None:
+            self.counts.loads_unknown += 1
+        else:
+            self.counts.loads_found += 1
         if not flight.discarded:
             # The TTL counts from when the read began: the value is at least that old.
             self._store(key, value, started)
@@ -279,7 +331,10 @@ class ReadThroughCache(Generic[K, V]):
 
     def _failed(self, key: K, flight: _Flight, exc: BaseException) -> None:
         unavailable = self._unavailable(exc)
-        LOADS.labels(self.name, "unavailable" if unavailable else "error").inc()
+        if unavailable:
+            self.counts.loads_unavailable += 1
+        else:
+            self.counts.loads_error += 1
         if unavailable and not flight.discarded:
             now = self._clock()
             entry = self._positive.get(key) or self._negative.get(key)
@@ -298,42 +353,39 @@ class ReadThroughCache(Generic[K, V]):
 
     def _store(self, key: K, value: V | None, loaded_at: float) -> None:
         if value is None:
-            table_name, table, other = NEGATIVE, self._negative, self._positive
+            table, other = self._negative, self._positive
             ttl, bound = self.settings.negative_ttl, self.settings.max_negative_entries
         else:
-            table_name, table, other = POSITIVE, self._positive, self._negative
+            table, other = self._positive, self._negative
             ttl, bound = self.settings.ttl, self.settings.max_entries
-        if other.pop(key, None) is not None:
-            self._size[NEGATIVE if table_name == POSITIVE else POSITIVE].set(len(other))
+        other.pop(key, None)
         table[key] = _Entry(value, loaded_at + ttl)
         table.move_to_end(key)
         while len(table) > bound:
             table.popitem(last=False)
-            self._evicted[table_name].inc()
-        self._size[table_name].set(len(table))
+            if value is None:
+                self.counts.evictions_negative += 1
+            else:
+                self.counts.evictions_positive += 1
 
     # --- invalidation -----------------------------------------------------------------------------
 
     def invalidate(self, key: K) -> None:
         """Forget `key`, and keep a load of it that is in flight from being stored."""
-        INVALIDATIONS.labels(self.name, "key").inc()
-        if self._positive.pop(key, None) is not None:
-            self._size[POSITIVE].set(len(self._positive))
-        if self._negative.pop(key, None) is not None:
-            self._size[NEGATIVE].set(len(self._negative))
+        self.counts.invalidations_key += 1
+        self._positive.pop(key, None)
+        self._negative.pop(key, None)
         flight = self._loading.pop(key, None)
         if flight is not None:
             flight.discarded = True
 
     def invalidate_all(self) -> None:
-        INVALIDATIONS.labels(self.name, "all").inc()
+        self.counts.invalidations_all += 1
         self._positive.clear()
         self._negative.clear()
         for flight in self._loading.values():
             flight.discarded = True
         self._loading.clear()
-        self._size[POSITIVE].set(0)
-        self._size[NEGATIVE].set(0)
 
     async def attach(self, events, subject: str, keys_of: Callable[[object], Iterable[K]]) -> None:
         """Invalidate the keys `keys_of(event)` names for each event on `subject`, and

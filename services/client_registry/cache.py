@@ -55,6 +55,7 @@ class ClientCache:
         self.source = source
         self.cache: ReadThroughCache[str, ClientRecord] = ReadThroughCache(
             "clients", settings, load=source.get_client, unavailable=registry_unavailable)
+        self.get_client = self.cache.get  # the hot path, without a coroutine of our own around it
 
     async def attach(self, events: EventBus) -> None:
         await self.cache.attach(events, CHANGE_SUBJECT, changed_client_ids)
