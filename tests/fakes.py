@@ -15,6 +15,7 @@ stands in for also runs for real (Postgres, NATS, gRPC) in tests/integration.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 import uuid
@@ -179,6 +180,9 @@ class FakeBus:
         self._undelivered: list[tuple[str, events_pb2.Event]] = []
         self.handlers: list[tuple[str, object]] = []
         self.hooks: list[object] = []
+        # Cleared by a test to play a disconnected bus (caches serve nothing stale then).
+        self.connected = asyncio.Event()
+        self.connected.set()
 
     def publish(self, subject: str, event: events_pb2.Event, *, low_priority: bool = False) -> str:
         if not event.event_id:

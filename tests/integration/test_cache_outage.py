@@ -11,7 +11,6 @@ a stack of the test's own with a 1 s TTL and 15 s of serve-stale):
 """
 from __future__ import annotations
 
-import asyncio
 import time
 
 import httpx
@@ -23,6 +22,7 @@ from inboundlib.oauth.errors import TemporarilyUnavailable
 from services.client_registry.api import ClientSpec, ClientUpdate
 from services.client_registry.client import RegistryClient
 from services.token_issuer.client import IssuerClient
+from tests.support import eventually
 
 TTL = 1.0
 MAX_STALE = 15.0
@@ -39,17 +39,6 @@ def outage_stack(request, tmp_path_factory):
         yield s
     finally:
         s.stop()
-
-
-async def until(predicate, timeout: float, what: str):
-    """Poll an async predicate until it holds (the shared eventually() once tests/support.py has it)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        last = await predicate()
-        if last:
-            return last
-        assert time.monotonic() < deadline, f"{what} within {timeout}s"
-        await asyncio.sleep(0.1)
 
 
 async def test_cached_clients_keep_getting_tokens_and_jwts_stay_introspectable_while_postgres_is_down(outage_stack):
@@ -93,9 +82,8 @@ async def test_cached_clients_keep_getting_tokens_and_jwts_stay_introspectable_w
         assert revoked_reply.status_code == 200
         await registry.update_client(disabled[0].client_id, ClientUpdate(active=False))
 
-        async def cut_off_applied():  # the issuer has the disabled client's cut-off (NATS)
-            return not (await issuer.introspect(disabled_token)).active
-        await until(cut_off_applied, 15, "the disabled client's tokens went inactive")
+        await eventually(lambda: issuer.introspect(disabled_token), until=lambda info: not info.active,
+                         message="the disabled client's cut-off reached the issuer")
         assert not (await issuer.introspect(revoked)).active
 
         reply = await token(cached)  # the last load of `cached` by the grant before the outage
@@ -127,12 +115,8 @@ async def test_cached_clients_keep_getting_tokens_and_jwts_stay_introspectable_w
                 await issuer.introspect(opaque_token)  # never looked up: only the registry knows it
 
             # Past the maximum staleness, the error shows.
-            async def refused_now():
-                reply = await token(cached)
-                if reply.status_code == 200:
-                    return None
-                return reply
-            refused = await until(refused_now, MAX_STALE + 45, "tokens refused past the maximum staleness")
+            refused = await eventually(lambda: token(cached), until=lambda reply: reply.status_code != 200,
+                                       timeout=MAX_STALE + 45, message="tokens refused past the maximum staleness")
             assert time.monotonic() > loaded_by + MAX_STALE - 1, "served stale up to the bound"
             assert refused.status_code == 503, refused.text
             assert refused.json()["error"] == "temporarily_unavailable"
@@ -142,9 +126,9 @@ async def test_cached_clients_keep_getting_tokens_and_jwts_stay_introspectable_w
         finally:
             stack.postgres.start()
 
-        async def issuing_again():
-            return (await token(never_used)).status_code == 200 and (await token(cached)).status_code == 200
-        await until(issuing_again, 30, "tokens issued again once Postgres is back")
+        for client in (never_used, cached):
+            await eventually(lambda: token(client), until=lambda reply: reply.status_code == 200,
+                             message="tokens issued again once Postgres is back")
         assert (await issuer.introspect(opaque_token)).active
         assert (await issuer.introspect(jwt_of_unseen_owner)).active
         for sp in stack.services.values():

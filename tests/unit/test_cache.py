@@ -14,8 +14,9 @@ from prometheus_client import REGISTRY
 from inbound.events.v1 import events_pb2
 from inboundlib.cache import CacheSettings, ReadThroughCache
 from inboundlib.config import ConfigError, Env
-from services.client_registry.api import ClientRecord
 from services.client_registry.cache import CHANGE_SUBJECT, CLIENT_CACHE, ClientCache, client_cache_settings
+from tests.fakes import FakeBus, FakeClients, client_record
+from tests.support import eventually
 
 SETTINGS = CacheSettings(ttl=60.0, negative_ttl=5.0, max_entries=100, max_negative_entries=10, max_stale=300.0)
 
@@ -251,78 +252,39 @@ async def test_invalidate_all_while_loads_are_in_flight_stores_none_of_them():
 
 # --- invalidation from events and on reconnect ----------------------------------------------------
 
-class FakeBus:
-    def __init__(self) -> None:
-        self.handlers: dict[str, list] = {}
-        self.hooks: list = []
-        self.connected = asyncio.Event()
-        self.connected.set()
-
-    async def subscribe(self, subject, handler) -> None:
-        self.handlers.setdefault(subject, []).append(handler)
-
-    def on_reconnect(self, hook) -> None:
-        self.hooks.append(hook)
-
-    async def deliver(self, subject, event) -> None:
-        for handler in self.handlers.get(subject, []):
-            await handler(event)
-
-    async def reconnect(self) -> None:
-        for hook in self.hooks:
-            await hook()
-
-
-def client(client_id: str, **overrides) -> ClientRecord:
-    base = ClientRecord(client_id=client_id, name=client_id, secret_hash="", public=False,
-                        grant_types=("client_credentials",), scopes=(), redirect_uris=(), access_token_lifetime=900,
-                        refresh_token_lifetime=0, token_format="jwt", pkce_required=False, active=True, logo_url="",
-                        comments="", created_at=1, updated_at=1)
-    return dataclasses.replace(base, **overrides)
-
-
-class Clients:
-    def __init__(self, *records: ClientRecord):
-        self.records = {r.client_id: r for r in records}
-        self.loads: list[str] = []
-        self.failure: BaseException | None = None
-
-    async def get_client(self, client_id):
-        self.loads.append(client_id)
-        if self.failure is not None:
-            raise self.failure
-        return self.records.get(client_id)
-
-
-def change(client_id: str) -> events_pb2.Event:
-    return events_pb2.Event(client_changed=events_pb2.ClientChanged(client_id=client_id, change="updated"))
+def changed(bus: FakeBus, client_id: str) -> None:
+    """A client changed in the registry: its change event, as the registry publishes it."""
+    bus.publish(CHANGE_SUBJECT, events_pb2.Event(
+        client_changed=events_pb2.ClientChanged(client_id=client_id, change="updated")))
 
 
 async def test_a_change_event_drops_that_client_only():
-    source, bus = Clients(client("a"), client("b")), FakeBus()
+    source, bus = FakeClients(client_record(client_id="a"), client_record(client_id="b")), FakeBus()
     cache = ClientCache(source)
     await cache.attach(bus)
     await cache.get_client("a")
     await cache.get_client("b")
-    source.records["a"] = client("a", active=False)
-    await bus.deliver(CHANGE_SUBJECT, change("a"))
+    source.put(client_record(client_id="a", active=False))
+    changed(bus, "a")
+    await bus.deliver()
     assert not (await cache.get_client("a")).active
     await cache.get_client("b")
-    assert source.loads == ["a", "b", "a"]
+    assert source.lookups == ["a", "b", "a"]
 
 
 async def test_a_change_event_drops_an_unknown_entry_too():
-    source, bus = Clients(), FakeBus()
+    source, bus = FakeClients(), FakeBus()
     cache = ClientCache(source)
     await cache.attach(bus)
     assert await cache.get_client("new") is None
-    source.records["new"] = client("new")
-    await bus.deliver(CHANGE_SUBJECT, change("new"))
+    source.put(client_record(client_id="new"))
+    changed(bus, "new")
+    await bus.deliver()
     assert (await cache.get_client("new")) is not None
 
 
 async def test_a_reconnect_drops_everything():
-    source, bus = Clients(client("a"), client("b")), FakeBus()
+    source, bus = FakeClients(client_record(client_id="a")), FakeBus()
     cache = ClientCache(source)
     await cache.attach(bus)
     await cache.get_client("a")
@@ -331,7 +293,7 @@ async def test_a_reconnect_drops_everything():
     assert len(cache.cache) == 0
     await cache.get_client("a")
     await cache.get_client("nobody")
-    assert source.loads == ["a", "nobody", "a", "nobody"]
+    assert source.lookups == ["a", "nobody", "a", "nobody"]
 
 
 # --- serve-stale ----------------------------------------------------------------------------------
@@ -520,7 +482,8 @@ async def test_the_edge_jwks_is_dropped_when_a_key_is_rotated_and_served_stale_w
     jwks = JwksCache(issuer, dataclasses.replace(JWKS_CACHE, ttl=0.001, negative_ttl=0.001))
     await jwks.attach(bus)
     assert (await jwks.get())["keys"][0]["kid"] == "k1"
-    await bus.deliver(KEYS_ROTATED, events_pb2.Event(keys_rotated=events_pb2.KeysRotated(kid="k2")))
+    bus.publish(KEYS_ROTATED, events_pb2.Event(keys_rotated=events_pb2.KeysRotated(kid="k2")))
+    await bus.deliver()
     issuer.failure = unavailable()
     # The rotation dropped the document: nothing to serve stale, the error shows.
     with pytest.raises(grpc.aio.AioRpcError):
@@ -529,9 +492,8 @@ async def test_the_edge_jwks_is_dropped_when_a_key_is_rotated_and_served_stale_w
     assert (await jwks.get())["keys"][0]["kid"] == "k3"
     issuer.failure = unavailable()
     served_stale = metric("inbound_cache_served_stale_total", jwks.cache)  # every JWKS cache counts as "jwks"
-    for _ in range(100):  # the 1 ms TTL passes on the real clock
-        if metric("inbound_cache_served_stale_total", jwks.cache) > served_stale:
-            break
-        assert (await jwks.get())["keys"][0]["kid"] == "k3"
-        await asyncio.sleep(0.001)
-    assert metric("inbound_cache_served_stale_total", jwks.cache) > served_stale
+
+    async def kid_and_stale_count():  # once the 1 ms TTL has passed on the real clock, answers are stale
+        return (await jwks.get())["keys"][0]["kid"], metric("inbound_cache_served_stale_total", jwks.cache)
+    assert await eventually(kid_and_stale_count, until=lambda seen: seen[1] > served_stale) == \
+        ("k3", served_stale + 1)
