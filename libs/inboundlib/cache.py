@@ -21,7 +21,8 @@ What every cache gets, and why:
   its expiry, counted in `inbound_cache_served_stale_total` and
   `inbound_cache_staleness_seconds`; past that, the error propagates. While
   serving stale, the source is asked again at most every `STALE_RETRY_SECONDS`
-  per key, so an outage that times out does not cost every request a timeout.
+  per key, in the background: an outage that times out costs one request per key
+  a timeout, not every request.
   Invalidation still removes entries, and nothing is served stale while the event
   bus is disconnected (invalidations may be being missed).
 """
@@ -164,7 +165,7 @@ class _Entry(Generic[V]):
     def __init__(self, value: V | None, expires_at: float):
         self.value = value
         self.expires_at = expires_at
-        self.retry_at = 0.0  # while the source fails: no new load before this
+        self.retry_at = 0.0  # set when a load failed as unavailable: no new load before it
 
 
 class _Flight:
@@ -264,7 +265,13 @@ class ReadThroughCache(Generic[K, V]):
             else:
                 self.counts.hits_negative += 1
             return (entry.value,)
-        if now < entry.retry_at and self._may_serve_stale(entry, now):
+        if entry.retry_at and self._may_serve_stale(entry, now):
+            # The source failed on this key's last load: answer stale at once, and ask the
+            # source again in the background once the retry interval has passed. (A source
+            # that hangs would otherwise hold every request for its whole timeout.)
+            if now >= entry.retry_at and key not in self._loading:
+                entry.retry_at = now + self._stale_retry
+                self._start([key], now)
             table.move_to_end(key)
             return (self._answer((entry.value, now - entry.expires_at)),)
         if now - entry.expires_at > self.settings.max_stale:

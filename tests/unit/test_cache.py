@@ -317,8 +317,11 @@ async def test_an_expired_entry_is_served_stale_while_the_source_is_unavailable_
     assert metric("inbound_cache_staleness_seconds_sum", cache) == pytest.approx(1.0)
     assert metric("inbound_cache_loads_total", cache, outcome="unavailable") == 1
     source.failure = None
-    clock.now += 5
-    assert await cache.get("a") == "value-a-2", "fresh again as soon as the source is back"
+    clock.now += 5  # past the retry interval: the source is asked again, in the background
+    assert await cache.get("a") == "value-a-1"
+    assert await eventually(lambda: cache.get("a"), until=lambda value: value == "value-a-2",
+                            message="fresh again once the source is back")
+    assert len(source.loads) == 3
 
 
 async def test_database_errors_count_as_unavailable_too():
@@ -400,7 +403,24 @@ async def test_while_serving_stale_the_source_is_asked_at_most_once_a_retry_inte
     assert metric("inbound_cache_served_stale_total", cache) == 20
     clock.now += 1.1
     assert await cache.get("a") == "value-a-1"
-    assert len(source.loads) == 3
+    await loads_begun(source, 3)
+
+
+async def test_while_serving_stale_a_retry_that_hangs_holds_no_request():
+    """A database that hangs (rather than refusing connections) costs its timeout once
+    per key and retry interval, in the background, not on every request."""
+    source, cache, clock = await expired_entry()
+    assert await cache.get("a") == "value-a-1"  # the failed load that starts serving stale
+    clock.now += 1.1
+    source.gate = asyncio.Event()  # the retry hangs
+    answers = [asyncio.create_task(cache.get("a")) for _ in range(5)]
+    await loads_begun(source, 3)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert all(task.done() for task in answers), "answered while the retry is still in flight"
+    assert [task.result() for task in answers] == ["value-a-1"] * 5
+    assert len(source.loads) == 3, "one retry for them all"
+    source.gate.set()
 
 
 async def test_concurrent_misses_during_an_outage_share_one_load_and_all_get_the_stale_value():
