@@ -14,8 +14,9 @@ What every cache gets, and why:
 - A generation guard: a key invalidated while its load is in flight does not get
   that (possibly stale) result stored; callers arriving after the invalidation
   start a fresh load.
-- Invalidation by key (from an event, through a small adapter that turns an event
-  into keys) and of everything when the event bus reconnects (events were missed).
+- Invalidation by key (from events, through an `Invalidation`: a subject and the
+  keys an event names; `registry_changes(entity)` for registry entities) and of
+  everything when the event bus reconnects (events were missed).
 - Serve-stale: when a load fails because the source is unavailable (the registry
   or Postgres down), an expired entry is served for up to `max_stale` seconds past
   its expiry, counted in `inbound_cache_served_stale_total` and
@@ -41,8 +42,10 @@ from prometheus_client import REGISTRY, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from inbound.events.v1 import events_pb2
 from inboundlib import grpcx
 from inboundlib.config import ConfigError, Env
+from inboundlib.events import registry_subject
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +160,24 @@ class CacheSettings:
                               f"{prefix}MAX_ENTRIES ({max_entries})")
         return cls(ttl=ttl, negative_ttl=negative_ttl, max_entries=max_entries,
                    max_negative_entries=max_negative, max_stale=max_stale)
+
+
+@dataclass(frozen=True)
+class Invalidation:
+    """The adapter between an event and a cache: the subject to listen on, and the
+    keys an event on it invalidates (none, for events about something else)."""
+    subject: str
+    keys_of: Callable[[events_pb2.Event], Iterable[Hashable]]
+
+
+def registry_changes(entity: str) -> Invalidation:
+    """`RegistryChanged` events about `entity` (client, user, provider, ...): the changed id is the key."""
+    def changed_ids(event: events_pb2.Event) -> tuple[str, ...]:
+        if event.HasField("registry_changed") and event.registry_changed.entity == entity:
+            return (event.registry_changed.id,)
+        return ()
+
+    return Invalidation(registry_subject(entity), changed_ids)
 
 
 class _Entry(Generic[V]):
@@ -394,10 +415,11 @@ class ReadThroughCache(Generic[K, V]):
             flight.discarded = True
         self._loading.clear()
 
-    async def attach(self, events, subject: str, keys_of: Callable[[object], Iterable[K]]) -> None:
-        """Invalidate the keys `keys_of(event)` names for each event on `subject`, and
-        everything whenever `events` (re)connects: what was published meanwhile was missed."""
+    async def attach(self, events, invalidation: Invalidation) -> None:
+        """Invalidate the keys each event on `invalidation.subject` names, and everything
+        whenever `events` (re)connects: what was published meanwhile was missed."""
         self._events = events
+        keys_of = invalidation.keys_of
 
         async def on_event(event) -> None:
             for key in keys_of(event):
@@ -407,7 +429,7 @@ class ReadThroughCache(Generic[K, V]):
             self.invalidate_all()
 
         events.on_reconnect(on_reconnect)
-        await events.subscribe(subject, on_event)
+        await events.subscribe(invalidation.subject, on_event)
 
     def __len__(self) -> int:
         return len(self._positive) + len(self._negative)

@@ -10,13 +10,11 @@ nobody has changed.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Protocol
 
-from inbound.events.v1 import events_pb2
-from inboundlib.cache import CacheSettings, ReadThroughCache, source_unavailable
+from inboundlib.cache import CacheSettings, ReadThroughCache, registry_changes, source_unavailable
 from inboundlib.config import Env
-from inboundlib.events import CLIENT_CHANGED, ENTITY_CLIENT, EventBus
+from inboundlib.events import ENTITY_CLIENT, EventBus
 from services.client_registry.api import ClientRecord
 
 # A Postgres failover or restart takes seconds to a few minutes: 15 minutes of
@@ -25,20 +23,13 @@ from services.client_registry.api import ClientRecord
 CLIENT_CACHE = CacheSettings(ttl=60.0, negative_ttl=5.0, max_entries=100_000, max_negative_entries=10_000,
                              max_stale=900.0)
 
+# Which events drop a client, and which client they name.
+CLIENT_CHANGES = registry_changes(ENTITY_CLIENT)
+
 
 def client_cache_settings(env: Env) -> CacheSettings:
     """INBOUND_CLIENT_CACHE_{TTL, NEGATIVE_TTL, MAX_ENTRIES, MAX_NEGATIVE_ENTRIES, MAX_STALE}."""
     return CacheSettings.from_env(env, "client", CLIENT_CACHE)
-
-
-# The one place that knows which event says a client changed, and where its id is.
-CHANGE_SUBJECT = CLIENT_CHANGED
-
-
-def changed_client_ids(event: events_pb2.Event) -> Iterable[str]:
-    if event.HasField("registry_changed") and event.registry_changed.entity == ENTITY_CLIENT:
-        return (event.registry_changed.id,)
-    return ()
 
 
 def registry_unavailable(exc: BaseException) -> bool:
@@ -58,7 +49,7 @@ class ClientCache:
         self.get_client = self.cache.get  # the hot path, without a coroutine of our own around it
 
     async def attach(self, events: EventBus) -> None:
-        await self.cache.attach(events, CHANGE_SUBJECT, changed_client_ids)
+        await self.cache.attach(events, CLIENT_CHANGES)
 
     async def get_client(self, client_id: str) -> ClientRecord | None:
         return await self.cache.get(client_id)

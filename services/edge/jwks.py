@@ -7,12 +7,13 @@ worst lack a key the issuer, being unreachable, is not signing with yet.
 """
 from __future__ import annotations
 
-from inboundlib.cache import CacheSettings, ReadThroughCache
+from inboundlib.cache import CacheSettings, Invalidation, ReadThroughCache
 from inboundlib.config import Env
 from inboundlib.events import KEYS_ROTATED, EventBus
 from services.token_issuer.client import IssuerClient
 
 JWKS = "jwks"  # the one key: the whole document
+ROTATIONS = Invalidation(KEYS_ROTATED, lambda event: (JWKS,))  # any rotation drops the document
 JWKS_CACHE = CacheSettings(ttl=30.0, negative_ttl=1.0, max_entries=1, max_negative_entries=1, max_stale=3600.0)
 
 
@@ -26,7 +27,7 @@ class JwksCache:
         self.cache: ReadThroughCache[str, dict] = ReadThroughCache("jwks", settings, load=lambda _: issuer.jwks())
 
     async def attach(self, events: EventBus) -> None:
-        await self.cache.attach(events, KEYS_ROTATED, lambda event: (JWKS,))
+        await self.cache.attach(events, ROTATIONS)
 
     async def get(self) -> dict:
         return await self.cache.get(JWKS)

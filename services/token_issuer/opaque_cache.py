@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from inboundlib.cache import CacheSettings, ReadThroughCache
 from inboundlib.config import Env
-from services.client_registry.api import ClientRegistryApi, OpaqueTokenRecord
+from services.client_registry.api import OpaqueTokenRecord, TokenStore
 
 # An hour of serve-stale: longer than the default access-token lifetime (1800 s).
 OPAQUE_TOKEN_CACHE = CacheSettings(ttl=300.0, negative_ttl=5.0, max_entries=200_000, max_negative_entries=10_000,
@@ -26,7 +26,7 @@ def opaque_token_cache_settings(env: Env) -> CacheSettings:
 
 
 class OpaqueTokenCache:
-    def __init__(self, registry: ClientRegistryApi, settings: CacheSettings = OPAQUE_TOKEN_CACHE):
+    def __init__(self, registry: TokenStore, settings: CacheSettings = OPAQUE_TOKEN_CACHE):
         self.cache: ReadThroughCache[bytes, OpaqueTokenRecord] = ReadThroughCache(
             "opaque_tokens", settings, load_many=lambda hashes: registry.get_opaque_tokens(hashes))
 

@@ -14,7 +14,8 @@ from prometheus_client import REGISTRY
 from inbound.events.v1 import events_pb2
 from inboundlib.cache import CacheSettings, ReadThroughCache
 from inboundlib.config import ConfigError, Env
-from services.client_registry.cache import CHANGE_SUBJECT, CLIENT_CACHE, ClientCache, client_cache_settings
+from inboundlib.events import CLIENT_CHANGED, ENTITY_SIGNING_KEY, SIGNING_KEY_CHANGED, registry_changed
+from services.client_registry.cache import CLIENT_CACHE, CLIENT_CHANGES, ClientCache, client_cache_settings
 from tests.fakes import FakeBus, FakeClients, client_record
 from tests.support import eventually
 
@@ -254,8 +255,7 @@ async def test_invalidate_all_while_loads_are_in_flight_stores_none_of_them():
 
 def changed(bus: FakeBus, client_id: str) -> None:
     """A client changed in the registry: its change event, as the registry publishes it."""
-    bus.publish(CHANGE_SUBJECT, events_pb2.Event(
-        client_changed=events_pb2.ClientChanged(client_id=client_id, change="updated")))
+    bus.publish(CLIENT_CHANGED, registry_changed("client", client_id, "updated"))
 
 
 async def test_a_change_event_drops_that_client_only():
@@ -270,6 +270,18 @@ async def test_a_change_event_drops_that_client_only():
     assert not (await cache.get_client("a")).active
     await cache.get_client("b")
     assert source.lookups == ["a", "b", "a"]
+
+
+async def test_a_change_of_another_entity_with_the_same_id_drops_nothing():
+    source, bus = FakeClients(client_record(client_id="a")), FakeBus()
+    cache = ClientCache(source)
+    await cache.attach(bus)
+    await cache.get_client("a")
+    bus.publish(SIGNING_KEY_CHANGED, registry_changed(ENTITY_SIGNING_KEY, "a", "created"))
+    bus.publish(CLIENT_CHANGED, registry_changed(ENTITY_SIGNING_KEY, "a", "created"))  # even if misrouted
+    await bus.deliver()
+    await cache.get_client("a")
+    assert source.lookups == ["a"]
 
 
 async def test_a_change_event_drops_an_unknown_entry_too():
@@ -375,7 +387,7 @@ async def test_nothing_is_served_stale_while_the_event_bus_is_disconnected():
     """Invalidations may be being missed: a stale answer could be a disabled client."""
     source, cache, clock = await expired_entry()
     bus = FakeBus()
-    await cache.attach(bus, CHANGE_SUBJECT, lambda event: ())
+    await cache.attach(bus, CLIENT_CHANGES)
     assert await cache.get("a") == "value-a-1"  # control: connected, served stale
     bus.connected.clear()
     with pytest.raises(grpc.aio.AioRpcError):

@@ -57,7 +57,7 @@ async def test_a_valid_jwt_stays_active_when_its_clients_record_cannot_be_had():
 async def test_a_disabled_clients_jwt_stays_inactive_when_its_record_cannot_be_had():
     """Disabling a client records a cut-off in every replica's revocation set."""
     revocations = RevocationSet()
-    revocations.apply(client_cut_off("app", int(time.time()), "operator: client disabled"))
+    revocations.apply(client_cut_off("app", int(time.time() * 1000), "operator: client disabled"))
     assert not (await checker(down_registry(), revocations).introspect(mint(), None, internal=True)).active
 
 

@@ -16,7 +16,7 @@ async def test_the_client_cache_forgets_everything_on_reconnect():
     cache = ClientCache(source, dataclasses.replace(CLIENT_CACHE, ttl=3600))
     await cache.attach(bus)
     assert (await cache.get_client("app")).active
-    source.put(dataclasses.replace(source.clients["app"], active=False))  # its ClientChanged event was missed
+    source.put(dataclasses.replace(source.clients["app"], active=False))  # its RegistryChanged event was missed
     await bus.reconnect()
     assert not (await cache.get_client("app")).active
 
