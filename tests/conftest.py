@@ -1,11 +1,24 @@
-"""Shared fixtures: the real system (Postgres, NATS, every service as its own
-process) started once per test session through the same code as `make run`.
+"""Shared fixtures: the real system (Postgres, NATS, every service) started through
+the same code as `make run`.
+
+- `stack`: the system the session shares, in the separate-process layout. In a
+  module marked `both_modes` it is parametrised: each test runs against the
+  separate processes and against the one-process mode (`Stack(single=True)`,
+  services/all_in_one). Both session stacks start lazily, on first use; a test
+  that needs separate processes (stopping one service, replicas) is marked
+  `separate_processes` and runs on the separate stack only.
+- `private_stack(name)`: a system of a test module's own (its own NATS and a fresh
+  database), for tests that change what they run on (stop a service, rotate keys,
+  break NATS): the session's stacks are left exactly as other tests expect them,
+  so the order in which files run does not matter.
 
 DATABASE_URL / NATS_URL, when set, are used instead of private servers; the
-suite then works in a fresh database of its own so it never touches yours.
+suite then works in fresh databases of its own so it never touches yours.
 """
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import os
 import secrets
 import uuid
@@ -13,6 +26,23 @@ import uuid
 import pytest
 
 from inboundlib.devstack import Stack
+
+MODES = ("separate", "single")
+BASE_ENV = {"INBOUND_KEY_ACTIVATION_DELAY": "0", "INBOUND_CLIENT_CACHE_TTL": "60"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "both_modes: run each test of the module against the separate processes "
+                                       "and the one-process mode")
+    config.addinivalue_line("markers", "separate_processes: needs the separate-process layout (stops one service, "
+                                       "starts replicas); in a both_modes module, runs on that stack only")
+
+
+def pytest_generate_tests(metafunc):
+    if "stack" not in metafunc.fixturenames or metafunc.definition.get_closest_marker("both_modes") is None:
+        return
+    modes = ["separate"] if metafunc.definition.get_closest_marker("separate_processes") else list(MODES)
+    metafunc.parametrize("stack", modes, indirect=True, scope="session")
 
 
 def _fresh_database(url: str) -> str:
@@ -30,19 +60,21 @@ def _fresh_database(url: str) -> str:
         finally:
             await conn.close()
 
-    asyncio.run(create())
+    # In a thread: this may be called while an event loop runs (from an async test or fixture).
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, create()).result()
     base, _, _ = url.rpartition("/")
     return f"{base}/{name}"
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory):
+def separate_stack(tmp_path_factory):
+    """Every service as its own process; it owns the session's Postgres (or DATABASE_URL's server)."""
     state = tmp_path_factory.mktemp("stack")
     database_url = os.environ.get("DATABASE_URL")
     s = Stack(state, fixed_ports=False, echo=False,
               database_url=_fresh_database(database_url) if database_url else "",
-              nats_url=os.environ.get("NATS_URL", ""),
-              extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0", "INBOUND_CLIENT_CACHE_TTL": "60"})
+              nats_url=os.environ.get("NATS_URL", ""), extra_env=dict(BASE_ENV))
     try:
         s.start()
         yield s
@@ -51,9 +83,44 @@ def stack(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def fresh_database(stack):
+def fresh_database(separate_stack):
     """Make an empty database on the suite's Postgres, for a system of a test's own."""
-    return lambda: _fresh_database(stack.database_url)
+    return lambda: _fresh_database(separate_stack.database_url)
+
+
+@pytest.fixture(scope="session")
+def private_stack(fresh_database, tmp_path_factory):
+    """`with private_stack("name", single=False, extra_env={...}) as s:` a system of one's own:
+    its own NATS (events and the audit consumer never mix with another system's), a fresh
+    database on the suite's Postgres (`own_postgres=True`: a Postgres of its own too)."""
+
+    @contextlib.contextmanager
+    def make(name: str, *, single: bool = False, own_postgres: bool = False, extra_env: dict | None = None):
+        s = Stack(tmp_path_factory.mktemp(name), fixed_ports=False, echo=False,
+                  database_url="" if own_postgres else fresh_database(), nats_url="",
+                  extra_env={**BASE_ENV, **(extra_env or {})}, single=single)
+        try:
+            s.start()
+            yield s
+        finally:
+            s.stop()
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def single_stack(private_stack):
+    """Every service in one process (services/all_in_one), with its own NATS and database."""
+    with private_stack("single-stack", single=True) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def stack(request):
+    """The session's system: the separate processes, or (parametrised in `both_modes`
+    modules) each mode in turn."""
+    mode = getattr(request, "param", "separate")
+    return request.getfixturevalue(f"{mode}_stack")
 
 
 @pytest.fixture(scope="session")
@@ -96,3 +163,14 @@ async def issuer(stack):
     channel = grpcx.channel(stack.addr("token_issuer"))
     yield IssuerClient(channel)
     await channel.close()
+
+
+def pytest_collection_modifyitems(config, items):
+    """The SLO set (`@pytest.mark.slo`: timing objectives) runs only when asked for
+    (`make slo`, i.e. `-m slo`): a loaded machine is not a broken system."""
+    if "slo" in (config.getoption("markexpr") or ""):
+        return
+    kept = [item for item in items if item.get_closest_marker("slo") is None]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item.get_closest_marker("slo")])
+        items[:] = kept

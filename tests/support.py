@@ -95,3 +95,40 @@ def eventually_sync(probe: Callable[[], Any], *, until: Callable[[Any], bool] = 
             raise _failure(message, timeout, polls, last, error)
         time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
         pause = min(pause * 2, interval)
+
+
+# --- audit: measures independent of the audit table's primary key ------------------------------------
+#
+# audit_log's primary key is the event id, so counting rows per event id can never
+# show a duplicate. A copy stored under any other id (a redelivery given a fallback
+# id, a republish with a fresh one) still carries the same payload: count rows per
+# payload field (a token's jti, unique per token), after the consumer has handled
+# every message the stream held, so a late copy cannot arrive after the count.
+
+async def audit_copies(conn, values: list[str], field: str = "jti") -> dict[str, int]:
+    """How many audit rows carry each of `values` in their payload's `field`
+    (values that are not stored at all are absent from the answer)."""
+    rows = await conn.fetch("SELECT detail->>$1 AS value, count(*) AS n FROM audit_log"
+                            " WHERE detail->>$1 = ANY($2::text[]) GROUP BY 1", field, values)
+    return {r["value"]: r["n"] for r in rows}
+
+
+async def audit_caught_up(nats_url: str, *, timeout: float = DEFAULT_TIMEOUT) -> int:
+    """Wait until the audit consumer has stored and acked every message the event
+    stream holds now; returns that stream sequence. (Publish through an EventBus?
+    `await bus.flush()` first, so that what it buffered is in the stream.)"""
+    import nats
+
+    from inboundlib.events import STREAM
+    from services.audit.consumer import DURABLE
+
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        last = (await js.stream_info(STREAM)).state.last_seq
+        await eventually(lambda: js.consumer_info(STREAM, DURABLE),
+                         until=lambda info: info.ack_floor.stream_seq >= last, timeout=timeout,
+                         message=f"the audit consumer acks up to stream sequence {last}")
+        return last
+    finally:
+        await nc.close()
