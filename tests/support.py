@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -132,3 +133,21 @@ async def audit_caught_up(nats_url: str, *, timeout: float = DEFAULT_TIMEOUT) ->
         return last
     finally:
         await nc.close()
+
+
+# --- systems of a test's own --------------------------------------------------------------------------
+
+async def register_client(stack, **spec):
+    """Register a client on `stack` (any Stack, e.g. a private one); returns (record, secret)."""
+    from inboundlib import grpcx
+    from services.client_registry.api import ClientSpec
+    from services.client_registry.client import RegistryClient
+
+    spec.setdefault("name", "test-" + uuid.uuid4().hex[:8])
+    spec.setdefault("grant_types", ["client_credentials"])
+    spec.setdefault("scopes", ["api.read", "api.write"])
+    channel = grpcx.channel(stack.addr("client_registry"))
+    try:
+        return await RegistryClient(channel).create_client(ClientSpec(**spec))
+    finally:
+        await channel.close()

@@ -1,15 +1,22 @@
 """A backend that is down answers 503 temporarily_unavailable at once (never a
-hang, never a 500), and the edge finds it again when it is back."""
+hang, never a 500), and the edge finds it again when it is back. On a system of
+its own: it stops services."""
 from __future__ import annotations
 
-import asyncio
-import time
-
 import httpx
+import pytest
+
+from tests.support import eventually, register_client
 
 
-async def test_grant_service_down_then_back(stack, make_client):
-    client, secret = await make_client()
+@pytest.fixture(scope="module")
+def stack(private_stack):
+    with private_stack("backend-outage") as s:
+        yield s
+
+
+async def test_grant_service_down_then_back(stack):
+    client, secret = await register_client(stack)
     port = stack.ports["client_credentials"]
 
     async def token() -> httpx.Response:
@@ -20,24 +27,19 @@ async def test_grant_service_down_then_back(stack, make_client):
     assert (await token()).status_code == 200
     assert stack.stop_service("client_credentials") == 0  # graceful
     try:
-        started = time.monotonic()
-        down = await token()
+        down = await token()  # (that it answers at once: tests/slo/test_propagation.py)
         assert down.status_code == 503
         assert down.json()["error"] == "temporarily_unavailable"
         assert down.headers["cache-control"] == "no-store"
-        assert time.monotonic() - started < 3
         async with httpx.AsyncClient(base_url=stack.edge_url) as http:
             assert (await http.get("/readyz")).status_code == 503
     finally:
         stack.start_service("client_credentials", port=port)
-    deadline = time.monotonic() + 5
-    while (reply := await token()).status_code != 200:
-        assert time.monotonic() < deadline, reply.text
-        await asyncio.sleep(0.1)
+    await eventually(token, until=lambda reply: reply.status_code == 200, message="tokens once it is back")
 
 
-async def test_issuer_down_fails_introspection_and_revocation_with_503(stack, make_client):
-    client, secret = await make_client()
+async def test_issuer_down_fails_introspection_and_revocation_with_503(stack):
+    client, secret = await register_client(stack)
     port = stack.ports["token_issuer"]
     assert stack.stop_service("token_issuer") == 0
     try:
@@ -52,9 +54,7 @@ async def test_issuer_down_fails_introspection_and_revocation_with_503(stack, ma
             assert issued.json()["error"] == "temporarily_unavailable"
     finally:
         stack.start_service("token_issuer", port=port)
-    deadline = time.monotonic() + 5
     async with httpx.AsyncClient(base_url=stack.edge_url, timeout=10) as http:
-        while (await http.post("/oauth/token", data={"grant_type": "client_credentials"},
-                               auth=(client.client_id, secret))).status_code != 200:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.1)
+        await eventually(lambda: http.post("/oauth/token", data={"grant_type": "client_credentials"},
+                                           auth=(client.client_id, secret)),
+                         until=lambda reply: reply.status_code == 200, message="tokens once the issuer is back")

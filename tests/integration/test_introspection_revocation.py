@@ -2,7 +2,6 @@
 against the separate processes and the one-process mode."""
 from __future__ import annotations
 
-import asyncio
 import time
 
 import httpx

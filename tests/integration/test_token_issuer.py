@@ -1,4 +1,7 @@
-"""token_issuer replicas share encrypted keys through client_registry."""
+"""token_issuer: replicas share encrypted keys through client_registry; rotations.
+
+Tests that rotate keys run on a system of their own (`keys_stack`): a rotation
+changes what every later test would see. Replica tests need separate processes."""
 from __future__ import annotations
 
 import base64
@@ -14,8 +17,21 @@ from inboundlib import grpcx
 from inboundlib.devstack import ROOT, free_port
 from services.token_issuer.api import IssueRequest
 from services.token_issuer.client import IssuerClient
+from tests.support import eventually
+
+pytestmark = pytest.mark.both_modes
+
+# Less than the issuer's periodic key reload (60 s): only the keys-rotated event can make it.
+BEFORE_THE_RELOAD = 20.0
 
 
+@pytest.fixture(scope="module")
+def keys_stack(private_stack):
+    with private_stack("issuer-keys") as s:
+        yield s
+
+
+@pytest.mark.separate_processes
 async def test_two_replicas_publish_the_same_keys_and_verify_each_others_tokens(stack):
     port = free_port()
     stack.start_service("token_issuer", port=port, key="issuer-2")
@@ -48,6 +64,7 @@ async def test_issue_refuses_out_of_range_lifetimes_per_item(stack):
     await channel.close()
 
 
+@pytest.mark.separate_processes
 def test_a_replica_with_the_wrong_key_encryption_key_refuses_to_start(stack):
     env = stack.service_env()
     env["INBOUND_KEY_ENCRYPTION_KEY"] = base64.b64encode(secrets.token_bytes(32)).decode()
@@ -58,8 +75,8 @@ def test_a_replica_with_the_wrong_key_encryption_key_refuses_to_start(stack):
     assert "INBOUND_KEY_ENCRYPTION_KEY does not decrypt" in result.stderr
 
 
-async def test_the_latest_of_two_rotations_in_one_second_signs(stack):
-    channel = grpcx.channel(stack.addr("token_issuer"))
+async def test_the_latest_of_two_rotations_in_one_second_signs(keys_stack):
+    channel = grpcx.channel(keys_stack.addr("token_issuer"))
     issuer = IssuerClient(channel)
     try:
         first = await issuer.rotate_key("ES256", 0)
@@ -73,6 +90,7 @@ async def test_the_latest_of_two_rotations_in_one_second_signs(stack):
         await channel.close()
 
 
+@pytest.mark.separate_processes
 async def test_the_introspection_port_serves_introspect_and_nothing_else(stack, make_client):
     import grpc
 
@@ -102,40 +120,40 @@ async def test_the_introspection_port_serves_introspect_and_nothing_else(stack, 
         stack.stop_service("issuer-rs")
 
 
-async def test_a_rotation_on_one_replica_reaches_the_others_over_nats(stack):
-    import asyncio
-    import time
-
+async def test_a_rotation_on_one_replica_reaches_the_others_over_nats(keys_stack):
+    # (How fast: tests/slo/test_propagation.py.)
+    stack = keys_stack
     port = free_port()
     stack.start_service("token_issuer", port=port, key="issuer-rot")
     first, second = grpcx.channel(stack.addr("token_issuer")), grpcx.channel(f"127.0.0.1:{port}")
     try:
         other = IssuerClient(second)
         new = await IssuerClient(first).rotate_key("ES256", 0)
-        deadline = time.monotonic() + 1.0  # the periodic reload is 60 s: only the event can make this
-        while True:
+
+        async def kid_on_other() -> str:
             token = await other.issue(IssueRequest(client_id="c", subject="c", scopes=(), format="jwt",
                                                    lifetime_seconds=60))
-            if jwt.get_unverified_header(token.access_token)["kid"] == new.kid:
-                break
-            assert time.monotonic() < deadline, "the other replica did not learn of the rotation"
-            await asyncio.sleep(0.02)
-        deadline = time.monotonic() + 1.0  # the edge's JWKS cache (30 s) is dropped on the event too
-        while new.kid not in {k["kid"] for k in httpx.get(stack.edge_url + "/oauth/jwks").json()["keys"]}:
-            assert time.monotonic() < deadline, "the edge still serves the old JWKS"
-            await asyncio.sleep(0.02)
+            return jwt.get_unverified_header(token.access_token)["kid"]
+
+        await eventually(kid_on_other, until=lambda kid: kid == new.kid, timeout=BEFORE_THE_RELOAD,
+                         message="the other replica signing with the new key")
+        # The edge's JWKS cache (30 s) is dropped on the event too.
+        await eventually(lambda: {k["kid"] for k in httpx.get(stack.edge_url + "/oauth/jwks").json()["keys"]},
+                         until=lambda kids: new.kid in kids, timeout=BEFORE_THE_RELOAD,
+                         message="the new key in the edge's JWKS")
     finally:
         await first.close()
         await second.close()
         stack.stop_service("issuer-rot")
 
 
-async def test_a_rotation_without_a_delay_takes_the_configured_one(stack):
+async def test_a_rotation_without_a_delay_takes_the_configured_one(keys_stack):
     """RotateKeyRequest with no delay set must not mean 'sign now'."""
     import grpc
 
     from inbound.issuer.v1 import issuer_pb2, issuer_pb2_grpc
 
+    stack = keys_stack
     port = free_port()
     stack.start_service("token_issuer", port=port, key="issuer-delay",
                         extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "3600"})

@@ -20,7 +20,7 @@ from inboundlib.oauth.client_auth import CLIENT_SECRET_BASIC, ClientCredentials
 from services.client_registry.api import ClientUpdate
 from services.token_issuer.api import IssueRequest
 from services.token_issuer.client import IssuerClient
-from tests.support import eventually
+from tests.support import eventually, register_client
 
 pytestmark = pytest.mark.slo
 
@@ -124,3 +124,33 @@ async def test_a_key_rotation_reaches_other_replicas_and_the_edge_within_a_secon
         await second.close()
     assert _record("key_rotation_to_replica", replica) < SECOND
     assert _record("key_rotation_to_edge_jwks", edge) < SECOND
+
+
+@pytest.fixture(scope="module")
+def outage_stack(private_stack):
+    """A system of its own: the test stops a service."""
+    with private_stack("slo-outage") as s:
+        yield s
+
+
+async def test_a_stopped_grant_service_is_answered_503_within_a_second(outage_stack):
+    """No waiting out a deadline: a backend that is down is known to be down."""
+    stack = outage_stack
+    client, secret = await register_client(stack)
+    port = stack.ports["client_credentials"]
+    async with httpx.AsyncClient(base_url=stack.edge_url, timeout=30) as http:
+        async def token() -> httpx.Response:
+            return await http.post("/oauth/token", data={"grant_type": "client_credentials"},
+                                   auth=(client.client_id, secret))
+
+        assert (await token()).status_code == 200
+        assert stack.stop_service("client_credentials") == 0
+        try:
+            delays = []
+            for _ in range(10):
+                started = time.perf_counter()
+                assert (await token()).status_code == 503
+                delays.append(time.perf_counter() - started)
+        finally:
+            stack.start_service("client_credentials", port=port)
+    assert _record("grant_service_down_answer", delays) < SECOND
