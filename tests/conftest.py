@@ -21,7 +21,10 @@ import concurrent.futures
 import contextlib
 import os
 import secrets
+import shutil
+import tempfile
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -67,19 +70,31 @@ def _fresh_database(url: str) -> str:
     return f"{base}/{name}"
 
 
-@pytest.fixture(scope="session")
-def separate_stack(tmp_path_factory):
-    """Every service as its own process; it owns the session's Postgres (or DATABASE_URL's server)."""
-    state = tmp_path_factory.mktemp("stack")
-    database_url = os.environ.get("DATABASE_URL")
-    s = Stack(state, fixed_ports=False, echo=False,
-              database_url=_fresh_database(database_url) if database_url else "",
-              nats_url=os.environ.get("NATS_URL", ""), extra_env=dict(BASE_ENV))
+@contextlib.contextmanager
+def _state_dir(name: str):
+    """A stack's state folder, outside pytest's own: pytest makes /tmp/pytest-of-<user> private
+    (0700) again whenever a session starts, which would lock a private Postgres (running as
+    user `postgres`) out of its data folder while another session of the same user starts."""
+    path = Path(tempfile.mkdtemp(prefix=f"inbound-test-{name}-"))
     try:
-        s.start()
-        yield s
+        yield path
     finally:
-        s.stop()
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def separate_stack():
+    """Every service as its own process; it owns the session's Postgres (or DATABASE_URL's server)."""
+    database_url = os.environ.get("DATABASE_URL")
+    with _state_dir("stack") as state:
+        s = Stack(state, fixed_ports=False, echo=False,
+                  database_url=_fresh_database(database_url) if database_url else "",
+                  nats_url=os.environ.get("NATS_URL", ""), extra_env=dict(BASE_ENV))
+        try:
+            s.start()
+            yield s
+        finally:
+            s.stop()
 
 
 @pytest.fixture(scope="session")
@@ -89,21 +104,22 @@ def fresh_database(separate_stack):
 
 
 @pytest.fixture(scope="session")
-def private_stack(fresh_database, tmp_path_factory):
+def private_stack(fresh_database):
     """`with private_stack("name", single=False, extra_env={...}) as s:` a system of one's own:
     its own NATS (events and the audit consumer never mix with another system's), a fresh
     database on the suite's Postgres (`own_postgres=True`: a Postgres of its own too)."""
 
     @contextlib.contextmanager
     def make(name: str, *, single: bool = False, own_postgres: bool = False, extra_env: dict | None = None):
-        s = Stack(tmp_path_factory.mktemp(name), fixed_ports=False, echo=False,
-                  database_url="" if own_postgres else fresh_database(), nats_url="",
-                  extra_env={**BASE_ENV, **(extra_env or {})}, single=single)
-        try:
-            s.start()
-            yield s
-        finally:
-            s.stop()
+        with _state_dir(name) as state:
+            s = Stack(state, fixed_ports=False, echo=False,
+                      database_url="" if own_postgres else fresh_database(), nats_url="",
+                      extra_env={**BASE_ENV, **(extra_env or {})}, single=single)
+            try:
+                s.start()
+                yield s
+            finally:
+                s.stop()
 
     return make
 

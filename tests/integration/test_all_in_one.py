@@ -3,7 +3,6 @@ the same HTTP and gRPC behaviour as the separate processes, end to end."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import asyncpg
 import httpx
@@ -11,21 +10,20 @@ import jwt
 import pytest
 
 from inboundlib import grpcx
-from inboundlib.devstack import Stack
 from services.client_registry.api import ClientSpec, ClientUpdate
 from services.client_registry.client import RegistryClient
 from services.token_issuer.client import IssuerClient
+from tests.support import eventually
 
 
 @pytest.fixture(scope="module")
-def single(fresh_database, tmp_path_factory):
-    s = Stack(tmp_path_factory.mktemp("single"), fixed_ports=False, echo=False, database_url=fresh_database(),
-              nats_url="", extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0"}, single=True)
-    try:
-        s.start()
-        yield s
-    finally:
-        s.stop()
+def single(single_stack):
+    """The session's one-process system (the both-modes tests run on it too)."""
+    return single_stack
+
+
+async def _types(conn, client_id: str) -> set[str]:
+    return {r["type"] for r in await conn.fetch("SELECT DISTINCT type FROM audit_log WHERE client_id = $1", client_id)}
 
 
 async def test_one_process_serves_the_whole_token_lifecycle(single):
@@ -55,11 +53,9 @@ async def test_one_process_serves_the_whole_token_lifecycle(single):
         assert info.json() == {"active": False}
         # Registry changes reach the in-process caches too.
         await registry.update_client(client.client_id, ClientUpdate(active=False))
-        deadline = time.monotonic() + 2
-        while (await http.post("/oauth/token", data={"grant_type": "client_credentials"},
-                               auth=(client.client_id, secret))).status_code != 401:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        await eventually(lambda: http.post("/oauth/token", data={"grant_type": "client_credentials"},
+                                           auth=(client.client_id, secret)),
+                         until=lambda reply: reply.status_code == 401, message="the disabled client refused")
     await channel.close()
 
     # Opaque tokens (stored through the batched in-process registry), issued concurrently.
@@ -83,14 +79,10 @@ async def test_one_process_serves_the_whole_token_lifecycle(single):
 
     conn = await asyncpg.connect(single.database_url)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            types = {r["type"] for r in await conn.fetch(
-                "SELECT DISTINCT type FROM audit_log WHERE client_id = $1", client.client_id)}
-            if {"registry_changed", "token_issued", "token_denied", "token_revoked"} <= types \
-                    or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.1)
+        types = await eventually(lambda: _types(conn, client.client_id),
+                                 until=lambda found: {"registry_changed", "token_issued", "token_denied",
+                                                      "token_revoked"} <= found,
+                                 message="every kind of event audited")
     finally:
         await conn.close()
     assert {"registry_changed", "token_issued", "token_denied", "token_revoked"} <= types

@@ -14,6 +14,7 @@ from inbound.events.v1 import events_pb2
 from inboundlib import db
 from inboundlib.events import CLIENT_CHANGED
 from services.client_registry.api import ClientSpec, ClientUpdate, InvalidArgument, NotFound
+from tests.support import eventually
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "client_registry" / "migrations"
 
@@ -115,10 +116,9 @@ async def test_every_client_change_is_published_on_nats(stack, registry):
         await registry.update_client(client.client_id, ClientUpdate(active=False))
         await registry.rotate_client_secret(client.client_id)
         await registry.delete_client(client.client_id)
-        deadline = asyncio.get_running_loop().time() + 3
-        while len([e for e in seen if e.registry_changed.id == client.client_id]) < 4:
-            assert asyncio.get_running_loop().time() < deadline, [e.registry_changed.change for e in seen]
-            await asyncio.sleep(0.05)
+        await eventually(lambda: [e.registry_changed.change for e in seen
+                                  if e.registry_changed.id == client.client_id],
+                         until=lambda changes: len(changes) >= 4, message="the client's four change events")
     finally:
         await nc.close()
     mine = [e for e in seen if e.registry_changed.id == client.client_id]
@@ -128,14 +128,29 @@ async def test_every_client_change_is_published_on_nats(stack, registry):
     assert all(e.source == "client_registry" for e in mine)
 
 
-async def test_events_are_stored_on_jetstream_once(stack, registry):
+async def test_events_are_stored_on_jetstream_once(stack):
+    """An event is published under its own id (Nats-Msg-Id), so a retried publish of
+    it is dropped by JetStream: the stream's count on the subject is the measure."""
+    from inboundlib.events import STREAM, EventBus
+
+    subject = "inbound.events.test.once." + uuid.uuid4().hex[:8]
+    bus = EventBus(stack.nats_url, "test-once")
+    await bus.start()
     nc = await nats.connect(stack.nats_url)
-    js = nc.jetstream()
     try:
-        info = await js.stream_info("INBOUND_EVENTS")
+        js = nc.jetstream()
+        event = events_pb2.Event(registry_changed=events_pb2.RegistryChanged(entity="client", id="once", change="updated"))
+        bus.publish(subject, event)
+        await bus.flush(10)
+        assert bus.pending == 0
+        retry = await js.publish(subject, event.SerializeToString(), headers={"Nats-Msg-Id": event.event_id})
+        assert retry.duplicate is True
+        info = await js.stream_info(STREAM, subjects_filter=subject)
+        assert info.state.subjects == {subject: 1}
         assert "inbound.events.>" in info.config.subjects
     finally:
         await nc.close()
+        await bus.close()
 
 
 async def test_signing_keys_are_encrypted_at_rest(stack):

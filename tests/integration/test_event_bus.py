@@ -10,6 +10,7 @@ from inbound.events.v1 import events_pb2
 from inboundlib.devstack import free_port
 from inboundlib.events import BATCH_HEADER, EventBus, decode_message
 from inboundlib.metrics import EVENTS_DROPPED
+from tests.support import eventually
 
 
 def changed(i: int) -> events_pb2.Event:
@@ -33,14 +34,11 @@ async def test_a_burst_goes_out_in_batches_and_every_subscriber_sees_every_event
     await raw.subscribe(subject, cb=keep)
     await bus.start()
     await asyncio.wait_for(bus.connected.wait(), 5)
-    await bus.subscribe(subject, collect)
-    await asyncio.sleep(0.1)
+    await bus.subscribe(subject, collect)  # returns once the server has the subscription (flushed)
+    await raw.flush()
     ids = [bus.publish(subject, changed(i)) for i in range(1000)]
     await bus.flush(10)
-    for _ in range(100):
-        if len(seen) == 1000:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: len(seen), until=lambda n: n >= 1000, message="events seen by the subscriber")
     await bus.close()
     await raw.close()
     assert seen == [f"c{i}" for i in range(1000)]  # every event, in order
@@ -82,20 +80,14 @@ async def test_after_a_reconnect_hooks_run_and_subscriptions_still_deliver(tmp_p
     try:
         await bus.start()
         await asyncio.wait_for(bus.connected.wait(), 5)
+        await eventually(lambda: connects, message="the hook run on the first connection")
         server.stop()
-        await asyncio.sleep(0.5)
+        await eventually(lambda: not bus.connected.is_set(), message="the bus noticing that NATS is gone")
         server.start()
-        for _ in range(100):
-            if len(connects) >= 2 and bus.connected.is_set():
-                break
-            await asyncio.sleep(0.05)
-        assert len(connects) >= 2, "the hook runs on the first connection and again after the reconnect"
+        await eventually(lambda: len(connects) >= 2 and bus.connected.is_set(),
+                         message="the hook run again after the reconnect")
         bus.publish("inbound.events.test.reconnect", changed(7))
-        for _ in range(100):
-            if seen:
-                break
-            await asyncio.sleep(0.05)
-        assert seen == ["c7"]
+        assert await eventually(lambda: seen, message="the event delivered after the reconnect") == ["c7"]
     finally:
         await bus.close(flush_timeout=1)
         server.stop()

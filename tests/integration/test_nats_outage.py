@@ -9,21 +9,15 @@ import jwt
 import pytest
 
 from inboundlib import grpcx
-from inboundlib.devstack import Stack
 from services.client_registry.api import ClientSpec
 from services.client_registry.client import RegistryClient
 from tests.support import audit_caught_up, audit_copies, eventually
 
 
 @pytest.fixture(scope="module")
-def own_stack(fresh_database, tmp_path_factory):
-    s = Stack(tmp_path_factory.mktemp("outage"), fixed_ports=False, echo=False, database_url=fresh_database(), nats_url="",
-              extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0"})
-    try:
-        s.start()
+def own_stack(private_stack):
+    with private_stack("nats-outage") as s:
         yield s
-    finally:
-        s.stop()
 
 
 async def test_tokens_keep_flowing_while_nats_is_down_and_their_events_arrive_later(own_stack):

@@ -10,21 +10,16 @@ import jwt
 import pytest
 
 from inboundlib import grpcx
-from inboundlib.devstack import Stack
 from services.client_registry.api import ClientSpec
 from services.client_registry.client import RegistryClient
 from tests.support import audit_caught_up, audit_copies, eventually
 
 
 @pytest.fixture(scope="module")
-def pg_stack(tmp_path_factory):
-    s = Stack(tmp_path_factory.mktemp("pg-outage"), fixed_ports=False, echo=False, database_url="", nats_url="",
-              extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0"})
-    try:
-        s.start()
+def pg_stack(private_stack):
+    """A Postgres of its own too: the test stops it."""
+    with private_stack("pg-outage", own_postgres=True) as s:
         yield s
-    finally:
-        s.stop()
 
 
 async def test_jwt_tokens_flow_and_opaque_ones_fail_softly_while_postgres_is_down(pg_stack):

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from inboundlib.devstack import ROOT, free_port
+from tests.support import eventually_sync
 
 
 def _run_with_env(module: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -58,13 +59,10 @@ async def test_logs_are_json_and_the_request_id_crosses_grpc_hops(stack, make_cl
                        auth=(client.client_id, secret), headers={"X-Request-Id": request_id})
     assert reply.status_code == 400
     assert reply.headers["x-request-id"] == request_id
-    deadline = time.monotonic() + 2
-    while time.monotonic() < deadline:
-        hits = [e for e in _json_lines(stack, "client_credentials") if e.get("request_id") == request_id]
-        if hits:
-            break
-        time.sleep(0.05)
-    assert hits and hits[0]["msg"] == "token request denied"
+    hits = eventually_sync(lambda: [e for e in _json_lines(stack, "client_credentials")
+                                    if e.get("request_id") == request_id],
+                           message="the grant service's log line with the request id")
+    assert hits[0]["msg"] == "token request denied"
     assert hits[0]["error"] == "invalid_scope"
     assert hits[0]["service"] == "client_credentials"
     for name in stack.services:
@@ -104,7 +102,8 @@ def test_sigterm_stops_a_service_gracefully(stack):
     replica.proc.send_signal(signal.SIGTERM)
     assert replica.proc.wait(15) == 0
     stack.services.pop("cc-replica", None)
-    assert any('"stopped"' in line for line in replica.lines)
+    eventually_sync(lambda: any('"stopped"' in line for line in replica.lines),
+                    message="the replica's last log line (its output is read by another thread)")
 
 
 async def test_an_unbatched_call_carries_the_request_id_as_metadata(stack, registry):
@@ -117,10 +116,7 @@ async def test_an_unbatched_call_carries_the_request_id_as_metadata(stack, regis
         client, _ = await registry.create_client(ClientSpec(name="traced"))
     finally:
         request_id_var.reset(token)
-    deadline = time.monotonic() + 2
-    while time.monotonic() < deadline:
-        hits = [e for e in _json_lines(stack, "client_registry") if e.get("request_id") == request_id]
-        if hits:
-            break
-        time.sleep(0.05)
-    assert hits and hits[0]["msg"] == "client created" and hits[0]["client_id"] == client.client_id
+    hits = eventually_sync(lambda: [e for e in _json_lines(stack, "client_registry")
+                                    if e.get("request_id") == request_id],
+                           message="the registry's log line with the request id")
+    assert hits[0]["msg"] == "client created" and hits[0]["client_id"] == client.client_id

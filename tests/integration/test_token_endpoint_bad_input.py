@@ -1,5 +1,6 @@
 """Bad input at the token endpoint: each case gets the RFC 6749 §5.2 error with
-the right status, nothing is written, nothing crashes, no secret is logged."""
+the right status, nothing is written, nothing crashes, no secret is logged;
+against the separate processes and the one-process mode."""
 from __future__ import annotations
 
 import base64
@@ -7,6 +8,8 @@ import base64
 import asyncpg
 import httpx
 import pytest
+
+pytestmark = pytest.mark.both_modes
 
 FORM = "application/x-www-form-urlencoded"
 
