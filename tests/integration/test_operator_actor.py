@@ -7,9 +7,10 @@ import getpass
 import json
 import os
 import sys
-import time
 
 import asyncpg
+
+from tests.support import eventually
 
 
 async def ctl(stack, *args: str, **env: str) -> tuple[int, str, str]:
@@ -26,13 +27,10 @@ async def ctl(stack, *args: str, **env: str) -> tuple[int, str, str]:
 async def audit_rows(stack, client_id: str, want: int) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(stack.database_url)
     try:
-        deadline = time.monotonic() + 5
-        while True:
-            rows = await conn.fetch("SELECT type, actor_kind, actor_id, detail::text AS detail FROM audit_log"
-                                    " WHERE client_id = $1 AND actor_kind = 'operator' ORDER BY seq", client_id)
-            if len(rows) >= want or time.monotonic() > deadline:
-                return rows
-            await asyncio.sleep(0.05)
+        return await eventually(lambda: conn.fetch(
+            "SELECT type, actor_kind, actor_id, detail::text AS detail FROM audit_log"
+            " WHERE client_id = $1 AND actor_kind = 'operator' ORDER BY seq", client_id),
+            until=lambda rows: len(rows) >= want, message=f"{want} audit rows with the operator as actor")
     finally:
         await conn.close()
 

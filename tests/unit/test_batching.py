@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from inboundlib.batching import Coalescer, Expired, Overloaded
+from tests.support import eventually
 
 _names = itertools.count()
 
@@ -245,7 +246,7 @@ async def test_request_expiring_in_the_queue_raises_expired_and_is_skipped():
     await send.wait_calls(1)
     short = asyncio.create_task(c.submit(1, 0.01))
     long_ = asyncio.create_task(c.submit(2, 1.0))
-    await asyncio.sleep(0.03)
+    await eventually(short.done, timeout=5, message="the short request given up at its deadline, in the queue")
     send.release(0)
     await send.wait_calls(2)
     send.release(1)
@@ -262,7 +263,8 @@ async def test_all_queued_expired_means_no_empty_batch_and_next_request_goes_at_
     first = asyncio.create_task(c.submit(0, 1.0))
     await send.wait_calls(1)
     doomed = [asyncio.create_task(c.submit(i, 0.01)) for i in (1, 2)]
-    await asyncio.sleep(0.03)
+    await eventually(lambda: all(task.done() for task in doomed), timeout=5,
+                     message="the queued requests given up at their deadlines")
     send.release(0)
     await first
     for task in doomed:
