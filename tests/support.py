@@ -151,3 +151,21 @@ async def register_client(stack, **spec):
         return await RegistryClient(channel).create_client(ClientSpec(**spec))
     finally:
         await channel.close()
+
+
+async def serving(addr: str, service: str = "") -> None:
+    """Wait until the gRPC server at `addr` answers its health check SERVING (a port that
+    accepts connections may not serve yet; a loaded machine makes the gap visible)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from inboundlib import grpcx
+
+    channel = grpcx.channel(addr)
+    try:
+        stub = health_pb2_grpc.HealthStub(channel)
+        await eventually(lambda: stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5),
+                         until=lambda reply: reply.status == health_pb2.HealthCheckResponse.SERVING,
+                         ignore=(grpc.aio.AioRpcError,), message=f"{addr} serving {service or 'its services'}")
+    finally:
+        await channel.close()

@@ -8,7 +8,7 @@ from inboundlib.devstack import free_port
 from inboundlib.oauth.client_auth import CLIENT_SECRET_BASIC, ClientCredentials
 from services.token_issuer.api import IssueRequest
 from services.token_issuer.client import IssuerClient
-from tests.support import eventually
+from tests.support import eventually, serving
 
 
 async def test_a_token_revoked_on_one_replica_is_inactive_on_the_other(stack, issuer, make_client):
@@ -16,6 +16,7 @@ async def test_a_token_revoked_on_one_replica_is_inactive_on_the_other(stack, is
     caller = ClientCredentials(CLIENT_SECRET_BASIC, client.client_id, secret)
     port = free_port()
     stack.start_service("token_issuer", port=port, key="issuer-b")
+    await serving(f"127.0.0.1:{port}")
     channel = grpcx.channel(f"127.0.0.1:{port}")
     try:
         other = IssuerClient(channel)
@@ -46,6 +47,7 @@ async def test_a_replica_started_after_revocations_treats_those_tokens_as_revoke
         await issuer.revoke(token, caller)
     port = free_port()
     stack.start_service("token_issuer", port=port, key="issuer-late")
+    await serving(f"127.0.0.1:{port}")
     channel = grpcx.channel(f"127.0.0.1:{port}")
     try:
         late = IssuerClient(channel)

@@ -17,7 +17,7 @@ from inboundlib import grpcx
 from inboundlib.devstack import ROOT, free_port
 from services.token_issuer.api import IssueRequest
 from services.token_issuer.client import IssuerClient
-from tests.support import eventually
+from tests.support import eventually, serving
 
 pytestmark = pytest.mark.both_modes
 
@@ -35,6 +35,7 @@ def keys_stack(private_stack):
 async def test_two_replicas_publish_the_same_keys_and_verify_each_others_tokens(stack):
     port = free_port()
     stack.start_service("token_issuer", port=port, key="issuer-2")
+    await serving(f"127.0.0.1:{port}")
     try:
         first, second = grpcx.channel(stack.addr("token_issuer")), grpcx.channel(f"127.0.0.1:{port}")
         one, two = IssuerClient(first), IssuerClient(second)
@@ -98,6 +99,7 @@ async def test_the_introspection_port_serves_introspect_and_nothing_else(stack, 
     port, side_port = free_port(), free_port()
     stack.start_service("token_issuer", port=port, key="issuer-rs",
                         extra_env={"INBOUND_INTROSPECTION_PORT": str(side_port)})
+    await serving(f"127.0.0.1:{port}")
     main, side = grpcx.channel(f"127.0.0.1:{port}"), grpcx.channel(f"127.0.0.1:{side_port}")
     try:
         issued = await IssuerClient(main).issue(IssueRequest(client_id=client.client_id, subject="s", scopes=(),
@@ -125,6 +127,7 @@ async def test_a_rotation_on_one_replica_reaches_the_others_over_nats(keys_stack
     stack = keys_stack
     port = free_port()
     stack.start_service("token_issuer", port=port, key="issuer-rot")
+    await serving(f"127.0.0.1:{port}")
     first, second = grpcx.channel(stack.addr("token_issuer")), grpcx.channel(f"127.0.0.1:{port}")
     try:
         other = IssuerClient(second)
@@ -157,6 +160,7 @@ async def test_a_rotation_without_a_delay_takes_the_configured_one(keys_stack):
     port = free_port()
     stack.start_service("token_issuer", port=port, key="issuer-delay",
                         extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "3600"})
+    await serving(f"127.0.0.1:{port}")
     channel = grpcx.channel(f"127.0.0.1:{port}")
     try:
         stub = issuer_pb2_grpc.TokenIssuerStub(channel)

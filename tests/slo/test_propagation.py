@@ -20,7 +20,7 @@ from inboundlib.oauth.client_auth import CLIENT_SECRET_BASIC, ClientCredentials
 from services.client_registry.api import ClientUpdate
 from services.token_issuer.api import IssueRequest
 from services.token_issuer.client import IssuerClient
-from tests.support import eventually, register_client
+from tests.support import eventually, register_client, serving
 
 pytestmark = pytest.mark.slo
 
@@ -44,6 +44,7 @@ def _record(name: str, delays: list[float]) -> float:
 async def second_replica(stack):
     port = free_port()
     stack.start_service("token_issuer", port=port, key="issuer-slo")
+    await serving(f"127.0.0.1:{port}")
     channel = grpcx.channel(f"127.0.0.1:{port}")
     yield IssuerClient(channel)
     await channel.close()
@@ -99,6 +100,7 @@ async def test_a_key_rotation_reaches_other_replicas_and_the_edge_within_a_secon
     stack = rotation_stack
     port = free_port()
     stack.start_service("token_issuer", port=port, key="issuer-rot")
+    await serving(f"127.0.0.1:{port}")
     first, second = grpcx.channel(stack.addr("token_issuer")), grpcx.channel(f"127.0.0.1:{port}")
     try:
         other = IssuerClient(second)
