@@ -17,7 +17,6 @@ import httpx
 import pytest
 
 from inboundlib import grpcx
-from inboundlib.devstack import Stack
 from inboundlib.oauth.errors import TemporarilyUnavailable
 from services.client_registry.api import ClientSpec, ClientUpdate
 from services.client_registry.client import RegistryClient
@@ -29,16 +28,11 @@ MAX_STALE = 15.0
 
 
 @pytest.fixture(scope="module", params=["separate", "single"])
-def outage_stack(request, tmp_path_factory):
-    s = Stack(tmp_path_factory.mktemp(f"cache-outage-{request.param}"), fixed_ports=False, echo=False,
-              database_url="", nats_url="", single=request.param == "single",
-              extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0", "INBOUND_CLIENT_CACHE_TTL": str(TTL),
-                         "INBOUND_CLIENT_CACHE_MAX_STALE": str(MAX_STALE)})
-    try:
-        s.start()
+def outage_stack(request, private_stack):
+    with private_stack(f"cache-outage-{request.param}", own_postgres=True, single=request.param == "single",
+                       extra_env={"INBOUND_CLIENT_CACHE_TTL": str(TTL),
+                                  "INBOUND_CLIENT_CACHE_MAX_STALE": str(MAX_STALE)}) as s:
         yield s
-    finally:
-        s.stop()
 
 
 async def test_cached_clients_keep_getting_tokens_and_jwts_stay_introspectable_while_postgres_is_down(outage_stack):
