@@ -31,11 +31,11 @@ $(GEN)/.stamp: $(PROTOS) $(VENV)/.installed
 gen: $(GEN)/.stamp
 
 run: gen
-	$(PY) -m inboundlib.devstack run
+	$(PY) -m services.devstack run
 
 # The same system with every service in one process (small installs; what the gRPC hops cost).
 run-single: gen
-	$(PY) -m inboundlib.devstack run --single
+	$(PY) -m services.devstack run --single
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check libs services cli bench tests

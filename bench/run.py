@@ -423,7 +423,7 @@ def bench_cold_jwt(stack, roots: dict[str, int], metrics_urls: dict[str, str], t
                    tokens: list[str], args) -> dict:
     """The JWT pool again, at a second token_issuer replica started with its verified-JWT cache off, so every
     introspection verifies the ES256 signature; stopped afterwards."""
-    from inboundlib.devstack import free_port
+    from services.devstack import free_port
 
     metrics_port = free_port()
     t0 = time.monotonic()
@@ -571,7 +571,7 @@ def _token_runs(loadgen: LoadGen, stack, roots: dict[str, int], metrics_urls: di
 
 
 def bench_edge(loadgen: LoadGen, args) -> dict:
-    from inboundlib.devstack import SERVICES, Stack
+    from services.devstack import SERVICES, Stack
 
     state = Path(tempfile.mkdtemp(prefix="inbound-bench-stack-"))
     out: dict = {"nats": "external (NATS_URL; not measured)" if os.environ.get("NATS_URL") else "private"}
@@ -620,7 +620,7 @@ def bench_single(loadgen: LoadGen, args) -> dict:
     one another in process. It has a private NATS of its own (never NATS_URL, never the multi-process stack's:
     audit's durable consumer would split the events between the two) and its own Postgres (a private server,
     or a fresh database beside DATABASE_URL). Started after the multi-process stack stopped, stopped after."""
-    from inboundlib.devstack import Stack
+    from services.devstack import Stack
 
     state = Path(tempfile.mkdtemp(prefix="inbound-bench-single-"))
     metrics_port = _free_port()

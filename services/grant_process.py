@@ -1,60 +1,80 @@
-"""The process around a grant handler, the same for every grant service:
-registry client with a client cache kept current over NATS, issuer client,
-gRPC server with health and metrics, graceful stop."""
+"""The assembly every grant service shares (see libs/inboundlib/hosting.py): a
+client cache kept current over NATS, the issuer, the grant handler from the
+service's own `grant.py`, and the grant servicer with the GrantRunner around it.
+
+A grant service is a folder `services/<name>/` whose `grant.py` has
+`build(deps: GrantDeps) -> GrantHandler`, and a row in services/modules.py
+with its grant type; nothing here changes for a new one."""
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
+import importlib
 from dataclasses import dataclass
 
-from inboundlib import grpcx, metrics, service
+import grpc
+
+from inboundlib.cache import CacheSettings
 from inboundlib.config import Env
 from inboundlib.events import EventBus
 from inboundlib.grants import server
 from inboundlib.grants.api import GrantHandler
+from inboundlib.grants.client import GrantClient
+from inboundlib.grants.runner import GrantRunner
+from inboundlib.hosting import GRPC, Context, Module
+from services.client_registry.api import ClientRegistryApi
 from services.client_registry.cache import ClientCache, client_cache_settings
-from services.client_registry.client import RegistryClient
-from services.token_issuer.client import IssuerClient
+from services.token_issuer.api import TokenIssuerApi
 
 
 @dataclass
 class GrantDeps:
-    """What a grant handler may use: cached client records, the issuer, events, config."""
+    """What a grant handler may use: cached client records, the registry, the issuer, events, its settings."""
     clients: ClientCache
-    registry: RegistryClient
-    issuer: IssuerClient
+    registry: ClientRegistryApi
+    issuer: TokenIssuerApi
     events: EventBus
     env: Env
 
 
-def run(name: str, default_port: int, build: Callable[[GrantDeps], GrantHandler]) -> None:
-    async def main(stop: asyncio.Event) -> None:
-        env = Env()
-        registry_addr = env.addr("INBOUND_REGISTRY_ADDR", "127.0.0.1:50051")
-        issuer_addr = env.addr("INBOUND_ISSUER_ADDR", "127.0.0.1:50052")
-        nats_url = env.str("NATS_URL", "nats://127.0.0.1:4222")
-        port = env.int("INBOUND_GRPC_PORT", default_port, minimum=0, maximum=65535)
-        host = env.str("INBOUND_BIND_HOST", "0.0.0.0")
-        metrics_port = env.int("INBOUND_METRICS_PORT", 0, minimum=0, maximum=65535)
-        client_cache = client_cache_settings(env)
+@dataclass(frozen=True)
+class Settings:
+    client_cache: CacheSettings
+    env: Env  # the grant's own settings are read by its build() through deps.env
 
-        registry_channel = grpcx.channel(registry_addr)
-        issuer_channel = grpcx.channel(issuer_addr)
-        events = EventBus(nats_url, name)
-        await events.start()
-        registry = RegistryClient(registry_channel)
-        clients = ClientCache(registry, client_cache)
-        await clients.attach(events)
-        handler = build(GrantDeps(clients=clients, registry=registry, issuer=IssuerClient(issuer_channel),
-                                  events=events, env=env))
-        grpc_server = grpcx.GrpcServer(host, port, [server.SERVICE_NAME])
-        server.add_to_server(handler, grpc_server.server, events)
-        metrics.serve(metrics_port)
-        await grpc_server.start()
-        await stop.wait()
-        await grpc_server.stop(grace=5)
-        await events.close()
-        await registry_channel.close()
-        await issuer_channel.close()
+    @classmethod
+    def from_env(cls, env: Env) -> Settings:
+        return cls(client_cache=client_cache_settings(env), env=env)
 
-    service.run(name, main)
+
+@dataclass
+class GrantService:
+    handler: GrantHandler
+    events: EventBus
+
+    def __post_init__(self) -> None:
+        # What the edge calls in the same process: the handler with the runner's checks, metrics and events.
+        self.api = GrantRunner(self.handler, self.events)
+
+    def add_to_server(self, port: str, grpc_server: grpc.aio.Server) -> list[str]:
+        assert port == GRPC, port
+        server.add_to_server(self.handler, grpc_server, self.events)
+        return [server.SERVICE_NAME]
+
+    async def stop(self) -> None:
+        pass
+
+
+async def start(settings: Settings, ctx: Context) -> GrantService:
+    registry = await ctx.dependency("client_registry")
+    clients = ClientCache(registry, settings.client_cache)
+    await clients.attach(ctx.events)
+    deps = GrantDeps(clients=clients, registry=registry, issuer=await ctx.dependency("token_issuer"),
+                     events=ctx.events, env=settings.env)
+    handler = importlib.import_module(f"services.{ctx.module.name}.grant").build(deps)
+    if handler.grant_type != ctx.module.grant_type:
+        raise RuntimeError(f"services.{ctx.module.name}.grant serves {handler.grant_type!r}, "
+                           f"the module table says {ctx.module.grant_type!r}")
+    return GrantService(handler=handler, events=ctx.events)
+
+
+def connect(channel: grpc.aio.Channel, module: Module) -> GrantClient:
+    return GrantClient(module.grant_type, channel)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from inboundlib.devstack import Stack
+from services.devstack import Stack
 
 MODES = ("separate", "single")
 BASE_ENV = {"INBOUND_KEY_ACTIVATION_DELAY": "0", "INBOUND_CLIENT_CACHE_TTL": "60"}

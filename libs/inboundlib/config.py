@@ -32,7 +32,15 @@ class Env:
             return None
         return value.strip()
 
+    def environ(self) -> Mapping[str, str]:
+        return self._env
+
+    def name(self, name: str) -> str:
+        """The variable that carries setting `name` (here: the name itself)."""
+        return name
+
     def str(self, name: str, default: str | None = None) -> str:
+        name = self.name(name)
         value = self._raw(name)
         if value is None:
             if default is None:
@@ -41,6 +49,7 @@ class Env:
         return value
 
     def int(self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+        name = self.name(name)
         value = self._raw(name)
         if value is None:
             result = default
@@ -56,6 +65,7 @@ class Env:
         return result
 
     def float(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        name = self.name(name)
         value = self._raw(name)
         if value is None:
             return default
@@ -68,6 +78,7 @@ class Env:
         return result
 
     def bool(self, name: str, default: bool) -> bool:
+        name = self.name(name)
         value = self._raw(name)
         if value is None:
             return default
@@ -116,6 +127,7 @@ class Env:
 
     def addr_map(self, name: str, default: str = "") -> dict[str, str]:
         """`key=host:port,key2=host:port` into a dict, each address checked."""
+        name = self.name(name)
         value = self._raw(name) or default
         result: dict[str, str] = {}
         for item in filter(None, (part.strip() for part in value.split(","))):
@@ -129,3 +141,26 @@ class Env:
             except ConfigError:
                 raise ConfigError(f"{name} must be name=host:port[,name=host:port], got {item!r}") from None
         return result
+
+
+def scoped_name(scope: str, name: str) -> str:
+    """`INBOUND_GRPC_PORT` for service `audit` -> `INBOUND_AUDIT_GRPC_PORT`;
+    `DATABASE_URL` -> `INBOUND_AUDIT_DATABASE_URL`."""
+    return f"INBOUND_{scope.upper()}_{name.removeprefix('INBOUND_')}"
+
+
+class ScopedEnv(Env):
+    """The settings of one service among several in one process: each name is read
+    as `scoped_name(scope, name)` first, then as itself unless it is one of
+    `unscoped_fallback_except` (a setting the services must not share)."""
+
+    def __init__(self, env: Env, scope: str, *, unscoped_fallback_except: set[str] | frozenset[str] = frozenset()):
+        super().__init__(env.environ())
+        self.scope = scope
+        self.no_fallback = frozenset(unscoped_fallback_except)
+
+    def name(self, name: str) -> str:
+        scoped = scoped_name(self.scope, name)
+        if name in self.no_fallback or self._raw(scoped) is not None:
+            return scoped
+        return name

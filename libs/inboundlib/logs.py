@@ -9,9 +9,10 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
-import os
 import sys
 import time
+
+from inboundlib.config import ConfigError, Env
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
@@ -42,13 +43,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def level_from_env(env: Env) -> str:
+    """INBOUND_LOG_LEVEL, any case; anything else is a ConfigError (exit 2), not a traceback."""
+    level = env.str("INBOUND_LOG_LEVEL", "info").lower()
+    if level not in LEVELS:
+        raise ConfigError(f"INBOUND_LOG_LEVEL must be one of {', '.join(LEVELS)}, got {level!r}")
+    return level
+
+
 def configure(service: str, level: str | None = None) -> None:
     """Route all logging to stdout as JSON; called once by each process entry point."""
+    level = level or level_from_env(Env())
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel((level or os.environ.get("INBOUND_LOG_LEVEL") or "INFO").upper())
+    root.setLevel(level.upper())
     # Libraries that log request lines or payloads at INFO stay quiet.
     for noisy in ("uvicorn.access", "asyncio", "nats"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -25,7 +25,10 @@ EVENTS_BUFFERED = Histogram(
 )
 
 
-def serve(port: int) -> None:
-    """Serve /metrics on its own port (0 disables it)."""
-    if port:
-        start_http_server(port)
+def serve(port: int, host: str = "0.0.0.0"):
+    """Serve /metrics on its own port and bind host (0: none). Returns the HTTP
+    server (`shutdown()` stops it) or None."""
+    if not port:
+        return None
+    server, _thread = start_http_server(port, addr=host)
+    return server

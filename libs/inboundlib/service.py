@@ -19,8 +19,6 @@ log = logging.getLogger(__name__)
 
 
 def run(name: str, main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    logs.configure(name)
-
     async def wrapper() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -29,6 +27,7 @@ def run(name: str, main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         await main(stop)
 
     try:
+        logs.configure(name)
         import uvloop
 
         uvloop.run(wrapper())

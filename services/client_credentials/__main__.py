@@ -1,6 +1,5 @@
-"""client_credentials grant service process."""
-from services import grant_process
-from services.client_credentials.grant import ClientCredentialsGrant
+"""client_credentials process: its row of services/modules.py, run by the shared runner."""
+from services import modules
 
 if __name__ == "__main__":
-    grant_process.run("client_credentials", 50061, lambda deps: ClientCredentialsGrant(deps.clients, deps.issuer))
+    modules.run("client_credentials")

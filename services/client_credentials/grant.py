@@ -10,7 +10,7 @@ No refresh token is issued (§4.4.3).
 """
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from inboundlib.grants.api import TokenRequest, TokenResponse
 from inboundlib.oauth.client_auth import authenticate_client, require_grant_type
@@ -18,6 +18,9 @@ from inboundlib.oauth.errors import UnauthorizedClient
 from inboundlib.oauth.scopes import format_scope, narrow_scopes
 from services.client_registry.api import GRANT_CLIENT_CREDENTIALS, ClientRecord
 from services.token_issuer.api import IssueRequest, TokenIssuerApi
+
+if TYPE_CHECKING:  # the grant's logic imports no gRPC code; grant_process does
+    from services.grant_process import GrantDeps
 
 
 class ClientSource(Protocol):
@@ -44,3 +47,8 @@ class ClientCredentialsGrant:
             request_id=request.request_id, grant_type=self.grant_type))
         return TokenResponse(access_token=token.access_token, token_type=token.token_type,
                              expires_in=token.expires_in, scope=format_scope(scopes))
+
+
+def build(deps: GrantDeps) -> ClientCredentialsGrant:
+    """The grant as its service runs it (services/grant_process.py)."""
+    return ClientCredentialsGrant(deps.clients, deps.issuer)

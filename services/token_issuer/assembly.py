@@ -1,17 +1,26 @@
-"""token_issuer's settings and start-up, shared by its own process and by the
-single process that hosts every service (services/all_in_one), so the two
-cannot drift apart."""
+"""token_issuer's settings and start-up (see libs/inboundlib/hosting.py), the
+same for its own process and for the single process that hosts every service.
+
+Ports: the full TokenIssuer API on `grpc`; Introspect and the JWKS only on
+`introspection`, for resource servers outside Inbound."""
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
 
+import grpc
+
 from inboundlib import service
 from inboundlib.cache import CacheSettings
 from inboundlib.config import Env
 from inboundlib.events import EventBus
+from inboundlib.hosting import GRPC, INTROSPECTION, Context, Module
+from inboundlib.oauth.client_auth import ClientCredentials
 from services.client_registry.api import ClientRegistryApi
 from services.client_registry.cache import ClientCache, client_cache_settings
+from services.token_issuer import server
+from services.token_issuer.api import TokenInfo
+from services.token_issuer.client import IssuerClient
 from services.token_issuer.introspection import VERIFIED_CACHE_ENTRIES, TokenChecker
 from services.token_issuer.issuer import TokenIssuer
 from services.token_issuer.keys import ALGORITHMS, KeyEncryptor
@@ -20,7 +29,7 @@ from services.token_issuer.revocations import RevocationSet, RevocationSync
 
 
 @dataclass(frozen=True)
-class IssuerSettings:
+class Settings:
     issuer_url: str
     key_encryption_key: bytes
     alg: str
@@ -32,7 +41,7 @@ class IssuerSettings:
     verified_jwt_cache: int
 
     @classmethod
-    def from_env(cls, env: Env) -> IssuerSettings:
+    def from_env(cls, env: Env) -> Settings:
         issuer_url = env.url("INBOUND_ISSUER", "http://127.0.0.1:8080")
         return cls(
             issuer_url=issuer_url,
@@ -53,6 +62,30 @@ class IssuerSettings:
 KEY_RELOAD_SECONDS = 60
 
 
+class LocalIssuer:
+    """token_issuer for callers in the same process, with IssuerClient's interface
+    (what grants and the edge call)."""
+
+    def __init__(self, issuer: TokenIssuer, checker: TokenChecker):
+        self.issuer = issuer
+        self.checker = checker
+        self.issue = issuer.issue
+        self.jwks = issuer.jwks
+        self.list_keys = issuer.list_keys
+        self.rotate_key = issuer.rotate_key
+
+    async def introspect(self, token: str, caller: ClientCredentials | None = None, *,
+                         request_id: str = "") -> TokenInfo:
+        return await self.checker.introspect(token, caller, internal=caller is None)
+
+    async def revoke(self, token: str, caller: ClientCredentials | None, *, token_type_hint: str = "",
+                     request_id: str = "") -> None:
+        await self.checker.revoke(token, caller)
+
+    async def revoke_client_tokens(self, client_id: str) -> int:
+        return await self.checker.revoke_client_tokens(client_id)
+
+
 @dataclass
 class TokenService:
     issuer: TokenIssuer
@@ -60,6 +93,15 @@ class TokenService:
     clients: ClientCache
     sync: RevocationSync
     reloader: asyncio.Task
+
+    @property
+    def api(self) -> LocalIssuer:
+        return LocalIssuer(self.issuer, self.checker)
+
+    def add_to_server(self, port: str, grpc_server: grpc.aio.Server) -> list[str]:
+        assert port in (GRPC, INTROSPECTION), port
+        server.add_to_server(self.issuer, self.checker, grpc_server, introspection_only=port == INTROSPECTION)
+        return [server.SERVICE_NAME]
 
     async def stop(self) -> None:
         self.reloader.cancel()
@@ -76,7 +118,15 @@ async def _reload_keys_periodically(issuer: TokenIssuer) -> None:
             pass  # the registry is away for now; the next round tries again
 
 
-async def start_token_service(settings: IssuerSettings, registry: ClientRegistryApi, events: EventBus,
+async def start(settings: Settings, ctx: Context) -> TokenService:
+    return await start_token_service(settings, await ctx.dependency("client_registry"), ctx.events, ctx.stop)
+
+
+def connect(channel: grpc.aio.Channel, module: Module) -> IssuerClient:
+    return IssuerClient(channel)
+
+
+async def start_token_service(settings: Settings, registry: ClientRegistryApi, events: EventBus,
                               stop: asyncio.Event) -> TokenService:
     """Keys loaded (the first replica ever creates one), client cache attached, and
     every revocation made so far known: a late replica must honour them before it serves."""

@@ -27,10 +27,10 @@ import pytest
 from inbound.events.v1 import events_pb2
 from inboundctl import audit_commands
 from inboundlib import grpcx
-from inboundlib.devstack import free_port
 from inboundlib.events import STREAM, TOKEN_DENIED, TOKEN_ISSUED, EventBus
 from services.audit.api import InvalidArgument, SearchQuery
 from services.audit.client import AuditClient
+from services.devstack import free_port
 from tests.support import audit_caught_up, audit_copies, eventually
 
 pytestmark = pytest.mark.both_modes
@@ -483,7 +483,7 @@ def test_bad_config_fails_fast(env, name):
     import subprocess
     import sys
 
-    from inboundlib.devstack import ROOT
+    from services.devstack import ROOT
 
     full = {k: v for k, v in os.environ.items() if not k.startswith("INBOUND_") and k != "DATABASE_URL"}
     result = subprocess.run([sys.executable, "-m", "services.audit"], cwd=ROOT, env={**full, **env},

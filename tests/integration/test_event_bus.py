@@ -7,9 +7,9 @@ import logging
 import nats
 
 from inbound.events.v1 import events_pb2
-from inboundlib.devstack import free_port
 from inboundlib.events import BATCH_HEADER, EventBus, decode_message
 from inboundlib.metrics import EVENTS_DROPPED
+from services.devstack import free_port
 from tests.support import eventually
 
 
@@ -61,7 +61,7 @@ async def test_events_wait_in_the_buffer_while_nats_is_unreachable_and_the_bound
 
 
 async def test_after_a_reconnect_hooks_run_and_subscriptions_still_deliver(tmp_path):
-    from inboundlib.devstack import PrivateNats
+    from services.devstack import PrivateNats
 
     server = PrivateNats(tmp_path / "nats", free_port())
     server.start()

@@ -14,7 +14,7 @@ import httpx
 import jwt
 import pytest
 
-from inboundlib.devstack import free_port
+from services.devstack import free_port
 from tests.support import eventually
 
 TOKEN = "/oauth/token"

@@ -4,8 +4,8 @@ the SLO set's: tests/slo/test_propagation.py.)"""
 from __future__ import annotations
 
 from inboundlib import grpcx
-from inboundlib.devstack import free_port
 from inboundlib.oauth.client_auth import CLIENT_SECRET_BASIC, ClientCredentials
+from services.devstack import free_port
 from services.token_issuer.api import IssueRequest
 from services.token_issuer.client import IssuerClient
 from tests.support import eventually, serving

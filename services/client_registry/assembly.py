@@ -1,0 +1,93 @@
+"""client_registry's settings and start-up (see libs/inboundlib/hosting.py):
+migrations, the registry over its Postgres pool, the purge janitor."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from inboundlib import db, service
+from inboundlib.batching import Coalescer
+from inboundlib.config import Env
+from inboundlib.hosting import GRPC, Context, Module
+from services.client_registry import server
+from services.client_registry.client import RegistryClient
+from services.client_registry.registry import Registry
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+HOT_TIMEOUT = 3.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    pool_size: int
+    purge_seconds: int
+
+    @classmethod
+    def from_env(cls, env: Env) -> Settings:
+        return cls(database_url=env.str("DATABASE_URL"),
+                   pool_size=env.int("INBOUND_DB_POOL_SIZE", 10, minimum=1, maximum=200),
+                   purge_seconds=env.int("INBOUND_PURGE_INTERVAL", 600, minimum=1))
+
+
+class BatchedTokenStore:
+    """The registry for callers in the same process, with opaque-token writes and
+    lookups coalesced into one statement per batch, as RegistryClient does across
+    the network."""
+
+    def __init__(self, registry: Registry):
+        self._registry = registry
+        self._store = Coalescer("local.StoreOpaqueTokens", lambda items, _: registry.store_opaque_tokens(items),
+                                max_batch=64)
+        self._lookup = Coalescer("local.GetOpaqueTokens", lambda items, _: registry.get_opaque_tokens(items),
+                                 max_batch=64)
+
+    def __getattr__(self, name):
+        return getattr(self._registry, name)
+
+    async def store_opaque_tokens(self, tokens):
+        return list(await asyncio.gather(*(self._store.submit(t, HOT_TIMEOUT) for t in tokens)))
+
+    async def get_opaque_tokens(self, token_hashes):
+        return list(await asyncio.gather(*(self._lookup.submit(h, HOT_TIMEOUT) for h in token_hashes)))
+
+
+@dataclass
+class RegistryService:
+    registry: Registry
+    api: BatchedTokenStore
+    pool: object
+    janitor: asyncio.Task
+    unavailable_on = db.UNAVAILABLE_ERRORS
+
+    def add_to_server(self, port: str, grpc_server: grpc.aio.Server) -> list[str]:
+        assert port == GRPC, port
+        server.add_to_server(self.registry, grpc_server)
+        return [server.SERVICE_NAME]
+
+    async def stop(self) -> None:
+        self.janitor.cancel()
+        await self.pool.close()
+
+
+async def start(settings: Settings, ctx: Context) -> RegistryService:
+    pool = None
+
+    async def open_database() -> None:
+        nonlocal pool
+        if pool is None:
+            pool = await db.create_pool(settings.database_url, min_size=min(2, settings.pool_size),
+                                        max_size=settings.pool_size)
+        await db.migrate(pool, MIGRATIONS)
+
+    await service.retry_until_ready("postgres", open_database, ctx.stop)
+    registry = Registry(pool, ctx.events)
+    return RegistryService(registry=registry, api=BatchedTokenStore(registry), pool=pool,
+                           janitor=asyncio.create_task(registry.purge_periodically(settings.purge_seconds)))
+
+
+def connect(channel: grpc.aio.Channel, module: Module) -> RegistryClient:
+    return RegistryClient(channel)

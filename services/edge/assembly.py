@@ -1,0 +1,51 @@
+"""The edge's settings and start-up (see libs/inboundlib/hosting.py): the HTTP
+app on its HTTP port, in front of token_issuer and every grant service (in
+process or over gRPC); its metrics are on the metrics port like every service's."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from inboundlib.cache import CacheSettings
+from inboundlib.config import Env
+from inboundlib.hosting import HTTP, Context
+from services.edge.app import EdgeConfig, create_app
+from services.edge.jwks import JwksCache, jwks_cache_settings
+from services.edge.server import serve
+
+
+@dataclass(frozen=True)
+class Settings:
+    issuer_url: str
+    jwks_cache: CacheSettings
+
+    @classmethod
+    def from_env(cls, env: Env) -> Settings:
+        return cls(issuer_url=env.url("INBOUND_ISSUER", "http://127.0.0.1:8080"), jwks_cache=jwks_cache_settings(env))
+
+
+@dataclass
+class EdgeService:
+    api: None
+    stopping: asyncio.Event
+    # The HTTP server; its end before stop is a failure.
+    watch: asyncio.Task
+
+    def add_to_server(self, port: str, grpc_server) -> list[str]:
+        raise ValueError(f"the edge serves HTTP only, not gRPC port {port!r}")
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        await self.watch
+
+
+async def start(settings: Settings, ctx: Context) -> EdgeService:
+    tokens = await ctx.dependency("token_issuer")
+    grants = ctx.grants()
+    jwks = JwksCache(tokens, settings.jwks_cache)
+    await jwks.attach(ctx.events)
+    app = create_app(EdgeConfig(issuer=settings.issuer_url, grants=grants, jwks=jwks.get, tokens=tokens,
+                                events=ctx.events, ready=ctx.ready))
+    stopping = asyncio.Event()
+    return EdgeService(api=None, stopping=stopping,
+                       watch=asyncio.create_task(serve(app, ctx.host, ctx.ports[HTTP], stopping), name="edge-http"))

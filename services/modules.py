@@ -1,0 +1,62 @@
+"""The module table: every service of Inbound, one row each.
+
+Each process entry point (`python -m services.<name>`), the one-process mode
+(`services.all_in_one`), the dev stack (`make run`), the deploy contract test
+and the bench read this table. A row names the service, its assembly
+(`services/<name>/assembly.py`, or the shared grant assembly), the services it
+calls, its ports in the standard layout (gRPC; extra ones such as
+token_issuer's introspection-only port; HTTP for the edge; metrics) and, for a
+grant service, its grant type.
+
+Adding a service: a folder `services/<name>/` with its assembly (or, for a
+grant, its `grant.py` with `build(deps)`), a three-line `__main__.py`, and a
+row here. See libs/inboundlib/hosting.py for what an assembly provides.
+"""
+from __future__ import annotations
+
+from inboundlib import hosting
+from inboundlib.hosting import GRPC, HTTP, INTROSPECTION, Module, Port
+
+GRANT_ASSEMBLY = "services.grant_process"
+
+
+def _grpc(number: int) -> Port:
+    return Port(GRPC, "INBOUND_GRPC_PORT", number)
+
+
+MODULES: tuple[Module, ...] = (
+    Module("client_registry", "services.client_registry.assembly",
+           ports=(_grpc(50051),), address_env="INBOUND_REGISTRY_ADDR"),
+    Module("token_issuer", "services.token_issuer.assembly", depends_on=("client_registry",),
+           ports=(_grpc(50052), Port(INTROSPECTION, "INBOUND_INTROSPECTION_PORT", 50053, optional=True)),
+           address_env="INBOUND_ISSUER_ADDR"),
+    Module("client_credentials", GRANT_ASSEMBLY, depends_on=("client_registry", "token_issuer"),
+           ports=(_grpc(50061),), grant_type="client_credentials"),
+    Module("audit", "services.audit.assembly", ports=(_grpc(50070),), address_env="INBOUND_AUDIT_ADDR"),
+    Module("edge", "services.edge.assembly", depends_on=("token_issuer",), calls_grants=True,
+           ports=(Port(HTTP, "INBOUND_HTTP_PORT", 8080),)),
+)
+
+TABLE: dict[str, Module] = {m.name: m for m in MODULES}
+NAMES: tuple[str, ...] = tuple(TABLE)
+GRANTS: dict[str, Module] = {m.grant_type: m for m in MODULES if m.grant_type}
+ALL_IN_ONE = "all_in_one"
+
+
+def run(name: str) -> None:
+    """The process of one service (every `services/<name>/__main__.py`)."""
+    _run(name, [name])
+
+
+def run_all() -> None:
+    """Every service in one process (`services/all_in_one`)."""
+    _run(ALL_IN_ONE, list(NAMES))
+
+
+def _run(process_name: str, names: list[str]) -> None:
+    from inboundlib import service
+
+    async def main(stop) -> None:
+        await hosting.serve(TABLE, names, stop, process_name=process_name)
+
+    service.run(process_name, main)
