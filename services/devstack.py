@@ -33,6 +33,7 @@ from services.modules import ALL_IN_ONE, NAMES, TABLE
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = NAMES
+METRICS_BASE = 9180  # make run: all_in_one's metrics on 9180, each service's on 9181, 9182, ... in table order
 __all__ = ["ROOT", "SERVICES", "Stack", "PrivateNats", "PrivatePostgres", "free_port"]
 
 
@@ -85,6 +86,9 @@ class Stack:
         self.layout = {(m.name, p.kind): p.number if fixed_ports else free_port() for m in TABLE.values()
                        for p in m.ports}
         self.ports = {m.name: self.layout[(m.name, m.main_port.kind)] for m in TABLE.values()}
+        # Prometheus /metrics of each process (in Kubernetes each pod's is 9090; here they share one host).
+        self.metrics_ports = {name: METRICS_BASE + i if fixed_ports else free_port()
+                              for i, name in enumerate((ALL_IN_ONE, *NAMES))}
         self.env: dict[str, str] = {}
 
     @property
@@ -94,6 +98,9 @@ class Stack:
     def addr(self, name: str, kind: str | None = None) -> str:
         """Where service `name` listens (its main port, or its port of `kind`)."""
         return f"127.0.0.1:{self.layout[(name, kind)] if kind else self.ports[name]}"
+
+    def metrics_url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.metrics_ports[name]}/metrics"
 
     def port_env(self, name: str, *, single: bool = False) -> dict[str, str]:
         """The port settings of service `name` (scoped by service in the single process)."""
@@ -139,13 +146,14 @@ class Stack:
         port is `port` and its other ports are off unless `extra_env` sets them)."""
         key = key or name
         env = self.service_env()
+        env["INBOUND_METRICS_PORT"] = str(self.metrics_ports[name])
         if name == ALL_IN_ONE:
             for module in TABLE:
                 env.update(self.port_env(module, single=True))
             port = port or self.ports["edge"]
         elif port:
             env.update({p.env: "0" for p in TABLE[name].ports if p.optional})
-            env[TABLE[name].main_port.env] = str(port)
+            env.update({TABLE[name].main_port.env: str(port), "INBOUND_METRICS_PORT": "0"})
         else:
             env.update(self.port_env(name))
             port = self.ports[name]
@@ -256,7 +264,9 @@ def run_forever(single: bool = False) -> None:
     # Ctrl-C (SIGINT, also delivered to the children, which stop gracefully) or SIGTERM.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
-    busy = [f"{name} {kind} ({port})" for (name, kind), port in stack.layout.items() if not port_free(port)]
+    ports = {**{f"{name} {kind}": port for (name, kind), port in stack.layout.items()},
+             **{f"{name} metrics": port for name, port in stack.metrics_ports.items()}}
+    busy = [f"{what} ({port})" for what, port in ports.items() if not port_free(port)]
     if busy:
         print(f"make run: ports in use: {', '.join(busy)} — is another `make run` still going?", file=sys.stderr)
         sys.exit(1)

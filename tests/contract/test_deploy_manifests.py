@@ -27,6 +27,10 @@ import pytest
 import yaml
 from kubernetes_validate import utils as kv
 
+from inboundlib import hosting
+from inboundlib.hosting import Module
+from services import modules
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 K8S_VERSION = "1.30.0"
@@ -36,59 +40,37 @@ UID = 10001
 SECRET_NAME = "inbound-secrets"
 TARGETS = ["base", "overlays/local", "overlays/production"]
 
-# k8s name -> module, kind, main port, and the env each must carry:
-# a literal string, ("configmap", key) or ("secret", key).
+# Where the settings shared by several services come from in the cluster.
+SHARED_SOURCES = {
+    "DATABASE_URL": ("secret", "database-url"),
+    "INBOUND_KEY_ENCRYPTION_KEY": ("secret", "key-encryption-key"),
+    "INBOUND_ISSUER": ("configmap", "issuer"),
+    "NATS_URL": ("configmap", "nats-url"),
+}
+
+
+def _expected_env(module: Module) -> dict:
+    """The env a Deployment must carry, from the module table: its ports, its
+    dependencies' addresses (headless Services, round_robin), and the shared
+    settings its code reads: a literal string, ("configmap", key) or ("secret", key)."""
+    env: dict = {p.env: str(p.number) for p in module.ports}
+    env["INBOUND_METRICS_PORT"] = str(module.metrics_port)
+    for name in hosting.dependencies(modules.TABLE, module):
+        dep = modules.TABLE[name]
+        if dep.address_env:
+            env[dep.address_env] = f"dns:///{dep.k8s_name}:{dep.main_port.number}"
+    if module.calls_grants:
+        env[hosting.GRANT_ADDRS_ENV] = ",".join(f"{g.grant_type}=dns:///{g.k8s_name}:{g.main_port.number}"
+                                               for g in modules.MODULES if g.grant_type)
+    env.update({var: source for var, source in SHARED_SOURCES.items() if var in _env_read(module.name)})
+    return env
+
+
+# k8s name -> module, kind, main port, and the env each must carry: all from the module table.
 SERVICES = {
-    "client-registry": {
-        "module": "client_registry", "kind": "grpc", "port": 50051,
-        "env": {
-            "DATABASE_URL": ("secret", "database-url"),
-            "NATS_URL": ("configmap", "nats-url"),
-            "INBOUND_GRPC_PORT": "50051",
-            "INBOUND_METRICS_PORT": "9090",
-        },
-    },
-    "token-issuer": {
-        "module": "token_issuer", "kind": "grpc", "port": 50052,
-        "env": {
-            "INBOUND_REGISTRY_ADDR": "dns:///client-registry:50051",
-            "NATS_URL": ("configmap", "nats-url"),
-            "INBOUND_ISSUER": ("configmap", "issuer"),
-            "INBOUND_KEY_ENCRYPTION_KEY": ("secret", "key-encryption-key"),
-            "INBOUND_GRPC_PORT": "50052",
-            "INBOUND_INTROSPECTION_PORT": "50053",
-            "INBOUND_METRICS_PORT": "9090",
-        },
-    },
-    "client-credentials": {
-        "module": "client_credentials", "kind": "grpc", "port": 50061,
-        "env": {
-            "INBOUND_REGISTRY_ADDR": "dns:///client-registry:50051",
-            "INBOUND_ISSUER_ADDR": "dns:///token-issuer:50052",
-            "NATS_URL": ("configmap", "nats-url"),
-            "INBOUND_GRPC_PORT": "50061",
-            "INBOUND_METRICS_PORT": "9090",
-        },
-    },
-    "edge": {
-        "module": "edge", "kind": "http", "port": 8080,
-        "env": {
-            "INBOUND_HTTP_PORT": "8080",
-            "INBOUND_ISSUER": ("configmap", "issuer"),
-            "INBOUND_ISSUER_ADDR": "dns:///token-issuer:50052",
-            "INBOUND_GRANT_ADDRS": "client_credentials=dns:///client-credentials:50061",
-            "NATS_URL": ("configmap", "nats-url"),
-        },
-    },
-    "audit": {
-        "module": "audit", "kind": "grpc", "port": 50070,
-        "env": {
-            "DATABASE_URL": ("secret", "database-url"),
-            "NATS_URL": ("configmap", "nats-url"),
-            "INBOUND_GRPC_PORT": "50070",
-            "INBOUND_METRICS_PORT": "9090",
-        },
-    },
+    m.k8s_name: {"module": m.name, "kind": "http" if m.main_port.kind == hosting.HTTP else "grpc",
+                 "port": m.main_port.number, "row": m}
+    for m in modules.MODULES
 }
 GRPC_SERVICES = [name for name, spec in SERVICES.items() if spec["kind"] == "grpc"]
 METRICS_PORT = 9090
@@ -99,8 +81,9 @@ PRODUCTION_REPLICAS = {"client-registry": 2, "audit": 2}  # the rest: HPA
 # servers using gRPC Introspect. They must not reach its main port (Issue, Revoke,
 # RotateKey, ...); no other outside source reaches a gRPC port.
 INTROSPECTION_LABEL = ("inbound.dev/introspection-client", "true")
-INTROSPECTION_SERVICE = "token-issuer"
-INTROSPECTION_PORT = 50053
+_INTROSPECTION_ROW = next(m for m in modules.MODULES if m.port(hosting.INTROSPECTION))
+INTROSPECTION_SERVICE = _INTROSPECTION_ROW.k8s_name
+INTROSPECTION_PORT = _INTROSPECTION_ROW.port(hosting.INTROSPECTION).number
 INTROSPECTION_PORT_NAME = "grpc-introspect"
 # What deploy/README.md tells resource servers to dial.
 INTROSPECTION_TARGET = f"dns:///{INTROSPECTION_SERVICE}.{NAMESPACE}.svc:{INTROSPECTION_PORT}"
@@ -305,7 +288,8 @@ def test_probes(docs):
 def test_prometheus_annotations(docs):
     for name, dep in _of_kind(docs, "Deployment").items():
         ann = dep["spec"]["template"]["metadata"].get("annotations", {})
-        expected = METRICS_PORT if SERVICES[name]["kind"] == "grpc" else SERVICES[name]["port"]
+        expected = SERVICES[name]["row"].metrics_port
+        assert expected == METRICS_PORT and expected != SERVICES[name]["port"], name
         assert ann.get("prometheus.io/scrape") == "true", name
         assert ann.get("prometheus.io/path") == "/metrics", name
         assert ann.get("prometheus.io/port") == str(expected), name
@@ -326,7 +310,7 @@ def test_env_wiring(docs):
         names = [e["name"] for e in c.get("env", [])]
         assert len(names) == len(set(names)), f"{name}: duplicate env {names}"
         env = {e["name"]: e for e in c.get("env", [])}
-        for var, want in SERVICES[name]["env"].items():
+        for var, want in _expected_env(SERVICES[name]["row"]).items():
             assert var in env, f"{name}: env {var} missing"
             got = env[var]
             if isinstance(want, str):
@@ -350,18 +334,25 @@ def test_env_wiring(docs):
         assert re.fullmatch(r"https?://\S+", cm["data"]["issuer"]), cm["data"]
 
 
+def _module_file(dotted: str) -> Path:
+    return REPO.joinpath(*dotted.split(".")).with_suffix(".py")
+
+
 @functools.cache
 def _env_read(module: str) -> dict[str, bool]:
-    """Env variables services/<module>/__main__.py (plus services/grant_process.py and
-    services/token_issuer/assembly.py when it uses them) reads through
-    inboundlib.config.Env: name -> required (no default)."""
-    files = [REPO / "services" / module / "__main__.py"]
-    source = files[0].read_text()
-    if "grant_process" in source:
-        files.append(REPO / "services" / "grant_process.py")
-    if "token_issuer.assembly" in source:
-        files.append(REPO / "services" / "token_issuer" / "assembly.py")
-    found: dict[str, bool] = {}
+    """Env variables service `module`'s process reads through inboundlib.config.Env:
+    name -> required (no default). By the AST of the host every process runs
+    (libs/inboundlib/hosting.py), of the module's assembly (and of a grant's own
+    grant.py), plus the names the host reads from the module table: the ports'
+    settings and the addresses of the services it calls."""
+    row = modules.TABLE[module]
+    files = [REPO / "libs" / "inboundlib" / "hosting.py", _module_file(row.assembly)]
+    if row.grant_type and (REPO / "services" / module / "grant.py").is_file():
+        files.append(REPO / "services" / module / "grant.py")
+    found: dict[str, bool] = {p.env: False for p in row.ports}
+    for name in hosting.dependencies(modules.TABLE, row):
+        dep = modules.TABLE[name]
+        found[hosting.GRANT_ADDRS_ENV if dep.grant_type else dep.address_env] = False
     for path in files:
         for node in ast.walk(ast.parse(path.read_text())):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
@@ -378,8 +369,12 @@ def test_env_reader_sanity():
     assert _env_read("token_issuer").get("INBOUND_KEY_ENCRYPTION_KEY") is True
     assert _env_read("token_issuer").get("INBOUND_REVOCATION_RESYNC_SECONDS") is False
     assert _env_read("token_issuer").get("INBOUND_INTROSPECTION_PORT") is False
-    assert _env_read("client_credentials").get("INBOUND_ISSUER_ADDR") is False  # via grant_process
+    assert _env_read("client_credentials").get("INBOUND_ISSUER_ADDR") is False  # a dependency, by the table
+    assert _env_read("client_credentials").get("INBOUND_CLIENT_CACHE_TTL") is False  # via grant_process
     assert _env_read("audit").get("DATABASE_URL") is True
+    assert _env_read("audit").get("INBOUND_AUDIT_BATCH") is False
+    assert _env_read("edge").get("INBOUND_GRANT_ADDRS") is False
+    assert _env_read("edge").get("NATS_URL") is False  # the host's
 
 
 def test_env_matches_what_the_code_reads(docs):
@@ -387,8 +382,9 @@ def test_env_matches_what_the_code_reads(docs):
     silently ignored), and every variable without a default is set."""
     for name, dep in _of_kind(docs, "Deployment").items():
         read = _env_read(SERVICES[name]["module"])
-        assert set(SERVICES[name]["env"]) <= set(read), \
-            f"{name}: the test expects env the code does not read: {sorted(set(SERVICES[name]['env']) - set(read))}"
+        expected = _expected_env(SERVICES[name]["row"])
+        assert set(expected) <= set(read), \
+            f"{name}: the test expects env the code does not read: {sorted(set(expected) - set(read))}"
         set_here = {e["name"] for e in _main(dep).get("env", [])}
         stale = set_here - set(read) - COMMON_ENV
         assert not stale, f"{name}: env {sorted(stale)} is set but services.{SERVICES[name]['module']} never reads it"
@@ -609,8 +605,9 @@ def test_network_policy_admits_only_the_intended_peers(docs):
         reach = functools.partial(_reachable, policies, labels, container)
         if spec["kind"] == "grpc":
             assert spec["port"] in reach(APP_PEER), f"{name}: the app's pods cannot reach gRPC {spec['port']}"
-            assert reach(PROMETHEUS_PEER) == {METRICS_PORT}, \
-                f"{name}: Prometheus reaches {sorted(reach(PROMETHEUS_PEER))}, expected only {METRICS_PORT}"
+        # Every pod's metrics (the edge's too, off its public port) are for Prometheus alone.
+        assert reach(PROMETHEUS_PEER) == public | {METRICS_PORT}, \
+            f"{name}: Prometheus reaches {sorted(reach(PROMETHEUS_PEER))}, expected {sorted(public | {METRICS_PORT})}"
         for peer in RESOURCE_SERVER_PEERS:
             got = reach(peer)
             if name == INTROSPECTION_SERVICE:
