@@ -50,6 +50,7 @@ from pathlib import Path
 
 from bench import procstat, signing
 from bench.loadgen import LoadGen
+from services.modules import ALL_IN_ONE
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "build" / "bench" / "results.json"
@@ -571,7 +572,8 @@ def _token_runs(loadgen: LoadGen, stack, roots: dict[str, int], metrics_urls: di
 
 
 def bench_edge(loadgen: LoadGen, args) -> dict:
-    from services.devstack import SERVICES, Stack
+    from services.devstack import Stack
+    from services.modules import NAMES
 
     state = Path(tempfile.mkdtemp(prefix="inbound-bench-stack-"))
     out: dict = {"nats": "external (NATS_URL; not measured)" if os.environ.get("NATS_URL") else "private"}
@@ -581,18 +583,11 @@ def bench_edge(loadgen: LoadGen, args) -> dict:
             stack = Stack(state, fixed_ports=False, echo=False, database_url=database_url,
                           nats_url=os.environ.get("NATS_URL", ""),
                           extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0"})
-            metrics_urls = {"edge": stack.edge_url + "/metrics"}
+            # every service of the module table, each serving /metrics on its metrics port
+            metrics_urls = {name: stack.metrics_url(name) for name in NAMES}
             try:
                 t0 = time.monotonic()
-                stack.start_infra()  # as Stack.start(), but each service also serves /metrics on a port of its own
-                for name in SERVICES:
-                    extra = {}
-                    if name != "edge":
-                        metrics_port = _free_port()
-                        extra["INBOUND_METRICS_PORT"] = str(metrics_port)
-                        metrics_urls[name] = f"http://127.0.0.1:{metrics_port}/metrics"
-                    stack.start_service(name, extra_env=extra)
-                stack.wait_ready()
+                stack.start()
                 out["startup_s"] = time.monotonic() - t0
                 # every service devstack runs, and its private Postgres and NATS
                 roots = _infra_roots(stack, {name: sp.proc.pid for name, sp in stack.services.items()})
@@ -611,7 +606,7 @@ def bench_edge(loadgen: LoadGen, args) -> dict:
     return out
 
 
-SINGLE_PROCESS = "all_in_one"  # devstack's key (and the module, services.all_in_one) of the single process
+SINGLE_PROCESS = ALL_IN_ONE  # devstack's key and the module (services.all_in_one) of the single process
 
 
 def bench_single(loadgen: LoadGen, args) -> dict:
@@ -623,22 +618,20 @@ def bench_single(loadgen: LoadGen, args) -> dict:
     from services.devstack import Stack
 
     state = Path(tempfile.mkdtemp(prefix="inbound-bench-single-"))
-    metrics_port = _free_port()
     out: dict = {"process": f"services.{SINGLE_PROCESS}", "nats": "a private nats-server of its own"}
     try:
         with _bench_database() as (database_url, external_db):
             out["postgres"] = "a fresh database beside DATABASE_URL; not measured" if external_db \
                 else "a private server of its own"
             stack = Stack(state, fixed_ports=False, echo=False, database_url=database_url, nats_url="",
-                          single=True, extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0",
-                                                  "INBOUND_METRICS_PORT": str(metrics_port)})
+                          single=True, extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0"})
             try:
                 t0 = time.monotonic()
                 stack.start()
                 out["startup_s"] = time.monotonic() - t0
                 roots = _infra_roots(stack, {SINGLE_PROCESS: stack.services[SINGLE_PROCESS].proc.pid})
-                # the process's one /metrics (the edge's /metrics on the HTTP port is the same registry)
-                metrics_urls = {SINGLE_PROCESS: f"http://127.0.0.1:{metrics_port}/metrics"}
+                # the process's one /metrics, on its metrics port
+                metrics_urls = {SINGLE_PROCESS: stack.metrics_url(SINGLE_PROCESS)}
                 clients = asyncio.run(_create_clients(stack.addr("client_registry")))
                 out.update(_token_runs(loadgen, stack, roots, metrics_urls, clients, args))
             finally:
