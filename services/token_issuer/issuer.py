@@ -12,6 +12,7 @@ issue time carry the milliseconds that revocation cut-offs are compared with.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import secrets
@@ -22,7 +23,7 @@ import jwt
 from cryptography.exceptions import InvalidTag
 
 from inbound.events.v1 import events_pb2
-from inboundlib import actors
+from inboundlib import actors, workers
 from inboundlib.config import ConfigError
 from inboundlib.events import KEYS_ROTATED, SIGNING_KEY_CHANGED, TOKEN_ISSUED, EventBus, actor_to_pb
 from inboundlib.oauth.errors import InvalidRequest, ServerError, TemporarilyUnavailable
@@ -135,7 +136,10 @@ class TokenIssuer:
         if request.format == FORMAT_OPAQUE:
             access_token = await self._issue_opaque(request, jti, now_ms, audience, grant_id)
         elif request.format == FORMAT_JWT:
-            access_token = self._issue_jwt(request, jti, now, audience, grant_id)
+            key = self.keyring.signing_key(now)
+            sign = functools.partial(self._issue_jwt, request, jti, now, audience, grant_id)
+            # RSA (~1 ms) signs in the worker pool, off the event loop; ES256/EdDSA cost less than the hand-over.
+            access_token = await workers.CPU.submit(sign) if key and workers.signs_slowly(key.alg) else sign()
         else:
             raise ServerError(detail=f"unknown token format {request.format!r}")
         refresh_token = ""
