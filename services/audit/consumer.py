@@ -29,6 +29,7 @@ import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import Counter, Gauge, Histogram
 
+from inboundlib import workers
 from inboundlib.events import BATCH_HEADER, STREAM, SUBJECT_PREFIX, ensure_stream
 from services.audit.api import AuditRecord
 from services.audit.log import AuditLog, decode, decode_batch
@@ -168,7 +169,7 @@ class Consumer:
     async def _handle(self, msgs: list, stop: asyncio.Event) -> None:
         started = time.perf_counter()
         good: list[tuple[object, list[AuditRecord]]] = []
-        for msg in msgs:
+        async for msg in workers.sliced(msgs):  # decoding a fetch is long: the loop gets turns
             try:
                 good.append((msg, self._decode(msg)))
             except Exception as exc:  # Undecodable, or anything odd about it: never wedge on one message

@@ -73,3 +73,37 @@ async def test_the_issuer_signs_rsa_in_the_cpu_pool(monkeypatch, alg, offloaded)
     assert claims["jti"] == token.jti
     assert len(pool.threads_used) == (1 if offloaded else 0)
     assert workers.signs_slowly(alg) is offloaded
+
+
+async def test_sliced_work_gives_the_loop_turns():
+    """A long pure-Python stretch over items lets other tasks run between items (every
+    `seconds`), and without slicing they would not (the control)."""
+    import time
+
+    async def stretch(iterate) -> list[int]:
+        turns: list[int] = []
+        done = 0
+
+        async def other():
+            while True:
+                turns.append(done)
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(other())
+        await asyncio.sleep(0)
+        turns.clear()
+        async for _ in iterate(range(30)):
+            t = time.perf_counter()
+            while time.perf_counter() - t < 0.001:  # 1 ms of work an item
+                pass
+            done += 1
+        task.cancel()
+        return turns
+
+    async def plain(items):
+        for item in items:
+            yield item
+
+    sliced_turns = await stretch(lambda items: workers.sliced(items, seconds=0.003))
+    assert len(sliced_turns) >= 5 and sliced_turns[0] < 30
+    assert await stretch(plain) == []
