@@ -66,7 +66,7 @@ class RegistryService:
     def add_to_server(self, port: str, grpc_server: grpc.aio.Server) -> list[str]:
         assert port == GRPC, port
         server.add_to_server(self.registry, grpc_server)
-        return [server.SERVICE_NAME]
+        return list(server.SERVICE_NAMES)
 
     async def stop(self) -> None:
         self.janitor.cancel()

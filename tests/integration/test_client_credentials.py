@@ -152,7 +152,7 @@ async def test_deleted_client_is_refused(stack, registry, make_client):
 
 
 def _batch_metric(stack, suffix: str) -> float:
-    text = httpx.get(stack.edge_url + "/metrics").text
+    text = httpx.get(stack.metrics_url("edge")).text
     prefix = f'inbound_batch_size_{suffix}{{call="grant.Token[client_credentials]"}}'
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
 

@@ -89,7 +89,7 @@ async def test_grpc_health_and_prometheus_metrics(stack):
         reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         await channel.close()
-    metrics = httpx.get(stack.edge_url + "/metrics").text
+    metrics = httpx.get(stack.metrics_url("edge")).text
     assert "inbound_http_request_seconds" in metrics
 
 
