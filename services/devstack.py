@@ -142,8 +142,9 @@ class Stack:
 
     def start_service(self, name: str, *, port: int | None = None, extra_env: dict[str, str] | None = None,
                       key: str | None = None) -> ServiceProcess:
-        """Start one service process (a second replica when `key` and `port` are given: its main
-        port is `port` and its other ports are off unless `extra_env` sets them)."""
+        """Start one service process: the stack's own on every port of its layout, or, when `key`
+        differs from `name`, a second replica on `port` alone (other ports off unless `extra_env`
+        sets them)."""
         key = key or name
         env = self.service_env()
         env["INBOUND_METRICS_PORT"] = str(self.metrics_ports[name])
@@ -151,12 +152,15 @@ class Stack:
             for module in TABLE:
                 env.update(self.port_env(module, single=True))
             port = port or self.ports["edge"]
-        elif port:
+        elif key != name:  # a second replica: its main port only (the stack's own holds the others)
             env.update({p.env: "0" for p in TABLE[name].ports if p.optional})
-            env.update({TABLE[name].main_port.env: str(port), "INBOUND_METRICS_PORT": "0"})
-        else:
+            env.update({TABLE[name].main_port.env: str(port or free_port()), "INBOUND_METRICS_PORT": "0"})
+            port = int(env[TABLE[name].main_port.env])
+        else:  # the stack's own (again, after a stop): its whole layout
             env.update(self.port_env(name))
-            port = self.ports[name]
+            if port:
+                env[TABLE[name].main_port.env] = str(port)
+            port = port or self.ports[name]
         env.update(extra_env or {})
         log_path = self.state_dir / "logs" / f"{key}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
