@@ -49,14 +49,16 @@ def run(name: str) -> None:
 
 
 def run_all() -> None:
-    """Every service in one process (`services/all_in_one`)."""
-    _run(ALL_IN_ONE, list(NAMES))
+    """Every service in one process (`services/all_in_one`). Its default event loop is
+    asyncio's: one loop saturated by every service's work serves connections fairly
+    there and not under uvloop (see inboundlib.service.run)."""
+    _run(ALL_IN_ONE, list(NAMES), event_loop="asyncio")
 
 
-def _run(process_name: str, names: list[str]) -> None:
+def _run(process_name: str, names: list[str], event_loop: str = "uvloop") -> None:
     from inboundlib import service
 
     async def main(stop) -> None:
         await hosting.serve(TABLE, names, stop, process_name=process_name)
 
-    service.run(process_name, main)
+    service.run(process_name, main, event_loop=event_loop)

@@ -13,12 +13,19 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from inboundlib import logs
-from inboundlib.config import ConfigError
+from inboundlib.config import ConfigError, Env
 
 log = logging.getLogger(__name__)
 
 
-def run(name: str, main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+EVENT_LOOPS = ("uvloop", "asyncio")
+
+
+def run(name: str, main: Callable[[asyncio.Event], Awaitable[None]], *, event_loop: str = "uvloop") -> None:
+    """`event_loop` is the default of INBOUND_EVENT_LOOP. uvloop is faster, but when one
+    process saturates its core with many connections it serves them unfairly: measured
+    with every service in one process (wrk, 64 connections), p99 ≈ 1 s with 2 s
+    timeouts under uvloop against 0.2–0.35 s under asyncio's loop at the same rate."""
     async def wrapper() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -28,9 +35,12 @@ def run(name: str, main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
 
     try:
         logs.configure(name)
-        import uvloop
+        if Env().choice("INBOUND_EVENT_LOOP", event_loop, EVENT_LOOPS) == "uvloop":
+            import uvloop
 
-        uvloop.run(wrapper())
+            uvloop.run(wrapper())
+        else:
+            asyncio.run(wrapper())
     except ConfigError as exc:
         print(f"{name}: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
