@@ -38,7 +38,6 @@ import os
 import platform
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,7 @@ from pathlib import Path
 
 from bench import procstat, signing
 from bench.loadgen import LoadGen
+from inboundlib.localservers import free_port, wait_port
 from services.modules import ALL_IN_ONE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,25 +61,6 @@ ECHO_PAYLOAD = 200  # bytes each way per echo call
 GRPC_LOADGEN_NOTE = ("Python grpc.aio + uvloop in 1 process of its own (no wrk for gRPC): it shares the "
                      f"{os.cpu_count()} cores with the servers; its CPU is shown")
 SERVICE_ORDER = ("edge", "client_credentials", "token_issuer", "client_registry", "postgres", "nats")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"bare HTTP app exited with code {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"bare HTTP app did not listen on {port} within {timeout}s")
 
 
 def _post(url: str, headers: dict[str, str]) -> tuple[int, str]:
@@ -245,11 +226,11 @@ def grpc_measured_run(mode: str, target: str, roots: dict[str, int], *, concurre
 # --- bare HTTP -----------------------------------------------------------------------------------------
 
 def bench_bare(loadgen: LoadGen, args) -> dict:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "bench.bare_app", str(port)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_port(port, proc)
+        wait_port(port, 20, proc, "bare HTTP app")
         url = f"http://127.0.0.1:{port}{TOKEN_PATH}"
         status, body = _post(url, CONTENT_TYPE)
         if status != 200:
@@ -269,11 +250,11 @@ def bench_bare(loadgen: LoadGen, args) -> dict:
 
 def bench_grpc_echo(args) -> dict:
     """bench.grpc_echo in its own process under bench.grpcload at the same concurrency as introspection."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "bench.grpc_echo", str(port)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_port(port, proc)
+        wait_port(port, 20, proc, "bare gRPC echo")
         result = grpc_measured_run("echo", f"127.0.0.1:{port}", {"grpc_echo": proc.pid},
                                    concurrency=args.grpc_concurrency, seconds=args.grpc_seconds,
                                    warmup=args.grpc_warmup)

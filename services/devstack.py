@@ -210,6 +210,18 @@ class Stack:
                 self.start_service(name)
         self.wait_ready()
 
+    def __enter__(self) -> Stack:
+        """`with Stack(...) as stack:` starts it (stopping what did start if that fails) and stops it after."""
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
     def stop_service(self, key: str, timeout: float = 20) -> int | None:
         sp = self.services.pop(key, None)
         if sp is None or sp.proc.poll() is not None:

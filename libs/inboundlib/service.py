@@ -67,3 +67,24 @@ async def retry_until_ready(what: str, start: Callable[[], Awaitable[None]], sto
             log.warning("waiting for dependency", extra={"dependency": what, "error": type(exc).__name__})
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+async def open_database(url: str, migrations, stop: asyncio.Event, *, table: str | None = None,
+                        min_size: int = 2, max_size: int = 10):
+    """A connection pool on `url` with the service's `migrations` applied (inboundlib.db),
+    waiting for Postgres while it is not up yet."""
+    from inboundlib import db
+
+    pool = None
+
+    async def open_and_migrate() -> None:
+        nonlocal pool
+        if pool is None:
+            pool = await db.create_pool(url, min_size=min(min_size, max_size), max_size=max_size)
+        if table is None:
+            await db.migrate(pool, migrations)
+        else:
+            await db.migrate(pool, migrations, table=table)
+
+    await retry_until_ready("postgres", open_and_migrate, stop)
+    return pool

@@ -63,15 +63,8 @@ class AuditService:
 
 
 async def start(settings: Settings, ctx: Context) -> AuditService:
-    pool = None
-
-    async def open_database() -> None:
-        nonlocal pool
-        if pool is None:
-            pool = await db.create_pool(settings.database_url, min_size=1, max_size=settings.pool_size)
-        await db.migrate(pool, MIGRATIONS, table=MIGRATIONS_TABLE)
-
-    await service.retry_until_ready("postgres", open_database, ctx.stop)
+    pool = await service.open_database(settings.database_url, MIGRATIONS, ctx.stop, table=MIGRATIONS_TABLE,
+                                       min_size=1, max_size=settings.pool_size)
     audit_log = AuditLog(pool)
     consumer = Consumer(ctx.nats_url, audit_log, batch=settings.batch)
     return AuditService(api=audit_log, consumer=consumer, pool=pool,

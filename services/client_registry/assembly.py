@@ -74,16 +74,7 @@ class RegistryService:
 
 
 async def start(settings: Settings, ctx: Context) -> RegistryService:
-    pool = None
-
-    async def open_database() -> None:
-        nonlocal pool
-        if pool is None:
-            pool = await db.create_pool(settings.database_url, min_size=min(2, settings.pool_size),
-                                        max_size=settings.pool_size)
-        await db.migrate(pool, MIGRATIONS)
-
-    await service.retry_until_ready("postgres", open_database, ctx.stop)
+    pool = await service.open_database(settings.database_url, MIGRATIONS, ctx.stop, max_size=settings.pool_size)
     registry = Registry(pool, ctx.events)
     return RegistryService(registry=registry, api=BatchedTokenStore(registry), pool=pool,
                            janitor=asyncio.create_task(registry.purge_periodically(settings.purge_seconds)))

@@ -54,13 +54,10 @@ async def _served(addr: str) -> frozenset[str]:
 
 @pytest.fixture(scope="module")
 def single(fresh_database, tmp_path_factory):
-    s = Stack(tmp_path_factory.mktemp("single-ports"), fixed_ports=False, echo=False, database_url=fresh_database(),
-              nats_url="", extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0"}, single=True)
-    try:
-        s.start()
+    """Every service in one process, on the same layout of ports as the separate ones."""
+    with Stack(tmp_path_factory.mktemp("single-ports"), fixed_ports=False, echo=False, single=True,
+               database_url=fresh_database(), nats_url="", extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0"}) as s:
         yield s
-    finally:
-        s.stop()
 
 
 async def test_the_probe_tells_served_from_unserved(stack):
