@@ -8,7 +8,8 @@ references, ports, Service selectors, gRPC targets), the NetworkPolicy (the
 rules' shape, and what sample peers it actually admits to which ports), and the
 replica / autoscaling shape of each overlay. The env each Deployment sets is
 also checked against the variables its service's code actually reads (AST of
-services/<module>/__main__.py and services/grant_process.py).
+the host, libs/inboundlib/hosting.py, and of the service's assembly named by the
+module table, services/modules.py, which also gives every service's ports).
 
 Only the rendering needs kubectl; without it those tests skip with a message and
 the rest (Secret example, Dockerfile, validator sanity) still run.
@@ -370,7 +371,6 @@ def test_env_reader_sanity():
     assert _env_read("token_issuer").get("INBOUND_REVOCATION_RESYNC_SECONDS") is False
     assert _env_read("token_issuer").get("INBOUND_INTROSPECTION_PORT") is False
     assert _env_read("client_credentials").get("INBOUND_ISSUER_ADDR") is False  # a dependency, by the table
-    assert _env_read("client_credentials").get("INBOUND_CLIENT_CACHE_TTL") is False  # via grant_process
     assert _env_read("audit").get("DATABASE_URL") is True
     assert _env_read("audit").get("INBOUND_AUDIT_BATCH") is False
     assert _env_read("edge").get("INBOUND_GRANT_ADDRS") is False

@@ -13,7 +13,6 @@ import pytest
 import inbound
 from inboundlib import grpcx, hosting
 from services.client_registry.client import RegistryClient
-from services.devstack import Stack
 from services.modules import MODULES
 from services.token_issuer.client import IssuerClient
 
@@ -52,30 +51,22 @@ async def _served(addr: str) -> frozenset[str]:
     return frozenset(served)
 
 
-@pytest.fixture(scope="module")
-def single(fresh_database, tmp_path_factory):
-    """Every service in one process, on the same layout of ports as the separate ones."""
-    with Stack(tmp_path_factory.mktemp("single-ports"), fixed_ports=False, echo=False, single=True,
-               database_url=fresh_database(), nats_url="", extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0"}) as s:
-        yield s
-
-
-async def test_the_probe_tells_served_from_unserved(stack):
+async def test_the_probe_tells_served_from_unserved(separate_stack):
     assert len(_all_methods()) > 10
-    served = await _served(stack.addr("token_issuer"))
+    served = await _served(separate_stack.addr("token_issuer"))
     assert "/inbound.issuer.v1.TokenIssuer/Issue" in served
     assert not {m for m in served if not m.startswith("/inbound.issuer.")}
 
 
-async def test_each_port_serves_the_same_rpcs_in_both_modes(stack, single):
+async def test_each_port_serves_the_same_rpcs_in_both_modes(separate_stack, single_stack):
     for name, kind in GRPC_PORTS:
-        separate = await _served(stack.addr(name, kind))
+        separate = await _served(separate_stack.addr(name, kind))
         assert separate, f"{name} {kind} serves nothing"
-        assert await _served(single.addr(name, kind)) == separate, f"{name} {kind}: one process differs"
+        assert await _served(single_stack.addr(name, kind)) == separate, f"{name} {kind}: one process differs"
 
 
-async def test_the_introspection_port_serves_introspection_only(stack, single):
-    for s in (stack, single):
+async def test_the_introspection_port_serves_introspection_only(separate_stack, single_stack):
+    for s in (separate_stack, single_stack):
         addr = s.addr("token_issuer", hosting.INTROSPECTION)
         assert await _served(addr) == {"/inbound.issuer.v1.TokenIssuer/Introspect",
                                        "/inbound.issuer.v1.TokenIssuer/GetJwks"}
