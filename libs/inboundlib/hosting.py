@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from inboundlib import grpcx, metrics
+from inboundlib import actors, grpcx, metrics
 from inboundlib.config import ConfigError, Env, ScopedEnv
 from inboundlib.events import EventBus
 
@@ -137,6 +137,29 @@ def module_env(env: Env, module: Module, hosted: list[Module]) -> Env:
 
 def read_ports(env: Env, module: Module) -> dict[str, int]:
     return {p.kind: env.int(p.env, p.default, **PORT_RANGE) for p in module.ports}
+
+
+class ServiceEvents:
+    """The process's event bus as one of several hosted services sees it: what it
+    publishes names that service (the event's source, and its actor when no one
+    else is in context), as its own process would."""
+
+    def __init__(self, bus: EventBus, service: str):
+        self._bus = bus
+        self._service = service
+        self._actor = actors.actor(actors.SERVICE, service)
+
+    def publish(self, subject: str, event, **kwargs) -> str:
+        event.source = event.source or self._service
+        token = actors.actor_var.set(self._actor) if actors.current() is None else None
+        try:
+            return self._bus.publish(subject, event, **kwargs)
+        finally:
+            if token is not None:
+                actors.actor_var.reset(token)
+
+    def __getattr__(self, name: str):
+        return getattr(self._bus, name)
 
 
 @dataclass
@@ -252,8 +275,8 @@ async def serve(table: Mapping[str, Module], names: list[str], stop: asyncio.Eve
     metrics_server = None
     try:
         for module, assembly, menv, settings, ports in plans:
-            ctx = Context(module=module, env=menv, events=events, nats_url=nats_url, stop=stop, ports=ports,
-                          host=host, _host=h)
+            ctx = Context(module=module, env=menv, nats_url=nats_url, stop=stop, ports=ports, host=host, _host=h,
+                          events=events if len(plans) == 1 else ServiceEvents(events, module.name))
             component = await assembly.start(settings, ctx)
             h.components[module.name] = component
             started.append((module, component))
