@@ -48,15 +48,17 @@ class Settings:
 @dataclass
 class GrantService:
     handler: GrantHandler
+    # Client records for the runner's client authentication (every grant's, once).
+    clients: ClientCache
     events: EventBus
 
     def __post_init__(self) -> None:
         # What the edge calls in the same process: the handler with the runner's checks, metrics and events.
-        self.api = GrantRunner(self.handler, self.events)
+        self.api = GrantRunner(self.handler, self.clients, self.events)
 
     def add_to_server(self, port: str, grpc_server: grpc.aio.Server) -> list[str]:
         assert port == GRPC, port
-        server.add_to_server(self.handler, grpc_server, self.events)
+        server.add_to_server(self.handler, grpc_server, self.clients, self.events)
         return [server.SERVICE_NAME]
 
     async def stop(self) -> None:
@@ -73,7 +75,7 @@ async def start(settings: Settings, ctx: Context) -> GrantService:
     if handler.grant_type != ctx.module.grant_type:
         raise RuntimeError(f"services.{ctx.module.name}.grant serves {handler.grant_type!r}, "
                            f"the module table says {ctx.module.grant_type!r}")
-    return GrantService(handler=handler, events=ctx.events)
+    return GrantService(handler=handler, clients=clients, events=ctx.events)
 
 
 def connect(channel: grpc.aio.Channel, module: Module) -> GrantClient:

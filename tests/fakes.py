@@ -9,6 +9,9 @@ stands in for also runs for real (Postgres, NATS, gRPC) in tests/integration.
 - `FakeIssuer`: the token issuer port (`issue`), recording each request.
 - `FakeRevocations`, `FakeSigningKeys`, `FakeOpaqueTokens`: the registry's domains;
   `FakeRegistry` is all of them at once, for code that still takes the whole registry.
+- `PostgresLikeClients`, `BatchedClients`: a client source whose batched lookup fails
+  whole on a NUL, as Postgres does, and lookups coalesced into batches in front of it.
+- `FakeGrant`, `FakeTokens`: the edge's ports (a grant; introspection and revocation).
 - `FakeBus`: the event bus port (`publish`, `subscribe`, `on_reconnect`): events are
   delivered when the test says so (`await bus.deliver()`), and `await bus.reconnect()`
   runs the reconnect hooks as a real reconnect would.
@@ -21,6 +24,9 @@ import time
 import uuid
 
 from inbound.events.v1 import events_pb2
+from inboundlib import budget
+from inboundlib.batching import Coalescer
+from inboundlib.grants.api import TokenResponse
 from services.client_registry.api import (
     ClientRecord,
     ItemError,
@@ -30,7 +36,7 @@ from services.client_registry.api import (
     RevocationRecord,
     SigningKeyRecord,
 )
-from services.token_issuer.api import IssuedToken, IssueRequest
+from services.token_issuer.api import IssuedToken, IssueRequest, TokenInfo
 
 
 def client_record(**overrides) -> ClientRecord:
@@ -226,3 +232,74 @@ class FakeBus:
 
     async def flush(self, timeout: float = 2.0) -> None:
         return None
+
+
+# --- poison and batching, for "one item never fails its batch neighbours" -------------------------------
+
+class PostgresLikeClients(FakeClients):
+    """The client source as Postgres answers a batched lookup: a NUL in any id fails
+    the whole statement (asyncpg: invalid byte sequence), so the whole batch."""
+
+    async def get_clients(self, client_ids: list[str]) -> list[ClientRecord | None]:
+        if any("\x00" in client_id for client_id in client_ids):
+            raise ValueError("invalid byte sequence for encoding UTF8: 0x00")
+        return await super().get_clients(client_ids)
+
+
+class BatchedClients:
+    """`get_client` calls coalesced into `get_clients` batches, as RegistryClient does
+    over gRPC (so concurrent lookups share one call, and one failure)."""
+
+    def __init__(self, source: FakeClients, *, idempotent: bool = False):
+        self.source = source
+        self.batches: list[list[str]] = []
+        self._lookups = Coalescer("test.GetClients." + uuid.uuid4().hex[:8], self._send, max_batch=64,
+                                  max_in_flight=1, idempotent=idempotent)
+
+    async def _send(self, client_ids: list[str], timeout: float):
+        self.batches.append(list(client_ids))
+        return await self.source.get_clients(client_ids)
+
+    async def get_client(self, client_id: str) -> ClientRecord | None:
+        return await self._lookups.submit(client_id, 5.0)
+
+
+# --- the edge's ports ---------------------------------------------------------------------------------
+
+class FakeGrant:
+    """A grant as the edge sees it (GrantClient / GrantRunner): records each TokenRequest
+    it is given and the budget left when it got it; answers `response`, or raises `error`."""
+
+    def __init__(self, grant_type: str = "client_credentials", *, error: BaseException | None = None):
+        self.grant_type = grant_type
+        self.error = error
+        self.requests: list = []
+        self.budgets: list[float] = []
+        self.response = TokenResponse(access_token="fake-token", token_type="Bearer", expires_in=60)
+
+    async def handle(self, request):
+        self.requests.append(request)
+        self.budgets.append(budget.remaining(float("inf")))
+        if self.error is not None:
+            raise self.error
+        return self.response
+
+
+class FakeTokens:
+    """token_issuer as the edge sees it (introspect, revoke): records calls; `error` raises."""
+
+    def __init__(self, *, error: BaseException | None = None):
+        self.error = error
+        self.introspected: list[tuple[str, object]] = []
+        self.revoked: list[tuple[str, object, str]] = []
+
+    async def introspect(self, token: str, caller=None, *, request_id: str = ""):
+        self.introspected.append((token, caller))
+        if self.error is not None:
+            raise self.error
+        return TokenInfo(active=False)
+
+    async def revoke(self, token: str, caller, *, token_type_hint: str = "", request_id: str = "") -> None:
+        self.revoked.append((token, caller, token_type_hint))
+        if self.error is not None:
+            raise self.error

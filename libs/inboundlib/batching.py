@@ -6,6 +6,20 @@ added latency. While a call is in flight the next requests gather, up to
 far more than the work per item, so batching is what keeps a Python service
 path cheap under load. The queue is bounded: past `max_pending` a request is
 refused at once (back-pressure) instead of waiting without end.
+
+Each item keeps its own deadline (the caller's remaining budget, see
+inboundlib.budget): an item whose budget has passed is refused without being
+sent, and a batch's call runs until the latest deadline among its items.
+
+One item never fails its neighbours. A batched RPC answers per item; when a
+whole call fails anyway, an `idempotent` call (a lookup, an introspection, a
+revocation) is
+- sent once more when its peer was going away (`transient(exc)`: a restart, a
+  graceful stop cancelling what it could not finish), if time is left;
+- otherwise split: each item is sent alone, so whichever item broke the call
+  fails by itself.
+A call that is not idempotent (issuing a token) is never repeated: its items
+fail together, and the caller answers "try again later" for a transient failure.
 """
 from __future__ import annotations
 
@@ -16,6 +30,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+from prometheus_client import Counter
+
+from inboundlib import budget
 from inboundlib.metrics import BATCH_REJECTED, BATCH_SIZE
 
 Req = TypeVar("Req")
@@ -23,33 +40,54 @@ Res = TypeVar("Res")
 
 log = logging.getLogger(__name__)
 
+BATCH_RETRIED = Counter(
+    "inbound_batch_retried_total",
+    "Idempotent batched calls sent again after a failure (again: the peer went away; split: one by one)",
+    ["call", "how"],
+)
+
+# Batches in flight per client: measured on the real three-hop chain (see
+# tools/measure_batches_in_flight.py and the report of issue 6).
+DEFAULT_MAX_IN_FLIGHT = 2
+
 
 class Overloaded(Exception):
     """The queue in front of a batched call is full; the caller should shed load."""
 
 
 class Expired(Exception):
-    """The request's deadline passed before it could be sent."""
+    """The request's deadline passed before it could be sent, or before its answer came."""
 
 
 # send(items, timeout_seconds) -> results, one per item in order.
 SendBatch = Callable[[list[Req], float], Awaitable[Sequence[Res]]]
 
 
+def _never(exc: BaseException) -> bool:
+    return False
+
+
 class Coalescer(Generic[Req, Res]):
-    def __init__(self, name: str, send: SendBatch, *, max_batch: int = 32, max_in_flight: int = 2,
-                 max_pending: int = 4096):
+    def __init__(self, name: str, send: SendBatch, *, max_batch: int = 32, max_in_flight: int | None = None,
+                 max_pending: int = 4096, idempotent: bool = False,
+                 transient: Callable[[BaseException], bool] = _never):
         self.name = name
         self._send = send
         self._max_batch = max_batch
-        self._max_in_flight = max_in_flight
+        self._max_in_flight = max_in_flight or DEFAULT_MAX_IN_FLIGHT
         self._max_pending = max_pending
+        self._idempotent = idempotent
+        self._transient = transient
         self._pending: deque[tuple[Req, asyncio.Future, float]] = deque()
         self._in_flight = 0
         self._tasks: set[asyncio.Task] = set()
 
     async def submit(self, item: Req, timeout: float) -> Res:
-        """Send `item` in the next batch; wait at most `timeout` seconds for its result."""
+        """Send `item` in the next batch; wait at most `timeout` seconds (never beyond
+        the current budget) for its result."""
+        timeout = budget.remaining(timeout)
+        if timeout <= 0:
+            raise Expired(self.name)
         if len(self._pending) >= self._max_pending:
             BATCH_REJECTED.labels(self.name).inc()
             raise Overloaded(self.name)
@@ -60,9 +98,8 @@ class Coalescer(Generic[Req, Res]):
         if self._in_flight < self._max_in_flight:
             self._launch()
         if not future.done():
-            # Each request gives up at its own deadline, queued or sent: a batch's
-            # call runs until the latest deadline among its items. (A timer handle
-            # is far cheaper than asyncio.wait_for's wrapper.)
+            # Each request gives up at its own deadline, queued or sent. (A timer
+            # handle is far cheaper than asyncio.wait_for's wrapper.)
             timer = loop.call_at(loop.time() + timeout, self._expire, future)
             future.add_done_callback(lambda _: timer.cancel())
         return await future
@@ -89,23 +126,66 @@ class Coalescer(Generic[Req, Res]):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _call(self, batch: list[tuple[Req, asyncio.Future, float]]) -> Sequence[Res]:
+        timeout = max(deadline for _, _, deadline in batch) - time.monotonic()
+        results = await self._send([item for item, _, _ in batch], max(timeout, 0.001))
+        if len(results) != len(batch):
+            raise RuntimeError(f"{self.name}: {len(results)} results for {len(batch)} requests")
+        return results
+
     async def _run(self, batch: list[tuple[Req, asyncio.Future, float]]) -> None:
         try:
             BATCH_SIZE.labels(self.name).observe(len(batch))
-            timeout = max(deadline for _, _, deadline in batch) - time.monotonic()
-            results = await self._send([item for item, _, _ in batch], max(timeout, 0.001))
-            if len(results) != len(batch):
-                raise RuntimeError(f"{self.name}: {len(results)} results for {len(batch)} requests")
-            for (_, future, _), result in zip(batch, results):
-                if not future.done():
-                    future.set_result(result)
-        except BaseException as exc:  # every waiter learns of the failure
-            for _, future, _ in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            await self._deliver(batch, retried=False)
+        except BaseException as exc:  # only cancellation gets here; every waiter learns of it
+            _fail(batch, exc)
+            raise
         finally:
             self._in_flight -= 1
             if self._pending and self._in_flight < self._max_in_flight:
                 self._launch()
+
+    async def _deliver(self, batch: list[tuple[Req, asyncio.Future, float]], *, retried: bool) -> None:
+        try:
+            results = await self._call(batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._recover(batch, exc, retried)
+            return
+        for (_, future, _), result in zip(batch, results):
+            if not future.done():
+                future.set_result(result)
+
+    async def _recover(self, batch: list[tuple[Req, asyncio.Future, float]], exc: Exception, retried: bool) -> None:
+        now = time.monotonic()
+        live = [entry for entry in batch if not entry[1].done() and entry[2] > now]
+        _fail([entry for entry in batch if entry not in live], exc)
+        if not live:
+            return
+        if not self._idempotent:
+            _fail(live, exc)
+            return
+        if self._transient(exc):
+            if retried:
+                _fail(live, exc)
+                return
+            BATCH_RETRIED.labels(self.name, "again").inc()
+            log.info("batched call failed as its peer went away; sending once more",
+                     extra={"call": self.name, "items": len(live), "error": type(exc).__name__})
+            await self._deliver(live, retried=True)
+            return
+        if len(live) == 1:
+            _fail(live, exc)
+            return
+        # Something in the batch broke the whole call: find which item by sending each alone.
+        BATCH_RETRIED.labels(self.name, "split").inc()
+        log.warning("batched call failed; sending its items one by one",
+                    extra={"call": self.name, "items": len(live), "error": type(exc).__name__})
+        await asyncio.gather(*(self._deliver([entry], retried=retried) for entry in live))
+
+
+def _fail(batch: list[tuple[object, asyncio.Future, float]], exc: BaseException) -> None:
+    for _, future, _ in batch:
+        if not future.done():
+            future.set_exception(exc)

@@ -135,14 +135,25 @@ def channel(target: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
 
 
+# A peer that is stopping or restarting: UNAVAILABLE before it took the call, CANCELLED
+# for a call it had taken but gave up when its graceful stop ran out of time. (Our own
+# cancellation is asyncio.CancelledError, never an AioRpcError.)
+_GOING_AWAY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+_TRY_LATER = (*_GOING_AWAY, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def peer_going_away(exc: BaseException) -> bool:
+    """The call failed because its peer went away: an idempotent call may be sent once more."""
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in _GOING_AWAY
+
+
 def is_unavailable(exc: BaseException) -> bool:
-    """Failures that mean 'try again later' rather than 'broken': a peer down or
-    too slow (gRPC), our own queue in front of it full or timed out, or (services
-    hosted in one process call the registry directly) its database out of reach."""
+    """Failures that mean 'try again later' rather than 'broken': a peer down, going
+    away or too slow (gRPC), our own queue in front of it full or timed out, or
+    (services hosted in one process call the registry directly) its database out of reach."""
     if isinstance(exc, (Overloaded, Expired, *UNAVAILABLE_ERRORS)):
         return True
-    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (
-        grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in _TRY_LATER
 
 
 def infrastructure_error(exc: BaseException) -> OAuthError:

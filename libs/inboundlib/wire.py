@@ -1,7 +1,12 @@
 """Protobuf <-> domain for the types every contract shares (common.v1)."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from inbound.common.v1 import common_pb2
+from inboundlib import budget
+from inboundlib.grants.api import RequestContext
 from inboundlib.oauth.client_auth import CLIENT_SECRET_BASIC, CLIENT_SECRET_POST, NONE, ClientCredentials
 from inboundlib.oauth.errors import OAuthError, from_code
 
@@ -22,12 +27,26 @@ def error_from_pb(message: common_pb2.OAuthError) -> OAuthError:
 
 
 def meta(request_id: str, timeout: float) -> common_pb2.RequestMeta:
-    return common_pb2.RequestMeta(request_id=request_id, timeout_ms=max(1, int(timeout * 1000)))
+    """Per-item metadata for the next hop: the budget it gets is what this request
+    has left (at most `timeout`) minus this hop's margin (inboundlib.budget);
+    -1 when nothing is left, so the callee answers without work."""
+    left_ms = int(budget.for_next_hop(timeout) * 1000)
+    return common_pb2.RequestMeta(request_id=request_id, timeout_ms=left_ms if left_ms > 0 else -1)
 
 
 def expired(message: common_pb2.RequestMeta) -> bool:
     """An item sent with no time left (a caller that sets no budget, 0, is not refused)."""
     return message.timeout_ms < 0
+
+
+@contextlib.contextmanager
+def item_budget(message: common_pb2.RequestMeta) -> Iterator[None]:
+    """Work on a received item within the budget it carries (none when the caller gave none)."""
+    if message.timeout_ms > 0:
+        with budget.within(message.timeout_ms / 1000):
+            yield
+    else:
+        yield
 
 
 def credentials_to_pb(creds: ClientCredentials | None) -> common_pb2.ClientCredentials | None:
@@ -43,3 +62,13 @@ def credentials_from_pb(message: common_pb2.ClientCredentials) -> ClientCredenti
     if method is None:
         return None
     return ClientCredentials(method, message.client_id, message.client_secret)
+
+
+def context_to_pb(context: RequestContext) -> common_pb2.RequestContext:
+    return common_pb2.RequestContext(client_address=context.client_address, user_agent=context.user_agent,
+                                     endpoint_url=context.endpoint_url)
+
+
+def context_from_pb(message: common_pb2.RequestContext) -> RequestContext:
+    return RequestContext(client_address=message.client_address, user_agent=message.user_agent,
+                          endpoint_url=message.endpoint_url)

@@ -11,17 +11,22 @@ from inboundlib.config import Env
 from inboundlib.hosting import HTTP, Context
 from services.edge.app import EdgeConfig, create_app
 from services.edge.jwks import JwksCache, jwks_cache_settings
+from services.edge.readiness import ready_when_issuer_serves
 from services.edge.server import serve
+from services.edge.settings import EdgeSettings
 
 
 @dataclass(frozen=True)
 class Settings:
     issuer_url: str
     jwks_cache: CacheSettings
+    # Trusted proxies, the request budget, header and body bounds (services/edge/settings.py).
+    http: EdgeSettings
 
     @classmethod
     def from_env(cls, env: Env) -> Settings:
-        return cls(issuer_url=env.url("INBOUND_ISSUER", "http://127.0.0.1:8080"), jwks_cache=jwks_cache_settings(env))
+        return cls(issuer_url=env.url("INBOUND_ISSUER", "http://127.0.0.1:8080"), jwks_cache=jwks_cache_settings(env),
+                   http=EdgeSettings.from_env(env))
 
 
 @dataclass
@@ -44,8 +49,10 @@ async def start(settings: Settings, ctx: Context) -> EdgeService:
     grants = ctx.grants()
     jwks = JwksCache(tokens, settings.jwks_cache)
     await jwks.attach(ctx.events)
+    # Ready on what every route needs (the issuer), never on one grant service: a grant
+    # that is down answers its own 503 and keeps the edge in rotation.
     app = create_app(EdgeConfig(issuer=settings.issuer_url, grants=grants, jwks=jwks.get, tokens=tokens,
-                                events=ctx.events, ready=ctx.ready))
+                                events=ctx.events, ready=ready_when_issuer_serves(tokens), settings=settings.http))
     stopping = asyncio.Event()
-    return EdgeService(api=None, stopping=stopping,
-                       watch=asyncio.create_task(serve(app, ctx.host, ctx.ports[HTTP], stopping), name="edge-http"))
+    return EdgeService(api=None, stopping=stopping, watch=asyncio.create_task(
+        serve(app, ctx.host, ctx.ports[HTTP], stopping, settings.http), name="edge-http"))

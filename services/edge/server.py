@@ -8,6 +8,9 @@ import logging
 import uvicorn
 from starlette.applications import Starlette
 
+from services.edge.protocol import bounded_protocol
+from services.edge.settings import EdgeSettings
+
 log = logging.getLogger("edge")
 
 
@@ -19,9 +22,12 @@ class _Server(uvicorn.Server):
         return contextlib.nullcontext()
 
 
-async def serve(app: Starlette, host: str, port: int, stop: asyncio.Event) -> None:
-    """Serve until `stop` is set, then finish the requests in flight (10 s at most)."""
-    server = _Server(uvicorn.Config(app, host=host, port=port, loop="none", http="httptools", lifespan="off",
+async def serve(app: Starlette, host: str, port: int, stop: asyncio.Event,
+                settings: EdgeSettings | None = None) -> None:
+    """Serve until `stop` is set, then finish the requests in flight (10 s at most).
+    Request line and headers are bounded in size and time (services/edge/protocol.py)."""
+    http = bounded_protocol(settings or EdgeSettings())
+    server = _Server(uvicorn.Config(app, host=host, port=port, loop="none", http=http, lifespan="off",
                                     access_log=False, log_config=None, server_header=False, proxy_headers=False,
                                     timeout_keep_alive=30, timeout_graceful_shutdown=10))
     serving = asyncio.create_task(server.serve())

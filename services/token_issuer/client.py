@@ -8,7 +8,7 @@ import grpc
 from inbound.issuer.v1 import issuer_pb2 as pb
 from inbound.issuer.v1 import issuer_pb2_grpc
 from inboundlib.batching import Coalescer
-from inboundlib.grpcx import request_metadata
+from inboundlib.grpcx import peer_going_away, request_metadata
 from inboundlib.oauth.client_auth import ClientCredentials
 from inboundlib.oauth.errors import InvalidRequest
 from inboundlib.wire import credentials_to_pb, error_from_pb, meta
@@ -23,11 +23,16 @@ def _key(k: pb.SigningKeyInfo) -> KeyInfo:
 
 
 class IssuerClient:
-    def __init__(self, channel: grpc.aio.Channel):
+    def __init__(self, channel: grpc.aio.Channel, *, max_in_flight: int | None = None):
         self.stub = issuer_pb2_grpc.TokenIssuerStub(channel)
-        self._issue = Coalescer("issuer.Issue", self._send_issue, max_batch=32)
-        self._introspect = Coalescer("issuer.Introspect", self._send_introspect, max_batch=32)
-        self._revoke = Coalescer("issuer.Revoke", self._send_revoke, max_batch=32)
+        # Issuing is not idempotent (a second call mints a second token): never sent again.
+        # Introspection reads, and revoking twice revokes once: those are retried once
+        # when the issuer goes away mid-call, and split when one item breaks a call.
+        self._issue = Coalescer("issuer.Issue", self._send_issue, max_batch=32, max_in_flight=max_in_flight)
+        self._introspect = Coalescer("issuer.Introspect", self._send_introspect, max_batch=32,
+                                     max_in_flight=max_in_flight, idempotent=True, transient=peer_going_away)
+        self._revoke = Coalescer("issuer.Revoke", self._send_revoke, max_batch=32, max_in_flight=max_in_flight,
+                                 idempotent=True, transient=peer_going_away)
 
     async def _send_issue(self, items: list[pb.IssueRequest], timeout: float) -> list[pb.IssueResult]:
         reply = await self.stub.Issue(pb.IssueBatch(requests=items), timeout=timeout)

@@ -12,7 +12,7 @@ from inbound.issuer.v1 import issuer_pb2_grpc
 from inboundlib.grpcx import infrastructure_error
 from inboundlib.logs import request_id_var
 from inboundlib.oauth.errors import OAuthError, ServerError, TemporarilyUnavailable
-from inboundlib.wire import credentials_from_pb, error_to_pb, expired
+from inboundlib.wire import credentials_from_pb, error_to_pb, expired, item_budget
 from services.token_issuer.api import FORMAT_JWT, FORMAT_OPAQUE, IssueRequest, KeyInfo, TokenInfo
 from services.token_issuer.introspection import TokenChecker
 from services.token_issuer.issuer import TokenIssuer
@@ -38,12 +38,15 @@ def info_to_pb(info: TokenInfo) -> pb.TokenInfo:
 
 
 async def _per_item(meta, work):
-    """Run one batch item with its request id in the log context; OAuth errors become data."""
+    """Run one batch item within its own budget, with its request id in the log
+    context. OAuth errors become data, and so does anything else that goes wrong:
+    one item never fails its batch neighbours."""
     token = request_id_var.set(meta.request_id)
     try:
         if expired(meta):
             raise TemporarilyUnavailable(detail="deadline passed before handling")
-        return await work()
+        with item_budget(meta):
+            return await work()
     except OAuthError as exc:
         log.info("request refused", extra={"error": exc.code, "detail": exc.detail})
         return error_to_pb(exc)

@@ -1,10 +1,13 @@
-"""The client credentials grant's rules with in-memory fakes (no gRPC, no DB).
+"""The client credentials grant's rules with in-memory fakes (no gRPC, no DB),
+through the grant runner as in production (client authentication and the
+grant-type check are the runner's; tests/unit/test_grant_runner.py).
 The same paths run end to end in tests/integration/test_client_credentials.py."""
 from __future__ import annotations
 
 import pytest
 
 from inboundlib.grants.api import TokenRequest
+from inboundlib.grants.runner import GrantRunner
 from inboundlib.oauth.client_auth import (
     CLIENT_SECRET_BASIC,
     CLIENT_SECRET_POST,
@@ -27,13 +30,17 @@ def record(**overrides) -> ClientRecord:
 
 def request(method=CLIENT_SECRET_BASIC, client_id="app", secret=SECRET, **params) -> TokenRequest:
     return TokenRequest(grant_type="client_credentials",
-                        client=ClientCredentials(method, client_id, secret) if method else None, params=params)
+                        client=ClientCredentials(method, client_id, secret) if method else None,
+                        params={name: (value,) for name, value in params.items()})
+
+
+def runner(client: ClientRecord, issuer: FakeIssuer) -> GrantRunner:
+    return GrantRunner(ClientCredentialsGrant(issuer), FakeClients(client))
 
 
 async def test_issues_with_the_clients_settings():
     issuer = FakeIssuer()
-    grant = ClientCredentialsGrant(FakeClients(record()), issuer)
-    response = await grant.handle(request(CLIENT_SECRET_POST, scope="read"))
+    response = await runner(record(), issuer).handle(request(CLIENT_SECRET_POST, scope="read"))
     assert response.to_json() == {"access_token": "token-jti-1", "token_type": "Bearer", "expires_in": 900,
                                   "scope": "read"}
     assert issuer.requests[0].format == "opaque"
@@ -43,7 +50,7 @@ async def test_issues_with_the_clients_settings():
 
 async def test_no_scope_requested_grants_the_registered_scopes():
     issuer = FakeIssuer()
-    response = await ClientCredentialsGrant(FakeClients(record()), issuer).handle(request())
+    response = await runner(record(), issuer).handle(request())
     assert response.scope == "read write"
 
 
@@ -61,5 +68,14 @@ async def test_no_scope_requested_grants_the_registered_scopes():
 async def test_each_rule_refuses_and_issues_nothing(client, req, error):
     issuer = FakeIssuer()
     with pytest.raises(error):
-        await ClientCredentialsGrant(FakeClients(client), issuer).handle(req)
+        await runner(client, issuer).handle(req)
+    assert issuer.requests == []
+
+
+async def test_the_grant_itself_refuses_a_public_client_the_runner_let_through():
+    """§4.4: confidential clients only — the grant's own rule, checked without the runner."""
+    issuer = FakeIssuer()
+    public = record(public=True, secret_hash="", grant_types=("client_credentials",))
+    with pytest.raises(UnauthorizedClient):
+        await ClientCredentialsGrant(issuer).handle(request(method=NONE, secret=""), public)
     assert issuer.requests == []

@@ -1,19 +1,73 @@
 """Token requests and responses as plain Python (RFC 6749 §4, §5.1)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from inboundlib.oauth.client_auth import ClientCredentials
+from inboundlib import redact
+from inboundlib.oauth.client_auth import AuthenticatableClient, ClientCredentials
+from inboundlib.oauth.errors import InvalidRequest
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """Where the HTTP request came from, as the edge saw it (common.v1.RequestContext)."""
+    client_address: str = ""
+    user_agent: str = ""
+    endpoint_url: str = ""
+
+
+NO_CONTEXT = RequestContext()
 
 
 @dataclass(frozen=True)
 class TokenRequest:
     grant_type: str
     client: ClientCredentials | None
-    # Form parameters other than the client credentials, single-valued.
-    params: dict[str, str] = field(default_factory=dict, repr=False)
+    # Form parameters other than grant_type and the client credentials, each with
+    # its values in the order sent (several only for the repeatable ones).
+    params: Mapping[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
     request_id: str = ""
+    context: RequestContext = NO_CONTEXT
+
+    def param(self, name: str) -> str | None:
+        """A single-valued parameter (the grant runner refused a repeat of it)."""
+        values = self.params.get(name)
+        return values[0] if values else None
+
+    def values(self, name: str) -> tuple[str, ...]:
+        """Every value of a repeatable parameter (RFC 8707 `resource`, RFC 8693 `audience`)."""
+        return self.params.get(name, ())
+
+
+@dataclass(frozen=True)
+class GrantParameters:
+    """The parameters a grant takes, besides grant_type and client authentication,
+    and which of them may repeat. The grant runner drops the others (RFC 6749 §3.1:
+    unrecognised parameters are ignored) and refuses a repeat of a single-valued
+    one (§3.1: parameters MUST NOT be included more than once)."""
+    single: frozenset[str] = frozenset()
+    repeatable: frozenset[str] = frozenset()
+
+    def __post_init__(self):
+        if self.single & self.repeatable:
+            raise ValueError(f"parameters both single and repeatable: {sorted(self.single & self.repeatable)}")
+
+    def select(self, params: Mapping[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        selected: dict[str, tuple[str, ...]] = {}
+        for name, values in params.items():
+            if name in self.single:
+                if len(values) > 1:
+                    raise InvalidRequest("A parameter was repeated.", detail=f"repeated parameter {name}")
+                selected[name] = tuple(values)
+            elif name in self.repeatable:
+                selected[name] = tuple(values)
+        return selected
+
+    def ignored(self, params: Mapping[str, tuple[str, ...]]) -> list[str]:
+        """The names `select` drops, fingerprinted for a debug log (they are the caller's, unchecked)."""
+        return [redact.unverified(name) for name in params if name not in self.single | self.repeatable]
 
 
 @dataclass(frozen=True)
@@ -38,8 +92,17 @@ class TokenResponse:
 
 
 class GrantHandler(Protocol):
-    """One grant type's logic (fosite-style: one handler per grant). Raises OAuthError."""
+    """One grant type's logic (fosite-style: one handler per grant). Raises OAuthError.
+
+    The grant runner (runner.py) authenticates the client and checks that it may
+    use this grant before `handle` runs, and gives `handle` only the parameters
+    declared in `parameters`. A grant whose client proves itself inside the grant
+    (a JWT bearer assertion, RFC 7523 §3) sets `authenticates_client = True`; its
+    `handle` then gets `client=None` and must authenticate it itself.
+    """
 
     grant_type: str
+    parameters: GrantParameters
+    authenticates_client: bool
 
-    async def handle(self, request: TokenRequest) -> TokenResponse: ...
+    async def handle(self, request: TokenRequest, client: AuthenticatableClient | None) -> TokenResponse: ...

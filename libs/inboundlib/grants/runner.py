@@ -1,6 +1,14 @@
-"""What every grant service adds around its handler, in one place: the grant
-type check, metrics, the log line and audit event of a refusal, and a failed
-dependency turned into `temporarily_unavailable` (503) or `server_error` (500).
+"""What every grant service runs around its handler, in one place, so that a new
+grant cannot forget any of it:
+1. the grant type check (the request was routed to the right service);
+2. client authentication (RFC 6749 §2.3, §3.2.1), unless the grant declares that
+   its client proves itself inside the grant (`authenticates_client`);
+3. the client may use this grant type (§5.2 unauthorized_client);
+4. the parameters: only those the grant declares reach it, a repeat of a
+   single-valued one is invalid_request (§3.1);
+then the handler; and, for every outcome, metrics, the refusal's log line and
+audit event, and a failed dependency turned into `temporarily_unavailable` or
+`server_error`.
 
 The gRPC servicer calls it for each item of a batch; a single process that
 hosts every service (services/all_in_one) calls it directly from the edge.
@@ -10,34 +18,55 @@ from __future__ import annotations
 import logging
 
 from inbound.events.v1 import events_pb2
+from inboundlib import redact
 from inboundlib.events import TOKEN_DENIED, EventBus
 from inboundlib.grants.api import GrantHandler, TokenRequest, TokenResponse
 from inboundlib.grpcx import infrastructure_error
 from inboundlib.metrics import TOKEN_REQUESTS
+from inboundlib.oauth.client_auth import ClientAuthenticator, ClientSource, require_grant_type
 from inboundlib.oauth.errors import OAuthError, ServerError, UnsupportedGrantType
 
 log = logging.getLogger(__name__)
 
 
 class GrantRunner:
-    def __init__(self, handler: GrantHandler, events: EventBus | None = None):
+    def __init__(self, handler: GrantHandler, clients: ClientSource | ClientAuthenticator,
+                 events: EventBus | None = None):
         self.handler = handler
+        self.authenticator = clients if isinstance(clients, ClientAuthenticator) else ClientAuthenticator(clients)
         self.events = events
         self.grant_type = handler.grant_type
+        self.parameters = handler.parameters
+        self.self_authenticating = bool(getattr(handler, "authenticates_client", False))
 
     async def handle(self, request: TokenRequest) -> TokenResponse:
         """The handler's answer, or the OAuthError to send (never another exception)."""
-        client_id = request.client.client_id if request.client else ""
+        # Until a client record matches it, the client id is the caller's word: it
+        # is logged and audited only as a fingerprint (it may be a misplaced secret).
+        client_id = redact.unverified(request.client.client_id) if request.client else ""
+        grant_type = self.grant_type
         try:
             if request.grant_type != self.grant_type:
-                raise UnsupportedGrantType(detail=f"{request.grant_type!r} sent to {self.grant_type}")
-            response = await self.handler.handle(request)
+                grant_type = redact.unverified(request.grant_type)
+                raise UnsupportedGrantType(detail=f"grant type sent to the {self.grant_type} service")
+            client = None
+            if not self.self_authenticating:
+                found = await self.authenticator.find(request.client)
+                if found is not None:
+                    client_id = found.client_id
+                client = await self.authenticator.verify(found, request.client, request.context)
+                require_grant_type(client, self.grant_type)
+            accepted = TokenRequest(grant_type=request.grant_type, client=request.client,
+                                    params=self.parameters.select(request.params), request_id=request.request_id,
+                                    context=request.context)
+            response = await self.handler.handle(accepted, client)
         except OAuthError as exc:
             TOKEN_REQUESTS.labels(self.grant_type, exc.code).inc()
-            log.info("token request denied", extra={"client_id": client_id, "error": exc.code, "detail": exc.detail})
+            log.info("token request denied", extra={"client_id": client_id, "error": exc.code, "detail": exc.detail,
+                                                    "client_address": request.context.client_address})
             if self.events is not None:
                 self.events.publish(TOKEN_DENIED, events_pb2.Event(token_denied=events_pb2.TokenDenied(
-                    client_id=client_id[:255], grant_type=request.grant_type[:100], error=exc.code,
+                    client_id=client_id[:255], grant_type=grant_type[:100], error=exc.code,
                     detail=exc.detail)), low_priority=True)
             raise
         except Exception as exc:

@@ -1,28 +1,48 @@
 """The gRPC servicer every grant service uses: a batch of token requests in,
 one result each out; OAuth errors are data. Around the handler it runs the
-GrantRunner (metrics, the refusal's log line and audit event)."""
+GrantRunner (client authentication, the grant and parameter checks, metrics,
+the refusal's log line and audit event).
+
+Each item is answered on its own: whatever goes wrong with one (a malformed
+field, a bug) is that item's `server_error`, never its neighbours'."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import grpc
 
 from inbound.grant.v1 import grant_pb2 as pb
 from inbound.grant.v1 import grant_pb2_grpc
 from inboundlib.events import EventBus
-from inboundlib.grants.api import GrantHandler, TokenRequest, TokenResponse
+from inboundlib.grants.api import GrantHandler, RequestContext, TokenRequest, TokenResponse
 from inboundlib.grants.runner import GrantRunner
 from inboundlib.logs import request_id_var
-from inboundlib.oauth.errors import OAuthError, TemporarilyUnavailable
-from inboundlib.wire import credentials_from_pb, error_to_pb, expired
+from inboundlib.oauth.client_auth import ClientAuthenticator, ClientSource
+from inboundlib.oauth.errors import OAuthError, ServerError, TemporarilyUnavailable
+from inboundlib.wire import context_from_pb, credentials_from_pb, error_to_pb, expired, item_budget
+
+log = logging.getLogger(__name__)
 
 SERVICE_NAME = "inbound.grant.v1.GrantService"
 MAX_BATCH = 256
 
 
+def params_to_pb(params) -> list[pb.Parameter]:
+    return [pb.Parameter(name=name, values=values) for name, values in params.items()]
+
+
+def params_from_pb(items) -> dict[str, tuple[str, ...]]:
+    params: dict[str, tuple[str, ...]] = {}
+    for item in items:
+        params[item.name] = params.get(item.name, ()) + tuple(item.values)
+    return params
+
+
 def request_from_pb(item: pb.TokenRequest) -> TokenRequest:
-    return TokenRequest(grant_type=item.grant_type, client=credentials_from_pb(item.client), params=dict(item.params),
-                        request_id=item.meta.request_id)
+    return TokenRequest(grant_type=item.grant_type, client=credentials_from_pb(item.client),
+                        params=params_from_pb(item.params), request_id=item.meta.request_id,
+                        context=context_from_pb(item.context) if item.HasField("context") else RequestContext())
 
 
 def response_to_pb(r: TokenResponse) -> pb.TokenResponse:
@@ -32,17 +52,22 @@ def response_to_pb(r: TokenResponse) -> pb.TokenResponse:
 
 
 class GrantServicer(grant_pb2_grpc.GrantServiceServicer):
-    def __init__(self, handler: GrantHandler, events: EventBus | None = None):
-        self.runner = GrantRunner(handler, events)
+    def __init__(self, handler: GrantHandler, clients: ClientSource | ClientAuthenticator,
+                 events: EventBus | None = None):
+        self.runner = GrantRunner(handler, clients, events)
 
     async def _one(self, item: pb.TokenRequest) -> pb.TokenResult:
         token = request_id_var.set(item.meta.request_id)
         try:
             if expired(item.meta):
                 raise TemporarilyUnavailable(detail="no time left before handling")
-            return pb.TokenResult(token=response_to_pb(await self.runner.handle(request_from_pb(item))))
+            with item_budget(item.meta):
+                return pb.TokenResult(token=response_to_pb(await self.runner.handle(request_from_pb(item))))
         except OAuthError as exc:
             return pb.TokenResult(error=error_to_pb(exc))
+        except Exception:  # the runner answers every error; this is a bug in the wire code: this item's alone
+            log.exception("token request failed")
+            return pb.TokenResult(error=error_to_pb(ServerError()))
         finally:
             request_id_var.reset(token)
 
@@ -53,5 +78,6 @@ class GrantServicer(grant_pb2_grpc.GrantServiceServicer):
         return pb.TokenResults(results=results)
 
 
-def add_to_server(handler: GrantHandler, server: grpc.aio.Server, events: EventBus | None = None) -> None:
-    grant_pb2_grpc.add_GrantServiceServicer_to_server(GrantServicer(handler, events), server)
+def add_to_server(handler: GrantHandler, server: grpc.aio.Server, clients: ClientSource | ClientAuthenticator,
+                  events: EventBus | None = None) -> None:
+    grant_pb2_grpc.add_GrantServiceServicer_to_server(GrantServicer(handler, clients, events), server)

@@ -1,15 +1,19 @@
 """OAuth errors: one class per registered error code.
 
 Services raise these and carry them as data (common.v1.OAuthError); only the
-edge turns them into HTTP (RFC 6749 §5.2 shape). `description` is the public,
-generic text; `detail` is private and goes to the log only.
+edge turns them into HTTP. An error is a code and its public text, nothing
+about HTTP: the status, the challenge header or the redirect is each
+endpoint's decision (services/edge/errors.py), since one code answers
+differently at the token endpoint (RFC 6749 §5.2), a protected resource
+(RFC 6750 §3.1) and a browser endpoint (RFC 6749 §4.1.2.1).
+`description` is the public, generic text; `detail` is private and goes to
+the log only.
 """
 from __future__ import annotations
 
 
 class OAuthError(Exception):
     code = "server_error"
-    status = 400
     default_description = "The request could not be processed."
 
     def __init__(self, description: str | None = None, *, detail: str = ""):
@@ -30,7 +34,6 @@ class InvalidRequest(OAuthError):
 class InvalidClient(OAuthError):
     """RFC 6749 §5.2: client authentication failed (unknown client, bad secret, no auth)."""
     code = "invalid_client"
-    status = 401
     default_description = "Client authentication failed."
 
 
@@ -61,7 +64,6 @@ class InvalidScope(OAuthError):
 class AccessDenied(OAuthError):
     """RFC 6749 §4.1.2.1: the resource owner or server denied the request."""
     code = "access_denied"
-    status = 403
     default_description = "Access denied."
 
 
@@ -74,28 +76,24 @@ class UnsupportedTokenType(OAuthError):
 class InvalidToken(OAuthError):
     """RFC 6750 §3.1: the access token is expired, revoked, malformed or invalid."""
     code = "invalid_token"
-    status = 401
     default_description = "The access token is invalid."
 
 
 class InsufficientScope(OAuthError):
     """RFC 6750 §3.1: the token lacks the scope the resource needs."""
     code = "insufficient_scope"
-    status = 403
     default_description = "The access token does not carry the required scope."
 
 
 class ServerError(OAuthError):
     """RFC 6749 §4.1.2.1 (used at the token endpoint too): an unexpected condition."""
     code = "server_error"
-    status = 500
     default_description = "The server encountered an unexpected condition."
 
 
 class TemporarilyUnavailable(OAuthError):
     """RFC 6749 §4.1.2.1: overloaded or a dependency is down; retry later."""
     code = "temporarily_unavailable"
-    status = 503
     default_description = "The service is temporarily unavailable; retry later."
 
 

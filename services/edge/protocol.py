@@ -1,0 +1,104 @@
+"""uvicorn's httptools protocol with the two bounds it lacks: the size of a
+request's line and headers (431 beyond `max_header_bytes`) and the time a
+client may take to send them (408 after `header_timeout`). Without them one
+client can hold a connection, and as much memory as it likes, for ever. The
+body's size and time are bounded by the app (services/edge/http.py)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from services.edge.settings import EdgeSettings
+
+log = logging.getLogger("services.edge")
+
+_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    max_header_bytes = EdgeSettings.max_header_bytes
+    header_timeout = EdgeSettings.header_timeout
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._header_bytes = 0
+        self._in_headers = True  # from the connection (or the previous response) to a complete header block
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._refused = False
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._start_header_clock()  # a connection that never sends a request is closed too
+
+    def connection_lost(self, exc) -> None:
+        self._stop_header_clock()
+        super().connection_lost(exc)
+
+    def _start_header_clock(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = asyncio.get_running_loop().call_later(self.header_timeout, self._headers_too_slow)
+
+    def _stop_header_clock(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if not self._in_headers:
+            return
+        if self._header_bytes:
+            self._refuse(408, "The request headers were not received in time.")
+        else:
+            self.transport.close()
+
+    def _refuse(self, status: int, message: str) -> None:
+        if self._refused:
+            return
+        self._refused = True
+        self._stop_header_clock()
+        log.info("http request refused", extra={"status": status, "client": self.client and self.client[0]})
+        body = message.encode()
+        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                             b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+                             % (status, _REASONS[status], len(body), body))
+        self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._in_headers:
+            # The first bytes of a request start its header clock (an idle keep-alive
+            # connection is uvicorn's keep-alive timeout's business).
+            self._start_header_clock()
+            self._header_bytes += len(data)
+        super().data_received(data)
+        # Still no complete header block, and already past the bound. (Body bytes in the
+        # chunk that completed the headers do not count: by then _in_headers is off.)
+        if self._in_headers and self._header_bytes > self.max_header_bytes:
+            self._refuse(431, "The request headers are too large.")
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        self._header_bytes = 0
+        self._stop_header_clock()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # Waiting for the next request, unless a pipelined one (headers in) is already running.
+        if self.cycle is None or self.cycle.response_complete:
+            self._in_headers = True
+            self._header_bytes = 0
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._refused:
+            super().send_400_response(msg)
+
+
+def bounded_protocol(settings: EdgeSettings) -> type[BoundedHttpToolsProtocol]:
+    """The protocol class for uvicorn's `http=` with these settings' bounds."""
+    return type("EdgeHttpProtocol", (BoundedHttpToolsProtocol,), {
+        "max_header_bytes": settings.max_header_bytes, "header_timeout": settings.header_timeout})
