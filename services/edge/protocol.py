@@ -17,6 +17,10 @@ log = logging.getLogger("services.edge")
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
+class _Refused(Exception):
+    """Stops the parser once a request was refused."""
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     max_header_bytes = EdgeSettings.max_header_bytes
     header_timeout = EdgeSettings.header_timeout
@@ -27,6 +31,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_headers = True  # from the connection (or the previous response) to a complete header block
         self._header_timer: asyncio.TimerHandle | None = None
         self._refused = False
+        self._parsed_header_bytes = 0
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -80,10 +85,26 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_headers and self._header_bytes > self.max_header_bytes:
             self._refuse(431, "The request headers are too large.")
 
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._parsed_header_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._parsed_header_bytes += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # A whole header block can arrive in one read: count what the parser saw too.
+        self._parsed_header_bytes += len(name) + len(value) + 4
+        super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
         self._in_headers = False
         self._header_bytes = 0
         self._stop_header_clock()
+        if self._parsed_header_bytes > self.max_header_bytes:
+            self._refuse(431, "The request headers are too large.")
+            raise _Refused()  # the parser stops here; the app never sees the request
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:

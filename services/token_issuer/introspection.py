@@ -33,7 +33,7 @@ from inbound.events.v1 import events_pb2
 from inboundlib import actors
 from inboundlib.cache import source_unavailable
 from inboundlib.events import REVOKED_TOKEN_INTROSPECTED, TOKEN_REVOKED, EventBus, actor_to_pb
-from inboundlib.oauth.client_auth import ClientCredentials, authenticate_client
+from inboundlib.oauth.client_auth import ClientAuthenticator, ClientCredentials
 from inboundlib.oauth.errors import ServerError, UnauthorizedClient
 from services.client_registry.api import (
     REVOKE_GRANT,
@@ -99,6 +99,7 @@ class TokenChecker:
         self.registry = registry
         self.opaque = opaque or OpaqueTokenCache(registry)
         self._unavailable_logged_at = 0.0
+        self.authenticator = ClientAuthenticator(clients)
         self.events = events
         self._verified: dict[bytes, TokenFacts] = {}
         self._verified_limit = verified_cache_entries
@@ -107,9 +108,8 @@ class TokenChecker:
     # --- check 1: the caller ----------------------------------------------------------------------
 
     async def authenticate_caller(self, creds: ClientCredentials | None):
-        record = await self.clients.get_client(creds.client_id) if creds else None
-        client = authenticate_client(record, creds)
-        return client
+        # The shared authenticator: a malformed client id is never looked up.
+        return await self.authenticator.authenticate(creds)
 
     # --- check 2: is it ours? ---------------------------------------------------------------------
 

@@ -1,0 +1,81 @@
+"""The edge's HTTP server bounds what a client may hold: header bytes (431) and the
+time to send the headers (408); the body's time is the app's (408). A real uvicorn
+on a loopback port, driven with raw sockets."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+
+from services.edge.app import EdgeConfig, create_app
+from services.edge.server import serve
+from services.edge.settings import EdgeSettings
+from tests.fakes import FakeGrant
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def edge(**settings):
+    port = free_port()
+    config_settings = EdgeSettings(**settings)
+    app = create_app(EdgeConfig(issuer="http://127.0.0.1", grants={"client_credentials": FakeGrant()},
+                                jwks=lambda: asyncio.sleep(0, {}), settings=config_settings))
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(app, "127.0.0.1", port, stop, config_settings))
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.02)
+    try:
+        yield port
+    finally:
+        stop.set()
+        await task
+
+
+async def exchange(port: int, data: bytes, *, wait: float = 5.0) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        async with asyncio.timeout(wait):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+async def test_control_a_normal_request_is_served():
+    async with edge() as port:
+        reply = await exchange(port, b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200")
+
+
+async def test_headers_beyond_the_bound_are_431_and_the_connection_closes():
+    async with edge(max_header_bytes=4096) as port:
+        big = b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-junk: " + b"a" * 20_000 + b"\r\n\r\n"
+        reply = await exchange(port, big)
+    assert reply.startswith(b"HTTP/1.1 431")
+
+
+async def test_headers_sent_too_slowly_are_408():
+    async with edge(header_timeout=0.3) as port:
+        reply = await exchange(port, b"POST /oauth/token HTTP/1.1\r\nhost: x\r\n")  # and nothing more
+    assert reply.startswith(b"HTTP/1.1 408")
+
+
+async def test_a_half_sent_body_is_408():
+    async with edge(body_timeout=0.3) as port:
+        reply = await exchange(port, b"POST /oauth/token HTTP/1.1\r\nhost: x\r\n"
+                                     b"content-type: application/x-www-form-urlencoded\r\ncontent-length: 100\r\n\r\n"
+                                     b"grant_type=cli")
+    assert reply.startswith(b"HTTP/1.1 408")
+    assert b"invalid_request" in reply
