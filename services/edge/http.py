@@ -71,8 +71,8 @@ def endpoint(route: str, handle: Handler, renderer: ErrorRenderer, settings: Edg
             response = renderer.render(exc)
             if isinstance(exc, MethodNotAllowed):
                 response.headers["Allow"] = allow
-            if isinstance(exc, (BodyTooLarge, BodyTooSlow)):
-                # The rest of the body is still on its way, or never comes: not a connection to reuse.
+            if isinstance(exc, BodyTooSlow):
+                # The rest of the body may never come: not a connection to keep.
                 response.headers["Connection"] = "close"
         except OAuthError as exc:
             HTTP_ERRORS.labels(route, exc.code).inc()

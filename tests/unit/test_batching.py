@@ -162,7 +162,7 @@ async def test_results_are_routed_to_their_own_callers():
     assert send.batches == [["q0"], ["q1", "q2", "q3", "q4", "q5"]]
 
 
-async def test_default_allows_more_than_one_batch_in_flight_but_still_gathers():
+async def test_with_the_default_in_flight_the_first_goes_alone_and_the_rest_gather():
     send = FakeSend()
     c = Coalescer(unique("default_inflight"), send, max_batch=8)
     tasks = [asyncio.create_task(c.submit(i, 1.0)) for i in range(6)]

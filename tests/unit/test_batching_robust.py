@@ -119,3 +119,19 @@ async def test_the_call_timeout_is_the_budget_left_not_the_callers_default():
     with budget.within(0.5):
         await c.submit(1, 10.0)
     assert 0 < seen[0] <= 0.5
+
+
+def test_batches_in_flight_is_a_setting_read_through_env(monkeypatch):
+    from inboundlib import batching
+    from inboundlib.config import ConfigError
+
+    monkeypatch.setattr(batching, "_configured_in_flight", None)
+    monkeypatch.setenv("INBOUND_BATCHES_IN_FLIGHT", "3")
+    assert batching.default_max_in_flight() == 3
+    monkeypatch.setattr(batching, "_configured_in_flight", None)
+    monkeypatch.setenv("INBOUND_BATCHES_IN_FLIGHT", "many")
+    with pytest.raises(ConfigError):
+        batching.default_max_in_flight()
+    monkeypatch.setattr(batching, "_configured_in_flight", None)
+    monkeypatch.delenv("INBOUND_BATCHES_IN_FLIGHT")
+    assert batching.default_max_in_flight() == batching.DEFAULT_MAX_IN_FLIGHT == 1
