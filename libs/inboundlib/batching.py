@@ -83,7 +83,7 @@ def _never(exc: BaseException) -> bool:
 class Coalescer(Generic[Req, Res]):
     def __init__(self, name: str, send: SendBatch, *, max_batch: int = 32, max_in_flight: int | None = None,
                  max_pending: int = 4096, idempotent: bool = False,
-                 transient: Callable[[BaseException], bool] = _never):
+                 transient: Callable[[BaseException], bool] = _never, resend: SendBatch | None = None):
         self.name = name
         self._send = send
         self._max_batch = max_batch
@@ -91,6 +91,9 @@ class Coalescer(Generic[Req, Res]):
         self._max_pending = max_pending
         self._idempotent = idempotent
         self._transient = transient
+        # How to send once more after a transient failure (say, waiting for the channel
+        # to be ready again instead of failing at once); `send` when not given.
+        self._resend = resend or send
         self._pending: deque[tuple[Req, asyncio.Future, float]] = deque()
         self._in_flight = 0
         self._tasks: set[asyncio.Task] = set()
@@ -139,9 +142,10 @@ class Coalescer(Generic[Req, Res]):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _call(self, batch: list[tuple[Req, asyncio.Future, float]]) -> Sequence[Res]:
+    async def _call(self, batch: list[tuple[Req, asyncio.Future, float]], retried: bool) -> Sequence[Res]:
         timeout = max(deadline for _, _, deadline in batch) - time.monotonic()
-        results = await self._send([item for item, _, _ in batch], max(timeout, 0.001))
+        send = self._resend if retried else self._send
+        results = await send([item for item, _, _ in batch], max(timeout, 0.001))
         if len(results) != len(batch):
             raise RuntimeError(f"{self.name}: {len(results)} results for {len(batch)} requests")
         return results
@@ -160,7 +164,7 @@ class Coalescer(Generic[Req, Res]):
 
     async def _deliver(self, batch: list[tuple[Req, asyncio.Future, float]], *, retried: bool) -> None:
         try:
-            results = await self._call(batch)
+            results = await self._call(batch, retried)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -15,6 +15,9 @@ from inboundlib.wire import credentials_to_pb, error_from_pb, meta
 from services.token_issuer.api import FORMAT_OPAQUE, IssuedToken, IssueRequest, KeyInfo, TokenInfo
 
 HOT_TIMEOUT = 3.0
+# How long an idempotent call sent once more after its peer went away waits for a
+# peer (a restarted issuer, another replica) to be ready: a short wait, not the budget.
+RETRY_WAIT = 1.0
 ADMIN_TIMEOUT = 10.0
 
 
@@ -30,9 +33,11 @@ class IssuerClient:
         # when the issuer goes away mid-call, and split when one item breaks a call.
         self._issue = Coalescer("issuer.Issue", self._send_issue, max_batch=32, max_in_flight=max_in_flight)
         self._introspect = Coalescer("issuer.Introspect", self._send_introspect, max_batch=32,
-                                     max_in_flight=max_in_flight, idempotent=True, transient=peer_going_away)
+                                     max_in_flight=max_in_flight, idempotent=True, transient=peer_going_away,
+                                     resend=lambda items, timeout: self._send_introspect(items, min(timeout, RETRY_WAIT), True))
         self._revoke = Coalescer("issuer.Revoke", self._send_revoke, max_batch=32, max_in_flight=max_in_flight,
-                                 idempotent=True, transient=peer_going_away)
+                                 idempotent=True, transient=peer_going_away,
+                                 resend=lambda items, timeout: self._send_revoke(items, min(timeout, RETRY_WAIT), True))
 
     async def _send_issue(self, items: list[pb.IssueRequest], timeout: float) -> list[pb.IssueResult]:
         reply = await self.stub.Issue(pb.IssueBatch(requests=items), timeout=timeout)
@@ -53,7 +58,15 @@ class IssuerClient:
                            jti=t.jti, issued_at=t.issued_at, refresh_token=t.refresh_token, grant_id=t.grant_id)
 
     async def jwks(self) -> dict:
-        reply = await self.stub.GetJwks(pb.GetJwksRequest(), timeout=HOT_TIMEOUT, metadata=request_metadata())
+        """Idempotent: when the issuer went away (a restart), asked once more, waiting
+        for the channel to be ready again rather than failing at once."""
+        try:
+            reply = await self.stub.GetJwks(pb.GetJwksRequest(), timeout=HOT_TIMEOUT, metadata=request_metadata())
+        except grpc.aio.AioRpcError as exc:
+            if not peer_going_away(exc):
+                raise
+            reply = await self.stub.GetJwks(pb.GetJwksRequest(), timeout=RETRY_WAIT, wait_for_ready=True,
+                                            metadata=request_metadata())
         return json.loads(reply.jwks_json)
 
     async def list_keys(self) -> list[KeyInfo]:
@@ -72,8 +85,10 @@ class IssuerClient:
             raise
         return _key(reply.key)
 
-    async def _send_introspect(self, items: list[pb.IntrospectRequest], timeout: float) -> list[pb.IntrospectResult]:
-        reply = await self.stub.Introspect(pb.IntrospectBatch(requests=items), timeout=timeout)
+    async def _send_introspect(self, items: list[pb.IntrospectRequest], timeout: float,
+                               wait_for_ready: bool = False) -> list[pb.IntrospectResult]:
+        reply = await self.stub.Introspect(pb.IntrospectBatch(requests=items), timeout=timeout,
+                                           wait_for_ready=wait_for_ready)
         return list(reply.results)
 
     async def introspect(self, token: str, caller: ClientCredentials | None = None, *,
@@ -88,8 +103,9 @@ class IssuerClient:
         return TokenInfo(active=i.active, scope=i.scope, client_id=i.client_id, sub=i.sub, username=i.username,
                          token_type=i.token_type, exp=i.exp, iat=i.iat, iss=i.iss, aud=tuple(i.aud), jti=i.jti)
 
-    async def _send_revoke(self, items: list[pb.RevokeRequest], timeout: float) -> list[pb.RevokeResult]:
-        reply = await self.stub.Revoke(pb.RevokeBatch(requests=items), timeout=timeout)
+    async def _send_revoke(self, items: list[pb.RevokeRequest], timeout: float,
+                           wait_for_ready: bool = False) -> list[pb.RevokeResult]:
+        reply = await self.stub.Revoke(pb.RevokeBatch(requests=items), timeout=timeout, wait_for_ready=wait_for_ready)
         return list(reply.results)
 
     async def revoke(self, token: str, caller: ClientCredentials | None, *, token_type_hint: str = "",

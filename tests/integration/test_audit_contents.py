@@ -6,6 +6,7 @@ import asyncpg
 import httpx
 import pytest
 
+from inboundlib import redact
 from services.client_registry.api import ClientUpdate
 from tests.support import eventually
 
@@ -43,9 +44,12 @@ async def test_a_clients_life_is_audited_without_secrets_or_tokens(stack, regist
             types = {r["type"] for r in rows}
             return expected <= types and len([r for r in rows if r["type"] == "registry_changed"]) >= 3
 
+        # A request refused at the edge, before any client record was matched, names
+        # its client only by fingerprint (the id was the caller's unverified word).
+        ids = [client.client_id, redact.unverified(client.client_id)]
         rows = await eventually(lambda: conn.fetch(
             "SELECT type, detail::text AS detail, source, request_id FROM audit_log"
-            " WHERE client_id = $1 OR detail->>'client_id' = $1", client.client_id),
+            " WHERE client_id = ANY($1) OR detail->>'client_id' = ANY($1)", ids),
             until=complete, message="every kind of event of the client's life")
         types = {r["type"] for r in rows}
     finally:
