@@ -32,6 +32,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._header_timer: asyncio.TimerHandle | None = None
         self._refused = False
         self._parsed_header_bytes = 0
+        self._body_done = True
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -100,6 +101,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
+        self._body_done = False
         self._header_bytes = 0
         self._stop_header_clock()
         if self._parsed_header_bytes > self.max_header_bytes:
@@ -107,10 +109,21 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             raise _Refused()  # the parser stops here; the app never sees the request
         super().on_headers_complete()
 
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._body_done = True
+        self._await_next_request()
+
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        # Waiting for the next request, unless a pipelined one (headers in) is already running.
-        if self.cycle is None or self.cycle.response_complete:
+        self._await_next_request()
+
+    def _await_next_request(self) -> None:
+        """Once the request is read to its end and answered (an answer may come first,
+        a 413 say, while the rest of the body still arrives: those bytes are no
+        headers), the next bytes are the next request's; unless a pipelined request
+        (its headers in) is already running."""
+        if self._body_done and (self.cycle is None or self.cycle.response_complete):
             self._in_headers = True
             self._header_bytes = 0
 

@@ -29,3 +29,15 @@ def ready_when_serving(channels: Mapping[str, grpc.aio.Channel]) -> Callable[[],
             return False
 
     return ready
+
+
+def ready_when_issuer_serves(tokens: object) -> Callable[[], Awaitable[bool]]:
+    """The edge's readiness from its token_issuer interface: over gRPC, the issuer's
+    health; in the same process (no `serving`), always ready."""
+    serving = getattr(tokens, "serving", None)
+    if serving is None:
+        async def ready() -> bool:
+            return True
+
+        return ready
+    return serving

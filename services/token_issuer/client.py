@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from inbound.issuer.v1 import issuer_pb2 as pb
 from inbound.issuer.v1 import issuer_pb2_grpc
@@ -14,6 +15,7 @@ from inboundlib.oauth.errors import InvalidRequest
 from inboundlib.wire import credentials_to_pb, error_from_pb, meta
 from services.token_issuer.api import FORMAT_OPAQUE, IssuedToken, IssueRequest, KeyInfo, TokenInfo
 
+SERVICE_NAME = "inbound.issuer.v1.TokenIssuer"
 HOT_TIMEOUT = 3.0
 # How long an idempotent call sent once more after its peer went away waits for a
 # peer (a restarted issuer, another replica) to be ready: a short wait, not the budget.
@@ -28,6 +30,7 @@ def _key(k: pb.SigningKeyInfo) -> KeyInfo:
 class IssuerClient:
     def __init__(self, channel: grpc.aio.Channel, *, max_in_flight: int | None = None):
         self.stub = issuer_pb2_grpc.TokenIssuerStub(channel)
+        self._health = health_pb2_grpc.HealthStub(channel)
         # Issuing is not idempotent (a second call mints a second token): never sent again.
         # Introspection reads, and revoking twice revokes once: those are retried once
         # when the issuer goes away mid-call, and split when one item breaks a call.
@@ -56,6 +59,14 @@ class IssuerClient:
         t = result.token
         return IssuedToken(access_token=t.access_token, token_type=t.token_type, expires_in=t.expires_in,
                            jti=t.jti, issued_at=t.issued_at, refresh_token=t.refresh_token, grant_id=t.grant_id)
+
+    async def serving(self) -> bool:
+        """Whether token_issuer answers its health check as SERVING (for readiness probes)."""
+        try:
+            reply = await self._health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=1.0)
+        except grpc.aio.AioRpcError:
+            return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
 
     async def jwks(self) -> dict:
         """Idempotent: when the issuer went away (a restart), asked once more, waiting

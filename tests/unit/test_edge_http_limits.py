@@ -79,3 +79,20 @@ async def test_a_half_sent_body_is_408():
                                      b"grant_type=cli")
     assert reply.startswith(b"HTTP/1.1 408")
     assert b"invalid_request" in reply
+
+
+async def test_body_bytes_after_an_early_answer_are_not_counted_as_headers():
+    """A 413 answered while the body still arrives: the rest of the body is no header block."""
+    import httpx
+
+    async def chunks():
+        yield b"grant_type=client_credentials&pad="
+        for _ in range(40):
+            yield b"a" * 1024
+            await asyncio.sleep(0.005)
+
+    async with edge(max_header_bytes=4096) as port:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            reply = await http.post("/oauth/token", content=chunks(),
+                                    headers={"content-type": "application/x-www-form-urlencoded"})
+    assert reply.status_code == 413
