@@ -48,11 +48,12 @@ BATCH_RETRIED = Counter(
 )
 
 # Batches in flight per client, unless a client says otherwise. Measured on the real
-# three-hop chain (tools/measure_batches_in_flight.py, 2 shared cores, JWT, 64
-# connections, alternating rounds): two in flight gave no more tokens/s than one
-# (0.98x, paired rounds) for about 14% more CPU per token; one gathers bigger
-# batches. INBOUND_BATCHES_IN_FLIGHT overrides it for a process (read once,
-# through Env: a bad value stops the process).
+# three-hop chain (python -m tools.measure_batches_in_flight: 2 shared cores, JWT,
+# wrk at 64 connections, 1 and 2 alternating on one stack, 6 rounds each): one in
+# flight gave 658 tokens/s and 1445 us of services' CPU per token (medians), two
+# gave 549 tokens/s and 1600 us; one used less CPU in every pair of rounds. One
+# batch in flight lets the next batch gather. INBOUND_BATCHES_IN_FLIGHT overrides
+# it for a process (read once, through Env: a bad value stops the process).
 DEFAULT_MAX_IN_FLIGHT = 1
 _configured_in_flight: int | None = None
 
