@@ -21,9 +21,9 @@ from pathlib import Path
 from bench import procstat
 from bench.loadgen import LoadGen
 from inboundlib import grpcx
-from inboundlib.devstack import Stack
 from services.client_registry.api import ClientSpec
 from services.client_registry.client import RegistryClient
+from services.devstack import Stack
 
 RESTARTED = ("client_credentials", "edge")  # the edge restarts last: it reads the grant's address at start
 

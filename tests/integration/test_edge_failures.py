@@ -12,9 +12,9 @@ import httpx
 import pytest
 
 from inboundlib import grpcx
-from inboundlib.devstack import Stack
 from services.client_registry.api import ClientSpec
 from services.client_registry.client import RegistryClient
+from services.devstack import Stack
 from tests.support import eventually
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -69,14 +69,9 @@ def test_oversized_headers_are_431(stack):
 # --- services stopped under load, on a system of this module's own -----------------------------------------
 
 @pytest.fixture(scope="module")
-def own_stack(fresh_database, tmp_path_factory):
-    s = Stack(tmp_path_factory.mktemp("edge-failures"), fixed_ports=False, echo=False,
-              database_url=fresh_database(), nats_url="", extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0"})
-    try:
-        s.start()
+def own_stack(private_stack):
+    with private_stack("edge-failures") as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")
