@@ -189,6 +189,7 @@ class FakeBus:
         # Cleared by a test to play a disconnected bus (caches serve nothing stale then).
         self.connected = asyncio.Event()
         self.connected.set()
+        self.connections = 1
 
     def publish(self, subject: str, event: events_pb2.Event, *, low_priority: bool = False) -> str:
         if not event.event_id:
@@ -222,7 +223,11 @@ class FakeBus:
         lost, self._undelivered = len(self._undelivered), []
         return lost
 
-    async def reconnect(self) -> None:
+    async def reconnect(self, *, run_hooks: bool = True) -> None:
+        """A new connection; `run_hooks=False` plays the moment before its hooks have run."""
+        self.connections += 1
+        if not run_hooks:
+            return
         for hook in list(self.hooks):
             await hook()
 

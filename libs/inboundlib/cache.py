@@ -181,12 +181,13 @@ def registry_changes(entity: str) -> Invalidation:
 
 
 class _Entry(Generic[V]):
-    __slots__ = ("value", "expires_at", "retry_at")
+    __slots__ = ("value", "expires_at", "retry_at", "connection")
 
-    def __init__(self, value: V | None, expires_at: float):
+    def __init__(self, value: V | None, expires_at: float, connection: int = 0):
         self.value = value
         self.expires_at = expires_at
         self.retry_at = 0.0  # set when a load failed as unavailable: no new load before it
+        self.connection = connection  # the event bus's connection count when it was stored
 
 
 class _Flight:
@@ -376,8 +377,15 @@ class ReadThroughCache(Generic[K, V]):
     def _may_serve_stale(self, entry: _Entry, now: float) -> bool:
         if now - entry.expires_at > self.settings.max_stale:
             return False
-        # While the bus is away, invalidations (a client disabled, say) may be being missed.
-        return self._events is None or self._events.connected.is_set()
+        # While the bus is away, invalidations (a client disabled, say) may be being missed;
+        # an entry stored during an earlier connection may have missed some even after a
+        # reconnect, until the reconnect hook drops it.
+        if self._events is None:
+            return True
+        return self._events.connected.is_set() and entry.connection == self._bus_connection()
+
+    def _bus_connection(self) -> int:
+        return getattr(self._events, "connections", 0) if self._events is not None else 0
 
     def _store(self, key: K, value: V | None, loaded_at: float) -> None:
         if value is None:
@@ -387,7 +395,7 @@ class ReadThroughCache(Generic[K, V]):
             table, other = self._positive, self._negative
             ttl, bound = self.settings.ttl, self.settings.max_entries
         other.pop(key, None)
-        table[key] = _Entry(value, loaded_at + ttl)
+        table[key] = _Entry(value, loaded_at + ttl, self._bus_connection())
         table.move_to_end(key)
         while len(table) > bound:
             table.popitem(last=False)

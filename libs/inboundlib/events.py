@@ -101,6 +101,10 @@ class EventBus:
         self._drop_logged_at = 0.0
         self._sending = 0  # events taken from the buffer whose publish is not acked yet
         self.connected = asyncio.Event()
+        # Counts (re)connections, raised before `connected` is set: what a cache stored
+        # during an earlier connection may have missed invalidations, even though the
+        # reconnect hooks that drop it have not run yet.
+        self.connections = 0
 
     async def start(self) -> None:
         """Connect in the background; the service starts even while NATS is down."""
@@ -123,6 +127,7 @@ class EventBus:
                     await self._subscribe(subject, handler)
                 await self._nc.flush(timeout=2)  # the server has them before we rely on them
                 await self._ensure_stream()
+                self.connections += 1
                 self.connected.set()
                 self._wake.set()
                 log.info("nats connected")
@@ -147,6 +152,7 @@ class EventBus:
         log.warning("nats disconnected")
 
     async def _on_reconnect(self) -> None:
+        self.connections += 1
         self.connected.set()
         self._wake.set()
         log.info("nats reconnected")

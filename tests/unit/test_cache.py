@@ -310,9 +310,12 @@ async def test_a_reconnect_drops_everything():
 
 # --- serve-stale ----------------------------------------------------------------------------------
 
-async def expired_entry(settings: CacheSettings = SETTINGS, *, failure: BaseException | None = None):
+async def expired_entry(settings: CacheSettings = SETTINGS, *, failure: BaseException | None = None,
+                        bus: FakeBus | None = None):
     source = Source(known={"a"})
     cache, clock = make(source, settings)
+    if bus is not None:
+        await cache.attach(bus, CLIENT_CHANGES)
     assert await cache.get("a") == "value-a-1"
     clock.now += settings.ttl + 1
     source.failure = failure if failure is not None else unavailable()
@@ -385,14 +388,25 @@ async def test_an_invalidated_entry_is_never_served_stale():
 
 async def test_nothing_is_served_stale_while_the_event_bus_is_disconnected():
     """Invalidations may be being missed: a stale answer could be a disabled client."""
-    source, cache, clock = await expired_entry()
     bus = FakeBus()
-    await cache.attach(bus, CLIENT_CHANGES)
+    source, cache, clock = await expired_entry(bus=bus)
     assert await cache.get("a") == "value-a-1"  # control: connected, served stale
     bus.connected.clear()
     with pytest.raises(grpc.aio.AioRpcError):
         await cache.get("a")  # within the retry interval: not even the entry kept for it
     clock.now += 1.1
+    with pytest.raises(grpc.aio.AioRpcError):
+        await cache.get("a")
+
+
+async def test_an_entry_from_before_a_reconnect_is_not_served_stale_before_the_hooks_drop_it():
+    """Connected again, but the reconnect hook that drops what may have missed an
+    invalidation has not run yet: the old entry must not be served stale meanwhile."""
+    bus = FakeBus()
+    source, cache, clock = await expired_entry(bus=bus)
+    assert await cache.get("a") == "value-a-1"  # control: same connection, served stale
+    await bus.reconnect(run_hooks=False)
+    clock.now += 1.1  # past the retry interval: the source is asked again, and fails
     with pytest.raises(grpc.aio.AioRpcError):
         await cache.get("a")
 
