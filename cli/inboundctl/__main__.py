@@ -202,12 +202,13 @@ async def client_revoke_tokens(s: Session, a: argparse.Namespace) -> None:
     # Refuse unknown ids rather than store a revocation for nothing.
     if await s.registry().get_client(a.client_id) is None:
         raise _not_found(a.client_id)
-    before = await s.issuer().revoke_client_tokens(a.client_id)
+    before_ms = await s.issuer().revoke_client_tokens(a.client_id)
     if a.json:
-        output.emit_json({"client_id": a.client_id, "revoked_before": before})
+        output.emit_json({"client_id": a.client_id, "revoked_before": before_ms // 1000,
+                          "revoked_before_ms": before_ms})
     else:
-        print(f"every token of client {output.clean(a.client_id)} issued until {output.when(before)} is revoked "
-              "(on every token_issuer replica within a second)")
+        print(f"every token of client {output.clean(a.client_id)} issued until "
+              f"{output.when(before_ms // 1000)} is revoked (on every token_issuer replica within a second)")
 
 
 async def keys_list(s: Session, a: argparse.Namespace) -> None:

@@ -35,14 +35,16 @@ class Settings:
 
 class BatchedTokenStore:
     """The registry for callers in the same process, with opaque-token writes and
-    lookups coalesced into one statement per batch, as RegistryClient does across
-    the network."""
+    lookups and revocation writes coalesced into one statement per batch, as
+    RegistryClient does across the network."""
 
     def __init__(self, registry: Registry):
         self._registry = registry
         self._store = Coalescer("local.StoreOpaqueTokens", lambda items, _: registry.store_opaque_tokens(items),
                                 max_batch=64)
         self._lookup = Coalescer("local.GetOpaqueTokens", lambda items, _: registry.get_opaque_tokens(items),
+                                 max_batch=64)
+        self._revoke = Coalescer("local.AddRevocations", lambda items, _: registry.add_revocations(items),
                                  max_batch=64)
 
     def __getattr__(self, name):
@@ -53,6 +55,9 @@ class BatchedTokenStore:
 
     async def get_opaque_tokens(self, token_hashes):
         return list(await asyncio.gather(*(self._lookup.submit(h, HOT_TIMEOUT) for h in token_hashes)))
+
+    async def add_revocations(self, revocations):
+        return list(await asyncio.gather(*(self._revoke.submit(r, HOT_TIMEOUT) for r in revocations)))
 
 
 @dataclass

@@ -131,4 +131,4 @@ class IssuerClient:
     async def revoke_client_tokens(self, client_id: str) -> int:
         reply = await self.stub.RevokeClientTokens(pb.RevokeClientTokensRequest(client_id=client_id),
                                                    timeout=ADMIN_TIMEOUT, metadata=request_metadata())
-        return reply.revoked_before
+        return reply.revoked_before_unix_ms

@@ -246,11 +246,10 @@ class TokenChecker:
 
     async def revoke_client_tokens(self, client_id: str, revoked_by: str = "") -> int:
         """Every token of the client issued until now (this process's clock, in ms: the
-        clock family that stamps tokens; see api.client_cut_off). Returns the cut-off in
-        whole seconds, as the contract shows it."""
+        clock family that stamps tokens; see api.client_cut_off). Returns the cut-off in Unix ms."""
         now_ms = int(time.time() * 1000)
         await self._store(client_cut_off(client_id, now_ms, revoked_by or _current_actor()))
-        return now_ms // 1000
+        return now_ms
 
     async def revoke_subject_tokens(self, subject: str, revoked_by: str = "") -> int:
         """Every token of one subject (a user), for every client, issued until now;

@@ -117,8 +117,8 @@ class TokenIssuerServicer(issuer_pb2_grpc.TokenIssuerServicer):
     async def RevokeClientTokens(self, request, context):
         if not request.client_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "client_id is required")
-        return pb.RevokeClientTokensResponse(
-            revoked_before=await self.checker.revoke_client_tokens(request.client_id))
+        cut_off_ms = await self.checker.revoke_client_tokens(request.client_id)
+        return pb.RevokeClientTokensResponse(revoked_before=cut_off_ms // 1000, revoked_before_unix_ms=cut_off_ms)
 
     async def Issue(self, request, context):
         await self._check_batch(context, request.requests)

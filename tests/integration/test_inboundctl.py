@@ -322,7 +322,12 @@ async def test_revoke_tokens_makes_every_token_of_the_client_inactive(stack, iss
     client, secret = await make_client()
     tokens = [(await token(stack, client.client_id, secret)).json()["access_token"] for _ in range(2)]
     assert all([(await issuer.introspect(t)).active for t in tokens])
+    started_ms = int(time.time() * 1000)
     result = await ok(stack, "client", "revoke-tokens", client.client_id, "--json")
-    assert json.loads(result.out)["client_id"] == client.client_id
+    answer = json.loads(result.out)
+    assert answer["client_id"] == client.client_id
+    # The cut-off to the millisecond (what introspection compares with), and the same in seconds.
+    assert started_ms - 5_000 <= answer["revoked_before_ms"] <= int(time.time() * 1000) + 5_000
+    assert answer["revoked_before"] == answer["revoked_before_ms"] // 1000
     assert not any([(await issuer.introspect(t)).active for t in tokens])
     assert (await ctl(stack, "client", "revoke-tokens", "no-such-client")).code == 3
