@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 GEN := build/gen
 PROTOS := $(shell find proto -name '*.proto' | sort)
 
-.PHONY: all install gen run run-single test test-fast lint bench clean deploy-check
+.PHONY: all install gen run run-single test test-fast slo lint bench clean deploy-check
 
 all: gen
 
@@ -45,6 +45,11 @@ test: gen lint
 
 test-fast: gen
 	$(PY) -m pytest -q tests/unit tests/contract
+
+# Timing objectives (propagation within a second and the like), with generous limits;
+# kept out of `make test` so a busy machine never turns CI red.
+slo: gen
+	$(PY) -m pytest -q -m slo tests
 
 bench: gen
 	$(PY) -m bench
