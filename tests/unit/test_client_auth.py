@@ -1,6 +1,7 @@
 """inboundlib.oauth.client_auth: RFC 6749 §2.3 client authentication."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import hashlib
@@ -16,8 +17,8 @@ from inboundlib.oauth.client_auth import (
     MAX_CLIENT_ID,
     MAX_CLIENT_SECRET,
     NONE,
+    ClientAuthenticator,
     ClientCredentials,
-    authenticate_client,
     extract_credentials,
     hash_client_secret,
     new_client_secret,
@@ -290,7 +291,16 @@ def test_credentials_removed_from_params_even_on_error():
     assert params == {"x": "1"}
 
 
-# --- authenticate_client (§2.3, §3.2.1) --------------------------------------------
+# --- ClientAuthenticator.verify (§2.3, §3.2.1) -------------------------------------
+
+
+def authenticate_client(client, creds):
+    """The rule under test, from synchronous tests: the authenticator every grant runs."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(ClientAuthenticator(clients=None).verify(client, creds))
+    finally:
+        loop.close()
 
 
 def creds_basic(secret: str = SECRET, client_id: str = "app") -> ClientCredentials:

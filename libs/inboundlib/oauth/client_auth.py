@@ -121,27 +121,6 @@ def is_valid_client_id(client_id: str) -> bool:
     return 0 < len(client_id) <= MAX_CLIENT_ID and client_id.isprintable()
 
 
-def authenticate_client(client: AuthenticatableClient | None, creds: ClientCredentials | None) -> AuthenticatableClient:
-    """§2.3 / §3.2.1: confidential clients must prove their secret; public
-    clients identify themselves with client_id only. Every failure is the same
-    public `invalid_client`; the reason is private detail."""
-    if creds is None:
-        raise InvalidClient(detail="no client authentication")
-    if client is None:
-        raise InvalidClient(detail="unknown client")
-    if not client.active:
-        raise InvalidClient(detail="client is disabled")
-    if client.public:
-        if creds.method != NONE:
-            raise InvalidClient(detail="public client sent a secret")
-        return client
-    if creds.method == NONE:
-        raise InvalidClient(detail="confidential client sent no secret")
-    if not client.secret_hash or not verify_client_secret(creds.client_secret, client.secret_hash):
-        raise InvalidClient(detail="wrong client secret")
-    return client
-
-
 def require_grant_type(client: AuthenticatableClient, grant_type: str) -> None:
     """§5.2 unauthorized_client: the client is not registered for this grant type."""
     if grant_type not in client.grant_types:
