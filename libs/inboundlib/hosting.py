@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from inboundlib import actors, grpcx, metrics
+from inboundlib import actors, batching, grpcx, metrics
 from inboundlib.config import ConfigError, Env, ScopedEnv
 from inboundlib.events import EventBus
 
@@ -254,6 +254,7 @@ async def serve(table: Mapping[str, Module], names: list[str], stop: asyncio.Eve
     host = env.str("INBOUND_BIND_HOST", "0.0.0.0")
     nats_url = env.str("NATS_URL", "nats://127.0.0.1:4222")
     metrics_port = env.int("INBOUND_METRICS_PORT", 0, **PORT_RANGE)
+    batching.default_max_in_flight()  # INBOUND_BATCHES_IN_FLIGHT: checked now, not at the first call
     # Every setting of every service is read and checked before anything starts.
     plans = []
     for module in hosted:

@@ -119,6 +119,7 @@ def test_a_bad_log_level_is_a_configuration_error(name):
     ({"INBOUND_TOKEN_ISSUER_GRPC_PORT": "50051"}, "port 50051"),
     ({"INBOUND_METRICS_PORT": "-1"}, "INBOUND_METRICS_PORT"),
     ({"INBOUND_EVENT_LOOP": "trio"}, "INBOUND_EVENT_LOOP"),
+    ({"INBOUND_BATCHES_IN_FLIGHT": "0"}, "INBOUND_BATCHES_IN_FLIGHT"),
 ])
 def test_the_one_process_reads_every_service_s_settings(env, named):
     """all_in_one checks the settings the separate processes check (each of these
