@@ -84,7 +84,8 @@ def _never(exc: BaseException) -> bool:
 class Coalescer(Generic[Req, Res]):
     def __init__(self, name: str, send: SendBatch, *, max_batch: int = 32, max_in_flight: int | None = None,
                  max_pending: int = 4096, idempotent: bool = False,
-                 transient: Callable[[BaseException], bool] = _never, resend: SendBatch | None = None):
+                 transient: Callable[[BaseException], bool] = _never, resend: SendBatch | None = None,
+                 restamp: Callable[[Req, float], None] | None = None):
         self.name = name
         self._send = send
         self._max_batch = max_batch
@@ -95,6 +96,8 @@ class Coalescer(Generic[Req, Res]):
         # How to send once more after a transient failure (say, waiting for the channel
         # to be ready again instead of failing at once); `send` when not given.
         self._resend = resend or send
+        # Sets an item's budget for the next hop from the seconds it has left, when sent.
+        self._restamp = restamp
         self._pending: deque[tuple[Req, asyncio.Future, float]] = deque()
         self._in_flight = 0
         self._tasks: set[asyncio.Task] = set()
@@ -139,12 +142,17 @@ class Coalescer(Generic[Req, Res]):
         if not batch:
             return
         self._in_flight += 1
-        task = asyncio.get_running_loop().create_task(self._run(batch))
+        # Run for the whole batch, not in the context of whichever request launched it.
+        task = asyncio.get_running_loop().create_task(self._run(batch), context=budget.shared_context())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _call(self, batch: list[tuple[Req, asyncio.Future, float]], retried: bool) -> Sequence[Res]:
-        timeout = max(deadline for _, _, deadline in batch) - time.monotonic()
+        now = time.monotonic()
+        if self._restamp is not None:
+            for item, _, deadline in batch:
+                self._restamp(item, deadline - now)
+        timeout = max(deadline for _, _, deadline in batch) - now
         send = self._resend if retried else self._send
         results = await send([item for item, _, _ in batch], max(timeout, 0.001))
         if len(results) != len(batch):

@@ -19,6 +19,9 @@ import contextvars
 import time
 from collections.abc import Iterator
 
+from inboundlib.actors import actor_var
+from inboundlib.logs import request_id_var
+
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("request_deadline", default=None)
 
 # What a hop keeps for itself out of the budget it passes on: enough to receive
@@ -52,8 +55,24 @@ def remaining(default: float) -> float:
 
 def for_next_hop(default: float) -> float:
     """The budget to give the next hop: what is left minus this hop's margin."""
-    left = remaining(default)
+    return next_hop_share(remaining(default))
+
+
+def next_hop_share(left: float) -> float:
+    """Of `left` seconds, what the next hop gets: less this hop's margin."""
     return left - max(MIN_HOP_MARGIN, left * HOP_SHARE)
+
+
+def shared_context() -> contextvars.Context:
+    """A copy of the current context without any one request's budget, request id or
+    actor: for work done on behalf of several requests at once (a batch, a shared cache
+    load), which must neither give up at the first requester's deadline nor log or
+    act in its name."""
+    context = contextvars.copy_context()
+    context.run(_deadline.set, None)
+    context.run(request_id_var.set, "")
+    context.run(actor_var.set, None)
+    return context
 
 
 def passed(default: float = float("inf")) -> bool:

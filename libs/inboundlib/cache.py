@@ -43,7 +43,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from inbound.events.v1 import events_pb2
-from inboundlib import grpcx
+from inboundlib import budget, grpcx
 from inboundlib.config import ConfigError, Env
 from inboundlib.events import registry_subject
 
@@ -314,7 +314,9 @@ class ReadThroughCache(Generic[K, V]):
         flights = [_Flight(loop.create_future()) for _ in keys]
         self._loading.update(zip(keys, flights))
         # A task of its own: a caller cancelled mid-load must not cancel it for the others.
-        task = loop.create_task(self._run(keys, flights, now), name=f"cache-load-{self.name}")
+        # ... and not bounded by the budget of whichever request started it: others wait on it too.
+        task = loop.create_task(self._run(keys, flights, now), name=f"cache-load-{self.name}",
+                                context=budget.shared_context())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return flights

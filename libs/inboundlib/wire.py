@@ -34,6 +34,14 @@ def meta(request_id: str, timeout: float) -> common_pb2.RequestMeta:
     return common_pb2.RequestMeta(request_id=request_id, timeout_ms=left_ms if left_ms > 0 else -1)
 
 
+def restamp(item, seconds_left: float) -> None:
+    """Give a batched item (a message with `meta`) the budget it has left as it is sent,
+    not the one it had when it was queued: an item that waited behind a batch in flight
+    must not hand the next hop more time than its caller still waits."""
+    left_ms = int(budget.next_hop_share(seconds_left) * 1000)
+    item.meta.timeout_ms = left_ms if left_ms > 0 else -1
+
+
 def expired(message: common_pb2.RequestMeta) -> bool:
     """An item sent with no time left (a caller that sets no budget, 0, is not refused)."""
     return message.timeout_ms < 0

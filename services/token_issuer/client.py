@@ -12,7 +12,7 @@ from inboundlib.batching import Coalescer
 from inboundlib.grpcx import peer_going_away, request_metadata
 from inboundlib.oauth.client_auth import ClientCredentials
 from inboundlib.oauth.errors import InvalidRequest
-from inboundlib.wire import credentials_to_pb, error_from_pb, meta
+from inboundlib.wire import credentials_to_pb, error_from_pb, meta, restamp
 from services.token_issuer.api import FORMAT_OPAQUE, IssuedToken, IssueRequest, KeyInfo, TokenInfo
 
 SERVICE_NAME = "inbound.issuer.v1.TokenIssuer"
@@ -34,12 +34,14 @@ class IssuerClient:
         # Issuing is not idempotent (a second call mints a second token): never sent again.
         # Introspection reads, and revoking twice revokes once: those are retried once
         # when the issuer goes away mid-call, and split when one item breaks a call.
-        self._issue = Coalescer("issuer.Issue", self._send_issue, max_batch=32, max_in_flight=max_in_flight)
+        self._issue = Coalescer("issuer.Issue", self._send_issue, max_batch=32, max_in_flight=max_in_flight,
+                                restamp=restamp)
         self._introspect = Coalescer("issuer.Introspect", self._send_introspect, max_batch=32,
                                      max_in_flight=max_in_flight, idempotent=True, transient=peer_going_away,
+                                     restamp=restamp,
                                      resend=lambda items, timeout: self._send_introspect(items, min(timeout, RETRY_WAIT), True))
         self._revoke = Coalescer("issuer.Revoke", self._send_revoke, max_batch=32, max_in_flight=max_in_flight,
-                                 idempotent=True, transient=peer_going_away,
+                                 idempotent=True, transient=peer_going_away, restamp=restamp,
                                  resend=lambda items, timeout: self._send_revoke(items, min(timeout, RETRY_WAIT), True))
 
     async def _send_issue(self, items: list[pb.IssueRequest], timeout: float) -> list[pb.IssueResult]:

@@ -543,3 +543,26 @@ async def test_the_edge_jwks_is_dropped_when_a_key_is_rotated_and_served_stale_w
         return (await jwks.get())["keys"][0]["kid"], metric("inbound_cache_served_stale_total", jwks.cache)
     assert await eventually(kid_and_stale_count, until=lambda seen: seen[1] > served_stale) == \
         ("k3", served_stale + 1)
+
+
+async def test_a_shared_load_is_not_bounded_by_the_budget_of_the_request_that_started_it():
+    """Several requests wait on one load: it must not give up (or log) as the first one."""
+    from inboundlib import budget
+    from inboundlib.logs import request_id_var
+
+    seen = []
+
+    class BudgetProbe(Source):
+        async def load(self, key):
+            seen.append((budget.remaining(999.0), request_id_var.get()))
+            return await super().load(key)
+
+    source = BudgetProbe(known={"a"})
+    cache, _ = make(source)
+    token = request_id_var.set("req-first")
+    try:
+        with budget.within(0.05):
+            assert await cache.get("a") == "value-a-1"
+    finally:
+        request_id_var.reset(token)
+    assert seen == [(999.0, "")]

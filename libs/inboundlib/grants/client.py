@@ -9,7 +9,7 @@ from inboundlib.batching import Coalescer
 from inboundlib.grants.api import TokenRequest, TokenResponse
 from inboundlib.grants.server import params_to_pb
 from inboundlib.grpcx import peer_going_away
-from inboundlib.wire import context_to_pb, credentials_to_pb, error_from_pb, meta
+from inboundlib.wire import context_to_pb, credentials_to_pb, error_from_pb, meta, restamp
 
 # The most the edge waits for a grant service; less when the request's budget has less left.
 TIMEOUT = 5.0
@@ -22,7 +22,7 @@ class GrantClient:
         self.stub = grant_pb2_grpc.GrantServiceStub(channel)
         # Not idempotent: a token request may issue a token, so a failed call is never sent again.
         self._token = Coalescer(f"grant.Token[{grant_type}]", self._send, max_batch=max_batch,
-                                max_in_flight=max_in_flight, transient=peer_going_away)
+                                max_in_flight=max_in_flight, transient=peer_going_away, restamp=restamp)
 
     async def _send(self, items: list[pb.TokenRequest], timeout: float) -> list[pb.TokenResult]:
         reply = await self.stub.Token(pb.TokenBatch(requests=items), timeout=timeout)
