@@ -203,12 +203,14 @@ class TokenChecker:
         try:
             owner = await self.clients.get_client(facts.client_id)
         except Exception as exc:
-            if not source_unavailable(exc):
+            if not source_unavailable(exc) or not self._revocations_current():
                 raise
             # The registry is down and the owner's record is not cached (not even stale).
             # Decide on what this replica holds: the token verified (signature, or our own
             # stored record), is unexpired, and is not revoked; disabling (or deleting) a
             # client records a cut-off in the revocation set, so its tokens stay inactive.
+            # Only while the set is current: with NATS away, a cut-off made meanwhile may
+            # be missing from it, and then "unavailable" is the honest answer.
             if time.monotonic() - self._unavailable_logged_at > 10:  # once in a while, not per request
                 self._unavailable_logged_at = time.monotonic()
                 log.warning("client records unavailable: introspection decides without them",
@@ -220,6 +222,11 @@ class TokenChecker:
                          username=facts.username,
                          token_type="Bearer" if facts.kind == ACCESS_TOKEN else REFRESH_TOKEN,
                          exp=facts.exp, iat=facts.iat, iss=self.issuer, aud=facts.aud, jti=facts.jti)
+
+    def _revocations_current(self) -> bool:
+        """Whether this replica's revocation set can stand in for the client record:
+        revocations reach it over NATS, so only while it is connected."""
+        return self.events is None or self.events.connected.is_set()
 
     # --- revocation -------------------------------------------------------------------------------
 

@@ -91,3 +91,18 @@ async def test_a_stored_opaque_token_stays_active_when_its_clients_record_cannot
     clients = FakeClients()
     clients.down = unavailable()
     assert (await checker(tokens, clients=clients).introspect(token, None, internal=True)).active
+
+
+async def test_without_nats_the_revocation_set_cannot_stand_in_for_the_client_record():
+    """A cut-off made while NATS is away may be missing from this replica's set: then
+    the registry's unavailability is the answer (503), not a guess that the token is fine."""
+    from tests.fakes import FakeBus
+
+    registry = down_registry()
+    bus = FakeBus()
+    tokens = TokenChecker(issuer=ISSUER, keyring=lambda: RING, revocations=RevocationSet(),
+                          clients=ClientCache(registry), registry=registry, events=bus)
+    assert (await tokens.introspect(mint(), None, internal=True)).active  # control: connected
+    bus.connected.clear()
+    with pytest.raises(grpc.aio.AioRpcError):
+        await tokens.introspect(mint(), None, internal=True)
