@@ -85,7 +85,8 @@ class Coalescer(Generic[Req, Res]):
     def __init__(self, name: str, send: SendBatch, *, max_batch: int = 32, max_in_flight: int | None = None,
                  max_pending: int = 4096, idempotent: bool = False,
                  transient: Callable[[BaseException], bool] = _never, resend: SendBatch | None = None,
-                 restamp: Callable[[Req, float], None] | None = None):
+                 restamp: Callable[[Req, float], None] | None = None,
+                 unavailable: Callable[[BaseException], bool] = _never):
         self.name = name
         self._send = send
         self._max_batch = max_batch
@@ -98,6 +99,9 @@ class Coalescer(Generic[Req, Res]):
         self._resend = resend or send
         # Sets an item's budget for the next hop from the seconds it has left, when sent.
         self._restamp = restamp
+        # The peer itself is down or overloaded: no item is to blame, and sending each
+        # alone would only multiply the calls to a peer that is struggling.
+        self._unavailable = unavailable
         self._pending: deque[tuple[Req, asyncio.Future, float]] = deque()
         self._in_flight = 0
         self._tasks: set[asyncio.Task] = set()
@@ -201,7 +205,7 @@ class Coalescer(Generic[Req, Res]):
                      extra={"call": self.name, "items": len(live), "error": type(exc).__name__})
             await self._deliver(live, retried=True)
             return
-        if len(live) == 1:
+        if len(live) == 1 or self._unavailable(exc):
             _fail(live, exc)
             return
         # Something in the batch broke the whole call: find which item by sending each alone.

@@ -219,15 +219,17 @@ class _Host:
 
     def grants(self, ctx: Context) -> dict[str, Any]:
         grant_modules = {m.grant_type: m for m in self.table.values() if m.grant_type}
+        # Grants hosted here are called in process; the others over gRPC (none is dropped).
         local = {m.grant_type: self.components[m.name].api for m in grant_modules.values()
                  if m.name in self.components}
-        if local:
-            return local
-        addrs = ctx.env.addr_map(GRANT_ADDRS_ENV, grant_addrs_default(self.table.values()))
+        remote_defaults = [m for m in self.table.values() if m.grant_type and m.grant_type not in local]
+        addrs = ctx.env.addr_map(GRANT_ADDRS_ENV, grant_addrs_default(remote_defaults))
         unknown = set(addrs) - set(grant_modules)
         if unknown:
             raise ConfigError(f"{GRANT_ADDRS_ENV} names grant types no service serves: {', '.join(sorted(unknown))}")
-        return {grant_type: self._client(grant_modules[grant_type], addr) for grant_type, addr in addrs.items()}
+        remote = {grant_type: self._client(grant_modules[grant_type], addr) for grant_type, addr in addrs.items()
+                  if grant_type not in local}
+        return {**remote, **local}
 
     async def ready(self) -> bool:
         from grpc_health.v1 import health_pb2, health_pb2_grpc

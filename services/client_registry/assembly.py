@@ -18,6 +18,7 @@ from services.client_registry.registry import Registry
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 HOT_TIMEOUT = 3.0
+REVOCATION_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,8 @@ class BatchedTokenStore:
         return list(await asyncio.gather(*(self._lookup.submit(h, HOT_TIMEOUT) for h in token_hashes)))
 
     async def add_revocations(self, revocations):
-        return list(await asyncio.gather(*(self._revoke.submit(r, HOT_TIMEOUT) for r in revocations)))
+        # As long as RegistryClient gives a revocation write: it must not be given up lightly.
+        return list(await asyncio.gather(*(self._revoke.submit(r, REVOCATION_TIMEOUT) for r in revocations)))
 
 
 @dataclass

@@ -17,7 +17,7 @@ import grpc
 from inbound.registry.v1 import registry_pb2 as pb
 from inbound.registry.v1 import registry_pb2_grpc
 from inboundlib.batching import Coalescer
-from inboundlib.grpcx import peer_going_away, request_metadata
+from inboundlib.grpcx import is_unavailable, peer_going_away, request_metadata
 from services.client_registry import wire
 from services.client_registry.api import (
     AlreadyExists,
@@ -65,7 +65,7 @@ class ClientsClient:
         self.stub = registry_pb2_grpc.ClientsStub(channel)
         # Lookups and revocation upserts are idempotent: sent once more if the registry went away mid-call.
         self._lookups = Coalescer("registry.GetClients", self._send_lookups, max_batch=MAX_BATCH,
-                                  idempotent=True, transient=peer_going_away)
+                                  idempotent=True, transient=peer_going_away, unavailable=is_unavailable)
 
     async def _send_lookups(self, client_ids: list[str], timeout: float) -> list[ClientRecord | None]:
         reply = await self.stub.GetClients(pb.GetClientsRequest(client_ids=client_ids), timeout=timeout)
@@ -121,7 +121,7 @@ class TokensClient:
         self.stub = registry_pb2_grpc.TokensStub(channel)
         self._store = Coalescer("registry.StoreOpaqueTokens", self._send_store, max_batch=MAX_BATCH)
         self._lookups = Coalescer("registry.GetOpaqueTokens", self._send_lookups, max_batch=MAX_BATCH,
-                                  idempotent=True, transient=peer_going_away)
+                                  idempotent=True, transient=peer_going_away, unavailable=is_unavailable)
 
     async def _send_store(self, tokens: list[OpaqueTokenRecord], timeout: float) -> list[ItemError | None]:
         reply = await self.stub.StoreOpaqueTokens(
@@ -152,7 +152,7 @@ class RevocationsClient:
     def __init__(self, channel: grpc.aio.Channel):
         self.stub = registry_pb2_grpc.RevocationsStub(channel)
         self._adds = Coalescer("registry.AddRevocations", self._send_adds, max_batch=MAX_BATCH,
-                               idempotent=True, transient=peer_going_away)
+                               idempotent=True, transient=peer_going_away, unavailable=is_unavailable)
 
     async def _send_adds(self, records: list[RevocationRecord], timeout: float) -> list[int | ItemError]:
         reply = await self.stub.AddRevocations(

@@ -9,7 +9,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from inbound.issuer.v1 import issuer_pb2 as pb
 from inbound.issuer.v1 import issuer_pb2_grpc
 from inboundlib.batching import Coalescer
-from inboundlib.grpcx import peer_going_away, request_metadata
+from inboundlib.grpcx import is_unavailable, peer_going_away, request_metadata
 from inboundlib.oauth.client_auth import ClientCredentials
 from inboundlib.oauth.errors import InvalidRequest
 from inboundlib.wire import credentials_to_pb, error_from_pb, meta, restamp
@@ -38,10 +38,12 @@ class IssuerClient:
                                 restamp=restamp)
         self._introspect = Coalescer("issuer.Introspect", self._send_introspect, max_batch=32,
                                      max_in_flight=max_in_flight, idempotent=True, transient=peer_going_away,
+                                     unavailable=is_unavailable,
                                      restamp=restamp,
                                      resend=lambda items, timeout: self._send_introspect(items, min(timeout, RETRY_WAIT), True))
         self._revoke = Coalescer("issuer.Revoke", self._send_revoke, max_batch=32, max_in_flight=max_in_flight,
-                                 idempotent=True, transient=peer_going_away, restamp=restamp,
+                                 idempotent=True, transient=peer_going_away, unavailable=is_unavailable,
+                                 restamp=restamp,
                                  resend=lambda items, timeout: self._send_revoke(items, min(timeout, RETRY_WAIT), True))
 
     async def _send_issue(self, items: list[pb.IssueRequest], timeout: float) -> list[pb.IssueResult]:

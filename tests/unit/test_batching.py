@@ -585,3 +585,24 @@ async def test_a_batch_runs_without_the_budget_request_id_or_actor_of_the_reques
         request_id_var.set("")
         actor_var.set(None)
     assert seen == [(999.0, "", None)]
+
+
+async def test_a_call_failed_because_its_peer_is_unavailable_is_not_split_into_one_call_per_item():
+    """No item is to blame when the peer itself is down: sending each alone would only
+    multiply the calls to a peer that is struggling."""
+    class PeerDown(Exception):
+        pass
+
+    calls = []
+
+    async def send(items, timeout):
+        calls.append(list(items))
+        raise PeerDown()
+
+    c = Coalescer(unique("unavailable"), send, max_batch=8, max_in_flight=1, idempotent=True,
+                  unavailable=lambda exc: isinstance(exc, PeerDown))
+    first = asyncio.create_task(c.submit(0, 5.0))
+    others = [asyncio.create_task(c.submit(i, 5.0)) for i in (1, 2, 3)]
+    results = await asyncio.gather(first, *others, return_exceptions=True)
+    assert all(isinstance(r, PeerDown) for r in results)
+    assert sorted(map(len, calls)) == [1, 3], calls  # the lone first call, then the three together: no split
