@@ -222,7 +222,11 @@ class Stack:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def stop_service(self, key: str, timeout: float = 20) -> int | None:
+    def stop_service(self, key: str, timeout: float | None = None) -> int | None:
+        # The one process drains every service in turn (edge, audit consumer, gRPC ports,
+        # events): give it the sum of their grace periods before it is killed.
+        if timeout is None:
+            timeout = 60 if key == ALL_IN_ONE else 20
         sp = self.services.pop(key, None)
         if sp is None or sp.proc.poll() is not None:
             return sp.proc.returncode if sp else None

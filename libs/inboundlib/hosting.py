@@ -187,10 +187,6 @@ class Context:
         the table hosted here, or else those named in INBOUND_GRANT_ADDRS."""
         return self._host.grants(self)
 
-    async def ready(self) -> bool:
-        """Whether every dependency reached over gRPC answers its health check."""
-        return await self._host.ready()
-
 
 class _Host:
     def __init__(self, table: Mapping[str, Module], hosted: list[Module]):
@@ -230,18 +226,6 @@ class _Host:
         remote = {grant_type: self._client(grant_modules[grant_type], addr) for grant_type, addr in addrs.items()
                   if grant_type not in local}
         return {**remote, **local}
-
-    async def ready(self) -> bool:
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        try:
-            for channel in self.channels.values():
-                reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status != health_pb2.HealthCheckResponse.SERVING:
-                    return False
-            return True
-        except Exception:
-            return False
 
     async def close(self) -> None:
         for channel in self.channels.values():
