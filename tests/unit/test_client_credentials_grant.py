@@ -4,8 +4,12 @@ grant-type check are the runner's; tests/unit/test_grant_runner.py).
 The same paths run end to end in tests/integration/test_client_credentials.py."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 
+from inboundlib import redact
+from inboundlib.events import TOKEN_DENIED
 from inboundlib.grants.api import TokenRequest
 from inboundlib.grants.runner import GrantRunner
 from inboundlib.oauth.client_auth import (
@@ -18,7 +22,7 @@ from inboundlib.oauth.client_auth import (
 from inboundlib.oauth.errors import InvalidClient, InvalidScope, UnauthorizedClient
 from services.client_credentials.grant import ClientCredentialsGrant
 from services.client_registry.api import ClientRecord
-from tests.fakes import FakeClients, FakeIssuer, client_record
+from tests.fakes import FakeBus, FakeClients, FakeIssuer, client_record
 
 SECRET = "s3cret-s3cret-s3cret-s3cret-s3cret-s3cret-s3"
 
@@ -79,3 +83,23 @@ async def test_the_grant_itself_refuses_a_public_client_the_runner_let_through()
     with pytest.raises(UnauthorizedClient):
         await ClientCredentialsGrant(issuer).handle(request(method=NONE, secret=""), public)
     assert issuer.requests == []
+
+
+async def test_a_scope_the_client_may_not_have_is_neither_logged_nor_audited_verbatim(caplog):
+    """A secret sent in `scope=` by a registered client: refused, and kept out of
+    the log and the append-only audit table (only a fingerprint goes there)."""
+    misplaced_secret = "Zq8w-very-secret-value-pasted-into-scope"
+    bus = FakeBus()
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(InvalidScope):
+        await GrantRunner(ClientCredentialsGrant(FakeIssuer()), FakeClients(record()), bus).handle(
+            request(scope=f"read {misplaced_secret}"))
+    denied = bus.events(TOKEN_DENIED)
+    assert len(denied) == 1
+    assert denied[0].token_denied.error == "invalid_scope"
+    assert redact.unverified(misplaced_secret) in denied[0].token_denied.detail
+    assert misplaced_secret[:8] not in repr(denied)
+    assert caplog.records, "the refusal is logged"
+    for entry in caplog.records:
+        assert misplaced_secret[:8] not in entry.getMessage()
+        assert misplaced_secret[:8] not in repr(vars(entry))

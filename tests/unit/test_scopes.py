@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from inboundlib import redact
 from inboundlib.oauth.errors import InvalidScope
 from inboundlib.oauth.scopes import MAX_SCOPES, format_scope, is_valid_scope_token, narrow_scopes, parse_scope
 
@@ -136,10 +137,12 @@ def test_scope_outside_allowed_is_invalid_scope(requested, allowed):
     assert info.value.code == "invalid_scope"
 
 
-def test_scope_outside_allowed_names_scope_only_in_private_detail():
+def test_scope_outside_allowed_is_named_only_by_fingerprint_in_private_detail():
+    # The caller's value matched nothing: it may be a secret, and detail is logged and audited.
     with pytest.raises(InvalidScope) as info:
         narrow_scopes("read secret-admin", ["read"])
-    assert "secret-admin" in info.value.detail
+    assert redact.unverified("secret-admin") in info.value.detail
+    assert "secret-admin" not in info.value.detail
     assert "secret-admin" not in info.value.description
     assert "secret-admin" not in repr(info.value.to_json())
 

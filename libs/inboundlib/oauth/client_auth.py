@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote_plus
 
+from inboundlib import redact
 from inboundlib.oauth.errors import InvalidClient, InvalidRequest, UnauthorizedClient
 
 if TYPE_CHECKING:
@@ -197,7 +198,7 @@ class ClientAuthenticator:
             raise InvalidClient(detail="client is disabled")
         method = self.methods.get(creds.method)
         if method is None:
-            raise InvalidClient(detail=f"authentication method {creds.method} not supported")
+            raise InvalidClient(detail=f"authentication method {redact.unverified(creds.method)} not supported")
         await method.verify(client, creds, context)
         return client
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 
+from inboundlib import redact
 from inboundlib.oauth.errors import InvalidScope
 
 # scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
@@ -36,7 +37,10 @@ def narrow_scopes(requested: str | None, allowed: list[str]) -> list[str]:
     allowed_set = set(allowed)
     beyond = [scope for scope in wanted if scope not in allowed_set]
     if beyond:
-        raise InvalidScope(detail=f"scopes not allowed for client: {beyond}")
+        # The caller's values, matched by nothing the client holds: maybe a secret
+        # sent in the wrong field. The log and the audit table get fingerprints only.
+        raise InvalidScope(detail=f"{len(beyond)} scope(s) not allowed for client: "
+                                  f"{[redact.unverified(scope) for scope in beyond]}")
     return wanted
 
 
