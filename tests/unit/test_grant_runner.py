@@ -9,7 +9,7 @@ from inboundlib import redact
 from inboundlib.events import TOKEN_DENIED
 from inboundlib.grants.api import GrantParameters, RequestContext, TokenRequest, TokenResponse
 from inboundlib.grants.runner import GrantRunner
-from inboundlib.oauth.client_auth import CLIENT_SECRET_BASIC, ClientCredentials, hash_client_secret
+from inboundlib.oauth.client_auth import CLIENT_SECRET_BASIC, NONE, ClientCredentials, hash_client_secret
 from inboundlib.oauth.errors import InvalidClient, InvalidRequest, UnauthorizedClient, UnsupportedGrantType
 from tests.fakes import FakeBus, FakeClients, client_record
 
@@ -32,8 +32,22 @@ class ForgetfulGrant:
 
 
 class SelfAuthenticatingGrant(ForgetfulGrant):
+    """Its client proves itself with an assertion parameter (RFC 7521 §4.2); this
+    one accepts "proof-of-<client id>" for any client its source knows, active or not."""
     grant_type = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+    parameters = GrantParameters(single=frozenset({"assertion", "scope"}))
     authenticates_client = True
+
+    def __init__(self, source: FakeClients):
+        super().__init__()
+        self.source = source
+
+    async def authenticate(self, request):
+        proof = request.param("assertion") or ""
+        client = await self.source.get_client(proof.removeprefix("proof-of-"))
+        if not proof.startswith("proof-of-") or client is None:
+            raise InvalidClient(detail="assertion not valid")
+        return client
 
 
 def clients(**overrides) -> FakeClients:
@@ -79,12 +93,87 @@ async def test_a_malformed_client_id_is_never_looked_up():
     assert source.lookups == []
 
 
-async def test_a_grant_that_authenticates_its_client_itself_gets_no_record_and_no_lookup():
-    grant = SelfAuthenticatingGrant()
-    source = clients()
-    await GrantRunner(grant, source).handle(request(grant_type=grant.grant_type, secret="whatever"))
-    assert grant.calls[0][1] is None
-    assert source.lookups == []
+def self_authenticating_clients(**overrides) -> FakeClients:
+    return FakeClients(client_record(**{"secret_hash": hash_client_secret(SECRET),
+                                        "grant_types": (SelfAuthenticatingGrant.grant_type,), **overrides}),
+                       client_record(client_id="other", secret_hash=hash_client_secret("other-secret"),
+                                     grant_types=(SelfAuthenticatingGrant.grant_type,)))
+
+
+def asserted(proof="proof-of-app", creds: ClientCredentials | None = None) -> TokenRequest:
+    return TokenRequest(grant_type=SelfAuthenticatingGrant.grant_type, client=creds,
+                        params={"assertion": (proof,)}, context=RequestContext(client_address="192.0.2.7"))
+
+
+async def test_a_self_authenticating_grant_without_an_async_authenticate_is_refused_when_the_runner_is_built():
+    class Forgetful(ForgetfulGrant):
+        authenticates_client = True
+
+    class Blocking(ForgetfulGrant):
+        authenticates_client = True
+
+        def authenticate(self, request):
+            return None
+
+    for grant in (Forgetful(), Blocking()):
+        with pytest.raises(TypeError, match="authenticate"):
+            GrantRunner(grant, clients())
+
+
+async def test_a_self_authenticating_grant_gets_the_client_it_proved():
+    source = self_authenticating_clients()
+    grant = SelfAuthenticatingGrant(source)
+    await GrantRunner(grant, source).handle(asserted())
+    assert grant.calls[0][1].client_id == "app"
+    assert grant.calls[0][0].param("assertion") == "proof-of-app"
+
+
+async def test_a_failed_proof_is_invalid_client():
+    source = self_authenticating_clients()
+    grant = SelfAuthenticatingGrant(source)
+    with pytest.raises(InvalidClient):
+        await GrantRunner(grant, source).handle(asserted("forged"))
+    assert grant.calls == []
+
+
+async def test_a_self_authenticated_but_disabled_client_is_invalid_client():
+    source = self_authenticating_clients(active=False)
+    grant = SelfAuthenticatingGrant(source)
+    with pytest.raises(InvalidClient):
+        await GrantRunner(grant, source).handle(asserted())
+    assert grant.calls == []
+
+
+async def test_a_self_authenticated_client_not_registered_for_the_grant_is_unauthorized_client():
+    source = self_authenticating_clients(grant_types=("client_credentials",))
+    grant = SelfAuthenticatingGrant(source)
+    with pytest.raises(UnauthorizedClient):
+        await GrantRunner(grant, source).handle(asserted())
+    assert grant.calls == []
+
+
+@pytest.mark.parametrize("creds", [
+    ClientCredentials(CLIENT_SECRET_BASIC, "app", "whatever"),        # a wrong secret is not ignored
+    ClientCredentials(CLIENT_SECRET_BASIC, "other", "other-secret"),  # right secret, another client
+    ClientCredentials(NONE, "other"),                                 # names another client
+])
+async def test_credentials_sent_with_a_self_authenticating_grant_are_verified_against_the_same_client(creds):
+    source = self_authenticating_clients()
+    grant = SelfAuthenticatingGrant(source)
+    with pytest.raises(InvalidClient):
+        await GrantRunner(grant, source).handle(asserted(creds=creds))
+    assert grant.calls == []
+
+
+@pytest.mark.parametrize("creds", [
+    ClientCredentials(CLIENT_SECRET_BASIC, "app", SECRET),
+    ClientCredentials(NONE, "app"),  # RFC 7521 §4.2: client_id may accompany the assertion
+])
+async def test_matching_credentials_sent_with_a_self_authenticating_grant_are_accepted(creds):
+    source = self_authenticating_clients()
+    grant = SelfAuthenticatingGrant(source)
+    await GrantRunner(grant, source).handle(asserted(creds=creds))
+    assert grant.calls[0][1].client_id == "app"
 
 
 async def test_only_declared_parameters_reach_the_grant_and_only_repeatables_repeat():

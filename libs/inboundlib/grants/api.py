@@ -94,15 +94,29 @@ class TokenResponse:
 class GrantHandler(Protocol):
     """One grant type's logic (fosite-style: one handler per grant). Raises OAuthError.
 
-    The grant runner (runner.py) authenticates the client and checks that it may
-    use this grant before `handle` runs, and gives `handle` only the parameters
-    declared in `parameters`. A grant whose client proves itself inside the grant
-    (a JWT bearer assertion, RFC 7523 §3) sets `authenticates_client = True`; its
-    `handle` then gets `client=None` and must authenticate it itself.
+    The grant runner (runner.py) authenticates the client (RFC 6749 §2.3) and
+    checks that it is active and may use this grant (§5.2) before `handle` runs,
+    and gives `handle` only the parameters declared in `parameters`. A grant
+    whose client proves itself inside the grant (a client assertion, RFC 7521
+    §4.2, RFC 7523 §2.2) sets `authenticates_client = True` and provides
+    `async def authenticate(self, request) -> AuthenticatableClient`, which
+    raises InvalidClient when the proof fails (the runner refuses, when it is
+    built, such a grant without it). The runner still refuses a disabled client,
+    verifies any client credentials sent beside the proof against the same
+    client, and applies the allowed-grant check. `handle` always gets the
+    authenticated client's record.
     """
 
     grant_type: str
     parameters: GrantParameters
     authenticates_client: bool
 
-    async def handle(self, request: TokenRequest, client: AuthenticatableClient | None) -> TokenResponse: ...
+    async def handle(self, request: TokenRequest, client: AuthenticatableClient) -> TokenResponse: ...
+
+
+class ClientAuthenticatingGrant(GrantHandler, Protocol):
+    """A grant with `authenticates_client = True`: its client proves itself in the request."""
+
+    async def authenticate(self, request: TokenRequest) -> AuthenticatableClient:
+        """The proven client's record (active or not: the runner checks); InvalidClient if the proof fails."""
+        ...

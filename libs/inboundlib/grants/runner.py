@@ -1,9 +1,12 @@
 """What every grant service runs around its handler, in one place, so that a new
 grant cannot forget any of it:
 1. the grant type check (the request was routed to the right service);
-2. client authentication (RFC 6749 §2.3, §3.2.1), unless the grant declares that
-   its client proves itself inside the grant (`authenticates_client`);
-3. the client may use this grant type (§5.2 unauthorized_client);
+2. client authentication (RFC 6749 §2.3, §3.2.1). A grant whose client proves
+   itself inside the grant (`authenticates_client`, RFC 7521 §4.2 / RFC 7523)
+   provides `authenticate`, which the runner calls; client credentials sent
+   beside it are still verified, against the same client (never ignored); and
+   a disabled client is refused either way (invalid_client);
+3. the client may use this grant type (§5.2 unauthorized_client), for every grant;
 4. the parameters: only those the grant declares reach it, a repeat of a
    single-valued one is invalid_request (§3.1);
 then the handler; and, for every outcome, metrics, the refusal's log line and
@@ -15,6 +18,7 @@ hosts every service (services/all_in_one) calls it directly from the edge.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 
 from inbound.events.v1 import events_pb2
@@ -23,8 +27,14 @@ from inboundlib.events import TOKEN_DENIED, EventBus
 from inboundlib.grants.api import GrantHandler, TokenRequest, TokenResponse
 from inboundlib.grpcx import infrastructure_error
 from inboundlib.metrics import TOKEN_REQUESTS
-from inboundlib.oauth.client_auth import ClientAuthenticator, ClientSource, require_grant_type
-from inboundlib.oauth.errors import OAuthError, ServerError, UnsupportedGrantType
+from inboundlib.oauth.client_auth import (
+    NONE,
+    AuthenticatableClient,
+    ClientAuthenticator,
+    ClientSource,
+    require_grant_type,
+)
+from inboundlib.oauth.errors import InvalidClient, OAuthError, ServerError, UnsupportedGrantType
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +48,11 @@ class GrantRunner:
         self.grant_type = handler.grant_type
         self.parameters = handler.parameters
         self.self_authenticating = bool(getattr(handler, "authenticates_client", False))
+        if self.self_authenticating and not inspect.iscoroutinefunction(getattr(handler, "authenticate", None)):
+            # Checked here, at start, not at the first request: such a grant cannot
+            # leave its client unauthenticated by forgetting the method.
+            raise TypeError(f"{type(handler).__name__} sets authenticates_client = True but has no "
+                            "`async def authenticate(self, request) -> AuthenticatableClient`")
 
     async def handle(self, request: TokenRequest) -> TokenResponse:
         """The handler's answer, or the OAuthError to send (never another exception)."""
@@ -49,16 +64,19 @@ class GrantRunner:
             if request.grant_type != self.grant_type:
                 grant_type = redact.unverified(request.grant_type)
                 raise UnsupportedGrantType(detail=f"grant type sent to the {self.grant_type} service")
-            client = None
-            if not self.self_authenticating:
+            if self.self_authenticating:
+                # The proof is among the grant's parameters: only those it declares reach it.
+                accepted = self._accepted(request)
+                client = await self._authenticated_by_grant(accepted)
+                client_id = client.client_id
+            else:
                 found = await self.authenticator.find(request.client)
                 if found is not None:
                     client_id = found.client_id
                 client = await self.authenticator.verify(found, request.client, request.context)
-                require_grant_type(client, self.grant_type)
-            accepted = TokenRequest(grant_type=request.grant_type, client=request.client,
-                                    params=self.parameters.select(request.params), request_id=request.request_id,
-                                    context=request.context)
+            require_grant_type(client, self.grant_type)
+            if not self.self_authenticating:
+                accepted = self._accepted(request)
             response = await self.handler.handle(accepted, client)
         except OAuthError as exc:
             TOKEN_REQUESTS.labels(self.grant_type, exc.code).inc()
@@ -82,3 +100,25 @@ class GrantRunner:
         # Every issued token is an audit event (token_issued); the log line is for debugging only.
         log.debug("token issued", extra={"client_id": client_id, "grant_type": self.grant_type})
         return response
+
+    def _accepted(self, request: TokenRequest) -> TokenRequest:
+        return TokenRequest(grant_type=request.grant_type, client=request.client,
+                            params=self.parameters.select(request.params), request_id=request.request_id,
+                            context=request.context)
+
+    async def _authenticated_by_grant(self, request: TokenRequest) -> AuthenticatableClient:
+        """The client a self-authenticating grant proved (RFC 7521 §4.2: an assertion).
+        Credentials sent beside it are never ignored: they must name the same client
+        and, if they carry a secret, it must be that client's (RFC 6749 §2.3). A
+        bare client_id (`none`) only names the client the grant authenticated:
+        RFC 7521 §4.2 lets it accompany an assertion."""
+        client = await self.handler.authenticate(request)
+        if not client.active:
+            raise InvalidClient(detail="client is disabled")
+        creds = request.client
+        if creds is not None:
+            if creds.client_id != client.client_id:
+                raise InvalidClient(detail="the client credentials name another client than the grant proved")
+            if creds.method != NONE:
+                await self.authenticator.verify(client, creds, request.context)
+        return client
