@@ -2,7 +2,10 @@
 request's line and headers (431 beyond `max_header_bytes`) and the time a
 client may take to send them (408 after `header_timeout`). Without them one
 client can hold a connection, and as much memory as it likes, for ever. The
-body's size and time are bounded by the app (services/edge/http.py)."""
+body's size and time are bounded by the app (services/edge/http.py) while the
+app reads it; a body still arriving once the answer is sent (a 413, a 404, a
+GET /healthz that never reads it) ends the connection (RFC 9112 §9.6), since
+each of its bytes would otherwise hold the connection open."""
 from __future__ import annotations
 
 import asyncio
@@ -24,6 +27,8 @@ class _Refused(Exception):
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     max_header_bytes = EdgeSettings.max_header_bytes
     header_timeout = EdgeSettings.header_timeout
+    # How long the rest of an unread body is drained, at most, after the answer.
+    linger_timeout = EdgeSettings.body_timeout
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -33,6 +38,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._refused = False
         self._parsed_header_bytes = 0
         self._body_done = True
+        self._lingering = False
+        self._linger_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -40,6 +47,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc) -> None:
         self._stop_header_clock()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
         super().connection_lost(exc)
 
     def _start_header_clock(self) -> None:
@@ -73,8 +83,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
-            return
+        if self._refused or self._lingering:
+            return  # (lingering: the rest of a body nobody reads, dropped unparsed)
         if self._in_headers:
             # The first bytes of a request start its header clock (an idle keep-alive
             # connection is uvicorn's keep-alive timeout's business).
@@ -116,7 +126,28 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        self._await_next_request()
+        if not self._body_done and not self.transport.is_closing():
+            self._close_after_unread_body()
+        else:
+            self._await_next_request()
+
+    def _close_after_unread_body(self) -> None:
+        """The answer is sent but the request's body is not all in: its end may never
+        come (a Content-Length of a gigabyte, dripped a byte at a time), and every
+        byte of it would stop uvicorn's keep-alive clock. So the connection ends.
+        RFC 9112 §9.6: close our side first (the client reads the answer, then EOF)
+        and drop what still comes, for `linger_timeout` at most; closing at once
+        with unread bytes would reset the connection and could lose the answer."""
+        self._lingering = True
+        self._stop_header_clock()
+        self._unset_keepalive_if_required()
+        log.debug("connection closed after an answer to an unread body",
+                  extra={"client": self.client and self.client[0]})
+        if self.transport.can_write_eof():
+            self._linger_timer = asyncio.get_running_loop().call_later(self.linger_timeout, self.transport.close)
+            self.transport.write_eof()
+        else:  # TLS: no half-close
+            self.transport.close()
 
     def _await_next_request(self) -> None:
         """Once the request is read to its end and answered (an answer may come first,
@@ -135,4 +166,5 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 def bounded_protocol(settings: EdgeSettings) -> type[BoundedHttpToolsProtocol]:
     """The protocol class for uvicorn's `http=` with these settings' bounds."""
     return type("EdgeHttpProtocol", (BoundedHttpToolsProtocol,), {
-        "max_header_bytes": settings.max_header_bytes, "header_timeout": settings.header_timeout})
+        "max_header_bytes": settings.max_header_bytes, "header_timeout": settings.header_timeout,
+        "linger_timeout": settings.body_timeout})

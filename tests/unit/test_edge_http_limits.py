@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import socket
 
+import pytest
+
 from services.edge.app import EdgeConfig, create_app
 from services.edge.server import serve
 from services.edge.settings import EdgeSettings
@@ -96,3 +98,38 @@ async def test_body_bytes_after_an_early_answer_are_not_counted_as_headers():
             reply = await http.post("/oauth/token", content=chunks(),
                                     headers={"content-type": "application/x-www-form-urlencoded"})
     assert reply.status_code == 413
+
+
+@pytest.mark.parametrize("head,status", [
+    (b"POST /oauth/token HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-www-form-urlencoded\r\n", b"413"),
+    (b"GET /healthz HTTP/1.1\r\nhost: x\r\n", b"200"),
+    (b"POST /nowhere HTTP/1.1\r\nhost: x\r\n", b"404"),
+])
+async def test_a_connection_answered_before_its_body_arrived_is_closed(head, status):
+    """An answer sent while the body still drips in (a byte every 0.2 s, each of which
+    would restart uvicorn's keep-alive clock): the connection still ends."""
+    async with edge(header_timeout=0.5, body_timeout=0.5) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+        async def drip():
+            with contextlib.suppress(OSError):
+                while True:
+                    await asyncio.sleep(0.2)
+                    writer.write(b"a")
+                    await writer.drain()
+
+        dripping = None
+        try:
+            writer.write(head + b"content-length: 1000000000\r\n\r\ngrant_type=client_credentials&pad=")
+            await writer.drain()
+            dripping = asyncio.create_task(drip())
+            received = b""
+            async with asyncio.timeout(10):  # a bound on the test, not a timing assertion
+                while chunk := await reader.read(4096):
+                    received += chunk
+            # (read returned b"": the server ended the connection)
+            assert received.startswith(b"HTTP/1.1 " + status)
+        finally:
+            if dripping is not None:
+                dripping.cancel()
+            writer.close()
