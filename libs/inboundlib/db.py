@@ -18,11 +18,14 @@ import asyncpg
 
 log = logging.getLogger(__name__)
 
-# The database is unreachable or restarting, as opposed to refusing a statement:
-# callers answer "try again later" (gRPC UNAVAILABLE), never "broken".
+# The database is unreachable, restarting or not answering in time (a statement
+# timeout, an operator's pg_cancel_backend, a lock held by a migration), as opposed to
+# refusing a statement as wrong: callers answer "try again later" (gRPC UNAVAILABLE),
+# never "broken" and never "no such thing".
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
+    asyncpg.QueryCanceledError, asyncpg.LockNotAvailableError,
 )
 
 _MIGRATION = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")

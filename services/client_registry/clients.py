@@ -40,7 +40,7 @@ from services.client_registry.api import (
     client_cut_off,
     is_plausible_id,
 )
-from services.client_registry.pg import batch_then_items, ts
+from services.client_registry.pg import ts
 from services.client_registry.revocations import insert_revocations
 from services.client_registry.wire import revocation_event
 
@@ -198,20 +198,15 @@ class ClientRepository:
 
     async def get_clients(self, client_ids: list[str]) -> list[ClientRecord | None]:
         """One answer per id, in order. An id no client can have (control characters,
-        over-long) is not found without asking Postgres, and if Postgres still refuses
-        the batch, each id is asked alone: one bad id never fails its neighbours."""
+        over-long) is not found without asking Postgres. A lookup Postgres refuses
+        (statement timeout, cancelled, a lock) raises: "no such client" would make
+        callers forget a real client and refuse it, so only the rows decide that."""
         wanted = list({c for c in client_ids if is_plausible_id(c)})
-
-        async def fetch(ids: list[str]) -> list[list[asyncpg.Record]]:
-            rows = await self.pool.fetch(f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE client_id = ANY($1::text[])",
-                                         ids)
-            return [rows] + [[]] * (len(ids) - 1)  # the rows once, for the whole batch
-
         found: dict[str, ClientRecord] = {}
         if wanted:
-            for outcome in await batch_then_items(wanted, fetch, "client lookup"):
-                if isinstance(outcome, list):
-                    found.update((row["client_id"], _client(row)) for row in outcome)
+            rows = await self.pool.fetch(f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE client_id = ANY($1::text[])",
+                                         wanted)
+            found = {row["client_id"]: _client(row) for row in rows}
         return [found.get(client_id) for client_id in client_ids]
 
     async def get_client(self, client_id: str) -> ClientRecord | None:
