@@ -257,6 +257,11 @@ class ClientRepository:
                 # Disabling revokes what the client holds: enabling it again (after a
                 # secret rotation, say) must not bring stolen tokens back.
                 cut_off = await self._record_cut_off(conn, client_id, "client disabled")
+            elif values["active"] and not current.active:
+                # Tokens minted while it was disabled (requests already authenticated, caches
+                # not yet told, answers served stale while the registry was away) were
+                # inactive only because their client was: enabling must not bring them back.
+                cut_off = await self._record_cut_off(conn, client_id, "client enabled")
         log.info("client updated", extra={"client_id": client_id})
         self._changed(client_id, "updated")
         self._revoked(cut_off)

@@ -200,6 +200,22 @@ async def test_disabling_or_deleting_a_client_makes_its_tokens_inactive(stack, r
     await _eventually(lambda: introspect(stack, resource_server, fresh), {"active": False})
 
 
+@pytest.mark.parametrize("token_format", ["jwt", "opaque"])
+async def test_enabling_a_client_does_not_bring_back_tokens_minted_while_it_was_disabled(
+        stack, registry, issuer, make_client, resource_server, token_format):
+    client, secret = await make_client(token_format=token_format)
+    await registry.update_client(client.client_id, ClientUpdate(active=False))
+    # A request authenticated before the disable (or served from a cache not yet told)
+    # still reaches the issuer, which does not check the client: stamped after the cut-off.
+    late = await issuer.issue(IssueRequest(client_id=client.client_id, subject=client.client_id,
+                                           scopes=("api.read",), format=token_format, lifetime_seconds=600))
+    await _eventually(lambda: introspect(stack, resource_server, late.access_token), {"active": False})
+    await registry.update_client(client.client_id, ClientUpdate(active=True))
+    fresh = (await _eventually_token(stack, client, secret))["access_token"]
+    await _eventually(lambda: introspect(stack, resource_server, fresh), None)
+    assert (await introspect(stack, resource_server, late.access_token)).json() == {"active": False}
+
+
 async def _eventually_token(stack, client, secret) -> dict:
     async def attempt() -> httpx.Response:
         async with httpx.AsyncClient(base_url=stack.edge_url) as http:
