@@ -228,8 +228,16 @@ class RevocationCursor:
 @dataclass(frozen=True)
 class RevocationPage:
     records: list[RevocationRecord]
+    # Where the next read (the next resync) starts: past finished transactions only.
     next: RevocationCursor
-    more: bool = False  # the page was full: read again at once
+    more: bool = False  # the page was full: read on at once, from `read_on_from`
+    # Past the last row of this page: where this same read goes on, even while `next`
+    # is held back by a transaction still open somewhere. None: the same as `next`.
+    scan: RevocationCursor | None = None
+
+    @property
+    def read_on_from(self) -> RevocationCursor:
+        return self.scan if self.scan is not None else self.next
 
 
 # --- one narrow interface per domain ----------------------------------------------------------

@@ -168,7 +168,8 @@ class RevocationsClient:
         reply = await _admin(self.stub.ListRevocations,
                              pb.ListRevocationsRequest(after=wire.cursor_to_pb(after), limit=limit))
         return RevocationPage([wire.revocation_from_pb(r) for r in reply.revocations],
-                              wire.cursor_from_pb(reply.next), reply.more)
+                              wire.cursor_from_pb(reply.next), reply.more,
+                              wire.cursor_from_pb(reply.scan) if reply.HasField("scan") else None)
 
 
 class RegistryClient:

@@ -116,21 +116,25 @@ class RevocationRepository:
             rows = await conn.fetch(
                 f"SELECT {_COLUMNS} FROM revocations WHERE (txid, id) > ($1, $2) AND expires_at > now()"
                 " ORDER BY txid, id LIMIT $3", after.txid, after.id, limit)
-        return RevocationPage([_record(r) for r in rows], *next_cursor(after, rows, xmin, limit))
+        safe, scan, more = next_cursor(after, rows, xmin, limit)
+        return RevocationPage([_record(r) for r in rows], safe, more, scan)
 
 
-def next_cursor(after: RevocationCursor, rows: list, xmin: int, limit: int) -> tuple[RevocationCursor, bool]:
-    """Past every row of a finished transaction (txid < xmin), never past one that may
-    still commit. Rows come ordered by (txid, id), so the finished ones are a prefix."""
-    finished = [r for r in rows if r["txid"] < xmin]
+def next_cursor(after: RevocationCursor, rows: list, xmin: int,
+                limit: int) -> tuple[RevocationCursor, RevocationCursor, bool]:
+    """(safe, scan, more). `safe` is past every row of a finished transaction (txid <
+    xmin), never past one that may still commit. `scan` is past the last row read: a
+    transaction open anywhere on the cluster holds xmin back, and with it `safe`, for as
+    long as it lasts, so a reader goes on from `scan` while pages are full (`more`) and
+    starts its next read from `safe`. Rows come ordered by (txid, id), so the finished
+    ones are a prefix."""
+    scan = RevocationCursor(rows[-1]["txid"], rows[-1]["id"]) if rows else after
     if len(rows) < limit:
         # Everything visible after `after` was read: what comes later has txid >= xmin.
-        return max(after, RevocationCursor(xmin, 0), key=lambda c: (c.txid, c.id)), False
-    if not finished:
-        return after, False  # a full page of in-flight work: wait for it to finish
-    last = finished[-1]
-    cursor = RevocationCursor(last["txid"], last["id"])
-    return cursor, (cursor.txid, cursor.id) > (after.txid, after.id)
+        return max(after, RevocationCursor(xmin, 0), key=lambda c: (c.txid, c.id)), scan, False
+    finished = [r for r in rows if r["txid"] < xmin]
+    safe = RevocationCursor(finished[-1]["txid"], finished[-1]["id"]) if finished else after
+    return safe, scan, True
 
 
 async def purge_expired(pool: asyncpg.Pool) -> int:

@@ -124,7 +124,8 @@ class RevocationsServicer(registry_pb2_grpc.RevocationsServicer):
         limit = request.limit if 0 < request.limit <= MAX_PAGE else MAX_PAGE
         page = await self.revocations.list_revocations(wire.cursor_from_pb(request.after), limit)
         return pb.ListRevocationsResponse(revocations=[wire.revocation_to_pb(r) for r in page.records],
-                                          next=wire.cursor_to_pb(page.next), more=page.more)
+                                          next=wire.cursor_to_pb(page.next), more=page.more,
+                                          scan=wire.cursor_to_pb(page.read_on_from))
 
 
 @dataclass(frozen=True)

@@ -94,11 +94,12 @@ class RevocationSync:
     """Keeps a RevocationSet current: NATS first, the registry as the source of truth."""
 
     def __init__(self, revocations: RevocationSet, registry: RevocationStore, events: EventBus | None, *,
-                 resync_seconds: float = 5.0):
+                 resync_seconds: float = 5.0, page_size: int = PAGE):
         self.revocations = revocations
         self.registry = registry
         self.events = events
         self.resync_seconds = resync_seconds
+        self.page_size = page_size
         self._task: asyncio.Task | None = None
         # How far every revocation has been read from the registry. Only catch_up moves
         # it, and only as far as the registry proves nothing can still appear before it:
@@ -118,14 +119,24 @@ class RevocationSync:
             self.revocations.apply(revocation_from_event(event.token_revoked))
 
     async def catch_up(self) -> int:
+        """Apply every revocation visible after the cursor, page by page. The cursor moves
+        only as far as the registry proves safe: once a page's safe cursor stops short of
+        its last row (a transaction open anywhere holds the proof back), the rest is still
+        read, from where each page ended, but the cursor stays there for the next catch-up."""
         applied = 0
+        safe = position = self.cursor
+        held = False
         while True:
-            page = await self.registry.list_revocations(self.cursor, PAGE)
+            page = await self.registry.list_revocations(position, self.page_size)
             for record in page.records:
                 self.revocations.apply(record)
-            self.cursor = page.next
             applied += len(page.records)
+            if not held:
+                safe = page.next
+                held = page.next != page.read_on_from
+            position = page.read_on_from
             if not page.more:
+                self.cursor = safe
                 return applied
 
     async def _catch_up_now(self) -> None:

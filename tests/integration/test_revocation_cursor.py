@@ -11,8 +11,9 @@ import uuid
 
 import pytest
 
-from inboundlib import db
+from inboundlib import db, grpcx
 from services.client_registry.api import RevocationCursor, RevocationRecord
+from services.client_registry.client import RevocationsClient
 from services.client_registry.revocations import RevocationRepository, insert_revocations
 from services.token_issuer.revocations import RevocationSet, RevocationSync
 from tests.support import eventually
@@ -36,11 +37,15 @@ async def naive_read(pool, after_id: int, prefix: str) -> tuple[set[str], int]:
 
 
 async def read_all(repo: RevocationRepository, cursor: RevocationCursor) -> tuple[set[str], RevocationCursor]:
+    """As a replica's catch-up reads: on past full pages, back to the safe cursor next time."""
     seen: set[str] = set()
+    position, held = cursor, False
     while True:
-        page = await repo.list_revocations(cursor, 10_000)
+        page = await repo.list_revocations(position, 10_000)
         seen |= {r.value for r in page.records}
-        cursor = page.next
+        if not held:
+            cursor, held = page.next, page.next != page.read_on_from
+        position = page.read_on_from
         if not page.more:
             return seen, cursor
 
@@ -142,3 +147,35 @@ async def test_the_cursor_pages_through_more_than_a_page(pool):
     # (An unrelated transaction open elsewhere can hold the cursor back a moment.)
     await eventually(read_a_page, message="every revocation read through the cursor")
     assert pages >= 3
+
+
+async def test_a_catch_up_reads_past_full_pages_while_a_long_transaction_holds_the_cursor(stack, pool):
+    """Any transaction open on the cluster holds xmin back; more than a page of
+    revocations committed after it must all be read by one catch-up (through the
+    running registry, a small page), and the one it commits itself by the next."""
+    prefix = f"held-{uuid.uuid4().hex[:8]}-"
+    channel = grpcx.channel(stack.addr("client_registry"))
+    revocations = RevocationSet()
+    sync = RevocationSync(revocations, RevocationsClient(channel), None, page_size=10)
+    held = await pool.acquire()
+    try:
+        await sync.catch_up()
+        tx = held.transaction()
+        await tx.start()
+        held_txid = await held.fetchval("SELECT pg_current_xact_id()::text::bigint")
+        values = [f"{prefix}{i}" for i in range(35)]  # more than three pages, committed after it
+        assert all(isinstance(o, int) for o in await RevocationRepository(pool).add_revocations(
+            [jti(v) for v in values]))
+
+        await sync.catch_up()
+        missing = [v for v in values if not revocations.is_revoked(jti=v, grant_id="", client_id="cursor-test")]
+        assert missing == []
+        assert sync.cursor.txid <= held_txid  # not past what the open transaction may still write
+
+        await insert_revocations(held, [jti(prefix + "slow")])
+        await tx.commit()
+        await sync.catch_up()
+        assert revocations.is_revoked(jti=prefix + "slow", grant_id="", client_id="cursor-test")
+    finally:
+        await pool.release(held)
+        await channel.close()
