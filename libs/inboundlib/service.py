@@ -7,6 +7,7 @@ SIGTERM or SIGINT so it can stop gracefully.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -35,6 +36,10 @@ def run(name: str, main: Callable[[asyncio.Event], Awaitable[None]], *, event_lo
 
     try:
         logs.configure(name)
+        # What the imports made lives as long as the process: kept out of the
+        # collector's full passes, which otherwise walk it all again and again
+        # (measured: a fifth of the edge's CPU per token went to collection).
+        gc.freeze()
         if Env().choice("INBOUND_EVENT_LOOP", event_loop, EVENT_LOOPS) == "uvloop":
             import uvloop
 

@@ -36,6 +36,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
 _ID_PREFIX = secrets.token_hex(8)
 _id_counter = itertools.count(1)
 MAX_USER_AGENT = 256
+_NOT_PRINTABLE_ASCII = re.compile(r"[^ -~]")  # what the User-Agent keeps: " " to "~"
 
 
 class ErrorRenderer(Protocol):
@@ -158,8 +159,10 @@ def client_address(peer: str, forwarded_for: list[str], proxies: tuple[Network, 
     the first address that is not a trusted proxy is the client. Anything a
     client put in the header itself lies further left and is never reached. A
     malformed entry stops the walk at the proxy that passed it on."""
+    if not proxies:  # (no proxy to believe: the peer, without parsing it on every request)
+        return peer
     address = _ip(peer)
-    if address is None or not proxies or not _trusted(address, proxies):
+    if address is None or not _trusted(address, proxies):
         return peer
     hops = [hop for header in forwarded_for for hop in header.split(",")]
     current = address
@@ -178,5 +181,5 @@ def request_context(request: Request, settings: EdgeSettings, endpoint_url: str)
     return RequestContext(
         client_address=client_address(peer[0] if peer else "", request.headers.getlist("x-forwarded-for"),
                                       settings.trusted_proxies),
-        user_agent="".join(c for c in request.headers.get("user-agent", "")[:MAX_USER_AGENT] if " " <= c <= "~"),
+        user_agent=_NOT_PRINTABLE_ASCII.sub("", request.headers.get("user-agent", "")[:MAX_USER_AGENT]),
         endpoint_url=endpoint_url)

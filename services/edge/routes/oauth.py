@@ -56,8 +56,19 @@ class OAuthRoutes:
     settings: EdgeSettings
     errors: TokenEndpointErrors
 
+    def __post_init__(self) -> None:
+        # The token endpoints' URLs, made once: building request.url for each
+        # request cost the edge about a twentieth of its CPU per token.
+        self._token_urls = {path: self._url(path) for path in TOKEN_PATHS}
+
     def _url(self, path: str) -> str:
         return self.issuer.rstrip("/") + path
+
+    def _endpoint_url(self, request: Request) -> str:
+        """This request's endpoint URL: request.url's path (a routed token path, whose
+        characters need no escaping, is the scope's path as it stands)."""
+        url = self._token_urls.get(request.scope["path"])
+        return url if url is not None else self._url(request.url.path)
 
     def _deny(self, exc: OAuthError, client_id: str, grant_type: str) -> None:
         """The audit record of a token request refused here, before any grant service
@@ -88,10 +99,9 @@ class OAuthRoutes:
         except (OAuthError, HttpError) as exc:
             self._deny(exc.as_oauth() if isinstance(exc, HttpError) else exc, credentials.client_id if credentials else _claimed_client_id(request), grant_type)
             raise
-        path = request.url.path
         result = await backend(grant.handle(TokenRequest(
             grant_type=grant_type, client=credentials, params=params, request_id=request_id,
-            context=request_context(request, self.settings, self._url(path)))))
+            context=request_context(request, self.settings, self._endpoint_url(request)))))
         return json_response(result.to_json(), 200, dict(NO_STORE))
 
     async def _token_form(self, request: Request) -> tuple[str, dict[str, str], ClientCredentials]:
