@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import time
-from collections.abc import Iterator
 
 from inboundlib.actors import actor_var
 from inboundlib.logs import request_id_var
@@ -30,18 +29,29 @@ HOP_SHARE = 0.1
 MIN_HOP_MARGIN = 0.01
 
 
-@contextlib.contextmanager
-def within(seconds: float) -> Iterator[None]:
+class _Within:
+    """within()'s context manager: a class, not a generator, as it runs once per
+    request and once per batched item (a generator-based one cost several times more)."""
+
+    __slots__ = ("_seconds", "_token")
+
+    def __init__(self, seconds: float):
+        self._seconds = seconds
+
+    def __enter__(self) -> None:
+        deadline = time.monotonic() + self._seconds
+        outer = _deadline.get()
+        if outer is not None and outer < deadline:
+            deadline = outer
+        self._token = _deadline.set(deadline)
+
+    def __exit__(self, *exc_info) -> None:
+        _deadline.reset(self._token)
+
+
+def within(seconds: float) -> contextlib.AbstractContextManager[None]:
     """Run the block with at most `seconds` left (never more than an enclosing budget leaves)."""
-    deadline = time.monotonic() + seconds
-    outer = _deadline.get()
-    if outer is not None and outer < deadline:
-        deadline = outer
-    token = _deadline.set(deadline)
-    try:
-        yield
-    finally:
-        _deadline.reset(token)
+    return _Within(seconds)
 
 
 def remaining(default: float) -> float:

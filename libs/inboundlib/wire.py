@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 
 from inbound.common.v1 import common_pb2
 from inboundlib import budget
@@ -47,14 +46,11 @@ def expired(message: common_pb2.RequestMeta) -> bool:
     return message.timeout_ms < 0
 
 
-@contextlib.contextmanager
-def item_budget(message: common_pb2.RequestMeta) -> Iterator[None]:
+def item_budget(message: common_pb2.RequestMeta) -> contextlib.AbstractContextManager[None]:
     """Work on a received item within the budget it carries (none when the caller gave none)."""
     if message.timeout_ms > 0:
-        with budget.within(message.timeout_ms / 1000):
-            yield
-    else:
-        yield
+        return budget.within(message.timeout_ms / 1000)
+    return contextlib.nullcontext()
 
 
 def credentials_to_pb(creds: ClientCredentials | None) -> common_pb2.ClientCredentials | None:
