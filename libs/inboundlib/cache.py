@@ -119,12 +119,6 @@ class _Collector(Collector):
 REGISTRY.register(_Collector())
 
 
-def source_unavailable(exc: BaseException) -> bool:
-    """An infrastructure failure, as opposed to a bug or a refusal: a gRPC peer down
-    or too slow (or our queue in front of it full), or the database unreachable."""
-    return grpcx.is_unavailable(exc)
-
-
 @dataclass(frozen=True)
 class CacheSettings:
     """How long and how many. `max_stale` 0 turns serve-stale off."""
@@ -211,7 +205,7 @@ class ReadThroughCache(Generic[K, V]):
     def __init__(self, name: str, settings: CacheSettings, *,
                  load: Callable[[K], Awaitable[V | None]] | None = None,
                  load_many: Callable[[list[K]], Awaitable[Sequence[V | None]]] | None = None,
-                 unavailable: Callable[[BaseException], bool] = source_unavailable,
+                 unavailable: Callable[[BaseException], bool] = grpcx.is_unavailable,
                  clock: Callable[[], float] = time.monotonic,
                  stale_retry: float = STALE_RETRY_SECONDS):
         if load is None and load_many is None:

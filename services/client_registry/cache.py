@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from inboundlib.cache import CacheSettings, ReadThroughCache, registry_changes, source_unavailable
+from inboundlib.cache import CacheSettings, ReadThroughCache, registry_changes
 from inboundlib.config import Env
 from inboundlib.events import ENTITY_CLIENT, EventBus
 from services.client_registry.api import ClientRecord
@@ -32,11 +32,6 @@ def client_cache_settings(env: Env) -> CacheSettings:
     return CacheSettings.from_env(env, "client", CLIENT_CACHE)
 
 
-def registry_unavailable(exc: BaseException) -> bool:
-    """The registry (or its Postgres, in one process) cannot answer now."""
-    return source_unavailable(exc)
-
-
 class ClientSource(Protocol):
     async def get_client(self, client_id: str) -> ClientRecord | None: ...
 
@@ -45,14 +40,11 @@ class ClientCache:
     def __init__(self, source: ClientSource, settings: CacheSettings = CLIENT_CACHE):
         self.source = source
         self.cache: ReadThroughCache[str, ClientRecord] = ReadThroughCache(
-            "clients", settings, load=source.get_client, unavailable=registry_unavailable)
+            "clients", settings, load=source.get_client)
         self.get_client = self.cache.get  # the hot path, without a coroutine of our own around it
 
     async def attach(self, events: EventBus) -> None:
         await self.cache.attach(events, CLIENT_CHANGES)
-
-    async def get_client(self, client_id: str) -> ClientRecord | None:
-        return await self.cache.get(client_id)
 
     def invalidate(self, client_id: str) -> None:
         self.cache.invalidate(client_id)

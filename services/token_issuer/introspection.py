@@ -30,8 +30,7 @@ from typing import Protocol
 import jwt
 
 from inbound.events.v1 import events_pb2
-from inboundlib import actors
-from inboundlib.cache import source_unavailable
+from inboundlib import actors, grpcx
 from inboundlib.events import REVOKED_TOKEN_INTROSPECTED, TOKEN_REVOKED, EventBus, actor_to_pb
 from inboundlib.oauth.client_auth import ClientAuthenticator, ClientCredentials
 from inboundlib.oauth.errors import ServerError, UnauthorizedClient
@@ -203,7 +202,7 @@ class TokenChecker:
         try:
             owner = await self.clients.get_client(facts.client_id)
         except Exception as exc:
-            if not source_unavailable(exc) or not self._revocations_current():
+            if not grpcx.is_unavailable(exc) or not self._revocations_current():
                 raise
             # The registry is down and the owner's record is not cached (not even stale).
             # Decide on what this replica holds: the token verified (signature, or our own
