@@ -189,9 +189,8 @@ class Context:
 
 
 class _Host:
-    def __init__(self, table: Mapping[str, Module], hosted: list[Module]):
+    def __init__(self, table: Mapping[str, Module]):
         self.table = table
-        self.hosted = {m.name: m for m in hosted}
         self.components: dict[str, Any] = {}
         self.channels: dict[str, Any] = {}
         self.clients: dict[str, Any] = {}
@@ -256,7 +255,7 @@ async def serve(table: Mapping[str, Module], names: list[str], stop: asyncio.Eve
 
     events = EventBus(nats_url, process_name)
     await events.start()
-    h = _Host(table, hosted)
+    h = _Host(table)
     servers: list[tuple[str, grpcx.GrpcServer]] = []
     started: list[tuple[Module, Any]] = []
     metrics_server = None

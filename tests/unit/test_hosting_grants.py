@@ -19,7 +19,7 @@ def table() -> dict[str, Module]:
 
 async def test_a_grant_hosted_elsewhere_is_reached_over_grpc_beside_one_hosted_here():
     modules = table()
-    host = _Host(modules, [modules["grant_a"], modules["edge"]])
+    host = _Host(modules)
 
     class InProcess:
         api = object()
