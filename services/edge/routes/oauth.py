@@ -15,10 +15,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from inbound.events.v1 import events_pb2
 from inboundlib import redact
-from inboundlib.events import TOKEN_DENIED, EventBus
+from inboundlib.events import EventBus
 from inboundlib.grants.api import TokenRequest, TokenResponse
+from inboundlib.grants.runner import publish_denial
 from inboundlib.oauth.client_auth import ClientCredentials, extract_credentials
 from inboundlib.oauth.errors import InvalidClient, InvalidRequest, OAuthError, UnsupportedGrantType
 from inboundlib.oauth.params import REPEATABLE_TOKEN_PARAMS, parse_form, parse_form_multi
@@ -78,9 +78,8 @@ class OAuthRoutes:
             return
         if grant_type not in self.grants:
             grant_type = redact.unverified(grant_type)
-        self.events.publish(TOKEN_DENIED, events_pb2.Event(token_denied=events_pb2.TokenDenied(
-            client_id=redact.unverified(client_id), grant_type=grant_type[:100], error=exc.code,
-            detail=exc.detail or exc.description)), low_priority=True)
+        publish_denial(self.events, redact.unverified(client_id), grant_type, exc.code,
+                       exc.detail or exc.description)
 
     async def token(self, request: Request, request_id: str) -> Response:
         """RFC 6749 §3.2 token endpoint: parse, route by grant_type, render."""
@@ -97,7 +96,8 @@ class OAuthRoutes:
             if grant is None:
                 raise UnsupportedGrantType()
         except (OAuthError, HttpError) as exc:
-            self._deny(exc.as_oauth() if isinstance(exc, HttpError) else exc, credentials.client_id if credentials else _claimed_client_id(request), grant_type)
+            claimed = credentials.client_id if credentials else _claimed_client_id(request)
+            self._deny(exc.as_oauth() if isinstance(exc, HttpError) else exc, claimed, grant_type)
             raise
         result = await backend(grant.handle(TokenRequest(
             grant_type=grant_type, client=credentials, params=params, request_id=request_id,
