@@ -38,7 +38,7 @@ run-single: gen
 	$(PY) -m services.devstack run --single
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check libs services cli bench tests
+	$(VENV)/bin/ruff check libs services cli bench tools tests
 
 test: gen lint
 	$(PY) -m pytest -q tests
