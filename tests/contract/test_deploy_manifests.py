@@ -466,14 +466,35 @@ def test_disruption_budgets(docs):
             assert spec.get("maxUnavailable") not in (None, 0, "0%"), name
 
 
-def _rule_ports(rule: dict, container: dict) -> list[tuple[int, int]] | None:
-    """The TCP port ranges a rule's `ports` admit on this container; None: every port.
+# ---------------------------------------------------------------- network policy
+#
+# An evaluator of NetworkPolicy semantics (ingress and egress), then what it
+# must answer for sample peers: every Inbound pod, resource servers, strangers,
+# Prometheus, an address outside the cluster.
+
+def _callers() -> dict[str, set[str]]:
+    """k8s name -> the k8s names of the Inbound services that call it, by the module
+    table (its dependencies, and every grant service for the service that routes grants)."""
+    callers: dict[str, set[str]] = {m.k8s_name: set() for m in modules.MODULES}
+    for m in modules.MODULES:
+        for dep in hosting.dependencies(modules.TABLE, m):
+            callers[modules.TABLE[dep].k8s_name].add(m.k8s_name)
+    return callers
+
+
+CALLERS = _callers()
+CALLEES = {name: {callee for callee, who in CALLERS.items() if name in who} for name in CALLERS}
+DNS_PORT, POSTGRES_PORT = 53, 5432
+
+
+def _rule_ports(rule: dict, container: dict, protocol: str = "TCP") -> list[tuple[int, int]] | None:
+    """The port ranges of `protocol` a rule's `ports` admit on this container; None: every port.
     A named port the container does not declare admits nothing."""
     if not rule.get("ports"):
         return None
     ranges = []
     for p in rule["ports"]:
-        if p.get("protocol", "TCP") != "TCP":
+        if p.get("protocol", "TCP") != protocol:
             continue
         if p.get("port") is None:
             return None
@@ -483,17 +504,13 @@ def _rule_ports(rule: dict, container: dict) -> list[tuple[int, int]] | None:
     return ranges
 
 
-def _rule_covers(rule: dict, container: dict, port: int) -> bool:
-    ranges = _rule_ports(rule, container)
+def _rule_covers(rule: dict, container: dict, port: int, protocol: str = "TCP") -> bool:
+    ranges = _rule_ports(rule, container, protocol)
     return ranges is None or any(lo <= port <= hi for lo, hi in ranges)
 
 
-def _rule_only_port(rule: dict, container: dict, port: int) -> bool:
-    return bool(rule.get("ports")) and _rule_ports(rule, container) == [(port, port)] * len(rule["ports"])
-
-
-# Sample peers: (description, namespace, pod labels).
-APP_PEER = ("an Inbound pod", NAMESPACE, {APP_LABEL[0]: APP_LABEL[1]})
+# Sample peers: (description, namespace, pod labels); namespace None: an address
+# outside the cluster (only an ipBlock, or a rule without peers, admits it).
 RESOURCE_SERVER_PEERS = [
     ("a labelled pod in another namespace", "shop", {INTROSPECTION_LABEL[0]: INTROSPECTION_LABEL[1]}),
     ("a labelled pod in namespace inbound", NAMESPACE, {INTROSPECTION_LABEL[0]: INTROSPECTION_LABEL[1]}),
@@ -501,29 +518,37 @@ RESOURCE_SERVER_PEERS = [
 STRANGER_PEERS = [
     ("an unlabelled pod in another namespace", "shop", {}),
     ("an unlabelled pod in namespace inbound", NAMESPACE, {}),
+    ("another app's pod in namespace inbound", NAMESPACE, {"app.kubernetes.io/name": "other"}),
     ("a pod with the label's key but another value", "shop", {INTROSPECTION_LABEL[0]: "false"}),
 ]
 PROMETHEUS_PEER = ("Prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"})
+OUTSIDE_PEER = ("an address outside the cluster", None, {})
 
 
-def _peer_admitted(entry: dict, policy_ns: str, peer_ns: str, peer_labels: dict) -> bool:
+def _peer_admitted(entry: dict, policy_ns: str, peer_ns: str | None, peer_labels: dict) -> bool:
     if "ipBlock" in entry:
         return True  # pod IPs may fall in any CIDR: count it as admitting everyone
+    if peer_ns is None:
+        return False
     ns_ok = (_matches(entry["namespaceSelector"], {"kubernetes.io/metadata.name": peer_ns})
              if "namespaceSelector" in entry else peer_ns == policy_ns)
     pod_ok = _matches(entry["podSelector"], peer_labels) if "podSelector" in entry else True
     return ns_ok and pod_ok
 
 
+def _isolating(policies: list[dict], labels: dict, direction: str) -> list[dict]:
+    return [p for p in policies
+            if _matches(p["spec"]["podSelector"], labels)
+            and direction in p["spec"].get("policyTypes", ["Ingress"] + (["Egress"] if p["spec"].get("egress") else []))]
+
+
 def _reachable(policies: list[dict], pod_labels: dict, container: dict, peer) -> set[int]:
     """Which of the container's declared TCP ports the peer may connect to, by
-    NetworkPolicy semantics: no policy selects the pod for Ingress -> all of them;
-    else the union over the selecting policies' rules whose `from` admits the peer."""
+    NetworkPolicy ingress semantics: no policy selects the pod for Ingress -> all of
+    them; else the union over the selecting policies' rules whose `from` admits the peer."""
     _, peer_ns, peer_labels = peer
     declared = {p["containerPort"] for p in container.get("ports", []) if p.get("protocol", "TCP") == "TCP"}
-    selecting = [p for p in policies
-                 if _matches(p["spec"]["podSelector"], pod_labels)
-                 and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])]
+    selecting = _isolating(policies, pod_labels, "Ingress")
     if not selecting:
         return declared
     open_ports: set[int] = set()
@@ -537,86 +562,119 @@ def _reachable(policies: list[dict], pod_labels: dict, container: dict, peer) ->
     return open_ports
 
 
-def test_network_policy(docs):
+def _egress_allowed(policies: list[dict], pod_labels: dict, dest, dest_container: dict, port: int,
+                    protocol: str = "TCP") -> bool:
+    """May the pod open a connection to `dest` (a sample peer) on `port`, by NetworkPolicy
+    egress semantics (named ports resolve against the destination's container)."""
+    _, dest_ns, dest_labels = dest
+    selecting = _isolating(policies, pod_labels, "Egress")
+    if not selecting:
+        return True
+    for policy in selecting:
+        policy_ns = policy["metadata"].get("namespace", NAMESPACE)
+        for rule in policy["spec"].get("egress", []):
+            to = rule.get("to")
+            if to and not any(_peer_admitted(t, policy_ns, dest_ns, dest_labels) for t in to):
+                continue
+            if _rule_covers(rule, dest_container, port, protocol):
+                return True
+    return False
+
+
+def _pods(docs: list[dict]) -> dict[str, tuple[dict, dict]]:
+    """k8s name -> (pod labels, main container) of every Deployment."""
+    return {n: (d["spec"]["template"]["metadata"]["labels"], _main(d)) for n, d in _of_kind(docs, "Deployment").items()}
+
+
+def _grpc_ports(container: dict) -> set[int]:
+    return {p["containerPort"] for p in container.get("ports", []) if p["name"].startswith("grpc")}
+
+
+def test_callers_by_the_module_table():
+    """Guard for the derivation the policy tests rely on (today's calls)."""
+    assert CALLERS["client-registry"] >= {"token-issuer", "client-credentials"}
+    assert CALLERS["token-issuer"] >= {"edge", "client-credentials"}
+    assert CALLERS["client-credentials"] == {"edge"}
+    assert CALLERS["audit"] == set() and CALLERS["edge"] == set()
+    assert "edge" not in CALLERS["client-registry"], "the edge never calls the registry"
+
+
+def test_network_policy_isolates_every_pod(docs):
     policies = list(_of_kind(docs, "NetworkPolicy").values())
-    pods = {n: (d["spec"]["template"]["metadata"]["labels"], _main(d)) for n, d in _of_kind(docs, "Deployment").items()}
+    for name, (labels, _) in _pods(docs).items():
+        for direction in ("Ingress", "Egress"):
+            assert _isolating(policies, labels, direction), f"{name}: no {direction} isolation"
 
-    def ingress_rules(labels):
-        selecting = [p for p in policies if _matches(p["spec"]["podSelector"], labels)]
-        assert any("Ingress" in p["spec"].get("policyTypes", []) for p in selecting), f"no ingress isolation for {labels}"
-        return [r for p in selecting for r in p["spec"].get("ingress", [])]
 
-    def from_app_only(rule):
-        sources = rule.get("from")
-        # podSelector only (same namespace), and it must name the app label: an
-        # empty podSelector would admit every pod of the namespace.
-        return bool(sources) and all(
-            set(s) == {"podSelector"}
-            and s["podSelector"].get("matchLabels", {}).get(APP_LABEL[0]) == APP_LABEL[1]
-            for s in sources)
-
-    def from_introspection_clients(rule):
-        sources = rule.get("from")
-        # Pods carrying the label, in any namespace (or in the namespaces named):
-        # a peer without the podSelector would admit whole namespaces.
-        return bool(sources) and all(
-            set(s) == {"namespaceSelector", "podSelector"}
-            and s["podSelector"].get("matchLabels", {}).get(INTROSPECTION_LABEL[0]) == INTROSPECTION_LABEL[1]
-            and set(s["podSelector"]) == {"matchLabels"}
-            for s in sources)
-
+def test_grpc_ports_admit_exactly_their_callers(docs):
+    """Each gRPC port of each service admits, of Inbound's pods, exactly the services
+    that call it (the module table), and no stranger; the introspection port admits
+    labelled resource servers and no Inbound pod; the main ports admit no resource server."""
+    policies = list(_of_kind(docs, "NetworkPolicy").values())
+    pods = _pods(docs)
     for name, (labels, container) in pods.items():
-        rules = ingress_rules(labels)
-        port = SERVICES[name]["port"]
-        if SERVICES[name]["kind"] == "http":
-            assert any(_rule_covers(r, container, port) and not r.get("from") for r in rules), \
-                f"{name}: HTTP {port} must be open to any source"
-            continue
-        grpc_rules = [r for r in rules if _rule_covers(r, container, port)]
-        assert any(from_app_only(r) for r in grpc_rules), f"{name}: gRPC port {port} not open to the app's pods"
-        # The main gRPC port (token-issuer's too: Issue, Revoke, RotateKey, ...)
-        # admits the app's pods and nothing else.
-        assert all(from_app_only(r) for r in grpc_rules), \
-            f"{name}: gRPC port {port} open beyond the app's pods: {grpc_rules}"
-        introspection = [r for r in rules if from_introspection_clients(r)]
-        if name == INTROSPECTION_SERVICE:
-            assert introspection, \
-                f"{name}: introspection port {INTROSPECTION_PORT} not open to pods labelled {INTROSPECTION_LABEL}"
-            assert all(_rule_only_port(r, container, INTROSPECTION_PORT) for r in introspection), \
-                f"{name}: introspection clients may reach port {INTROSPECTION_PORT} only: {introspection}"
-        else:
-            assert not introspection, f"{name}: only {INTROSPECTION_SERVICE} admits introspection clients"
-        for rule in rules:
-            # anything from outside the app may only reach metrics (or, for
-            # token-issuer's introspection clients, the introspection port: checked above)
-            if not from_app_only(rule) and not (name == INTROSPECTION_SERVICE and from_introspection_clients(rule)):
-                assert _rule_only_port(rule, container, METRICS_PORT), \
-                    f"{name}: rule admits outside sources beyond metrics: {rule}"
+        reach = functools.partial(_reachable, policies, labels, container)
+        for port in _grpc_ports(container):
+            introspection = name == INTROSPECTION_SERVICE and port == INTROSPECTION_PORT
+            admitted = {peer for peer, (peer_labels, _) in pods.items()
+                        if port in reach((peer, NAMESPACE, peer_labels))}
+            want = set() if introspection else CALLERS[name]
+            assert admitted == want, f"{name}: gRPC port {port} admits {sorted(admitted)}, its callers are {sorted(want)}"
+            for peer in RESOURCE_SERVER_PEERS:
+                assert (port in reach(peer)) == introspection, f"{name}: {peer[0]} on port {port}"
+            for peer in [*STRANGER_PEERS, PROMETHEUS_PEER, OUTSIDE_PEER]:
+                assert port not in reach(peer), f"{name}: {peer[0]} reaches gRPC port {port}"
 
 
 def test_network_policy_admits_only_the_intended_peers(docs):
-    """Evaluate the policies for sample peers, whatever the rules' shape: which
-    ports of each pod each peer may connect to."""
+    """Every port of every pod, for peers that are not Inbound's: the outside reaches the
+    edge's HTTP port alone; Prometheus the metrics ports (and the edge's public port);
+    resource servers the introspection port; strangers only the public port."""
     policies = list(_of_kind(docs, "NetworkPolicy").values())
-    for name, dep in _of_kind(docs, "Deployment").items():
-        labels, container = dep["spec"]["template"]["metadata"]["labels"], _main(dep)
+    for name, (labels, container) in _pods(docs).items():
         spec = SERVICES[name]
         public = {spec["port"]} if spec["kind"] == "http" else set()
         reach = functools.partial(_reachable, policies, labels, container)
-        if spec["kind"] == "grpc":
-            assert spec["port"] in reach(APP_PEER), f"{name}: the app's pods cannot reach gRPC {spec['port']}"
-        # Every pod's metrics (the edge's too, off its public port) are for Prometheus alone.
+        assert reach(OUTSIDE_PEER) == public, f"{name}: the outside reaches {sorted(reach(OUTSIDE_PEER))}"
         assert reach(PROMETHEUS_PEER) == public | {METRICS_PORT}, \
             f"{name}: Prometheus reaches {sorted(reach(PROMETHEUS_PEER))}, expected {sorted(public | {METRICS_PORT})}"
         for peer in RESOURCE_SERVER_PEERS:
-            got = reach(peer)
-            if name == INTROSPECTION_SERVICE:
-                assert spec["port"] not in got, \
-                    f"{name}: {peer[0]} reaches the full TokenIssuer API on port {spec['port']}"
             want = public | ({INTROSPECTION_PORT} if name == INTROSPECTION_SERVICE else set())
-            assert got == want, f"{name}: {peer[0]} reaches ports {sorted(got)}, expected {sorted(want)}"
+            assert reach(peer) == want, f"{name}: {peer[0]} reaches ports {sorted(reach(peer))}, expected {sorted(want)}"
         for peer in STRANGER_PEERS:
             assert reach(peer) == public, f"{name}: {peer[0]} reaches ports {sorted(reach(peer))}"
+
+
+def _nats_port(docs: list[dict]) -> int:
+    urls = {cm["data"]["nats-url"] for cm in _of_kind(docs, "ConfigMap").values()}
+    assert len(urls) == 1, urls
+    match = re.fullmatch(r"[a-z]+://[^/:]+:(\d+)/?", urls.pop())
+    assert match, "nats-url must name its port (the egress rule allows that port)"
+    return int(match.group(1))
+
+
+def test_egress_only_where_needed(docs):
+    """Each pod may connect to the gRPC ports of the services it calls and no other
+    Inbound port; to NATS (every service reads NATS_URL) and DNS; to Postgres only
+    if its code reads DATABASE_URL; to nothing else outside."""
+    policies = list(_of_kind(docs, "NetworkPolicy").values())
+    pods = _pods(docs)
+    nats_port = _nats_port(docs)
+    outside = ("an external server", None, {})
+    for name, (labels, _) in pods.items():
+        for dest, (dest_labels, dest_container) in pods.items():
+            for port in {p["containerPort"] for p in dest_container.get("ports", [])}:
+                allowed = _egress_allowed(policies, labels, (dest, NAMESPACE, dest_labels), dest_container, port)
+                want = dest in CALLEES[name] and port == SERVICES[dest]["port"]
+                assert allowed == want, f"{name} -> {dest}:{port}: egress {'allowed' if allowed else 'refused'}"
+        read = _env_read(SERVICES[name]["module"])
+        assert _egress_allowed(policies, labels, outside, {}, nats_port) == ("NATS_URL" in read), f"{name}: NATS egress"
+        assert _egress_allowed(policies, labels, outside, {}, POSTGRES_PORT) == ("DATABASE_URL" in read), \
+            f"{name}: Postgres egress"
+        for protocol in ("UDP", "TCP"):
+            assert _egress_allowed(policies, labels, outside, {}, DNS_PORT, protocol), f"{name}: DNS over {protocol}"
+        for port in (443, 80, 6379):
+            assert not _egress_allowed(policies, labels, outside, {}, port), f"{name}: egress to port {port} outside"
 
 
 def test_network_policy_evaluator_sanity():
@@ -630,10 +688,11 @@ def test_network_policy_evaluator_sanity():
     everything = {50052, INTROSPECTION_PORT, METRICS_PORT}
     outside, inside = RESOURCE_SERVER_PEERS
 
-    def policy(ingress, pod_selector=None):
-        return {"metadata": {"namespace": NAMESPACE},
-                "spec": {"podSelector": {"matchLabels": pod_selector or {APP_LABEL[0]: APP_LABEL[1]}},
-                         "policyTypes": ["Ingress"], "ingress": ingress}}
+    def policy(ingress=None, pod_selector=None, egress=None):
+        spec = {"podSelector": {"matchLabels": pod_selector or {APP_LABEL[0]: APP_LABEL[1]}},
+                "policyTypes": ["Ingress"] if egress is None else ["Egress"]}
+        spec.update({"ingress": ingress or []} if egress is None else {"egress": egress})
+        return {"metadata": {"namespace": NAMESPACE}, "spec": spec}
 
     labelled = [{"namespaceSelector": {}, "podSelector": {"matchLabels": dict([INTROSPECTION_LABEL])}}]
     same_ns_only = [{"podSelector": {"matchLabels": dict([INTROSPECTION_LABEL])}}]
@@ -646,8 +705,24 @@ def test_network_policy_evaluator_sanity():
                       labels, container, STRANGER_PEERS[0]) == set()
     assert _reachable([policy([{"from": same_ns_only}])], labels, container, outside) == set()
     assert _reachable([policy([{"from": same_ns_only}])], labels, container, inside) == everything
+    assert _reachable([policy([{"from": same_ns_only}])], labels, container, OUTSIDE_PEER) == set()
+    assert _reachable([policy([{"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}])], labels, container,
+                      OUTSIDE_PEER) == everything
     assert _reachable([policy([], pod_selector={"app.kubernetes.io/name": "other"})],
                       labels, container, outside) == everything
+    # egress: isolated only by a policy with Egress; named ports resolve on the destination
+    nats = ("NATS", None, {})
+    assert _egress_allowed([policy([])], labels, nats, {}, 4222)
+    assert not _egress_allowed([policy(egress=[])], labels, nats, {}, 4222)
+    assert _egress_allowed([policy(egress=[{"ports": [{"port": 4222}]}])], labels, nats, {}, 4222)
+    assert not _egress_allowed([policy(egress=[{"ports": [{"port": 4222}]}])], labels, nats, {}, 5432)
+    assert not _egress_allowed([policy(egress=[{"ports": [{"port": 53, "protocol": "UDP"}]}])], labels, nats, {}, 53)
+    to_issuer = [{"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": INTROSPECTION_SERVICE}}}],
+                  "ports": [{"port": "grpc"}]}]
+    issuer = ("token-issuer", NAMESPACE, labels)
+    assert _egress_allowed([policy(egress=to_issuer)], labels, issuer, container, 50052)
+    assert not _egress_allowed([policy(egress=to_issuer)], labels, issuer, container, INTROSPECTION_PORT)
+    assert not _egress_allowed([policy(egress=to_issuer)], labels, nats, {}, 50052)
 
 
 def test_introspection_label_is_documented():
