@@ -11,6 +11,7 @@ from urllib.parse import quote_plus
 
 import pytest
 
+from inboundlib.oauth import client_auth
 from inboundlib.oauth.client_auth import (
     CLIENT_SECRET_BASIC,
     CLIENT_SECRET_POST,
@@ -407,6 +408,36 @@ def test_every_failure_looks_the_same_publicly_but_detail_differs():
         details.append(info.value.detail)
     assert all(details)
     assert len(set(details)) == len(details)
+
+
+@pytest.mark.parametrize(("client", "creds"), [
+    (Client(), creds_basic("wrong")),
+    (None, creds_basic("wrong")),
+    (None, creds_post("wrong")),
+    (None, creds_none()),
+    (Client(active=False), creds_basic("wrong")),
+    (Client(public=True, secret_hash=""), creds_basic("wrong")),
+    (Client(secret_hash=""), creds_basic("wrong")),
+    (Client(), creds_none()),
+    (Client(), ClientCredentials("private_key_jwt", "app", "wrong")),
+], ids=["wrong-secret", "unknown-basic", "unknown-post", "unknown-none", "disabled", "public-with-secret",
+        "no-hash", "confidential-without-secret", "unsupported-method"])
+def test_every_refusal_checks_the_sent_secret_once_against_a_hash_of_the_real_kind(monkeypatch, client, creds):
+    """No timing signal that a client id exists: an unknown (or disabled...) client
+    costs the same one secret check as a wrong secret, against a SHA-256 hash like
+    every stored one. Counted on the verifier, not timed."""
+    checks = []
+
+    def spy(secret, stored):
+        checks.append((secret, stored.partition("$")[0]))
+        return real_verify(secret, stored)
+
+    real_verify = client_auth.verify_client_secret
+    monkeypatch.setattr(client_auth, "verify_client_secret", spy)
+    with pytest.raises(InvalidClient) as info:
+        authenticate_client(client, creds)
+    assert info.value.to_json() == {"error": "invalid_client", "error_description": InvalidClient.default_description}
+    assert checks == [(creds.client_secret, "sha256")]
 
 
 # --- require_grant_type (§5.2 unauthorized_client) ----------------------------------

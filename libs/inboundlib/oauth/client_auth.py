@@ -67,6 +67,19 @@ def verify_client_secret(secret: str, stored: str) -> bool:
     return hmac.compare_digest(hash_client_secret(secret), stored)
 
 
+# The hash of a secret nobody knows, of the same kind as every stored one.
+_UNMATCHABLE_SECRET_HASH = hash_client_secret(new_client_secret())
+
+
+def check_secret_in_vain(creds: ClientCredentials | None) -> None:
+    """Spend what checking a secret costs on a refusal decided without a real check
+    (an unknown or disabled client, a client with no usable hash): an unknown
+    client id answers in the time a wrong secret does, so the time of a refusal
+    does not tell whether a client id exists. (The public text is the same
+    `invalid_client` for every refusal already.)"""
+    verify_client_secret(creds.client_secret if creds else "", _UNMATCHABLE_SECRET_HASH)
+
+
 def _decode_basic(header_value: str) -> tuple[str, str]:
     """§2.3.1: Basic credentials whose id and secret are form-urlencoded first."""
     scheme, _, encoded = header_value.strip().partition(" ")
@@ -152,6 +165,7 @@ class NoAuthentication:
 
     async def verify(self, client, creds, context) -> None:
         if not client.public:
+            check_secret_in_vain(creds)
             raise InvalidClient(detail="confidential client sent no secret")
 
 
@@ -163,8 +177,12 @@ class ClientSecret:
 
     async def verify(self, client, creds, context) -> None:
         if client.public:
+            check_secret_in_vain(creds)
             raise InvalidClient(detail="public client sent a secret")
-        if not client.secret_hash or not verify_client_secret(creds.client_secret, client.secret_hash):
+        if not client.secret_hash:
+            check_secret_in_vain(creds)
+            raise InvalidClient(detail="wrong client secret")
+        if not verify_client_secret(creds.client_secret, client.secret_hash):
             raise InvalidClient(detail="wrong client secret")
 
 
@@ -192,12 +210,16 @@ class ClientAuthenticator:
                      context: RequestContext | None = None) -> AuthenticatableClient:
         if creds is None:
             raise InvalidClient(detail="no client authentication")
+        # Every refusal costs one secret check, real or in vain: the same time, the same text.
         if client is None:
+            check_secret_in_vain(creds)
             raise InvalidClient(detail="unknown client")
         if not client.active:
+            check_secret_in_vain(creds)
             raise InvalidClient(detail="client is disabled")
         method = self.methods.get(creds.method)
         if method is None:
+            check_secret_in_vain(creds)
             raise InvalidClient(detail=f"authentication method {redact.unverified(creds.method)} not supported")
         await method.verify(client, creds, context)
         return client
