@@ -107,13 +107,15 @@ class Stack:
         return {scoped_name(name, p.env) if single else p.env: str(self.layout[(name, p.kind)])
                 for p in TABLE[name].ports}
 
-    def _kek(self) -> str:
+    def kek_file(self) -> Path:
+        """token_issuer's key-encryption keys, one per line, the encrypting one first (a
+        mounted Secret in Kubernetes); made with one random key on first use."""
         path = self.state_dir / "key-encryption-key"
         if not path.exists():
             self.state_dir.mkdir(parents=True, exist_ok=True)
             path.write_text(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
             path.chmod(0o600)
-        return path.read_text().strip()
+        return path
 
     def start_infra(self) -> None:
         if not self.database_url:
@@ -132,7 +134,7 @@ class Stack:
             "NATS_URL": self.nats_url or "",
             "INBOUND_BIND_HOST": "127.0.0.1",
             "INBOUND_ISSUER": self.edge_url,
-            "INBOUND_KEY_ENCRYPTION_KEY": self._kek(),
+            "INBOUND_KEY_ENCRYPTION_KEYS_FILE": str(self.kek_file()),
             GRANT_ADDRS_ENV: ",".join(f"{m.grant_type}={self.addr(m.name)}" for m in TABLE.values() if m.grant_type),
             "PYTHONUNBUFFERED": "1",
         })

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
 from inboundlib import service
 from inboundlib.cache import CacheSettings
-from inboundlib.config import Env
+from inboundlib.config import ConfigError, Env
 from inboundlib.events import EventBus
 from inboundlib.hosting import GRPC, INTROSPECTION, Context, Module
 from inboundlib.oauth.client_auth import ClientCredentials
@@ -31,7 +32,7 @@ from services.token_issuer.revocations import RevocationSet, RevocationSync
 @dataclass(frozen=True)
 class Settings:
     issuer_url: str
-    key_encryption_key: bytes
+    key_encryption_keys: tuple[bytes, ...]  # the first encrypts, every one decrypts
     alg: str
     activation_delay: int
     audience: str
@@ -45,7 +46,7 @@ class Settings:
         issuer_url = env.url("INBOUND_ISSUER", "http://127.0.0.1:8080")
         return cls(
             issuer_url=issuer_url,
-            key_encryption_key=env.key32("INBOUND_KEY_ENCRYPTION_KEY"),
+            key_encryption_keys=key_encryption_keys(env),
             alg=env.choice("INBOUND_SIGNING_ALG", "ES256", ALGORITHMS),
             # Long enough for resource servers' JWKS caches to refresh before a new key signs.
             activation_delay=env.int("INBOUND_KEY_ACTIVATION_DELAY", 3600, minimum=0),
@@ -57,6 +58,38 @@ class Settings:
             verified_jwt_cache=env.int("INBOUND_VERIFIED_JWT_CACHE", VERIFIED_CACHE_ENTRIES, minimum=0,
                                        maximum=10_000_000),
         )
+
+
+def key_encryption_keys(env: Env) -> tuple[bytes, ...]:
+    """The key-encryption keys, first (encrypting) one first: one key per line of a mounted
+    file (a Kubernetes Secret), or a comma list, or one key (the older setting). Exactly one
+    of the three may be set, so no replica silently reads another list than intended."""
+    settings = {"INBOUND_KEY_ENCRYPTION_KEYS_FILE": env.str("INBOUND_KEY_ENCRYPTION_KEYS_FILE", ""),
+                "INBOUND_KEY_ENCRYPTION_KEYS": env.str("INBOUND_KEY_ENCRYPTION_KEYS", ""),
+                "INBOUND_KEY_ENCRYPTION_KEY": env.str("INBOUND_KEY_ENCRYPTION_KEY", "")}
+    given = [name for name, value in settings.items() if value]
+    if len(given) != 1:
+        raise ConfigError(f"set exactly one of {', '.join(env.name(n) for n in settings)}"
+                          + (f" (got {', '.join(env.name(n) for n in given)})" if given else ""))
+    name = given[0]
+    value = settings[name]
+    if name == "INBOUND_KEY_ENCRYPTION_KEYS_FILE":
+        try:
+            text = Path(value).read_text()
+        except OSError as exc:
+            raise ConfigError(f"{env.name(name)}: cannot read {value}: {exc.strerror}") from None
+        items = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    else:
+        items = [item.strip() for item in value.split(",") if item.strip()]
+    if not items:
+        raise ConfigError(f"{env.name(name)} holds no key")
+    keys = []
+    for position, item in enumerate(items, 1):
+        try:
+            keys.append(Env({"key": item}).key32("key"))
+        except ConfigError as exc:  # its message names no key material, only the length or the alphabet
+            raise ConfigError(f"{env.name(name)}: key {position} {str(exc).removeprefix('key ')}") from None
+    return tuple(keys)
 
 
 KEY_RELOAD_SECONDS = 60
@@ -130,7 +163,7 @@ async def start_token_service(settings: Settings, registry: ClientRegistryApi, e
                               stop: asyncio.Event) -> TokenService:
     """Keys loaded (the first replica ever creates one), client cache attached, and
     every revocation made so far known: a late replica must honour them before it serves."""
-    issuer = TokenIssuer(registry, KeyEncryptor(settings.key_encryption_key), issuer=settings.issuer_url,
+    issuer = TokenIssuer(registry, KeyEncryptor(*settings.key_encryption_keys), issuer=settings.issuer_url,
                          default_audience=settings.audience, alg=settings.alg,
                          activation_delay=settings.activation_delay, events=events)
     await service.retry_until_ready("registry", issuer.start, stop)

@@ -20,7 +20,7 @@ import time
 from typing import Protocol
 
 import jwt
-from cryptography.exceptions import InvalidTag
+from prometheus_client import Gauge
 
 from inbound.events.v1 import events_pb2
 from inboundlib import actors, workers
@@ -36,9 +36,19 @@ from services.client_registry.api import (
 )
 from services.token_issuer.api import FORMAT_JWT, FORMAT_OPAQUE, IssuedToken, IssueRequest, KeyInfo
 from services.token_issuer.jti import new_jti
-from services.token_issuer.keys import ALGORITHMS, KeyEncryptor, KeyRing, new_key_record, open_key_record
+from services.token_issuer.keys import (
+    ALGORITHMS,
+    KeyEncryptor,
+    KeyRing,
+    UnreadableKey,
+    new_key_record,
+    open_key_record,
+)
 
 log = logging.getLogger(__name__)
+
+UNREADABLE_KEYS = Gauge("inbound_signing_keys_unreadable",
+                        "Stored signing keys this replica skips: they do not decrypt or do not parse")
 
 OPAQUE_PREFIX = "ibo_"
 REFRESH_PREFIX = "ibr_"
@@ -62,16 +72,24 @@ class TokenIssuer:
         self.activation_delay = activation_delay
         self.events = events
         self.keyring = KeyRing()
+        self.unreadable: dict[str, str] = {}  # kid -> why this replica cannot use that stored key
         self._reload_lock = asyncio.Lock()
 
     # --- keys -----------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the shared keys; the first replica ever to start creates the first one."""
+        """Load the shared keys; the first replica ever to start creates the first one.
+        Refuses to start (ConfigError) only when no active key can be read at all: then
+        the key-encryption keys are wrong, not one stored key."""
         await self.reload_keys()
-        if not self.keyring.keys:
+        if not self.keyring.keys and not self.unreadable:
             await self.registry.add_signing_key(new_key_record(self.alg, self.encryptor), only_if_none=True)
             await self.reload_keys()
+        if self.keyring.signing_key() is None and self.unreadable:
+            raise ConfigError(
+                f"no active signing key can be read: {len(self.unreadable)} stored key(s) do not open with the "
+                "key-encryption keys (INBOUND_KEY_ENCRYPTION_KEYS, INBOUND_KEY_ENCRYPTION_KEYS_FILE or "
+                "INBOUND_KEY_ENCRYPTION_KEY); every token_issuer replica needs the key that encrypted them")
         if self.events is not None:
             # A key added by any replica (or by hand) is a registry change; KeysRotated
             # (published by the replica that rotated) says the same sooner or later.
@@ -86,13 +104,23 @@ class TokenIssuer:
         async with self._reload_lock:
             records = await self.registry.list_signing_keys()
             known = {k.kid: k for k in self.keyring.keys}
-            if [r.kid for r in records] == [k.kid for k in self.keyring.keys]:
+            if {r.kid for r in records} == known.keys() | self.unreadable.keys():
                 return  # nothing changed: keep the ring (and what was verified with it)
-            try:
-                keys = [known.get(r.kid) or open_key_record(r, self.encryptor) for r in records]
-            except InvalidTag:
-                raise ConfigError("INBOUND_KEY_ENCRYPTION_KEY does not decrypt the stored signing keys "
-                                  "(every token_issuer replica needs the same key)") from None
+            keys, unreadable = [], {}
+            for record in records:
+                if record.kid in known:
+                    keys.append(known[record.kid])
+                    continue
+                try:
+                    keys.append(open_key_record(record, self.encryptor))
+                except UnreadableKey as exc:
+                    # One bad record (stored by mistake, or under a key-encryption key this
+                    # replica lacks) must not stop token issuance: skip it, say so once, count it.
+                    unreadable[record.kid] = str(exc)
+                    if record.kid not in self.unreadable:
+                        log.error("stored signing key skipped", extra={"kid": record.kid, "reason": str(exc)})
+            self.unreadable = unreadable
+            UNREADABLE_KEYS.set(len(unreadable))
             self.keyring = KeyRing(keys)
 
     async def rotate_key(self, alg: str = "", activation_delay: int | None = None) -> KeyInfo:

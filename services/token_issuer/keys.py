@@ -5,6 +5,11 @@ with the kid as associated data) before they are stored through
 client_registry, so every replica signs with the same keys and the database
 never holds one in clear. `kid` is the RFC 7638 JWK thumbprint.
 
+The key-encryption key is a list so it can rotate without downtime: the first
+encrypts, every one decrypts (as MultiFernet does). Rotation: put the new key
+first on every replica, then rewrap (re-encrypt every stored key under it),
+then drop the old one.
+
 Rotation (RFC 7517 practice, hydra#2535): a new key is published in the JWKS
 at once but signs only from `activates_at`, so resource servers' JWKS caches
 learn it before the first token signed with it arrives. Older keys stay in
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -57,17 +63,33 @@ def public_jwk(alg: str, private_key) -> dict[str, Any]:
 
 
 class KeyEncryptor:
-    """AES-256-GCM with a random 96-bit nonce; the kid is bound as associated data."""
+    """AES-256-GCM with a random 96-bit nonce; the kid is bound as associated data.
+    `keks[0]` encrypts; each of `keks` is tried in turn to decrypt (a wrong key
+    fails GCM's tag check, cryptography's InvalidTag)."""
 
-    def __init__(self, kek: bytes):
-        self._aead = AESGCM(kek)
+    def __init__(self, *keks: bytes):
+        if not keks:
+            raise ValueError("at least one key-encryption key is needed")
+        self._aeads = [AESGCM(kek) for kek in keks]
 
     def encrypt(self, kid: str, plaintext: bytes) -> bytes:
         nonce = os.urandom(12)
-        return nonce + self._aead.encrypt(nonce, plaintext, kid.encode())
+        return nonce + self._aeads[0].encrypt(nonce, plaintext, kid.encode())
 
     def decrypt(self, kid: str, blob: bytes) -> bytes:
-        return self._aead.decrypt(blob[:12], blob[12:], kid.encode())
+        return self.decrypt_with_index(kid, blob)[0]
+
+    def decrypt_with_index(self, kid: str, blob: bytes) -> tuple[bytes, int]:
+        """The plaintext and the position in the list of the key that opened it
+        (0: the current key, nothing to rewrap)."""
+        if len(blob) < 12 + 16:
+            raise InvalidTag()
+        for index, aead in enumerate(self._aeads):
+            try:
+                return aead.decrypt(blob[:12], blob[12:], kid.encode()), index
+            except InvalidTag:
+                continue
+        raise InvalidTag()
 
 
 @dataclass(frozen=True)
@@ -95,12 +117,27 @@ def new_key_record(alg: str, encryptor: KeyEncryptor, activates_at: int | None =
                             activates_at=now if activates_at is None else activates_at)
 
 
+class UnreadableKey(Exception):
+    """A stored key this replica cannot use; the message says why (never any key material)."""
+
+
 def open_key_record(record: SigningKeyRecord, encryptor: KeyEncryptor) -> SigningKey:
-    pem = encryptor.decrypt(record.kid, record.encrypted_private_key)
-    private_key = serialization.load_pem_private_key(pem, password=None)
-    return SigningKey(kid=record.kid, alg=record.alg, private_key=private_key,
-                      jwk=json.loads(record.public_jwk_json), created_at=record.created_at,
-                      activates_at=record.activates_at)
+    """The stored key, decrypted and checked: a private key of its `alg` whose
+    thumbprint is its kid (so a stored record cannot pair one key with another's
+    kid or public JWK). The JWK published is the one derived from the private key."""
+    try:
+        pem = encryptor.decrypt(record.kid, record.encrypted_private_key)
+    except InvalidTag:
+        raise UnreadableKey("does not decrypt with any key-encryption key") from None
+    try:
+        private_key = serialization.load_pem_private_key(pem, password=None)
+        jwk = public_jwk(record.alg, private_key)
+    except Exception:  # anything wrong in stored bytes: not a key of this algorithm
+        raise UnreadableKey(f"decrypts, but is not a {record.alg} private key") from None
+    if jwk["kid"] != record.kid:
+        raise UnreadableKey("decrypts, but its thumbprint is not its kid")
+    return SigningKey(kid=record.kid, alg=record.alg, private_key=private_key, jwk=jwk,
+                      created_at=record.created_at, activates_at=record.activates_at)
 
 
 class KeyRing:

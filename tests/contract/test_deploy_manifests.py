@@ -367,7 +367,7 @@ def _env_read(module: str) -> dict[str, bool]:
 
 def test_env_reader_sanity():
     """Guard for the AST scan below: it finds what the services are known to read."""
-    assert _env_read("token_issuer").get("INBOUND_KEY_ENCRYPTION_KEY") is True
+    assert _env_read("token_issuer").get("INBOUND_KEY_ENCRYPTION_KEY") is False  # or _KEYS, or _KEYS_FILE
     assert _env_read("token_issuer").get("INBOUND_REVOCATION_RESYNC_SECONDS") is False
     assert _env_read("token_issuer").get("INBOUND_INTROSPECTION_PORT") is False
     assert _env_read("client_credentials").get("INBOUND_ISSUER_ADDR") is False  # a dependency, by the table

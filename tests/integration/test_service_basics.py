@@ -26,6 +26,8 @@ def _run_with_env(module: str, env: dict[str, str]) -> subprocess.CompletedProce
 @pytest.mark.parametrize("module,env,names", [
     ("services.token_issuer", {"INBOUND_KEY_ENCRYPTION_KEY": "too-short"}, "INBOUND_KEY_ENCRYPTION_KEY"),
     ("services.token_issuer", {}, "INBOUND_KEY_ENCRYPTION_KEY"),
+    ("services.token_issuer", {"INBOUND_KEY_ENCRYPTION_KEYS_FILE": "/nonexistent/keks"},
+     "INBOUND_KEY_ENCRYPTION_KEYS_FILE"),
     ("services.client_registry", {"DATABASE_URL": "postgresql://x/y", "INBOUND_GRPC_PORT": "eighty"},
      "INBOUND_GRPC_PORT"),
     ("services.client_registry", {}, "DATABASE_URL"),

@@ -68,12 +68,14 @@ async def test_issue_refuses_out_of_range_lifetimes_per_item(stack):
 @pytest.mark.separate_processes
 def test_a_replica_with_the_wrong_key_encryption_key_refuses_to_start(stack):
     env = stack.service_env()
-    env["INBOUND_KEY_ENCRYPTION_KEY"] = base64.b64encode(secrets.token_bytes(32)).decode()
+    del env["INBOUND_KEY_ENCRYPTION_KEYS_FILE"]
+    env["INBOUND_KEY_ENCRYPTION_KEYS"] = base64.b64encode(secrets.token_bytes(32)).decode()
     env["INBOUND_GRPC_PORT"] = str(free_port())
     result = subprocess.run([sys.executable, "-m", "services.token_issuer"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert "INBOUND_KEY_ENCRYPTION_KEY does not decrypt" in result.stderr
+    assert "configuration error: no active signing key can be read" in result.stderr
+    assert "key-encryption keys" in result.stderr
 
 
 async def test_the_latest_of_two_rotations_in_one_second_signs(keys_stack):

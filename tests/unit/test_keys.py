@@ -11,6 +11,7 @@ from services.token_issuer.keys import (
     KeyEncryptor,
     KeyRing,
     SigningKey,
+    UnreadableKey,
     new_key_record,
     open_key_record,
     public_jwk,
@@ -55,6 +56,69 @@ def test_a_blob_moved_to_another_kid_or_opened_with_another_key_fails():
         KeyEncryptor(os.urandom(32)).decrypt(record.kid, record.encrypted_private_key)
 
 
+def test_the_first_key_encryption_key_encrypts_and_every_one_decrypts():
+    old, new = os.urandom(32), os.urandom(32)
+    under_old = new_key_record("ES256", KeyEncryptor(old))
+    both = KeyEncryptor(new, old)
+    record = new_key_record("ES256", both)
+    assert KeyEncryptor(new).decrypt(record.kid, record.encrypted_private_key)  # the first one encrypted
+    with pytest.raises(InvalidTag):
+        KeyEncryptor(old).decrypt(record.kid, record.encrypted_private_key)
+    assert both.decrypt_with_index(record.kid, record.encrypted_private_key)[1] == 0
+    assert both.decrypt_with_index(under_old.kid, under_old.encrypted_private_key)[1] == 1
+    assert open_key_record(under_old, both).kid == under_old.kid
+    with pytest.raises(InvalidTag):
+        KeyEncryptor(new).decrypt(under_old.kid, under_old.encrypted_private_key)
+
+
+def test_a_stored_key_that_does_not_decrypt_or_parse_or_match_its_kid_is_unreadable():
+    from dataclasses import replace
+
+    encryptor = KeyEncryptor(os.urandom(32))
+    good = new_key_record("ES256", encryptor)
+    for bad in (replace(good, encrypted_private_key=b"garbage"),
+                replace(good, encrypted_private_key=encryptor.encrypt(good.kid, b"not a PEM key")),
+                replace(good, alg="RS256"),  # an EC key stored as RS256
+                replace(new_key_record("ES256", encryptor), kid=good.kid,  # another key under this kid
+                        encrypted_private_key=_reencrypt(encryptor, new_key_record("ES256", encryptor), good.kid))):
+        with pytest.raises(UnreadableKey):
+            open_key_record(bad, encryptor)
+    assert open_key_record(good, encryptor).kid == good.kid
+
+
+def _reencrypt(encryptor: KeyEncryptor, record, kid: str) -> bytes:
+    return encryptor.encrypt(kid, encryptor.decrypt(record.kid, record.encrypted_private_key))
+
+
+async def test_the_issuer_skips_an_unreadable_stored_key_and_counts_it():
+    from dataclasses import replace
+
+    from prometheus_client import REGISTRY
+
+    from services.token_issuer.issuer import TokenIssuer
+    from tests.fakes import FakeSigningKeys
+
+    encryptor = KeyEncryptor(os.urandom(32))
+    good = new_key_record("ES256", encryptor, activates_at=1)
+    garbage = replace(new_key_record("ES256", encryptor), encrypted_private_key=os.urandom(80))  # newest
+    issuer = TokenIssuer(FakeSigningKeys(good, garbage), encryptor, issuer="i", default_audience="a")
+    await issuer.start()
+    assert issuer.keyring.signing_key().kid == good.kid
+    assert list(issuer.unreadable) == [garbage.kid]
+    assert REGISTRY.get_sample_value("inbound_signing_keys_unreadable") == 1
+
+
+async def test_the_issuer_refuses_to_start_when_no_active_key_opens():
+    from inboundlib.config import ConfigError
+    from services.token_issuer.issuer import TokenIssuer
+    from tests.fakes import FakeSigningKeys
+
+    stored = new_key_record("ES256", KeyEncryptor(os.urandom(32)))
+    issuer = TokenIssuer(FakeSigningKeys(stored), KeyEncryptor(os.urandom(32)), issuer="i", default_audience="a")
+    with pytest.raises(ConfigError, match="no active signing key can be read"):
+        await issuer.start()
+
+
 def key(kid: str, activates_at: int) -> SigningKey:
     return SigningKey(kid=kid, alg="ES256", private_key=None, jwk={"kid": kid}, created_at=0,
                       activates_at=activates_at)
@@ -78,3 +142,29 @@ def test_rotation_publishes_early_signs_late_and_keeps_retired_keys_until_their_
 def test_no_key_signs_before_the_first_activates():
     assert KeyRing([key("a", 100)]).signing_key(99) is None
     assert KeyRing([]).signing_key() is None
+
+
+def test_key_encryption_keys_come_from_a_file_a_list_or_the_older_single_setting(tmp_path):
+    import base64
+
+    from inboundlib.config import ConfigError, Env
+    from services.token_issuer.assembly import key_encryption_keys
+
+    new, old = os.urandom(32), os.urandom(32)
+    b64 = [base64.b64encode(k).decode() for k in (new, old)]
+    keys_file = tmp_path / "keks"
+    keys_file.write_text(f"# the first encrypts\n{b64[0]}\n\n{b64[1]}\n")
+    assert key_encryption_keys(Env({"INBOUND_KEY_ENCRYPTION_KEYS_FILE": str(keys_file)})) == (new, old)
+    assert key_encryption_keys(Env({"INBOUND_KEY_ENCRYPTION_KEYS": f"{b64[0]}, {b64[1]}"})) == (new, old)
+    assert key_encryption_keys(Env({"INBOUND_KEY_ENCRYPTION_KEY": b64[1]})) == (old,)
+    refused = [
+        ({}, "set exactly one of"),
+        ({"INBOUND_KEY_ENCRYPTION_KEY": b64[0], "INBOUND_KEY_ENCRYPTION_KEYS": b64[1]}, "set exactly one of"),
+        ({"INBOUND_KEY_ENCRYPTION_KEYS": f"{b64[0]},{b64[1][:-8]}"}, "INBOUND_KEY_ENCRYPTION_KEYS: key 2 must"),
+        ({"INBOUND_KEY_ENCRYPTION_KEYS": " , "}, "holds no key"),
+        ({"INBOUND_KEY_ENCRYPTION_KEYS_FILE": str(tmp_path / "missing")}, "cannot read"),
+    ]
+    for environ, message in refused:
+        with pytest.raises(ConfigError, match=message) as caught:
+            key_encryption_keys(Env(environ))
+        assert b64[0] not in str(caught.value) and b64[1][:-8] not in str(caught.value)
