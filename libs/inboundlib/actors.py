@@ -1,14 +1,16 @@
 """Who caused an event: a service, an operator, a client or a user (DESIGN.md, events).
 
-The actor of the work in progress lives in a context variable. A gRPC server
-sets it from the caller's metadata (`x-inbound-actor: kind:id`), unbatched
-calls pass it on (`grpcx.request_metadata`), and the event bus stamps it on
-every event published meanwhile; with no actor in context, a service names
-itself. inboundctl names the operator.
-
-Not yet authenticated: any caller that reaches a gRPC port can claim any
-actor, until mutual TLS identities arrive. It is recorded, never used to
-decide access.
+The actor of the work in progress lives in a context variable, and the event
+bus stamps it on every event published meanwhile; with no actor in context, a
+service names itself. A gRPC server sets it from the caller's authenticated
+identity (`of_caller`): an operator is the operator its certificate names, a
+service is itself, a resource server is itself. Only a caller the access table
+trusts to pass on someone else's actor (services/access.py, RELAYS) may name
+another one in call metadata (`x-inbound-actor: kind:id`, sent by unbatched
+calls through `grpcx.request_metadata`): token_issuer doing an operator's key
+rotation names that operator to the registry. Anyone else's claim is ignored.
+Where identities are not checked (plaintext gRPC, explicitly configured), the
+metadata is recorded as given, as before: it never decides access.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ SERVICE = "service"
 OPERATOR = "operator"
 CLIENT = "client"
 USER = "user"
-KINDS = (SERVICE, OPERATOR, CLIENT, USER)
+RESOURCE_SERVER = "resource_server"
+KINDS = (SERVICE, OPERATOR, CLIENT, USER, RESOURCE_SERVER)
 MAX_ID_LENGTH = 128
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -49,6 +52,12 @@ def parse(text: str) -> Actor | None:
     if not sep or kind not in KINDS or not id_:
         return None
     return actor(kind, id_)
+
+
+def of_caller(caller) -> Actor | None:
+    """The actor of a call from an authenticated caller (an inboundlib.identity.Caller,
+    whose kinds are actor kinds too), None without one."""
+    return actor(caller.kind, caller.name) if caller is not None else None
 
 
 actor_var: contextvars.ContextVar[Actor | None] = contextvars.ContextVar("actor", default=None)

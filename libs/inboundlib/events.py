@@ -49,6 +49,7 @@ TOKEN_ISSUED = "inbound.events.token.issued"
 TOKEN_DENIED = "inbound.events.token.denied"
 TOKEN_REVOKED = "inbound.events.token.revoked"
 REVOKED_TOKEN_INTROSPECTED = "inbound.events.token.introspected_revoked"
+ACCESS_DENIED = "inbound.events.access.denied"
 
 ROUND_EVENTS = 1024
 MESSAGE_EVENTS = 256

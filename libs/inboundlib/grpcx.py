@@ -8,6 +8,7 @@ send the request id as metadata (`request_metadata()`).
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Iterable
@@ -15,7 +16,7 @@ from collections.abc import Iterable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from inboundlib import actors
+from inboundlib import actors, authz
 from inboundlib.batching import Expired, Overloaded
 from inboundlib.db import UNAVAILABLE_ERRORS
 from inboundlib.logs import request_id_var
@@ -42,24 +43,56 @@ _CHANNEL_OPTIONS = [
 
 
 class _ServerInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every unary-unary handler: request id from metadata, timing by status,
-    and the service's `unavailable_on` errors (its database down, say) answered as
-    UNAVAILABLE, so callers say "try again later" rather than "broken"."""
+    """Wraps every handler: with a `gate` (inboundlib.authz), the caller's identity
+    is checked against the access table first, and a call it does not allow is
+    PERMISSION_DENIED, whatever its kind (unary or streaming). Unary-unary handlers
+    also get the request id from metadata, the actor from the authenticated
+    caller, timing by status, and the service's `unavailable_on` errors (its
+    database down, say) answered as UNAVAILABLE, so callers say "try again later"
+    rather than "broken". Without a gate (plaintext gRPC, explicitly configured)
+    nothing is checked and the actor is taken from metadata as given."""
 
-    def __init__(self, unavailable_on: tuple[type[BaseException], ...] = ()):
+    def __init__(self, unavailable_on: tuple[type[BaseException], ...] = (), gate: authz.Gate | None = None):
         self.unavailable_on = unavailable_on
+        self.gate = gate
+
+    async def _admit(self, method: str, context, metadata: dict):
+        """The decision admitting this call; a refused call ends here (abort raises)."""
+        gate = self.gate
+        decision = gate.decide(method, context.auth_context())
+        if decision.caller is None and not decision.allowed and gate.bearer is not None:
+            try:
+                decision = await gate.decide_bearer(method, str(metadata.get("authorization", ""))) or decision
+            except Exception as exc:  # the token's verifier cannot decide now (its registry away, say)
+                log.warning("bearer token not checked", extra={"method": method, "error": type(exc).__name__})
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "a dependency is unavailable")
+        if decision.allowed:
+            return decision
+        gate.denied(decision.caller, method)
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not allowed")
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
         method = handler_call_details.method
+        if handler.unary_unary is None:
+            return self._checked_stream(handler, method) if self.gate is not None else handler
         inner = handler.unary_unary
 
         async def behavior(request, context):
             metadata = dict(context.invocation_metadata() or ())
+            claimed = str(metadata.get(actors.ACTOR_METADATA_KEY, ""))
+            caller_token = None
+            if self.gate is None:
+                who = actors.parse(claimed)
+            else:
+                decision = await self._admit(method, context, metadata)
+                # An operator is its certificate's; only a relay may name someone else.
+                who = (decision.relays and actors.parse(claimed)) or decision.actor
+                caller_token = authz.caller_var.set(decision.caller)
             token = request_id_var.set(str(metadata.get(REQUEST_ID_KEY, ""))[:128])
-            actor_token = actors.actor_var.set(actors.parse(str(metadata.get(actors.ACTOR_METADATA_KEY, ""))))
+            actor_token = actors.actor_var.set(who)
             started = time.perf_counter()
             code = "OK"
             try:
@@ -77,12 +110,31 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
                 RPC_SECONDS.labels(method, code).observe(time.perf_counter() - started)
                 request_id_var.reset(token)
                 actors.actor_var.reset(actor_token)
+                if caller_token is not None:
+                    authz.caller_var.reset(caller_token)
 
         return grpc.unary_unary_rpc_method_handler(
             behavior,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+    def _checked_stream(self, handler, method: str):
+        """A streaming handler (the health service's Watch) behind the same check."""
+        kind = next(k for k in ("unary_stream", "stream_unary", "stream_stream") if getattr(handler, k) is not None)
+        inner = getattr(handler, kind)
+        if inspect.isasyncgenfunction(inner):
+            async def behavior(request, context):
+                await self._admit(method, context, dict(context.invocation_metadata() or ()))
+                async for reply in inner(request, context):
+                    yield reply
+        else:
+            async def behavior(request, context):
+                await self._admit(method, context, dict(context.invocation_metadata() or ()))
+                return await inner(request, context)
+        return getattr(grpc, f"{kind}_rpc_method_handler")(
+            behavior, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
 
 
 def request_metadata() -> tuple[tuple[str, str], ...] | None:
@@ -99,9 +151,9 @@ class GrpcServer:
     """A grpc.aio server with health checking; create it inside the running loop."""
 
     def __init__(self, host: str, port: int, service_names: Iterable[str], *,
-                 unavailable_on: tuple[type[BaseException], ...] = ()):
+                 unavailable_on: tuple[type[BaseException], ...] = (), gate: authz.Gate | None = None):
         self.server = grpc.aio.server(
-            interceptors=[_ServerInterceptor(unavailable_on)],
+            interceptors=[_ServerInterceptor(unavailable_on, gate)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from inboundlib import actors, batching, grpcx, metrics
+from inboundlib import actors, authz, batching, grpcx, identity, metrics
 from inboundlib.config import ConfigError, Env, ScopedEnv
 from inboundlib.events import EventBus
 
@@ -232,9 +232,14 @@ class _Host:
 
 
 async def serve(table: Mapping[str, Module], names: list[str], stop: asyncio.Event, *,
-                process_name: str, env: Env | None = None) -> None:
-    """Run the services `names` of `table` in this process until `stop` is set."""
+                process_name: str, env: Env | None = None, access: authz.Policy | None = None) -> None:
+    """Run the services `names` of `table` in this process until `stop` is set; with
+    `access` (the access table), every gRPC server checks every call against it."""
     env = env or Env()
+    try:
+        trust_domain = identity.check_trust_domain(env.str(identity.TRUST_DOMAIN_ENV, identity.DEFAULT_TRUST_DOMAIN))
+    except ValueError as exc:
+        raise ConfigError(f"{identity.TRUST_DOMAIN_ENV}: {exc}") from None
     hosted = [table[n] for n in in_dependency_order(table, names)]
     host = env.str("INBOUND_BIND_HOST", "0.0.0.0")
     nats_url = env.str("NATS_URL", "nats://127.0.0.1:4222")
@@ -269,7 +274,11 @@ async def serve(table: Mapping[str, Module], names: list[str], stop: asyncio.Eve
             for kind, number in ports.items():
                 if kind == HTTP or not number:
                     continue
-                server = grpcx.GrpcServer(host, number, [],
+                gate = None if access is None else authz.Gate(
+                    access, number, authz.denial_reporter(ctx.events), trust_domain=trust_domain,
+                    # A port that also admits bearer tokens: its service says whose they are.
+                    bearer=getattr(component, "bearer_callers", {}).get(kind))
+                server = grpcx.GrpcServer(host, number, [], gate=gate,
                                           unavailable_on=getattr(component, "unavailable_on", ()))
                 server.service_names.extend(component.add_to_server(kind, server.server))
                 await server.start()

@@ -21,7 +21,7 @@ UNKNOWN_TYPE = "unknown"
 RETIRED_TYPES = ("client_changed",)
 EVENT_TYPES: tuple[str, ...] = tuple(
     f.name for f in events_pb2.Event.DESCRIPTOR.oneofs_by_name["payload"].fields) + RETIRED_TYPES + (UNKNOWN_TYPE,)
-ACTOR_KINDS = ("service", "operator", "client", "user")
+ACTOR_KINDS = ("service", "operator", "client", "user", "resource_server")
 
 
 class InvalidArgument(Exception):

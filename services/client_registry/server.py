@@ -14,6 +14,8 @@ import grpc
 
 from inbound.registry.v1 import registry_pb2 as pb
 from inbound.registry.v1 import registry_pb2_grpc
+from inboundlib import authz
+from services import access
 from services.client_registry import wire
 from services.client_registry.api import (
     AlreadyExists,
@@ -51,33 +53,39 @@ async def _check_batch(context, items, what: str) -> None:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_BATCH} {what} a call")
 
 
+def _client_to_pb(client) -> pb.Client:
+    """A client record for the caller of this call: with its secret hash only for
+    a caller that verifies client secrets (services/access.py, SECRET_VERIFIERS)."""
+    return wire.client_to_pb(client, with_secret_hash=authz.admitted(access.SECRET_VERIFIERS))
+
+
 class ClientsServicer(registry_pb2_grpc.ClientsServicer):
     def __init__(self, clients: ClientStore):
         self.clients = clients
 
     async def CreateClient(self, request, context):
         client, secret = await _call(context, self.clients.create_client(wire.spec_from_pb(request.spec)))
-        return pb.CreateClientResponse(client=wire.client_to_pb(client), client_secret=secret)
+        return pb.CreateClientResponse(client=_client_to_pb(client), client_secret=secret)
 
     async def GetClients(self, request, context):
         await _check_batch(context, request.client_ids, "ids")
         found = await self.clients.get_clients(list(request.client_ids))
         return pb.GetClientsResponse(results=[
-            pb.ClientLookup(client=wire.client_to_pb(c)) if c else pb.ClientLookup() for c in found])
+            pb.ClientLookup(client=_client_to_pb(c)) if c else pb.ClientLookup() for c in found])
 
     async def ListClients(self, request, context):
-        return pb.ListClientsResponse(clients=[wire.client_to_pb(c) for c in await self.clients.list_clients()])
+        return pb.ListClientsResponse(clients=[_client_to_pb(c) for c in await self.clients.list_clients()])
 
     async def UpdateClient(self, request, context):
         client = await _call(context, self.clients.update_client(request.client_id, wire.update_from_pb(request)))
-        return pb.UpdateClientResponse(client=wire.client_to_pb(client))
+        return pb.UpdateClientResponse(client=_client_to_pb(client))
 
     async def DeleteClient(self, request, context):
         return pb.DeleteClientResponse(deleted=await _call(context, self.clients.delete_client(request.client_id)))
 
     async def RotateClientSecret(self, request, context):
         client, secret = await _call(context, self.clients.rotate_client_secret(request.client_id))
-        return pb.RotateClientSecretResponse(client=wire.client_to_pb(client), client_secret=secret)
+        return pb.RotateClientSecretResponse(client=_client_to_pb(client), client_secret=secret)
 
 
 class SigningKeysServicer(registry_pb2_grpc.SigningKeysServicer):

@@ -19,9 +19,10 @@ from services.client_registry.api import (
 )
 
 
-def client_to_pb(c: ClientRecord) -> pb.Client:
+def client_to_pb(c: ClientRecord, *, with_secret_hash: bool) -> pb.Client:
+    """`with_secret_hash=False` for a caller that does not verify client secrets."""
     return pb.Client(
-        client_id=c.client_id, name=c.name, secret_hash=c.secret_hash, public=c.public,
+        client_id=c.client_id, name=c.name, secret_hash=c.secret_hash if with_secret_hash else "", public=c.public,
         grant_types=c.grant_types, scopes=c.scopes, redirect_uris=c.redirect_uris,
         access_token_lifetime=c.access_token_lifetime, refresh_token_lifetime=c.refresh_token_lifetime,
         token_format=c.token_format, pkce_required=c.pkce_required, active=c.active, logo_url=c.logo_url,

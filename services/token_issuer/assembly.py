@@ -131,6 +131,13 @@ class TokenService:
     def api(self) -> LocalIssuer:
         return LocalIssuer(self.issuer, self.checker)
 
+    @property
+    def bearer_callers(self) -> dict:
+        """The introspection port serves resource servers outside Inbound: with a
+        `resource_server` certificate, or with none but a client-credentials token
+        carrying `inbound.introspect` (checked by this issuer, revocation included)."""
+        return {INTROSPECTION: self.checker.resource_server_of}
+
     def add_to_server(self, port: str, grpc_server: grpc.aio.Server) -> list[str]:
         assert port in (GRPC, INTROSPECTION), port
         server.add_to_server(self.issuer, self.checker, grpc_server, introspection_only=port == INTROSPECTION)

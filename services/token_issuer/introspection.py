@@ -30,7 +30,7 @@ from typing import Protocol
 import jwt
 
 from inbound.events.v1 import events_pb2
-from inboundlib import actors, grpcx
+from inboundlib import actors, grpcx, identity
 from inboundlib.events import REVOKED_TOKEN_INTROSPECTED, TOKEN_REVOKED, EventBus, actor_to_pb
 from inboundlib.oauth.client_auth import ClientAuthenticator, ClientCredentials
 from inboundlib.oauth.errors import ServerError, UnauthorizedClient
@@ -109,6 +109,20 @@ class TokenChecker:
     async def authenticate_caller(self, creds: ClientCredentials | None):
         # The shared authenticator: a malformed client id is never looked up.
         return await self.authenticator.authenticate(creds)
+
+    async def resource_server_of(self, token: str) -> tuple[identity.Caller, actors.Actor] | None:
+        """Who a bearer token on the introspection port stands for (RFC 6750 §2.1): the
+        client, as a resource server, when the token is an active access token it holds
+        for itself (client credentials, RFC 6749 §4.4: no user) and carries
+        `inbound.introspect`. Verified here like any token, revocation included."""
+        info = await self.introspect(token, None, internal=True)
+        if (not info.active or info.token_type != "Bearer" or info.sub != info.client_id or info.username
+                or INTROSPECT_SCOPE not in info.scope.split()):
+            return None
+        try:
+            return identity.resource_server(info.client_id), actors.actor(actors.CLIENT, info.client_id)
+        except ValueError:  # a client id that is no identity name (ours are hex)
+            return None
 
     # --- check 2: is it ours? ---------------------------------------------------------------------
 

@@ -22,6 +22,8 @@ def filled(name: str, message=None):
             setattr(message, field.name, f"{field.name}-välue")
         elif field.type == field.TYPE_BOOL:
             setattr(message, field.name, True)
+        elif field.type in (field.TYPE_UINT32, field.TYPE_INT32):
+            setattr(message, field.name, 2**20 + field.number)
         else:
             setattr(message, field.name, 2**40 + field.number)
     return message

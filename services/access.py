@@ -1,0 +1,108 @@
+"""THE access table: which callers may call which RPC of Inbound's gRPC services.
+
+Every gRPC server checks every call against it (inboundlib.grpcx with
+inboundlib.authz): the caller is the SPIFFE ID in its client certificate
+(inboundlib.identity), and a call this table does not allow is PERMISSION_DENIED
+with an `access_denied` audit event. An RPC without a row is refused; the
+contract test (tests/contract/test_access_table.py) checks that every RPC in
+proto/ has a row and every row names a real RPC.
+
+Who calls what (read from the code; keep it so when a call is added):
+- edge: a grant service's Token (it routes every grant); token_issuer's
+  Introspect, Revoke and GetJwks (it serves /introspect, /revoke and /jwks).
+- grant services (the module table's rows with a grant type): the registry's
+  GetClients (their client cache authenticates the client) and token_issuer's Issue.
+- token_issuer: the registry's GetClients (it authenticates introspecting and
+  revoking clients), SigningKeys, Tokens (opaque tokens) and Revocations.
+- operators (inboundctl; later the admin API): every administrative RPC: the
+  registry's client management, token_issuer's key listing and rotation and
+  client-wide revocation, the audit log's Tail and Search.
+- resource servers (outside Inbound, with a `resource_server` certificate, or
+  on the introspection port with a client-credentials token carrying
+  `inbound.introspect`): Introspect and GetJwks.
+- `service/all_in_one` (every service in one process, one certificate) may do
+  whatever any of Inbound's services may.
+- anyone: the standard health service (probes carry no certificate).
+"""
+from __future__ import annotations
+
+from inboundlib import authz, identity
+from inboundlib.authz import Allowed
+from services import modules
+
+OPERATORS = authz.kinds(identity.OPERATOR)
+RESOURCE_SERVERS = authz.kinds(identity.RESOURCE_SERVER)
+ALL_IN_ONE = identity.service(modules.ALL_IN_ONE)
+
+
+def services(*names: str) -> Allowed:
+    """These services of the module table, and the one-process mode that hosts them all."""
+    unknown = set(names) - set(modules.NAMES)
+    if unknown:
+        raise ValueError(f"not in the module table: {sorted(unknown)}")
+    return authz.callers(*(identity.service(n) for n in names), ALL_IN_ONE)
+
+
+GRANT_SERVICES = services(*(m.name for m in modules.MODULES if m.grant_type))
+GRANT_ROUTERS = services(*(m.name for m in modules.MODULES if m.calls_grants))
+EDGE = services("edge")
+ISSUER = services("token_issuer")
+
+# Callers that verify client secrets (RFC 6749 §2.3.1) and so get clients' secret
+# hashes from the registry: grant services (the grant runner authenticates the
+# client) and token_issuer (introspecting and revoking clients). Everyone else
+# (operators, resource servers, ...) gets client records without them.
+SECRET_VERIFIERS = GRANT_SERVICES | ISSUER
+
+# Callers whose `x-inbound-actor` metadata is believed: they pass on the actor of
+# work they do for someone else. token_issuer: an operator's key rotation adds the
+# key through the registry, whose change event must name that operator, not the
+# issuer. No other caller relays today: operators are the operator their
+# certificate names (the admin API, acting for users, will need a row here).
+RELAYS = frozenset({identity.service("token_issuer"), ALL_IN_ONE})
+
+_ISSUER = "/inbound.issuer.v1.TokenIssuer/"
+_CLIENTS = "/inbound.registry.v1.Clients/"
+_KEYS = "/inbound.registry.v1.SigningKeys/"
+_TOKENS = "/inbound.registry.v1.Tokens/"
+_REVOCATIONS = "/inbound.registry.v1.Revocations/"
+_AUDIT = "/inbound.audit.v1.AuditLog/"
+_HEALTH = "/grpc.health.v1.Health/"
+
+RULES: dict[str, Allowed] = {
+    "/inbound.grant.v1.GrantService/Token": GRANT_ROUTERS,
+
+    _ISSUER + "Issue": GRANT_SERVICES,
+    _ISSUER + "Introspect": EDGE | RESOURCE_SERVERS,
+    _ISSUER + "GetJwks": EDGE | RESOURCE_SERVERS,
+    _ISSUER + "Revoke": EDGE,
+    _ISSUER + "RevokeClientTokens": OPERATORS,
+    _ISSUER + "ListKeys": OPERATORS,
+    _ISSUER + "RotateKey": OPERATORS,
+
+    _CLIENTS + "GetClients": SECRET_VERIFIERS | OPERATORS,
+    _CLIENTS + "ListClients": OPERATORS,
+    _CLIENTS + "CreateClient": OPERATORS,
+    _CLIENTS + "UpdateClient": OPERATORS,
+    _CLIENTS + "DeleteClient": OPERATORS,
+    _CLIENTS + "RotateClientSecret": OPERATORS,
+
+    _KEYS + "ListSigningKeys": ISSUER | OPERATORS,
+    _KEYS + "AddSigningKey": ISSUER | OPERATORS,
+
+    _TOKENS + "StoreOpaqueTokens": ISSUER,
+    _TOKENS + "GetOpaqueTokens": ISSUER,
+
+    _REVOCATIONS + "AddRevocations": ISSUER,
+    _REVOCATIONS + "ListRevocations": ISSUER,
+
+    _AUDIT + "Tail": OPERATORS,
+    _AUDIT + "Search": OPERATORS,
+
+    _HEALTH + "Check": authz.ANYONE,
+    _HEALTH + "Watch": authz.ANYONE,
+    _HEALTH + "List": authz.ANYONE,
+}
+
+
+POLICY = authz.Policy(rules=RULES, relays=RELAYS)

@@ -1,0 +1,88 @@
+"""The access table (services/access.py) against the contracts in proto/: every RPC
+has a row, every row names a real RPC, and the rules the issue asks for hold."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from grpc_health.v1 import health_pb2
+
+from inboundlib import identity
+from services import access, modules
+
+PROTO = Path(__file__).resolve().parents[2] / "proto"
+
+
+def rpcs() -> set[str]:
+    """Every RPC in proto/ (and the standard health service), by full method name."""
+    found = set()
+    descriptors = [health_pb2.DESCRIPTOR]
+    for path in PROTO.glob("inbound/*/v1/*.proto"):
+        descriptors.append(importlib.import_module(
+            ".".join(path.relative_to(PROTO).with_suffix("").parts) + "_pb2").DESCRIPTOR)
+    for file in descriptors:
+        for service in file.services_by_name.values():
+            found |= {f"/{service.full_name}/{m.name}" for m in service.methods}
+    return found
+
+
+def admitted(method: str) -> set[identity.Caller]:
+    """Which of Inbound's own callers (and one operator, one resource server) a rule admits."""
+    candidates = [identity.service(n) for n in (*modules.NAMES, modules.ALL_IN_ONE)]
+    candidates += [identity.operator("alice"), identity.resource_server("rs")]
+    return {c for c in candidates if access.RULES[method].admits(c)}
+
+
+def test_every_rpc_has_a_row_and_every_row_is_an_rpc():
+    assert len(rpcs()) > 20
+    assert sorted(rpcs() - set(access.RULES)) == [], "RPCs without a row (they would be refused to everyone)"
+    assert sorted(set(access.RULES) - rpcs()) == [], "rows naming no RPC"
+
+
+def test_only_the_health_service_is_open():
+    open_ = {m for m, rule in access.RULES.items() if rule.admits(None)}
+    assert open_ == {"/grpc.health.v1.Health/" + m for m in ("Check", "Watch", "List")}
+
+
+def test_issue_only_from_grant_services():
+    grants = {identity.service(m.name) for m in modules.MODULES if m.grant_type}
+    assert grants and admitted("/inbound.issuer.v1.TokenIssuer/Issue") == grants | {access.ALL_IN_ONE}
+
+
+def test_administrative_rpcs_only_from_operators_and_the_service_that_needs_them():
+    alice = identity.operator("alice")
+    for method in ("/inbound.registry.v1.Clients/" + m for m in
+                   ("CreateClient", "UpdateClient", "DeleteClient", "RotateClientSecret", "ListClients")):
+        assert admitted(method) == {alice}, method
+    for method in ("/inbound.issuer.v1.TokenIssuer/" + m for m in ("RotateKey", "ListKeys", "RevokeClientTokens")):
+        assert admitted(method) == {alice}, method
+    for method in ("/inbound.audit.v1.AuditLog/Tail", "/inbound.audit.v1.AuditLog/Search"):
+        assert admitted(method) == {alice}, method
+    issuer = {identity.service("token_issuer"), access.ALL_IN_ONE}
+    for method in ("/inbound.registry.v1.SigningKeys/AddSigningKey", "/inbound.registry.v1.SigningKeys/ListSigningKeys"):
+        assert admitted(method) == issuer | {alice}, method
+
+
+def test_resource_servers_and_the_edge_introspect_and_read_the_jwks_and_nothing_else():
+    rs = identity.resource_server("rs")
+    reachable = {m for m in access.RULES if rs in admitted(m)}
+    assert reachable == {"/inbound.issuer.v1.TokenIssuer/Introspect", "/inbound.issuer.v1.TokenIssuer/GetJwks",
+                         *("/grpc.health.v1.Health/" + m for m in ("Check", "Watch", "List"))}
+    edge = identity.service("edge")
+    assert {m for m in access.RULES if edge in admitted(m) and "Health" not in m} == {
+        "/inbound.grant.v1.GrantService/Token", "/inbound.issuer.v1.TokenIssuer/Introspect",
+        "/inbound.issuer.v1.TokenIssuer/GetJwks", "/inbound.issuer.v1.TokenIssuer/Revoke"}
+
+
+def test_all_in_one_may_do_what_any_service_may():
+    for method in access.RULES:
+        if any(c.kind == identity.SERVICE for c in admitted(method)):
+            assert access.ALL_IN_ONE in admitted(method), method
+
+
+def test_secret_hashes_go_only_to_the_services_that_verify_secrets():
+    verifiers = {identity.service(m.name) for m in modules.MODULES if m.grant_type}
+    verifiers |= {identity.service("token_issuer"), access.ALL_IN_ONE}
+    candidates = [identity.service(n) for n in (*modules.NAMES, modules.ALL_IN_ONE)]
+    candidates += [identity.operator("alice"), identity.resource_server("rs"), None]
+    assert {c for c in candidates if access.SECRET_VERIFIERS.admits(c)} == verifiers
