@@ -164,6 +164,8 @@ class Stack:
                 env[TABLE[name].main_port.env] = str(port)
             port = port or self.ports[name]
         env.update(extra_env or {})
+        # Each process its own event spool (durable delivery), kept across its restarts.
+        env.setdefault("INBOUND_EVENTS_SPOOL_DIR", str(self.state_dir / "spool" / key))
         log_path = self.state_dir / "logs" / f"{key}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         proc = subprocess.Popen([sys.executable, "-m", f"services.{name}"], cwd=ROOT, env=env,

@@ -191,13 +191,17 @@ class FakeBus:
         self.connected.set()
         self.connections = 1
 
-    def publish(self, subject: str, event: events_pb2.Event, *, low_priority: bool = False) -> str:
+    def publish(self, subject: str, event: events_pb2.Event, *, low_priority: bool = False,
+                awaited: bool = False) -> str:
         if not event.event_id:
             event.event_id = uuid.uuid4().hex
         event.source = event.source or self.source
         self.published.append((subject, event))
         self._undelivered.append((subject, event))
         return event.event_id
+
+    async def durable(self, *event_ids: str) -> None:
+        """Here an event is kept (in `published`) as soon as it is published."""
 
     async def subscribe(self, subject: str, handler) -> None:
         self.handlers.append((subject, handler))

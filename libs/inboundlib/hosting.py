@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from inboundlib import actors, authz, batching, grpcx, identity, metrics
+from inboundlib import actors, authz, batching, grpcx, identity, metrics, spool
 from inboundlib.config import ConfigError, Env, ScopedEnv
 from inboundlib.events import EventBus
 
@@ -258,7 +258,7 @@ async def serve(table: Mapping[str, Module], names: list[str], stop: asyncio.Eve
                 raise ConfigError(f"{module.name}'s {kind} port {number} is also {taken[number]}'s")
             taken[number] = f"{module.name} {kind}"
 
-    events = EventBus(nats_url, process_name)
+    events = EventBus(nats_url, process_name, spool=spool.from_env(env, process_name))
     await events.start()
     h = _Host(table)
     servers: list[tuple[str, grpcx.GrpcServer]] = []

@@ -1,7 +1,7 @@
 """Prometheus metrics shared by every service."""
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RPC_SECONDS = Histogram(
     "inbound_rpc_server_seconds", "gRPC calls served, by method and status", ["method", "code"],
@@ -22,6 +22,25 @@ EVENTS_DROPPED = Counter(
 EVENTS_BUFFERED = Histogram(
     "inbound_events_buffered", "Events waiting to be published when a publish round starts", ["source"],
     buckets=(0, 1, 10, 100, 1000, 10000),
+)
+
+# What a crash of this process would lose (buffered delivery: events not in JetStream yet; durable
+# delivery: only events no request waits for, in the moment before they reach JetStream or the spool).
+EVENTS_IN_MEMORY = Gauge(
+    "inbound_events_in_memory", "Events held only in this process's memory (not in JetStream, not spooled)",
+    ["source"],
+)
+EVENTS_IN_MEMORY_OLDEST_SECONDS = Gauge(
+    "inbound_events_in_memory_oldest_seconds", "Age of the oldest event held only in memory (0: none)", ["source"],
+)
+EVENTS_SPOOL_BYTES = Gauge(
+    "inbound_events_spool_bytes", "Bytes of the local event spool (durable delivery; replayed once NATS is back)",
+    ["source"],
+)
+EVENTS_REFUSED = Counter(
+    "inbound_events_refused_total",
+    "Requests refused (temporarily_unavailable) because their event could not be made durable (spool full)",
+    ["source"],
 )
 
 

@@ -207,11 +207,11 @@ class TokenChecker:
             return INACTIVE
         if self._revoked(facts):
             if self.events is not None:
-                self.events.publish(REVOKED_TOKEN_INTROSPECTED, events_pb2.Event(
+                await self.events.durable(self.events.publish(REVOKED_TOKEN_INTROSPECTED, events_pb2.Event(
                     actor=actor_to_pb(actors.actor(actors.CLIENT, caller.client_id)) if caller else None,
                     revoked_token_introspected=events_pb2.RevokedTokenIntrospected(
                         caller=caller.client_id if caller else "internal", client_id=facts.client_id,
-                        jti=facts.jti)), low_priority=True)
+                        jti=facts.jti)), low_priority=True, awaited=True))
             return INACTIVE
         try:
             owner = await self.clients.get_client(facts.client_id)
@@ -289,7 +289,8 @@ class TokenChecker:
             event = revocation_event(stored)
             if who is not None:
                 event.actor.CopyFrom(actor_to_pb(who))
-            self.events.publish(TOKEN_REVOKED, event)
+            # Answered once the revocation's event is durable (it is also what tells the other replicas).
+            await self.events.durable(self.events.publish(TOKEN_REVOKED, event, awaited=True))
         log.info("token revoked", extra={"kind": record.kind, "client_id": record.client_id})
 
 

@@ -180,12 +180,16 @@ class TokenIssuer:
                 grant_id=grant_id))
         if self.events is not None:
             # The client asked for it (a user, once user grants arrive, is the subject).
-            self.events.publish(TOKEN_ISSUED, events_pb2.Event(
+            event_id = self.events.publish(TOKEN_ISSUED, events_pb2.Event(
                 actor=actor_to_pb(actors.actor(actors.CLIENT, request.client_id)),
                 token_issued=events_pb2.TokenIssued(
                 client_id=request.client_id, grant_type=request.grant_type, subject=request.subject, jti=jti,
                 scope=" ".join(request.scopes), token_format=request.format,
-                expires_at=now + request.lifetime_seconds, refresh_token_issued=bool(refresh_token))))
+                expires_at=now + request.lifetime_seconds, refresh_token_issued=bool(refresh_token))),
+                awaited=True)
+            # Answered only once its audit event is durable (INBOUND_EVENTS_DELIVERY); the items of
+            # a batch wait together, for one publish round (or one spool fsync).
+            await self.events.durable(event_id)
         return IssuedToken(access_token=access_token, expires_in=request.lifetime_seconds, jti=jti, issued_at=now,
                            refresh_token=refresh_token, grant_id=grant_id)
 

@@ -103,7 +103,7 @@ async def test_a_full_buffer_sheds_low_priority_events_first():
         bus.publish("inbound.events.test.p", changed(i))
     assert bus.pending == 4
     bus.publish("inbound.events.test.p", changed(999), low_priority=True)  # no room: dropped
-    kept = [event.registry_changed.id for _, event in list(bus._buffer) + list(bus._low)]
+    kept = [event.registry_changed.id for _, event, _ in list(bus._buffer) + list(bus._low)]
     assert kept == ["c100", "c101", "c102", "c103"]
     bus.publish("inbound.events.test.p", changed(104))  # nothing low left to shed: the new one is dropped
     assert bus.pending == 4

@@ -82,7 +82,7 @@ async def test_every_event_names_an_actor_the_one_in_context_or_the_service():
             actor=events_pb2.Actor(kind="client", id="c"), token_revoked=events_pb2.TokenRevoked(kind="jti")))
     finally:
         actors.actor_var.reset(token)
-    (_, by_service), (_, by_operator), (_, by_client) = list(bus._buffer)
+    (_, by_service, _), (_, by_operator, _), (_, by_client, _) = list(bus._buffer)
     assert (by_service.actor.kind, by_service.actor.id) == ("service", "client_registry")
     assert (by_operator.actor.kind, by_operator.actor.id) == ("operator", "alice")
     assert by_operator.registry_changed.actor == by_operator.actor

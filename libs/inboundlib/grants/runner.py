@@ -39,13 +39,16 @@ from inboundlib.oauth.errors import InvalidClient, OAuthError, ServerError, Unsu
 log = logging.getLogger(__name__)
 
 
-def publish_denial(events: EventBus, client_id: str, grant_type: str, error: str, detail: str) -> None:
+def publish_denial(events: EventBus, client_id: str, grant_type: str, error: str, detail: str, *,
+                   awaited: bool = False) -> str:
     """The audit record of a refused token request, wherever it was refused (the edge,
     or the grant runner). Low priority: a caller can cause as many as it likes, so they
     go first when the buffer is full. Identifiers that matched nothing known must come
-    already fingerprinted (inboundlib.redact)."""
-    events.publish(TOKEN_DENIED, events_pb2.Event(token_denied=events_pb2.TokenDenied(
-        client_id=client_id[:255], grant_type=grant_type[:100], error=error, detail=detail)), low_priority=True)
+    already fingerprinted (inboundlib.redact). Returns the event id (`awaited`: for
+    `events.durable`)."""
+    return events.publish(TOKEN_DENIED, events_pb2.Event(token_denied=events_pb2.TokenDenied(
+        client_id=client_id[:255], grant_type=grant_type[:100], error=error, detail=detail)), low_priority=True,
+        awaited=awaited)
 
 
 class GrantRunner:
@@ -92,7 +95,10 @@ class GrantRunner:
             log.info("token request denied", extra={"client_id": client_id, "error": exc.code, "detail": exc.detail,
                                                     "client_address": request.context.client_address})
             if self.events is not None:
-                publish_denial(self.events, client_id, grant_type, exc.code, exc.detail)
+                # Answered once the refusal is audited (durable delivery); if it cannot be
+                # (the spool is full), the answer is temporarily_unavailable instead.
+                await self.events.durable(publish_denial(self.events, client_id, grant_type, exc.code,
+                                                         exc.detail, awaited=True))
             raise
         except Exception as exc:
             error = infrastructure_error(exc)

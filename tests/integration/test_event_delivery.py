@@ -1,0 +1,127 @@
+"""Durable and buffered event delivery (INBOUND_EVENTS_DELIVERY) of one EventBus:
+while NATS is unreachable, `durable()` returns once the spool holds the event
+(fsync'ed, shared by a round), refuses when the spool is full, and the spool is
+replayed in order once NATS is there; buffered delivery answers at once and
+reports its loss window in metrics."""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import nats
+import pytest
+from prometheus_client import REGISTRY
+
+from inbound.events.v1 import events_pb2
+from inboundlib.events import STREAM, AuditUnavailable, EventBus, decode_message
+from inboundlib.spool import Spool
+from services.devstack import PrivateNats, free_port
+from tests.support import eventually
+
+SUBJECT = "inbound.events.test.delivery"
+
+
+def issued(i: int) -> events_pb2.Event:
+    return events_pb2.Event(token_issued=events_pb2.TokenIssued(client_id="c", jti=f"j{i}"))
+
+
+def unreachable() -> str:
+    return f"nats://127.0.0.1:{free_port()}"
+
+
+async def publish_durably(bus: EventBus, n: int, start: int = 0) -> list[str]:
+    """n requests at once, each answered only once its event is durable (the token path)."""
+    async def one(i: int) -> str:
+        event_id = bus.publish(SUBJECT, issued(i), awaited=True)
+        await bus.durable(event_id)
+        return event_id
+    return list(await asyncio.gather(*(one(start + i) for i in range(n))))
+
+
+async def test_durable_while_nats_is_down_means_in_the_spool_fsynced_in_batches(tmp_path, monkeypatch):
+    spool = Spool(tmp_path / "spool", 1 << 20)
+    bus = EventBus(unreachable(), "test-durable-down", spool=spool)
+    await bus.start()
+    fsyncs = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real(fd))[1])
+    try:
+        await asyncio.wait_for(publish_durably(bus, 200), 10)
+        # Every one is on disk now (read back from the files by a spool of its own, below),
+        # none only in memory, and the 200 shared a few fsyncs, not one each.
+        assert bus.pending == 0 and spool.unread >= 1
+        assert len(fsyncs) <= 10, len(fsyncs)
+    finally:
+        await bus.close(flush_timeout=0.1)
+    reader = Spool(tmp_path / "spool", 1 << 20)
+    reader.open()
+    assert sorted(e.token_issued.jti for r in reader.read(1000) for e in r.events) == sorted(
+        f"j{i}" for i in range(200))
+    reader.close()
+
+
+async def test_a_full_spool_refuses_the_request_instead_of_answering_it_unaudited(tmp_path):
+    spool = Spool(tmp_path / "spool", 64 << 10)
+    bus = EventBus(unreachable(), "test-durable-full", spool=spool)
+    await bus.start()
+    refused_before = REGISTRY.get_sample_value("inbound_events_refused_total", {"source": "test-durable-full"}) or 0
+    try:
+        answered = 0
+        with pytest.raises(AuditUnavailable) as refused:
+            for i in range(10_000):
+                await asyncio.wait_for(publish_durably(bus, 1, i), 5)
+                answered += 1
+        assert refused.value.code == "temporarily_unavailable"
+        assert 0 < answered < 10_000 and spool.bytes <= 64 << 10
+        assert spool.unread == answered  # each answered one is spooled; the refused one is not
+        assert REGISTRY.get_sample_value("inbound_events_refused_total",
+                                         {"source": "test-durable-full"}) - refused_before >= 1
+    finally:
+        await bus.close(flush_timeout=0.1)
+
+
+async def test_buffered_answers_at_once_and_reports_its_loss_window():
+    bus = EventBus(unreachable(), "test-buffered")  # no spool: buffered delivery
+    await bus.start()
+    try:
+        old = issued(0)
+        old.occurred_at_unix_ms = int((time.time() - 30) * 1000)
+        bus.publish(SUBJECT, old, awaited=True)
+        await asyncio.wait_for(publish_durably(bus, 4, 1), 1)  # does not wait for NATS
+        assert REGISTRY.get_sample_value("inbound_events_in_memory", {"source": "test-buffered"}) == 5
+        assert REGISTRY.get_sample_value("inbound_events_in_memory_oldest_seconds",
+                                         {"source": "test-buffered"}) >= 29
+    finally:
+        await bus.close(flush_timeout=0.1)
+
+
+async def test_the_spool_is_replayed_in_order_when_nats_comes_and_each_event_is_in_the_stream_once(tmp_path):
+    server = PrivateNats(tmp_path / "nats", free_port())
+    spool = Spool(tmp_path / "spool", 1 << 20)
+    bus = EventBus(server.url, "test-replay", spool=spool)
+    await bus.start()
+    try:
+        first = await publish_durably(bus, 300)
+        assert spool.unread >= 1 and bus.pending == 0
+        server.start()
+        second = await publish_durably(bus, 50, 300)  # behind the spooled ones, whatever the path
+        await eventually(lambda: spool.empty, message="the spool replayed")
+        await bus.flush(5)
+        nc = await nats.connect(server.url)
+        try:
+            js = nc.jetstream()
+            sub = await js.pull_subscribe(SUBJECT, stream=STREAM)
+            got: list[str] = []
+            while True:
+                try:
+                    msgs = await sub.fetch(100, timeout=1)
+                except nats.errors.TimeoutError:
+                    break
+                got += [e.event_id for m in msgs for e in decode_message(m.data, m.headers)]
+        finally:
+            await nc.close()
+        assert got == first + second
+    finally:
+        await bus.close(flush_timeout=1)
+        server.stop()
