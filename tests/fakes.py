@@ -130,6 +130,14 @@ class FakeSigningKeys(_CanBeDown):
         self.keys.append(key)
         return True
 
+    async def rewrap_signing_key(self, kid: str, expected: bytes, encrypted_private_key: bytes) -> bool:
+        self._check()
+        for i, key in enumerate(self.keys):
+            if key.kid == kid and key.encrypted_private_key == expected:
+                self.keys[i] = dataclasses.replace(key, encrypted_private_key=encrypted_private_key)
+                return True
+        return False
+
 
 class FakeOpaqueTokens(_CanBeDown):
     """The registry's opaque tokens, by hash; a second token with a stored hash is refused."""

@@ -5,6 +5,7 @@
     inboundctl client update ID [--name ..] [--scope ..]... [--grant-type ..]... ...
     inboundctl keys list
     inboundctl keys rotate [--alg ES256|RS256|EdDSA] [--activation-delay SECONDS]
+    inboundctl keys rewrap
 
 Every change is recorded with the operator who made it: --operator NAME (env
 INBOUND_OPERATOR, default the local user name), sent as call metadata. Not yet
@@ -235,6 +236,21 @@ async def keys_rotate(s: Session, a: argparse.Namespace) -> None:
         print(f"\nThe new key is published in the JWKS now and signs from {output.when(key.activates_at)}.")
 
 
+async def keys_rewrap(s: Session, a: argparse.Namespace) -> None:
+    from inboundctl import output
+
+    report = await s.issuer().rewrap_keys()
+    if a.json:
+        output.emit_json({"rewrapped": list(report.rewrapped), "current": list(report.current),
+                          "unreadable": list(report.unreadable)})
+        return
+    print(f"{len(report.rewrapped)} signing key(s) re-encrypted under the first key-encryption key, "
+          f"{len(report.current)} already under it.")
+    if report.unreadable:
+        print(f"{len(report.unreadable)} stored key(s) open with none of the issuer's key-encryption keys and were "
+              f"left as stored (token_issuer skips them): {', '.join(report.unreadable)}")
+
+
 # --- the command line ---------------------------------------------------------------------------
 
 def _non_negative(text: str) -> int:
@@ -343,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alg", choices=SIGNING_ALGORITHMS, help="signing algorithm (default: the issuer's)")
     p.add_argument("--activation-delay", type=_non_negative, metavar="SECONDS",
                    help="seconds until the key signs (default: the issuer's INBOUND_KEY_ACTIVATION_DELAY)")
+    command(key_cmds, "rewrap", keys_rewrap, ISSUER,
+            "re-encrypt every stored signing key under the issuer's first key-encryption key (after it was put "
+            "first on every token_issuer replica; then the older keys can be dropped)")
     from inboundctl import audit_commands  # inboundctl audit tail | search (the audit service)
     audit_commands.add_subparsers(areas)
     return parser

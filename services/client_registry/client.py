@@ -113,6 +113,11 @@ class SigningKeysClient:
                              pb.AddSigningKeyRequest(key=wire.key_to_pb(key), only_if_none=only_if_none))
         return reply.added
 
+    async def rewrap_signing_key(self, kid: str, expected: bytes, encrypted_private_key: bytes) -> bool:
+        reply = await _admin(self.stub.RewrapSigningKey, pb.RewrapSigningKeyRequest(
+            kid=kid, expected_encrypted_private_key=expected, encrypted_private_key=encrypted_private_key))
+        return reply.replaced
+
 
 class TokensClient:
     """api.TokenStore over gRPC, both calls coalesced."""

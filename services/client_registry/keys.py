@@ -53,3 +53,17 @@ class SigningKeyRepository:
             self.events.publish(registry_subject(ENTITY_SIGNING_KEY),
                                 registry_changed(ENTITY_SIGNING_KEY, key.kid, "created"))
         return True
+
+    async def rewrap_signing_key(self, kid: str, expected: bytes, encrypted_private_key: bytes) -> bool:
+        """Compare-and-swap of one key's ciphertext: replaced only while the stored one is
+        `expected`, so a rewrap never overwrites another's newer one. Nothing else of the
+        key changes (the same key, encrypted again): no event, replicas keep what they hold."""
+        if not is_plausible_id(kid) or not encrypted_private_key:
+            raise InvalidArgument("a rewrap needs a kid and the new ciphertext")
+        status = await self.pool.execute(
+            "UPDATE signing_keys SET encrypted_private_key = $3 WHERE kid = $1 AND encrypted_private_key = $2",
+            kid, expected, encrypted_private_key)
+        replaced = status == "UPDATE 1"
+        log.info("signing key rewrapped" if replaced else "signing key not rewrapped: changed meanwhile",
+                 extra={"kid": kid})
+        return replaced

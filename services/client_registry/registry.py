@@ -74,6 +74,9 @@ class Registry:
     async def add_signing_key(self, key: SigningKeyRecord, only_if_none: bool) -> bool:
         return await self.signing_keys.add_signing_key(key, only_if_none)
 
+    async def rewrap_signing_key(self, kid: str, expected: bytes, encrypted_private_key: bytes) -> bool:
+        return await self.signing_keys.rewrap_signing_key(kid, expected, encrypted_private_key)
+
     # --- opaque tokens (api.TokenStore) -----------------------------------------------------------
 
     async def store_opaque_tokens(self, tokens: list[OpaqueTokenRecord]) -> list[ItemError | None]:

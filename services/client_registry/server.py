@@ -99,6 +99,11 @@ class SigningKeysServicer(registry_pb2_grpc.SigningKeysServicer):
         added = await _call(context, self.keys.add_signing_key(wire.key_from_pb(request.key), request.only_if_none))
         return pb.AddSigningKeyResponse(added=added)
 
+    async def RewrapSigningKey(self, request, context):
+        replaced = await _call(context, self.keys.rewrap_signing_key(
+            request.kid, request.expected_encrypted_private_key, request.encrypted_private_key))
+        return pb.RewrapSigningKeyResponse(replaced=replaced)
+
 
 class TokensServicer(registry_pb2_grpc.TokensServicer):
     def __init__(self, tokens: TokenStore):

@@ -48,6 +48,14 @@ class KeyInfo:
 
 
 @dataclass(frozen=True)
+class RewrapReport:
+    """What `inboundctl keys rewrap` did, by kid."""
+    rewrapped: tuple[str, ...] = ()  # re-encrypted under the first key-encryption key now
+    current: tuple[str, ...] = ()  # already under it
+    unreadable: tuple[str, ...] = ()  # opens with none of the key-encryption keys: left as stored
+
+
+@dataclass(frozen=True)
 class TokenInfo:
     """RFC 7662 §2.2 answer; inactive answers carry nothing else."""
     active: bool
@@ -81,6 +89,7 @@ class TokenIssuerApi(Protocol):
     async def jwks(self) -> dict: ...
     async def list_keys(self) -> list[KeyInfo]: ...
     async def rotate_key(self, alg: str = "", activation_delay: int | None = None) -> KeyInfo: ...
+    async def rewrap_keys(self) -> RewrapReport: ...
 
 
-__all__ = ["IssueRequest", "IssuedToken", "KeyInfo", "TokenIssuerApi", "OAuthError", "FORMAT_JWT", "FORMAT_OPAQUE"]
+__all__ = ["IssueRequest", "IssuedToken", "KeyInfo", "RewrapReport", "TokenIssuerApi", "OAuthError", "FORMAT_JWT", "FORMAT_OPAQUE"]

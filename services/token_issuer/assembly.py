@@ -106,6 +106,7 @@ class LocalIssuer:
         self.jwks = issuer.jwks
         self.list_keys = issuer.list_keys
         self.rotate_key = issuer.rotate_key
+        self.rewrap_keys = issuer.rewrap_keys
 
     async def introspect(self, token: str, caller: ClientCredentials | None = None, *,
                          request_id: str = "") -> TokenInfo:

@@ -13,7 +13,7 @@ from inboundlib.grpcx import is_unavailable, peer_going_away, request_metadata
 from inboundlib.oauth.client_auth import ClientCredentials
 from inboundlib.oauth.errors import InvalidRequest
 from inboundlib.wire import credentials_to_pb, error_from_pb, meta, restamp
-from services.token_issuer.api import FORMAT_OPAQUE, IssuedToken, IssueRequest, KeyInfo, TokenInfo
+from services.token_issuer.api import FORMAT_OPAQUE, IssuedToken, IssueRequest, KeyInfo, RewrapReport, TokenInfo
 
 SERVICE_NAME = "inbound.issuer.v1.TokenIssuer"
 HOT_TIMEOUT = 3.0
@@ -99,6 +99,11 @@ class IssuerClient:
                 raise InvalidRequest(exc.details()) from None
             raise
         return _key(reply.key)
+
+    async def rewrap_keys(self) -> RewrapReport:
+        reply = await self.stub.RewrapKeys(pb.RewrapKeysRequest(), timeout=ADMIN_TIMEOUT, metadata=request_metadata())
+        return RewrapReport(rewrapped=tuple(reply.rewrapped), current=tuple(reply.current),
+                            unreadable=tuple(reply.unreadable))
 
     async def _send_introspect(self, items: list[pb.IntrospectRequest], timeout: float,
                                wait_for_ready: bool = False) -> list[pb.IntrospectResult]:

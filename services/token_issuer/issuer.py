@@ -20,6 +20,7 @@ import time
 from typing import Protocol
 
 import jwt
+from cryptography.exceptions import InvalidTag
 from prometheus_client import Gauge
 
 from inbound.events.v1 import events_pb2
@@ -34,7 +35,7 @@ from services.client_registry.api import (
     SigningKeyStore,
     TokenStore,
 )
-from services.token_issuer.api import FORMAT_JWT, FORMAT_OPAQUE, IssuedToken, IssueRequest, KeyInfo
+from services.token_issuer.api import FORMAT_JWT, FORMAT_OPAQUE, IssuedToken, IssueRequest, KeyInfo, RewrapReport
 from services.token_issuer.jti import new_jti
 from services.token_issuer.keys import (
     ALGORITHMS,
@@ -50,6 +51,9 @@ log = logging.getLogger(__name__)
 UNREADABLE_KEYS = Gauge("inbound_signing_keys_unreadable",
                         "Stored signing keys this replica skips: they do not decrypt or do not parse")
 
+# A key whose ciphertext changes under a rewrap again and again has two rewraps with
+# different first key-encryption keys racing: give up and say so rather than loop.
+REWRAP_ATTEMPTS = 5
 OPAQUE_PREFIX = "ibo_"
 REFRESH_PREFIX = "ibr_"
 
@@ -138,6 +142,33 @@ class TokenIssuer:
                 kid=record.kid, alg=alg, activates_at=record.activates_at)))
         log.info("signing key rotated", extra={"kid": record.kid, "alg": alg, "activates_at": record.activates_at})
         return next(k for k in await self.list_keys() if k.kid == record.kid)
+
+    async def rewrap_keys(self) -> RewrapReport:
+        """Re-encrypt every stored signing key under the first key-encryption key, so the
+        older ones can be dropped. Each key is replaced by compare-and-swap on its stored
+        ciphertext: a concurrent rewrap or rotation is never overwritten; a key changed
+        meanwhile is read again (usually it is current by then)."""
+        rewrapped, current, unreadable = [], [], []
+        for record in await self.registry.list_signing_keys():
+            for _attempt in range(REWRAP_ATTEMPTS):
+                try:
+                    plaintext, index = self.encryptor.decrypt_with_index(record.kid, record.encrypted_private_key)
+                except InvalidTag:
+                    unreadable.append(record.kid)
+                    break
+                if index == 0:
+                    current.append(record.kid)
+                    break
+                if await self.registry.rewrap_signing_key(record.kid, record.encrypted_private_key,
+                                                          self.encryptor.encrypt(record.kid, plaintext)):
+                    rewrapped.append(record.kid)
+                    break
+                record = next(r for r in await self.registry.list_signing_keys() if r.kid == record.kid)
+            else:
+                raise TemporarilyUnavailable(detail=f"signing key {record.kid} kept changing during the rewrap")
+        log.info("signing keys rewrapped", extra={"rewrapped": len(rewrapped), "current": len(current),
+                                                  "unreadable": len(unreadable)})
+        return RewrapReport(rewrapped=tuple(rewrapped), current=tuple(current), unreadable=tuple(unreadable))
 
     async def list_keys(self) -> list[KeyInfo]:
         signing = self.keyring.signing_key()

@@ -139,6 +139,14 @@ class TokenIssuerServicer(issuer_pb2_grpc.TokenIssuerServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.description)
         return pb.RotateKeyResponse(key=key_to_pb(key))
 
+    async def RewrapKeys(self, request, context):
+        try:
+            report = await self.issuer.rewrap_keys()
+        except TemporarilyUnavailable as exc:  # a key kept changing under it: another rewrap races this one
+            await context.abort(grpc.StatusCode.ABORTED, exc.detail)
+        return pb.RewrapKeysResponse(rewrapped=report.rewrapped, current=report.current,
+                                     unreadable=report.unreadable)
+
 
 # What the introspection-only port serves: an allow-list, so an RPC added to the
 # contract later is not exposed there by accident.

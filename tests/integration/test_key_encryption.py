@@ -5,19 +5,26 @@ These change the stored keys and token_issuer's key-encryption keys, so they run
 on a system of their own (`kek_stack`), in file order."""
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import os
+import secrets
+import sys
 
 import asyncpg
 import httpx
 import jwt
 import pytest
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from inboundlib import grpcx
+from services.client_registry.client import SigningKeysClient
 from services.devstack import free_port
-from services.token_issuer.api import IssueRequest
+from services.token_issuer.api import IssueRequest, RewrapReport
 from services.token_issuer.client import IssuerClient
-from tests.support import serving
+from tests.support import eventually, register_client, serving
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +70,124 @@ async def test_a_garbage_stored_key_is_skipped_and_a_new_replica_still_starts_an
     finally:
         await channel.close()
         stack.stop_service("issuer-after-garbage")
+
+
+def _opens_with(kek: bytes, kid: str, blob: bytes) -> bool:
+    """Independent of token_issuer's code: AES-256-GCM, 96-bit nonce first, kid as associated data."""
+    try:
+        AESGCM(kek).decrypt(blob[:12], blob[12:], kid.encode())
+        return True
+    except InvalidTag:
+        return False
+
+
+async def _stored_keys(stack) -> dict[str, bytes]:
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        return {r["kid"]: bytes(r["encrypted_private_key"])
+                for r in await conn.fetch("SELECT kid, encrypted_private_key FROM signing_keys")}
+    finally:
+        await conn.close()
+
+
+async def _inboundctl(stack, *args: str) -> str:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("INBOUND_")}
+    environ.update(INBOUND_REGISTRY_ADDR=stack.addr("client_registry"), INBOUND_ISSUER_ADDR=stack.addr("token_issuer"))
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "inboundctl", *args, env=environ,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def test_the_key_encryption_key_rotates_while_tokens_keep_flowing(kek_stack):
+    """New key first on token_issuer (restarted), rewrap (twice at once), old key dropped
+    (restarted again): every token answered 200 throughout verifies and is active. With
+    one replica each restart answers 503 for a moment (Kubernetes rolls replicas over);
+    no token is lost or made invalid by the rotation."""
+    stack = kek_stack
+    client, secret = await register_client(stack)
+    old_b64 = stack.kek_file().read_text().strip()
+    old, new = base64.urlsafe_b64decode(old_b64), secrets.token_bytes(32)
+    answers: list[tuple[int, str]] = []  # (status, access token or error)
+    flowing = True
+
+    async def load() -> None:
+        async with httpx.AsyncClient(base_url=stack.edge_url, timeout=10) as http:
+            while flowing:
+                reply = await http.post("/oauth/token", data={"grant_type": "client_credentials"},
+                                        auth=(client.client_id, secret))
+                answers.append((reply.status_code, reply.json().get("access_token") or reply.json().get("error")))
+                await asyncio.sleep(0.02)  # pacing: a steady trickle, not a load test
+
+    async def more_tokens(n: int = 5) -> None:
+        start = sum(1 for status, _ in answers if status == 200)
+        await eventually(lambda: sum(1 for status, _ in answers if status == 200), until=lambda c: c >= start + n,
+                         message=f"{n} more tokens answered 200")
+
+    def restart_issuer() -> None:
+        stack.stop_service("token_issuer")
+        stack.start_service("token_issuer")
+
+    runner = asyncio.create_task(load())
+    try:
+        await more_tokens()
+        first_token = next(token for status, token in answers if status == 200)
+        before = await _stored_keys(stack)
+
+        # 1. The new key first on every replica (here: the one), the old one still there to decrypt.
+        stack.kek_file().write_text(f"{base64.urlsafe_b64encode(new).decode()}\n{old_b64}\n")
+        restart_issuer()
+        await serving(stack.addr("token_issuer"))
+        await more_tokens()
+
+        # 2. Rewrap, twice at once (inboundctl and a direct call): each key is rewrapped by exactly one.
+        channel = grpcx.channel(stack.addr("token_issuer"))
+        try:
+            cli, two = await asyncio.gather(_inboundctl(stack, "keys", "rewrap", "--json"),
+                                            IssuerClient(channel).rewrap_keys())
+        finally:
+            await channel.close()
+        one = RewrapReport(**{field: tuple(kids) for field, kids in json.loads(cli).items()})
+        readable = {kid for kid, blob in before.items() if _opens_with(old, kid, blob)}
+        assert readable and sorted(one.rewrapped + two.rewrapped) == sorted(readable)
+        after = await _stored_keys(stack)
+        assert after.keys() == before.keys()  # no key lost
+        assert all(_opens_with(new, kid, after[kid]) and not _opens_with(old, kid, after[kid]) for kid in readable)
+        assert {kid for kid in after if kid not in readable} == set(one.unreadable) == set(two.unreadable)
+        # A rewrap that read the key before another replaced it (the stale ciphertext) changes nothing.
+        kid = sorted(readable)[0]
+        channel = grpcx.channel(stack.addr("client_registry"))
+        try:
+            stale = SigningKeysClient(channel).rewrap_signing_key(kid, before[kid], os.urandom(len(before[kid])))
+            assert await stale is False
+        finally:
+            await channel.close()
+        assert await _stored_keys(stack) == after
+        await more_tokens()
+
+        assert "0 signing key(s) re-encrypted" in await _inboundctl(stack, "keys", "rewrap")  # nothing left
+
+        # 3. The old key dropped.
+        stack.kek_file().write_text(base64.urlsafe_b64encode(new).decode() + "\n")
+        restart_issuer()
+        await serving(stack.addr("token_issuer"))
+        await more_tokens()
+    finally:
+        flowing = False
+        await runner
+
+    print(f"answers: {len(answers)}, by status: "
+          f"{ {s: sum(1 for a, _ in answers if a == s) for s in {a for a, _ in answers}} }")
+    assert {status for status, _ in answers} <= {200, 503}, "only 'temporarily unavailable' while restarting"
+    tokens = [token for status, token in answers if status == 200]
+    channel = grpcx.channel(stack.addr("token_issuer"))
+    try:
+        issuer = IssuerClient(channel)
+        jwks = await issuer.jwks()
+        for token in tokens:
+            assert _verify(token, jwks, stack.edge_url + "/api")["client_id"] == client.client_id
+        sample = [first_token, *tokens[:: max(1, len(tokens) // 20)], tokens[-1]]
+        assert [(await issuer.introspect(token)).active for token in sample] == [True] * len(sample)
+    finally:
+        await channel.close()

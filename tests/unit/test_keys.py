@@ -168,3 +168,37 @@ def test_key_encryption_keys_come_from_a_file_a_list_or_the_older_single_setting
         with pytest.raises(ConfigError, match=message) as caught:
             key_encryption_keys(Env(environ))
         assert b64[0] not in str(caught.value) and b64[1][:-8] not in str(caught.value)
+
+
+async def test_rewrap_reencrypts_under_the_first_key_and_rereads_a_key_another_rewrap_replaced():
+    from dataclasses import replace
+
+    from services.token_issuer.issuer import TokenIssuer
+    from tests.fakes import FakeSigningKeys
+
+    old, new = os.urandom(32), os.urandom(32)
+    under_old = [new_key_record("ES256", KeyEncryptor(old)) for _ in range(2)]
+    under_new = new_key_record("ES256", KeyEncryptor(new))
+    garbage = replace(new_key_record("ES256", KeyEncryptor(old)), encrypted_private_key=os.urandom(80))
+
+    class RacedStore(FakeSigningKeys):
+        """Another replica rewraps the first key between this one's read and its swap."""
+        raced = False
+
+        async def rewrap_signing_key(self, kid, expected, encrypted_private_key):
+            if not self.raced:
+                self.raced = True
+                other = KeyEncryptor(new).encrypt(kid, KeyEncryptor(old).decrypt(kid, expected))
+                assert await super().rewrap_signing_key(kid, expected, other)
+            return await super().rewrap_signing_key(kid, expected, encrypted_private_key)
+
+    store = RacedStore(*under_old, under_new, garbage)
+    issuer = TokenIssuer(store, KeyEncryptor(new, old), issuer="i", default_audience="a")
+    report = await issuer.rewrap_keys()
+    assert report.rewrapped == (under_old[1].kid,)  # the first was rewrapped by the other replica
+    assert sorted(report.current) == sorted([under_old[0].kid, under_new.kid])
+    assert report.unreadable == (garbage.kid,)
+    assert len(store.keys) == 4
+    for record in store.keys:
+        if record.kid != garbage.kid:
+            assert open_key_record(record, KeyEncryptor(new)).kid == record.kid
