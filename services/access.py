@@ -79,6 +79,7 @@ RULES: dict[str, Allowed] = {
     _ISSUER + "RevokeClientTokens": OPERATORS,
     _ISSUER + "ListKeys": OPERATORS,
     _ISSUER + "RotateKey": OPERATORS,
+    _ISSUER + "RewrapKeys": OPERATORS,  # inboundctl keys rewrap (the key-encryption key rotated)
 
     _CLIENTS + "GetClients": SECRET_VERIFIERS | OPERATORS,
     _CLIENTS + "ListClients": OPERATORS,
@@ -89,6 +90,7 @@ RULES: dict[str, Allowed] = {
 
     _KEYS + "ListSigningKeys": ISSUER | OPERATORS,
     _KEYS + "AddSigningKey": ISSUER | OPERATORS,
+    _KEYS + "RewrapSigningKey": ISSUER,  # only token_issuer holds the key-encryption keys
 
     _TOKENS + "StoreOpaqueTokens": ISSUER,
     _TOKENS + "GetOpaqueTokens": ISSUER,

@@ -86,3 +86,9 @@ def test_secret_hashes_go_only_to_the_services_that_verify_secrets():
     candidates = [identity.service(n) for n in (*modules.NAMES, modules.ALL_IN_ONE)]
     candidates += [identity.operator("alice"), identity.resource_server("rs"), None]
     assert {c for c in candidates if access.SECRET_VERIFIERS.admits(c)} == verifiers
+
+
+def test_only_operators_rewrap_and_only_token_issuer_replaces_a_stored_key():
+    assert admitted("/inbound.issuer.v1.TokenIssuer/RewrapKeys") == {identity.operator("alice")}
+    assert admitted("/inbound.registry.v1.SigningKeys/RewrapSigningKey") == {identity.service("token_issuer"),
+                                                                             access.ALL_IN_ONE}
