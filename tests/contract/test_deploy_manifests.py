@@ -4,9 +4,12 @@ Renders the kustomize base and each overlay with `kubectl kustomize`, validates
 every object against the Kubernetes 1.30 OpenAPI schemas with kubernetes-validate
 (strict: misspelt fields fail), then checks what the schemas cannot: the
 hardening every pod must keep, the probes, the wiring between objects (env
-references, ports, Service selectors, gRPC targets), the NetworkPolicy (the
-rules' shape, and what sample peers it actually admits to which ports), and the
-replica / autoscaling shape of each overlay. The env each Deployment sets is
+references, ports, Service selectors, gRPC targets), the certificates and
+Secrets each pod mounts (its own only), that nothing is configured plaintext,
+the NetworkPolicy (evaluated for every pair of pods and sample outside peers:
+each gRPC port admits exactly the services the access table, services/access.py,
+lets call it; egress only where needed), and the replica / autoscaling shape
+of each overlay. The env each Deployment sets is
 also checked against the variables its service's code actually reads (AST of
 the host, libs/inboundlib/hosting.py, and of the service's assembly named by the
 module table, services/modules.py, which also gives every service's ports).
@@ -28,9 +31,9 @@ import pytest
 import yaml
 from kubernetes_validate import utils as kv
 
-from inboundlib import hosting
+from inboundlib import hosting, identity
 from inboundlib.hosting import Module
-from services import modules
+from services import access, modules
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -44,7 +47,6 @@ TARGETS = ["base", "overlays/local", "overlays/production"]
 # Where the settings shared by several services come from in the cluster.
 SHARED_SOURCES = {
     "DATABASE_URL": ("secret", "database-url"),
-    "INBOUND_KEY_ENCRYPTION_KEY": ("secret", "key-encryption-key"),
     "INBOUND_ISSUER": ("configmap", "issuer"),
     "NATS_URL": ("configmap", "nats-url"),
 }
@@ -56,6 +58,7 @@ def _expected_env(module: Module) -> dict:
     settings its code reads: a literal string, ("configmap", key) or ("secret", key)."""
     env: dict = {p.env: str(p.number) for p in module.ports}
     env["INBOUND_METRICS_PORT"] = str(module.metrics_port)
+    env["INBOUND_EVENTS_SPOOL_DIR"] = SPOOL_DIR
     for name in hosting.dependencies(modules.TABLE, module):
         dep = modules.TABLE[name]
         if dep.address_env:
@@ -66,6 +69,15 @@ def _expected_env(module: Module) -> dict:
     env.update({var: source for var, source in SHARED_SOURCES.items() if var in _env_read(module.name)})
     return env
 
+
+# The key-encryption keys: a file in the Secret token-issuer-kek, mounted by token-issuer alone.
+KEK_SECRET, KEK_KEY, KEK_DIR = "token-issuer-kek", "keys", "/etc/inbound/kek"
+KEK_OWNER = "token-issuer"
+# Settings that must never appear in a manifest: each turns authentication or
+# encryption off, or answers tokens before their audit event is durable.
+PLAINTEXT_SETTINGS = {"INBOUND_GRPC_TLS": {"plaintext"}, "INBOUND_EVENTS_DELIVERY": {"buffered"}}
+# Durable audit delivery: each process's spool of events NATS cannot take now, on a volume.
+SPOOL_DIR = "/var/lib/inbound/events-spool"
 
 # k8s name -> module, kind, main port, and the env each must carry: all from the module table.
 SERVICES = {
@@ -92,6 +104,9 @@ INTROSPECTION_TARGET = f"dns:///{INTROSPECTION_SERVICE}.{NAMESPACE}.svc:{INTROSP
 COMMON_ENV = {"INBOUND_LOG_LEVEL"}
 ENV_METHODS = {"str", "int", "float", "bool", "choice", "addr", "url", "key32", "addr_map"}
 ADDR_VARS = ("INBOUND_REGISTRY_ADDR", "INBOUND_ISSUER_ADDR")
+# Where every process reads the settings that are not its service's own: the host
+# (ports, NATS, health) and the libraries it calls with the process's Env.
+COMMON_FILES = [REPO / "libs" / "inboundlib" / f for f in ("hosting.py", "spool.py")]
 
 
 # ---------------------------------------------------------------- rendering
@@ -299,13 +314,14 @@ def test_prometheus_annotations(docs):
 
 # ---------------------------------------------------------------- wiring
 
-def _secret_example() -> dict:
-    return yaml.safe_load((DEPLOY / "base" / "secret.example.yaml").read_text())
+def _secret_examples() -> dict[str, dict]:
+    return {d["metadata"]["name"]: d
+            for d in yaml.safe_load_all((DEPLOY / "base" / "secret.example.yaml").read_text()) if d}
 
 
 def test_env_wiring(docs):
     configmaps = _of_kind(docs, "ConfigMap")
-    secret_keys = set(_secret_example()["stringData"])
+    secret_keys = set(_secret_examples()[SECRET_NAME]["stringData"])
     for name, dep in _of_kind(docs, "Deployment").items():
         c = _main(dep)
         names = [e["name"] for e in c.get("env", [])]
@@ -347,7 +363,7 @@ def _env_read(module: str) -> dict[str, bool]:
     grant.py), plus the names the host reads from the module table: the ports'
     settings and the addresses of the services it calls."""
     row = modules.TABLE[module]
-    files = [REPO / "libs" / "inboundlib" / "hosting.py", _module_file(row.assembly)]
+    files = [*COMMON_FILES, _module_file(row.assembly)]
     if row.grant_type and (REPO / "services" / module / "grant.py").is_file():
         files.append(REPO / "services" / module / "grant.py")
     found: dict[str, bool] = {p.env: False for p in row.ports}
@@ -355,14 +371,33 @@ def _env_read(module: str) -> dict[str, bool]:
         dep = modules.TABLE[name]
         found[hosting.GRANT_ADDRS_ENV if dep.grant_type else dep.address_env] = False
     for path in files:
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        names = _string_constants(tree)
+        for node in ast.walk(tree):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                    and node.func.attr in ENV_METHODS and node.args
-                    and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
-                    and re.fullmatch(r"[A-Z][A-Z0-9_]+", node.args[0].value)):
-                required = len(node.args) == 1 and not any(k.arg == "default" for k in node.keywords)
-                found[node.args[0].value] = found.get(node.args[0].value, False) or required
+                    and node.func.attr in ENV_METHODS and node.args):
+                first = node.args[0]
+                value = (first.value if isinstance(first, ast.Constant)
+                         else names.get(first.id) if isinstance(first, ast.Name) else None)
+                if isinstance(value, str) and re.fullmatch(r"[A-Z][A-Z0-9_]+", value):
+                    required = len(node.args) == 1 and not any(k.arg == "default" for k in node.keywords)
+                    found[value] = found.get(value, False) or required
     return found
+
+
+def _string_constants(tree: ast.Module) -> dict[str, str]:
+    """A module's top-level NAME = "string" (and A, B = "a", "b") assignments: settings are
+    often read through such constants (tls.CERT_ENV)."""
+    names: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+            pairs = (zip(target.elts, value.elts) if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple)
+                     else [(target, value)])
+            for t, v in pairs:
+                if isinstance(t, ast.Name) and isinstance(v, ast.Constant) and isinstance(v.value, str):
+                    names[t.id] = v.value
+    return names
 
 
 def test_env_reader_sanity():
@@ -375,6 +410,7 @@ def test_env_reader_sanity():
     assert _env_read("audit").get("INBOUND_AUDIT_BATCH") is False
     assert _env_read("edge").get("INBOUND_GRANT_ADDRS") is False
     assert _env_read("edge").get("NATS_URL") is False  # the host's
+    assert _env_read("audit").get("INBOUND_EVENTS_DELIVERY") is False  # spool.py
 
 
 def test_env_matches_what_the_code_reads(docs):
@@ -390,6 +426,72 @@ def test_env_matches_what_the_code_reads(docs):
         assert not stale, f"{name}: env {sorted(stale)} is set but services.{SERVICES[name]['module']} never reads it"
         missing = {var for var, required in read.items() if required} - set_here
         assert not missing, f"{name}: required env {sorted(missing)} not set"
+
+
+def _volume_mount(dep: dict, path: str) -> tuple[dict, dict]:
+    """The main container's mount at `path` and the pod volume behind it."""
+    mounts = [m for m in _main(dep).get("volumeMounts", []) if m["mountPath"] == path]
+    assert len(mounts) == 1, f"{dep['metadata']['name']}: {len(mounts)} mounts at {path}"
+    volumes = [v for v in _pod(dep).get("volumes", []) if v["name"] == mounts[0]["name"]]
+    assert len(volumes) == 1, f"{dep['metadata']['name']}: volume {mounts[0]['name']}"
+    return mounts[0], volumes[0]
+
+
+def test_each_pod_mounts_only_its_own_secrets(docs):
+    """A Secret volume is named after the Deployment that mounts it (`<name>-tls`,
+    `token-issuer-kek`, ...): no pod holds another service's key or credentials.
+    Env from a Secret comes only from the shared Secret (the database URLs)."""
+    for name, dep in _of_kind(docs, "Deployment").items():
+        for volume in _pod(dep).get("volumes", []):
+            for source in [volume.get("secret")] + [s.get("secret") for s in volume.get("projected", {}).get("sources", [])]:
+                if source:
+                    assert source["secretName"].startswith(f"{name}-"), f"{name} mounts Secret {source['secretName']}"
+        for c in _containers(dep):
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                assert ref is None or ref["name"] == SECRET_NAME, f"{name}: env {e['name']} from Secret {ref}"
+            assert not c.get("envFrom"), f"{name}: envFrom would hand the pod a whole Secret or ConfigMap"
+
+
+def test_key_encryption_keys_are_a_mounted_file(docs):
+    """token-issuer alone reads the key-encryption keys, from a file of its own Secret
+    (rotated by editing it: one key per line), never from the env."""
+    for name, dep in _of_kind(docs, "Deployment").items():
+        env = {e["name"]: e for e in _main(dep).get("env", [])}
+        assert not {"INBOUND_KEY_ENCRYPTION_KEY", "INBOUND_KEY_ENCRYPTION_KEYS"} & set(env), f"{name}: a KEK in env"
+        if name != KEK_OWNER:
+            assert "INBOUND_KEY_ENCRYPTION_KEYS_FILE" not in env, name
+            continue
+        mount, volume = _volume_mount(dep, KEK_DIR)
+        assert volume.get("secret", {}).get("secretName") == KEK_SECRET and mount.get("readOnly") is True, volume
+        assert "subPath" not in mount and volume["secret"].get("defaultMode", 0o644) & 0o007 == 0, (mount, volume)
+        assert env["INBOUND_KEY_ENCRYPTION_KEYS_FILE"].get("value") == f"{KEK_DIR}/{KEK_KEY}"
+
+
+def test_every_process_spools_events_on_its_own_volume(docs):
+    """Durable delivery needs a writable spool (the root filesystem is read-only):
+    a volume of the pod's own at INBOUND_EVENTS_SPOOL_DIR, whose sizeLimit holds the
+    spool's bound (a full emptyDir past its limit gets the pod evicted, spool and all)."""
+    for name, dep in _of_kind(docs, "Deployment").items():
+        mount, volume = _volume_mount(dep, SPOOL_DIR)
+        assert not mount.get("readOnly") and "subPath" not in mount, f"{name}: {mount}"
+        assert "emptyDir" in volume, f"{name}: spool volume {volume}"
+        env = {e["name"]: e.get("value") for e in _main(dep).get("env", [])}
+        assert env.get("INBOUND_EVENTS_SPOOL_DIR") == SPOOL_DIR, name
+        bound = int(env.get("INBOUND_EVENTS_SPOOL_BYTES") or 0)
+        assert bound, f"{name}: INBOUND_EVENTS_SPOOL_BYTES must be set to fit the volume"
+        limit = volume["emptyDir"].get("sizeLimit")
+        assert limit and bound + (32 << 20) <= _quantity(limit), \
+            f"{name}: spool bound {bound} does not fit the volume's sizeLimit {limit} (with room for one segment)"
+
+
+def test_nothing_is_configured_plaintext(docs, target):
+    """No overlay (production or local) turns authentication or encryption off."""
+    for name, dep in _of_kind(docs, "Deployment").items():
+        for c in _containers(dep):
+            for e in c.get("env", []):
+                assert e.get("value") not in PLAINTEXT_SETTINGS.get(e["name"], ()), \
+                    f"deploy/{target} {name}: {e['name']}={e.get('value')}"
 
 
 def test_grpc_targets_resolve_to_headless_services(docs):
@@ -472,7 +574,7 @@ def test_disruption_budgets(docs):
 # must answer for sample peers: every Inbound pod, resource servers, strangers,
 # Prometheus, an address outside the cluster.
 
-def _callers() -> dict[str, set[str]]:
+def _callers_by_module_table() -> dict[str, set[str]]:
     """k8s name -> the k8s names of the Inbound services that call it, by the module
     table (its dependencies, and every grant service for the service that routes grants)."""
     callers: dict[str, set[str]] = {m.k8s_name: set() for m in modules.MODULES}
@@ -482,7 +584,32 @@ def _callers() -> dict[str, set[str]]:
     return callers
 
 
-CALLERS = _callers()
+# Which module serves the RPCs of each proto package (a grant: every grant service).
+PACKAGE_SERVERS = {
+    "inbound.issuer.v1": ["token_issuer"],
+    "inbound.registry.v1": ["client_registry"],
+    "inbound.audit.v1": ["audit"],
+    "inbound.grant.v1": [m.name for m in modules.MODULES if m.grant_type],
+}
+HEALTH_PACKAGE = "grpc.health.v1"  # every process; anyone (probes carry no certificate)
+
+
+def _callers_by_access_table() -> dict[str, set[str]]:
+    """k8s name -> the k8s names of the Inbound services the access table
+    (services/access.py) allows to call at least one of its RPCs."""
+    callers: dict[str, set[str]] = {m.k8s_name: set() for m in modules.MODULES}
+    for method, allowed in access.RULES.items():
+        package = method.split("/")[1].rsplit(".", 1)[0]
+        if package == HEALTH_PACKAGE:
+            continue
+        assert package in PACKAGE_SERVERS, f"{method}: which service serves {package}? (PACKAGE_SERVERS)"
+        for server in PACKAGE_SERVERS[package]:
+            callers[modules.TABLE[server].k8s_name] |= {m.k8s_name for m in modules.MODULES
+                                                        if allowed.admits(identity.service(m.name))}
+    return callers
+
+
+CALLERS = _callers_by_access_table()
 CALLEES = {name: {callee for callee, who in CALLERS.items() if name in who} for name in CALLERS}
 DNS_PORT, POSTGRES_PORT = 53, 5432
 
@@ -590,12 +717,16 @@ def _grpc_ports(container: dict) -> set[int]:
     return {p["containerPort"] for p in container.get("ports", []) if p["name"].startswith("grpc")}
 
 
-def test_callers_by_the_module_table():
-    """Guard for the derivation the policy tests rely on (today's calls)."""
+def test_callers_by_the_access_table():
+    """The callers the policies are checked against: who the access table lets call
+    a service's RPCs. The module table (who calls whom) must say the same: a service
+    allowed calls it never makes would get a port opened for nothing, and one that
+    calls without being allowed would be refused every time."""
+    assert CALLERS == _callers_by_module_table()
     assert CALLERS["client-registry"] >= {"token-issuer", "client-credentials"}
     assert CALLERS["token-issuer"] >= {"edge", "client-credentials"}
     assert CALLERS["client-credentials"] == {"edge"}
-    assert CALLERS["audit"] == set() and CALLERS["edge"] == set()
+    assert CALLERS["audit"] == set() and CALLERS["edge"] == set(), "operators only: through port-forward"
     assert "edge" not in CALLERS["client-registry"], "the edge never calls the registry"
 
 
@@ -775,12 +906,15 @@ def test_secret_is_an_example_outside_the_base():
     kustomization = yaml.safe_load((DEPLOY / "base" / "kustomization.yaml").read_text())
     assert "secret.example.yaml" not in kustomization.get("resources", [])
     assert not kustomization.get("secretGenerator"), "secrets are created out of band"
-    secret = _secret_example()
-    assert _schema_errors(secret) is None, _schema_errors(secret)
-    assert secret["metadata"]["name"] == SECRET_NAME
-    assert set(secret["stringData"]) == {"database-url", "key-encryption-key"}
+    secrets = _secret_examples()
+    for secret in secrets.values():
+        assert _schema_errors(secret) is None, _schema_errors(secret)
+    assert set(secrets) == {SECRET_NAME, KEK_SECRET}
+    assert set(secrets[SECRET_NAME]["stringData"]) == {"database-url"}
+    assert set(secrets[KEK_SECRET]["stringData"]) == {KEK_KEY}
     readme = (DEPLOY / "README.md").read_text()
-    assert f"create secret generic {SECRET_NAME}" in readme, "README must document creating the Secret"
+    for name in secrets:
+        assert f"create secret generic {name}" in readme, f"README must document creating the Secret {name}"
 
 
 def test_dockerfile():
