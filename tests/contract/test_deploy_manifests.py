@@ -9,7 +9,7 @@ Secrets each pod mounts (its own only), that nothing is configured plaintext,
 the NetworkPolicy (evaluated for every pair of pods and sample outside peers:
 each gRPC port admits exactly the services the access table, services/access.py,
 lets call it; egress only where needed), and the replica / autoscaling shape
-of each overlay. The env each Deployment sets is
+of each overlay. The env each StatefulSet sets is
 also checked against the variables its service's code actually reads (AST of
 the host, libs/inboundlib/hosting.py, and of the service's assembly named by the
 module table, services/modules.py, which also gives every service's ports).
@@ -43,6 +43,9 @@ APP_LABEL = ("app.kubernetes.io/part-of", "inbound")
 UID = 10001
 SECRET_NAME = "inbound-secrets"
 TARGETS = ["base", "overlays/local", "overlays/production"]
+# Every service runs as a StatefulSet: each replica's audit event spool is on a
+# PersistentVolumeClaim of its own that outlives the pod.
+WORKLOAD = "StatefulSet"
 
 # Where the settings shared by several services come from in the cluster.
 SHARED_SOURCES = {
@@ -53,7 +56,7 @@ SHARED_SOURCES = {
 
 
 def _expected_env(module: Module) -> dict:
-    """The env a Deployment must carry, from the module table: its ports, its
+    """The env a StatefulSet must carry, from the module table: its ports, its
     dependencies' addresses (headless Services, round_robin), and the shared
     settings its code reads: a literal string, ("configmap", key) or ("secret", key)."""
     env: dict = {p.env: str(p.number) for p in module.ports}
@@ -217,8 +220,9 @@ def test_renders_and_validates_strict(docs, target):
 # ---------------------------------------------------------------- inventory
 
 def test_inventory_namespace_and_labels(docs, target):
-    deployments = _of_kind(docs, "Deployment")
-    assert set(deployments) == set(SERVICES), f"deploy/{target}: Deployments {sorted(deployments)}"
+    deployments = _of_kind(docs, WORKLOAD)
+    assert set(deployments) == set(SERVICES), f"deploy/{target}: {WORKLOAD}s {sorted(deployments)}"
+    assert not _of_kind(docs, "Deployment"), f"deploy/{target}: every service is a {WORKLOAD}"
     for kind in ("Service", "PodDisruptionBudget", "ServiceAccount"):
         assert set(SERVICES) <= set(_of_kind(docs, kind)), f"deploy/{target}: a {kind} per service"
     assert NAMESPACE in _of_kind(docs, "Namespace")
@@ -235,10 +239,10 @@ def test_inventory_namespace_and_labels(docs, target):
 # ---------------------------------------------------------------- hardening
 
 def test_pod_and_container_hardening(docs, target):
-    for name, dep in _of_kind(docs, "Deployment").items():
+    for name, dep in _of_kind(docs, WORKLOAD).items():
         pod = _pod(dep)
         psc = pod.get("securityContext", {})
-        where = f"deploy/{target} Deployment/{name}"
+        where = f"deploy/{target} {WORKLOAD}/{name}"
         assert dep["spec"]["template"]["metadata"]["labels"].get(APP_LABEL[0]) == APP_LABEL[1], f"{where}: pod label {APP_LABEL}"
         assert pod.get("automountServiceAccountToken") is False, f"{where}: automountServiceAccountToken"
         assert pod.get("serviceAccountName") == name, f"{where}: own ServiceAccount"
@@ -275,7 +279,7 @@ def test_pod_and_container_hardening(docs, target):
 
 
 def test_command_runs_the_service_module(docs):
-    for name, dep in _of_kind(docs, "Deployment").items():
+    for name, dep in _of_kind(docs, WORKLOAD).items():
         module = SERVICES[name]["module"]
         c = _main(dep)
         assert [*c.get("command", []), *c.get("args", [])] == ["python", "-m", f"services.{module}"], name
@@ -283,7 +287,7 @@ def test_command_runs_the_service_module(docs):
 
 
 def test_probes(docs):
-    for name, dep in _of_kind(docs, "Deployment").items():
+    for name, dep in _of_kind(docs, WORKLOAD).items():
         spec, c = SERVICES[name], _main(dep)
         ready, live = c.get("readinessProbe"), c.get("livenessProbe")
         assert ready and live, f"{name}: readiness and liveness probes"
@@ -302,7 +306,7 @@ def test_probes(docs):
 
 
 def test_prometheus_annotations(docs):
-    for name, dep in _of_kind(docs, "Deployment").items():
+    for name, dep in _of_kind(docs, WORKLOAD).items():
         ann = dep["spec"]["template"]["metadata"].get("annotations", {})
         expected = SERVICES[name]["row"].metrics_port
         assert expected == METRICS_PORT and expected != SERVICES[name]["port"], name
@@ -322,7 +326,7 @@ def _secret_examples() -> dict[str, dict]:
 def test_env_wiring(docs):
     configmaps = _of_kind(docs, "ConfigMap")
     secret_keys = set(_secret_examples()[SECRET_NAME]["stringData"])
-    for name, dep in _of_kind(docs, "Deployment").items():
+    for name, dep in _of_kind(docs, WORKLOAD).items():
         c = _main(dep)
         names = [e["name"] for e in c.get("env", [])]
         assert len(names) == len(set(names)), f"{name}: duplicate env {names}"
@@ -416,7 +420,7 @@ def test_env_reader_sanity():
 def test_env_matches_what_the_code_reads(docs):
     """No stale variable in a manifest (a typo or one the code stopped reading is
     silently ignored), and every variable without a default is set."""
-    for name, dep in _of_kind(docs, "Deployment").items():
+    for name, dep in _of_kind(docs, WORKLOAD).items():
         read = _env_read(SERVICES[name]["module"])
         expected = _expected_env(SERVICES[name]["row"])
         assert set(expected) <= set(read), \
@@ -438,10 +442,10 @@ def _volume_mount(dep: dict, path: str) -> tuple[dict, dict]:
 
 
 def test_each_pod_mounts_only_its_own_secrets(docs):
-    """A Secret volume is named after the Deployment that mounts it (`<name>-tls`,
+    """A Secret volume is named after the workload that mounts it (`<name>-tls`,
     `token-issuer-kek`, ...): no pod holds another service's key or credentials.
     Env from a Secret comes only from the shared Secret (the database URLs)."""
-    for name, dep in _of_kind(docs, "Deployment").items():
+    for name, dep in _of_kind(docs, WORKLOAD).items():
         for volume in _pod(dep).get("volumes", []):
             for source in [volume.get("secret")] + [s.get("secret") for s in volume.get("projected", {}).get("sources", [])]:
                 if source:
@@ -456,7 +460,7 @@ def test_each_pod_mounts_only_its_own_secrets(docs):
 def test_key_encryption_keys_are_a_mounted_file(docs):
     """token-issuer alone reads the key-encryption keys, from a file of its own Secret
     (rotated by editing it: one key per line), never from the env."""
-    for name, dep in _of_kind(docs, "Deployment").items():
+    for name, dep in _of_kind(docs, WORKLOAD).items():
         env = {e["name"]: e for e in _main(dep).get("env", [])}
         assert not {"INBOUND_KEY_ENCRYPTION_KEY", "INBOUND_KEY_ENCRYPTION_KEYS"} & set(env), f"{name}: a KEK in env"
         if name != KEK_OWNER:
@@ -468,26 +472,41 @@ def test_key_encryption_keys_are_a_mounted_file(docs):
         assert env["INBOUND_KEY_ENCRYPTION_KEYS_FILE"].get("value") == f"{KEK_DIR}/{KEK_KEY}"
 
 
-def test_every_process_spools_events_on_its_own_volume(docs):
-    """Durable delivery needs a writable spool (the root filesystem is read-only):
-    a volume of the pod's own at INBOUND_EVENTS_SPOOL_DIR, whose sizeLimit holds the
-    spool's bound (a full emptyDir past its limit gets the pod evicted, spool and all)."""
-    for name, dep in _of_kind(docs, "Deployment").items():
-        mount, volume = _volume_mount(dep, SPOOL_DIR)
-        assert not mount.get("readOnly") and "subPath" not in mount, f"{name}: {mount}"
-        assert "emptyDir" in volume, f"{name}: spool volume {volume}"
-        env = {e["name"]: e.get("value") for e in _main(dep).get("env", [])}
+def _claim_template(workload: dict, name: str) -> dict | None:
+    return next((t for t in workload["spec"].get("volumeClaimTemplates", []) if t["metadata"]["name"] == name), None)
+
+
+def test_every_process_spools_events_on_a_volume_that_outlives_its_pod(docs):
+    """Durable delivery needs a writable spool (the root filesystem is read-only) that
+    a SIGTERM, a rollout, an eviction or a lost node do not take with the pod: a
+    PersistentVolumeClaim per replica (claim template), mounted at
+    INBOUND_EVENTS_SPOOL_DIR, kept when the replica is scaled away, big enough for
+    the spool's bound, and never a pod-lifetime volume."""
+    for name, workload in _of_kind(docs, WORKLOAD).items():
+        spec, c = workload["spec"], _main(workload)
+        mounts = [m for m in c.get("volumeMounts", []) if m["mountPath"] == SPOOL_DIR]
+        assert len(mounts) == 1 and not mounts[0].get("readOnly") and "subPath" not in mounts[0], f"{name}: {mounts}"
+        assert not any(v["name"] == mounts[0]["name"] for v in _pod(workload).get("volumes", [])), \
+            f"{name}: the spool is a pod volume (it would go with the pod)"
+        claim = _claim_template(workload, mounts[0]["name"])
+        assert claim, f"{name}: no volumeClaimTemplate {mounts[0]['name']}"
+        assert claim["spec"]["accessModes"] == ["ReadWriteOnce"], f"{name}: one replica per spool"
+        retention = spec.get("persistentVolumeClaimRetentionPolicy", {})
+        assert retention == {"whenDeleted": "Retain", "whenScaled": "Retain"}, f"{name}: {retention}"
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
         assert env.get("INBOUND_EVENTS_SPOOL_DIR") == SPOOL_DIR, name
         bound = int(env.get("INBOUND_EVENTS_SPOOL_BYTES") or 0)
         assert bound, f"{name}: INBOUND_EVENTS_SPOOL_BYTES must be set to fit the volume"
-        limit = volume["emptyDir"].get("sizeLimit")
-        assert limit and bound + (32 << 20) <= _quantity(limit), \
-            f"{name}: spool bound {bound} does not fit the volume's sizeLimit {limit} (with room for one segment)"
+        size = claim["spec"]["resources"]["requests"]["storage"]
+        assert bound * 1.25 <= _quantity(size), f"{name}: spool bound {bound} leaves no room in a {size} volume"
+        # Replicas start and stop together (no ordinal one-by-one start), as a Deployment's.
+        assert spec.get("podManagementPolicy") == "Parallel", name
+        assert spec.get("serviceName") == name, name
 
 
 def test_nothing_is_configured_plaintext(docs, target):
     """No overlay (production or local) turns authentication or encryption off."""
-    for name, dep in _of_kind(docs, "Deployment").items():
+    for name, dep in _of_kind(docs, WORKLOAD).items():
         for c in _containers(dep):
             for e in c.get("env", []):
                 assert e.get("value") not in PLAINTEXT_SETTINGS.get(e["name"], ()), \
@@ -495,7 +514,7 @@ def test_nothing_is_configured_plaintext(docs, target):
 
 
 def test_grpc_targets_resolve_to_headless_services(docs):
-    deployments, services = _of_kind(docs, "Deployment"), _of_kind(docs, "Service")
+    deployments, services = _of_kind(docs, WORKLOAD), _of_kind(docs, "Service")
     targets = []
     for name, dep in deployments.items():
         env = {e["name"]: e.get("value") for e in _main(dep).get("env", [])}
@@ -518,7 +537,7 @@ def test_grpc_targets_resolve_to_headless_services(docs):
 
 
 def test_services_select_their_pods(docs):
-    deployments = _of_kind(docs, "Deployment")
+    deployments = _of_kind(docs, WORKLOAD)
     for name, svc in _of_kind(docs, "Service").items():
         backends = [d for d in deployments.values()
                     if _matches({"matchLabels": svc["spec"]["selector"]}, d["spec"]["template"]["metadata"]["labels"])]
@@ -534,7 +553,7 @@ def test_services_select_their_pods(docs):
 def test_introspection_port_is_exposed(docs):
     """token-issuer's introspection-only port: set, declared, behind the headless
     Service (resource servers dial it with round_robin), and not what the probes use."""
-    dep = _of_kind(docs, "Deployment")[INTROSPECTION_SERVICE]
+    dep = _of_kind(docs, WORKLOAD)[INTROSPECTION_SERVICE]
     svc = _of_kind(docs, "Service")[INTROSPECTION_SERVICE]
     c = _main(dep)
     env = {e["name"]: e.get("value") for e in c.get("env", [])}
@@ -556,7 +575,7 @@ def test_introspection_port_is_exposed(docs):
 
 def test_disruption_budgets(docs):
     pdbs = list(_of_kind(docs, "PodDisruptionBudget").values())
-    for name, dep in _of_kind(docs, "Deployment").items():
+    for name, dep in _of_kind(docs, WORKLOAD).items():
         labels = dep["spec"]["template"]["metadata"]["labels"]
         mine = [p for p in pdbs if _matches(p["spec"]["selector"], labels)]
         assert len(mine) == 1, f"{name}: {len(mine)} PodDisruptionBudgets"
@@ -709,8 +728,8 @@ def _egress_allowed(policies: list[dict], pod_labels: dict, dest, dest_container
 
 
 def _pods(docs: list[dict]) -> dict[str, tuple[dict, dict]]:
-    """k8s name -> (pod labels, main container) of every Deployment."""
-    return {n: (d["spec"]["template"]["metadata"]["labels"], _main(d)) for n, d in _of_kind(docs, "Deployment").items()}
+    """k8s name -> (pod labels, main container) of every workload."""
+    return {n: (d["spec"]["template"]["metadata"]["labels"], _main(d)) for n, d in _of_kind(docs, WORKLOAD).items()}
 
 
 def _grpc_ports(container: dict) -> set[int]:
@@ -875,13 +894,13 @@ def test_documented_introspection_target_resolves(docs):
     assert svc and svc["metadata"]["namespace"] == namespace, f"{INTROSPECTION_TARGET}: no Service {host} in {namespace}"
     assert svc["spec"].get("clusterIP") == "None", f"Service/{host} must be headless for round_robin"
     assert any(p["port"] == port for p in svc["spec"]["ports"]), f"Service/{host} lacks port {port}"
-    assert _port(_main(_of_kind(docs, "Deployment")[host]), port) == port, f"{host}: no container port {port}"
+    assert _port(_main(_of_kind(docs, WORKLOAD)[host]), port) == port, f"{host}: no container port {port}"
 
 
 # ---------------------------------------------------------------- overlays
 
 def test_replicas_and_autoscaling(docs, target):
-    deployments = _of_kind(docs, "Deployment")
+    deployments = _of_kind(docs, WORKLOAD)
     hpas = _of_kind(docs, "HorizontalPodAutoscaler")
     if target == "overlays/local":
         assert not hpas
@@ -890,7 +909,7 @@ def test_replicas_and_autoscaling(docs, target):
         assert set(hpas) == set(AUTOSCALED), sorted(hpas)
         for name, hpa in hpas.items():
             spec = hpa["spec"]
-            assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+            assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": WORKLOAD, "name": name}
             assert 3 <= spec["minReplicas"] <= spec["maxReplicas"], name
             assert any(m.get("resource", {}).get("name") == "cpu" for m in spec["metrics"]), name
             replicas = deployments[name]["spec"].get("replicas")
