@@ -8,7 +8,9 @@
    through the coalescing IssuerClient and as plain one-item unary calls. JWTs twice: at the
    stack's token_issuer, whose verified-JWT cache holds every pool token (repeat tokens, the
    warm path), and at a second token_issuer replica started for it with
-   INBOUND_VERIFIED_JWT_CACHE=0, so every call verifies the ES256 signature (the cold path)
+   INBOUND_VERIFIED_JWT_CACHE=0, so every call verifies the ES256 signature (the cold path);
+   then audit delivery: token_issuer restarted buffered, then durable, JWT loaded and at one
+   connection in each (bench/delivery.py; --skip-delivery leaves it out)
 5. client_credentials again, JWT then opaque under the same wrk load, through a second stack in
    single-process mode (services.all_in_one: registry, issuer, grant, audit and edge in one process,
    calling one another in process), with its own Postgres and its own private NATS, started after
@@ -18,7 +20,8 @@
    single-process rate / multi-process rate, multi-process total CPU per token / single-process,
    single-process CPU per token / raw signing cost,
    introspections/s / echo calls/s, issuer CPU per introspection / echo CPU per call,
-   JWT issuer CPU per introspection / raw ES256 verify, cache off / cache on
+   JWT issuer CPU per introspection / raw ES256 verify, cache off / cache on,
+   durable / buffered audit delivery (CPU per token, p50)
 
 The HTTP load comes from wrk; the gRPC load from bench.grpcload, a Python grpc.aio
 process (there is no wrk for gRPC) that shares the cores with the servers and whose
@@ -47,7 +50,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bench import procstat, signing
+from bench import delivery, procstat, signing
 from bench.loadgen import LoadGen
 from inboundlib.localservers import free_port, wait_port
 from services.modules import ALL_IN_ONE
@@ -580,6 +583,10 @@ def bench_edge(loadgen: LoadGen, args) -> dict:
                           f"{'' if args.skip_cold_jwt else ', then off on a second token_issuer replica'}) and "
                           f"opaque, {args.grpc_warmup:.1f}+{args.grpc_seconds:.0f} s each ...", flush=True)
                     out["introspection"] = bench_introspection(stack, roots, metrics_urls, clients, args)
+                if not args.skip_delivery:
+                    print(f"   audit delivery: token_issuer restarted buffered, then durable; JWT at "
+                          f"{args.connections} and {delivery.LONE_CONNECTIONS} connection(s) each ...", flush=True)
+                    out["delivery"] = delivery.bench(loadgen, stack, roots, metrics_urls, clients["jwt"], args)
             finally:
                 stack.stop()
     finally:
@@ -649,6 +656,7 @@ def ratios(results: dict) -> dict:
         out[f"{fmt}_edge_cpu_over_bare_http_cpu"] = edge / bare_cpu if edge and bare_cpu else None
     out.update(single_ratios(results))
     out.update(grpc_ratios(results))
+    out.update(delivery.ratios(results))
     return out
 
 
@@ -824,6 +832,7 @@ def render(results: dict) -> str:
         w(f"  {f:<7} edge CPU per token / bare HTTP per req {_f(r[f + '_edge_cpu_over_bare_http_cpu'], '{:.1f}'):>8}x")
     lines.extend(render_single(results))
     lines.extend(render_grpc(results))
+    lines.extend(delivery.render(results))
     if results["warnings"]:
         w("")
         for warning in results["warnings"]:
@@ -1168,6 +1177,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="no client_credentials runs through the single-process stack (services.all_in_one)")
     parser.add_argument("--skip-cold-jwt", action="store_true",
                         help="no JWT introspection runs at a second token_issuer with its verified-JWT cache off")
+    parser.add_argument("--skip-delivery", action="store_true",
+                        help="no durable-vs-buffered audit delivery runs (token_issuer restarted in each mode)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
 
@@ -1210,6 +1221,7 @@ def main(argv: list[str] | None = None) -> None:
         "bare_http": bare,
         "grpc_echo": echo,
         "introspection": edge.pop("introspection", {}),
+        "delivery": edge.pop("delivery", {}),
         "edge": edge,
         "single": single,
     }

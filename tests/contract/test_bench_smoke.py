@@ -262,3 +262,21 @@ def test_the_whole_bench_runs_through_both_stacks(tmp_path):
         assert results["ratios"][key] > 0, key
     assert not _wiring_warnings(results["warnings"]), results["warnings"]
     assert "single process" in proc.stdout and "TOTAL server side" in proc.stdout
+
+
+def test_delivery_ratios_and_rows_render():
+    from bench import delivery
+
+    def fake(cpu: float, p50: float) -> dict:
+        return {"ok_per_s": 1000.0, "server_cpu_us_per_ok": cpu, "cpu_us_per_ok": {"token_issuer": cpu / 4},
+                "p50_us": p50, "p99_us": p50 * 3, "non2xx": 0}
+    results = {"meta": {"connections": 64},
+               "delivery": {"buffered": {"loaded": fake(400, 2000), "lone": fake(900, 1000)},
+                            "durable": {"loaded": fake(440, 2400), "lone": fake(950, 1300)}}}
+    results["ratios"] = delivery.ratios(results)
+    assert results["ratios"]["durable_over_buffered_cpu_per_token"] == 1.1
+    assert results["ratios"]["durable_over_buffered_p50_lone"] == 1.3
+    text = "\n".join(delivery.render(results))
+    for _, label, _ in delivery.RATIO_LABELS:
+        assert label in text
+    assert delivery.ratios({"delivery": {}}) == {} and delivery.render({"ratios": {}}) == []
