@@ -45,6 +45,7 @@ class EdgeService:
 
 
 async def start(settings: Settings, ctx: Context) -> EdgeService:
+    settings.http.check_bind(ctx.host)  # before anything starts: a ConfigError, not a failed server
     tokens = await ctx.dependency("token_issuer")
     grants = ctx.grants()
     jwks = JwksCache(tokens, settings.jwks_cache)

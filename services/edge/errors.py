@@ -21,7 +21,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from inboundlib.oauth.errors import InvalidRequest, OAuthError
+from inboundlib.oauth.errors import InvalidRequest, OAuthError, TemporarilyUnavailable
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 # Every endpoint: infrastructure failure is 5xx (DESIGN.md).
@@ -59,6 +59,21 @@ class BodyTooSlow(HttpError):
     """RFC 9110 §15.5.9: the client did not send its body in time."""
     status = 408
     description = "The request body was not received in time."
+
+
+class Throttled(HttpError):
+    """RFC 6585 §4: too many failed client authentications from this address (for this
+    client id, or for any): answered before the request's secret is checked. Retry-After
+    says when to try again, in whole seconds."""
+    status = 429
+    description = "Too many failed client authentications; retry after the time in Retry-After."
+
+    def __init__(self, retry_after: int):
+        super().__init__()
+        self.retry_after = retry_after
+
+    def as_oauth(self) -> OAuthError:
+        return TemporarilyUnavailable(self.description)
 
 
 def json_response(body: dict, status: int = 200, headers: dict | None = None) -> Response:
@@ -176,4 +191,4 @@ class ErrorPage:
 
 
 __all__ = ["BearerErrors", "BodyTooLarge", "BodyTooSlow", "ErrorPage", "HttpError", "MethodNotAllowed", "NO_STORE",
-           "RedirectErrors", "TokenEndpointErrors", "json_response"]
+           "RedirectErrors", "Throttled", "TokenEndpointErrors", "json_response"]

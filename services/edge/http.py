@@ -23,7 +23,7 @@ from inboundlib.grpcx import infrastructure_error
 from inboundlib.logs import request_id_var
 from inboundlib.oauth.errors import InvalidRequest, OAuthError, ServerError
 from inboundlib.oauth.params import MAX_BODY_BYTES, check_content_type
-from services.edge.errors import BodyTooLarge, BodyTooSlow, HttpError, MethodNotAllowed
+from services.edge.errors import BodyTooLarge, BodyTooSlow, HttpError, MethodNotAllowed, Throttled
 from services.edge.settings import EdgeSettings, Network
 
 log = logging.getLogger("services.edge")
@@ -68,10 +68,12 @@ def endpoint(route: str, handle: Handler, renderer: ErrorRenderer, settings: Edg
             with budget.within(settings.request_timeout):
                 response = await handle(request, rid)
         except HttpError as exc:
-            HTTP_ERRORS.labels(route, "invalid_request").inc()
+            HTTP_ERRORS.labels(route, exc.as_oauth().code).inc()
             response = renderer.render(exc)
             if isinstance(exc, MethodNotAllowed):
                 response.headers["Allow"] = allow
+            if isinstance(exc, Throttled):
+                response.headers["Retry-After"] = str(exc.retry_after)
             if isinstance(exc, BodyTooSlow):
                 # The rest of the body may never come: not a connection to keep.
                 response.headers["Connection"] = "close"
@@ -176,10 +178,15 @@ def client_address(peer: str, forwarded_for: list[str], proxies: tuple[Network, 
     return str(current)
 
 
-def request_context(request: Request, settings: EdgeSettings, endpoint_url: str) -> RequestContext:
+def request_address(request: Request, settings: EdgeSettings) -> str:
+    """The client's address: the socket's peer, or through trusted proxies (`client_address`)."""
     peer = request.scope.get("client")
+    return client_address(peer[0] if peer else "", request.headers.getlist("x-forwarded-for"),
+                          settings.trusted_proxies)
+
+
+def request_context(request: Request, settings: EdgeSettings, endpoint_url: str) -> RequestContext:
     return RequestContext(
-        client_address=client_address(peer[0] if peer else "", request.headers.getlist("x-forwarded-for"),
-                                      settings.trusted_proxies),
+        client_address=request_address(request, settings),
         user_agent=_NOT_PRINTABLE_ASCII.sub("", request.headers.get("user-agent", "")[:MAX_USER_AGENT]),
         endpoint_url=endpoint_url)

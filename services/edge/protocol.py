@@ -77,9 +77,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._stop_header_clock()
         log.info("http request refused", extra={"status": status, "client": self.client and self.client[0]})
         body = message.encode()
-        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        # uvicorn's default headers (Date, and Strict-Transport-Security over HTTPS), as on every answer.
+        defaults = b"".join(b"%s: %s\r\n" % header for header in self.server_state.default_headers)
+        self.transport.write(b"HTTP/1.1 %d %s\r\n%scontent-type: text/plain; charset=utf-8\r\n"
                              b"content-length: %d\r\nconnection: close\r\n\r\n%s"
-                             % (status, _REASONS[status], len(body), body))
+                             % (status, _REASONS[status], defaults, len(body), body))
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:

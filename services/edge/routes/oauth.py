@@ -4,12 +4,18 @@ The token endpoint does only what HTTP needs — size, time and content type, fo
 parsing, credential extraction, the request context, routing by grant_type — and
 renders what the grant answers. Errors are rendered the token endpoint's way
 (services/edge/errors.py: TokenEndpointErrors) at all three.
+
+All three authenticate the client behind the edge (the grant runner, token_issuer);
+the edge learns of a failure from the `invalid_client` they answer, and throttles
+failed client authentication per client id and address (services/edge/throttle.py):
+a throttled request is answered 429 here and never reaches a secret check.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -22,15 +28,21 @@ from inboundlib.grants.runner import publish_denial
 from inboundlib.oauth.client_auth import ClientCredentials, extract_credentials
 from inboundlib.oauth.errors import InvalidClient, InvalidRequest, OAuthError, UnsupportedGrantType
 from inboundlib.oauth.params import REPEATABLE_TOKEN_PARAMS, parse_form, parse_form_multi
-from services.edge.errors import NO_STORE, HttpError, TokenEndpointErrors, json_response
-from services.edge.http import backend, endpoint, read_form_body, request_context
+from services.edge.errors import NO_STORE, HttpError, Throttled, TokenEndpointErrors, json_response
+from services.edge.http import backend, endpoint, read_form_body, request_address, request_context
 from services.edge.settings import EdgeSettings
+from services.edge.throttle import AUTH_FAILURES, THROTTLED, FailedAuthThrottle, Refusal
 
 TOKEN_PATHS = ("/oauth/token", "/oauth_token.do")
 INTROSPECT_PATH = "/oauth/introspect"
 REVOKE_PATHS = ("/oauth/revoke", "/oauth_revoke_token.do")
 TOKEN_TYPE_HINTS = ("access_token", "refresh_token")
 ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+# Throttled requests are audited (low priority) at most this often: a flood of them
+# must not flood the audit log. Every one is counted in inbound_http_auth_throttled_total.
+THROTTLE_AUDITS_PER_SECOND = 5.0
+THROTTLE_AUDIT_BURST = 50
+T = TypeVar("T")
 
 
 class Grant(Protocol):
@@ -55,11 +67,15 @@ class OAuthRoutes:
     events: EventBus | None
     settings: EdgeSettings
     errors: TokenEndpointErrors
+    throttle: FailedAuthThrottle | None = field(default=None)
 
     def __post_init__(self) -> None:
         # The token endpoints' URLs, made once: building request.url for each
         # request cost the edge about a twentieth of its CPU per token.
         self._token_urls = {path: self._url(path) for path in TOKEN_PATHS}
+        if self.throttle is None:
+            self.throttle = FailedAuthThrottle(self.settings.auth_throttle)
+        self._audits = _Allowance(THROTTLE_AUDITS_PER_SECOND, THROTTLE_AUDIT_BURST)
 
     def _url(self, path: str) -> str:
         return self.issuer.rstrip("/") + path
@@ -81,6 +97,36 @@ class OAuthRoutes:
         publish_denial(self.events, redact.unverified(client_id), grant_type, exc.code,
                        exc.detail or exc.description)
 
+    async def _authenticating(self, route: str, credentials: ClientCredentials | None, address: str,
+                              call: Callable[[], Awaitable[T]], grant_type: str = "") -> T:
+        """Run `call`, which authenticates the client behind the edge, unless failed
+        authentications from this address (for this client id, or for any) hold it back:
+        then 429, and `call` never runs. Its `invalid_client` counts as a failure, its
+        success clears the client's entry for this address."""
+        client_id = credentials.client_id if credentials else ""
+        refusal = self.throttle.refusal(client_id, address)
+        if refusal is not None:
+            THROTTLED.labels(route, refusal.limit).inc()
+            self._audit_throttled(route, client_id, address, grant_type, refusal)
+            raise Throttled(refusal.retry_after)
+        try:
+            result = await backend(call())
+        except OAuthError as exc:
+            if exc.code == InvalidClient.code:
+                AUTH_FAILURES.labels(route).inc()
+                self.throttle.failed(client_id, address)
+            raise
+        self.throttle.succeeded(client_id, address)
+        return result
+
+    def _audit_throttled(self, route: str, client_id: str, address: str, grant_type: str,
+                         refusal: Refusal) -> None:
+        if self.events is None or not self._audits.take():
+            return
+        publish_denial(self.events, redact.unverified(client_id), grant_type, Throttled(0).as_oauth().code,
+                       f"{route}: throttled for failed client authentications ({refusal.limit} limit) from "
+                       f"{address}; retry after {refusal.retry_after} s")
+
     async def token(self, request: Request, request_id: str) -> Response:
         """RFC 6749 §3.2 token endpoint: parse, route by grant_type, render."""
         credentials = None
@@ -99,9 +145,10 @@ class OAuthRoutes:
             claimed = credentials.client_id if credentials else _claimed_client_id(request)
             self._deny(exc.as_oauth() if isinstance(exc, HttpError) else exc, claimed, grant_type)
             raise
-        result = await backend(grant.handle(TokenRequest(
-            grant_type=grant_type, client=credentials, params=params, request_id=request_id,
-            context=request_context(request, self.settings, self._endpoint_url(request)))))
+        context = request_context(request, self.settings, self._endpoint_url(request))
+        result = await self._authenticating("token", credentials, context.client_address, lambda: grant.handle(
+            TokenRequest(grant_type=grant_type, client=credentials, params=params, request_id=request_id,
+                         context=context)), grant_type)
         return json_response(result.to_json(), 200, dict(NO_STORE))
 
     async def _token_form(self, request: Request) -> tuple[str, dict[str, str], ClientCredentials]:
@@ -118,7 +165,9 @@ class OAuthRoutes:
     async def introspect(self, request: Request, request_id: str) -> Response:
         """RFC 7662 §2: the caller authenticates as a client; inactive is only {"active": false}."""
         token_value, _, credentials = await self._token_form(request)
-        info = await backend(self.tokens.introspect(token_value, credentials, request_id=request_id))
+        info = await self._authenticating("introspect", credentials, request_address(request, self.settings),
+                                          lambda: self.tokens.introspect(token_value, credentials,
+                                                                         request_id=request_id))
         return json_response(info.to_json(), 200, dict(NO_STORE))
 
     async def revoke(self, request: Request, request_id: str) -> Response:
@@ -128,7 +177,9 @@ class OAuthRoutes:
         hint = params.get("token_type_hint", "")
         if hint not in TOKEN_TYPE_HINTS:
             hint = ""
-        await backend(self.tokens.revoke(token_value, credentials, token_type_hint=hint, request_id=request_id))
+        await self._authenticating("revoke", credentials, request_address(request, self.settings),
+                                   lambda: self.tokens.revoke(token_value, credentials, token_type_hint=hint,
+                                                              request_id=request_id))
         return Response(b"", status_code=200, headers=dict(NO_STORE))
 
     def routes(self) -> list[Route]:
@@ -151,3 +202,21 @@ def _claimed_client_id(request: Request) -> str:
     except OAuthError:
         return ""
     return creds.client_id if creds else ""
+
+
+class _Allowance:
+    """A token bucket: `take` is true at most `rate` times a second on average, `burst` at once."""
+
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.burst = rate, burst
+        self._tokens = float(burst)
+        self._at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
