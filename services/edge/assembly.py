@@ -45,9 +45,9 @@ class EdgeService:
 
 
 async def start(settings: Settings, ctx: Context) -> EdgeService:
-    settings.http.check_bind(ctx.host)  # before anything starts: a ConfigError, not a failed server
     tokens = await ctx.dependency("token_issuer")
     grants = ctx.grants()
+    settings.http.check_bind(ctx.host)  # before serving: a ConfigError, not a failed server
     jwks = JwksCache(tokens, settings.jwks_cache)
     await jwks.attach(ctx.events)
     # Ready on what every route needs (the issuer), never on one grant service: a grant
