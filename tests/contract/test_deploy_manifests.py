@@ -370,6 +370,8 @@ def _env_read(module: str) -> dict[str, bool]:
     files = [*COMMON_FILES, _module_file(row.assembly)]
     if row.grant_type and (REPO / "services" / module / "grant.py").is_file():
         files.append(REPO / "services" / module / "grant.py")
+    if (REPO / "services" / module / "settings.py").is_file():  # (the edge's HTTP settings)
+        files.append(REPO / "services" / module / "settings.py")
     found: dict[str, bool] = {p.env: False for p in row.ports}
     for name in hosting.dependencies(modules.TABLE, row):
         dep = modules.TABLE[name]
