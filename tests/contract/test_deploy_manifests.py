@@ -78,7 +78,13 @@ KEK_SECRET, KEK_KEY, KEK_DIR = "token-issuer-kek", "keys", "/etc/inbound/kek"
 KEK_OWNER = "token-issuer"
 # Settings that must never appear in a manifest: each turns authentication or
 # encryption off, or answers tokens before their audit event is durable.
-PLAINTEXT_SETTINGS = {"INBOUND_GRPC_TLS": {"plaintext"}, "INBOUND_EVENTS_DELIVERY": {"buffered"}}
+# None: whatever the value (the setting exists to turn something off).
+PLAINTEXT_SETTINGS = {"INBOUND_GRPC_TLS": {"plaintext"}, "INBOUND_EVENTS_DELIVERY": {"buffered"},
+                      "INBOUND_HTTP_PLAINTEXT_PUBLIC": None}
+# The edge serves HTTPS itself, with its certificate from its own Secret.
+HTTPS_PORT_NAME = "https"
+HTTPS_SECRET, HTTPS_DIR = "edge-https", "/etc/inbound/https"
+HTTPS_ENV = {"INBOUND_HTTP_TLS_CERT_FILE": f"{HTTPS_DIR}/tls.crt", "INBOUND_HTTP_TLS_KEY_FILE": f"{HTTPS_DIR}/tls.key"}
 # Durable audit delivery: each process's spool of events NATS cannot take now, on a volume.
 SPOOL_DIR = "/var/lib/inbound/events-spool"
 
@@ -298,11 +304,12 @@ def test_probes(docs):
                     assert probe.get("grpc", {}).get("port") == spec["port"], \
                         f"{name}: native gRPC probe on {spec['port']}, got {probe}"
         else:
-            assert _port(c, "http") == spec["port"], f"{name}: container port http={spec['port']}"
+            assert _port(c, HTTPS_PORT_NAME) == spec["port"], f"{name}: container port {HTTPS_PORT_NAME}={spec['port']}"
             for probe, path in ((ready, "/readyz"), (live, "/healthz")):
                 http = probe.get("httpGet", {})
                 assert http.get("path") == path and _port(c, http.get("port")) == spec["port"], \
-                    f"{name}: httpGet {path} on the http port, got {probe}"
+                    f"{name}: httpGet {path} on the public port, got {probe}"
+                assert http.get("scheme") == "HTTPS", f"{name}: the edge serves HTTPS alone, got {probe}"
 
 
 def test_prometheus_annotations(docs):
@@ -346,7 +353,7 @@ def test_env_wiring(docs):
                 ref = got.get("valueFrom", {}).get("secretKeyRef", {})
                 assert ref.get("name") == SECRET_NAME and ref.get("key") == want[1], f"{name}: {var} from Secret"
                 assert want[1] in secret_keys, f"secret.example.yaml lacks key {want[1]}"
-        for var, kind in (("INBOUND_GRPC_PORT", "grpc"), ("INBOUND_HTTP_PORT", "http"), ("INBOUND_METRICS_PORT", "metrics"),
+        for var, kind in (("INBOUND_GRPC_PORT", "grpc"), ("INBOUND_HTTP_PORT", HTTPS_PORT_NAME), ("INBOUND_METRICS_PORT", "metrics"),
                           ("INBOUND_INTROSPECTION_PORT", INTROSPECTION_PORT_NAME)):
             if var in env:
                 assert int(env[var]["value"]) == _port(c, kind), f"{name}: {var} disagrees with port {kind}"
@@ -511,8 +518,26 @@ def test_nothing_is_configured_plaintext(docs, target):
     for name, dep in _of_kind(docs, WORKLOAD).items():
         for c in _containers(dep):
             for e in c.get("env", []):
-                assert e.get("value") not in PLAINTEXT_SETTINGS.get(e["name"], ()), \
+                forbidden = PLAINTEXT_SETTINGS.get(e["name"], ())
+                assert forbidden is not None and e.get("value") not in forbidden, \
                     f"deploy/{target} {name}: {e['name']}={e.get('value')}"
+
+
+def test_the_edge_serves_https_with_its_own_certificate(docs):
+    """HTTPS on the pod (HSTS comes with it): client secrets and tokens never cross the
+    cluster network in clear, whatever is in front of the edge."""
+    for name, workload in _of_kind(docs, WORKLOAD).items():
+        env = {e["name"]: e.get("value") for e in _main(workload).get("env", [])}
+        if SERVICES[name]["kind"] != "http":
+            assert not set(HTTPS_ENV) & set(env), name
+            continue
+        for var, path in HTTPS_ENV.items():
+            assert env.get(var) == path, f"{name}: {var}={env.get(var)}"
+        mount, volume = _volume_mount(workload, HTTPS_DIR)
+        assert volume.get("secret", {}).get("secretName") == HTTPS_SECRET and mount.get("readOnly") is True, volume
+        assert volume["secret"].get("defaultMode", 0o644) & 0o007 == 0, volume
+        svc = _of_kind(docs, "Service")[name]
+        assert [(p["port"], p.get("appProtocol")) for p in svc["spec"]["ports"]] == [(443, "https")], svc["spec"]
 
 
 def test_grpc_targets_resolve_to_headless_services(docs):
