@@ -477,6 +477,10 @@ def test_decoding_odd_events():
 @pytest.mark.parametrize("env,name", [
     ({}, "DATABASE_URL"),
     ({"DATABASE_URL": "postgresql://x/y", "INBOUND_AUDIT_BATCH": "0"}, "INBOUND_AUDIT_BATCH"),
+    # Audit delivery settings, read by every process (inboundlib.spool.from_env).
+    ({"DATABASE_URL": "postgresql://x/y", "INBOUND_EVENTS_DELIVERY": "sometimes"}, "INBOUND_EVENTS_DELIVERY"),
+    ({"DATABASE_URL": "postgresql://x/y", "INBOUND_EVENTS_SPOOL_BYTES": "1000"}, "INBOUND_EVENTS_SPOOL_BYTES"),
+    ({"DATABASE_URL": "postgresql://x/y", "INBOUND_EVENTS_SPOOL_DIR": "/dev/null/spool"}, "INBOUND_EVENTS_SPOOL_DIR"),
 ])
 def test_bad_config_fails_fast(env, name):
     import os
