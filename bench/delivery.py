@@ -2,11 +2,12 @@
 is answered only once JetStream acknowledged its audit event) against buffered delivery
 (answered at once, the event sent after), on the same stack in the same bench run.
 
-token_issuer (the publisher of token_issued) is restarted in each mode in turn, buffered
-then durable, each time after the same warm-up; each mode gets the loaded JWT run (the
+token_issuer (the publisher of token_issued) is restarted in each mode in turn, buffered,
+durable, buffered, durable (ROUNDS times each, interleaved, so a drift in the machine's other
+load falls on both), each time after the same warm-up; each gets the loaded JWT run (the
 bench's connections: CPU per token and p50 under load) and a one-connection run (p50 of a
-lone request, which carries the JetStream round trip in durable mode). Ratios are durable
-over buffered.
+lone request, which carries the JetStream round trip in durable mode). A mode's figures are
+the means over its rounds; ratios are durable over buffered.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import time
 MODES = ("buffered", "durable")
 DELIVERY_ENV = "INBOUND_EVENTS_DELIVERY"
 LONE_CONNECTIONS = 1
+ROUNDS = 2
 
 
 def _restart_issuer(stack, mode: str, url: str, headers: dict[str, str]) -> int:
@@ -42,17 +44,34 @@ def bench(loadgen, stack, roots: dict[str, int], metrics_urls: dict[str, str], c
     url = stack.edge_url + run.TOKEN_PATH
     basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
     headers = {**run.CONTENT_TYPE, "Authorization": f"Basic {basic}"}
-    out: dict = {}
-    for mode in MODES:
-        pid = _restart_issuer(stack, mode, url, headers)
-        mode_roots = {**roots, "token_issuer": pid}
-        out[mode] = {
-            "loaded": run.measured_run(loadgen, url, headers, mode_roots, connections=args.connections,
-                                       seconds=args.seconds, warmup=args.warmup, metrics_urls=metrics_urls),
-            "lone": run.measured_run(loadgen, url, headers, mode_roots, connections=LONE_CONNECTIONS,
-                                     seconds=max(1.0, args.seconds / 2), warmup=min(1.0, args.warmup)),
-        }
-    return out
+    rounds: dict = {mode: {"loaded": [], "lone": []} for mode in MODES}
+    for _ in range(ROUNDS):
+        for mode in MODES:
+            pid = _restart_issuer(stack, mode, url, headers)
+            mode_roots = {**roots, "token_issuer": pid}
+            rounds[mode]["loaded"].append(run.measured_run(
+                loadgen, url, headers, mode_roots, connections=args.connections, seconds=args.seconds,
+                warmup=args.warmup, metrics_urls=metrics_urls))
+            rounds[mode]["lone"].append(run.measured_run(
+                loadgen, url, headers, mode_roots, connections=LONE_CONNECTIONS,
+                seconds=max(1.0, args.seconds / 2), warmup=min(1.0, args.warmup)))
+    return {mode: {kind: mean_run(runs) for kind, runs in kinds.items()} | {"rounds": kinds}
+            for mode, kinds in rounds.items()}
+
+
+def mean_run(runs: list[dict]) -> dict:
+    """The figures the table and ratios use, as means over the rounds (CPU per token: all
+    CPU over all tokens)."""
+    ok = sum(r["ok"] for r in runs)
+    names = {n for r in runs for n in r["cpu_s"]}
+    return {
+        "ok_per_s": sum(r["ok_per_s"] for r in runs) / len(runs),
+        "server_cpu_us_per_ok": sum(r["server_cpu_s"] for r in runs) / ok * 1e6 if ok else None,
+        "cpu_us_per_ok": {n: sum(r["cpu_s"].get(n, 0.0) for r in runs) / ok * 1e6 if ok else None for n in names},
+        "p50_us": sum(r["p50_us"] for r in runs) / len(runs),
+        "p99_us": sum(r["p99_us"] for r in runs) / len(runs),
+        "non2xx": sum(r["non2xx"] for r in runs),
+    }
 
 
 def _div(a, b):
@@ -90,6 +109,7 @@ def render(results: dict) -> list[str]:
         return []
     r = results.get("ratios", {})
     lines = ["", "Audit delivery: durable (answered once JetStream acked the event) vs buffered, JWT, same stack",
+             f"  (token_issuer restarted in each mode, {ROUNDS} rounds each, interleaved; means)",
              f"{'':<40}{'rate /s':>10}{'µs/op':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}", "-" * 87]
     for mode in MODES:
         for kind, label in (("loaded", f"{mode}, {results['meta']['connections']} connections"),

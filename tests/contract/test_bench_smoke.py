@@ -275,6 +275,11 @@ def test_delivery_ratios_and_rows_render():
                             "durable": {"loaded": fake(440, 2400), "lone": fake(950, 1300)}}}
     results["ratios"] = delivery.ratios(results)
     assert results["ratios"]["durable_over_buffered_cpu_per_token"] == 1.1
+    mean = delivery.mean_run([{"ok": 100, "ok_per_s": 10.0, "server_cpu_s": 0.01, "cpu_s": {"edge": 0.01},
+                               "p50_us": 1000, "p99_us": 3000, "non2xx": 1},
+                              {"ok": 300, "ok_per_s": 30.0, "server_cpu_s": 0.07, "cpu_s": {"edge": 0.07},
+                               "p50_us": 2000, "p99_us": 5000, "non2xx": 0}])
+    assert mean["server_cpu_us_per_ok"] == 200 and mean["p50_us"] == 1500 and mean["non2xx"] == 1
     assert results["ratios"]["durable_over_buffered_p50_lone"] == 1.3
     text = "\n".join(delivery.render(results))
     for _, label, _ in delivery.RATIO_LABELS:
