@@ -68,7 +68,7 @@ def from_env(env: Env, process_name: str) -> Spool | None:
     None for buffered delivery, which an operator chooses explicitly (and is warned about)."""
     delivery = env.choice("INBOUND_EVENTS_DELIVERY", DURABLE, (DURABLE, BUFFERED))
     directory = env.str("INBOUND_EVENTS_SPOOL_DIR", str(default_directory(process_name)))
-    limit = env.int("INBOUND_EVENTS_SPOOL_BYTES", DEFAULT_LIMIT_BYTES, minimum=64 << 10)
+    limit = env.int("INBOUND_EVENTS_SPOOL_BYTES", DEFAULT_LIMIT_BYTES, minimum=4096)
     if delivery == BUFFERED:
         log.warning("INBOUND_EVENTS_DELIVERY=buffered: tokens are answered before their audit events are "
                     "durable; events held in memory are lost if this process dies during a NATS outage "

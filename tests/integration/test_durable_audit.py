@@ -35,6 +35,7 @@ class Load:
                                       limits=httpx.Limits(max_connections=32))
         self.auth = (client_id, secret)
         self.jtis: list[str] = []
+        self.last_token = ""
         self.statuses: list[int] = []
         self.errors: list[str] = []  # error codes of answers other than 200
         self._task: asyncio.Task | None = None
@@ -48,6 +49,7 @@ class Load:
             return
         self.statuses.append(reply.status_code)
         if reply.status_code == 200:
+            self.last_token = reply.json()["access_token"]
             self.jtis.append(jwt.decode(reply.json()["access_token"], options={"verify_signature": False})["jti"])
         else:
             self.errors.append(reply.json().get("error", "") if reply.headers.get("content-type", "").startswith(
@@ -96,13 +98,21 @@ async def test_no_token_answered_during_a_nats_outage_goes_unaudited_when_the_is
                          message="tokens after the restart, NATS still down")
 
         assert own_stack.stop_service("token_issuer") == 0  # SIGTERM during the outage: a clean stop
-        own_stack.start_service("token_issuer", extra_env={"INBOUND_EVENTS_SPOOL_BYTES": str(64 << 10)})
+        # Its spool holds the outage's events (over 100 tokens, some 270 bytes each): a bound of 4 KiB
+        # is passed already. No token is answered unaudited; requests fail with temporarily_unavailable.
+        own_stack.start_service("token_issuer", extra_env={"INBOUND_EVENTS_SPOOL_BYTES": "4096"})
         await serving(issuer_addr)
-        # The spool (holding the outage's events) is fuller than its bound now: no token is answered
-        # unaudited; the requests fail with temporarily_unavailable instead.
         errors = len(load.errors)
         await eventually(lambda: load.errors[errors:], until=lambda e: "temporarily_unavailable" in e,
                          message="a request refused because the spool is full")
+        # The same for the other events of the token path: a revocation (RFC 7009), and then
+        # the revoked token presented for introspection (RFC 7662).
+        token = load.last_token
+        async with httpx.AsyncClient(base_url=own_stack.edge_url, timeout=10, auth=(client.client_id, secret)) as h:
+            revoked = await h.post("/oauth/revoke", data={"token": token})
+            introspected = await h.post("/oauth/introspect", data={"token": token})
+        assert (revoked.status_code, revoked.json()["error"]) == (503, "temporarily_unavailable")
+        assert (introspected.status_code, introspected.json()["error"]) == (503, "temporarily_unavailable")
 
         assert own_stack.stop_service("token_issuer") == 0
         own_stack.start_service("token_issuer")

@@ -125,3 +125,26 @@ async def test_the_spool_is_replayed_in_order_when_nats_comes_and_each_event_is_
     finally:
         await bus.close(flush_timeout=1)
         server.stop()
+
+
+async def test_the_grant_runner_answers_a_refusal_only_once_it_is_audited(tmp_path):
+    from inboundlib.grants.runner import GrantRunner
+    from inboundlib.oauth.errors import InvalidClient
+    from tests.unit.test_grant_runner import ForgetfulGrant, clients, request
+
+    spool = Spool(tmp_path / "spool", 64 << 10)
+    bus = EventBus(unreachable(), "test-runner-durable", spool=spool)
+    await bus.start()
+    runner = GrantRunner(ForgetfulGrant(), clients(), events=bus)
+    try:
+        with pytest.raises(InvalidClient):
+            await runner.handle(request(secret="wrong"))
+        assert spool.unread == 1 and bus.pending == 0  # spooled before the answer
+        with pytest.raises(AuditUnavailable):  # refusals may fill half the spool
+            for i in range(10_000):
+                await bus.durable(bus.publish(SUBJECT, issued(i), low_priority=True, awaited=True))
+        with pytest.raises(AuditUnavailable) as refused:
+            await runner.handle(request(secret="wrong"))
+        assert refused.value.code == "temporarily_unavailable"  # not an unaudited invalid_client
+    finally:
+        await bus.close(flush_timeout=0.1)
