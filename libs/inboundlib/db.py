@@ -1,5 +1,13 @@
 """Postgres access: a pool, and versioned migrations applied once on start.
 
+Two roles (inboundlib.pgroles): a migration role that owns the schema
+(INBOUND_MIGRATION_DATABASE_URL) and a runtime role (DATABASE_URL) that owns
+nothing. Given both, a service migrates as the first and grants the second
+exactly its RUNTIME_PRIVILEGES, in the migration's transaction; given only
+DATABASE_URL, that one role does both (an install with one role).
+TLS: asyncpg honours `sslmode` (and `sslrootcert`, `sslcert`, `sslkey`) in
+either URL, e.g. `?sslmode=verify-full&sslrootcert=/etc/inbound/pg/ca.crt`.
+
 Migrations are `NNNN_name.sql` files applied in order inside one transaction
 that holds an advisory lock, so two replicas starting at once apply each
 migration exactly once and the second sees the first's result. Services that
@@ -12,6 +20,7 @@ import asyncio
 import logging
 import re
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import asyncpg
@@ -50,13 +59,36 @@ def _migrations(folder: Path) -> list[tuple[int, str, str]]:
     return found
 
 
+_PRIVILEGES = re.compile(r"^(SELECT|INSERT|UPDATE|DELETE)( \([a-z_, ]+\))?(, (SELECT|INSERT|UPDATE|DELETE)( \([a-z_, ]+\))?)*$")
+
+
+async def _grant(conn: asyncpg.Connection, role: str, privileges: Mapping[str, str]) -> None:
+    """Exactly `privileges` per table for `role` (whatever it had before is revoked), and
+    USAGE on the serial sequences of tables it inserts into (identity columns need none)."""
+    grantee = await conn.fetchval("SELECT quote_ident($1)", role)
+    for table, granted in privileges.items():
+        if not _TABLE_NAME.match(table) or not _PRIVILEGES.match(granted):
+            raise ValueError(f"bad runtime privilege {table!r}: {granted!r}")
+        await conn.execute(f"REVOKE ALL ON TABLE {table} FROM {grantee}")
+        await conn.execute(f"GRANT {granted} ON TABLE {table} TO {grantee}")
+        if "INSERT" in granted:
+            for sequence in await conn.fetch(
+                    "SELECT quote_ident(s.relname) AS name FROM pg_class s JOIN pg_depend d ON d.objid = s.oid"
+                    " WHERE s.relkind = 'S' AND d.deptype = 'a' AND d.refobjid = $1::regclass", table):
+                await conn.execute(f"GRANT USAGE ON SEQUENCE {sequence['name']} TO {grantee}")
+    log.info("runtime role granted", extra={"role": role, "tables": sorted(privileges)})
+
+
 def _lock_key(table: str) -> int:
     """One advisory lock per bookkeeping table; the default keeps its historical key."""
     return _LOCK_KEY if table == _DEFAULT_TABLE else 0x1B0D_0000_0000 + zlib.crc32(table.encode())
 
 
-async def migrate(pool: asyncpg.Pool, folder: Path, *, table: str = _DEFAULT_TABLE) -> list[str]:
-    """Apply pending migrations; returns the names applied by this call."""
+async def migrate(pool: asyncpg.Pool, folder: Path, *, table: str = _DEFAULT_TABLE, runtime_role: str = "",
+                  runtime_privileges: Mapping[str, str] | None = None) -> list[str]:
+    """Apply pending migrations; returns the names applied by this call. With
+    `runtime_role` (another role than the pool's), that role gets exactly
+    `runtime_privileges` (table -> privileges) on those tables, and nothing else on them."""
     if not _TABLE_NAME.match(table):
         raise ValueError(f"bad migrations table name {table!r}")
     applied_now: list[str] = []
@@ -73,6 +105,9 @@ async def migrate(pool: asyncpg.Pool, folder: Path, *, table: str = _DEFAULT_TAB
             await conn.execute(sql)
             await conn.execute(f"INSERT INTO {table} (version, name) VALUES ($1, $2)", version, name)
             applied_now.append(name)
+        if runtime_role and runtime_role != await conn.fetchval("SELECT current_user"):
+            # Under the migration lock: concurrent GRANTs on one table fail ("tuple concurrently updated").
+            await _grant(conn, runtime_role, runtime_privileges or {})
     if applied_now:
         log.info("migrations applied", extra={"migrations": applied_now, "table": table})
     return applied_now

@@ -115,9 +115,11 @@ def _unprivileged_user() -> str:
 class PrivatePostgres:
     """A throwaway Postgres cluster in `directory`, listening on 127.0.0.1:`port`."""
 
-    def __init__(self, directory: Path, port: int, *, source: str | None = None):
+    def __init__(self, directory: Path, port: int, *, source: str | None = None, tls: tuple[Path, Path] | None = None):
+        """`tls`: (certificate, key) files to serve TLS with (ssl=on), beside plaintext."""
         self.directory = directory
         self.port = port
+        self.tls = tls
         self.bindir, self.source = pg_bindir(source)
         self.as_root = os.geteuid() == 0
         self.user = _unprivileged_user() if self.as_root else None
@@ -147,9 +149,18 @@ class PrivatePostgres:
         if not (data / "PG_VERSION").exists():
             self._run(f"{self.bindir}/initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
                       "--no-sync")
+        options = f"-p {self.port} -h 127.0.0.1 -k {self.directory} -c fsync=off -c max_connections=200"
+        if self.tls:
+            # Postgres reads its key only if it owns it (mode 0600): copies of its own.
+            for source, name in zip(self.tls, ("server.crt", "server.key")):
+                shutil.copyfile(source, self.directory / name)
+                os.chmod(self.directory / name, 0o600)
+                if self.as_root:
+                    shutil.chown(self.directory / name, self.user)
+            options += (f" -c ssl=on -c ssl_cert_file={self.directory / 'server.crt'}"
+                        f" -c ssl_key_file={self.directory / 'server.key'}")
         self._run(f"{self.bindir}/pg_ctl", "-D", str(data), "-l", str(self.directory / "postgres.log"), "-w",
-                  "-o", f"-p {self.port} -h 127.0.0.1 -k {self.directory} -c fsync=off -c max_connections=200",
-                  "start")
+                  "-o", options, "start")
         return self.url
 
     def stop(self) -> None:

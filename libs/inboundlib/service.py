@@ -75,21 +75,29 @@ async def retry_until_ready(what: str, start: Callable[[], Awaitable[None]], sto
 
 
 async def open_database(url: str, migrations, stop: asyncio.Event, *, table: str | None = None,
-                        min_size: int = 2, max_size: int = 10):
+                        min_size: int = 2, max_size: int = 10, migration_url: str = "",
+                        runtime_privileges: dict[str, str] | None = None):
     """A connection pool on `url` with the service's `migrations` applied (inboundlib.db),
-    waiting for Postgres while it is not up yet."""
+    waiting for Postgres while it is not up yet. With `migration_url` (the schema owner),
+    migrations run as that role, which then grants `url`'s role `runtime_privileges`."""
     from inboundlib import db
 
     pool = None
+    bookkeeping = {} if table is None else {"table": table}
 
     async def open_and_migrate() -> None:
         nonlocal pool
         if pool is None:
             pool = await db.create_pool(url, min_size=min(min_size, max_size), max_size=max_size)
-        if table is None:
-            await db.migrate(pool, migrations)
-        else:
-            await db.migrate(pool, migrations, table=table)
+        if not migration_url:
+            await db.migrate(pool, migrations, **bookkeeping)
+            return
+        owner = await db.create_pool(migration_url, min_size=1, max_size=1)
+        try:
+            await db.migrate(owner, migrations, **bookkeeping, runtime_role=await pool.fetchval("SELECT current_user"),
+                             runtime_privileges=runtime_privileges or {})
+        finally:
+            await owner.close()
 
     await retry_until_ready("postgres", open_and_migrate, stop)
     return pool

@@ -24,17 +24,23 @@ log = logging.getLogger("audit")
 MIGRATIONS = Path(__file__).parent / "migrations"
 MIGRATIONS_TABLE = "audit_schema_migrations"
 CONSUMER_STOP_SECONDS = 15
+# The runtime role (DATABASE_URL) appends and reads, nothing more: the audit log is
+# append-only against the service itself, not only by its trigger.
+RUNTIME_PRIVILEGES = {"audit_log": "SELECT, INSERT"}
 
 
 @dataclass(frozen=True)
 class Settings:
     database_url: str
+    migration_database_url: str
     pool_size: int
     batch: int
 
     @classmethod
     def from_env(cls, env: Env) -> Settings:
         return cls(database_url=env.str("DATABASE_URL"),
+                   # The schema owner, for migrations; unset: DATABASE_URL's role migrates too.
+                   migration_database_url=env.str("INBOUND_MIGRATION_DATABASE_URL", ""),
                    pool_size=env.int("INBOUND_DB_POOL_SIZE", 5, minimum=2, maximum=200),
                    # Events stored (and acked) per round.
                    batch=env.int("INBOUND_AUDIT_BATCH", 256, minimum=1, maximum=1000))
@@ -64,7 +70,9 @@ class AuditService:
 
 async def start(settings: Settings, ctx: Context) -> AuditService:
     pool = await service.open_database(settings.database_url, MIGRATIONS, ctx.stop, table=MIGRATIONS_TABLE,
-                                       min_size=1, max_size=settings.pool_size)
+                                       min_size=1, max_size=settings.pool_size,
+                                       migration_url=settings.migration_database_url,
+                                       runtime_privileges=RUNTIME_PRIVILEGES)
     audit_log = AuditLog(pool)
     consumer = Consumer(ctx.nats_url, audit_log, batch=settings.batch)
     return AuditService(api=audit_log, consumer=consumer, pool=pool,

@@ -17,6 +17,14 @@ from services.client_registry.client import RegistryClient
 from services.client_registry.registry import Registry
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# What the runtime role (DATABASE_URL) may do, granted by the migration role: a stored
+# signing key is only ever re-encrypted, never otherwise changed or removed.
+RUNTIME_PRIVILEGES = {
+    "clients": "SELECT, INSERT, UPDATE, DELETE",
+    "signing_keys": "SELECT, INSERT, UPDATE (encrypted_private_key)",
+    "opaque_tokens": "SELECT, INSERT, DELETE",
+    "revocations": "SELECT, INSERT, UPDATE, DELETE",
+}
 HOT_TIMEOUT = 3.0
 REVOCATION_TIMEOUT = 10.0
 
@@ -24,12 +32,15 @@ REVOCATION_TIMEOUT = 10.0
 @dataclass(frozen=True)
 class Settings:
     database_url: str
+    migration_database_url: str
     pool_size: int
     purge_seconds: int
 
     @classmethod
     def from_env(cls, env: Env) -> Settings:
         return cls(database_url=env.str("DATABASE_URL"),
+                   # The schema owner, for migrations; unset: DATABASE_URL's role migrates too.
+                   migration_database_url=env.str("INBOUND_MIGRATION_DATABASE_URL", ""),
                    pool_size=env.int("INBOUND_DB_POOL_SIZE", 10, minimum=1, maximum=200),
                    purge_seconds=env.int("INBOUND_PURGE_INTERVAL", 600, minimum=1))
 
@@ -81,7 +92,9 @@ class RegistryService:
 
 
 async def start(settings: Settings, ctx: Context) -> RegistryService:
-    pool = await service.open_database(settings.database_url, MIGRATIONS, ctx.stop, max_size=settings.pool_size)
+    pool = await service.open_database(settings.database_url, MIGRATIONS, ctx.stop, max_size=settings.pool_size,
+                                       migration_url=settings.migration_database_url,
+                                       runtime_privileges=RUNTIME_PRIVILEGES)
     registry = Registry(pool, ctx.events)
     return RegistryService(registry=registry, api=BatchedTokenStore(registry), pool=pool,
                            janitor=asyncio.create_task(registry.purge_periodically(settings.purge_seconds)))

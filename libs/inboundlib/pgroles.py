@@ -1,0 +1,79 @@
+"""The two Postgres roles of an installation, made for `make run`, `make test` and
+the bench from a URL that may create roles (the private Postgres's superuser, or
+DATABASE_URL's when it is one). Production makes the same roles once, by hand
+(README, "Postgres roles").
+
+- migration role (INBOUND_MIGRATION_DATABASE_URL): owns the schema; services run
+  their migrations with it and then grant the runtime role what they need
+  (inboundlib.db.migrate, each service's RUNTIME_PRIVILEGES).
+- runtime role (DATABASE_URL): owns nothing and may not create anything; it gets
+  only the table privileges the services grant it (the audit log: INSERT and
+  SELECT), so no service can change or remove what it may only append.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import secrets
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import asyncpg
+
+
+@dataclass(frozen=True)
+class DatabaseRoles:
+    migration_url: str
+    runtime_url: str
+    migration_role: str
+    runtime_role: str
+
+
+def _with_user(url: str, user: str, password: str) -> str:
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"))
+
+
+async def _create(admin_url: str) -> DatabaseRoles | None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        if not await conn.fetchval("SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user"):
+            return None
+        database = await conn.fetchval("SELECT current_database()")
+        # Role names are cluster-wide: named after the database, so the suite's fresh
+        # databases on one server (and two suites at once) never share roles.
+        prefix = "inbound" if database == "postgres" else database
+        migration, runtime = f"{prefix}_migration", f"{prefix}_runtime"
+        password = secrets.token_hex(16)  # for servers that ask for one; trust-auth servers ignore it
+        ident = {name: await conn.fetchval("SELECT quote_ident($1)", name)
+                 for name in (migration, runtime, database)}
+        async with conn.transaction():
+            for name in (migration, runtime):
+                exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", name)
+                verb = "ALTER" if exists else "CREATE"
+                await conn.execute(f"{verb} ROLE {ident[name]} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE"
+                                   f" PASSWORD '{password}'")
+            # Only the migration role creates in the schema (Postgres 14 and older let everyone).
+            await conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+            await conn.execute(f"GRANT USAGE, CREATE ON SCHEMA public TO {ident[migration]}")
+            await conn.execute(f"GRANT USAGE ON SCHEMA public TO {ident[runtime]}")
+            await conn.execute(f"GRANT CONNECT ON DATABASE {ident[database]} TO {ident[migration]}, {ident[runtime]}")
+            # Tables made before the roles existed (an older `make run` database) move to the schema owner.
+            for table in await conn.fetch(
+                    "SELECT quote_ident(tablename) AS name FROM pg_tables"
+                    " WHERE schemaname = 'public' AND tableowner <> $1", migration):
+                await conn.execute(f"ALTER TABLE public.{table['name']} OWNER TO {ident[migration]}")
+        return DatabaseRoles(migration_url=_with_user(admin_url, migration, password),
+                             runtime_url=_with_user(admin_url, runtime, password),
+                             migration_role=migration, runtime_role=runtime)
+    finally:
+        await conn.close()
+
+
+def create_roles(admin_url: str) -> DatabaseRoles | None:
+    """Make (or refresh) the migration and runtime roles of `admin_url`'s database;
+    None when that URL's user may not create roles (then it is used as it is)."""
+    # In a thread: the caller may be inside a running event loop (an async test fixture).
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, _create(admin_url)).result()

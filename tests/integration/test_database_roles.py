@@ -1,0 +1,86 @@
+"""Postgres roles: the services run as a runtime role that owns nothing; the audit
+log is append-only against that role itself (not only by its trigger); the schema
+belongs to the migration role. Every statement is tried inside a transaction that
+is rolled back, so the session's system is left as it was even if one succeeded."""
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+
+@pytest.fixture
+async def roles(stack):
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        may_create_roles = await conn.fetchval(
+            "SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user")
+    finally:
+        await conn.close()
+    if not may_create_roles:
+        pytest.skip("the suite's DATABASE_URL may not create roles: the services run as that one role")
+    assert stack.db_roles is not None, "the stack made no roles although its database URL may"
+    return stack.db_roles
+
+
+async def _refused(conn: asyncpg.Connection, statement: str) -> str:
+    tr = conn.transaction()
+    await tr.start()
+    try:
+        await conn.execute(statement)
+    except asyncpg.InsufficientPrivilegeError as exc:
+        return str(exc)
+    finally:
+        await tr.rollback()
+    raise AssertionError(f"the runtime role was allowed: {statement}")
+
+
+async def test_the_runtime_role_appends_and_reads_the_audit_log_and_nothing_more(roles):
+    conn = await asyncpg.connect(roles.runtime_url)
+    try:
+        for statement in ("UPDATE audit_log SET type = type", "DELETE FROM audit_log", "TRUNCATE audit_log"):
+            # "permission denied", not the append-only trigger's own refusal: the role may not even try.
+            assert "permission denied for table audit_log" in await _refused(conn, statement), statement
+        for statement in ("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only",
+                          "DROP TRIGGER audit_log_append_only ON audit_log", "DROP TABLE audit_log"):
+            assert "must be owner of" in await _refused(conn, statement), statement
+        granted = {r["privilege_type"] for r in await conn.fetch(
+            "SELECT privilege_type FROM information_schema.role_table_grants"
+            " WHERE grantee = current_user AND table_name = 'audit_log'")}
+        assert granted == {"INSERT", "SELECT"}
+        tr = conn.transaction()  # it may append (rolled back: the session's log stays as it was)
+        await tr.start()
+        await conn.execute("INSERT INTO audit_log (event_id, occurred_at, type, detail)"
+                           " VALUES ('role-test', now(), 'test', '{}')")
+        assert await conn.fetchval("SELECT count(*) FROM audit_log WHERE event_id = 'role-test'") == 1
+        await tr.rollback()
+    finally:
+        await conn.close()
+
+
+async def test_the_runtime_role_cannot_change_the_schema_or_the_signing_keys(roles):
+    conn = await asyncpg.connect(roles.runtime_url)
+    try:
+        assert "permission denied for schema public" in await _refused(conn, "CREATE TABLE mine (a int)")
+        for statement in ("ALTER TABLE clients ADD COLUMN mine int", "DROP TABLE signing_keys",
+                          "CREATE INDEX mine ON clients (name)"):
+            assert "must be owner" in await _refused(conn, statement), statement
+        # A stored key is only ever re-encrypted: never removed, never given another kid.
+        for statement in ("DELETE FROM signing_keys", "UPDATE signing_keys SET kid = kid || 'x'",
+                          "TRUNCATE clients", "DELETE FROM schema_migrations"):
+            assert "permission denied" in await _refused(conn, statement), statement
+    finally:
+        await conn.close()
+
+
+async def test_the_services_connect_as_the_runtime_role_and_the_migration_role_owns_the_schema(stack, roles):
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        users = {r["usename"] for r in await conn.fetch(
+            "SELECT DISTINCT usename FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND usename IS NOT NULL")}
+        assert users == {roles.runtime_role}
+        owners = {r["tableowner"] for r in await conn.fetch(
+            "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'")}
+        assert owners == {roles.migration_role}
+    finally:
+        await conn.close()
