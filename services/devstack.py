@@ -179,9 +179,15 @@ class Stack:
         proc = subprocess.Popen([sys.executable, "-m", f"services.{name}"], cwd=ROOT, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         sp = ServiceProcess(key, port, proc, log_path)
-        threading.Thread(target=self._pump, args=(sp,), daemon=True).start()
+        reader = threading.Thread(target=self._pump, args=(sp,), daemon=True)
+        reader.start()
         self.services[key] = sp
-        wait_port(port, 30, proc, key)
+        try:
+            wait_port(port, 30, proc, key)
+        except RuntimeError as exc:  # say why: the child's last lines (all read once it has exited)
+            if proc.poll() is not None:
+                reader.join(5)
+            raise RuntimeError(f"{exc}:\n" + "\n".join(sp.lines[-20:])) from None
         return sp
 
     def _pump(self, sp: ServiceProcess) -> None:
