@@ -52,6 +52,7 @@ from pathlib import Path
 
 from bench import delivery, procstat, signing
 from bench.loadgen import LoadGen
+from inboundlib import pgroles
 from inboundlib.localservers import free_port, wait_port
 from services.modules import ALL_IN_ONE
 
@@ -512,6 +513,7 @@ def _bench_database():
     finally:
         try:
             asyncio.run(_db_admin(env_db, f'DROP DATABASE IF EXISTS "{fresh_db}"'))
+            pgroles.drop_roles(env_db, fresh_db)  # the stack's migration and runtime roles of that database
         except Exception as exc:  # noqa: BLE001 - leave it and say so
             print(f"note: could not drop the bench database {fresh_db}: {exc}", file=sys.stderr)
 

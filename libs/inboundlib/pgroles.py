@@ -29,6 +29,28 @@ class DatabaseRoles:
     runtime_role: str
 
 
+def role_names(database: str) -> tuple[str, str]:
+    """(migration, runtime) role names of `database`. Roles are cluster-wide: named after
+    the database, so the suite's fresh databases on one server (and two suites at once)
+    never share roles."""
+    prefix = "inbound" if database == "postgres" else database
+    return f"{prefix}_migration", f"{prefix}_runtime"
+
+
+def drop_roles(admin_url: str, database: str) -> None:
+    """Drop the roles of `database` once that database is dropped (they own nothing elsewhere)."""
+    async def drop() -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            for name in role_names(database):
+                await conn.execute(f"DROP ROLE IF EXISTS {await conn.fetchval('SELECT quote_ident($1)', name)}")
+        finally:
+            await conn.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, drop()).result()
+
+
 def _with_user(url: str, user: str, password: str) -> str:
     parts = urlsplit(url)
     host = parts.netloc.rpartition("@")[2]
@@ -41,10 +63,7 @@ async def _create(admin_url: str) -> DatabaseRoles | None:
         if not await conn.fetchval("SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user"):
             return None
         database = await conn.fetchval("SELECT current_database()")
-        # Role names are cluster-wide: named after the database, so the suite's fresh
-        # databases on one server (and two suites at once) never share roles.
-        prefix = "inbound" if database == "postgres" else database
-        migration, runtime = f"{prefix}_migration", f"{prefix}_runtime"
+        migration, runtime = role_names(database)
         password = secrets.token_hex(16)  # for servers that ask for one; trust-auth servers ignore it
         ident = {name: await conn.fetchval("SELECT quote_ident($1)", name)
                  for name in (migration, runtime, database)}
