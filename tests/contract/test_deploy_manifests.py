@@ -26,6 +26,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
@@ -41,7 +42,9 @@ K8S_VERSION = "1.30.0"
 NAMESPACE = "inbound"
 APP_LABEL = ("app.kubernetes.io/part-of", "inbound")
 UID = 10001
-SECRET_NAME = "inbound-secrets"
+# Postgres: each service that reads DATABASE_URL has its own Secret `<k8s name>-postgres`
+# (its runtime role's URL, the migration role's URL, the CA of Postgres's certificate).
+POSTGRES_SECRET_SUFFIX, POSTGRES_DIR = "-postgres", "/etc/inbound/postgres"
 TARGETS = ["base", "overlays/local", "overlays/production"]
 # Every service runs as a StatefulSet: each replica's audit event spool is on a
 # PersistentVolumeClaim of its own that outlives the pod.
@@ -50,6 +53,7 @@ WORKLOAD = "StatefulSet"
 # Where the settings shared by several services come from in the cluster.
 SHARED_SOURCES = {
     "DATABASE_URL": ("secret", "database-url"),
+    "INBOUND_MIGRATION_DATABASE_URL": ("secret", "migration-database-url"),
     "INBOUND_ISSUER": ("configmap", "issuer"),
     "NATS_URL": ("configmap", "nats-url"),
 }
@@ -332,7 +336,7 @@ def _secret_examples() -> dict[str, dict]:
 
 def test_env_wiring(docs):
     configmaps = _of_kind(docs, "ConfigMap")
-    secret_keys = set(_secret_examples()[SECRET_NAME]["stringData"])
+    examples = _secret_examples()
     for name, dep in _of_kind(docs, WORKLOAD).items():
         c = _main(dep)
         names = [e["name"] for e in c.get("env", [])]
@@ -351,8 +355,9 @@ def test_env_wiring(docs):
                 assert want[1] in configmaps[ref["name"]].get("data", {}), f"ConfigMap {ref['name']} lacks {want[1]}"
             else:
                 ref = got.get("valueFrom", {}).get("secretKeyRef", {})
-                assert ref.get("name") == SECRET_NAME and ref.get("key") == want[1], f"{name}: {var} from Secret"
-                assert want[1] in secret_keys, f"secret.example.yaml lacks key {want[1]}"
+                secret = name + POSTGRES_SECRET_SUFFIX
+                assert ref.get("name") == secret and ref.get("key") == want[1], f"{name}: {var} from Secret {secret}"
+                assert want[1] in examples[secret]["stringData"], f"secret.example.yaml: {secret} lacks key {want[1]}"
         for var, kind in (("INBOUND_GRPC_PORT", "grpc"), ("INBOUND_HTTP_PORT", HTTPS_PORT_NAME), ("INBOUND_METRICS_PORT", "metrics"),
                           ("INBOUND_INTROSPECTION_PORT", INTROSPECTION_PORT_NAME)):
             if var in env:
@@ -462,8 +467,23 @@ def test_each_pod_mounts_only_its_own_secrets(docs):
         for c in _containers(dep):
             for e in c.get("env", []):
                 ref = e.get("valueFrom", {}).get("secretKeyRef")
-                assert ref is None or ref["name"] == SECRET_NAME, f"{name}: env {e['name']} from Secret {ref}"
+                assert ref is None or ref["name"].startswith(f"{name}-"), f"{name}: env {e['name']} from Secret {ref}"
             assert not c.get("envFrom"), f"{name}: envFrom would hand the pod a whole Secret or ConfigMap"
+
+
+def test_postgres_ca_is_mounted_where_the_urls_say(docs):
+    """The services that read DATABASE_URL verify Postgres's certificate
+    (sslrootcert) with the CA from their own Secret; nobody else reaches Postgres."""
+    for name, workload in _of_kind(docs, WORKLOAD).items():
+        reads = "DATABASE_URL" in _env_read(SERVICES[name]["module"])
+        mounts = [m for m in _main(workload).get("volumeMounts", []) if m["mountPath"] == POSTGRES_DIR]
+        assert bool(mounts) == reads, f"{name}: Postgres CA mounted: {bool(mounts)}, reads DATABASE_URL: {reads}"
+        if reads:
+            mount, volume = _volume_mount(workload, POSTGRES_DIR)
+            assert mount.get("readOnly") is True and "subPath" not in mount, mount
+            assert volume["secret"]["secretName"] == name + POSTGRES_SECRET_SUFFIX, volume
+            # Only the CA is a file; the URLs (passwords) stay out of the filesystem.
+            assert volume["secret"].get("items") == [{"key": "ca.crt", "path": "ca.crt"}], volume
 
 
 def test_key_encryption_keys_are_a_mounted_file(docs):
@@ -955,9 +975,23 @@ def test_secret_is_an_example_outside_the_base():
     secrets = _secret_examples()
     for secret in secrets.values():
         assert _schema_errors(secret) is None, _schema_errors(secret)
-    assert set(secrets) == {SECRET_NAME, KEK_SECRET}
-    assert set(secrets[SECRET_NAME]["stringData"]) == {"database-url"}
+    readers = {m.k8s_name for m in modules.MODULES if "DATABASE_URL" in _env_read(m.name)}
+    assert readers == {"client-registry", "audit"}
+    assert set(secrets) == {KEK_SECRET} | {r + POSTGRES_SECRET_SUFFIX for r in readers}
     assert set(secrets[KEK_SECRET]["stringData"]) == {KEK_KEY}
+    runtime_roles = set()
+    for reader in readers:
+        data = secrets[reader + POSTGRES_SECRET_SUFFIX]["stringData"]
+        assert set(data) == {"database-url", "migration-database-url", "ca.crt"}, reader
+        runtime, migration = urlsplit(data["database-url"]), urlsplit(data["migration-database-url"])
+        assert runtime.username != migration.username, f"{reader}: the runtime role is not the schema owner"
+        runtime_roles.add(runtime.username)
+        for url in (runtime, migration):
+            query = parse_qs(url.query)
+            # verify-full: encrypted and the server checked; `prefer` would fall back to plaintext.
+            assert query.get("sslmode") == ["verify-full"], f"{reader}: {url.geturl()}"
+            assert query.get("sslrootcert") == [f"{POSTGRES_DIR}/ca.crt"], f"{reader}: {url.geturl()}"
+    assert len(runtime_roles) == len(readers), "a runtime role per service: each is granted only its own tables"
     readme = (DEPLOY / "README.md").read_text()
     for name in secrets:
         assert f"create secret generic {name}" in readme, f"README must document creating the Secret {name}"
