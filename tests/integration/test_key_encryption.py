@@ -10,7 +10,6 @@ import base64
 import json
 import os
 import secrets
-import sys
 
 import asyncpg
 import httpx
@@ -20,10 +19,11 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from inboundlib import grpcx
-from services.client_registry.client import SigningKeysClient
+from services.client_registry.keys import SigningKeyRepository
 from services.devstack import free_port
 from services.token_issuer.api import IssueRequest, RewrapReport
 from services.token_issuer.client import IssuerClient
+from tests.integration.test_inboundctl import ok
 from tests.support import eventually, register_client, serving
 
 
@@ -90,16 +90,6 @@ async def _stored_keys(stack) -> dict[str, bytes]:
         await conn.close()
 
 
-async def _inboundctl(stack, *args: str) -> str:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("INBOUND_")}
-    environ.update(INBOUND_REGISTRY_ADDR=stack.addr("client_registry"), INBOUND_ISSUER_ADDR=stack.addr("token_issuer"))
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "inboundctl", *args, env=environ,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
-    return out.decode()
-
-
 async def test_the_key_encryption_key_rotates_while_tokens_keep_flowing(kek_stack):
     """New key first on token_issuer (restarted), rewrap (twice at once), old key dropped
     (restarted again): every token answered 200 throughout verifies and is active. With
@@ -144,29 +134,31 @@ async def test_the_key_encryption_key_rotates_while_tokens_keep_flowing(kek_stac
         # 2. Rewrap, twice at once (inboundctl and a direct call): each key is rewrapped by exactly one.
         channel = grpcx.channel(stack.addr("token_issuer"))
         try:
-            cli, two = await asyncio.gather(_inboundctl(stack, "keys", "rewrap", "--json"),
+            cli, two = await asyncio.gather(ok(stack, "keys", "rewrap", "--json"),
                                             IssuerClient(channel).rewrap_keys())
         finally:
             await channel.close()
-        one = RewrapReport(**{field: tuple(kids) for field, kids in json.loads(cli).items()})
+        one = RewrapReport(**{field: tuple(kids) for field, kids in cli.json().items()})
         readable = {kid for kid, blob in before.items() if _opens_with(old, kid, blob)}
         assert readable and sorted(one.rewrapped + two.rewrapped) == sorted(readable)
         after = await _stored_keys(stack)
         assert after.keys() == before.keys()  # no key lost
         assert all(_opens_with(new, kid, after[kid]) and not _opens_with(old, kid, after[kid]) for kid in readable)
         assert {kid for kid in after if kid not in readable} == set(one.unreadable) == set(two.unreadable)
-        # A rewrap that read the key before another replaced it (the stale ciphertext) changes nothing.
+        # A rewrap that read the key before another replaced it (the stale ciphertext) changes
+        # nothing: the registry's compare-and-swap, as the services' runtime role runs it.
         kid = sorted(readable)[0]
-        channel = grpcx.channel(stack.addr("client_registry"))
+        pool = await asyncpg.create_pool(stack.db_roles.runtime_url if stack.db_roles else stack.database_url,
+                                         min_size=1, max_size=1)
         try:
-            stale = SigningKeysClient(channel).rewrap_signing_key(kid, before[kid], os.urandom(len(before[kid])))
+            stale = SigningKeyRepository(pool, None).rewrap_signing_key(kid, before[kid], os.urandom(60))
             assert await stale is False
         finally:
-            await channel.close()
+            await pool.close()
         assert await _stored_keys(stack) == after
         await more_tokens()
 
-        assert "0 signing key(s) re-encrypted" in await _inboundctl(stack, "keys", "rewrap")  # nothing left
+        assert "0 signing key(s) re-encrypted" in (await ok(stack, "keys", "rewrap")).out  # nothing left
 
         # 3. The old key dropped.
         stack.kek_file().write_text(base64.urlsafe_b64encode(new).decode() + "\n")
