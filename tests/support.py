@@ -114,25 +114,31 @@ async def audit_copies(conn, values: list[str], field: str = "jti") -> dict[str,
     return {r["value"]: r["n"] for r in rows}
 
 
-async def audit_caught_up(nats_url: str, *, timeout: float = DEFAULT_TIMEOUT) -> int:
-    """Wait until the audit consumer has stored and acked every message the event
-    stream holds now; returns that stream sequence. (Publish through an EventBus?
+async def audit_caught_up(stack, *, timeout: float = DEFAULT_TIMEOUT) -> int:
+    """Wait until the audit consumer of `stack` has stored and acked every message its
+    event stream holds now; returns that stream sequence. (Publish through an EventBus?
     `await bus.flush()` first, so that what it buffered is in the stream.)"""
-    import nats
-
-    from inboundlib.events import STREAM
     from services.audit.consumer import DURABLE
 
-    nc = await nats.connect(nats_url)
+    stream = stack.installation.stream
+    nc = await nats_connect(stack, "audit")  # the one identity that may read its consumer's state
     try:
         js = nc.jetstream()
-        last = (await js.stream_info(STREAM)).state.last_seq
-        await eventually(lambda: js.consumer_info(STREAM, DURABLE),
+        last = (await js.stream_info(stream)).state.last_seq
+        await eventually(lambda: js.consumer_info(stream, DURABLE),
                          until=lambda info: info.ack_floor.stream_seq >= last, timeout=timeout,
                          message=f"the audit consumer acks up to stream sequence {last}")
         return last
     finally:
         await nc.close()
+
+
+async def nats_connect(stack, identity: str, **options):
+    """A NATS connection to `stack`'s server with the credentials (and so the subject
+    permissions, services/nats_access.py) of service `identity`."""
+    import nats
+
+    return await nats.connect(**stack.nats_settings(identity).connect_options(), **options)
 
 
 # --- systems of a test's own --------------------------------------------------------------------------

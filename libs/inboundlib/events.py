@@ -19,16 +19,28 @@ while NATS cannot take them depends on the delivery (INBOUND_EVENTS_DELIVERY):
   the age of the oldest).
 
 Cache invalidation listens with plain core subscriptions on the same subjects.
+
+Names: the subject constants below are relative to an installation
+(`Installation`): `token.issued` is sent as `<installation>.events.token.issued`
+into the stream `<INSTALLATION>_EVENTS`, so several installations can share one
+NATS (INBOUND_INSTALLATION, default `inbound`: the names of earlier versions).
+How a process reaches NATS (URL, credentials, TLS) is `NatsSettings`; which
+subjects each service's credentials may use is services/nats_access.py.
 """
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import logging
+import re
+import ssl
 import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import nats
 from nats.js.api import StreamConfig
@@ -36,6 +48,7 @@ from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
 
 from inbound.events.v1 import events_pb2
 from inboundlib import actors
+from inboundlib.config import ConfigError, Env
 from inboundlib.logs import request_id_var
 from inboundlib.metrics import (
     EVENTS_BUFFERED,
@@ -50,11 +63,10 @@ from inboundlib.spool import Spool, SpoolFull
 
 log = logging.getLogger(__name__)
 
-STREAM = "INBOUND_EVENTS"
-SUBJECT_PREFIX = "inbound.events."
-# RegistryChanged events go to inbound.events.registry.<entity>; subscribe to
-# one entity's subject, or to REGISTRY_CHANGED_ALL for every entity.
-REGISTRY_CHANGED_PREFIX = "inbound.events.registry."
+# Subjects, relative to an installation's `<installation>.events.` (Installation.subject).
+# RegistryChanged events go to registry.<entity>; subscribe to one entity's subject,
+# or to REGISTRY_CHANGED_ALL for every entity.
+REGISTRY_CHANGED_PREFIX = "registry."
 REGISTRY_CHANGED_ALL = REGISTRY_CHANGED_PREFIX + ">"
 ENTITY_CLIENT = "client"
 ENTITY_SIGNING_KEY = "signing_key"
@@ -66,12 +78,145 @@ def registry_subject(entity: str) -> str:
 
 CLIENT_CHANGED = registry_subject(ENTITY_CLIENT)
 SIGNING_KEY_CHANGED = registry_subject(ENTITY_SIGNING_KEY)
-KEYS_ROTATED = "inbound.events.keys.rotated"
-TOKEN_ISSUED = "inbound.events.token.issued"
-TOKEN_DENIED = "inbound.events.token.denied"
-TOKEN_REVOKED = "inbound.events.token.revoked"
-REVOKED_TOKEN_INTROSPECTED = "inbound.events.token.introspected_revoked"
-ACCESS_DENIED = "inbound.events.access.denied"
+KEYS_ROTATED = "keys.rotated"
+TOKEN_ISSUED = "token.issued"
+TOKEN_DENIED = "token.denied"
+TOKEN_REVOKED = "token.revoked"
+REVOKED_TOKEN_INTROSPECTED = "token.introspected_revoked"
+ACCESS_DENIED = "access.denied"
+
+DEFAULT_INSTALLATION = "inbound"
+_INSTALLATION_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+@dataclass(frozen=True)
+class Installation:
+    """The NATS names of one installation of Inbound. Lower case letters, digits,
+    `-` and `_` only: the name is a subject token and, upper-cased, part of a
+    stream name, so it can carry no `.`, `*`, `>` or space."""
+    name: str = DEFAULT_INSTALLATION
+
+    def __post_init__(self) -> None:
+        if not _INSTALLATION_NAME.match(self.name):
+            raise ConfigError(f"INBOUND_INSTALLATION must be 1-32 of a-z 0-9 - _ (starting with a letter or "
+                              f"digit), got {self.name!r}")
+
+    @property
+    def subjects(self) -> str:
+        """Every event subject of this installation (the stream's subjects)."""
+        return f"{self.name}.events.>"
+
+    def subject(self, relative: str) -> str:
+        """The subject an event constant (TOKEN_ISSUED, ...) is sent on."""
+        return f"{self.name}.events.{relative}"
+
+    @property
+    def stream(self) -> str:
+        return f"{self.name.upper()}_EVENTS"
+
+    def inbox_prefix(self, identity: str) -> str:
+        """Where replies to `identity`'s requests arrive (JetStream acks, API answers):
+        its own subtree of _INBOX, so no other service may listen to them."""
+        return f"_INBOX.{self.name}.{identity}"
+
+
+def installation_from_env(env: Env) -> Installation:
+    return Installation(env.str("INBOUND_INSTALLATION", DEFAULT_INSTALLATION))
+
+
+@dataclass(frozen=True)
+class NatsSettings:
+    """How one process reaches NATS: the URL (`tls://` for TLS, the server verified
+    against `ca_file`, or the system's CAs without one), its credentials (a user and
+    password, or a creds file: a user JWT with its NKEY seed, or an NKEY seed alone,
+    as nats-server's decentralised or nkey auth issues them) and its installation.
+    `identity` is the service (or `all_in_one`) the credentials belong to: it names
+    the connection and its reply inbox. The password never appears in a repr."""
+    url: str = "nats://127.0.0.1:4222"
+    installation: Installation = Installation()
+    user: str = ""
+    password: str = field(default="", repr=False)
+    creds_file: str = ""
+    ca_file: str = ""
+    identity: str = ""
+
+    @classmethod
+    def from_env(cls, env: Env) -> NatsSettings:
+        """NATS_URL, INBOUND_NATS_USER + INBOUND_NATS_PASSWORD_FILE or INBOUND_NATS_CREDS_FILE,
+        INBOUND_NATS_CA_FILE, INBOUND_INSTALLATION. Files are read (and checked) now."""
+        url = env.url("NATS_URL", "nats://127.0.0.1:4222", schemes=("nats", "tls"))
+        user = env.str("INBOUND_NATS_USER", "")
+        password_file = env.str("INBOUND_NATS_PASSWORD_FILE", "")
+        creds_file = env.str("INBOUND_NATS_CREDS_FILE", "")
+        ca_file = env.str("INBOUND_NATS_CA_FILE", "")
+        if creds_file and (user or password_file):
+            raise ConfigError("set INBOUND_NATS_CREDS_FILE or INBOUND_NATS_USER + INBOUND_NATS_PASSWORD_FILE, not both")
+        if bool(user) != bool(password_file):
+            raise ConfigError("INBOUND_NATS_USER and INBOUND_NATS_PASSWORD_FILE go together")
+        password = _read_secret("INBOUND_NATS_PASSWORD_FILE", password_file) if password_file else ""
+        if creds_file:
+            _read_secret("INBOUND_NATS_CREDS_FILE", creds_file)
+        if ca_file:
+            _read_secret("INBOUND_NATS_CA_FILE", ca_file)
+            if urlsplit(url).scheme != "tls":
+                raise ConfigError("INBOUND_NATS_CA_FILE is set but NATS_URL is not tls://: the connection would "
+                                  "not be encrypted")
+        return cls(url=url, installation=installation_from_env(env), user=user, password=password,
+                   creds_file=creds_file, ca_file=ca_file)
+
+    def for_identity(self, identity: str) -> NatsSettings:
+        return replace(self, identity=identity)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "tls"
+
+    def connect_options(self, name: str = "") -> dict:
+        """Keyword arguments of nats.connect for these settings (servers, auth, TLS, inbox)."""
+        options: dict = {"servers": [self.url], "name": name or self.identity or "inbound"}
+        if self.user:
+            options.update(user=self.user, password=self.password)
+        if self.creds_file:
+            # A .creds file holds a user JWT and its seed; a bare seed file is NKEY auth.
+            if "BEGIN NATS USER JWT" in Path(self.creds_file).read_text():
+                options["user_credentials"] = self.creds_file
+            else:
+                options["nkeys_seed"] = self.creds_file
+        if self.tls:
+            options["tls"] = ssl.create_default_context(cafile=self.ca_file or None)
+        if self.identity:
+            options["inbox_prefix"] = self.installation.inbox_prefix(self.identity)
+        return options
+
+
+def _read_secret(setting: str, path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{setting}: cannot read {path} ({exc.strerror})") from None
+
+
+def log_nats_error(exc: BaseException) -> None:
+    """The error callback of a NATS connection: a subject this service's credentials
+    may not use is a deployment error (services/nats_access.py), said loudly."""
+    if "permissions violation" in str(exc).lower():
+        log.error("nats refused a subject to this service's credentials", extra={"error": str(exc).strip()})
+    else:
+        log.debug("nats error", extra={"error": repr(exc)})
+
+
+def as_settings(nats: NatsSettings | str) -> NatsSettings:
+    """A bare URL is a NATS without credentials, for the default installation."""
+    return nats if isinstance(nats, NatsSettings) else NatsSettings(url=nats)
+
+
+def describe_connect_error(exc: BaseException) -> str:
+    """What a failed connection says in a log line: the error's type, and for the
+    server's refusal its own words (`Authorization Violation`), never our password."""
+    text = str(exc)
+    if "authorization" in text.lower() or "authentication" in text.lower():
+        return f"{type(exc).__name__}: the NATS server refused our credentials ({text.strip()})"
+    return type(exc).__name__
 
 ROUND_EVENTS = 1024
 MESSAGE_EVENTS = 256
@@ -99,25 +244,27 @@ def actor_to_pb(who: actors.Actor) -> events_pb2.Actor:
     return events_pb2.Actor(kind=who.kind, id=who.id)
 
 
-async def ensure_stream(js) -> None:
-    """Create the INBOUND_EVENTS stream if it does not exist; publishers and the audit
-    consumer both call it. An existing stream is left as it is (an operator may have
-    given it replicas or limits of their own)."""
+async def ensure_stream(js, installation: Installation) -> None:
+    """Create the installation's events stream if it does not exist; publishers and the
+    audit consumer both call it. An existing stream is left as it is (an operator may
+    have given it replicas or limits of their own)."""
     try:
-        await js.stream_info(STREAM)
+        await js.stream_info(installation.stream)
         return
     except NotFoundError:
         pass
     try:
-        await js.add_stream(StreamConfig(name=STREAM, subjects=[SUBJECT_PREFIX + ">"], duplicate_window=120,
-                                         max_age=14 * 24 * 3600))
+        await js.add_stream(StreamConfig(name=installation.stream, subjects=[installation.subjects],
+                                         duplicate_window=120, max_age=14 * 24 * 3600))
     except BadRequestError:
         pass  # created meanwhile by another process
 
 
 class EventBus:
-    def __init__(self, url: str, source: str, *, buffer_limit: int = 100_000, spool: Spool | None = None):
-        self.url = url
+    def __init__(self, nats: NatsSettings | str, source: str, *, buffer_limit: int = 100_000,
+                 spool: Spool | None = None):
+        self.nats = as_settings(nats)
+        self.installation = self.nats.installation
         self.source = source
         self.buffer_limit = buffer_limit
         self.spool = spool  # durable delivery when set (see the module docstring)
@@ -160,7 +307,7 @@ class EventBus:
         while not self._closing:
             try:
                 self._nc = await nats.connect(
-                    self.url, name=self.source, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                    **self.nats.connect_options(self.source), max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                     connect_timeout=2, allow_reconnect=True,
                     disconnected_cb=self._on_disconnect, reconnected_cb=self._on_reconnect,
                     error_cb=self._on_error,
@@ -178,7 +325,7 @@ class EventBus:
                 self._run_reconnect_hooks()
                 return
             except Exception as exc:  # keep trying: NATS may come up later
-                log.warning("nats connect failed, retrying", extra={"error": type(exc).__name__})
+                log.warning("nats connect failed, retrying", extra={"error": describe_connect_error(exc)})
                 if self._nc is not None:
                     try:
                         await self._nc.close()
@@ -189,7 +336,7 @@ class EventBus:
                 delay = min(delay * 2, 5.0)
 
     async def _ensure_stream(self) -> None:
-        await ensure_stream(self._js)
+        await ensure_stream(self._js, self.installation)
 
     async def _on_disconnect(self) -> None:
         self.connected.clear()
@@ -222,7 +369,7 @@ class EventBus:
                                                         "error": type(exc).__name__})
 
     async def _on_error(self, exc: Exception) -> None:
-        log.debug("nats error", extra={"error": repr(exc)})
+        log_nats_error(exc)
 
     def publish(self, subject: str, event: events_pb2.Event, *, low_priority: bool = False,
                 awaited: bool = False) -> str:
@@ -442,7 +589,7 @@ class EventBus:
             # A stable id for this exact group, so a retry of it is de-duplicated.
             data = events_pb2.EventBatch(events=events).SerializeToString()
             headers = {"Nats-Msg-Id": f"{events[0].event_id}+{len(events)}", BATCH_HEADER: "1"}
-        await self._js.publish(subject, data, headers=headers, timeout=2)
+        await self._js.publish(self.installation.subject(subject), data, headers=headers, timeout=2)
 
     async def _recreate_stream(self) -> None:
         """NATS came back without its data (a new server, a wiped volume): make the stream again."""
@@ -481,7 +628,7 @@ class EventBus:
                 except Exception:
                     log.exception("event handler failed", extra={"subject": msg.subject})
 
-        await self._nc.subscribe(subject, cb=on_message)
+        await self._nc.subscribe(self.installation.subject(subject), cb=on_message)
 
     async def flush(self, timeout: float = 2.0) -> None:
         deadline = time.monotonic() + timeout

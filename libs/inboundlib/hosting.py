@@ -33,7 +33,7 @@ from typing import Any
 
 from inboundlib import actors, authz, batching, grpcx, identity, metrics, spool
 from inboundlib.config import ConfigError, Env, ScopedEnv
-from inboundlib.events import EventBus
+from inboundlib.events import EventBus, NatsSettings
 
 log = logging.getLogger(__name__)
 
@@ -164,12 +164,13 @@ class ServiceEvents:
 
 @dataclass
 class Context:
-    """What an assembly's `start` gets: its settings' Env, the process's event bus,
-    the stop event, its ports, and its dependencies (in process or over gRPC)."""
+    """What an assembly's `start` gets: its settings' Env, the process's event bus and
+    NATS settings (a component with a connection of its own uses the process's
+    credentials), the stop event, its ports, and its dependencies (in process or over gRPC)."""
     module: Module
     env: Env
     events: EventBus
-    nats_url: str
+    nats: NatsSettings
     stop: asyncio.Event
     ports: dict[str, int]
     host: str
@@ -242,7 +243,13 @@ async def serve(table: Mapping[str, Module], names: list[str], stop: asyncio.Eve
         raise ConfigError(f"{identity.TRUST_DOMAIN_ENV}: {exc}") from None
     hosted = [table[n] for n in in_dependency_order(table, names)]
     host = env.str("INBOUND_BIND_HOST", "0.0.0.0")
-    nats_url = env.str("NATS_URL", "nats://127.0.0.1:4222")
+    # One NATS identity per process: a service's own, or all_in_one's (the union of theirs).
+    nats = NatsSettings.from_env(env).for_identity(process_name)
+    if not nats.tls:
+        log.warning("NATS connection without TLS: events and credentials travel in clear (use a tls:// NATS_URL)")
+    if not (nats.user or nats.creds_file):
+        log.warning("NATS connection without credentials: only a NATS that lets anyone publish accepts it "
+                    "(see services/nats_access.py)")
     metrics_port = env.int("INBOUND_METRICS_PORT", 0, **PORT_RANGE)
     batching.default_max_in_flight()  # INBOUND_BATCHES_IN_FLIGHT: checked now, not at the first call
     # Every setting of every service is read and checked before anything starts.
@@ -258,7 +265,7 @@ async def serve(table: Mapping[str, Module], names: list[str], stop: asyncio.Eve
                 raise ConfigError(f"{module.name}'s {kind} port {number} is also {taken[number]}'s")
             taken[number] = f"{module.name} {kind}"
 
-    events = EventBus(nats_url, process_name, spool=spool.from_env(env, process_name))
+    events = EventBus(nats, process_name, spool=spool.from_env(env, process_name))
     await events.start()
     h = _Host(table)
     servers: list[tuple[str, grpcx.GrpcServer]] = []
@@ -266,7 +273,7 @@ async def serve(table: Mapping[str, Module], names: list[str], stop: asyncio.Eve
     metrics_server = None
     try:
         for module, assembly, menv, settings, ports in plans:
-            ctx = Context(module=module, env=menv, nats_url=nats_url, stop=stop, ports=ports, host=host, _host=h,
+            ctx = Context(module=module, env=menv, nats=nats, stop=stop, ports=ports, host=host, _host=h,
                           events=events if len(plans) == 1 else ServiceEvents(events, module.name))
             component = await assembly.start(settings, ctx)
             h.components[module.name] = component

@@ -183,20 +183,40 @@ def nats_server_binary() -> str:
 
 
 class PrivateNats:
-    def __init__(self, directory: Path, port: int):
+    """A nats-server with JetStream in `directory` on 127.0.0.1:`port`. With `authorization`
+    (the text of a nats-server `authorization { ... }` block) only those users may connect;
+    with `tls` (certificate, key) it speaks TLS only, and its URL is tls://. Its config file
+    holds passwords: it is written 0600."""
+
+    def __init__(self, directory: Path, port: int, *, authorization: str = "",
+                 tls: tuple[Path, Path] | None = None):
         self.directory = directory
         self.port = port
+        self.authorization = authorization
+        self.tls = tls
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
+
+    def _config(self) -> str:
+        import json
+
+        lines = [f"listen: 127.0.0.1:{self.port}", f"jetstream {{ store_dir: {json.dumps(str(self.directory))} }}"]
+        if self.tls:
+            cert, key = self.tls
+            lines.append(f"tls {{ cert_file: {json.dumps(str(cert))}, key_file: {json.dumps(str(key))}, timeout: 2 }}")
+        return "\n".join(lines) + "\n" + self.authorization
 
     def start(self) -> str:
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [nats_server_binary(), "-js", "-sd", str(self.directory), "-p", str(self.port), "-a", "127.0.0.1"],
-            stdout=subprocess.DEVNULL, stderr=open(self.directory / "nats.log", "ab"))
+        config = self.directory / "nats.conf"
+        config.touch(0o600)
+        config.chmod(0o600)
+        config.write_text(self._config())
+        self.proc = subprocess.Popen([nats_server_binary(), "-c", str(config)],
+                                     stdout=subprocess.DEVNULL, stderr=open(self.directory / "nats.log", "ab"))
         wait_port(self.port, 10, self.proc, "nats-server")
         return self.url
 
@@ -207,5 +227,3 @@ class PrivateNats:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-
-

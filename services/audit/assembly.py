@@ -74,7 +74,7 @@ async def start(settings: Settings, ctx: Context) -> AuditService:
                                        migration_url=settings.migration_database_url,
                                        runtime_privileges=RUNTIME_PRIVILEGES)
     audit_log = AuditLog(pool)
-    consumer = Consumer(ctx.nats_url, audit_log, batch=settings.batch)
+    consumer = Consumer(ctx.nats, audit_log, batch=settings.batch)
     return AuditService(api=audit_log, consumer=consumer, pool=pool,
                         watch=asyncio.create_task(consumer.run(ctx.stop), name="audit-consumer"))
 

@@ -1,4 +1,5 @@
-"""JetStream durable pull consumer: every event on inbound.events.> into the audit log.
+"""JetStream durable pull consumer: every event of this installation (`<installation>.events.>`,
+in its stream `<INSTALLATION>_EVENTS`) into the audit log.
 
 The loop: fetch a batch (up to 256, waiting at most 1 s), decode it, insert it
 in one statement, and ack each message only after that insert has committed.
@@ -30,7 +31,14 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import Counter, Gauge, Histogram
 
 from inboundlib import workers
-from inboundlib.events import BATCH_HEADER, STREAM, SUBJECT_PREFIX, ensure_stream
+from inboundlib.events import (
+    BATCH_HEADER,
+    NatsSettings,
+    as_settings,
+    describe_connect_error,
+    ensure_stream,
+    log_nats_error,
+)
 from services.audit.api import AuditRecord
 from services.audit.log import AuditLog, decode, decode_batch
 
@@ -45,8 +53,9 @@ LAG = Gauge("inbound_audit_consumer_pending", "Messages in the stream not yet de
 BATCH_SECONDS = Histogram("inbound_audit_batch_seconds", "Time to store and ack one batch",
                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5))
 
+# The durable consumer lives in the installation's own stream, so its name needs no prefix:
+# two installations on one NATS have two streams, each with its own `audit` consumer.
 DURABLE = "audit"
-FILTER = SUBJECT_PREFIX + ">"
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:
@@ -58,9 +67,10 @@ async def _sleep(stop: asyncio.Event, seconds: float) -> None:
 
 
 class Consumer:
-    def __init__(self, nats_url: str, audit_log: AuditLog, *, durable: str = DURABLE, batch: int = 256,
+    def __init__(self, nats: NatsSettings | str, audit_log: AuditLog, *, durable: str = DURABLE, batch: int = 256,
                  fetch_timeout: float = 1.0, ack_wait: float = 30.0, max_ack_pending: int = 4096):
-        self.nats_url = nats_url
+        self.nats = as_settings(nats)
+        self.installation = self.nats.installation
         self.log = audit_log
         self.durable = durable
         self.batch = batch
@@ -78,19 +88,19 @@ class Consumer:
         while not stop.is_set():
             try:
                 self._nc = await nats.connect(
-                    self.nats_url, name="audit", max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                    **self.nats.connect_options("audit"), max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                     connect_timeout=2, allow_reconnect=True, error_cb=self._on_error,
                     disconnected_cb=self._on_disconnect, reconnected_cb=self._on_reconnect)
                 log.info("nats connected")
                 return True
             except Exception as exc:  # NATS may come up later
-                log.warning("nats connect failed, retrying", extra={"error": type(exc).__name__})
+                log.warning("nats connect failed, retrying", extra={"error": describe_connect_error(exc)})
                 await _sleep(stop, delay)
                 delay = min(delay * 2, 5.0)
         return False
 
     async def _on_error(self, exc: Exception) -> None:
-        log.debug("nats error", extra={"error": repr(exc)})
+        log_nats_error(exc)
 
     async def _on_disconnect(self) -> None:
         if not self._closing:
@@ -102,13 +112,13 @@ class Consumer:
     async def _bind(self) -> None:
         """The stream and the durable consumer exist (created if not), and we pull from it."""
         js = self._nc.jetstream(timeout=3)
-        await ensure_stream(js)
+        await ensure_stream(js, self.installation)
         config = ConsumerConfig(
             name=self.durable, durable_name=self.durable, description="audit log writer",
-            filter_subject=FILTER, deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.EXPLICIT,
+            filter_subject=self.installation.subjects, deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self.ack_wait, max_ack_pending=self.max_ack_pending, max_deliver=-1)
         try:
-            await js.add_consumer(STREAM, config)
+            await js.add_consumer(self.installation.stream, config)
         except nats.js.errors.BadRequestError as exc:
             # It exists with other settings (an operator changed them): use it as it is.
             log.warning("audit consumer exists with other settings; using it", extra={"error": str(exc)})
@@ -117,8 +127,8 @@ class Consumer:
                 await self._sub.unsubscribe()
             except Exception:
                 pass
-        self._sub = await js.pull_subscribe_bind(durable=self.durable, stream=STREAM)
-        log.info("audit consumer bound", extra={"stream": STREAM, "consumer": self.durable})
+        self._sub = await js.pull_subscribe_bind(durable=self.durable, stream=self.installation.stream)
+        log.info("audit consumer bound", extra={"stream": self.installation.stream, "consumer": self.durable})
 
     # --- the loop -----------------------------------------------------------------------------------
 

@@ -119,7 +119,7 @@ ENV_METHODS = {"str", "int", "float", "bool", "choice", "addr", "url", "key32", 
 ADDR_VARS = ("INBOUND_REGISTRY_ADDR", "INBOUND_ISSUER_ADDR")
 # Where every process reads the settings that are not its service's own: the host
 # (ports, NATS, health) and the libraries it calls with the process's Env.
-COMMON_FILES = [REPO / "libs" / "inboundlib" / f for f in ("hosting.py", "spool.py")]
+COMMON_FILES = [REPO / "libs" / "inboundlib" / f for f in ("hosting.py", "spool.py", "events.py")]  # events: NatsSettings
 
 
 # ---------------------------------------------------------------- rendering

@@ -46,7 +46,7 @@ async def test_tokens_keep_flowing_while_nats_is_down_and_their_events_arrive_la
     try:
         await eventually(lambda: audit_copies(conn, jtis), until=lambda copies: len(copies) == len(jtis),
                          message="the audit rows of the tokens issued during the outage")
-        await audit_caught_up(own_stack.nats_url)
+        await audit_caught_up(own_stack)
         copies = await audit_copies(conn, jtis)
         denials = await conn.fetchval("SELECT count(*) FROM audit_log WHERE type = 'token_denied'"
                                       " AND client_id = $1 AND detail->>'error' = 'invalid_client'",

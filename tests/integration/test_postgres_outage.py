@@ -58,7 +58,7 @@ async def test_jwt_tokens_flow_and_opaque_ones_fail_softly_while_postgres_is_dow
     try:
         await eventually(lambda: audit_copies(conn, jtis), until=lambda copies: len(copies) == len(jtis),
                          message="the audit rows of the tokens issued during the outage")
-        await audit_caught_up(pg_stack.nats_url)
+        await audit_caught_up(pg_stack)
         assert await audit_copies(conn, jtis) == {jti: 1 for jti in jtis}, \
             "the audit events of the outage are stored, each once, when Postgres is back"
     finally:

@@ -9,7 +9,6 @@ import time
 import uuid
 
 import grpc
-import nats
 import pytest
 
 from inbound.events.v1 import events_pb2
@@ -28,7 +27,7 @@ from services.client_registry.api import (
     RevocationRecord,
 )
 from services.token_issuer.revocations import RevocationSet
-from tests.support import eventually
+from tests.support import eventually, nats_connect
 
 POISON = ["bad\x00id", "x" * 5000, "tab\there"]
 
@@ -151,7 +150,7 @@ async def test_deleting_a_client_records_a_client_cut_off(stack, registry, make_
 
 async def test_registry_changes_name_the_operator_from_call_metadata(stack, registry, make_client):
     client, _ = await make_client()
-    nc = await nats.connect(stack.nats_url)
+    nc = await nats_connect(stack, "token_issuer")  # a listener of both subjects
     seen: list[events_pb2.Event] = []
 
     async def collect(msg) -> None:
@@ -159,8 +158,8 @@ async def test_registry_changes_name_the_operator_from_call_metadata(stack, regi
         event.ParseFromString(msg.data)
         seen.append(event)
 
-    await nc.subscribe(CLIENT_CHANGED, cb=collect)
-    await nc.subscribe(TOKEN_REVOKED, cb=collect)
+    await nc.subscribe(stack.installation.subject(CLIENT_CHANGED), cb=collect)
+    await nc.subscribe(stack.installation.subject(TOKEN_REVOKED), cb=collect)
     token = actors.actor_var.set(actors.actor(actors.OPERATOR, "alice"))
     try:
         await registry.update_client(client.client_id, ClientUpdate(active=False))

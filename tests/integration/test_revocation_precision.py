@@ -95,7 +95,7 @@ async def test_a_subject_revocation_covers_every_client_and_both_formats(stack, 
     old = [await issue(first, alice, "jwt"), await issue(second, alice, "opaque")]
     others = [await issue(first, bob, "jwt"), await issue(second, bob, "opaque")]
     channel = grpcx.channel(stack.addr("client_registry"))
-    bus = EventBus(stack.nats_url, "test-subject-revocation")
+    bus = EventBus(stack.nats_settings("token_issuer"), "test-subject-revocation")  # as token_issuer does
     await bus.start()
     try:
         # What the users service will do: revoke through a checker wired like token_issuer's.

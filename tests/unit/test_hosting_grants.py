@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from inboundlib.config import Env
+from inboundlib.events import NatsSettings
 from inboundlib.hosting import GRPC, HTTP, Context, Module, Port, _Host
 
 
@@ -25,7 +26,7 @@ async def test_a_grant_hosted_elsewhere_is_reached_over_grpc_beside_one_hosted_h
         api = object()
 
     host.components["grant_a"] = InProcess()
-    ctx = Context(module=modules["edge"], env=Env({}), events=None, nats_url="", stop=asyncio.Event(),
+    ctx = Context(module=modules["edge"], env=Env({}), events=None, nats=NatsSettings(), stop=asyncio.Event(),
                   ports={}, host="127.0.0.1", _host=host)
     grants = host.grants(ctx)
     try:
