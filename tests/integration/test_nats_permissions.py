@@ -1,0 +1,172 @@
+"""NATS enforces who may send what (services/nats_access.py): the stacks of the suite run
+their private NATS with the users, subject permissions and TLS of a deployment.
+
+The measures are independent of the refusal itself: a forged event that got through
+would be stored by the audit service (the stream captures every publish on its
+subjects) and applied by token_issuer (a client cut-off makes its tokens inactive).
+Each forgery is sent as a plain core publish, the cheapest way in, after which the
+forger waits for the server's verdict: the permissions violation it reports, or the
+forged event's effect."""
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import nats
+import pytest
+
+from inbound.events.v1 import events_pb2
+from inboundlib import pki
+from inboundlib.events import CLIENT_CHANGED, TOKEN_ISSUED, TOKEN_REVOKED, registry_changed
+from inboundlib.localservers import free_port
+from services.devstack import DevNats, Stack
+from services.token_issuer.api import IssueRequest
+from tests.support import audit_caught_up, eventually, nats_connect, register_client
+
+
+async def _forge(stack, identity: str, relative_subject: str, event: events_pb2.Event, *,
+                 effect=None) -> list[Exception]:
+    """Publish `event` as service `identity`; wait for the server's refusal (or for
+    `effect()` to come true: the forgery got through); return the errors it reported."""
+    errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    nc = await nats_connect(stack, identity, error_cb=on_error, allow_reconnect=False)
+    try:
+        await nc.publish(stack.installation.subject(relative_subject), event.SerializeToString(),
+                         headers={"Nats-Msg-Id": event.event_id})
+        await nc.flush()
+
+        async def verdict():
+            refused = any("permissions violation" in str(e).lower() for e in errors)
+            return refused or (effect is not None and await effect())
+
+        await eventually(verdict, message=f"the server's verdict on {identity} publishing {relative_subject}")
+    finally:
+        await nc.close()
+    return errors
+
+
+async def _audit_rows(stack, event_id: str) -> int:
+    """Rows for `event_id` in the audit log, once audit has handled all the stream holds."""
+    await audit_caught_up(stack)
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        return await conn.fetchval("SELECT count(*) FROM audit_log WHERE event_id = $1", event_id)
+    finally:
+        await conn.close()
+
+
+def _event(**fields) -> events_pb2.Event:
+    return events_pb2.Event(event_id=uuid.uuid4().hex, occurred_at_unix_ms=int(time.time() * 1000), **fields)
+
+
+async def test_a_revocation_forged_by_the_edge_is_refused_and_the_token_stays_active(stack, make_client, issuer):
+    client, _ = await make_client()
+    token = (await issuer.issue(IssueRequest(client_id=client.client_id, subject=client.client_id,
+                                             scopes=("api.read",), lifetime_seconds=600))).access_token
+    assert (await issuer.introspect(token)).active
+    hour_ahead_ms = int(time.time() * 1000) + 3600_000
+    forged = _event(token_revoked=events_pb2.TokenRevoked(
+        kind="client", client_id=client.client_id, revoked_before=hour_ahead_ms // 1000,
+        revoked_before_unix_ms=hour_ahead_ms, expires_at=hour_ahead_ms // 1000, revoked_by="operator:mallory"))
+
+    async def token_inactive() -> bool:
+        return not (await issuer.introspect(token)).active
+
+    errors = await _forge(stack, "edge", TOKEN_REVOKED, forged, effect=token_inactive)
+    assert (await issuer.introspect(token)).active, "a forged revocation made the token inactive"
+    assert any("permissions violation" in str(e).lower() for e in errors)
+    assert await _audit_rows(stack, forged.event_id) == 0
+
+
+async def test_a_registry_change_forged_by_token_issuer_is_refused(stack):
+    """Only client_registry announces registry changes (a forged one would make every
+    cache drop what it names, and reach the audit log as the registry's word)."""
+    forged = _event(registry_changed=registry_changed("client", "forged-" + uuid.uuid4().hex[:8], "deleted").
+                    registry_changed)
+    errors = await _forge(stack, "token_issuer", CLIENT_CHANGED, forged)
+    assert any("permissions violation" in str(e).lower() for e in errors)
+    assert await _audit_rows(stack, forged.event_id) == 0
+
+
+async def test_audit_cannot_publish(stack):
+    forged = _event(token_issued=events_pb2.TokenIssued(client_id="by-audit", jti=uuid.uuid4().hex))
+    errors = await _forge(stack, "audit", TOKEN_ISSUED, forged)
+    assert any("permissions violation" in str(e).lower() for e in errors)
+    assert await _audit_rows(stack, forged.event_id) == 0
+
+
+async def test_a_connection_without_credentials_or_without_tls_is_refused(stack):
+    settings = stack.nats_settings("edge")
+    context = ssl.create_default_context(cafile=settings.ca_file)
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await nats.connect(settings.url, tls=context, allow_reconnect=False, connect_timeout=5)
+    # The server speaks TLS only: plaintext, even with the right password, does not get in.
+    with pytest.raises(Exception):  # noqa: B017 - refused in whichever way nats-py reports it
+        await nats.connect(settings.url.replace("tls://", "nats://"), user=settings.user,
+                           password=settings.password, allow_reconnect=False, connect_timeout=5)
+
+
+@pytest.mark.separate_processes
+async def test_a_service_with_a_wrong_password_says_so_without_the_password(stack, tmp_path):
+    wrong = "wrong-" + uuid.uuid4().hex
+    password_file = tmp_path / "password"
+    password_file.write_text(wrong)
+    password_file.chmod(0o600)
+    right = stack.nats_settings("client_credentials").password
+    replica = stack.start_service("client_credentials", port=free_port(), key="cc-wrong-password",
+                                  extra_env={"INBOUND_NATS_PASSWORD_FILE": str(password_file)})
+    try:
+        line = await eventually(lambda: next((x for x in replica.lines if "refused our credentials" in x), None),
+                                message="the log line saying NATS refused the credentials")
+        assert "nats connect failed" in line and "Authorization Violation" in line
+        assert not any(wrong in x or right in x for x in replica.lines), "a password reached the log"
+    finally:
+        stack.stop_service("cc-wrong-password")
+
+
+# --- two installations on one NATS ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def shared_nats(tmp_path_factory):
+    directory = Path(tmp_path_factory.mktemp("shared-nats"))
+    nats_server = DevNats(directory / "nats", free_port(), pki.DevCA(directory / "pki"), ("alpha", "beta"))
+    nats_server.start()
+    yield nats_server
+    nats_server.stop()
+
+
+async def test_two_installations_on_one_nats_keep_separate_audit_logs(shared_nats, fresh_database,
+                                                                       tmp_path_factory):
+    stacks = [Stack(Path(tmp_path_factory.mktemp(name)), fixed_ports=False, echo=False,
+                    database_url=fresh_database(), nats_url="", single=True, installation=name,
+                    shared_nats=shared_nats, extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0"})
+              for name in ("alpha", "beta")]
+    try:
+        await asyncio.gather(*(asyncio.to_thread(s.start) for s in stacks))
+        jtis = {}
+        for s in stacks:
+            client, _ = await register_client(s)  # its registry_changed event goes to its own audit log
+            jtis[s.installation.name] = client.client_id
+        for s in stacks:
+            await audit_caught_up(s)
+        for s in stacks:
+            conn = await asyncpg.connect(s.database_url)
+            try:
+                ids = {r["id"] for r in await conn.fetch(
+                    "SELECT detail->>'id' AS id FROM audit_log WHERE type = 'registry_changed'")}
+            finally:
+                await conn.close()
+            other = next(name for name in jtis if name != s.installation.name)
+            assert jtis[s.installation.name] in ids, f"{s.installation.name}'s own change is not in its audit log"
+            assert jtis[other] not in ids, f"{other}'s change is in {s.installation.name}'s audit log"
+    finally:
+        for s in stacks:
+            s.stop()
