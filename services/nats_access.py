@@ -13,8 +13,11 @@ the server, not the receiver, decides who may send what:
 | token_issuer | token.issued, token.revoked, token.introspected_revoked, keys.rotated | registry.client, registry.signing_key, keys.rotated, token.revoked |
 | each grant service | token.denied | registry.client |
 | edge | token.denied | keys.rotated |
-| audit | nothing | consumes the stream through its durable consumer only |
+| audit | nothing but access.denied | consumes the stream through its durable consumer only |
 | all_in_one | the union of all the above | |
+
+Beside these, every service that serves gRPC publishes `access.denied` (its own
+refusals of callers, libs/inboundlib/authz.py): all but the edge today.
 
 Subjects are relative to the installation (inboundlib.events.Installation):
 `token.revoked` of installation `inbound` is `inbound.events.token.revoked`, in
@@ -47,6 +50,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from inboundlib.events import (
+    ACCESS_DENIED,
     CLIENT_CHANGED,
     KEYS_ROTATED,
     REVOKED_TOKEN_INTROSPECTED,
@@ -56,6 +60,7 @@ from inboundlib.events import (
     TOKEN_REVOKED,
     Installation,
 )
+from inboundlib.hosting import HTTP
 from services.audit.consumer import DURABLE as AUDIT_DURABLE
 from services.modules import ALL_IN_ONE, NAMES, TABLE
 
@@ -99,10 +104,14 @@ def permissions(identity: str) -> Permissions:
             result |= permissions(name)
         return result
     if identity in RULES:
-        return RULES[identity]
-    if identity in TABLE and TABLE[identity].grant_type:
-        return GRANT_SERVICE
-    raise KeyError(f"no NATS permissions for {identity!r}: add it to services/nats_access.py")
+        rules = RULES[identity]
+    elif identity in TABLE and TABLE[identity].grant_type:
+        rules = GRANT_SERVICE
+    else:
+        raise KeyError(f"no NATS permissions for {identity!r}: add it to services/nats_access.py")
+    if any(port.kind != HTTP for port in TABLE[identity].ports):  # a gRPC server reports whom it refused
+        rules |= _p(publish=(ACCESS_DENIED,))
+    return rules
 
 
 def user_name(installation: Installation, identity: str) -> str:

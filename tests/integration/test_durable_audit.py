@@ -131,7 +131,7 @@ async def test_no_token_answered_during_a_nats_outage_goes_unaudited_when_the_is
             return len(jtis) - len(await audit_copies(conn, jtis))
         await eventually(unaudited, until=lambda n: n == 0, message=f"of {len(jtis)} tokens answered 200, "
                          "those without an audit row")
-        await audit_caught_up(own_stack.nats_url)
+        await audit_caught_up(own_stack)
         copies = await audit_copies(conn, jtis)
     finally:
         await conn.close()

@@ -14,12 +14,13 @@ import pytest
 from prometheus_client import REGISTRY
 
 from inbound.events.v1 import events_pb2
-from inboundlib.events import STREAM, AuditUnavailable, EventBus, decode_message
+from inboundlib.events import AuditUnavailable, EventBus, Installation, decode_message
 from inboundlib.spool import Spool
 from services.devstack import PrivateNats, free_port
 from tests.support import eventually
 
-SUBJECT = "inbound.events.test.delivery"
+SUBJECT = "test.delivery"  # of the default installation (a bus without settings)
+INSTALLATION = Installation()
 
 
 def issued(i: int) -> events_pb2.Event:
@@ -111,7 +112,7 @@ async def test_the_spool_is_replayed_in_order_when_nats_comes_and_each_event_is_
         nc = await nats.connect(server.url)
         try:
             js = nc.jetstream()
-            sub = await js.pull_subscribe(SUBJECT, stream=STREAM)
+            sub = await js.pull_subscribe(INSTALLATION.subject(SUBJECT), stream=INSTALLATION.stream)
             got: list[str] = []
             while True:
                 try:

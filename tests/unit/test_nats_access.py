@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from inboundlib.events import KEYS_ROTATED, TOKEN_ISSUED, TOKEN_REVOKED, Installation
+from inboundlib.events import ACCESS_DENIED, KEYS_ROTATED, TOKEN_ISSUED, TOKEN_REVOKED, Installation
 from inboundlib.localservers import nats_server_binary
 from services import nats_access
 from services.modules import ALL_IN_ONE, NAMES
@@ -29,7 +29,8 @@ def test_publishers_of_the_subjects_that_change_state_elsewhere():
                   for subject in (TOKEN_REVOKED, KEYS_ROTATED, TOKEN_ISSUED)}
     assert publishers == {TOKEN_REVOKED: {"token_issuer", "client_registry"}, KEYS_ROTATED: {"token_issuer"},
                           TOKEN_ISSUED: {"token_issuer"}}
-    assert not nats_access.permissions("audit").publish
+    assert nats_access.permissions("audit").publish == {ACCESS_DENIED}  # only the refusals of its gRPC server
+    assert ACCESS_DENIED not in nats_access.permissions("edge").publish  # HTTP only: it has no gRPC gate
 
 
 def test_names_carry_the_installation():
