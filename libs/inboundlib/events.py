@@ -196,13 +196,40 @@ def _read_secret(setting: str, path: str) -> str:
         raise ConfigError(f"{setting}: cannot read {path} ({exc.strerror})") from None
 
 
+_CREDENTIALS_REFUSED_LOG_SECONDS = 10.0
+_credentials_refused_logged_at = [float("-inf")]
+
+
+def _refused_credentials(text: str) -> bool:
+    return "authorization violation" in text.lower() or "authentication" in text.lower()
+
+
 def log_nats_error(exc: BaseException) -> None:
-    """The error callback of a NATS connection: a subject this service's credentials
-    may not use is a deployment error (services/nats_access.py), said loudly."""
-    if "permissions violation" in str(exc).lower():
-        log.error("nats refused a subject to this service's credentials", extra={"error": str(exc).strip()})
+    """The error callback of a NATS connection. nats-py keeps retrying a connection the
+    server refused, calling this each time: a refused login or a subject this service's
+    credentials may not use (services/nats_access.py) is a deployment error, said loudly
+    (a refused login once every few seconds), in the server's words, never with the password."""
+    text = str(exc).strip()
+    if "permissions violation" in text.lower():
+        log.error("nats refused a subject to this service's credentials", extra={"error": text})
+    elif _refused_credentials(text):
+        now = time.monotonic()
+        if now - _credentials_refused_logged_at[0] >= _CREDENTIALS_REFUSED_LOG_SECONDS:
+            _credentials_refused_logged_at[0] = now
+            log.error("nats connect failed, retrying", extra={"error": describe_connect_error(exc)})
     else:
         log.debug("nats error", extra={"error": repr(exc)})
+
+
+class _NoSslEofNoise(logging.Filter):
+    """asyncio warns on every TLS connection the peer closes (nats-py's protocol returns
+    True from eof_received); a NATS over TLS that refuses a login would flood the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received() has no effect when using ssl" not in record.getMessage()
+
+
+logging.getLogger("asyncio").addFilter(_NoSslEofNoise())
 
 
 def as_settings(nats: NatsSettings | str) -> NatsSettings:
@@ -214,7 +241,7 @@ def describe_connect_error(exc: BaseException) -> str:
     """What a failed connection says in a log line: the error's type, and for the
     server's refusal its own words (`Authorization Violation`), never our password."""
     text = str(exc)
-    if "authorization" in text.lower() or "authentication" in text.lower():
+    if _refused_credentials(text):
         return f"{type(exc).__name__}: the NATS server refused our credentials ({text.strip()})"
     return type(exc).__name__
 
