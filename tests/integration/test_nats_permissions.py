@@ -21,11 +21,11 @@ import pytest
 
 from inbound.events.v1 import events_pb2
 from inboundlib import pki
-from inboundlib.events import CLIENT_CHANGED, TOKEN_ISSUED, TOKEN_REVOKED, registry_changed
+from inboundlib.events import CLIENT_CHANGED, TOKEN_ISSUED, TOKEN_REVOKED, EventBus, registry_changed
 from inboundlib.localservers import free_port
 from services.devstack import DevNats, Stack
 from services.token_issuer.api import IssueRequest
-from tests.support import audit_caught_up, eventually, nats_connect, register_client
+from tests.support import audit_caught_up, eventually, nats_connect
 
 
 async def _forge(stack, identity: str, relative_subject: str, event: events_pb2.Event, *,
@@ -154,22 +154,33 @@ async def test_two_installations_on_one_nats_keep_separate_audit_logs(shared_nat
               for name in ("alpha", "beta")]
     try:
         await asyncio.gather(*(asyncio.to_thread(s.start) for s in stacks))
-        jtis = {}
+        # Enough events in each that a shared stream or consumer could not keep them apart by chance.
+        sent: dict[str, set[str]] = {}
         for s in stacks:
-            client, _ = await register_client(s)  # its registry_changed event goes to its own audit log
-            jtis[s.installation.name] = client.client_id
+            bus = EventBus(s.nats_settings("all_in_one"), "two-installations-test")
+            await bus.start()
+            try:
+                events = [_event(token_issued=events_pb2.TokenIssued(client_id=s.installation.name,
+                                                                      jti=uuid.uuid4().hex)) for _ in range(20)]
+                for event in events:
+                    bus.publish(TOKEN_ISSUED, event)
+                await bus.flush(10)
+                assert bus.pending == 0
+            finally:
+                await bus.close()
+            sent[s.installation.name] = {e.token_issued.jti for e in events}
         for s in stacks:
             await audit_caught_up(s)
         for s in stacks:
             conn = await asyncpg.connect(s.database_url)
             try:
-                ids = {r["id"] for r in await conn.fetch(
-                    "SELECT detail->>'id' AS id FROM audit_log WHERE type = 'registry_changed'")}
+                stored = {r["jti"] for r in await conn.fetch(
+                    "SELECT detail->>'jti' AS jti FROM audit_log WHERE type = 'token_issued'")}
             finally:
                 await conn.close()
-            other = next(name for name in jtis if name != s.installation.name)
-            assert jtis[s.installation.name] in ids, f"{s.installation.name}'s own change is not in its audit log"
-            assert jtis[other] not in ids, f"{other}'s change is in {s.installation.name}'s audit log"
+            mine, other = s.installation.name, next(name for name in sent if name != s.installation.name)
+            assert sent[mine] <= stored, f"{mine}'s events are missing from its audit log"
+            assert not sent[other] & stored, f"{other}'s events are in {mine}'s audit log"
     finally:
         for s in stacks:
             s.stop()
