@@ -4,6 +4,7 @@ process or over gRPC); its metrics are on the metrics port like every service's.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 
 from inboundlib.cache import CacheSettings
@@ -14,6 +15,8 @@ from services.edge.jwks import JwksCache, jwks_cache_settings
 from services.edge.readiness import ready_when_issuer_serves
 from services.edge.server import serve
 from services.edge.settings import EdgeSettings
+
+log = logging.getLogger("services.edge")
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,10 @@ async def start(settings: Settings, ctx: Context) -> EdgeService:
     tokens = await ctx.dependency("token_issuer")
     grants = ctx.grants()
     settings.http.check_bind(ctx.host)  # before serving: a ConfigError, not a failed server
+    if settings.http.plaintext_public and not settings.http.trusted_proxies:
+        log.warning("INBOUND_HTTP_PLAINTEXT_PUBLIC says a proxy ends TLS in front, but INBOUND_TRUSTED_PROXIES "
+                    "is empty: every client will have the proxy's address, in logs and audit records and for the "
+                    "failed-authentication limits, which then hold back all clients together")
     jwks = JwksCache(tokens, settings.jwks_cache)
     await jwks.attach(ctx.events)
     # Ready on what every route needs (the issuer), never on one grant service: a grant

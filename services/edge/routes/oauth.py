@@ -26,7 +26,13 @@ from inboundlib.events import EventBus
 from inboundlib.grants.api import TokenRequest, TokenResponse
 from inboundlib.grants.runner import publish_denial
 from inboundlib.oauth.client_auth import ClientCredentials, extract_credentials
-from inboundlib.oauth.errors import InvalidClient, InvalidRequest, OAuthError, UnsupportedGrantType
+from inboundlib.oauth.errors import (
+    InvalidClient,
+    InvalidRequest,
+    OAuthError,
+    TemporarilyUnavailable,
+    UnsupportedGrantType,
+)
 from inboundlib.oauth.params import REPEATABLE_TOKEN_PARAMS, parse_form, parse_form_multi
 from services.edge.errors import NO_STORE, HttpError, Throttled, TokenEndpointErrors, json_response
 from services.edge.http import backend, endpoint, read_form_body, request_address, request_context
@@ -123,7 +129,7 @@ class OAuthRoutes:
                          refusal: Refusal) -> None:
         if self.events is None or not self._audits.take():
             return
-        publish_denial(self.events, redact.unverified(client_id), grant_type, Throttled(0).as_oauth().code,
+        publish_denial(self.events, redact.unverified(client_id), grant_type, TemporarilyUnavailable.code,
                        f"{route}: throttled for failed client authentications ({refusal.limit} limit) from "
                        f"{address}; retry after {refusal.retry_after} s")
 
