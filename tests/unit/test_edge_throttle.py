@@ -281,3 +281,9 @@ async def test_a_throttled_request_is_counted_and_audited_with_the_client_id_fin
     assert len(denials) == 1
     assert denials[0].client_id == redact.unverified("app") and "app" != denials[0].client_id
     assert "guess" not in str(denials[0])
+
+
+def test_an_ipv4_mapped_ipv6_address_is_its_ipv4_address():
+    throttle, _ = table(burst=1)
+    throttle.failed("app", "::ffff:198.51.100.7")
+    assert throttle.refusal("app", "198.51.100.7") is not None
