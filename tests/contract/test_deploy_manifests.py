@@ -33,8 +33,9 @@ import yaml
 from kubernetes_validate import utils as kv
 
 from inboundlib import hosting, identity
+from inboundlib.events import Installation
 from inboundlib.hosting import Module
-from services import access, modules
+from services import access, modules, nats_access
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -56,6 +57,7 @@ SHARED_SOURCES = {
     "INBOUND_MIGRATION_DATABASE_URL": ("secret", "migration-database-url"),
     "INBOUND_ISSUER": ("configmap", "issuer"),
     "NATS_URL": ("configmap", "nats-url"),
+    "INBOUND_INSTALLATION": ("configmap", "installation"),
 }
 
 
@@ -66,6 +68,8 @@ def _expected_env(module: Module) -> dict:
     env: dict = {p.env: str(p.number) for p in module.ports}
     env["INBOUND_METRICS_PORT"] = str(module.metrics_port)
     env["INBOUND_EVENTS_SPOOL_DIR"] = SPOOL_DIR
+    env.update(NATS_ENV)
+    env["INBOUND_NATS_USER"] = f"$(INBOUND_INSTALLATION)-{module.name}"
     for name in hosting.dependencies(modules.TABLE, module):
         dep = modules.TABLE[name]
         if dep.address_env:
@@ -89,6 +93,10 @@ PLAINTEXT_SETTINGS = {"INBOUND_GRPC_TLS": {"plaintext"}, "INBOUND_EVENTS_DELIVER
 HTTPS_PORT_NAME = "https"
 HTTPS_SECRET, HTTPS_DIR = "edge-https", "/etc/inbound/https"
 HTTPS_ENV = {"INBOUND_HTTP_TLS_CERT_FILE": f"{HTTPS_DIR}/tls.crt", "INBOUND_HTTP_TLS_KEY_FILE": f"{HTTPS_DIR}/tls.key"}
+# Each service's own NATS user (services/nats_access.py): its password and the NATS
+# server's CA in its own Secret `<k8s name>-nats`, mounted at NATS_DIR.
+NATS_DIR = "/etc/inbound/nats"
+NATS_ENV = {"INBOUND_NATS_PASSWORD_FILE": f"{NATS_DIR}/password", "INBOUND_NATS_CA_FILE": f"{NATS_DIR}/ca.crt"}
 # Durable audit delivery: each process's spool of events NATS cannot take now, on a volume.
 SPOOL_DIR = "/var/lib/inbound/events-spool"
 
@@ -484,6 +492,36 @@ def test_postgres_ca_is_mounted_where_the_urls_say(docs):
             assert volume["secret"]["secretName"] == name + POSTGRES_SECRET_SUFFIX, volume
             # Only the CA is a file; the URLs (passwords) stay out of the filesystem.
             assert volume["secret"].get("items") == [{"key": "ca.crt", "path": "ca.crt"}], volume
+
+
+def _expand(value: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion of an env value from the variables before it."""
+    return re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), value)
+
+
+def test_every_service_connects_to_nats_as_its_own_user_over_tls(docs):
+    """Its own NATS user (the name services/nats_access.py gives the server for this
+    service in this installation), its own password file and the server's CA from its
+    own Secret, and a tls:// URL."""
+    configmaps = _of_kind(docs, "ConfigMap")
+    for name, workload in _of_kind(docs, WORKLOAD).items():
+        module = SERVICES[name]["module"]
+        nats_access.permissions(module)  # every service has a row there (KeyError otherwise)
+        resolved: dict[str, str] = {}
+        for e in _main(workload).get("env", []):
+            ref = e.get("valueFrom", {}).get("configMapKeyRef")
+            value = configmaps[ref["name"]]["data"][ref["key"]] if ref else e.get("value", "")
+            resolved[e["name"]] = _expand(value, resolved)
+        installation = Installation(resolved["INBOUND_INSTALLATION"])
+        assert resolved["INBOUND_NATS_USER"] == nats_access.user_name(installation, module), \
+            f"{name}: NATS user {resolved['INBOUND_NATS_USER']}"
+        assert urlsplit(resolved["NATS_URL"]).scheme == "tls", f"{name}: NATS_URL {resolved['NATS_URL']}"
+        mount, volume = _volume_mount(workload, NATS_DIR)
+        assert mount.get("readOnly") is True and "subPath" not in mount, mount
+        assert volume.get("secret", {}).get("secretName") == f"{name}-nats", volume
+        assert volume["secret"].get("defaultMode", 0o644) & 0o007 == 0, volume
+        for var, path in NATS_ENV.items():
+            assert resolved.get(var) == path, f"{name}: {var}={resolved.get(var)}"
 
 
 def test_key_encryption_keys_are_a_mounted_file(docs):
