@@ -390,6 +390,19 @@ def _seed_demo_client(stack: Stack) -> None:
     asyncio.run(seed())
 
 
+def _nats_note(stack: Stack) -> str:
+    if stack.dev_nats is None:
+        from urllib.parse import urlsplit
+
+        where = urlsplit(stack.nats_url or "")
+        shown = f"{where.scheme}://{where.hostname}:{where.port}"  # without any user:password@ in the URL
+        return (f"NATS: {shown} as given (NATS_URL): the services use the INBOUND_NATS_* settings of this "
+                "environment; which subjects each may use is that server's configuration (services/nats_access.py "
+                "prints the one Inbound expects).\n")
+    return (f"NATS: {stack.nats_url} (TLS, CA {stack.dev_nats.ca.ca_file}); one user per service with the subject "
+            f"permissions of services/nats_access.py, passwords for this run in {stack.dev_nats.credentials}.\n")
+
+
 def run_forever(single: bool = False) -> None:
     stack = Stack(ROOT / ".run", fixed_ports=True, echo=True, single=single)
     stopping = threading.Event()
@@ -413,6 +426,7 @@ def run_forever(single: bool = False) -> None:
         print(f"Inbound is up: {stack.edge_url}  (metadata: {stack.edge_url}/.well-known/oauth-authorization-server)"
               f"\ninboundctl talks to the registry at {stack.addr('client_registry')}. Ctrl-C stops everything.\n",
               flush=True)
+        print(_nats_note(stack), flush=True)
         while not stopping.is_set():
             for sp in stack.services.values():
                 if sp.proc.poll() is not None:

@@ -39,8 +39,10 @@ provide them; each service then gets NATS_URL (tls://...), INBOUND_NATS_USER
 (`<installation>-<identity>`), INBOUND_NATS_PASSWORD_FILE (the same password,
 mounted from the Secret) and INBOUND_NATS_CA_FILE. A creds file
 (INBOUND_NATS_CREDS_FILE, for NKEY or JWT accounts) must carry the same
-permissions, set in the account's user JWT. `make run` and `make test` run
-their private NATS with exactly this block (services/devstack.py).
+permissions, set in the account's user JWT. A service reads its password or
+creds file at start: after rotating one, restart the service (and reload
+nats-server's config). `make run` and `make test` run their private NATS with
+exactly this block (services/devstack.py).
 """
 from __future__ import annotations
 
