@@ -287,3 +287,28 @@ def test_an_ipv4_mapped_ipv6_address_is_its_ipv4_address():
     throttle, _ = table(burst=1)
     throttle.failed("app", "::ffff:198.51.100.7")
     assert throttle.refusal("app", "198.51.100.7") is not None
+
+
+async def test_throttled_requests_are_audited_at_a_bounded_rate_and_all_counted(secret_checks, monkeypatch):
+    """A flood of throttled requests must not flood the audit log: at most the burst at once."""
+    from prometheus_client import REGISTRY
+
+    from services.edge.routes import oauth
+
+    monkeypatch.setattr(oauth, "THROTTLE_AUDIT_BURST", 10)
+    monkeypatch.setattr(oauth, "THROTTLE_AUDITS_PER_SECOND", 0.001)
+
+    def throttled() -> float:
+        return REGISTRY.get_sample_value("inbound_http_auth_throttled_total",
+                                         {"route": "token", "limit": CLIENT_AND_ADDRESS}) or 0.0
+
+    bus = FakeBus()
+    before = throttled()
+    async with edge(bus=bus, throttle={"burst": 1}) as http:
+        await token_request(http, "app", "guess")
+        for _ in range(30):
+            assert (await token_request(http, "app", "guess")).status_code == 429
+    assert throttled() == before + 30
+    audited = [event for subject, event in bus.published
+               if subject == TOKEN_DENIED and event.token_denied.error == "temporarily_unavailable"]
+    assert len(audited) == 10
