@@ -5,6 +5,12 @@ id in the log context, and a graceful stop. Channels: round-robin over every
 address a name resolves to (one per replica behind a headless Service), fast
 reconnects, and keepalives so that a dead peer is noticed. Unbatched calls
 send the request id as metadata (`request_metadata()`).
+
+Both are mutual TLS unless the process's TlsConfig (inboundlib.tls) is the
+explicit plaintext mode: a server port requires a client certificate from the
+installation's CA (the introspection port excepted: see tls.server_credentials),
+and a channel checks that the server's certificate names the service it meant
+to reach (`server_name`, the Kubernetes name), whatever address it dialled.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from collections.abc import Iterable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from inboundlib import actors, authz
+from inboundlib import actors, authz, tls
 from inboundlib.batching import Expired, Overloaded
 from inboundlib.db import UNAVAILABLE_ERRORS
 from inboundlib.logs import request_id_var
@@ -37,7 +43,9 @@ _CHANNEL_OPTIONS = [
     ("grpc.enable_retries", 1),
     # A restarted peer is found again within ~2 s (gRPC's default backoff grows to 120 s).
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
+    # The shortest connection attempt (gRPC names it a backoff): a TLS handshake on a loaded machine
+    # can take more than 100 ms, and an attempt cut short fails the calls waiting for it.
+    ("grpc.min_reconnect_backoff_ms", 5000),
     ("grpc.max_reconnect_backoff_ms", 2000),
 ]
 
@@ -150,8 +158,9 @@ def request_metadata() -> tuple[tuple[str, str], ...] | None:
 class GrpcServer:
     """A grpc.aio server with health checking; create it inside the running loop."""
 
-    def __init__(self, host: str, port: int, service_names: Iterable[str], *,
-                 unavailable_on: tuple[type[BaseException], ...] = (), gate: authz.Gate | None = None):
+    def __init__(self, host: str, port: int, service_names: Iterable[str], *, tls_config: tls.TlsConfig,
+                 require_client_cert: bool = True, unavailable_on: tuple[type[BaseException], ...] = (),
+                 gate: authz.Gate | None = None):
         self.server = grpc.aio.server(
             interceptors=[_ServerInterceptor(unavailable_on, gate)],
             options=[
@@ -164,7 +173,11 @@ class GrpcServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names = list(service_names)
         self.address = f"{host}:{port}"
-        self.port = self.server.add_insecure_port(self.address)
+        credentials = tls.server_credentials(tls_config, require_client_cert=require_client_cert)
+        if credentials is None:
+            self.port = self.server.add_insecure_port(self.address)
+        else:
+            self.port = self.server.add_secure_port(self.address, credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.address}")
 
@@ -180,11 +193,45 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
-def channel(target: str) -> grpc.aio.Channel:
-    """An insecure channel (mTLS is the service mesh's job in Kubernetes)."""
+class HealthServer:
+    """The standard gRPC health service alone, in plaintext, on its own port
+    (INBOUND_HEALTH_PORT): kubelet's gRPC probes cannot present a client certificate.
+    It answers for the whole process: SERVING once every port serves, NOT_SERVING
+    from the start of a graceful stop. It serves nothing else."""
+
+    def __init__(self, host: str, port: int):
+        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.address = f"{host}:{port}"
+        self.port = self.server.add_insecure_port(self.address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.address}")
+
+    async def start(self) -> None:
+        await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+
+    async def serving(self) -> None:
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+
+    async def stopping(self) -> None:
+        """NOT_SERVING from now on (the server itself is stopped last)."""
+        await self.health.enter_graceful_shutdown()
+
+
+def channel(target: str, tls_config: tls.TlsConfig, *, server_name: str) -> grpc.aio.Channel:
+    """A channel to the service whose Kubernetes name is `server_name` (its certificate
+    must carry it as a DNS name), authenticated with `tls_config`'s certificate, which
+    it follows through rotations (tls.ReloadingChannel); or, in the explicit plaintext
+    mode, an insecure channel."""
     if not target.startswith("dns:///") and not target.startswith("unix:"):
         target = "dns:///" + target
-    return grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+    if tls_config.plaintext:
+        return grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+    options = [*_CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", server_name)]
+    return tls.ReloadingChannel(lambda credentials: grpc.aio.secure_channel(target, credentials, options=options),
+                                tls_config.files)
 
 
 # A peer that is stopping or restarting: UNAVAILABLE before it took the call, CANCELLED

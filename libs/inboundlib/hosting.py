@@ -16,8 +16,12 @@ calls and its ports. An assembly (`services/<svc>/assembly.py`) provides:
 
 `serve()` runs one or several rows in this process: settings first, then each
 component in dependency order with its gRPC servers (one per port, serving
-only what that port serves in any layout), metrics, and a graceful stop in
-reverse order. A dependency is the in-process component when it is hosted here
+only what that port serves in any layout), metrics, the plaintext health port,
+and a graceful stop in reverse order. Every gRPC port and channel is mutual TLS
+with the process's certificate (inboundlib.tls; one certificate per process,
+whatever it hosts): a port requires a client certificate except the
+INTROSPECTION kind, and a channel to a service checks that the server's
+certificate carries that service's Kubernetes name. A dependency is the in-process component when it is hosted here
 and a gRPC client otherwise, so the same assembly serves both layouts. This
 module knows no service: the table is data handed to it.
 """
@@ -31,7 +35,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from inboundlib import actors, authz, batching, grpcx, identity, metrics, spool
+from inboundlib import actors, authz, batching, grpcx, identity, metrics, spool, tls
 from inboundlib.config import ConfigError, Env, ScopedEnv
 from inboundlib.events import EventBus, NatsSettings
 
@@ -190,8 +194,9 @@ class Context:
 
 
 class _Host:
-    def __init__(self, table: Mapping[str, Module]):
+    def __init__(self, table: Mapping[str, Module], tls_config: tls.TlsConfig):
         self.table = table
+        self.tls = tls_config
         self.components: dict[str, Any] = {}
         self.channels: dict[str, Any] = {}
         self.clients: dict[str, Any] = {}
@@ -199,7 +204,7 @@ class _Host:
     def _client(self, module: Module, addr: str) -> Any:
         key = f"{module.name}@{addr}"
         if key not in self.clients:
-            self.channels[key] = grpcx.channel(addr)
+            self.channels[key] = grpcx.channel(addr, self.tls, server_name=module.k8s_name)
             self.clients[key] = module.load().connect(self.channels[key], module)
         return self.clients[key]
 
@@ -251,6 +256,7 @@ async def serve(table: Mapping[str, Module], names: list[str], stop: asyncio.Eve
         log.warning("NATS connection without credentials: only a NATS that lets anyone publish accepts it "
                     "(see services/nats_access.py)")
     metrics_port = env.int("INBOUND_METRICS_PORT", 0, **PORT_RANGE)
+    health_port = env.int("INBOUND_HEALTH_PORT", 0, **PORT_RANGE)
     batching.default_max_in_flight()  # INBOUND_BATCHES_IN_FLIGHT: checked now, not at the first call
     # Every setting of every service is read and checked before anything starts.
     plans = []
@@ -258,20 +264,27 @@ async def serve(table: Mapping[str, Module], names: list[str], stop: asyncio.Eve
         menv = module_env(env, module, hosted)
         assembly = module.load()
         plans.append((module, assembly, menv, assembly.Settings.from_env(menv), read_ports(menv, module)))
-    taken: dict[int, str] = {}
+    taken: dict[int, str] = {health_port: "the health port"} if health_port else {}
     for module, _, _, _, ports in plans:
         for kind, number in ports.items():
             if number and number in taken:
                 raise ConfigError(f"{module.name}'s {kind} port {number} is also {taken[number]}'s")
             taken[number] = f"{module.name} {kind}"
+    # One certificate for the process, whatever it hosts (its files checked now).
+    tls_config = tls.TlsConfig.from_env(env)
+    if tls_config.plaintext:
+        log.warning(tls.PLAINTEXT_WARNING)
 
     events = EventBus(nats, process_name, spool=spool.from_env(env, process_name))
     await events.start()
-    h = _Host(table)
+    h = _Host(table, tls_config)
     servers: list[tuple[str, grpcx.GrpcServer]] = []
     started: list[tuple[Module, Any]] = []
     metrics_server = None
+    health_server = grpcx.HealthServer(host, health_port) if health_port else None
     try:
+        if health_server is not None:
+            await health_server.start()
         for module, assembly, menv, settings, ports in plans:
             ctx = Context(module=module, env=menv, nats=nats, stop=stop, ports=ports, host=host, _host=h,
                           events=events if len(plans) == 1 else ServiceEvents(events, module.name))
@@ -285,13 +298,16 @@ async def serve(table: Mapping[str, Module], names: list[str], stop: asyncio.Eve
                     access, number, authz.denial_reporter(ctx.events), trust_domain=trust_domain,
                     # A port that also admits bearer tokens: its service says whose they are.
                     bearer=getattr(component, "bearer_callers", {}).get(kind))
-                server = grpcx.GrpcServer(host, number, [], gate=gate,
+                server = grpcx.GrpcServer(host, number, [], gate=gate, tls_config=tls_config,
+                                          require_client_cert=kind != INTROSPECTION,
                                           unavailable_on=getattr(component, "unavailable_on", ()))
                 server.service_names.extend(component.add_to_server(kind, server.server))
                 await server.start()
                 servers.append((module.name, server))
         if metrics_port:
             metrics_server = metrics.serve(metrics_port, host)
+        if health_server is not None:
+            await health_server.serving()
         watches = [c.watch for _, c in started if getattr(c, "watch", None) is not None]
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait([stopping, *watches], return_when=asyncio.FIRST_COMPLETED)
@@ -303,6 +319,8 @@ async def serve(table: Mapping[str, Module], names: list[str], stop: asyncio.Eve
             raise SystemExit(1)
     finally:
         stop.set()
+        if health_server is not None:
+            await health_server.stopping()
         for module, component in reversed(started):
             await asyncio.gather(*(s.stop(grace=STOP_GRACE_SECONDS) for n, s in servers if n == module.name))
             try:
@@ -313,3 +331,5 @@ async def serve(table: Mapping[str, Module], names: list[str], stop: asyncio.Eve
             metrics_server.shutdown()
         await events.close()
         await h.close()
+        if health_server is not None:
+            await health_server.server.stop(0)

@@ -120,6 +120,12 @@ def test_a_bad_log_level_is_a_configuration_error(name):
     ({"INBOUND_METRICS_PORT": "-1"}, "INBOUND_METRICS_PORT"),
     ({"INBOUND_EVENT_LOOP": "trio"}, "INBOUND_EVENT_LOOP"),
     ({"INBOUND_BATCHES_IN_FLIGHT": "0"}, "INBOUND_BATCHES_IN_FLIGHT"),
+    ({"INBOUND_HEALTH_PORT": "-1"}, "INBOUND_HEALTH_PORT"),
+    ({"INBOUND_GRPC_TLS": "off"}, "INBOUND_GRPC_TLS"),
+    # mTLS is the default: no certificate is a configuration error, not a plaintext start.
+    ({}, "INBOUND_TLS_CERT_FILE, INBOUND_TLS_KEY_FILE, INBOUND_TLS_CA_FILE must be set"),
+    ({"INBOUND_TLS_CERT_FILE": "/nonexistent/cert.pem", "INBOUND_TLS_KEY_FILE": "/nonexistent/key.pem",
+      "INBOUND_TLS_CA_FILE": "/nonexistent/ca.pem"}, "/nonexistent/cert.pem"),
 ])
 def test_the_one_process_reads_every_service_s_settings(env, named):
     """all_in_one checks the settings the separate processes check (each of these

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from inboundlib import tls
 from inboundlib.config import Env
 from inboundlib.events import NatsSettings
 from inboundlib.hosting import GRPC, HTTP, Context, Module, Port, _Host
@@ -20,7 +21,7 @@ def table() -> dict[str, Module]:
 
 async def test_a_grant_hosted_elsewhere_is_reached_over_grpc_beside_one_hosted_here():
     modules = table()
-    host = _Host(modules)
+    host = _Host(modules, tls.PLAINTEXT_CONFIG)  # no connection is made: plaintext is enough
 
     class InProcess:
         api = object()
