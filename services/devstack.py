@@ -17,6 +17,13 @@
   talking gRPC, on the table's ports (or free ones); or all of them in one
   process (services.all_in_one). Each child's JSON log lines are re-printed
   readably with its name.
+- Mutual TLS on every gRPC hop: a private CA per stack (inboundlib.pki, in
+  `<state dir>/pki`), a certificate per process (`service/<name>` with its
+  Kubernetes name as a DNS name; all_in_one's carries every service's), an
+  operator certificate `operator/dev` for inboundctl and a resource server's
+  `resource_server/sample`. `extra_env={"INBOUND_GRPC_TLS": "plaintext"}` runs
+  it without TLS. `stack.channel(service, caller=...)` is a channel to a service
+  authenticated as any identity.
 """
 from __future__ import annotations
 
@@ -34,7 +41,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inboundlib import pki
+from inboundlib import identity as callers
+from inboundlib import pki, tls
 from inboundlib.config import Env, scoped_name
 from inboundlib.events import DEFAULT_INSTALLATION, Installation, NatsSettings
 from inboundlib.hosting import GRANT_ADDRS_ENV
@@ -45,6 +53,9 @@ from services.modules import ALL_IN_ONE, NAMES, TABLE
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = NAMES
 METRICS_BASE = 9180  # make run: all_in_one's metrics on 9180, each service's on 9181, 9182, ... in table order
+HEALTH_BASE = 9280  # make run: the plaintext health ports, in the same order
+OPERATOR = callers.operator("dev")
+SAMPLE_RESOURCE_SERVER = callers.resource_server("sample")
 __all__ = ["ROOT", "SERVICES", "DevNats", "Stack", "PrivateNats", "PrivatePostgres", "free_port"]
 NATS_SETTINGS = ("INBOUND_NATS_USER", "INBOUND_NATS_PASSWORD_FILE", "INBOUND_NATS_CREDS_FILE", "INBOUND_NATS_CA_FILE",
                  "INBOUND_INSTALLATION")
@@ -160,15 +171,73 @@ class Stack:
         self.single = single
         self.postgres: PrivatePostgres | None = None
         self.services: dict[str, ServiceProcess] = {}
+        handed: set[int] = set()
+
+        def fresh_port() -> int:  # free now, and not one this stack already took
+            while (port := free_port()) in handed:
+                pass
+            handed.add(port)
+            return port
+
         # (service, port kind) -> number: the table's layout, or free ports; every port of every row is opened
         # (optional ones such as token_issuer's introspection port too), as in Kubernetes.
-        self.layout = {(m.name, p.kind): p.number if fixed_ports else free_port() for m in TABLE.values()
+        self.layout = {(m.name, p.kind): p.number if fixed_ports else fresh_port() for m in TABLE.values()
                        for p in m.ports}
         self.ports = {m.name: self.layout[(m.name, m.main_port.kind)] for m in TABLE.values()}
         # Prometheus /metrics of each process (in Kubernetes each pod's is 9090; here they share one host).
-        self.metrics_ports = {name: METRICS_BASE + i if fixed_ports else free_port()
+        self.metrics_ports = {name: METRICS_BASE + i if fixed_ports else fresh_port()
                               for i, name in enumerate((ALL_IN_ONE, *NAMES))}
+        # The plaintext health-only gRPC port of each process (INBOUND_HEALTH_PORT; 9091 in Kubernetes).
+        self.health_ports = {name: HEALTH_BASE + i if fixed_ports else fresh_port()
+                             for i, name in enumerate((ALL_IN_ONE, *NAMES))}
         self.env: dict[str, str] = {}
+        self.plaintext = self.extra_env.get(tls.MODE_ENV, tls.MTLS) == tls.PLAINTEXT
+        self._certificates: dict[callers.Caller, pki.CertFiles] = {}
+
+    # --- identities ---------------------------------------------------------------------------------
+
+    @property
+    def ca(self) -> pki.DevCA:
+        """The stack's private CA (made on first use, kept in the state dir)."""
+        if not hasattr(self, "_ca"):
+            self._ca = pki.DevCA(self.state_dir / "pki")
+        return self._ca
+
+    def certificate(self, caller: callers.Caller) -> pki.CertFiles:
+        """The certificate files of `caller`, signed by the stack's CA (made once per stack). A service's
+        carries its Kubernetes name as a DNS name; all_in_one's every service's."""
+        if caller not in self._certificates:
+            if caller == callers.service(ALL_IN_ONE):
+                dns = tuple(m.k8s_name for m in TABLE.values())
+            elif caller.kind == callers.SERVICE:
+                dns = (TABLE[caller.name].k8s_name,)
+            else:
+                dns = ()
+            self._certificates[caller] = self.ca.issue_for(caller, dns_names=dns)
+        return self._certificates[caller]
+
+    def tls_config(self, caller: callers.Caller = OPERATOR) -> tls.TlsConfig:
+        """How `caller` connects to this stack's gRPC ports (plaintext when the stack runs so)."""
+        if self.plaintext:
+            return tls.PLAINTEXT_CONFIG
+        files = self.certificate(caller)
+        return tls.TlsConfig.mutual(files.cert, files.key, files.ca)
+
+    def tls_env(self, caller: callers.Caller) -> dict[str, str]:
+        """The TLS settings of a process (or an inboundctl) acting as `caller`."""
+        if self.plaintext:
+            return {tls.MODE_ENV: tls.PLAINTEXT}
+        files = self.certificate(caller)
+        return {tls.CERT_ENV: str(files.cert), tls.KEY_ENV: str(files.key), tls.CA_ENV: str(files.ca)}
+
+    def channel(self, service: str, *, kind: str | None = None, caller: callers.Caller = OPERATOR,
+                addr: str | None = None):
+        """A gRPC channel to `service` (its main port, its port of `kind`, or `addr`, another replica's,
+        say), authenticated as `caller`; create it inside the running event loop."""
+        from inboundlib import grpcx
+
+        return grpcx.channel(addr or self.addr(service, kind), self.tls_config(caller),
+                             server_name=TABLE[service].k8s_name)
 
     @property
     def nats(self) -> PrivateNats | None:
@@ -212,7 +281,7 @@ class Stack:
             self.nats_url = self.shared_nats.url
         elif not self.nats_url:
             self.dev_nats = DevNats(self.state_dir / "nats", 54222 if self.fixed_ports else free_port(),
-                                    pki.DevCA(self.state_dir / "pki"), (self.installation.name,))
+                                    self.ca, (self.installation.name,))
             self.nats_url = self.dev_nats.start()
 
     def nats_env(self, identity: str) -> dict[str, str]:
@@ -228,8 +297,10 @@ class Stack:
         """How a test (or a tool) connects to this stack's NATS as service `identity`."""
         return NatsSettings.from_env(Env(self.nats_env(identity))).for_identity(identity)
 
-    def service_env(self) -> dict[str, str]:
+    def service_env(self, name: str) -> dict[str, str]:
+        """The environment of process `name` (a service of the table, or all_in_one)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("INBOUND_")}
+        env.update(self.tls_env(callers.service(name)))
         env.update({
             "DATABASE_URL": self.db_roles.runtime_url if self.db_roles else self.database_url or "",
             "INBOUND_MIGRATION_DATABASE_URL": self.db_roles.migration_url if self.db_roles else "",
@@ -249,9 +320,10 @@ class Stack:
         differs from `name`, a second replica on `port` alone (other ports off unless `extra_env`
         sets them)."""
         key = key or name
-        env = self.service_env()
+        env = self.service_env(name)
         env["INBOUND_METRICS_PORT"] = str(self.metrics_ports[name])
         env.update(self.nats_env(name))
+        env["INBOUND_HEALTH_PORT"] = str(self.health_ports[name]) if key == name else "0"
         if name == ALL_IN_ONE:
             for module in TABLE:
                 env.update(self.port_env(module, single=True))
@@ -364,12 +436,11 @@ def _seed_demo_client(stack: Stack) -> None:
     """Create the demo confidential client once; its secret is printed that one time."""
     import asyncio
 
-    from inboundlib import grpcx
     from services.client_registry.api import ClientSpec
     from services.client_registry.client import RegistryClient
 
     async def seed() -> None:
-        channel = grpcx.channel(stack.addr("client_registry"))
+        channel = stack.channel("client_registry", caller=OPERATOR)
         registry = RegistryClient(channel)
         try:
             existing = [c for c in await registry.list_clients() if c.name == "demo"]
@@ -424,9 +495,12 @@ def run_forever(single: bool = False) -> None:
             sys.exit(1)
         _seed_demo_client(stack)
         print(f"Inbound is up: {stack.edge_url}  (metadata: {stack.edge_url}/.well-known/oauth-authorization-server)"
-              f"\ninboundctl talks to the registry at {stack.addr('client_registry')}. Ctrl-C stops everything.\n",
-              flush=True)
+              f"\ninboundctl talks to the registry at {stack.addr('client_registry')} with the operator certificate "
+              f"{OPERATOR} (mutual TLS); in another shell:\n\n"
+              + "".join(f"  export {k}={v}\n" for k, v in stack.tls_env(OPERATOR).items())
+              + "  .venv/bin/inboundctl client list\n", flush=True)
         print(_nats_note(stack), flush=True)
+        print("Ctrl-C stops everything.\n", flush=True)
         while not stopping.is_set():
             for sp in stack.services.values():
                 if sp.proc.poll() is not None:

@@ -12,4 +12,22 @@ audit), over the same gRPC clients the services use:
 
 Every command takes --json for machine-readable output. Exit codes: 0 done,
 1 a service could not be reached or failed, 2 bad input, 3 no such client.
+
+It connects with mutual TLS, as an operator: the certificate (its SPIFFE ID
+`spiffe://<trust domain>/operator/<name>`), its key and the installation's CA
+come from the same settings the services read (`make run` prints them for its
+operator certificate `operator/dev`):
+
+    INBOUND_TLS_CERT_FILE=... INBOUND_TLS_KEY_FILE=... INBOUND_TLS_CA_FILE=... inboundctl client list
+
+INBOUND_GRPC_TLS=plaintext talks to a stack that runs without TLS.
 """
+from __future__ import annotations
+
+
+def tls_config():
+    """The TLS settings from the environment (inboundlib.tls); a ConfigError names what is missing."""
+    from inboundlib import tls
+    from inboundlib.config import Env
+
+    return tls.TlsConfig.from_env(Env())

@@ -8,8 +8,11 @@
     inboundctl keys rewrap
 
 Every change is recorded with the operator who made it: --operator NAME (env
-INBOUND_OPERATOR, default the local user name), sent as call metadata. Not yet
-authenticated: services record the name as given until mTLS identities arrive.
+INBOUND_OPERATOR, default the local user name), sent as call metadata.
+
+Connections are mutual TLS with the operator certificate named by
+INBOUND_TLS_CERT_FILE, INBOUND_TLS_KEY_FILE and INBOUND_TLS_CA_FILE (see the
+package docstring); a missing setting is bad input (exit code 2).
 
 Exit codes: 0 done; 1 a service could not be reached or failed; 2 bad input; 3 no such client.
 """
@@ -51,22 +54,23 @@ class Session:
         self.args = args
         self.channel = None
 
-    def _open(self, addr: str):
+    def _open(self, addr: str, server_name: str):
+        from inboundctl import tls_config
         from inboundlib import grpcx
 
-        self.channel = grpcx.channel(addr)
+        self.channel = grpcx.channel(addr, tls_config(), server_name=server_name)
         return self.channel
 
     def registry(self):
         """The registry's Clients service (the only domain inboundctl changes directly)."""
         from services.client_registry.client import ClientsClient
 
-        return ClientsClient(self._open(self.args.registry_addr))
+        return ClientsClient(self._open(self.args.registry_addr, "client-registry"))
 
     def issuer(self):
         from services.token_issuer.client import IssuerClient
 
-        return IssuerClient(self._open(self.args.issuer_addr))
+        return IssuerClient(self._open(self.args.issuer_addr, "token-issuer"))
 
     async def close(self) -> None:
         if self.channel is not None:
@@ -404,12 +408,15 @@ def _failure(exc: BaseException, args: argparse.Namespace) -> CliError | None:
     import grpc
 
     from inboundlib.batching import Expired, Overloaded
+    from inboundlib.config import ConfigError
     from inboundlib.oauth.errors import OAuthError
     from services.client_registry.api import InvalidArgument, NotFound
 
     addr = args.registry_addr if args.service == REGISTRY else args.issuer_addr
     if isinstance(exc, CliError):
         return exc
+    if isinstance(exc, ConfigError):
+        return CliError(str(exc), EXIT_INVALID)
     if isinstance(exc, InvalidArgument):
         return CliError(str(exc) or "invalid argument", EXIT_INVALID)
     if isinstance(exc, NotFound):

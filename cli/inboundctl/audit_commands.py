@@ -230,12 +230,18 @@ async def run(args: argparse.Namespace) -> int:
     """Run a parsed `inboundctl audit ...` command; returns the exit code (errors go to stderr)."""
     import grpc
 
+    from inboundctl import tls_config
     from inboundlib import grpcx
+    from inboundlib.config import ConfigError
     from services.audit.api import InvalidArgument
     from services.audit.client import AuditClient
 
     addr = _address(args)
-    channel = grpcx.channel(addr)
+    try:
+        channel = grpcx.channel(addr, tls_config(), server_name="audit")
+    except ConfigError as exc:
+        print(f"inboundctl: error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     try:
         await args.audit_command(AuditClient(channel), args)
         return EXIT_OK

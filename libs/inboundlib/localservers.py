@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -16,11 +17,22 @@ import sysconfig
 import time
 from pathlib import Path
 
+# Below Linux's default ephemeral range (32768-60999): a port the kernel hands to an outgoing
+# connection (any process's) between our check and the server's bind would make it fail to start.
+_LISTEN_PORTS = range(20000, 32768)
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now, outside the ephemeral range."""
+    for _ in range(200):
+        port = random.choice(_LISTEN_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError("no free port found")
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
