@@ -73,9 +73,11 @@ def make_call(mode: str, target: str, payload_bytes: int):
 
         return channel, one
 
-    from inboundlib import grpcx
+    from inboundlib import grpcx, tls
+    from inboundlib.config import Env
 
-    channel = grpcx.channel(target)  # the product's channel (round robin, keepalives, request-id interceptor)
+    # The product's channel (round robin, keepalives, mutual TLS with the INBOUND_TLS_* files of the environment).
+    channel = grpcx.channel(target, tls.TlsConfig.from_env(Env()), server_name="token-issuer")
     if mode == "batched":
         from services.token_issuer.client import IssuerClient
 

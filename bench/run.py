@@ -52,7 +52,7 @@ from pathlib import Path
 
 from bench import delivery, procstat, signing
 from bench.loadgen import LoadGen
-from inboundlib import pgroles
+from inboundlib import identity, pgroles
 from inboundlib.localservers import free_port, wait_port
 from services.modules import ALL_IN_ONE
 
@@ -184,16 +184,19 @@ def measured_run(loadgen: LoadGen, url: str, headers: dict[str, str], roots: dic
 
 def grpc_measured_run(mode: str, target: str, roots: dict[str, int], *, concurrency: int, seconds: float,
                       warmup: float, tokens_file: str = "", metrics_urls: dict[str, str] | None = None,
-                      payload: int = ECHO_PAYLOAD) -> dict:
+                      payload: int = ECHO_PAYLOAD, tls_env: dict[str, str] | None = None) -> dict:
     """One bench.grpcload process: it connects and warms up on its own, then runs its measured
-    `seconds` when told, inside CPU snapshots of every root (and of its own CPU, by itself)."""
+    `seconds` when told, inside CPU snapshots of every root (and of its own CPU, by itself).
+    `tls_env`: its TLS settings (inboundlib.tls; a stack's `tls_env(caller)`), plaintext when None."""
     cmd = [sys.executable, "-m", "bench.grpcload", "--mode", mode, "--target", target,
            "--concurrency", str(concurrency), "--seconds", str(seconds), "--warmup", str(warmup),
            "--payload", str(payload)]
     if tokens_file:
         cmd += ["--tokens", tokens_file]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INBOUND_")}
+    env.update(tls_env if tls_env is not None else {"INBOUND_GRPC_TLS": "plaintext"})
     proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, env=env)
     stderr_lines: list[str] = []
     reader = threading.Thread(target=lambda: stderr_lines.extend(proc.stderr), daemon=True)
     reader.start()
@@ -290,12 +293,11 @@ def _sibling_db(url: str, name: str) -> str:
     return f"{base}/{name}"
 
 
-async def _create_clients(addr: str) -> dict[str, tuple[str, str]]:
-    from inboundlib import grpcx
+async def _create_clients(stack) -> dict[str, tuple[str, str]]:
     from services.client_registry.api import ClientSpec
     from services.client_registry.client import RegistryClient
 
-    channel = grpcx.channel(addr)
+    channel = stack.channel("client_registry")  # as the operator
     try:
         registry = RegistryClient(channel)
         out = {}
@@ -309,14 +311,14 @@ async def _create_clients(addr: str) -> dict[str, tuple[str, str]]:
         await channel.close()
 
 
-async def _issue_tokens(addr: str, clients: dict[str, tuple[str, str]], count: int,
+async def _issue_tokens(stack, clients: dict[str, tuple[str, str]], count: int,
                         lifetime: int) -> dict[str, list[str]]:
     """`count` access tokens of each format, through IssuerClient.issue (coalesced), for the bench clients."""
-    from inboundlib import grpcx
+    from inboundlib import identity
     from services.token_issuer.api import IssueRequest
     from services.token_issuer.client import IssuerClient
 
-    channel = grpcx.channel(addr)
+    channel = stack.channel("token_issuer", caller=identity.service("client_credentials"))  # as a grant service
     try:
         issuer = IssuerClient(channel)
         gate = asyncio.Semaphore(64)
@@ -362,7 +364,8 @@ def _introspect_run(stack, kind: str, mode: str, target: str, roots: dict[str, i
                     tokens_path: Path, tokens: list[str], args) -> dict:
     offsets = _log_offsets(stack)
     result = grpc_measured_run(mode, target, roots, concurrency=args.grpc_concurrency, seconds=args.grpc_seconds,
-                               warmup=args.grpc_warmup, tokens_file=str(tokens_path), metrics_urls=metrics_urls)
+                               warmup=args.grpc_warmup, tokens_file=str(tokens_path), metrics_urls=metrics_urls,
+                               tls_env=stack.tls_env(identity.resource_server("sample")))  # it introspects
     result["label"] = GRPC_LABELS[(kind, mode)]
     result["target"] = target
     if kind in JWT_CACHE_STATE:
@@ -444,7 +447,7 @@ def bench_introspection(stack, roots: dict[str, int], metrics_urls: dict[str, st
     then for each format the product's coalescing IssuerClient and plain one-item unary calls; JWTs twice:
     at the stack's token_issuer (verified-JWT cache on) and at a second replica with the cache off."""
     t0 = time.monotonic()
-    pools = asyncio.run(_issue_tokens(stack.addr("token_issuer"), clients, args.introspect_tokens,
+    pools = asyncio.run(_issue_tokens(stack, clients, args.introspect_tokens,
                                       args.token_lifetime))
     out: dict = {"tokens_per_format": args.introspect_tokens, "token_lifetime_s": args.token_lifetime,
                  "issue_s": time.monotonic() - t0,
@@ -577,7 +580,7 @@ def bench_edge(loadgen: LoadGen, args) -> dict:
                 out["startup_s"] = time.monotonic() - t0
                 # every service devstack runs, and its private Postgres and NATS
                 roots = _infra_roots(stack, {name: sp.proc.pid for name, sp in stack.services.items()})
-                clients = asyncio.run(_create_clients(stack.addr("client_registry")))
+                clients = asyncio.run(_create_clients(stack))
                 out.update(_token_runs(loadgen, stack, roots, metrics_urls, clients, args))
                 if not args.skip_introspection:
                     print(f"   introspection over gRPC: {args.introspect_tokens:,} tokens of each format, then "
@@ -622,13 +625,55 @@ def bench_single(loadgen: LoadGen, args) -> dict:
                 roots = _infra_roots(stack, {SINGLE_PROCESS: stack.services[SINGLE_PROCESS].proc.pid})
                 # the process's one /metrics, on its metrics port
                 metrics_urls = {SINGLE_PROCESS: stack.metrics_url(SINGLE_PROCESS)}
-                clients = asyncio.run(_create_clients(stack.addr("client_registry")))
+                clients = asyncio.run(_create_clients(stack))
                 out.update(_token_runs(loadgen, stack, roots, metrics_urls, clients, args))
             finally:
                 stack.stop()
     finally:
         shutil.rmtree(state, ignore_errors=True)
     return out
+
+
+def bench_plaintext(loadgen: LoadGen, args) -> dict:
+    """The JWT client_credentials run again, through a second multi-process stack whose gRPC hops are plaintext
+    (INBOUND_GRPC_TLS=plaintext): against the mutual-TLS stack of the same run, what TLS costs on the token
+    path (edge → grant → issuer, grant → registry). Its own Postgres and NATS, as bench_single's; started after
+    the others stopped, stopped after. Connections are long-lived, so what it shows is TLS's cost per call
+    (record encryption and framing), not handshakes."""
+    from services.devstack import Stack
+    from services.modules import NAMES
+
+    state = Path(tempfile.mkdtemp(prefix="inbound-bench-plaintext-"))
+    out: dict = {"grpc": "plaintext (INBOUND_GRPC_TLS=plaintext)", "nats": "a private nats-server of its own"}
+    try:
+        with _bench_database() as (database_url, external_db):
+            out["postgres"] = "a fresh database beside DATABASE_URL; not measured" if external_db \
+                else "a private server of its own"
+            stack = Stack(state, fixed_ports=False, echo=False, database_url=database_url, nats_url="",
+                          extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0", "INBOUND_GRPC_TLS": "plaintext"})
+            try:
+                stack.start()
+                roots = _infra_roots(stack, {name: sp.proc.pid for name, sp in stack.services.items()})
+                metrics_urls = {name: stack.metrics_url(name) for name in NAMES}
+                clients = asyncio.run(_create_clients(stack))
+                out.update(_token_runs(loadgen, stack, roots, metrics_urls, {"jwt": clients["jwt"]}, args))
+            finally:
+                stack.stop()
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+    return out
+
+
+def tls_ratios(results: dict) -> dict:
+    """The JWT token path with mutual TLS (the edge run) against the same with plaintext gRPC (same run):
+    CPU per token of Inbound's processes and of everything measured, rate, p50."""
+    tls_run, plain = results["edge"].get("jwt"), (results.get("plaintext") or {}).get("jwt")
+    if not tls_run or not plain:
+        return {}
+    return {"jwt_tls_services_cpu_over_plaintext": _div(_services_cpu(tls_run), _services_cpu(plain)),
+            "jwt_tls_total_cpu_over_plaintext": _div(tls_run["server_cpu_us_per_ok"], plain["server_cpu_us_per_ok"]),
+            "jwt_tls_rate_over_plaintext": _div(tls_run["ok_per_s"], plain["ok_per_s"]),
+            "jwt_tls_p50_over_plaintext": _div(tls_run["p50_us"], plain["p50_us"])}
 
 
 # --- output ---------------------------------------------------------------------------------------------
@@ -659,6 +704,7 @@ def ratios(results: dict) -> dict:
     out.update(single_ratios(results))
     out.update(grpc_ratios(results))
     out.update(delivery.ratios(results))
+    out.update(tls_ratios(results))
     return out
 
 
@@ -765,6 +811,8 @@ def render(results: dict) -> str:
             row(label, edge[fmt], edge[fmt]["server_cpu_us_per_ok"])
         if fmt in single:
             row(SINGLE_ROW_LABEL, single[fmt], single[fmt]["server_cpu_us_per_ok"])
+        if fmt in (results.get("plaintext") or {}):
+            row(PLAINTEXT_ROW_LABEL, results["plaintext"][fmt], results["plaintext"][fmt]["server_cpu_us_per_ok"])
     w("  µs/op: CPU time per operation — signing: this thread; bare HTTP: the server process; "
       "edge rows: all server processes summed")
     if single:
@@ -832,6 +880,7 @@ def render(results: dict) -> str:
         w(f"  {f:<7} edge token rate / raw signing rate     {_f(r[f + '_rate_over_raw_signing'], '{:.2f}'):>8}")
         w(f"  {f:<7} total CPU per token / raw ES256 sign   {_f(r[f + '_total_cpu_over_signing_cpu'], '{:.1f}'):>8}x")
         w(f"  {f:<7} edge CPU per token / bare HTTP per req {_f(r[f + '_edge_cpu_over_bare_http_cpu'], '{:.1f}'):>8}x")
+    lines.extend(render_tls(results))
     lines.extend(render_single(results))
     lines.extend(render_grpc(results))
     lines.extend(delivery.render(results))
@@ -845,6 +894,26 @@ def render(results: dict) -> str:
 
 
 SINGLE_ROW_LABEL = "  same, single process (all_in_one)"
+PLAINTEXT_ROW_LABEL = "  same, plaintext gRPC (no mTLS)"
+
+
+def render_tls(results: dict) -> list[str]:
+    """What mutual TLS on every gRPC hop costs on the JWT token path: the edge run against the plaintext one."""
+    r = results["ratios"]
+    if "jwt_tls_total_cpu_over_plaintext" not in r:
+        return []
+    tls_run, plain = results["edge"]["jwt"], results["plaintext"]["jwt"]
+    names = [n for n in SERVICE_ORDER if n in tls_run["cpu_us_per_ok"] and n in plain["cpu_us_per_ok"]]
+    lines = ["", f"{'mTLS on every gRPC hop, JWT token (µs/token)':<48}{'mTLS':>10}{'plaintext':>10}{'ratio':>8}",
+             "-" * 76]
+    for name in names:
+        a, b = tls_run["cpu_us_per_ok"][name], plain["cpu_us_per_ok"][name]
+        lines.append(f"{name:<48}{_f(a, '{:.1f}'):>10}{_f(b, '{:.1f}'):>10}{_f(_div(a, b), '{:.2f}'):>8}")
+    lines += [f"  Inbound processes' CPU per token, mTLS / plaintext {_f(r['jwt_tls_services_cpu_over_plaintext'], '{:.2f}'):>8}x",
+              f"  total CPU per token, mTLS / plaintext              {_f(r['jwt_tls_total_cpu_over_plaintext'], '{:.2f}'):>8}x",
+              f"  token rate, mTLS / plaintext                       {_f(r['jwt_tls_rate_over_plaintext'], '{:.2f}'):>8}",
+              f"  p50, mTLS / plaintext                              {_f(r['jwt_tls_p50_over_plaintext'], '{:.2f}'):>8}"]
+    return lines
 SINGLE_RATIOS = (("single_rate_over_multi_rate", "token rate, single process / multi-process", ""),
                  ("multi_total_cpu_over_single_total_cpu", "total CPU per token, multi-process / single", "x"),
                  ("multi_services_cpu_over_single_process_cpu",
@@ -1177,6 +1246,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-introspection", action="store_true", help="no gRPC introspection runs")
     parser.add_argument("--skip-single", action="store_true",
                         help="no client_credentials runs through the single-process stack (services.all_in_one)")
+    parser.add_argument("--skip-plaintext", action="store_true",
+                        help="no JWT client_credentials run through a stack with plaintext gRPC (the TLS ratio)")
     parser.add_argument("--skip-cold-jwt", action="store_true",
                         help="no JWT introspection runs at a second token_issuer with its verified-JWT cache off")
     parser.add_argument("--skip-delivery", action="store_true",
@@ -1188,7 +1259,7 @@ def main(argv: list[str] | None = None) -> None:
     loadgen = LoadGen.create(install=not args.no_install, prefer_python=args.python_loadgen)
     print(f"load generator: {loadgen.note}; gRPC: {GRPC_LOADGEN_NOTE}", flush=True)
     idle = idle_check()
-    steps = 4 if args.skip_edge or args.skip_single else 5
+    steps = 3 if args.skip_edge else 3 + 1 + (not args.skip_single) + (not args.skip_plaintext)
     print(f"1/{steps} raw ES256 signing and verification for {args.sign_seconds * 1.5:.0f} s ...", flush=True)
     sign = signing.measure(args.sign_seconds)
     verify = signing.measure_verify(args.sign_seconds / 2)
@@ -1208,6 +1279,12 @@ def main(argv: list[str] | None = None) -> None:
               f"(services.{SINGLE_PROCESS}, its own Postgres and NATS), {args.warmup:.0f}+{args.seconds:.0f} s each "
               f"...", flush=True)
         single = bench_single(loadgen, args)
+    plaintext: dict = {}
+    if not args.skip_edge and not args.skip_plaintext:
+        print(f"{steps}/{steps} client_credentials JWT again, separate processes with plaintext gRPC "
+              f"(INBOUND_GRPC_TLS=plaintext: the cost of mutual TLS), {args.warmup:.0f}+{args.seconds:.0f} s ...",
+              flush=True)
+        plaintext = bench_plaintext(loadgen, args)
     results = {
         "meta": {
             "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -1226,6 +1303,7 @@ def main(argv: list[str] | None = None) -> None:
         "delivery": edge.pop("delivery", {}),
         "edge": edge,
         "single": single,
+        "plaintext": plaintext,
     }
     results["ratios"] = ratios(results) if edge else {}
     results["warnings"] = collect_warnings(results)

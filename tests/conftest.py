@@ -144,10 +144,11 @@ def stack(request):
 
 @pytest.fixture(scope="session")
 async def registry(stack):
-    from inboundlib import grpcx
+    """The registry as the operator (inboundctl's identity)."""
     from services.client_registry.client import RegistryClient
+    from tests.support import OPERATOR
 
-    channel = grpcx.channel(stack.addr("client_registry"))
+    channel = stack.channel("client_registry", caller=OPERATOR)
     yield RegistryClient(channel)
     await channel.close()
 
@@ -176,12 +177,12 @@ def http(stack):
 
 @pytest.fixture(scope="session")
 async def issuer(stack):
-    from inboundlib import grpcx
-    from services.token_issuer.client import IssuerClient
+    """token_issuer, each RPC called as the caller meant to make it (support.IssuerAs)."""
+    from tests.support import IssuerAs
 
-    channel = grpcx.channel(stack.addr("token_issuer"))
-    yield IssuerClient(channel)
-    await channel.close()
+    issuer = IssuerAs(stack)
+    yield issuer
+    await issuer.close()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -22,6 +22,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from inboundlib import identity
+
 DEFAULT_TIMEOUT = 30.0
 _FIRST_INTERVAL = 0.01
 _MAX_INTERVAL = 0.2
@@ -141,33 +143,83 @@ async def nats_connect(stack, identity: str, **options):
     return await nats.connect(**stack.nats_settings(identity).connect_options(), **options)
 
 
+# --- who calls what: each RPC as the caller that is meant to make it --------------------------------
+#
+# Every gRPC port is mutual TLS and each RPC has its allowed callers (services/access.py):
+# a test calls each RPC with the identity that should be allowed to make it.
+
+GRANT_SERVICE = identity.service("client_credentials")  # Issue, client lookups: a grant service
+EDGE = identity.service("edge")                           # Revoke (the edge serves /oauth/revoke)
+ISSUER_SERVICE = identity.service("token_issuer")         # revocations and opaque tokens in the registry
+RESOURCE_SERVER = identity.resource_server("sample")      # Introspect, GetJwks
+OPERATOR = identity.operator("dev")                       # every administrative RPC
+
+
+class IssuerAs:
+    """token_issuer's client interface, each call made as the caller meant to make it:
+    Issue as a grant service, Introspect and GetJwks as a resource server, Revoke as
+    the edge, and the administrative RPCs as the operator. `addr`: another replica."""
+
+    def __init__(self, stack, addr: str | None = None, *, kind: str | None = None):
+        from services.token_issuer.client import IssuerClient
+
+        self._channels = {caller: stack.channel("token_issuer", kind=kind, caller=caller, addr=addr)
+                          for caller in (GRANT_SERVICE, RESOURCE_SERVER, EDGE, OPERATOR)}
+        self._clients = {caller: IssuerClient(channel) for caller, channel in self._channels.items()}
+
+    def as_(self, caller):
+        return self._clients[caller]
+
+    async def issue(self, *args, **kwargs):
+        return await self._clients[GRANT_SERVICE].issue(*args, **kwargs)
+
+    async def introspect(self, *args, **kwargs):
+        return await self._clients[RESOURCE_SERVER].introspect(*args, **kwargs)
+
+    async def jwks(self):
+        return await self._clients[RESOURCE_SERVER].jwks()
+
+    async def revoke(self, *args, **kwargs):
+        return await self._clients[EDGE].revoke(*args, **kwargs)
+
+    async def revoke_client_tokens(self, *args, **kwargs):
+        return await self._clients[OPERATOR].revoke_client_tokens(*args, **kwargs)
+
+    async def list_keys(self):
+        return await self._clients[OPERATOR].list_keys()
+
+    async def rotate_key(self, *args, **kwargs):
+        return await self._clients[OPERATOR].rotate_key(*args, **kwargs)
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+
+
 # --- systems of a test's own --------------------------------------------------------------------------
 
 async def register_client(stack, **spec):
-    """Register a client on `stack` (any Stack, e.g. a private one); returns (record, secret)."""
-    from inboundlib import grpcx
+    """Register a client on `stack` (any Stack, e.g. a private one) as the operator; returns (record, secret)."""
     from services.client_registry.api import ClientSpec
     from services.client_registry.client import RegistryClient
 
     spec.setdefault("name", "test-" + uuid.uuid4().hex[:8])
     spec.setdefault("grant_types", ["client_credentials"])
     spec.setdefault("scopes", ["api.read", "api.write"])
-    channel = grpcx.channel(stack.addr("client_registry"))
+    channel = stack.channel("client_registry", caller=OPERATOR)
     try:
         return await RegistryClient(channel).create_client(ClientSpec(**spec))
     finally:
         await channel.close()
 
 
-async def serving(addr: str, service: str = "") -> None:
-    """Wait until the gRPC server at `addr` answers its health check SERVING (a port that
-    accepts connections may not serve yet; a loaded machine makes the gap visible)."""
+async def serving(stack, name: str, addr: str, service: str = "") -> None:
+    """Wait until service `name`'s gRPC server at `addr` (a replica of `stack`'s) answers its health
+    check SERVING (a port that accepts connections may not serve yet; a loaded machine makes the gap visible)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from inboundlib import grpcx
-
-    channel = grpcx.channel(addr)
+    channel = stack.channel(name, addr=addr, caller=OPERATOR)
     try:
         stub = health_pb2_grpc.HealthStub(channel)
         await eventually(lambda: stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5),

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from bench import procstat
 from bench.loadgen import LoadGen
-from inboundlib import grpcx
 from services.client_registry.api import ClientSpec
 from services.client_registry.client import RegistryClient
 from services.devstack import Stack
@@ -28,8 +27,8 @@ from services.devstack import Stack
 RESTARTED = ("client_credentials", "edge")  # the edge restarts last: it reads the grant's address at start
 
 
-async def _client(addr: str) -> tuple[str, str]:
-    channel = grpcx.channel(addr)
+async def _client(stack: Stack) -> tuple[str, str]:
+    channel = stack.channel("client_registry")  # as the operator
     client, secret = await RegistryClient(channel).create_client(ClientSpec(name="in-flight-bench",
                                                                             grant_types=["client_credentials"],
                                                                             scopes=["api.read"], token_format="jwt"))
@@ -72,7 +71,7 @@ def main() -> None:
         stack = Stack(Path(tmp), fixed_ports=False, echo=False, database_url="", nats_url="")
         try:
             stack.start()
-            client_id, secret = asyncio.run(_client(stack.addr("client_registry")))
+            client_id, secret = asyncio.run(_client(stack))
             basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
             headers = {"Authorization": f"Basic {basic}", "Content-Type": "application/x-www-form-urlencoded"}
             results: dict[int, list[dict]] = {1: [], 2: []}

@@ -9,11 +9,9 @@ import httpx
 import jwt
 import pytest
 
-from inboundlib import grpcx
 from services.client_registry.api import ClientSpec, ClientUpdate
 from services.client_registry.client import RegistryClient
-from services.token_issuer.client import IssuerClient
-from tests.support import eventually
+from tests.support import OPERATOR, IssuerAs, eventually
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +26,7 @@ async def _types(conn, client_id: str) -> set[str]:
 
 async def test_one_process_serves_the_whole_token_lifecycle(single):
     assert list(single.services) == ["all_in_one"]
-    channel = grpcx.channel(single.addr("client_registry"))
+    channel = single.channel("client_registry", caller=OPERATOR)
     registry = RegistryClient(channel)
     client, secret = await registry.create_client(ClientSpec(name="single", scopes=["api.read"]))
     rs, rs_secret = await registry.create_client(ClientSpec(name="rs", scopes=["inbound.introspect"]))
@@ -59,7 +57,7 @@ async def test_one_process_serves_the_whole_token_lifecycle(single):
     await channel.close()
 
     # Opaque tokens (stored through the batched in-process registry), issued concurrently.
-    channel = grpcx.channel(single.addr("client_registry"))
+    channel = single.channel("client_registry", caller=OPERATOR)
     opaque, opaque_secret = await RegistryClient(channel).create_client(ClientSpec(name="single-opaque",
                                                                                   token_format="opaque"))
     await channel.close()
@@ -72,10 +70,10 @@ async def test_one_process_serves_the_whole_token_lifecycle(single):
         assert info.json()["active"] is True and info.json()["client_id"] == opaque.client_id
 
     # gRPC, as the separate services serve it: internal introspection, keys.
-    issuer_channel = grpcx.channel(single.addr("token_issuer"))
-    assert not (await IssuerClient(issuer_channel).introspect(token)).active
-    assert any(k.signing for k in await IssuerClient(issuer_channel).list_keys())
-    await issuer_channel.close()
+    issuer = IssuerAs(single)
+    assert not (await issuer.introspect(token)).active
+    assert any(k.signing for k in await issuer.list_keys())
+    await issuer.close()
 
     conn = await asyncpg.connect(single.database_url)
     try:

@@ -25,12 +25,11 @@ import pytest
 
 from inbound.events.v1 import events_pb2
 from inboundctl import audit_commands
-from inboundlib import grpcx
 from inboundlib.events import TOKEN_DENIED, TOKEN_ISSUED, EventBus
 from services.audit.api import InvalidArgument, SearchQuery
 from services.audit.client import AuditClient
 from services.devstack import free_port
-from tests.support import audit_caught_up, audit_copies, eventually, nats_connect
+from tests.support import OPERATOR, audit_caught_up, audit_copies, eventually, nats_connect
 
 pytestmark = pytest.mark.both_modes
 
@@ -54,7 +53,7 @@ async def bus(stack):
 
 @pytest.fixture(scope="module")
 async def audit(stack):
-    channel = grpcx.channel(stack.addr("audit"))
+    channel = stack.channel("audit", caller=OPERATOR)  # inboundctl audit's identity
     yield AuditClient(channel)
     await channel.close()
 
@@ -260,7 +259,7 @@ async def test_two_replicas_share_the_consumer_and_serve_health_and_metrics(stac
     replica = stack.start_service("audit", port=port, key="audit-replica",
                                   extra_env={"INBOUND_METRICS_PORT": str(metrics_port)})
     try:
-        channel = grpcx.channel(f"127.0.0.1:{port}")
+        channel = stack.channel("audit", addr=f"127.0.0.1:{port}", caller=OPERATOR)
         reply = await health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service="inbound.audit.v1.AuditLog"), timeout=2)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -357,8 +356,10 @@ def _parse(*argv: str) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
-async def test_inboundctl_audit_commands(stack, pg, bus, capsys):
+async def test_inboundctl_audit_commands(stack, pg, bus, capsys, monkeypatch):
     addr = stack.addr("audit")
+    for name, value in stack.tls_env(OPERATOR).items():  # inboundctl's TLS settings
+        monkeypatch.setenv(name, value)
     client_id = "cli-" + uuid.uuid4().hex[:8]
     ids = [bus.publish(TOKEN_ISSUED, _issued(client_id)) for _ in range(3)]
     await _wait_stored(pg, ids)
@@ -430,6 +431,7 @@ async def test_inboundctl_audit_as_a_process(stack, pg, bus):
     await _wait_stored(pg, ids)
     env = {k: v for k, v in os.environ.items() if not k.startswith("INBOUND_")}
     env["INBOUND_AUDIT_ADDR"] = stack.addr("audit")
+    env.update(stack.tls_env(OPERATOR))
 
     async def ctl(*args: str) -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "inboundctl", *args, env=env,

@@ -16,12 +16,11 @@ import time
 import httpx
 import pytest
 
-from inboundlib import grpcx
 from inboundlib.oauth.errors import TemporarilyUnavailable
 from services.client_registry.api import ClientSpec, ClientUpdate
 from services.client_registry.client import RegistryClient
 from services.token_issuer.client import IssuerClient
-from tests.support import eventually
+from tests.support import OPERATOR, RESOURCE_SERVER, eventually
 
 TTL = 1.0
 MAX_STALE = 15.0
@@ -39,8 +38,8 @@ async def test_cached_clients_keep_getting_tokens_and_jwts_stay_introspectable_w
     stack = outage_stack
     if stack.postgres is None:
         pytest.skip("needs the private Postgres")
-    registry_channel = grpcx.channel(stack.addr("client_registry"))
-    issuer_channel = grpcx.channel(stack.addr("token_issuer"))
+    registry_channel = stack.channel("client_registry", caller=OPERATOR)
+    issuer_channel = stack.channel("token_issuer", caller=RESOURCE_SERVER)  # it introspects
     registry, issuer = RegistryClient(registry_channel), IssuerClient(issuer_channel)
     http = httpx.AsyncClient(base_url=stack.edge_url, timeout=10)
 

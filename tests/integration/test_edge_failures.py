@@ -11,11 +11,10 @@ import urllib.parse
 import httpx
 import pytest
 
-from inboundlib import grpcx
 from services.client_registry.api import ClientSpec
 from services.client_registry.client import RegistryClient
 from services.devstack import Stack
-from tests.support import eventually
+from tests.support import OPERATOR, eventually
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 TOKEN_BODY = b"grant_type=client_credentials"
@@ -76,7 +75,7 @@ def own_stack(private_stack):
 
 @pytest.fixture(scope="module")
 async def own_client(own_stack):
-    channel = grpcx.channel(own_stack.addr("client_registry"))
+    channel = own_stack.channel("client_registry", caller=OPERATOR)
     client, secret = await RegistryClient(channel).create_client(ClientSpec(name="stop-under-load"))
     await channel.close()
     return client.client_id, secret

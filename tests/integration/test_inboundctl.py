@@ -15,7 +15,7 @@ import jwt
 import pytest
 
 from services.devstack import free_port
-from tests.support import eventually
+from tests.support import OPERATOR, eventually
 
 TOKEN = "/oauth/token"
 CC = {"grant_type": "client_credentials"}
@@ -34,6 +34,7 @@ class Result:
 async def ctl(stack, *args: str, env: dict[str, str] | None = None) -> Result:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("INBOUND_")}
     environ.update(INBOUND_REGISTRY_ADDR=stack.addr("client_registry"), INBOUND_ISSUER_ADDR=stack.addr("token_issuer"))
+    environ.update(stack.tls_env(OPERATOR))  # the operator certificate `make run` prints
     environ.update(env or {})
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "inboundctl", *args, env=environ,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

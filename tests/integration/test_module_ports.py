@@ -11,10 +11,11 @@ import grpc
 import pytest
 
 import inbound
-from inboundlib import grpcx, hosting
+from inboundlib import hosting
 from services.client_registry.client import RegistryClient
 from services.modules import MODULES
 from services.token_issuer.client import IssuerClient
+from tests.support import OPERATOR, RESOURCE_SERVER
 
 # Not a valid protobuf message: a served method fails to decode it (INTERNAL) before any
 # handler runs, so probing has no side effect; an unserved one answers UNIMPLEMENTED.
@@ -34,8 +35,8 @@ def _all_methods() -> list[str]:
 GRPC_PORTS = [(m.name, p.kind) for m in MODULES for p in m.ports if p.kind != hosting.HTTP]
 
 
-async def _served(addr: str) -> frozenset[str]:
-    channel = grpcx.channel(addr)
+async def _served(stack, name: str, kind: str | None = None) -> frozenset[str]:
+    channel = stack.channel(name, kind=kind, caller=OPERATOR)
     served = set()
     try:
         for method in _all_methods():
@@ -53,24 +54,23 @@ async def _served(addr: str) -> frozenset[str]:
 
 async def test_the_probe_tells_served_from_unserved(separate_stack):
     assert len(_all_methods()) > 10
-    served = await _served(separate_stack.addr("token_issuer"))
+    served = await _served(separate_stack, "token_issuer")
     assert "/inbound.issuer.v1.TokenIssuer/Issue" in served
     assert not {m for m in served if not m.startswith("/inbound.issuer.")}
 
 
 async def test_each_port_serves_the_same_rpcs_in_both_modes(separate_stack, single_stack):
     for name, kind in GRPC_PORTS:
-        separate = await _served(separate_stack.addr(name, kind))
+        separate = await _served(separate_stack, name, kind)
         assert separate, f"{name} {kind} serves nothing"
-        assert await _served(single_stack.addr(name, kind)) == separate, f"{name} {kind}: one process differs"
+        assert await _served(single_stack, name, kind) == separate, f"{name} {kind}: one process differs"
 
 
 async def test_the_introspection_port_serves_introspection_only(separate_stack, single_stack):
     for s in (separate_stack, single_stack):
-        addr = s.addr("token_issuer", hosting.INTROSPECTION)
-        assert await _served(addr) == {"/inbound.issuer.v1.TokenIssuer/Introspect",
+        assert await _served(s, "token_issuer", hosting.INTROSPECTION) == {"/inbound.issuer.v1.TokenIssuer/Introspect",
                                        "/inbound.issuer.v1.TokenIssuer/GetJwks"}
-        channel = grpcx.channel(addr)
+        channel = s.channel("token_issuer", kind=hosting.INTROSPECTION, caller=RESOURCE_SERVER)
         try:
             with pytest.raises(grpc.aio.AioRpcError) as denied:
                 await RegistryClient(channel).list_clients()

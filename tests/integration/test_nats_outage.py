@@ -8,10 +8,9 @@ import httpx
 import jwt
 import pytest
 
-from inboundlib import grpcx
 from services.client_registry.api import ClientSpec
 from services.client_registry.client import RegistryClient
-from tests.support import audit_caught_up, audit_copies, eventually
+from tests.support import OPERATOR, audit_caught_up, audit_copies, eventually
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +20,7 @@ def own_stack(private_stack):
 
 
 async def test_tokens_keep_flowing_while_nats_is_down_and_their_events_arrive_later(own_stack):
-    channel = grpcx.channel(own_stack.addr("client_registry"))
+    channel = own_stack.channel("client_registry", caller=OPERATOR)
     client, secret = await RegistryClient(channel).create_client(ClientSpec(name="outage"))
     await channel.close()
 

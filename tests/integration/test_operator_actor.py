@@ -10,13 +10,13 @@ import sys
 
 import asyncpg
 
-from tests.support import eventually
+from tests.support import OPERATOR, eventually
 
 
 async def ctl(stack, *args: str, **env: str) -> tuple[int, str, str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("INBOUND_")}
     environ.update(INBOUND_REGISTRY_ADDR=stack.addr("client_registry"), INBOUND_ISSUER_ADDR=stack.addr("token_issuer"),
-                   INBOUND_AUDIT_ADDR=stack.addr("audit"), **env)
+                   INBOUND_AUDIT_ADDR=stack.addr("audit"), **stack.tls_env(OPERATOR), **env)
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "inboundctl", *args, env=environ,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)

@@ -9,10 +9,9 @@ import httpx
 import jwt
 import pytest
 
-from inboundlib import grpcx
 from services.client_registry.api import ClientSpec
 from services.client_registry.client import RegistryClient
-from tests.support import audit_caught_up, audit_copies, eventually
+from tests.support import OPERATOR, audit_caught_up, audit_copies, eventually
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +24,7 @@ def pg_stack(private_stack):
 async def test_jwt_tokens_flow_and_opaque_ones_fail_softly_while_postgres_is_down(pg_stack):
     if pg_stack.postgres is None:
         pytest.skip("needs the private Postgres")
-    channel = grpcx.channel(pg_stack.addr("client_registry"))
+    channel = pg_stack.channel("client_registry", caller=OPERATOR)
     registry = RegistryClient(channel)
     jwt_client, jwt_secret = await registry.create_client(ClientSpec(name="pg-jwt"))
     opaque_client, opaque_secret = await registry.create_client(ClientSpec(name="pg-opaque", token_format="opaque"))

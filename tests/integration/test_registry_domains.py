@@ -14,7 +14,7 @@ import pytest
 from inbound.events.v1 import events_pb2
 from inbound.registry.v1 import registry_pb2 as pb
 from inbound.registry.v1 import registry_pb2_grpc
-from inboundlib import actors, grpcx
+from inboundlib import actors
 from inboundlib.events import CLIENT_CHANGED, TOKEN_REVOKED
 from services.client_registry import server, wire
 from services.client_registry.api import (
@@ -27,22 +27,30 @@ from services.client_registry.api import (
     RevocationRecord,
 )
 from services.token_issuer.revocations import RevocationSet
-from tests.support import eventually, nats_connect
+from tests.support import GRANT_SERVICE, ISSUER_SERVICE, OPERATOR, eventually, nats_connect
 
 POISON = ["bad\x00id", "x" * 5000, "tab\there"]
 
 
 @pytest.fixture
-async def channel(stack):
-    channel = grpcx.channel(stack.addr("client_registry"))
-    yield channel
-    await channel.close()
+async def channel_as(stack):
+    """`channel_as(caller)`: a channel to the registry as `caller` (each RPC has its callers)."""
+    opened = []
+
+    def open_channel(caller):
+        opened.append(stack.channel("client_registry", caller=caller))
+        return opened[-1]
+
+    yield open_channel
+    for channel in opened:
+        await channel.close()
 
 
-async def test_each_domain_is_its_own_service(channel):
+async def test_each_domain_is_its_own_service(channel_as):
     assert server.SERVICE_NAMES == ("inbound.registry.v1.Clients", "inbound.registry.v1.SigningKeys",
                                     "inbound.registry.v1.Tokens", "inbound.registry.v1.Revocations")
-    await registry_pb2_grpc.ClientsStub(channel).ListClients(pb.ListClientsRequest(), timeout=5)
+    await registry_pb2_grpc.ClientsStub(channel_as(OPERATOR)).ListClients(pb.ListClientsRequest(), timeout=5)
+    channel = channel_as(ISSUER_SERVICE)
     keys = await registry_pb2_grpc.SigningKeysStub(channel).ListSigningKeys(pb.ListSigningKeysRequest(), timeout=5)
     assert keys.keys
     await registry_pb2_grpc.TokensStub(channel).GetOpaqueTokens(pb.GetOpaqueTokensRequest(), timeout=5)
@@ -52,8 +60,8 @@ async def test_each_domain_is_its_own_service(channel):
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
-async def test_domain_errors_travel_as_status_codes_and_come_back_as_domain_errors(channel, registry):
-    stub = registry_pb2_grpc.ClientsStub(channel)
+async def test_domain_errors_travel_as_status_codes_and_come_back_as_domain_errors(channel_as, registry):
+    stub = registry_pb2_grpc.ClientsStub(channel_as(OPERATOR))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.UpdateClient(pb.UpdateClientRequest(client_id="no-such-client", active=False), timeout=5)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
@@ -66,7 +74,8 @@ async def test_domain_errors_travel_as_status_codes_and_come_back_as_domain_erro
         await registry.create_client(ClientSpec(name="x", token_format="nope"))
 
 
-async def test_get_clients_answers_each_id_even_beside_poisoned_ones(channel, make_client):
+async def test_get_clients_answers_each_id_even_beside_poisoned_ones(channel_as, make_client):
+    channel = channel_as(GRANT_SERVICE)
     (a, _), (b, _) = await make_client(), await make_client()
     ids = [a.client_id, POISON[0], b.client_id, POISON[1], "unknown", POISON[2]]
     reply = await registry_pb2_grpc.ClientsStub(channel).GetClients(pb.GetClientsRequest(client_ids=ids), timeout=5)
@@ -82,7 +91,8 @@ def opaque(client_id: str, **overrides) -> pb.OpaqueToken:
     return wire.opaque_to_pb(OpaqueTokenRecord(**{**record.__dict__, **overrides}))
 
 
-async def test_storing_and_reading_opaque_tokens_beside_poisoned_ones(channel, make_client):
+async def test_storing_and_reading_opaque_tokens_beside_poisoned_ones(channel_as, make_client):
+    channel = channel_as(ISSUER_SERVICE)
     client, _ = await make_client()
     good = [opaque(client.client_id) for _ in range(3)]
     batch = [good[0], opaque(client.client_id, subject="nul\x00subject"), good[1],
@@ -100,7 +110,8 @@ async def test_storing_and_reading_opaque_tokens_beside_poisoned_ones(channel, m
     assert found[0].token.issued_at_unix_ms == good[0].issued_at_unix_ms  # to the millisecond
 
 
-async def test_adding_revocations_beside_poisoned_ones(channel):
+async def test_adding_revocations_beside_poisoned_ones(channel_as):
+    channel = channel_as(ISSUER_SERVICE)
     now = int(time.time())
 
     def revocation(value: str, **overrides) -> pb.Revocation:

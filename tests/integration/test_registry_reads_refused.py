@@ -11,13 +11,12 @@ import pytest
 
 from inbound.registry.v1 import registry_pb2 as pb
 from inbound.registry.v1 import registry_pb2_grpc
-from inboundlib import grpcx
-from tests.support import eventually
+from tests.support import GRANT_SERVICE, eventually
 
 
 @pytest.fixture
 async def channel(stack):
-    channel = grpcx.channel(stack.addr("client_registry"))
+    channel = stack.channel("client_registry", caller=GRANT_SERVICE)  # client lookups are a grant service's
     yield channel
     await channel.close()
 

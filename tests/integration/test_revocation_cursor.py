@@ -11,12 +11,12 @@ import uuid
 
 import pytest
 
-from inboundlib import db, grpcx
+from inboundlib import db
 from services.client_registry.api import RevocationCursor, RevocationRecord
 from services.client_registry.client import RevocationsClient
 from services.client_registry.revocations import RevocationRepository, insert_revocations
 from services.token_issuer.revocations import RevocationSet, RevocationSync
-from tests.support import eventually
+from tests.support import ISSUER_SERVICE, eventually
 
 
 def jti(value: str) -> RevocationRecord:
@@ -154,7 +154,7 @@ async def test_a_catch_up_reads_past_full_pages_while_a_long_transaction_holds_t
     revocations committed after it must all be read by one catch-up (through the
     running registry, a small page), and the one it commits itself by the next."""
     prefix = f"held-{uuid.uuid4().hex[:8]}-"
-    channel = grpcx.channel(stack.addr("client_registry"))
+    channel = stack.channel("client_registry", caller=ISSUER_SERVICE)  # revocations are token_issuer's to read
     revocations = RevocationSet()
     sync = RevocationSync(revocations, RevocationsClient(channel), None, page_size=10)
     held = await pool.acquire()

@@ -9,14 +9,13 @@ import uuid
 import httpx
 import pytest
 
-from inboundlib import grpcx
 from inboundlib.events import EventBus
 from services.client_registry.api import ClientSpec, ClientUpdate
 from services.client_registry.client import RegistryClient
 from services.token_issuer.api import IssueRequest
 from services.token_issuer.introspection import TokenChecker
 from services.token_issuer.revocations import RevocationSet
-from tests.support import eventually
+from tests.support import ISSUER_SERVICE, eventually
 
 pytestmark = pytest.mark.both_modes
 
@@ -94,7 +93,7 @@ async def test_a_subject_revocation_covers_every_client_and_both_formats(stack, 
 
     old = [await issue(first, alice, "jwt"), await issue(second, alice, "opaque")]
     others = [await issue(first, bob, "jwt"), await issue(second, bob, "opaque")]
-    channel = grpcx.channel(stack.addr("client_registry"))
+    channel = stack.channel("client_registry", caller=ISSUER_SERVICE)  # a checker wired like token_issuer's
     bus = EventBus(stack.nats_settings("token_issuer"), "test-subject-revocation")  # as token_issuer does
     await bus.start()
     try:

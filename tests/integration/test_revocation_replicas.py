@@ -3,12 +3,10 @@ and honoured by a replica that starts after it was made. (How fast it arrives is
 the SLO set's: tests/slo/test_propagation.py.)"""
 from __future__ import annotations
 
-from inboundlib import grpcx
 from inboundlib.oauth.client_auth import CLIENT_SECRET_BASIC, ClientCredentials
 from services.devstack import free_port
 from services.token_issuer.api import IssueRequest
-from services.token_issuer.client import IssuerClient
-from tests.support import eventually, serving
+from tests.support import IssuerAs, eventually, serving
 
 
 async def test_a_token_revoked_on_one_replica_is_inactive_on_the_other(stack, issuer, make_client):
@@ -16,10 +14,9 @@ async def test_a_token_revoked_on_one_replica_is_inactive_on_the_other(stack, is
     caller = ClientCredentials(CLIENT_SECRET_BASIC, client.client_id, secret)
     port = free_port()
     stack.start_service("token_issuer", port=port, key="issuer-b")
-    await serving(f"127.0.0.1:{port}")
-    channel = grpcx.channel(f"127.0.0.1:{port}")
+    await serving(stack, "token_issuer", f"127.0.0.1:{port}")
+    other = IssuerAs(stack, f"127.0.0.1:{port}")
     try:
-        other = IssuerClient(channel)
         tokens = [(await issuer.issue(IssueRequest(client_id=client.client_id, subject=client.client_id, scopes=(),
                                                    format=fmt, lifetime_seconds=300))).access_token
                   for fmt in ("jwt", "opaque", "jwt")]
@@ -33,7 +30,7 @@ async def test_a_token_revoked_on_one_replica_is_inactive_on_the_other(stack, is
         await eventually(active_on_the_other, until=lambda active: active == [False, False, True],
                          message="the revocations applied on the other replica (and only those)")
     finally:
-        await channel.close()
+        await other.close()
         stack.stop_service("issuer-b")
 
 
@@ -47,11 +44,10 @@ async def test_a_replica_started_after_revocations_treats_those_tokens_as_revoke
         await issuer.revoke(token, caller)
     port = free_port()
     stack.start_service("token_issuer", port=port, key="issuer-late")
-    await serving(f"127.0.0.1:{port}")
-    channel = grpcx.channel(f"127.0.0.1:{port}")
+    await serving(stack, "token_issuer", f"127.0.0.1:{port}")
+    late = IssuerAs(stack, f"127.0.0.1:{port}")
     try:
-        late = IssuerClient(channel)
         assert [(await late.introspect(t)).active for t in tokens] == [False, False, True]
     finally:
-        await channel.close()
+        await late.close()
         stack.stop_service("issuer-late")

@@ -13,12 +13,13 @@ import httpx
 import pytest
 
 from services.devstack import ROOT, free_port
-from tests.support import eventually_sync
+from tests.support import OPERATOR, eventually_sync
 
 
 def _run_with_env(module: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if not k.startswith("INBOUND_")}
-    full.update(env)
+    # Addresses are checked as the service starts, after its certificate files (no TLS is tested here).
+    full.update({"INBOUND_GRPC_TLS": "plaintext", **env})
     return subprocess.run([sys.executable, "-m", module], cwd=ROOT, env=full, capture_output=True, text=True,
                           timeout=30)
 
@@ -82,15 +83,19 @@ def test_an_unsafe_request_id_is_replaced(stack):
 
 
 async def test_grpc_health_and_prometheus_metrics(stack):
+    import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from inboundlib import grpcx
-
     for name in ("client_registry", "token_issuer", "client_credentials"):
-        channel = grpcx.channel(stack.addr(name))
+        channel = stack.channel(name, caller=OPERATOR)
         reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         await channel.close()
+    # Each process's plaintext health port (INBOUND_HEALTH_PORT, for kubelet) answers without a certificate.
+    for process in [p for p in stack.services if p in stack.health_ports]:  # replicas have none
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.health_ports[process]}") as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, process
     metrics = httpx.get(stack.metrics_url("edge")).text
     assert "inbound_http_request_seconds" in metrics
 

@@ -13,11 +13,9 @@ import httpx
 import jwt
 import pytest
 
-from inboundlib import grpcx
 from services.devstack import ROOT, free_port
 from services.token_issuer.api import IssueRequest
-from services.token_issuer.client import IssuerClient
-from tests.support import eventually, serving
+from tests.support import OPERATOR, IssuerAs, eventually, serving
 
 pytestmark = pytest.mark.both_modes
 
@@ -35,10 +33,9 @@ def keys_stack(private_stack):
 async def test_two_replicas_publish_the_same_keys_and_verify_each_others_tokens(stack):
     port = free_port()
     stack.start_service("token_issuer", port=port, key="issuer-2")
-    await serving(f"127.0.0.1:{port}")
+    await serving(stack, "token_issuer", f"127.0.0.1:{port}")
     try:
-        first, second = grpcx.channel(stack.addr("token_issuer")), grpcx.channel(f"127.0.0.1:{port}")
-        one, two = IssuerClient(first), IssuerClient(second)
+        one, two = IssuerAs(stack), IssuerAs(stack, f"127.0.0.1:{port}")
         assert await one.jwks() == await two.jwks()
         issued = await two.issue(IssueRequest(client_id="c", subject="c", scopes=("a",), format="jwt",
                                               lifetime_seconds=60))
@@ -47,27 +44,26 @@ async def test_two_replicas_publish_the_same_keys_and_verify_each_others_tokens(
         key = next(k for k in keys.keys if k.key_id == kid)
         claims = jwt.decode(issued.access_token, key.key, algorithms=["ES256"], audience=stack.edge_url + "/api")
         assert claims["sub"] == "c"
-        await first.close()
-        await second.close()
+        await one.close()
+        await two.close()
     finally:
         stack.stop_service("issuer-2")
 
 
 async def test_issue_refuses_out_of_range_lifetimes_per_item(stack):
-    channel = grpcx.channel(stack.addr("token_issuer"))
-    issuer = IssuerClient(channel)
+    issuer = IssuerAs(stack)
     from inboundlib.oauth.errors import InvalidRequest
 
     with pytest.raises(InvalidRequest):
         await issuer.issue(IssueRequest(client_id="c", subject="c", scopes=(), format="jwt", lifetime_seconds=0))
     ok = await issuer.issue(IssueRequest(client_id="c", subject="c", scopes=(), format="jwt", lifetime_seconds=5))
     assert ok.expires_in == 5
-    await channel.close()
+    await issuer.close()
 
 
 @pytest.mark.separate_processes
 def test_a_replica_with_the_wrong_key_encryption_key_refuses_to_start(stack):
-    env = stack.service_env()
+    env = stack.service_env("token_issuer")
     del env["INBOUND_KEY_ENCRYPTION_KEYS_FILE"]
     env["INBOUND_KEY_ENCRYPTION_KEYS"] = base64.b64encode(secrets.token_bytes(32)).decode()
     env["INBOUND_GRPC_PORT"] = str(free_port())
@@ -79,8 +75,7 @@ def test_a_replica_with_the_wrong_key_encryption_key_refuses_to_start(stack):
 
 
 async def test_the_latest_of_two_rotations_in_one_second_signs(keys_stack):
-    channel = grpcx.channel(keys_stack.addr("token_issuer"))
-    issuer = IssuerClient(channel)
+    issuer = IssuerAs(keys_stack)
     try:
         first = await issuer.rotate_key("ES256", 0)
         second = await issuer.rotate_key("ES256", 0)
@@ -90,7 +85,7 @@ async def test_the_latest_of_two_rotations_in_one_second_signs(keys_stack):
                                                 lifetime_seconds=60))
         assert jwt.get_unverified_header(token.access_token)["kid"] == second.kid
     finally:
-        await channel.close()
+        await issuer.close()
 
 
 @pytest.mark.separate_processes
@@ -101,12 +96,12 @@ async def test_the_introspection_port_serves_introspect_and_nothing_else(stack, 
     port, side_port = free_port(), free_port()
     stack.start_service("token_issuer", port=port, key="issuer-rs",
                         extra_env={"INBOUND_INTROSPECTION_PORT": str(side_port)})
-    await serving(f"127.0.0.1:{port}")
-    main, side = grpcx.channel(f"127.0.0.1:{port}"), grpcx.channel(f"127.0.0.1:{side_port}")
+    await serving(stack, "token_issuer", f"127.0.0.1:{port}")
+    main, side = IssuerAs(stack, f"127.0.0.1:{port}"), IssuerAs(stack, f"127.0.0.1:{side_port}", kind="introspection")
     try:
-        issued = await IssuerClient(main).issue(IssueRequest(client_id=client.client_id, subject="s", scopes=(),
-                                                             format="jwt", lifetime_seconds=60))
-        resource_server = IssuerClient(side)
+        issued = await main.issue(IssueRequest(client_id=client.client_id, subject="s", scopes=(),
+                                               format="jwt", lifetime_seconds=60))
+        resource_server = side
         assert (await resource_server.introspect(issued.access_token)).active
         for call in (lambda: resource_server.issue(IssueRequest(client_id=client.client_id, subject="s", scopes=(),
                                                                 format="jwt", lifetime_seconds=60)),
@@ -129,11 +124,10 @@ async def test_a_rotation_on_one_replica_reaches_the_others_over_nats(keys_stack
     stack = keys_stack
     port = free_port()
     stack.start_service("token_issuer", port=port, key="issuer-rot")
-    await serving(f"127.0.0.1:{port}")
-    first, second = grpcx.channel(stack.addr("token_issuer")), grpcx.channel(f"127.0.0.1:{port}")
+    await serving(stack, "token_issuer", f"127.0.0.1:{port}")
+    first, other = IssuerAs(stack), IssuerAs(stack, f"127.0.0.1:{port}")
     try:
-        other = IssuerClient(second)
-        new = await IssuerClient(first).rotate_key("ES256", 0)
+        new = await first.rotate_key("ES256", 0)
 
         async def kid_on_other() -> str:
             token = await other.issue(IssueRequest(client_id="c", subject="c", scopes=(), format="jwt",
@@ -148,7 +142,7 @@ async def test_a_rotation_on_one_replica_reaches_the_others_over_nats(keys_stack
                          message="the new key in the edge's JWKS")
     finally:
         await first.close()
-        await second.close()
+        await other.close()
         stack.stop_service("issuer-rot")
 
 
@@ -162,8 +156,8 @@ async def test_a_rotation_without_a_delay_takes_the_configured_one(keys_stack):
     port = free_port()
     stack.start_service("token_issuer", port=port, key="issuer-delay",
                         extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "3600"})
-    await serving(f"127.0.0.1:{port}")
-    channel = grpcx.channel(f"127.0.0.1:{port}")
+    await serving(stack, "token_issuer", f"127.0.0.1:{port}")
+    channel = stack.channel("token_issuer", addr=f"127.0.0.1:{port}", caller=OPERATOR)
     try:
         stub = issuer_pb2_grpc.TokenIssuerStub(channel)
         reply = await stub.RotateKey(issuer_pb2.RotateKeyRequest(alg="ES256"), timeout=10)

@@ -14,13 +14,11 @@ import httpx
 import jwt
 import pytest
 
-from inboundlib import grpcx
 from inboundlib.oauth.client_auth import CLIENT_SECRET_BASIC, ClientCredentials
 from services.client_registry.api import ClientUpdate
 from services.devstack import ROOT, free_port
 from services.token_issuer.api import IssueRequest
-from services.token_issuer.client import IssuerClient
-from tests.support import eventually, register_client, serving
+from tests.support import IssuerAs, eventually, register_client, serving
 
 pytestmark = pytest.mark.slo
 
@@ -44,10 +42,10 @@ def _record(name: str, delays: list[float]) -> float:
 async def second_replica(stack):
     port = free_port()
     stack.start_service("token_issuer", port=port, key="issuer-slo")
-    await serving(f"127.0.0.1:{port}")
-    channel = grpcx.channel(f"127.0.0.1:{port}")
-    yield IssuerClient(channel)
-    await channel.close()
+    await serving(stack, "token_issuer", f"127.0.0.1:{port}")
+    replica = IssuerAs(stack, f"127.0.0.1:{port}")
+    yield replica
+    await replica.close()
     stack.stop_service("issuer-slo")
 
 
@@ -100,10 +98,9 @@ async def test_a_key_rotation_reaches_other_replicas_and_the_edge_within_a_secon
     stack = rotation_stack
     port = free_port()
     stack.start_service("token_issuer", port=port, key="issuer-rot")
-    await serving(f"127.0.0.1:{port}")
-    first, second = grpcx.channel(stack.addr("token_issuer")), grpcx.channel(f"127.0.0.1:{port}")
+    await serving(stack, "token_issuer", f"127.0.0.1:{port}")
+    first, other = IssuerAs(stack), IssuerAs(stack, f"127.0.0.1:{port}")
     try:
-        other = IssuerClient(second)
 
         async def kid_on_other() -> str:
             token = await other.issue(IssueRequest(client_id="c", subject="c", scopes=(), format="jwt",
@@ -116,14 +113,14 @@ async def test_a_key_rotation_reaches_other_replicas_and_the_edge_within_a_secon
         replica, edge = [], []
         for _ in range(5):
             started = time.perf_counter()
-            new = await IssuerClient(first).rotate_key("ES256", 0)
+            new = await first.rotate_key("ES256", 0)
             await eventually(kid_on_other, until=lambda kid: kid == new.kid, message="the other replica signing")
             replica.append(time.perf_counter() - started)
             await eventually(edge_kids, until=lambda kids: new.kid in kids, message="the edge's JWKS")
             edge.append(time.perf_counter() - started)
     finally:
         await first.close()
-        await second.close()
+        await other.close()
     assert _record("key_rotation_to_replica", replica) < SECOND
     assert _record("key_rotation_to_edge_jwks", edge) < SECOND
 
