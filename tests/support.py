@@ -191,6 +191,9 @@ class IssuerAs:
     async def rotate_key(self, *args, **kwargs):
         return await self._clients[OPERATOR].rotate_key(*args, **kwargs)
 
+    async def rewrap_keys(self):
+        return await self._clients[OPERATOR].rewrap_keys()
+
     async def close(self) -> None:
         for channel in self._channels.values():
             await channel.close()

@@ -44,7 +44,7 @@ async def test_a_real_edge_over_https_issues_tokens_and_sends_hsts(stack, make_c
 
 
 def test_plain_http_on_a_public_address_stops_the_edge_before_it_serves(stack):
-    env = {**stack.service_env(), "INBOUND_BIND_HOST": "0.0.0.0", "INBOUND_HTTP_PORT": str(free_port()),
+    env = {**stack.service_env("edge"), "INBOUND_BIND_HOST": "0.0.0.0", "INBOUND_HTTP_PORT": str(free_port()),
            "INBOUND_METRICS_PORT": "0"}
     done = subprocess.run([sys.executable, "-m", "services.edge"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=60)

@@ -18,13 +18,12 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from inboundlib import grpcx
 from services.client_registry.keys import SigningKeyRepository
 from services.devstack import free_port
 from services.token_issuer.api import IssueRequest, RewrapReport
 from services.token_issuer.client import IssuerClient
 from tests.integration.test_inboundctl import ok
-from tests.support import eventually, register_client, serving
+from tests.support import OPERATOR, IssuerAs, eventually, register_client, serving
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +52,9 @@ async def test_a_garbage_stored_key_is_skipped_and_a_new_replica_still_starts_an
     port, metrics_port = free_port(), free_port()
     replica = stack.start_service("token_issuer", port=port, key="issuer-after-garbage",
                                   extra_env={"INBOUND_METRICS_PORT": str(metrics_port)})
-    channel = grpcx.channel(f"127.0.0.1:{port}")
+    issuer = IssuerAs(stack, f"127.0.0.1:{port}")
     try:
-        await serving(f"127.0.0.1:{port}")
-        issuer = IssuerClient(channel)
+        await serving(stack, "token_issuer", f"127.0.0.1:{port}")
         issued = await issuer.issue(IssueRequest(client_id="c", subject="s", scopes=(), format="jwt",
                                                  lifetime_seconds=60))
         jwks = await issuer.jwks()
@@ -68,7 +66,7 @@ async def test_a_garbage_stored_key_is_skipped_and_a_new_replica_still_starts_an
         skipped = [json.loads(line) for line in replica.lines if "stored signing key skipped" in line]
         assert [(e["level"], e["kid"]) for e in skipped] == [("error", garbage_kid)]
     finally:
-        await channel.close()
+        await issuer.close()
         stack.stop_service("issuer-after-garbage")
 
 
@@ -128,11 +126,11 @@ async def test_the_key_encryption_key_rotates_while_tokens_keep_flowing(kek_stac
         # 1. The new key first on every replica (here: the one), the old one still there to decrypt.
         stack.kek_file().write_text(f"{base64.urlsafe_b64encode(new).decode()}\n{old_b64}\n")
         restart_issuer()
-        await serving(stack.addr("token_issuer"))
+        await serving(stack, "token_issuer", stack.addr("token_issuer"))
         await more_tokens()
 
         # 2. Rewrap, twice at once (inboundctl and a direct call): each key is rewrapped by exactly one.
-        channel = grpcx.channel(stack.addr("token_issuer"))
+        channel = stack.channel("token_issuer", caller=OPERATOR)
         try:
             cli, two = await asyncio.gather(ok(stack, "keys", "rewrap", "--json"),
                                             IssuerClient(channel).rewrap_keys())
@@ -163,7 +161,7 @@ async def test_the_key_encryption_key_rotates_while_tokens_keep_flowing(kek_stac
         # 3. The old key dropped.
         stack.kek_file().write_text(base64.urlsafe_b64encode(new).decode() + "\n")
         restart_issuer()
-        await serving(stack.addr("token_issuer"))
+        await serving(stack, "token_issuer", stack.addr("token_issuer"))
         await more_tokens()
     finally:
         flowing = False
@@ -173,13 +171,12 @@ async def test_the_key_encryption_key_rotates_while_tokens_keep_flowing(kek_stac
           f"{ {s: sum(1 for a, _ in answers if a == s) for s in {a for a, _ in answers}} }")
     assert {status for status, _ in answers} <= {200, 503}, "only 'temporarily unavailable' while restarting"
     tokens = [token for status, token in answers if status == 200]
-    channel = grpcx.channel(stack.addr("token_issuer"))
+    issuer = IssuerAs(stack)
     try:
-        issuer = IssuerClient(channel)
         jwks = await issuer.jwks()
         for token in tokens:
             assert _verify(token, jwks, stack.edge_url + "/api")["client_id"] == client.client_id
         sample = [first_token, *tokens[:: max(1, len(tokens) // 20)], tokens[-1]]
         assert [(await issuer.introspect(token)).active for token in sample] == [True] * len(sample)
     finally:
-        await channel.close()
+        await issuer.close()
