@@ -15,13 +15,17 @@
    single-process mode (services.all_in_one: registry, issuer, grant, audit and edge in one process,
    calling one another in process), with its own Postgres and its own private NATS, started after
    the first stack stopped (--skip-single leaves it out)
-6. CPU per operation of every process from /proc deltas over the measured window
-7. ratios: edge rate / bare HTTP rate, total CPU per token / raw signing cost,
+6. client_credentials JWT once more, through a third stack of separate processes whose gRPC is
+   plaintext (INBOUND_GRPC_TLS=plaintext), its own Postgres and NATS (--skip-plaintext leaves it out):
+   what mutual TLS on every gRPC hop costs on the token path
+7. CPU per operation of every process from /proc deltas over the measured window
+8. ratios: edge rate / bare HTTP rate, total CPU per token / raw signing cost,
    single-process rate / multi-process rate, multi-process total CPU per token / single-process,
    single-process CPU per token / raw signing cost,
    introspections/s / echo calls/s, issuer CPU per introspection / echo CPU per call,
    JWT issuer CPU per introspection / raw ES256 verify, cache off / cache on,
-   durable / buffered audit delivery (CPU per token, p50)
+   durable / buffered audit delivery (CPU per token, p50), mTLS / plaintext gRPC (CPU per token,
+   rate, p50)
 
 The HTTP load comes from wrk; the gRPC load from bench.grpcload, a Python grpc.aio
 process (there is no wrk for gRPC) that shares the cores with the servers and whose

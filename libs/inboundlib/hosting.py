@@ -270,12 +270,13 @@ async def serve(table: Mapping[str, Module], names: list[str], stop: asyncio.Eve
             if number and number in taken:
                 raise ConfigError(f"{module.name}'s {kind} port {number} is also {taken[number]}'s")
             taken[number] = f"{module.name} {kind}"
-    # One certificate for the process, whatever it hosts (its files checked now).
+    events_spool = spool.from_env(env, process_name)
+    # One certificate for the process, whatever it hosts (its files checked now, after every setting).
     tls_config = tls.TlsConfig.from_env(env)
     if tls_config.plaintext:
         log.warning(tls.PLAINTEXT_WARNING)
 
-    events = EventBus(nats, process_name, spool=spool.from_env(env, process_name))
+    events = EventBus(nats, process_name, spool=events_spool)
     await events.start()
     h = _Host(table, tls_config)
     servers: list[tuple[str, grpcx.GrpcServer]] = []

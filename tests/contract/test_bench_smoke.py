@@ -258,8 +258,12 @@ def test_the_whole_bench_runs_through_both_stacks(tmp_path):
     for kind in run.INTROSPECT_KINDS:
         for mode in run.INTROSPECT_MODES:
             assert results["introspection"][kind][mode]["ok"] > 0, (kind, mode)
-    for key in ("jwt_single_rate_over_multi_rate", "jwt_rate_over_raw_signing", "introspect_jwt_batched_rate_over_unary"):
+    # The TLS cost: the JWT run again through a stack whose gRPC is plaintext.
+    assert results["plaintext"]["jwt"]["ok"] > 0 and set(NAMES) <= set(results["plaintext"]["jwt"]["cpu_s"])
+    for key in ("jwt_single_rate_over_multi_rate", "jwt_rate_over_raw_signing", "introspect_jwt_batched_rate_over_unary",
+                "jwt_tls_total_cpu_over_plaintext", "jwt_tls_services_cpu_over_plaintext"):
         assert results["ratios"][key] > 0, key
+    assert "mTLS / plaintext" in proc.stdout
     assert not _wiring_warnings(results["warnings"]), results["warnings"]
     assert "single process" in proc.stdout and "TOTAL server side" in proc.stdout
 

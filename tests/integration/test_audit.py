@@ -492,6 +492,8 @@ def test_bad_config_fails_fast(env, name):
     from services.devstack import ROOT
 
     full = {k: v for k, v in os.environ.items() if not k.startswith("INBOUND_") and k != "DATABASE_URL"}
+    # The spool folder is checked as events start, after the certificate files (no TLS is tested here).
+    full["INBOUND_GRPC_TLS"] = "plaintext"
     result = subprocess.run([sys.executable, "-m", "services.audit"], cwd=ROOT, env={**full, **env},
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and f"configuration error: {name}" in result.stderr

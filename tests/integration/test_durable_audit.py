@@ -92,7 +92,7 @@ async def test_no_token_answered_during_a_nats_outage_goes_unaudited_when_the_is
         own_stack.services["token_issuer"].proc.kill()  # kill -9, mid-load
         own_stack.services.pop("token_issuer").proc.wait()
         own_stack.start_service("token_issuer")
-        await serving(issuer_addr)
+        await serving(own_stack, "token_issuer", issuer_addr)
         mark = len(load.jtis)
         await eventually(lambda: load.ok_since(mark), until=lambda n: n >= RATE // 2,
                          message="tokens after the restart, NATS still down")
@@ -101,7 +101,7 @@ async def test_no_token_answered_during_a_nats_outage_goes_unaudited_when_the_is
         # Its spool holds the outage's events (over 100 tokens, some 270 bytes each): a bound of 4 KiB
         # is passed already. No token is answered unaudited; requests fail with temporarily_unavailable.
         own_stack.start_service("token_issuer", extra_env={"INBOUND_EVENTS_SPOOL_BYTES": "4096"})
-        await serving(issuer_addr)
+        await serving(own_stack, "token_issuer", issuer_addr)
         errors = len(load.errors)
         await eventually(lambda: load.errors[errors:], until=lambda e: "temporarily_unavailable" in e,
                          message="a request refused because the spool is full")
@@ -116,7 +116,7 @@ async def test_no_token_answered_during_a_nats_outage_goes_unaudited_when_the_is
 
         assert own_stack.stop_service("token_issuer") == 0
         own_stack.start_service("token_issuer")
-        await serving(issuer_addr)
+        await serving(own_stack, "token_issuer", issuer_addr)
         mark = len(load.jtis)
         await eventually(lambda: load.ok_since(mark), until=lambda n: n >= 10, message="tokens again")
     finally:
