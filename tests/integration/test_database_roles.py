@@ -81,7 +81,7 @@ async def test_the_services_connect_as_the_runtime_role_and_the_migration_role_o
         # The services' pools (a test may hold a connection as the stack's admin user meanwhile);
         # the migration role's connection was closed once the migrations and grants were done.
         assert roles.runtime_role in users and roles.migration_role not in users
-        assert stack.service_env()["DATABASE_URL"] == roles.runtime_url
+        assert stack.service_env("client_registry")["DATABASE_URL"] == roles.runtime_url
         owners = {r["tableowner"] for r in await conn.fetch(
             "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'")}
         assert owners == {roles.migration_role}
