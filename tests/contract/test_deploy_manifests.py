@@ -67,6 +67,9 @@ def _expected_env(module: Module) -> dict:
     settings its code reads: a literal string, ("configmap", key) or ("secret", key)."""
     env: dict = {p.env: str(p.number) for p in module.ports}
     env["INBOUND_METRICS_PORT"] = str(module.metrics_port)
+    if module.main_port.kind != hosting.HTTP:
+        env[HEALTH_ENV] = str(HEALTH_PORT)
+    env.update(TLS_ENV)
     env["INBOUND_EVENTS_SPOOL_DIR"] = SPOOL_DIR
     env.update(NATS_ENV)
     env["INBOUND_NATS_USER"] = f"$(INBOUND_INSTALLATION)-{module.name}"
@@ -81,9 +84,17 @@ def _expected_env(module: Module) -> dict:
     return env
 
 
+# Every process's certificate (mutual TLS on every gRPC hop): its own Secret
+# `<k8s name>-tls` (cert-manager's keys tls.crt, tls.key, ca.crt) mounted whole
+# (no subPath, so renewed files reach the pod) at TLS_DIR.
+TLS_DIR = "/etc/inbound/tls"
+TLS_ENV = {"INBOUND_TLS_CERT_FILE": f"{TLS_DIR}/tls.crt", "INBOUND_TLS_KEY_FILE": f"{TLS_DIR}/tls.key",
+           "INBOUND_TLS_CA_FILE": f"{TLS_DIR}/ca.crt"}
 # The key-encryption keys: a file in the Secret token-issuer-kek, mounted by token-issuer alone.
 KEK_SECRET, KEK_KEY, KEK_DIR = "token-issuer-kek", "keys", "/etc/inbound/kek"
 KEK_OWNER = "token-issuer"
+# The plaintext gRPC health port the kubelet probes (it cannot present a client certificate).
+HEALTH_ENV, HEALTH_PORT = "INBOUND_HEALTH_PORT", 9091
 # Settings that must never appear in a manifest: each turns authentication or
 # encryption off, or answers tokens before their audit event is durable.
 # None: whatever the value (the setting exists to turn something off).
@@ -127,7 +138,7 @@ ENV_METHODS = {"str", "int", "float", "bool", "choice", "addr", "url", "key32", 
 ADDR_VARS = ("INBOUND_REGISTRY_ADDR", "INBOUND_ISSUER_ADDR")
 # Where every process reads the settings that are not its service's own: the host
 # (ports, NATS, health) and the libraries it calls with the process's Env.
-COMMON_FILES = [REPO / "libs" / "inboundlib" / f for f in ("hosting.py", "spool.py", "events.py")]  # events: NatsSettings
+COMMON_FILES = [REPO / "libs" / "inboundlib" / f for f in ("hosting.py", "tls.py", "spool.py", "events.py")]
 
 
 # ---------------------------------------------------------------- rendering
@@ -310,11 +321,14 @@ def test_probes(docs):
         ready, live = c.get("readinessProbe"), c.get("livenessProbe")
         assert ready and live, f"{name}: readiness and liveness probes"
         if spec["kind"] == "grpc":
+            # The main port requires a client certificate, which the kubelet has not:
+            # probes go to the plaintext health-only port.
             assert _port(c, "grpc") == spec["port"], f"{name}: container port grpc={spec['port']}"
+            assert _port(c, "health") == HEALTH_PORT, f"{name}: container port health={HEALTH_PORT}"
             for probe in (ready, live, c.get("startupProbe")):
                 if probe is not None:
-                    assert probe.get("grpc", {}).get("port") == spec["port"], \
-                        f"{name}: native gRPC probe on {spec['port']}, got {probe}"
+                    assert probe.get("grpc", {}).get("port") == HEALTH_PORT, \
+                        f"{name}: native gRPC probe on the health port {HEALTH_PORT}, got {probe}"
         else:
             assert _port(c, HTTPS_PORT_NAME) == spec["port"], f"{name}: container port {HTTPS_PORT_NAME}={spec['port']}"
             for probe, path in ((ready, "/readyz"), (live, "/healthz")):
@@ -367,7 +381,7 @@ def test_env_wiring(docs):
                 assert ref.get("name") == secret and ref.get("key") == want[1], f"{name}: {var} from Secret {secret}"
                 assert want[1] in examples[secret]["stringData"], f"secret.example.yaml: {secret} lacks key {want[1]}"
         for var, kind in (("INBOUND_GRPC_PORT", "grpc"), ("INBOUND_HTTP_PORT", HTTPS_PORT_NAME), ("INBOUND_METRICS_PORT", "metrics"),
-                          ("INBOUND_INTROSPECTION_PORT", INTROSPECTION_PORT_NAME)):
+                          ("INBOUND_INTROSPECTION_PORT", INTROSPECTION_PORT_NAME), (HEALTH_ENV, "health")):
             if var in env:
                 assert int(env[var]["value"]) == _port(c, kind), f"{name}: {var} disagrees with port {kind}"
     for cm in configmaps.values():
@@ -436,7 +450,9 @@ def test_env_reader_sanity():
     assert _env_read("audit").get("INBOUND_AUDIT_BATCH") is False
     assert _env_read("edge").get("INBOUND_GRANT_ADDRS") is False
     assert _env_read("edge").get("NATS_URL") is False  # the host's
+    assert "INBOUND_TLS_CERT_FILE" in _env_read("audit")  # tls.py, through a constant
     assert _env_read("audit").get("INBOUND_EVENTS_DELIVERY") is False  # spool.py
+    assert _env_read("edge").get(HEALTH_ENV) is False
 
 
 def test_env_matches_what_the_code_reads(docs):
@@ -461,6 +477,61 @@ def _volume_mount(dep: dict, path: str) -> tuple[dict, dict]:
     volumes = [v for v in _pod(dep).get("volumes", []) if v["name"] == mounts[0]["name"]]
     assert len(volumes) == 1, f"{dep['metadata']['name']}: volume {mounts[0]['name']}"
     return mounts[0], volumes[0]
+
+
+def test_every_service_mounts_its_own_certificate(docs):
+    """Its own Secret, whole (a subPath mount never sees a renewed certificate),
+    read-only, not world-readable, and the TLS settings name files in it."""
+    secrets_used: dict[str, str] = {}
+    for name, dep in _of_kind(docs, WORKLOAD).items():
+        mount, volume = _volume_mount(dep, TLS_DIR)
+        assert mount.get("readOnly") is True and "subPath" not in mount and "subPathExpr" not in mount, \
+            f"{name}: {mount}"
+        secret = volume.get("secret", {})
+        assert secret.get("secretName") == f"{name}-tls", f"{name}: certificate volume {volume}"
+        assert not secret.get("items") and not secret.get("optional"), f"{name}: {secret}"
+        assert secret.get("defaultMode", 0o644) & 0o007 == 0, f"{name}: key readable by others: {secret}"
+        secrets_used[secret["secretName"]] = name
+        env = {e["name"]: e.get("value") for e in _main(dep).get("env", [])}
+        for var, path in TLS_ENV.items():
+            assert env.get(var) == path, f"{name}: {var}={env.get(var)}, expected {path}"
+    assert len(secrets_used) == len(SERVICES), f"a certificate Secret per service: {secrets_used}"
+
+
+def _cert_manager() -> list[dict]:
+    rendered, skip_reason = _render("cert-manager")
+    if skip_reason:
+        pytest.skip(skip_reason)
+    return rendered
+
+
+def test_cert_manager_issues_every_mounted_certificate(docs):
+    """deploy/cert-manager (CRDs: no schema here, so the fields are checked by hand):
+    a Certificate per service writing the Secret its StatefulSet mounts, with the
+    service's SPIFFE ID alone as URI SAN, its Kubernetes names as DNS names when it
+    serves gRPC, client (and server) usage, from the installation's Issuer."""
+    rendered = _cert_manager()
+    issuers = {d["metadata"]["name"]: d for d in rendered if d["kind"] == "Issuer"}
+    certificates = {d["spec"]["secretName"]: d for d in rendered if d["kind"] == "Certificate"}
+    assert all(d["apiVersion"] == "cert-manager.io/v1" and d["metadata"]["namespace"] == NAMESPACE for d in rendered)
+    for name, dep in _of_kind(docs, WORKLOAD).items():
+        _, volume = _volume_mount(dep, TLS_DIR)
+        cert = certificates.get(volume["secret"]["secretName"])
+        assert cert, f"{name}: no Certificate writes Secret {volume['secret']['secretName']}"
+        spec, row = cert["spec"], SERVICES[name]["row"]
+        assert spec["uris"] == [identity.service(row.name).spiffe_id()], f"{name}: {spec['uris']}"
+        serves_grpc = any(p.kind != hosting.HTTP for p in row.ports)
+        if serves_grpc:
+            assert name in spec.get("dnsNames", []), f"{name}: its callers check the DNS name {name}"
+        assert "client auth" in spec["usages"] and ("server auth" in spec["usages"]) == serves_grpc, \
+            f"{name}: usages {spec['usages']}"
+        assert spec["issuerRef"]["kind"] == "Issuer" and spec["issuerRef"]["name"] in issuers, spec["issuerRef"]
+        assert spec["privateKey"].get("rotationPolicy") == "Always", f"{name}: a new key at every renewal"
+    https = certificates.get(HTTPS_SECRET)
+    assert https and "server auth" in https["spec"]["usages"] and not https["spec"].get("uris"), https
+    assert {"edge", f"edge.{NAMESPACE}.svc"} <= set(https["spec"]["dnsNames"]), https["spec"]["dnsNames"]
+    for issuer in issuers.values():
+        assert set(issuer["spec"]) == {"ca"}, "the installation's own private CA, nothing public"
 
 
 def test_each_pod_mounts_only_its_own_secrets(docs):
@@ -654,8 +725,8 @@ def test_introspection_port_is_exposed(docs):
         f"Service/{INTROSPECTION_SERVICE} port {INTROSPECTION_PORT} targets {exposed[0].get('targetPort')}"
     assert exposed[0].get("appProtocol") == "grpc", exposed[0]
     for probe in (c.get("startupProbe"), c.get("readinessProbe"), c.get("livenessProbe")):
-        assert probe and probe.get("grpc", {}).get("port") != INTROSPECTION_PORT, \
-            f"{INTROSPECTION_SERVICE}: probes belong on the main port, got {probe}"
+        assert probe and probe.get("grpc", {}).get("port") == HEALTH_PORT, \
+            f"{INTROSPECTION_SERVICE}: probes belong on the health port, got {probe}"
 
 
 def test_disruption_budgets(docs):
