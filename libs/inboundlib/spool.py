@@ -7,8 +7,8 @@ order, when NATS is back (and at the next start, if the process died first).
 
 On disk: numbered segment files in one folder, each a sequence of records
     u32 length | u32 CRC-32 of the payload | payload
-(big-endian); a payload is one message as it goes to JetStream: its subject and
-an EventBatch. One `append` writes all its records with one write() and one
+(big-endian); a payload is one message as it goes to JetStream: its subject
+(relative to the installation, inboundlib.events.Installation) and an EventBatch. One `append` writes all its records with one write() and one
 fsync(): the send loop appends whatever gathered during the previous round, so
 the cost of an fsync is shared by every request of that round.
 
