@@ -121,10 +121,11 @@ GRPC_SERVICES = [name for name, spec in SERVICES.items() if spec["kind"] == "grp
 METRICS_PORT = 9090
 AUTOSCALED = ["edge", "token-issuer", "client-credentials"]
 PRODUCTION_REPLICAS = {"client-registry": 2, "audit": 2}  # the rest: HPA
-# Pods (any namespace) with this label may call token-issuer's introspection-only
-# gRPC port (INBOUND_INTROSPECTION_PORT, container port grpc-introspect): resource
-# servers using gRPC Introspect. They must not reach its main port (Issue, Revoke,
-# RotateKey, ...); no other outside source reaches a gRPC port.
+# Pods (any namespace) with this label may connect to token-issuer's gRPC ports:
+# resource servers calling Introspect, with a resource_server certificate on the
+# main port or a bearer token on the introspection-only port
+# (INBOUND_INTROSPECTION_PORT, container port grpc-introspect); the access table
+# lets them call Introspect and GetJwks alone. No other outside source reaches a gRPC port.
 INTROSPECTION_LABEL = ("inbound.dev/introspection-client", "true")
 _INTROSPECTION_ROW = next(m for m in modules.MODULES if m.port(hosting.INTROSPECTION))
 INTROSPECTION_SERVICE = _INTROSPECTION_ROW.k8s_name
@@ -769,22 +770,31 @@ PACKAGE_SERVERS = {
 HEALTH_PACKAGE = "grpc.health.v1"  # every process; anyone (probes carry no certificate)
 
 
+def _served_by(method: str) -> list[str]:
+    """The k8s names of the services serving an RPC of the access table (none: the health service)."""
+    package = method.split("/")[1].rsplit(".", 1)[0]
+    if package == HEALTH_PACKAGE:
+        return []
+    assert package in PACKAGE_SERVERS, f"{method}: which service serves {package}? (PACKAGE_SERVERS)"
+    return [modules.TABLE[server].k8s_name for server in PACKAGE_SERVERS[package]]
+
+
 def _callers_by_access_table() -> dict[str, set[str]]:
     """k8s name -> the k8s names of the Inbound services the access table
     (services/access.py) allows to call at least one of its RPCs."""
     callers: dict[str, set[str]] = {m.k8s_name: set() for m in modules.MODULES}
     for method, allowed in access.RULES.items():
-        package = method.split("/")[1].rsplit(".", 1)[0]
-        if package == HEALTH_PACKAGE:
-            continue
-        assert package in PACKAGE_SERVERS, f"{method}: which service serves {package}? (PACKAGE_SERVERS)"
-        for server in PACKAGE_SERVERS[package]:
-            callers[modules.TABLE[server].k8s_name] |= {m.k8s_name for m in modules.MODULES
-                                                        if allowed.admits(identity.service(m.name))}
+        for server in _served_by(method):
+            callers[server] |= {m.k8s_name for m in modules.MODULES if allowed.admits(identity.service(m.name))}
     return callers
 
 
 CALLERS = _callers_by_access_table()
+# The services a resource server (outside Inbound) may call at all: token-issuer
+# (Introspect, GetJwks). It reaches their gRPC ports: the main port with a
+# resource_server certificate, the introspection port with a bearer token.
+RESOURCE_SERVER_SERVICES = {server for method, allowed in access.RULES.items()
+                            if allowed.admits(identity.resource_server("any")) for server in _served_by(method)}
 CALLEES = {name: {callee for callee, who in CALLERS.items() if name in who} for name in CALLERS}
 DNS_PORT, POSTGRES_PORT = 53, 5432
 
@@ -902,6 +912,7 @@ def test_callers_by_the_access_table():
     assert CALLERS["token-issuer"] >= {"edge", "client-credentials"}
     assert CALLERS["client-credentials"] == {"edge"}
     assert CALLERS["audit"] == set() and CALLERS["edge"] == set(), "operators only: through port-forward"
+    assert RESOURCE_SERVER_SERVICES == {INTROSPECTION_SERVICE}
     assert "edge" not in CALLERS["client-registry"], "the edge never calls the registry"
 
 
@@ -914,8 +925,9 @@ def test_network_policy_isolates_every_pod(docs):
 
 def test_grpc_ports_admit_exactly_their_callers(docs):
     """Each gRPC port of each service admits, of Inbound's pods, exactly the services
-    that call it (the module table), and no stranger; the introspection port admits
-    labelled resource servers and no Inbound pod; the main ports admit no resource server."""
+    the access table lets call it, and no stranger; the introspection port admits no
+    Inbound pod; labelled resource servers reach the gRPC ports of the services the
+    access table lets them call, and no other."""
     policies = list(_of_kind(docs, "NetworkPolicy").values())
     pods = _pods(docs)
     for name, (labels, container) in pods.items():
@@ -927,7 +939,7 @@ def test_grpc_ports_admit_exactly_their_callers(docs):
             want = set() if introspection else CALLERS[name]
             assert admitted == want, f"{name}: gRPC port {port} admits {sorted(admitted)}, its callers are {sorted(want)}"
             for peer in RESOURCE_SERVER_PEERS:
-                assert (port in reach(peer)) == introspection, f"{name}: {peer[0]} on port {port}"
+                assert (port in reach(peer)) == (name in RESOURCE_SERVER_SERVICES), f"{name}: {peer[0]} on port {port}"
             for peer in [*STRANGER_PEERS, PROMETHEUS_PEER, OUTSIDE_PEER]:
                 assert port not in reach(peer), f"{name}: {peer[0]} reaches gRPC port {port}"
 
@@ -935,7 +947,7 @@ def test_grpc_ports_admit_exactly_their_callers(docs):
 def test_network_policy_admits_only_the_intended_peers(docs):
     """Every port of every pod, for peers that are not Inbound's: the outside reaches the
     edge's HTTP port alone; Prometheus the metrics ports (and the edge's public port);
-    resource servers the introspection port; strangers only the public port."""
+    resource servers token-issuer's gRPC ports; strangers only the public port."""
     policies = list(_of_kind(docs, "NetworkPolicy").values())
     for name, (labels, container) in _pods(docs).items():
         spec = SERVICES[name]
@@ -945,7 +957,7 @@ def test_network_policy_admits_only_the_intended_peers(docs):
         assert reach(PROMETHEUS_PEER) == public | {METRICS_PORT}, \
             f"{name}: Prometheus reaches {sorted(reach(PROMETHEUS_PEER))}, expected {sorted(public | {METRICS_PORT})}"
         for peer in RESOURCE_SERVER_PEERS:
-            want = public | ({INTROSPECTION_PORT} if name == INTROSPECTION_SERVICE else set())
+            want = public | (_grpc_ports(container) if name in RESOURCE_SERVER_SERVICES else set())
             assert reach(peer) == want, f"{name}: {peer[0]} reaches ports {sorted(reach(peer))}, expected {sorted(want)}"
         for peer in STRANGER_PEERS:
             assert reach(peer) == public, f"{name}: {peer[0]} reaches ports {sorted(reach(peer))}"
@@ -1037,8 +1049,8 @@ def test_introspection_label_is_documented():
         "deploy/README.md must tell resource servers which pod label opens token-issuer's introspection port"
     assert INTROSPECTION_TARGET in readme, f"deploy/README.md must give resource servers the target {INTROSPECTION_TARGET}"
     main_port = SERVICES[INTROSPECTION_SERVICE]["port"]
-    stale = re.findall(rf"dns:///{INTROSPECTION_SERVICE}\.{NAMESPACE}\.svc[a-z.]*:{main_port}\b", readme)
-    assert not stale, f"deploy/README.md still sends resource servers to the main port: {stale}"
+    # With a certificate, the main port (the introspection port asks for none).
+    assert f"dns:///{INTROSPECTION_SERVICE}.{NAMESPACE}.svc:{main_port}" in readme
 
 
 def test_documented_introspection_target_resolves(docs):
