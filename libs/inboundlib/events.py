@@ -208,11 +208,12 @@ def log_nats_error(exc: BaseException) -> None:
     """The error callback of a NATS connection. nats-py keeps retrying a connection the
     server refused, calling this each time: a refused login or a subject this service's
     credentials may not use (services/nats_access.py) is a deployment error, said loudly
-    (a refused login once every few seconds), in the server's words, never with the password."""
+    (a refused login or TLS handshake once every few seconds), in the server's or the TLS
+    library's words, never with the password."""
     text = str(exc).strip()
     if "permissions violation" in text.lower():
         log.error("nats refused a subject to this service's credentials", extra={"error": text})
-    elif _refused_credentials(text):
+    elif _refused_credentials(text) or isinstance(exc, ssl.SSLError):
         now = time.monotonic()
         if now - _credentials_refused_logged_at[0] >= _CREDENTIALS_REFUSED_LOG_SECONDS:
             _credentials_refused_logged_at[0] = now
@@ -243,6 +244,8 @@ def describe_connect_error(exc: BaseException) -> str:
     text = str(exc)
     if _refused_credentials(text):
         return f"{type(exc).__name__}: the NATS server refused our credentials ({text.strip()})"
+    if isinstance(exc, ssl.SSLError):  # e.g. its certificate is not from INBOUND_NATS_CA_FILE's CA
+        return f"{type(exc).__name__}: TLS with the NATS server failed ({text.strip()})"
     return type(exc).__name__
 
 ROUND_EVENTS = 1024

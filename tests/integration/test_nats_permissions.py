@@ -117,22 +117,34 @@ async def test_a_connection_without_credentials_or_without_tls_is_refused(stack)
                            password=settings.password, allow_reconnect=False, connect_timeout=5)
 
 
-@pytest.mark.separate_processes
+async def _log_line_of_a_replica(stack, env: dict[str, str], wanted: str) -> tuple[str, list[str]]:
+    """Start a second client_credentials with `env`; the first log line containing `wanted`, and every line."""
+    replica = stack.start_service("client_credentials", port=free_port(), key="cc-bad-nats", extra_env=env)
+    try:
+        line = await eventually(lambda: next((x for x in replica.lines if wanted in x), None),
+                                message=f"a log line saying {wanted!r}")
+        return line, list(replica.lines)
+    finally:
+        stack.stop_service("cc-bad-nats")
+
+
 async def test_a_service_with_a_wrong_password_says_so_without_the_password(stack, tmp_path):
     wrong = "wrong-" + uuid.uuid4().hex
     password_file = tmp_path / "password"
     password_file.write_text(wrong)
     password_file.chmod(0o600)
     right = stack.nats_settings("client_credentials").password
-    replica = stack.start_service("client_credentials", port=free_port(), key="cc-wrong-password",
-                                  extra_env={"INBOUND_NATS_PASSWORD_FILE": str(password_file)})
-    try:
-        line = await eventually(lambda: next((x for x in replica.lines if "refused our credentials" in x), None),
-                                message="the log line saying NATS refused the credentials")
-        assert '"level": "error"' in line and "Authorization Violation" in line  # in the server's words
-        assert not any(wrong in x or right in x for x in replica.lines), "a password reached the log"
-    finally:
-        stack.stop_service("cc-wrong-password")
+    line, lines = await _log_line_of_a_replica(stack, {"INBOUND_NATS_PASSWORD_FILE": str(password_file)},
+                                               "refused our credentials")
+    assert '"level": "error"' in line and "Authorization Violation" in line  # in the server's words
+    assert not any(wrong in x or right in x for x in lines), "a password reached the log"
+
+
+async def test_a_service_that_does_not_trust_the_nats_server_certificate_says_so(stack, tmp_path):
+    other_ca = pki.DevCA(tmp_path / "other-ca")
+    line, _ = await _log_line_of_a_replica(stack, {"INBOUND_NATS_CA_FILE": str(other_ca.ca_file)},
+                                           "TLS with the NATS server failed")
+    assert '"level": "error"' in line and "CERTIFICATE_VERIFY_FAILED" in line
 
 
 # --- two installations on one NATS ---------------------------------------------------------------------
