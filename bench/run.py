@@ -15,9 +15,10 @@
    single-process mode (services.all_in_one: registry, issuer, grant, audit and edge in one process,
    calling one another in process), with its own Postgres and its own private NATS, started after
    the first stack stopped (--skip-single leaves it out)
-6. client_credentials JWT once more, through a third stack of separate processes whose gRPC is
-   plaintext (INBOUND_GRPC_TLS=plaintext), its own Postgres and NATS (--skip-plaintext leaves it out):
-   what mutual TLS on every gRPC hop costs on the token path
+6. what mutual TLS on every gRPC hop costs on the token path: two more stacks of separate processes,
+   alive together, the same but for INBOUND_GRPC_TLS (mtls, the default; plaintext), each with its
+   own Postgres and NATS; JWT client_credentials through one then the other, two rounds, means
+   (--skip-plaintext leaves it out)
 7. CPU per operation of every process from /proc deltas over the measured window
 8. ratios: edge rate / bare HTTP rate, total CPU per token / raw signing cost,
    single-process rate / multi-process rate, multi-process total CPU per token / single-process,
@@ -638,40 +639,48 @@ def bench_single(loadgen: LoadGen, args) -> dict:
     return out
 
 
-def bench_plaintext(loadgen: LoadGen, args) -> dict:
-    """The JWT client_credentials run again, through a second multi-process stack whose gRPC hops are plaintext
-    (INBOUND_GRPC_TLS=plaintext): against the mutual-TLS stack of the same run, what TLS costs on the token
-    path (edge → grant → issuer, grant → registry). Its own Postgres and NATS, as bench_single's; started after
-    the others stopped, stopped after. Connections are long-lived, so what it shows is TLS's cost per call
-    (record encryption and framing), not handshakes."""
+TLS_MODES = ("mtls", "plaintext")
+TLS_ROUNDS = 2
+
+
+def bench_tls_cost(loadgen: LoadGen, args) -> dict:
+    """JWT client_credentials through two stacks of separate processes, identical but for their gRPC:
+    mutual TLS (the default) and plaintext (INBOUND_GRPC_TLS=plaintext). Both are up at once, each with
+    its own Postgres and NATS, and take the load in turn, TLS_ROUNDS rounds, so the shared machine's
+    drifting load falls on both; the figures are means over the rounds. Connections are long-lived:
+    this is TLS's cost per call on the token path (edge → grant → issuer), not handshakes."""
+    from bench import delivery
     from services.devstack import Stack
     from services.modules import NAMES
 
-    state = Path(tempfile.mkdtemp(prefix="inbound-bench-plaintext-"))
-    out: dict = {"grpc": "plaintext (INBOUND_GRPC_TLS=plaintext)", "nats": "a private nats-server of its own"}
-    try:
-        with _bench_database() as (database_url, external_db):
-            out["postgres"] = "a fresh database beside DATABASE_URL; not measured" if external_db \
-                else "a private server of its own"
+    out: dict = {"rounds": TLS_ROUNDS, "nats": "a private nats-server per stack"}
+    with contextlib.ExitStack() as cleanup:
+        stacks = {}
+        for mode in TLS_MODES:
+            state = Path(tempfile.mkdtemp(prefix=f"inbound-bench-{mode}-"))
+            cleanup.callback(shutil.rmtree, state, ignore_errors=True)
+            database_url, _ = cleanup.enter_context(_bench_database())
             stack = Stack(state, fixed_ports=False, echo=False, database_url=database_url, nats_url="",
-                          extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0", "INBOUND_GRPC_TLS": "plaintext"})
-            try:
-                stack.start()
-                roots = _infra_roots(stack, {name: sp.proc.pid for name, sp in stack.services.items()})
-                metrics_urls = {name: stack.metrics_url(name) for name in NAMES}
-                clients = asyncio.run(_create_clients(stack))
-                out.update(_token_runs(loadgen, stack, roots, metrics_urls, {"jwt": clients["jwt"]}, args))
-            finally:
-                stack.stop()
-    finally:
-        shutil.rmtree(state, ignore_errors=True)
+                          extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0", "INBOUND_GRPC_TLS": mode})
+            cleanup.enter_context(stack)  # started now, stopped at the end
+            roots = _infra_roots(stack, {name: sp.proc.pid for name, sp in stack.services.items()})
+            metrics_urls = {name: stack.metrics_url(name) for name in NAMES}
+            clients = {"jwt": asyncio.run(_create_clients(stack))["jwt"]}
+            stacks[mode] = (stack, roots, metrics_urls, clients)
+        runs: dict[str, list[dict]] = {mode: [] for mode in TLS_MODES}
+        for _ in range(TLS_ROUNDS):
+            for mode, (stack, roots, metrics_urls, clients) in stacks.items():
+                runs[mode].append(_token_runs(loadgen, stack, roots, metrics_urls, clients, args)["jwt"])
+    for mode in TLS_MODES:
+        out[mode] = delivery.mean_run(runs[mode]) | {"runs": runs[mode]}
     return out
 
 
 def tls_ratios(results: dict) -> dict:
-    """The JWT token path with mutual TLS (the edge run) against the same with plaintext gRPC (same run):
+    """The JWT token path with mutual TLS against the same with plaintext gRPC (bench_tls_cost, same run):
     CPU per token of Inbound's processes and of everything measured, rate, p50."""
-    tls_run, plain = results["edge"].get("jwt"), (results.get("plaintext") or {}).get("jwt")
+    tls_cost = results.get("tls") or {}
+    tls_run, plain = tls_cost.get("mtls"), tls_cost.get("plaintext")
     if not tls_run or not plain:
         return {}
     return {"jwt_tls_services_cpu_over_plaintext": _div(_services_cpu(tls_run), _services_cpu(plain)),
@@ -815,8 +824,6 @@ def render(results: dict) -> str:
             row(label, edge[fmt], edge[fmt]["server_cpu_us_per_ok"])
         if fmt in single:
             row(SINGLE_ROW_LABEL, single[fmt], single[fmt]["server_cpu_us_per_ok"])
-        if fmt in (results.get("plaintext") or {}):
-            row(PLAINTEXT_ROW_LABEL, results["plaintext"][fmt], results["plaintext"][fmt]["server_cpu_us_per_ok"])
     w("  µs/op: CPU time per operation — signing: this thread; bare HTTP: the server process; "
       "edge rows: all server processes summed")
     if single:
@@ -898,26 +905,31 @@ def render(results: dict) -> str:
 
 
 SINGLE_ROW_LABEL = "  same, single process (all_in_one)"
-PLAINTEXT_ROW_LABEL = "  same, plaintext gRPC (no mTLS)"
 
 
 def render_tls(results: dict) -> list[str]:
-    """What mutual TLS on every gRPC hop costs on the JWT token path: the edge run against the plaintext one."""
+    """What mutual TLS on every gRPC hop costs on the JWT token path: bench_tls_cost's two stacks."""
     r = results["ratios"]
     if "jwt_tls_total_cpu_over_plaintext" not in r:
         return []
-    tls_run, plain = results["edge"]["jwt"], results["plaintext"]["jwt"]
+    tls_run, plain = results["tls"]["mtls"], results["tls"]["plaintext"]
     names = [n for n in SERVICE_ORDER if n in tls_run["cpu_us_per_ok"] and n in plain["cpu_us_per_ok"]]
-    lines = ["", f"{'mTLS on every gRPC hop, JWT token (µs/token)':<48}{'mTLS':>10}{'plaintext':>10}{'ratio':>8}",
-             "-" * 76]
+    lines = ["", f"{'mTLS on every gRPC hop, JWT token':<48}{'mTLS':>10}{'plaintext':>10}{'ratio':>8}",
+             "-" * 76, f"  (two stacks up at once, load on each in turn, {results['tls']['rounds']} rounds; means)"]
+
+    def line(label: str, a, b, fmt: str = "{:.1f}") -> None:
+        lines.append(f"{label:<48}{_f(a, fmt):>10}{_f(b, fmt):>10}{_f(_div(a, b), '{:.2f}'):>8}")
+
+    line("rate /s", tls_run["ok_per_s"], plain["ok_per_s"], "{:,.0f}")
+    line("p50 ms", tls_run["p50_us"] / 1000, plain["p50_us"] / 1000, "{:.2f}")
+    line("p99 ms", tls_run["p99_us"] / 1000, plain["p99_us"] / 1000, "{:.2f}")
     for name in names:
-        a, b = tls_run["cpu_us_per_ok"][name], plain["cpu_us_per_ok"][name]
-        lines.append(f"{name:<48}{_f(a, '{:.1f}'):>10}{_f(b, '{:.1f}'):>10}{_f(_div(a, b), '{:.2f}'):>8}")
-    lines += [f"  Inbound processes' CPU per token, mTLS / plaintext {_f(r['jwt_tls_services_cpu_over_plaintext'], '{:.2f}'):>8}x",
-              f"  total CPU per token, mTLS / plaintext              {_f(r['jwt_tls_total_cpu_over_plaintext'], '{:.2f}'):>8}x",
-              f"  token rate, mTLS / plaintext                       {_f(r['jwt_tls_rate_over_plaintext'], '{:.2f}'):>8}",
-              f"  p50, mTLS / plaintext                              {_f(r['jwt_tls_p50_over_plaintext'], '{:.2f}'):>8}"]
+        line(f"CPU µs per token: {name}", tls_run["cpu_us_per_ok"][name], plain["cpu_us_per_ok"][name])
+    line("CPU µs per token: Inbound's processes", _services_cpu(tls_run), _services_cpu(plain))
+    line("CPU µs per token: all measured", tls_run["server_cpu_us_per_ok"], plain["server_cpu_us_per_ok"])
     return lines
+
+
 SINGLE_RATIOS = (("single_rate_over_multi_rate", "token rate, single process / multi-process", ""),
                  ("multi_total_cpu_over_single_total_cpu", "total CPU per token, multi-process / single", "x"),
                  ("multi_services_cpu_over_single_process_cpu",
@@ -1283,12 +1295,12 @@ def main(argv: list[str] | None = None) -> None:
               f"(services.{SINGLE_PROCESS}, its own Postgres and NATS), {args.warmup:.0f}+{args.seconds:.0f} s each "
               f"...", flush=True)
         single = bench_single(loadgen, args)
-    plaintext: dict = {}
+    tls_cost: dict = {}
     if not args.skip_edge and not args.skip_plaintext:
-        print(f"{steps}/{steps} client_credentials JWT again, separate processes with plaintext gRPC "
-              f"(INBOUND_GRPC_TLS=plaintext: the cost of mutual TLS), {args.warmup:.0f}+{args.seconds:.0f} s ...",
+        print(f"{steps}/{steps} the cost of mutual TLS: client_credentials JWT through two more stacks, mTLS and "
+              f"plaintext gRPC, in turn, {TLS_ROUNDS} rounds of {args.warmup:.0f}+{args.seconds:.0f} s each ...",
               flush=True)
-        plaintext = bench_plaintext(loadgen, args)
+        tls_cost = bench_tls_cost(loadgen, args)
     results = {
         "meta": {
             "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -1307,7 +1319,7 @@ def main(argv: list[str] | None = None) -> None:
         "delivery": edge.pop("delivery", {}),
         "edge": edge,
         "single": single,
-        "plaintext": plaintext,
+        "tls": tls_cost,
     }
     results["ratios"] = ratios(results) if edge else {}
     results["warnings"] = collect_warnings(results)

@@ -229,6 +229,8 @@ class ReloadingChannel:
 
     def __getattr__(self, name: str):
         # channel_ready(), get_state(), stream calls ...: the current channel's.
+        if name.startswith("_"):  # never our own state (copy, pickle, a half-made instance)
+            raise AttributeError(name)
         return getattr(self.current(), name)
 
 

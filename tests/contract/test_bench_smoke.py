@@ -258,12 +258,15 @@ def test_the_whole_bench_runs_through_both_stacks(tmp_path):
     for kind in run.INTROSPECT_KINDS:
         for mode in run.INTROSPECT_MODES:
             assert results["introspection"][kind][mode]["ok"] > 0, (kind, mode)
-    # The TLS cost: the JWT run again through a stack whose gRPC is plaintext.
-    assert results["plaintext"]["jwt"]["ok"] > 0 and set(NAMES) <= set(results["plaintext"]["jwt"]["cpu_s"])
+    # The TLS cost: JWT runs through two more stacks, mutual TLS and plaintext gRPC, in turn.
+    for mode in run.TLS_MODES:
+        figures = results["tls"][mode]
+        assert figures["ok_per_s"] > 0 and set(NAMES) <= set(figures["cpu_us_per_ok"]), mode
+        assert len(figures["runs"]) == run.TLS_ROUNDS and not any(r.get("dead_services") for r in figures["runs"])
     for key in ("jwt_single_rate_over_multi_rate", "jwt_rate_over_raw_signing", "introspect_jwt_batched_rate_over_unary",
                 "jwt_tls_total_cpu_over_plaintext", "jwt_tls_services_cpu_over_plaintext"):
         assert results["ratios"][key] > 0, key
-    assert "mTLS / plaintext" in proc.stdout
+    assert "mTLS on every gRPC hop" in proc.stdout
     assert not _wiring_warnings(results["warnings"]), results["warnings"]
     assert "single process" in proc.stdout and "TOTAL server side" in proc.stdout
 
