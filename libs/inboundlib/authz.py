@@ -33,7 +33,7 @@ REPORT_INTERVAL = 10.0
 # this the table starts again (costing a re-parse or an extra report, never a wrong answer).
 MAX_REMEMBERED = 10_000
 
-ACCESS_DENIED = Counter("inbound_access_denied_total", "gRPC calls refused by the access table",
+DENIED_CALLS = Counter("inbound_access_denied_total", "gRPC calls refused by the access table",
                         ["method", "caller_kind"])
 
 
@@ -158,7 +158,7 @@ class Gate:
     def denied(self, caller: Caller | None, method: str) -> None:
         """Count a refusal; report it unless this (caller, method) was reported within the interval."""
         who = str(caller) if caller is not None else UNAUTHENTICATED
-        ACCESS_DENIED.labels(method, caller.kind if caller is not None else UNAUTHENTICATED).inc()
+        DENIED_CALLS.labels(method, caller.kind if caller is not None else UNAUTHENTICATED).inc()
         now = self.clock()
         window = self._windows.get((who, method))
         if window is not None and now - window.reported_at < self.interval:
