@@ -57,8 +57,9 @@ def run_all() -> None:
 
 def _run(process_name: str, names: list[str], event_loop: str = "uvloop") -> None:
     from inboundlib import service
+    from services import access  # it reads this table
 
     async def main(stop) -> None:
-        await hosting.serve(TABLE, names, stop, process_name=process_name)
+        await hosting.serve(TABLE, names, stop, process_name=process_name, access=access.POLICY)
 
     service.run(process_name, main, event_loop=event_loop)

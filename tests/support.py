@@ -199,6 +199,41 @@ class IssuerAs:
             await channel.close()
 
 
+# --- an outside resource server on the introspection port (no client certificate: a token) -----------
+
+async def introspection_pass(stack, addr: str | None = None) -> str:
+    """What a resource server outside Inbound presents on token_issuer's introspection
+    port: a client-credentials access token with `inbound.introspect`, of a client of its own."""
+    from services.token_issuer.api import IssueRequest
+    from services.token_issuer.client import IssuerClient
+
+    client, _ = await register_client(stack, scopes=["inbound.introspect"])
+    channel = stack.channel("token_issuer", caller=GRANT_SERVICE, addr=addr)
+    try:
+        issued = await IssuerClient(channel).issue(IssueRequest(
+            client_id=client.client_id, subject=client.client_id, scopes=("inbound.introspect",), format="jwt",
+            lifetime_seconds=3600, grant_type="client_credentials"))
+    finally:
+        await channel.close()
+    return issued.access_token
+
+
+def introspection_channel(stack, token: str | None, addr: str | None = None):
+    """A channel to token_issuer's introspection port as a resource server outside Inbound:
+    TLS with the installation's CA but no client certificate, and `token` (when given)
+    as `authorization: Bearer` on every call (gRPC's access-token call credentials)."""
+    import grpc
+
+    from inboundlib.hosting import INTROSPECTION
+    from services.modules import TABLE
+
+    credentials = grpc.ssl_channel_credentials(stack.ca.ca_file.read_bytes())
+    if token is not None:
+        credentials = grpc.composite_channel_credentials(credentials, grpc.access_token_call_credentials(token))
+    return grpc.aio.secure_channel(addr or stack.addr("token_issuer", INTROSPECTION), credentials,
+                                   options=[("grpc.ssl_target_name_override", TABLE["token_issuer"].k8s_name)])
+
+
 # --- systems of a test's own --------------------------------------------------------------------------
 
 async def register_client(stack, **spec):

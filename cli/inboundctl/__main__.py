@@ -7,8 +7,10 @@
     inboundctl keys rotate [--alg ES256|RS256|EdDSA] [--activation-delay SECONDS]
     inboundctl keys rewrap
 
-Every change is recorded with the operator who made it: --operator NAME (env
-INBOUND_OPERATOR, default the local user name), sent as call metadata.
+Every change is recorded with the operator who made it: the one the operator
+certificate names (the services ignore any other name). Only where gRPC runs in
+plaintext (INBOUND_GRPC_TLS=plaintext: nobody is authenticated) do they record
+--operator NAME (env INBOUND_OPERATOR, default the local user name) as given.
 
 Connections are mutual TLS with the operator certificate named by
 INBOUND_TLS_CERT_FILE, INBOUND_TLS_KEY_FILE and INBOUND_TLS_CA_FILE (see the
@@ -285,8 +287,9 @@ def _common() -> argparse.ArgumentParser:
     p.add_argument("--audit-addr", default=argparse.SUPPRESS, metavar="HOST:PORT",
                    help="audit gRPC address (env INBOUND_AUDIT_ADDR, default 127.0.0.1:50070)")
     p.add_argument("--operator", default=argparse.SUPPRESS, metavar="NAME",
-                   help="who is making the change, for the audit log (env INBOUND_OPERATOR, default the "
-                        "local user; recorded as given, not yet authenticated)")
+                   help="who is making the change, for the audit log, only where gRPC is plaintext (env "
+                        "INBOUND_OPERATOR, default the local user); with mutual TLS the services record "
+                        "the operator your certificate names")
     return p
 
 
@@ -394,7 +397,8 @@ def _local_user() -> str:
 async def _run(args: argparse.Namespace) -> None:
     from inboundlib import actors
 
-    # Every call this command makes names the operator (grpcx.request_metadata sends it).
+    # Every call this command makes names the operator (grpcx.request_metadata sends it); with
+    # mutual TLS the services ignore it and take the operator from the certificate.
     actors.actor_var.set(actors.actor(actors.OPERATOR, args.operator))
     session = Session(args)
     try:

@@ -13,7 +13,8 @@ from inbound.events.v1 import events_pb2
 from inboundlib import db
 from inboundlib.events import CLIENT_CHANGED
 from services.client_registry.api import ClientSpec, ClientUpdate, InvalidArgument, NotFound
-from tests.support import eventually, nats_connect
+from services.client_registry.client import RegistryClient
+from tests.support import ISSUER_SERVICE, eventually, nats_connect
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "client_registry" / "migrations"
 
@@ -42,11 +43,14 @@ async def test_migrations_apply_once_when_replicas_start_together(empty_database
             await pool.close()
 
 
-async def test_a_new_client_has_the_documented_defaults(registry):
+async def test_a_new_client_has_the_documented_defaults(stack, registry):
     client, secret = await registry.create_client(ClientSpec(name="defaults"))
     assert len(client.client_id) == 32
     assert len(secret) >= 43  # 256 bits, URL-safe base64
-    assert client.secret_hash.startswith("sha256$") and secret not in client.secret_hash
+    assert client.secret_hash == ""  # an operator does not verify secrets: it never gets the hash
+    async with stack.channel("client_registry", caller=ISSUER_SERVICE) as channel:
+        stored = await RegistryClient(channel).get_client(client.client_id)
+    assert stored.secret_hash.startswith("sha256$") and secret not in stored.secret_hash
     assert client.grant_types == ("client_credentials",)
     assert client.access_token_lifetime == 1800
     assert client.refresh_token_lifetime == 8_640_000

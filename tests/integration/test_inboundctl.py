@@ -15,7 +15,7 @@ import jwt
 import pytest
 
 from services.devstack import free_port
-from tests.support import OPERATOR, eventually
+from tests.support import ISSUER_SERVICE, OPERATOR, eventually
 
 TOKEN = "/oauth/token"
 CC = {"grant_type": "client_credentials"}
@@ -82,6 +82,22 @@ async def create(stack, *args: str) -> tuple[dict, str]:
     return document["client"], document["client_secret"]
 
 
+@pytest.fixture(scope="module")
+async def hashes(stack):
+    """`await hashes(client_id)`: the stored secret hash, as a service that verifies
+    secrets sees it (the operator's registry replies never carry it)."""
+    from services.client_registry.client import RegistryClient
+
+    channel = stack.channel("client_registry", caller=ISSUER_SERVICE)
+    registry = RegistryClient(channel)
+
+    async def stored_hash(client_id: str) -> str:
+        return (await registry.get_client(client_id)).secret_hash
+
+    yield stored_hash
+    await channel.close()
+
+
 def assert_private(text: str, *private: str) -> None:
     assert "secret_hash" not in text
     for value in private:
@@ -90,14 +106,14 @@ def assert_private(text: str, *private: str) -> None:
 
 # --- clients ---------------------------------------------------------------------------------------
 
-async def test_client_lifecycle_through_the_cli(stack, registry):
+async def test_client_lifecycle_through_the_cli(stack, hashes):
     client, secret = await create(stack, "--name", "ctl-lifecycle", "--scope", "api.read", "--scope", "api.write",
                                   "--comments", "made by inboundctl")
     client_id = client["client_id"]
     assert client["name"] == "ctl-lifecycle" and client["scopes"] == ["api.read", "api.write"]
     assert client["grant_types"] == ["client_credentials"] and client["active"] and not client["public"]
     assert "secret_hash" not in client
-    secret_hash = (await registry.get_client(client_id)).secret_hash
+    secret_hash = await hashes(client_id)
     assert secret_hash
 
     reply = await token(stack, client_id, secret)
@@ -129,7 +145,7 @@ async def test_client_lifecycle_through_the_cli(stack, registry):
     new_secret = rotated.json()["client_secret"]
     assert new_secret and new_secret != secret
     assert "not be shown again" in rotated.err
-    new_hash = (await registry.get_client(client_id)).secret_hash
+    new_hash = await hashes(client_id)
     assert_private(rotated.out, secret_hash, new_hash)
     await token_status(stack, client_id, secret, 401, "old secret refused")
     await token_status(stack, client_id, new_secret, 200, "new secret accepted")
@@ -143,7 +159,7 @@ async def test_client_lifecycle_through_the_cli(stack, registry):
     assert (await ctl(stack, "client", "delete", client_id)).code == 3
 
 
-async def test_human_create_prints_the_secret_once_with_a_note(stack, registry):
+async def test_human_create_prints_the_secret_once_with_a_note(stack, hashes):
     result = await ok(stack, "client", "create", "--name", "ctl-human", "--scope", "api.read api.write",
                       "--token-format", "opaque", "--access-token-lifetime", "120")
     lines = dict(line.split(":", 1) for line in result.out.splitlines() if ":" in line and not line.startswith(" "))
@@ -152,7 +168,7 @@ async def test_human_create_prints_the_secret_once_with_a_note(stack, registry):
     assert lines["token_format"].strip() == "opaque"
     assert "will not be shown again" in result.out
     assert result.out.count(secret) == 1
-    assert_private(result.out, (await registry.get_client(client_id)).secret_hash)
+    assert_private(result.out, await hashes(client_id))
     reply = await token(stack, client_id, secret)
     assert reply.status_code == 200, reply.text
     assert reply.json()["expires_in"] == 120 and "." not in reply.json()["access_token"]

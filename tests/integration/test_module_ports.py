@@ -15,7 +15,7 @@ from inboundlib import hosting
 from services.client_registry.client import RegistryClient
 from services.modules import MODULES
 from services.token_issuer.client import IssuerClient
-from tests.support import OPERATOR, RESOURCE_SERVER
+from tests.support import OPERATOR, introspection_channel, introspection_pass
 
 # Not a valid protobuf message: a served method fails to decode it (INTERNAL) before any
 # handler runs, so probing has no side effect; an unserved one answers UNIMPLEMENTED.
@@ -70,7 +70,8 @@ async def test_the_introspection_port_serves_introspection_only(separate_stack, 
     for s in (separate_stack, single_stack):
         assert await _served(s, "token_issuer", hosting.INTROSPECTION) == {"/inbound.issuer.v1.TokenIssuer/Introspect",
                                        "/inbound.issuer.v1.TokenIssuer/GetJwks"}
-        channel = s.channel("token_issuer", kind=hosting.INTROSPECTION, caller=RESOURCE_SERVER)
+        # A resource server outside Inbound: a token there, no client certificate.
+        channel = introspection_channel(s, await introspection_pass(s))
         try:
             with pytest.raises(grpc.aio.AioRpcError) as denied:
                 await RegistryClient(channel).list_clients()

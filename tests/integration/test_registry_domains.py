@@ -26,6 +26,7 @@ from services.client_registry.api import (
     RevocationCursor,
     RevocationRecord,
 )
+from services.client_registry.client import RegistryClient
 from services.token_issuer.revocations import RevocationSet
 from tests.support import GRANT_SERVICE, ISSUER_SERVICE, OPERATOR, eventually, nats_connect
 
@@ -139,7 +140,7 @@ async def test_adding_revocations_beside_poisoned_ones(channel_as):
     assert set(good) <= listed
 
 
-async def test_deleting_a_client_records_a_client_cut_off(stack, registry, make_client):
+async def test_deleting_a_client_records_a_client_cut_off(stack, registry, make_client, channel_as):
     """A checker that cannot reach the registry refuses the deleted client's tokens
     from its revocation set alone."""
     client, _ = await make_client()
@@ -147,8 +148,9 @@ async def test_deleting_a_client_records_a_client_cut_off(stack, registry, make_
     assert await registry.delete_client(client.client_id)
     revocations = RevocationSet()
     cursor = RevocationCursor()
+    checker = RegistryClient(channel_as(ISSUER_SERVICE))  # who reads revocations: token_issuer
     while True:
-        page = await registry.list_revocations(cursor)
+        page = await checker.list_revocations(cursor)
         for record in page.records:
             revocations.apply(record)
         cursor = page.next
@@ -159,7 +161,8 @@ async def test_deleting_a_client_records_a_client_cut_off(stack, registry, make_
     assert not await registry.delete_client(client.client_id)  # gone: nothing more to do
 
 
-async def test_registry_changes_name_the_operator_from_call_metadata(stack, registry, make_client):
+async def test_registry_changes_name_the_operator_of_the_certificate_not_the_one_in_call_metadata(
+        stack, registry, make_client):
     client, _ = await make_client()
     nc = await nats_connect(stack, "token_issuer")  # a listener of both subjects
     seen: list[events_pb2.Event] = []
@@ -171,6 +174,7 @@ async def test_registry_changes_name_the_operator_from_call_metadata(stack, regi
 
     await nc.subscribe(stack.installation.subject(CLIENT_CHANGED), cb=collect)
     await nc.subscribe(stack.installation.subject(TOKEN_REVOKED), cb=collect)
+    # The call claims "alice" in its metadata (x-inbound-actor); the certificate says OPERATOR.
     token = actors.actor_var.set(actors.actor(actors.OPERATOR, "alice"))
     try:
         await registry.update_client(client.client_id, ClientUpdate(active=False))
@@ -183,9 +187,9 @@ async def test_registry_changes_name_the_operator_from_call_metadata(stack, regi
     finally:
         await nc.close()
     changed = next(e for e in seen if e.registry_changed.id == client.client_id)
-    assert (changed.actor.kind, changed.actor.id) == ("operator", "alice")
+    assert (changed.actor.kind, changed.actor.id) == ("operator", OPERATOR.name)
     assert changed.registry_changed.actor == changed.actor
     assert (changed.registry_changed.entity, changed.registry_changed.change) == ("client", "updated")
     revoked = next(e for e in seen if e.token_revoked.client_id == client.client_id)
-    assert (revoked.actor.kind, revoked.actor.id) == ("operator", "alice")
-    assert revoked.token_revoked.revoked_by.startswith("operator:alice")
+    assert (revoked.actor.kind, revoked.actor.id) == ("operator", OPERATOR.name)
+    assert revoked.token_revoked.revoked_by.startswith(f"operator:{OPERATOR.name}:")

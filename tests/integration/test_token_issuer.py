@@ -15,7 +15,8 @@ import pytest
 
 from services.devstack import ROOT, free_port
 from services.token_issuer.api import IssueRequest
-from tests.support import OPERATOR, IssuerAs, eventually, serving
+from services.token_issuer.client import IssuerClient
+from tests.support import OPERATOR, IssuerAs, eventually, introspection_channel, introspection_pass, serving
 
 pytestmark = pytest.mark.both_modes
 
@@ -97,11 +98,13 @@ async def test_the_introspection_port_serves_introspect_and_nothing_else(stack, 
     stack.start_service("token_issuer", port=port, key="issuer-rs",
                         extra_env={"INBOUND_INTROSPECTION_PORT": str(side_port)})
     await serving(stack, "token_issuer", f"127.0.0.1:{port}")
-    main, side = IssuerAs(stack, f"127.0.0.1:{port}"), IssuerAs(stack, f"127.0.0.1:{side_port}", kind="introspection")
+    main = IssuerAs(stack, f"127.0.0.1:{port}")
+    # An outside resource server: no client certificate there, a token with inbound.introspect.
+    side = introspection_channel(stack, await introspection_pass(stack, f"127.0.0.1:{port}"), f"127.0.0.1:{side_port}")
     try:
         issued = await main.issue(IssueRequest(client_id=client.client_id, subject="s", scopes=(),
                                                format="jwt", lifetime_seconds=60))
-        resource_server = side
+        resource_server = IssuerClient(side)
         assert (await resource_server.introspect(issued.access_token)).active
         for call in (lambda: resource_server.issue(IssueRequest(client_id=client.client_id, subject="s", scopes=(),
                                                                 format="jwt", lifetime_seconds=60)),
