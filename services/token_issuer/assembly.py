@@ -134,9 +134,10 @@ class TokenService:
 
     @property
     def bearer_callers(self) -> dict:
-        """The introspection port serves resource servers outside Inbound: with a
-        `resource_server` certificate, or with none but a client-credentials token
-        carrying `inbound.introspect` (checked by this issuer, revocation included)."""
+        """The introspection port serves resource servers outside Inbound. It asks for
+        no client certificate (resource servers with one use the main port), so there
+        a caller is the client whose client-credentials token, carrying
+        `inbound.introspect`, it presents (checked by this issuer, revocation included)."""
         return {INTROSPECTION: self.checker.resource_server_of}
 
     def add_to_server(self, port: str, grpc_server: grpc.aio.Server) -> list[str]:
