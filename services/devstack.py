@@ -387,6 +387,9 @@ class Stack:
 
     def start(self) -> None:
         self.start_infra()
+        if not self.plaintext:  # the callers from outside, ready to use: inboundctl's and a resource server's
+            for caller in (OPERATOR, SAMPLE_RESOURCE_SERVER):
+                self.certificate(caller)
         if self.single:
             self.start_service(ALL_IN_ONE)
         else:
@@ -499,6 +502,10 @@ def run_forever(single: bool = False) -> None:
               f"{OPERATOR} (mutual TLS); in another shell:\n\n"
               + "".join(f"  export {k}={v}\n" for k, v in stack.tls_env(OPERATOR).items())
               + "  .venv/bin/inboundctl client list\n", flush=True)
+        sample = stack.certificate(SAMPLE_RESOURCE_SERVER)
+        print(f"A resource server outside Inbound calls Introspect on {stack.addr('token_issuer')} (server name "
+              f"token-issuer) with a certificate like {SAMPLE_RESOURCE_SERVER}'s: {sample.cert}, {sample.key}.\n",
+              flush=True)
         print(_nats_note(stack), flush=True)
         print("Ctrl-C stops everything.\n", flush=True)
         while not stopping.is_set():
