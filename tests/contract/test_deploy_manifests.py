@@ -398,15 +398,17 @@ def _module_file(dotted: str) -> Path:
 def _env_read(module: str) -> dict[str, bool]:
     """Env variables service `module`'s process reads through inboundlib.config.Env:
     name -> required (no default). By the AST of the host every process runs
-    (libs/inboundlib/hosting.py), of the module's assembly (and of a grant's own
-    grant.py), plus the names the host reads from the module table: the ports'
-    settings and the addresses of the services it calls."""
+    (libs/inboundlib/hosting.py and the libraries it reads settings through), of the
+    module's assembly and of every file in the service's folder, plus the names the
+    host reads from the module table: the ports' settings and the addresses of the
+    services it calls."""
     row = modules.TABLE[module]
     files = [*COMMON_FILES, _module_file(row.assembly)]
     if row.grant_type and (REPO / "services" / module / "grant.py").is_file():
         files.append(REPO / "services" / module / "grant.py")
-    if (REPO / "services" / module / "settings.py").is_file():  # (the edge's HTTP settings)
-        files.append(REPO / "services" / module / "settings.py")
+    # The service's own folder: its settings may be read beside the assembly (the edge's
+    # settings.py, its throttle.py).
+    files += sorted(p for p in (REPO / "services" / module).glob("*.py") if p not in files)
     found: dict[str, bool] = {p.env: False for p in row.ports}
     for name in hosting.dependencies(modules.TABLE, row):
         dep = modules.TABLE[name]
