@@ -57,32 +57,55 @@ def _with_user(url: str, user: str, password: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"))
 
 
+class RolesNotMade(RuntimeError):
+    """The URL's user may create roles but not set the database up for them."""
+
+
 async def _create(admin_url: str) -> DatabaseRoles | None:
     conn = await asyncpg.connect(admin_url)
     try:
-        if not await conn.fetchval("SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user"):
+        superuser, createrole, owner = await conn.fetchrow(
+            "SELECT r.rolsuper, r.rolcreaterole,"
+            " pg_has_role(current_user, d.datdba, 'USAGE') AND pg_has_role(current_user, n.nspowner, 'USAGE')"
+            " FROM pg_roles r, pg_database d, pg_namespace n"
+            " WHERE r.rolname = current_user AND d.datname = current_database() AND n.nspname = 'public'")
+        # Setting the roles up takes a superuser, or a user with CREATEROLE that owns the database
+        # and its public schema (its GRANTs on them would otherwise be silently ignored).
+        if not (superuser or (createrole and owner)):
             return None
         database = await conn.fetchval("SELECT current_database()")
         migration, runtime = role_names(database)
         password = secrets.token_hex(16)  # for servers that ask for one; trust-auth servers ignore it
         ident = {name: await conn.fetchval("SELECT quote_ident($1)", name)
                  for name in (migration, runtime, database)}
-        async with conn.transaction():
-            for name in (migration, runtime):
-                exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", name)
-                verb = "ALTER" if exists else "CREATE"
-                await conn.execute(f"{verb} ROLE {ident[name]} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE"
-                                   f" PASSWORD '{password}'")
-            # Only the migration role creates in the schema (Postgres 14 and older let everyone).
-            await conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
-            await conn.execute(f"GRANT USAGE, CREATE ON SCHEMA public TO {ident[migration]}")
-            await conn.execute(f"GRANT USAGE ON SCHEMA public TO {ident[runtime]}")
-            await conn.execute(f"GRANT CONNECT ON DATABASE {ident[database]} TO {ident[migration]}, {ident[runtime]}")
-            # Tables made before the roles existed (an older `make run` database) move to the schema owner.
-            for table in await conn.fetch(
-                    "SELECT quote_ident(tablename) AS name FROM pg_tables"
-                    " WHERE schemaname = 'public' AND tableowner <> $1", migration):
-                await conn.execute(f"ALTER TABLE public.{table['name']} OWNER TO {ident[migration]}")
+        try:
+            async with conn.transaction():
+                for name in (migration, runtime):
+                    exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", name)
+                    # Only a superuser may even say NOSUPERUSER (Postgres refuses it to CREATEROLE users).
+                    attributes = ("NOSUPERUSER " if superuser or not exists else "") + "NOCREATEDB NOCREATEROLE"
+                    verb = "ALTER" if exists else "CREATE"
+                    await conn.execute(f"{verb} ROLE {ident[name]} LOGIN {attributes} PASSWORD '{password}'")
+                # Only the migration role creates in the schema (Postgres 14 and older let everyone).
+                await conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+                await conn.execute(f"GRANT USAGE, CREATE ON SCHEMA public TO {ident[migration]}")
+                await conn.execute(f"GRANT USAGE ON SCHEMA public TO {ident[runtime]}")
+                await conn.execute(f"GRANT CONNECT ON DATABASE {ident[database]} TO {ident[migration]},"
+                                   f" {ident[runtime]}")
+                # Tables made before the roles existed (an older `make run` database) move to the schema
+                # owner; a user that is not a superuser may give a table only to a role it is a member of.
+                tables = await conn.fetch("SELECT quote_ident(tablename) AS name FROM pg_tables"
+                                          " WHERE schemaname = 'public' AND tableowner <> $1", migration)
+                if tables and not superuser:
+                    await conn.execute(f"GRANT {ident[migration]} TO CURRENT_USER")
+                for table in tables:
+                    await conn.execute(f"ALTER TABLE public.{table['name']} OWNER TO {ident[migration]}")
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise RolesNotMade(
+                f"cannot make the roles {migration} and {runtime} in database {database}: {exc}. The "
+                "database URL's user needs to be a superuser, or to have CREATEROLE and own the database and "
+                "its tables; or give a user without CREATEROLE (the services then run as that one role)"
+            ) from None
         return DatabaseRoles(migration_url=_with_user(admin_url, migration, password),
                              runtime_url=_with_user(admin_url, runtime, password),
                              migration_role=migration, runtime_role=runtime)
@@ -92,7 +115,7 @@ async def _create(admin_url: str) -> DatabaseRoles | None:
 
 def create_roles(admin_url: str) -> DatabaseRoles | None:
     """Make (or refresh) the migration and runtime roles of `admin_url`'s database;
-    None when that URL's user may not create roles (then it is used as it is)."""
+    None when that URL's user may not (then it is used as it is): see `_create`."""
     # In a thread: the caller may be inside a running event loop (an async test fixture).
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, _create(admin_url)).result()

@@ -87,3 +87,40 @@ async def test_the_services_connect_as_the_runtime_role_and_the_migration_role_o
         assert owners == {roles.migration_role}
     finally:
         await conn.close()
+
+
+async def test_a_user_with_createrole_but_not_superuser_makes_the_roles_again_and_again(stack, roles):
+    """`make run` with DATABASE_URL naming a user that may create roles but is no superuser:
+    the roles are made on every start (Postgres refuses such a user even to say NOSUPERUSER
+    when altering a role), and a database it does not own is left as it is (its GRANTs on
+    the schema would be silently ignored) rather than half set up."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from inboundlib.pgroles import create_roles, drop_roles
+    admin = await asyncpg.connect(stack.database_url)
+    creator, owned, foreign = "r3test_creator", "r3test_owned", "r3test_foreign"
+
+    def url(database: str) -> str:
+        parts = urlsplit(stack.database_url)
+        return urlunsplit(parts._replace(netloc=f"{creator}@{parts.netloc.rpartition('@')[2]}", path=f"/{database}"))
+
+    try:
+        await admin.execute(f"CREATE ROLE {creator} LOGIN CREATEROLE PASSWORD 'x'")
+        await admin.execute(f"CREATE DATABASE {owned} OWNER {creator}")
+        await admin.execute(f"CREATE DATABASE {foreign}")
+        first = create_roles(url(owned))
+        second = create_roles(url(owned))  # the next `make run`
+        assert first is not None and second is not None
+        check = await asyncpg.connect(second.migration_url)
+        try:
+            assert await check.fetchval("SELECT has_schema_privilege('public', 'CREATE')")
+            assert not await check.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        finally:
+            await check.close()
+        assert create_roles(url(foreign)) is None
+    finally:
+        for database in (owned, foreign):
+            await admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+            drop_roles(stack.database_url, database)
+        await admin.execute(f"DROP ROLE IF EXISTS {creator}")
+        await admin.close()
