@@ -85,7 +85,7 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method = handler_call_details.method
         if handler.unary_unary is None:
-            return self._checked_stream(handler, method) if self.gate is not None else handler
+            return self._checked_stream(handler, method)
         inner = handler.unary_unary
 
         async def behavior(request, context):
@@ -109,8 +109,12 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
                 log.warning("dependency unavailable", extra={"method": method, "error": type(exc).__name__})
                 code = "UNAVAILABLE"
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "a dependency is unavailable")
-            except BaseException:
-                code = context.code().name if context.code() else "UNKNOWN"
+            except grpc.aio.AbortError:
+                raise  # the servicer's own status (read below)
+            except Exception as exc:
+                await _abort_unexpected(method, context, exc)
+            except BaseException:  # cancelled
+                code = context.code().name if context.code() else "CANCELLED"
                 raise
             finally:
                 if context.code() not in (None, grpc.StatusCode.OK):
@@ -128,21 +132,47 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
         )
 
     def _checked_stream(self, handler, method: str):
-        """A streaming handler (the health service's Watch) behind the same check."""
+        """A streaming handler (the health service's Watch) behind the same check (with a
+        gate) and the same answer to an unexpected exception."""
         kind = next(k for k in ("unary_stream", "stream_unary", "stream_stream") if getattr(handler, k) is not None)
         inner = getattr(handler, kind)
+        gate = self.gate
         if inspect.isasyncgenfunction(inner):
             async def behavior(request, context):
-                await self._admit(method, context, dict(context.invocation_metadata() or ()))
-                async for reply in inner(request, context):
-                    yield reply
+                if gate is not None:
+                    await self._admit(method, context, dict(context.invocation_metadata() or ()))
+                try:
+                    async for reply in inner(request, context):
+                        yield reply
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await _abort_unexpected(method, context, exc)
         else:
             async def behavior(request, context):
-                await self._admit(method, context, dict(context.invocation_metadata() or ()))
-                return await inner(request, context)
+                if gate is not None:
+                    await self._admit(method, context, dict(context.invocation_metadata() or ()))
+                try:
+                    return await inner(request, context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await _abort_unexpected(method, context, exc)
         return getattr(grpc, f"{kind}_rpc_method_handler")(
             behavior, request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer)
+
+
+async def _abort_unexpected(method: str, context, exc: Exception) -> None:
+    """An exception a servicer did not turn into a status: the detail goes to the log,
+    the caller gets a generic status (gRPC's own answer, UNKNOWN with the exception's
+    text, would hand a caller whatever the text holds). A dependency that is away is
+    UNAVAILABLE, so callers try again later; anything else INTERNAL. Raises (abort)."""
+    if is_unavailable(exc):
+        log.warning("dependency unavailable", extra={"method": method, "error": type(exc).__name__})
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "a dependency is unavailable")
+    log.error("unexpected error in a gRPC handler", exc_info=exc, extra={"method": method})
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
 def request_metadata() -> tuple[tuple[str, str], ...] | None:

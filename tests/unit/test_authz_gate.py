@@ -16,10 +16,14 @@ ALICE, RS = identity.operator("alice"), identity.resource_server("rs1")
 ECHO = "/test.Echo/Call"
 ADMIN = "/test.Echo/Admin"
 UNLISTED = "/test.Echo/Unlisted"
+BOOM, BOOM_STREAM = "/test.Echo/Boom", "/test.Echo/BoomStream"
+SECRET_TEXT = "dsn=postgres://runtime:hunter2@db"  # what an exception's text may hold
 
 POLICY = authz.Policy(rules={
     ECHO: authz.callers(EDGE, ISSUER) | authz.kinds(identity.RESOURCE_SERVER),
     ADMIN: authz.kinds(identity.OPERATOR),
+    BOOM: authz.kinds(identity.OPERATOR),
+    BOOM_STREAM: authz.kinds(identity.OPERATOR),
     "/grpc.health.v1.Health/Check": authz.ANYONE,
     # Watch has no rule: a streaming handler is checked too.
 }, relays=frozenset({ISSUER}))
@@ -29,6 +33,15 @@ async def echo(request: bytes, context) -> bytes:
     """Who the server thinks is calling, and as whom."""
     who = actors.current()
     return f"{authz.caller_var.get()}|{who}".encode()
+
+
+async def boom(request: bytes, context) -> bytes:
+    raise RuntimeError(SECRET_TEXT)
+
+
+async def boom_stream(request: bytes, context):
+    yield b"first"
+    raise RuntimeError(SECRET_TEXT)
 
 
 class Reports(list):
@@ -55,6 +68,8 @@ async def serve(ca, *, require_client_cert: bool, bearer=None):
     server = grpc.aio.server(interceptors=[grpcx._ServerInterceptor((), gate)])
     handlers = {name.rsplit("/", 1)[1]: grpc.unary_unary_rpc_method_handler(echo)
                 for name in (ECHO, ADMIN, UNLISTED)}
+    handlers["Boom"] = grpc.unary_unary_rpc_method_handler(boom)
+    handlers["BoomStream"] = grpc.unary_stream_rpc_method_handler(boom_stream)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Echo", handlers),))
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     creds = grpc.ssl_server_credentials([(files["server"].key.read_bytes(), files["server"].cert.read_bytes())],
@@ -216,3 +231,21 @@ def test_the_refusal_event_names_the_caller_and_the_audit_log_stores_it_so():
     assert json.loads(record.detail_json) == {"caller": "service/edge", "method": "/inbound.issuer.v1.TokenIssuer/RotateKey",
                              "port": 50052, "denials": 3}
     assert anonymous.access_denied.caller == "unauthenticated" and not anonymous.HasField("actor")
+
+
+async def test_an_unexpected_exception_is_a_generic_internal_error_with_its_detail_only_in_the_log(ca, mtls, caplog):
+    port, _, _ = mtls
+    with caplog.at_level("ERROR", logger="inboundlib.grpcx"):
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await call(ca, port, ALICE, BOOM)
+        async with channel(ca, port, ALICE) as ch:
+            replies = []
+            with pytest.raises(grpc.aio.AioRpcError) as failed_stream:
+                async for reply in ch.unary_stream(BOOM_STREAM)(b"", timeout=10):
+                    replies.append(reply)
+    for error in (failed.value, failed_stream.value):
+        assert (error.code(), error.details()) == (grpc.StatusCode.INTERNAL, "internal error")
+        assert "hunter2" not in str(error) and "RuntimeError" not in str(error)
+    assert replies == [b"first"]
+    logged = [r for r in caplog.records if r.exc_info and SECRET_TEXT in str(r.exc_info[1])]
+    assert [r.method for r in logged] == [BOOM, BOOM_STREAM]
