@@ -115,7 +115,9 @@ class TokenChecker:
         client, as a resource server, when the token is an active access token it holds
         for itself (client credentials, RFC 6749 §4.4: no user) and carries
         `inbound.introspect`. Verified here like any token, revocation included."""
-        info = await self.introspect(token, None, internal=True)
+        # Not reported as an introspection of a revoked token: this caller is anonymous,
+        # and each of its calls would add a row to the append-only audit log.
+        info = await self.introspect(token, None, internal=True, report_revoked=False)
         if (not info.active or info.token_type != "Bearer" or info.sub != info.client_id or info.username
                 or INTROSPECT_SCOPE not in info.scope.split()):
             return None
@@ -192,7 +194,8 @@ class TokenChecker:
         return self.revocations.is_revoked(jti=facts.jti, grant_id=facts.grant_id, client_id=facts.client_id,
                                            issued_at_ms=facts.iat_ms or facts.iat * 1000, subject=facts.sub)
 
-    async def introspect(self, token: str, caller: ClientCredentials | None, *, internal: bool) -> TokenInfo:
+    async def introspect(self, token: str, caller: ClientCredentials | None, *, internal: bool,
+                         report_revoked: bool = True) -> TokenInfo:
         client = None
         if not internal:
             client = await self.authenticate_caller(caller)
@@ -206,7 +209,7 @@ class TokenChecker:
             # introspection scope to see others'. To anyone else a token is just inactive.
             return INACTIVE
         if self._revoked(facts):
-            if self.events is not None:
+            if self.events is not None and report_revoked:
                 await self.events.durable(self.events.publish(REVOKED_TOKEN_INTROSPECTED, events_pb2.Event(
                     actor=actor_to_pb(actors.actor(actors.CLIENT, caller.client_id)) if caller else None,
                     revoked_token_introspected=events_pb2.RevokedTokenIntrospected(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from inboundlib import actors, identity
+from inboundlib.events import REVOKED_TOKEN_INTROSPECTED
 from services.client_registry.api import REVOKE_JTI, RevocationRecord
 from tests.fakes import client_record
 from tests.unit.test_token_checker import checker, mint
@@ -45,3 +46,27 @@ async def test_a_revoked_token_names_no_one():
     c.revocations.apply(RevocationRecord(kind=REVOKE_JTI, value="revoked-1", client_id=RS,
                                          expires_at=int(time.time()) + 600))
     assert await c.resource_server_of(token) is None
+
+
+async def test_a_revoked_bearer_token_is_not_audited_as_an_introspection():
+    """Anyone who can reach the port may present one again and again: each would be a
+    durable row in the append-only audit log. (Introspecting it is, as the control shows.)"""
+    published = []
+
+    class Events:
+        def publish(self, subject, event, **kwargs):
+            published.append(subject)
+
+        async def durable(self, publishing):
+            return publishing
+
+    c = rs_checker()
+    c.events = Events()
+    token = mint(sub=RS, client_id=RS, scope="inbound.introspect", jti="revoked-2")
+    c.revocations.apply(RevocationRecord(kind=REVOKE_JTI, value="revoked-2", client_id=RS,
+                                         expires_at=int(time.time()) + 600))
+    for _ in range(3):
+        assert await c.resource_server_of(token) is None
+    assert published == []
+    assert not (await c.introspect(token, None, internal=True)).active
+    assert published == [REVOKED_TOKEN_INTROSPECTED]
