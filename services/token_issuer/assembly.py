@@ -6,7 +6,7 @@ Ports: the full TokenIssuer API on `grpc`; Introspect and the JWKS only on
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -32,7 +32,8 @@ from services.token_issuer.revocations import RevocationSet, RevocationSync
 @dataclass(frozen=True)
 class Settings:
     issuer_url: str
-    key_encryption_keys: tuple[bytes, ...]  # the first encrypts, every one decrypts
+    # The first encrypts, every one decrypts; never in a repr (a log line, a traceback's locals).
+    key_encryption_keys: tuple[bytes, ...] = field(repr=False)
     alg: str
     activation_delay: int
     audience: str

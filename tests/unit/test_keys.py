@@ -170,6 +170,19 @@ def test_key_encryption_keys_come_from_a_file_a_list_or_the_older_single_setting
         assert b64[0] not in str(caught.value) and b64[1][:-8] not in str(caught.value)
 
 
+def test_the_issuer_settings_never_show_a_key_encryption_key():
+    """A Settings object in a log line or a traceback's locals shows no key material."""
+    import base64
+
+    from inboundlib.config import Env
+    from services.token_issuer.assembly import Settings
+
+    kek = os.urandom(32)
+    settings = Settings.from_env(Env({"INBOUND_KEY_ENCRYPTION_KEYS": base64.b64encode(kek).decode()}))
+    assert settings.key_encryption_keys == (kek,)
+    assert repr(kek) not in repr(settings) and "key_encryption_keys" not in repr(settings)
+
+
 async def test_rewrap_reencrypts_under_the_first_key_and_rereads_a_key_another_rewrap_replaced():
     from dataclasses import replace
 
