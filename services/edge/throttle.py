@@ -20,13 +20,14 @@ An IPv6 address counts by its /64 (one host commonly holds a whole /64).
 
 The table lives in this process: it is per edge replica (N replicas behind a
 load balancer allow up to N times the burst). Its memory is bounded: entries
-are charged an estimated size (ENTRY_OVERHEAD_BYTES plus their key's
-characters) and the least recently failed ones are dropped beyond `max_bytes`.
+are charged an estimated size (ENTRY_OVERHEAD_BYTES plus the bytes of their key's
+characters: up to 4 a character, as CPython stores a string of emoji) and the least recently failed ones are dropped beyond `max_bytes`.
 """
 from __future__ import annotations
 
 import math
 import socket
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from inboundlib.config import Env
 # Measured with tracemalloc for an OrderedDict item with a two-string tuple key and
 # a slotted entry: about 320 bytes besides the key's characters.
 ENTRY_OVERHEAD_BYTES = 320
+_EMPTY_STR_BYTES = sys.getsizeof("")
 
 CLIENT_AND_ADDRESS = "client_and_address"
 ADDRESS = "address"
@@ -109,6 +111,12 @@ def address_key(address: str) -> str:
     return packed[:8].hex() + "/64"
 
 
+def _characters_bytes(text: str) -> int:
+    """What a string's characters take in memory: 1, 2 or 4 bytes each (PEP 393), so a
+    client id of 255 emoji is charged its 1 KiB, not 255 bytes."""
+    return sys.getsizeof(text) - _EMPTY_STR_BYTES
+
+
 class FailedAuthThrottle:
     def __init__(self, settings: ThrottleSettings | None = None, clock: Callable[[], float] = time.monotonic):
         self.settings = settings or ThrottleSettings()
@@ -150,7 +158,7 @@ class FailedAuthThrottle:
         if entry is None or self._forgotten(entry, now):
             if entry is not None:
                 self._bytes -= entry.size
-            entry = _Entry(ENTRY_OVERHEAD_BYTES + len(key[0] or "") + len(key[1]))
+            entry = _Entry(ENTRY_OVERHEAD_BYTES + _characters_bytes(key[0] or "") + _characters_bytes(key[1]))
             self._bytes += entry.size
             self._entries[key] = entry
         else:

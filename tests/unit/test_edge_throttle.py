@@ -133,6 +133,25 @@ def test_the_table_is_bounded_in_bytes_dropping_the_least_recently_failed():
     assert throttle.refusal("client-01999", "192.0.2.249") is not None  # kept
 
 
+def test_the_bound_holds_in_real_memory_for_client_ids_of_wide_characters():
+    """A printable client id may be 255 emoji, 4 bytes each in memory: the bound counts
+    what the table really holds (tracemalloc), not 1 byte a character."""
+    import tracemalloc
+
+    limit = 256 * 1024
+    throttle, _ = table(burst=1, max_bytes=limit)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(2000):
+            throttle.failed("\U0001F600" * 250 + f"{n:05d}", f"192.0.2.{n % 250}")
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert throttle.estimated_bytes <= limit
+    assert held <= limit, f"the table holds {held} bytes for a bound of {limit}"
+
+
 # --- the edge -------------------------------------------------------------------------------------
 
 class Grant:
