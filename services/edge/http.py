@@ -144,6 +144,8 @@ def _ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     value = value.strip()
     if value.startswith("[") and "]" in value:  # "[v6]:port" (RFC 7239 style)
         value = value[1:value.index("]")]
+    elif value.count(":") == 1:  # "v4:port" (some load balancers, Azure's among them, add the port)
+        value = value.partition(":")[0]
     try:
         return ipaddress.ip_address(value)
     except ValueError:

@@ -112,6 +112,8 @@ async def test_the_request_context_reaches_the_grant():
     (["1.2.3.4", "203.0.113.5"], "203.0.113.5"),            # several headers read as one list
     (["junk, 203.0.113.5"], "203.0.113.5"),
     (["203.0.113.5, junk"], "10.0.0.1"),                    # stops at the proxy that passed junk on
+    (["203.0.113.5:4711"], "203.0.113.5"),                  # a proxy that adds the client's port
+    (["[2001:db8::5]:4711, 10.0.0.2:80"], "2001:db8::5"),
     ([], "10.0.0.1"),
 ])
 async def test_x_forwarded_for_is_believed_only_from_trusted_proxies(forwarded, expected):
