@@ -440,6 +440,18 @@ def test_every_refusal_checks_the_sent_secret_once_against_a_hash_of_the_real_ki
     assert checks == [(creds.client_secret, "sha256")]
 
 
+@pytest.mark.parametrize("secret_hash", ["", "plain$" + SECRET, "bcrypt$x", SECRET])
+def test_a_client_whose_stored_hash_is_unusable_costs_one_hashing_too(monkeypatch, secret_hash):
+    """The equal cost holds for any stored value: the sent secret is hashed once (counted,
+    not timed) even when the stored one is of no known kind."""
+    hashed = []
+    real_hash = client_auth.hash_client_secret
+    monkeypatch.setattr(client_auth, "hash_client_secret", lambda secret: hashed.append(secret) or real_hash(secret))
+    with pytest.raises(InvalidClient):
+        authenticate_client(Client(secret_hash=secret_hash), creds_basic("wrong"))
+    assert hashed == ["wrong"]
+
+
 # --- require_grant_type (§5.2 unauthorized_client) ----------------------------------
 
 

@@ -61,10 +61,12 @@ def hash_client_secret(secret: str) -> str:
 
 
 def verify_client_secret(secret: str, stored: str) -> bool:
+    # Hashed whatever is stored: a record with an unusable hash costs what any other does.
+    computed = hash_client_secret(secret)
     scheme, _, _ = stored.partition("$")
     if scheme != "sha256":
         return False
-    return hmac.compare_digest(hash_client_secret(secret), stored)
+    return hmac.compare_digest(computed, stored)
 
 
 # The hash of a secret nobody knows, of the same kind as every stored one.
