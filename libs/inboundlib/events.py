@@ -7,7 +7,10 @@ while NATS cannot take them depends on the delivery (INBOUND_EVENTS_DELIVERY):
 
 - durable (the default; the bus has a spool, inboundlib.spool): events go to a
   local append-only spool, fsync'ed, and are replayed in order when NATS is
-  back (or at the next start). A caller that must not answer before its event
+  back (or at the next start). A message NATS refuses for good (a subject these
+  credentials may not publish, services/nats_access.py) is logged, counted
+  (EVENTS_REJECTED) and dropped, so that it cannot hold up the spool behind it.
+  A caller that must not answer before its event
   is durable (the token path: a token is answered only once its audit event
   is) publishes with `awaited=True` and then `await bus.durable(event_id)`:
   that returns once JetStream acknowledged the event or the spool holds it, and
@@ -43,6 +46,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import nats
+from nats.errors import MaxPayloadError
 from nats.js.api import StreamConfig
 from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
 
@@ -56,6 +60,7 @@ from inboundlib.metrics import (
     EVENTS_IN_MEMORY,
     EVENTS_IN_MEMORY_OLDEST_SECONDS,
     EVENTS_REFUSED,
+    EVENTS_REJECTED,
     EVENTS_SPOOL_BYTES,
 )
 from inboundlib.oauth.errors import TemporarilyUnavailable
@@ -253,6 +258,8 @@ MESSAGE_EVENTS = 256
 REPLAY_MESSAGES = 64  # spooled messages replayed per round
 RETRY_SECONDS = 0.5  # after a failed publish, events go to the spool (or wait, buffered) this long
 BATCH_HEADER = "Inbound-Event-Batch"
+# The server's word that this connection may not publish on a subject (nats_access.py): no retry helps.
+_PUBLISH_REFUSED = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
 
 Handler = Callable[[events_pb2.Event], Awaitable[None]]
 # An event waiting to be sent: its subject, itself, and the future of a caller awaiting its durability.
@@ -315,6 +322,7 @@ class EventBus:
         self._closing = False
         self._drop_logged_at = 0.0
         self._full_logged_at = 0.0
+        self._refused_subjects: dict[str, float] = {}  # full subject -> when the server last refused it
         self.connected = asyncio.Event()
         # Counts (re)connections, raised before `connected` is set: what a cache stored
         # during an earlier connection may have missed invalidations, even though the
@@ -399,7 +407,27 @@ class EventBus:
                                                         "error": type(exc).__name__})
 
     async def _on_error(self, exc: Exception) -> None:
+        refused = _PUBLISH_REFUSED.search(str(exc))
+        if refused:
+            self._refused_subjects[refused.group(1)] = time.monotonic()
         log_nats_error(exc)
+
+    def _refused_for_good(self, subject: str, outcome: object, since: float) -> bool:
+        """A publish that failed in a way no retry can mend: the server refused the subject
+        to our credentials (its -ERR arrives long before the ack would have), or the message
+        is larger than the server takes. Retrying it would block every event behind it."""
+        if isinstance(outcome, MaxPayloadError):
+            return True
+        return (isinstance(outcome, BaseException)
+                and self._refused_subjects.get(self.installation.subject(subject), float("-inf")) >= since)
+
+    def _reject(self, subject: str, events: list[events_pb2.Event], outcome: BaseException) -> None:
+        """Events NATS will never take from this process: logged (their ids, never their
+        contents) and counted, then dropped, so that they do not hold up the others."""
+        EVENTS_REJECTED.labels(self.source).inc(len(events))
+        log.error("nats refused events for good (a subject this service may not publish, or too large); dropped",
+                  extra={"subject": self.installation.subject(subject), "events": len(events),
+                         "event_ids": [e.event_id for e in events[:20]], "error": type(outcome).__name__})
 
     def publish(self, subject: str, event: events_pb2.Event, *, low_priority: bool = False,
                 awaited: bool = False) -> str:
@@ -520,6 +548,7 @@ class EventBus:
     async def _send_round(self) -> None:
         high, low = self._take()
         messages = _group(high) + _group(low)
+        started = time.monotonic()
         try:
             outcomes = await asyncio.gather(*(self._publish(subject, [e for _, e, _ in entries])
                                               for subject, entries in messages), return_exceptions=True)
@@ -529,8 +558,12 @@ class EventBus:
         finally:
             self._inflight = []
         failed: set[int] = set()
-        for (_, entries), outcome in zip(messages, outcomes):
-            if isinstance(outcome, BaseException):
+        for (subject, entries), outcome in zip(messages, outcomes):
+            if self._refused_for_good(subject, outcome, started):
+                self._reject(subject, [e for _, e, _ in entries], outcome)
+                for entry in entries:
+                    _resolve(entry[2], AuditUnavailable(detail="event refused by NATS"))
+            elif isinstance(outcome, BaseException):
                 failed.update(id(entry) for entry in entries)
             else:
                 for entry in entries:
@@ -538,7 +571,7 @@ class EventBus:
         if failed:
             # Buffered: the next round sends them again. Durable: they go to the spool now.
             self._put_back([e for e in high if id(e) in failed], [e for e in low if id(e) in failed])
-            error = next(o for o in outcomes if isinstance(o, BaseException))
+            error = next(o for (_, entries), o in zip(messages, outcomes) if id(entries[0]) in failed)
             log.warning("event publish failed, will retry",
                         extra={"events": len(failed), "error": type(error).__name__})
             self._retry_at = time.monotonic() + RETRY_SECONDS
@@ -597,9 +630,18 @@ class EventBus:
         records = await self._on_disk(self.spool.read, REPLAY_MESSAGES)
         if not records:
             return False
+        started = time.monotonic()
         outcomes = await asyncio.gather(*(self._publish(r.subject, r.events) for r in records),
                                         return_exceptions=True)
-        done = next((i for i, o in enumerate(outcomes) if isinstance(o, BaseException)), len(records))
+        # Moved past: those JetStream took, and those it will never take (set aside, or they would
+        # block the spool for good: every later event behind them, and at last 503s for everyone).
+        done = 0
+        for record, outcome in zip(records, outcomes):
+            if self._refused_for_good(record.subject, outcome, started):
+                self._reject(record.subject, record.events, outcome)
+            elif isinstance(outcome, BaseException):
+                break
+            done += 1
         await self._on_disk(self.spool.consume, records[:done])
         if done < len(records):
             error = outcomes[done]

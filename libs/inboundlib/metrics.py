@@ -37,6 +37,11 @@ EVENTS_SPOOL_BYTES = Gauge(
     "inbound_events_spool_bytes", "Bytes of the local event spool (durable delivery; replayed once NATS is back)",
     ["source"],
 )
+EVENTS_REJECTED = Counter(
+    "inbound_events_rejected_total",
+    "Events NATS refused for good (a subject this service may not publish, or too large): logged and dropped",
+    ["source"],
+)
 EVENTS_REFUSED = Counter(
     "inbound_events_refused_total",
     "Requests refused (temporarily_unavailable) because their event could not be made durable (spool full)",

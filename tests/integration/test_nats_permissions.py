@@ -18,11 +18,13 @@ from pathlib import Path
 import asyncpg
 import nats
 import pytest
+from prometheus_client import REGISTRY
 
 from inbound.events.v1 import events_pb2
 from inboundlib import pki
-from inboundlib.events import CLIENT_CHANGED, TOKEN_ISSUED, TOKEN_REVOKED, EventBus, registry_changed
+from inboundlib.events import CLIENT_CHANGED, TOKEN_DENIED, TOKEN_ISSUED, TOKEN_REVOKED, EventBus, registry_changed
 from inboundlib.localservers import free_port
+from inboundlib.spool import Spool
 from services.devstack import DevNats, Stack
 from services.token_issuer.api import IssueRequest
 from tests.support import audit_caught_up, eventually, nats_connect
@@ -115,6 +117,31 @@ async def test_a_connection_without_credentials_or_without_tls_is_refused(stack)
     with pytest.raises(Exception):  # noqa: B017 - refused in whichever way nats-py reports it
         await nats.connect(settings.url.replace("tls://", "nats://"), user=settings.user,
                            password=settings.password, allow_reconnect=False, connect_timeout=5)
+
+
+async def test_a_spooled_event_the_server_refuses_for_good_is_set_aside_not_retried_forever(stack, tmp_path):
+    """A spool holding a message the service's credentials may not publish (a deployment
+    that changed its permissions, say) must not block the replay for good: the events behind
+    it would pile up until the spool is full and every token is refused."""
+    refused = _event(token_revoked=events_pb2.TokenRevoked(kind="client", client_id="spool-refused"))
+    behind = _event(token_denied=events_pb2.TokenDenied(client_id="spool-behind", error="invalid_client"))
+    spooled = Spool(tmp_path / "spool", 1 << 20)
+    spooled.open()
+    spooled.append([(TOKEN_REVOKED, [refused]), (TOKEN_DENIED, [behind])])  # the edge may send only the second
+    spooled.close()
+    source = "test-refused-spool"
+    bus = EventBus(stack.nats_settings("edge"), source, spool=Spool(tmp_path / "spool", 1 << 20))
+    await bus.start()
+    try:
+        await eventually(lambda: bus.spool.empty, message="the replay moved past the refused message")
+        later = _event(token_denied=events_pb2.TokenDenied(client_id="spool-later", error="invalid_client"))
+        await asyncio.wait_for(bus.durable(bus.publish(TOKEN_DENIED, later, awaited=True)), 10)
+        await bus.flush(10)
+    finally:
+        await bus.close()
+    assert await _audit_rows(stack, behind.event_id) == 1 and await _audit_rows(stack, later.event_id) == 1
+    assert await _audit_rows(stack, refused.event_id) == 0
+    assert REGISTRY.get_sample_value("inbound_events_rejected_total", {"source": source}) == 1
 
 
 async def _log_line_of_a_replica(stack, env: dict[str, str], wanted: str) -> tuple[str, list[str]]:
