@@ -25,6 +25,7 @@ the cost of an fsync is shared by every request of that round.
   message id is the same), and the audit log stores an event id once whatever
   the time between (its primary key), so each event is stored once.
 - One process per folder: a lock file (flock) refuses a second one.
+- Private: the folder is 0700 and its files 0600 (the events name clients and subjects).
 
 Not thread-safe: the event bus calls it from one task at a time (in a worker thread,
 so that disk waits do not stall the event loop).
@@ -75,6 +76,11 @@ def from_env(env: Env, process_name: str) -> Spool | None:
                     "(see the metrics inbound_events_in_memory and inbound_events_in_memory_oldest_seconds)")
         return None
     return Spool(directory, limit)
+
+
+def _private(path: str, flags: int) -> int:
+    """open()'s opener: a file only its owner may read (0600)."""
+    return os.open(path, flags, 0o600)
 
 
 class SpoolFull(Exception):
@@ -130,8 +136,12 @@ class Spool:
         """Lock the folder, cut off a torn tail, count what is left to replay.
         A folder that cannot be used is a ConfigError (the process does not start)."""
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            lock = open(self.directory / LOCK_NAME, "a+b")
+            # The events name clients, subjects and addresses: the folder and its files are
+            # this process's alone (0700 / 0600), whatever the umask.
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if self.directory.stat().st_uid == os.geteuid():  # a volume's mount point may be another's
+                self.directory.chmod(0o700)
+            lock = open(self.directory / LOCK_NAME, "a+b", opener=_private)
         except OSError as exc:
             raise ConfigError(f"INBOUND_EVENTS_SPOOL_DIR {self.directory} cannot be used: {exc.strerror}") from None
         try:
@@ -231,7 +241,7 @@ class Spool:
     def _new_segment(self, number: int) -> int:
         if self._file is not None:
             self._file.close()
-        self._file = open(self.directory / f"{number:016d}{SUFFIX}", "ab")
+        self._file = open(self.directory / f"{number:016d}{SUFFIX}", "ab", opener=_private)
         self._segments[number] = 0
         self._last_number = number
         self._sync_dir()  # the new file's name is durable too, not only its contents

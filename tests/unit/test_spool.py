@@ -117,3 +117,17 @@ def test_a_second_process_cannot_use_the_same_folder(tmp_path):
         opened(tmp_path)
     first.close()
     opened(tmp_path).close()  # free again once the first one is gone
+
+
+def test_the_folder_and_its_files_are_private_whatever_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        spool = opened(tmp_path / "a" / "spool")
+        spool.append([(SUBJECT, [issued(0)])])
+        spool.close()
+    finally:
+        os.umask(old)
+    folder = tmp_path / "a" / "spool"
+    assert folder.stat().st_mode & 0o777 == 0o700
+    files = list(folder.iterdir())
+    assert files and all(f.stat().st_mode & 0o777 == 0o600 for f in files), [oct(f.stat().st_mode) for f in files]
