@@ -90,6 +90,21 @@ TOKEN_REVOKED = "token.revoked"
 REVOKED_TOKEN_INTROSPECTED = "token.introspected_revoked"
 ACCESS_DENIED = "access.denied"
 
+# The one payload each subject carries. NATS decides who may send on a subject
+# (services/nats_access.py), not what the message says: the audit log refuses a
+# message whose events are not its subject's, so a service allowed to send
+# token.denied cannot write a token_issued or a registry change into the trail.
+PAYLOADS: dict[str, tuple[str, str]] = {  # subject -> (payload field, registry entity or "")
+    CLIENT_CHANGED: ("registry_changed", ENTITY_CLIENT),
+    SIGNING_KEY_CHANGED: ("registry_changed", ENTITY_SIGNING_KEY),
+    KEYS_ROTATED: ("keys_rotated", ""),
+    TOKEN_ISSUED: ("token_issued", ""),
+    TOKEN_DENIED: ("token_denied", ""),
+    TOKEN_REVOKED: ("token_revoked", ""),
+    REVOKED_TOKEN_INTROSPECTED: ("revoked_token_introspected", ""),
+    ACCESS_DENIED: ("access_denied", ""),
+}
+
 DEFAULT_INSTALLATION = "inbound"
 _INSTALLATION_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
@@ -114,6 +129,11 @@ class Installation:
     def subject(self, relative: str) -> str:
         """The subject an event constant (TOKEN_ISSUED, ...) is sent on."""
         return f"{self.name}.events.{relative}"
+
+    def relative(self, subject: str) -> str:
+        """The event constant of a subject of this installation ("" if it is not one)."""
+        prefix = f"{self.name}.events."
+        return subject[len(prefix):] if subject.startswith(prefix) else ""
 
     @property
     def stream(self) -> str:

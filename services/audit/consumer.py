@@ -15,12 +15,16 @@ harmless: the insert ignores an event id that is already stored.
   them to another replica meanwhile. Stopping before it commits, they are
   nak'ed, so JetStream delivers them again at once (to this or another replica).
 - A message that is not an Event is logged and terminated (never redelivered)
-  so it cannot wedge the consumer; a row Postgres refuses as data is the same.
+  so it cannot wedge the consumer; a row Postgres refuses as data is the same,
+  and so is a message whose events are not those of its subject
+  (inboundlib.events.PAYLOADS): NATS lets a grant service send token.denied,
+  not a token_issued row or a registry change dressed up as one.
 - Shutdown: the batch in hand is finished (stored and acked), then it stops.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 
@@ -33,6 +37,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from inboundlib import workers
 from inboundlib.events import (
     BATCH_HEADER,
+    PAYLOADS,
     NatsSettings,
     as_settings,
     describe_connect_error,
@@ -181,13 +186,22 @@ class Consumer:
         good: list[tuple[object, list[AuditRecord]]] = []
         async for msg in workers.sliced(msgs):  # decoding a fetch is long: the loop gets turns
             try:
-                good.append((msg, self._decode(msg)))
+                records = self._decode(msg)
             except Exception as exc:  # Undecodable, or anything odd about it: never wedge on one message
                 REJECTED.labels("undecodable").inc()
                 log.error("undecodable message on the event stream, dropped",
                           extra={"subject": msg.subject, "error": f"{type(exc).__name__}: {exc}",
                                  "bytes": len(msg.data)})
                 await self._term(msg)
+                continue
+            wrong = self._not_of_its_subject(msg.subject, records)
+            if wrong:
+                REJECTED.labels("wrong_subject").inc()
+                log.error("events not of their message's subject (forged?), dropped",
+                          extra={"subject": msg.subject, "type": wrong, "events": len(records)})
+                await self._term(msg)
+                continue
+            good.append((msg, records))
         for msg in await self._store(good, stop):  # acks only after the insert committed
             try:
                 await msg.ack()
@@ -213,6 +227,18 @@ class Consumer:
         if headers.get(BATCH_HEADER):
             return decode_batch(msg.data, fallback_id=fallback_id, fallback_time_ms=fallback_ms)
         return [decode(msg.data, fallback_id=fallback_id, fallback_time_ms=fallback_ms)]
+
+    def _not_of_its_subject(self, subject: str, records: list[AuditRecord]) -> str:
+        """The type of the first event that its subject does not carry ("" if all fit).
+        A subject this build does not know is a newer build's: its events are kept."""
+        expected = PAYLOADS.get(self.installation.relative(subject))
+        if expected is None:
+            return ""
+        kind, entity = expected
+        for record in records:
+            if record.type != kind or (entity and json.loads(record.detail_json).get("entity") != entity):
+                return record.type
+        return ""
 
     @staticmethod
     async def _term(msg) -> None:

@@ -108,6 +108,24 @@ async def test_audit_cannot_publish(stack):
     assert any("permissions violation" in str(e).lower() for e in errors)
 
 
+async def test_a_grant_service_cannot_dress_another_event_up_as_its_token_denied(stack):
+    """A grant service may send token.denied; what it sends there must be a refusal, not a
+    token_issued row, a revocation or a registry change in the audit trail."""
+    forged = [_event(token_issued=events_pb2.TokenIssued(client_id="dressed-up", jti=uuid.uuid4().hex)),
+              _event(registry_changed=registry_changed("client", "dressed-up", "deleted").registry_changed)]
+    marker = _event(token_denied=events_pb2.TokenDenied(client_id="dressed-up", error="invalid_client"))
+    nc = await nats_connect(stack, "client_credentials")
+    try:
+        js = nc.jetstream()
+        for event in [*forged, marker]:  # the marker after them: once it is stored, they were handled
+            await js.publish(stack.installation.subject(TOKEN_DENIED), event.SerializeToString(),
+                             headers={"Nats-Msg-Id": event.event_id})
+    finally:
+        await nc.close()
+    assert await _audit_rows(stack, marker.event_id) == 1
+    assert [await _audit_rows(stack, e.event_id, caught_up=False) for e in forged] == [0, 0]
+
+
 async def test_a_connection_without_credentials_or_without_tls_is_refused(stack):
     settings = stack.nats_settings("edge")
     context = ssl.create_default_context(cafile=settings.ca_file)
