@@ -2,12 +2,16 @@
 has a NATS identity, and the generated server config is one nats-server accepts."""
 from __future__ import annotations
 
+import ast
 import subprocess
+from pathlib import Path
 
+from inboundlib import events
 from inboundlib.events import ACCESS_DENIED, KEYS_ROTATED, TOKEN_ISSUED, TOKEN_REVOKED, Installation
+from inboundlib.hosting import HTTP
 from inboundlib.localservers import nats_server_binary
 from services import nats_access
-from services.modules import ALL_IN_ONE, NAMES
+from services.modules import ALL_IN_ONE, NAMES, TABLE
 
 
 def test_every_service_of_the_table_has_a_nats_identity():
@@ -48,3 +52,60 @@ def test_the_generated_config_is_valid_for_nats_server(tmp_path):
         checked = subprocess.run([nats_server_binary(), "-c", str(config), "-t"], capture_output=True, text=True,
                                  env={"INBOUND_NATS_PASSWORD_X": "from-env"}, timeout=30)
         assert checked.returncode == 0, checked.stderr + checked.stdout
+
+
+# --- what the code publishes is what the table allows ------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+GRANT_LIBRARY = ROOT / "libs/inboundlib/grants"  # runs in every grant service
+GATE = ROOT / "libs/inboundlib/authz.py"  # runs in every gRPC server (its refusals)
+# The bus itself, and hosting's handle on it, publish whatever their callers name.
+FORWARDERS = {Path("libs/inboundlib/events.py"), Path("libs/inboundlib/hosting.py")}
+
+
+def _published(paths) -> dict[str, set[str]]:
+    """The event subjects each file's `.publish(...)` calls name, resolved through its imports
+    from inboundlib.events (a constant, an alias of one, or registry_subject(ENTITY_...))."""
+    found: dict[str, set[str]] = {}
+    for path in paths:
+        tree = ast.parse(path.read_text())
+        names = {a.asname or a.name: a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                 and node.module == "inboundlib.events" for a in node.names}
+
+        def constant(node, path=path, names=names) -> str:
+            if isinstance(node, ast.Name) and node.id in names:
+                return getattr(events, names[node.id])
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and names.get(node.func.id) == "registry_subject" and len(node.args) == 1):
+                return events.registry_subject(constant(node.args[0]))
+            raise AssertionError(f"{path.relative_to(ROOT)}:{node.lineno}: publishes on a subject this test cannot "
+                                 f"resolve ({ast.unparse(node)}): name a constant of inboundlib.events")
+
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "publish"
+                    and node.args and names):
+                found.setdefault(str(path.relative_to(ROOT)), set()).add(constant(node.args[0]))
+    return found
+
+
+def test_every_subject_a_service_publishes_is_in_its_nats_permissions():
+    """Derived from the code: a publish the table does not allow would be refused by NATS
+    in a deployment (its events lost, the token path answering 503)."""
+    by_file = _published(p for p in [*(ROOT / "services").rglob("*.py"), *(ROOT / "libs/inboundlib").rglob("*.py")]
+                         if p.relative_to(ROOT) not in FORWARDERS)
+    grant_library = set().union(*(s for f, s in by_file.items() if f.startswith("libs/inboundlib/grants/")))
+    gate = by_file.get(str(GATE.relative_to(ROOT)), set())
+    assert grant_library and gate == {ACCESS_DENIED}  # the scan sees them (TOKEN_DENIED, ACCESS_DENIED)
+    unplaced = [f for f in by_file if f.startswith("libs/") and not f.startswith("libs/inboundlib/grants/")
+                and f != str(GATE.relative_to(ROOT))]
+    assert not unplaced, f"library code that publishes: say which services run it in this test ({unplaced})"
+    # The audit log knows the payload of each (what it checks a message against).
+    assert set().union(*by_file.values()) <= set(events.PAYLOADS)
+    for name in NAMES:
+        allowed = nats_access.permissions(name).publish
+        own = set().union(*(s for f, s in by_file.items() if f.startswith(f"services/{name}/")))
+        if TABLE[name].grant_type:
+            own |= grant_library
+        if any(port.kind != HTTP for port in TABLE[name].ports):
+            own |= gate
+        assert own <= allowed, f"{name} publishes {sorted(own - allowed)} without NATS permission"
