@@ -223,14 +223,15 @@ class Spool:
             number = self._new_segment(number + 1)
         size = self._segments[number]
         try:
-            self._file.write(data)
-            self._file.flush()
+            view = memoryview(data)
+            while view:  # unbuffered: what a failed write (a full disk) leaves is on disk, not in a buffer
+                view = view[self._file.write(view):]
             os.fsync(self._file.fileno())
         except BaseException:
             # Whatever reached the file is past the valid end we keep; cut it so the next
             # append does not follow a partial record.
             try:
-                self._file.truncate(size)
+                os.ftruncate(self._file.fileno(), size)
             except Exception:
                 pass
             raise
@@ -241,7 +242,7 @@ class Spool:
     def _new_segment(self, number: int) -> int:
         if self._file is not None:
             self._file.close()
-        self._file = open(self.directory / f"{number:016d}{SUFFIX}", "ab", opener=_private)
+        self._file = open(self.directory / f"{number:016d}{SUFFIX}", "ab", buffering=0, opener=_private)
         self._segments[number] = 0
         self._last_number = number
         self._sync_dir()  # the new file's name is durable too, not only its contents

@@ -3,6 +3,7 @@ record after a crash, the byte bound, fsync in batches, one process per folder."
 from __future__ import annotations
 
 import os
+import resource
 
 import pytest
 
@@ -131,3 +132,22 @@ def test_the_folder_and_its_files_are_private_whatever_the_umask(tmp_path):
     assert folder.stat().st_mode & 0o777 == 0o700
     files = list(folder.iterdir())
     assert files and all(f.stat().st_mode & 0o777 == 0o600 for f in files), [oct(f.stat().st_mode) for f in files]
+
+
+def test_a_full_disk_refuses_the_append_and_leaves_the_spool_whole(tmp_path):
+    """A write the disk cannot take (here the kernel's file-size limit, RLIMIT_FSIZE, as a
+    full disk would: part of it written, then an error) is refused whole; the next append
+    and the replay see exactly the records before and after it."""
+    spool = opened(tmp_path / "spool")
+    spool.append([(SUBJECT, [issued(0)])])
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (spool.bytes + 200, hard))  # room for part of one record
+    try:
+        with pytest.raises(OSError):
+            spool.append([(SUBJECT, [issued(i)]) for i in range(1, 6)])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    spool.append([(SUBJECT, [issued(6)])])
+    assert ids(spool.read(100)) == ["e00000", "e00006"] and spool.unread == 2
+    spool.close()
+    assert ids(opened(tmp_path / "spool").read(100)) == ["e00000", "e00006"]
