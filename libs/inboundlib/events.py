@@ -342,6 +342,7 @@ class EventBus:
         self._closing = False
         self._drop_logged_at = 0.0
         self._full_logged_at = 0.0
+        self._loop_failed_logged_at = 0.0
         self._refused_subjects: dict[str, float] = {}  # full subject -> when the server last refused it
         self.connected = asyncio.Event()
         # Counts (re)connections, raised before `connected` is set: what a cache stored
@@ -536,18 +537,31 @@ class EventBus:
             self._wake.clear()
             if self._buffer or self._low:
                 EVENTS_BUFFERED.labels(self.source).observe(len(self._buffer) + len(self._low))
-            while True:
-                can_publish = (self._js is not None and self.connected.is_set()
-                               and time.monotonic() >= self._retry_at)
-                if self.spool is not None and not (can_publish and self.spool.empty):
-                    replayed = can_publish and await self._replay_round()
-                    spooled = bool(self._buffer or self._low) and await self._spool_round()
-                    if not (replayed or spooled):
-                        break
-                elif can_publish and (self._buffer or self._low):
-                    await self._send_round()
-                else:
+            try:
+                await self._rounds()
+            except Exception as exc:
+                # Never end the loop (every caller awaiting `durable` would wait for good): say
+                # so, and try again after a pause (a spool that cannot be read, say).
+                self._retry_at = time.monotonic() + RETRY_SECONDS
+                now = time.monotonic()
+                if now - self._loop_failed_logged_at > 5:
+                    self._loop_failed_logged_at = now
+                    log.error("event send round failed, will retry", extra={"error": f"{type(exc).__name__}: {exc}"})
+
+    async def _rounds(self) -> None:
+        """Send (or spool, or replay) until nothing more can be done now."""
+        while True:
+            can_publish = (self._js is not None and self.connected.is_set()
+                           and time.monotonic() >= self._retry_at)
+            if self.spool is not None and not (can_publish and self.spool.empty):
+                replayed = can_publish and await self._replay_round()
+                spooled = bool(self._buffer or self._low) and await self._spool_round()
+                if not (replayed or spooled):
                     break
+            elif can_publish and (self._buffer or self._low):
+                await self._send_round()
+            else:
+                break
 
     def _waiting(self) -> bool:
         """Something is left to do that NATS (or a retry, or spool space) must allow first."""

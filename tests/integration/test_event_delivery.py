@@ -149,3 +149,22 @@ async def test_the_grant_runner_answers_a_refusal_only_once_it_is_audited(tmp_pa
         assert refused.value.code == "temporarily_unavailable"  # not an unaudited invalid_client
     finally:
         await bus.close(flush_timeout=0.1)
+
+
+async def test_a_replay_that_fails_unexpectedly_does_not_stop_delivery(tmp_path, caplog):
+    """The send loop outlives an error it did not plan for (here a spooled segment gone
+    from under it): callers awaiting `durable` are answered, never left waiting for good."""
+    server = PrivateNats(tmp_path / "nats", free_port())
+    spool = Spool(tmp_path / "spool", 1 << 20)
+    bus = EventBus(server.url, "test-loop-survives", spool=spool)
+    await bus.start()
+    try:
+        await publish_durably(bus, 1)  # NATS is not there yet: spooled
+        for segment in (tmp_path / "spool").glob("*.spool"):
+            segment.unlink()
+        server.start()
+        await eventually(lambda: "event send round failed" in caplog.text, message="the failed replay logged")
+        await asyncio.wait_for(publish_durably(bus, 1, 1), 5)
+    finally:
+        await bus.close(flush_timeout=0.1)
+        server.stop()
