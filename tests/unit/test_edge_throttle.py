@@ -282,13 +282,15 @@ async def test_introspection_and_revocation_are_throttled_before_token_issuer_se
         assert (await ask(peer=B)).status_code == 401
 
 
-async def test_a_throttled_request_is_counted_and_audited_with_the_client_id_fingerprinted(secret_checks):
+def throttled() -> float:
+    """The token route's count of requests held back by the (client id, address) limit."""
     from prometheus_client import REGISTRY
 
-    def throttled() -> float:
-        return REGISTRY.get_sample_value("inbound_http_auth_throttled_total",
-                                         {"route": "token", "limit": CLIENT_AND_ADDRESS}) or 0.0
+    return REGISTRY.get_sample_value("inbound_http_auth_throttled_total",
+                                     {"route": "token", "limit": CLIENT_AND_ADDRESS}) or 0.0
 
+
+async def test_a_throttled_request_is_counted_and_audited_with_the_client_id_fingerprinted(secret_checks):
     bus = FakeBus()
     before = throttled()
     async with edge(bus=bus, throttle={"burst": 1}) as http:
@@ -310,16 +312,10 @@ def test_an_ipv4_mapped_ipv6_address_is_its_ipv4_address():
 
 async def test_throttled_requests_are_audited_at_a_bounded_rate_and_all_counted(secret_checks, monkeypatch):
     """A flood of throttled requests must not flood the audit log: at most the burst at once."""
-    from prometheus_client import REGISTRY
-
     from services.edge.routes import oauth
 
     monkeypatch.setattr(oauth, "THROTTLE_AUDIT_BURST", 10)
     monkeypatch.setattr(oauth, "THROTTLE_AUDITS_PER_SECOND", 0.001)
-
-    def throttled() -> float:
-        return REGISTRY.get_sample_value("inbound_http_auth_throttled_total",
-                                         {"route": "token", "limit": CLIENT_AND_ADDRESS}) or 0.0
 
     bus = FakeBus()
     before = throttled()
