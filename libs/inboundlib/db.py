@@ -25,6 +25,8 @@ from pathlib import Path
 
 import asyncpg
 
+from inboundlib.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 # The database is unreachable, restarting or not answering in time (a statement
@@ -91,6 +93,19 @@ async def migrate(pool: asyncpg.Pool, folder: Path, *, table: str = _DEFAULT_TAB
     `runtime_privileges` (table -> privileges) on those tables, and nothing else on them."""
     if not _TABLE_NAME.match(table):
         raise ValueError(f"bad migrations table name {table!r}")
+    try:
+        return await _migrate(pool, folder, table, runtime_role, runtime_privileges)
+    except asyncpg.InsufficientPrivilegeError as exc:
+        # Not a database that is not up yet (retried): a role that lacks a right, said now.
+        user = await pool.fetchval("SELECT current_user")
+        raise ConfigError(
+            f"the migrations of {folder.parent.name} cannot run as role {user}: {exc}. The migration role "
+            "(INBOUND_MIGRATION_DATABASE_URL, else DATABASE_URL's) must own the schema, or may CREATE in it; "
+            "see the README, \"Postgres roles and TLS\"") from None
+
+
+async def _migrate(pool: asyncpg.Pool, folder: Path, table: str, runtime_role: str,
+                   runtime_privileges: Mapping[str, str] | None) -> list[str]:
     applied_now: list[str] = []
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(table))

@@ -124,3 +124,20 @@ async def test_a_user_with_createrole_but_not_superuser_makes_the_roles_again_an
             drop_roles(stack.database_url, database)
         await admin.execute(f"DROP ROLE IF EXISTS {creator}")
         await admin.close()
+
+
+async def test_migrations_as_a_role_that_may_not_create_stop_at_once_saying_why(roles):
+    """A role without the right to migrate is a configuration error, said at start; not
+    a database "not reachable" after a minute of retries."""
+    from pathlib import Path
+
+    from inboundlib import db
+    from inboundlib.config import ConfigError
+    from services.audit.assembly import MIGRATIONS
+
+    pool = await db.create_pool(roles.runtime_url, min_size=1, max_size=1)
+    try:
+        with pytest.raises(ConfigError, match=f"cannot run as role {roles.runtime_role}: permission denied"):
+            await db.migrate(pool, Path(MIGRATIONS), table="role_test_migrations")
+    finally:
+        await pool.close()
