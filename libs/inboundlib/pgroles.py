@@ -82,8 +82,9 @@ async def _create(admin_url: str) -> DatabaseRoles | None:
             async with conn.transaction():
                 for name in (migration, runtime):
                     exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", name)
-                    # Only a superuser may even say NOSUPERUSER (Postgres refuses it to CREATEROLE users).
-                    attributes = ("NOSUPERUSER " if superuser or not exists else "") + "NOCREATEDB NOCREATEROLE"
+                    # Altering a role, only a superuser may even name these attributes (Postgres 15
+                    # refuses NOSUPERUSER to a CREATEROLE user, 16 NOCREATEDB to one without CREATEDB).
+                    attributes = "NOSUPERUSER NOCREATEDB NOCREATEROLE" if superuser or not exists else ""
                     verb = "ALTER" if exists else "CREATE"
                     await conn.execute(f"{verb} ROLE {ident[name]} LOGIN {attributes} PASSWORD '{password}'")
                 # Only the migration role creates in the schema (Postgres 14 and older let everyone).
