@@ -22,7 +22,9 @@ Who calls what (read from the code; keep it so when a call is added):
   `inbound.introspect`): Introspect and GetJwks.
 - `service/all_in_one` (every service in one process, one certificate) may do
   whatever any of Inbound's services may.
-- anyone: the standard health service (probes carry no certificate).
+- anyone: the standard health service's Check and List (probes carry no
+  certificate); its Watch, a stream held open for as long as the caller likes,
+  only for authenticated callers (the introspection port takes anonymous peers).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from services import modules
 
 OPERATORS = authz.kinds(identity.OPERATOR)
 RESOURCE_SERVERS = authz.kinds(identity.RESOURCE_SERVER)
+AUTHENTICATED = authz.kinds(*identity.KINDS)
 ALL_IN_ONE = identity.service(modules.ALL_IN_ONE)
 
 
@@ -102,7 +105,8 @@ RULES: dict[str, Allowed] = {
     _AUDIT + "Search": OPERATORS,
 
     _HEALTH + "Check": authz.ANYONE,
-    _HEALTH + "Watch": authz.ANYONE,
+    # Probes use Check; an anonymous peer could hold any number of Watch streams open.
+    _HEALTH + "Watch": AUTHENTICATED,
     _HEALTH + "List": authz.ANYONE,
 }
 
