@@ -223,15 +223,23 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
+class _ProbeHealth(health.aio.HealthServicer):
+    """The health service without Watch: probes use Check, and a stream anyone who
+    reaches the port could hold open (by the thousand) is no probe's."""
+
+    async def Watch(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "use Check")
+
+
 class HealthServer:
     """The standard gRPC health service alone, in plaintext, on its own port
     (INBOUND_HEALTH_PORT): kubelet's gRPC probes cannot present a client certificate.
     It answers for the whole process: SERVING once every port serves, NOT_SERVING
-    from the start of a graceful stop. It serves nothing else."""
+    from the start of a graceful stop. It serves nothing else, and no Watch streams."""
 
     def __init__(self, host: str, port: int):
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        self.health = health.aio.HealthServicer()
+        self.health = _ProbeHealth()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.address = f"{host}:{port}"
         self.port = self.server.add_insecure_port(self.address)
