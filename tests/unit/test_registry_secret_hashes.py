@@ -18,6 +18,16 @@ class Clients(FakeClients):
     async def list_clients(self):
         return list(self.clients.values())
 
+    # What an operator's changes answer with: the record (and, once, a new secret).
+    async def create_client(self, spec):
+        return self.clients["app"], "new-secret"
+
+    async def update_client(self, client_id, update):
+        return self.clients[client_id]
+
+    async def rotate_client_secret(self, client_id):
+        return self.clients[client_id], "new-secret"
+
 
 async def hashes_seen_by(caller) -> tuple[str, str]:
     servicer = ClientsServicer(Clients(client_record(secret_hash=HASH)))
@@ -41,3 +51,17 @@ async def test_services_that_verify_secrets_get_the_hash(caller):
                                     identity.resource_server("rs"), None])
 async def test_everyone_else_gets_the_record_without_it(caller):
     assert await hashes_seen_by(caller) == ("", "")
+
+
+async def test_an_operators_changes_answer_with_the_record_without_it():
+    servicer = ClientsServicer(Clients(client_record(secret_hash=HASH)))
+    token = authz.caller_var.set(identity.operator("alice"))
+    try:
+        created = await servicer.CreateClient(pb.CreateClientRequest(), None)
+        updated = await servicer.UpdateClient(pb.UpdateClientRequest(client_id="app"), None)
+        rotated = await servicer.RotateClientSecret(pb.RotateClientSecretRequest(client_id="app"), None)
+    finally:
+        authz.caller_var.reset(token)
+    assert created.client_secret == rotated.client_secret == "new-secret"  # the operator's to hand on, once
+    assert [r.client.client_id for r in (created, updated, rotated)] == ["app"] * 3
+    assert [r.client.secret_hash for r in (created, updated, rotated)] == ["", "", ""]
