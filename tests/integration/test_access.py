@@ -10,6 +10,7 @@ import json
 import asyncpg
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from inbound.issuer.v1 import issuer_pb2, issuer_pb2_grpc
 from inboundlib import identity
@@ -70,8 +71,19 @@ async def test_every_port_refuses_every_rpc_to_every_identity_not_on_its_list(st
                         assert call.value.code() == grpc.StatusCode.PERMISSION_DENIED, (module.name, method, caller)
                         refused.add(method)
     assert checked_ports == sum(1 for m in TABLE.values() for p in m.ports if p.kind != HTTP)
-    # Every RPC of the contracts was refused to someone (no row admits everyone but health's).
-    assert refused == {m for m, rule in access.RULES.items() if not rule.anyone}
+    # Every RPC of the contracts was refused to someone (no row admits every identity but health's).
+    assert refused == {m for m, rule in access.RULES.items() if not all(rule.admits(c) for c in IDENTITIES)}
+
+
+async def test_an_anonymous_peer_on_the_introspection_port_gets_health_checks_and_no_watch(stack):
+    async with introspection_channel(stack, None) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        assert (await stub.Check(health_pb2.HealthCheckRequest(), timeout=10)).status == \
+            health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as call:
+            async for _ in stub.Watch(health_pb2.HealthCheckRequest(), timeout=10):
+                pass
+    assert call.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 async def audit_row(stack, caller: str, method: str) -> dict:
