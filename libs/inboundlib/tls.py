@@ -132,9 +132,13 @@ class _Loaded:
         self.files = files
         self.signature = _signature(files)
         self.pem = _read(files)
+        # What was last warned about: a server looks at every handshake, which anyone who
+        # reaches the port can cause, so one warning per state of the files, not per look.
+        self._warned: tuple | None = None
 
     def changed(self) -> _Pem | None:
         """The new contents when the files changed since last read (and make a valid set), else None."""
+        signature = None
         try:
             signature = _signature(self.files)
             if signature == self.signature:
@@ -142,9 +146,13 @@ class _Loaded:
             pem = _read(self.files)
         except (OSError, ValueError) as exc:
             # Mid-rotation or a broken mount: keep what works, look again next time.
-            log.warning("TLS files changed but cannot be used yet; keeping the current certificate",
-                        extra={"cert": str(self.files.cert), "error": str(exc)})
+            state = (signature, str(exc))
+            if state != self._warned:
+                self._warned = state
+                log.warning("TLS files changed but cannot be used yet; keeping the current certificate",
+                            extra={"cert": str(self.files.cert), "error": str(exc)})
             return None
+        self._warned = None
         self.signature, self.pem = signature, pem
         log.info("TLS certificate reloaded", extra={"cert": str(self.files.cert)})
         return pem

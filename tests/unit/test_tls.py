@@ -82,6 +82,20 @@ def test_files_are_read_again_only_when_they_change_and_only_as_a_matching_pair(
     assert loaded.changed() is None
 
 
+def test_files_that_cannot_be_used_are_warned_about_once_per_change_not_per_look(ca, tmp_path, caplog):
+    """A server looks at every handshake, which anyone who reaches the port can cause."""
+    files = _copy(ca.issue_for(identity.service("edge")), tmp_path / "mounted")
+    loaded = tls._Loaded(files)
+    _replace(files.cert, ca.issue(file_name="edge-next", caller=identity.service("edge")).cert)
+    with caplog.at_level("WARNING", logger="inboundlib.tls"):
+        for _ in range(5):
+            assert loaded.changed() is None
+        assert len(caplog.records) == 1
+        _replace(files.cert, ca.issue(file_name="edge-third", caller=identity.service("edge")).cert)
+        assert loaded.changed() is None
+        assert len(caplog.records) == 2  # another state of the files: said again
+
+
 class _FakeChannel:
     """What ReloadingChannel needs of a grpc.aio channel: multicallables and close()."""
 
