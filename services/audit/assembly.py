@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -31,8 +31,9 @@ RUNTIME_PRIVILEGES = {"audit_log": "SELECT, INSERT"}
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str
-    migration_database_url: str
+    # URLs that may carry a password: never in a repr (a log line, a traceback's locals).
+    database_url: str = field(repr=False)
+    migration_database_url: str = field(repr=False)
     pool_size: int
     batch: int
 

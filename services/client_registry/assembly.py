@@ -3,7 +3,7 @@ migrations, the registry over its Postgres pool, the purge janitor."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -31,8 +31,9 @@ REVOCATION_TIMEOUT = 10.0
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str
-    migration_database_url: str
+    # URLs that may carry a password: never in a repr (a log line, a traceback's locals).
+    database_url: str = field(repr=False)
+    migration_database_url: str = field(repr=False)
     pool_size: int
     purge_seconds: int
 

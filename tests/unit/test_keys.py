@@ -183,6 +183,19 @@ def test_the_issuer_settings_never_show_a_key_encryption_key():
     assert repr(kek) not in repr(settings) and "key_encryption_keys" not in repr(settings)
 
 
+@pytest.mark.parametrize("service", ["client_registry", "audit"])
+def test_database_settings_never_show_a_database_password(service):
+    import importlib
+
+    from inboundlib.config import Env
+
+    settings = importlib.import_module(f"services.{service}.assembly").Settings.from_env(Env({
+        "DATABASE_URL": "postgresql://runtime:pw-runtime@db/inbound",
+        "INBOUND_MIGRATION_DATABASE_URL": "postgresql://owner:pw-owner@db/inbound"}))
+    assert settings.database_url.endswith("@db/inbound")
+    assert "pw-" not in repr(settings)
+
+
 async def test_rewrap_reencrypts_under_the_first_key_and_rereads_a_key_another_rewrap_replaced():
     from dataclasses import replace
 
