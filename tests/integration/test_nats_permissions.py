@@ -70,6 +70,18 @@ def _event(**fields) -> events_pb2.Event:
     return events_pb2.Event(event_id=uuid.uuid4().hex, occurred_at_unix_ms=int(time.time() * 1000), **fields)
 
 
+async def test_no_service_of_the_stack_is_refused_a_subject_it_uses(stack, make_client, issuer):
+    """What each service subscribes to (at start) and publishes (a token, a denial, a
+    revocation) is in its permissions: nats-server would refuse it, and the service log it."""
+    client, _ = await make_client()
+    await issuer.issue(IssueRequest(client_id=client.client_id, subject=client.client_id,
+                                    scopes=("api.read",), format="jwt", lifetime_seconds=600))
+    await issuer.revoke_client_tokens(client.client_id)
+    await audit_caught_up(stack)
+    refused = [line for sp in stack.services.values() for line in sp.lines if "nats refused a subject" in line]
+    assert not refused, refused
+
+
 async def test_a_revocation_forged_by_the_edge_is_refused_and_the_token_stays_active(stack, make_client, issuer):
     client, _ = await make_client()
     token = (await issuer.issue(IssueRequest(client_id=client.client_id, subject=client.client_id,
