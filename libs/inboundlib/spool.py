@@ -153,6 +153,7 @@ class Spool:
         self._lock = lock
         for path in sorted(self.directory.glob("*" + SUFFIX)):
             number = int(path.stem)
+            path.chmod(0o600)  # one an earlier version wrote with the umask's mode
             size, count = self._scan(path)
             if size == 0:
                 path.unlink()

@@ -132,6 +132,13 @@ def test_the_folder_and_its_files_are_private_whatever_the_umask(tmp_path):
     assert folder.stat().st_mode & 0o777 == 0o700
     files = list(folder.iterdir())
     assert files and all(f.stat().st_mode & 0o777 == 0o600 for f in files), [oct(f.stat().st_mode) for f in files]
+    # A folder and segment an earlier version left readable to all are made private at open.
+    folder.chmod(0o755)
+    for f in files:
+        f.chmod(0o644)
+    opened(folder).close()
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert all(f.stat().st_mode & 0o777 == 0o600 for f in files if f.name.endswith(".spool"))
 
 
 def test_a_full_disk_refuses_the_append_and_leaves_the_spool_whole(tmp_path):
