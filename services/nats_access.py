@@ -164,7 +164,11 @@ def main() -> None:
     parser.add_argument("--installation", action="append", default=None,
                         help="installation prefix (repeat for several installations on one NATS); default inbound")
     args = parser.parse_args()
-    installations = [Installation(name) for name in (args.installation or ["inbound"])]
+    installations = [Installation(name) for name in dict.fromkeys(args.installation or ["inbound"])]
+    variables = {password_variable(i, "x"): i.name for i in reversed(installations)}
+    if len(variables) < len(installations):  # `a-b` and `a_b`: one variable would hold both users' passwords
+        parser.error("installations whose names differ only in - and _ cannot share one NATS "
+                     "(their password variables would be the same)")
     print(authorization_users(((i, identity, password_variable(i, identity)) for i in installations
                                for identity in identities()), literal=False), end="")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import subprocess
+import sys
 from pathlib import Path
 
 from inboundlib import events
@@ -109,3 +110,13 @@ def test_every_subject_a_service_publishes_is_in_its_nats_permissions():
         if any(port.kind != HTTP for port in TABLE[name].ports):
             own |= gate
         assert own <= allowed, f"{name} publishes {sorted(own - allowed)} without NATS permission"
+
+
+def test_installations_that_would_share_password_variables_are_refused():
+    run = [sys.executable, "-m", "services.nats_access", "config"]
+    ok = subprocess.run([*run, "--installation", "a-b", "--installation", "c"], capture_output=True, text=True,
+                        cwd=ROOT, timeout=60)
+    assert ok.returncode == 0 and "INBOUND_NATS_PASSWORD_EDGE_A_B" in ok.stdout, ok.stderr
+    clash = subprocess.run([*run, "--installation", "a-b", "--installation", "a_b"], capture_output=True, text=True,
+                           cwd=ROOT, timeout=60)
+    assert clash.returncode != 0 and "password variables" in clash.stderr
