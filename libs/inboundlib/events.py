@@ -275,6 +275,7 @@ def describe_connect_error(exc: BaseException) -> str:
 
 ROUND_EVENTS = 1024
 MESSAGE_EVENTS = 256
+MESSAGE_BYTES = 256 << 10
 REPLAY_MESSAGES = 64  # spooled messages replayed per round
 RETRY_SECONDS = 0.5  # after a failed publish, events go to the spool (or wait, buffered) this long
 BATCH_HEADER = "Inbound-Event-Batch"
@@ -775,12 +776,24 @@ class EventBus:
 
 
 def _group(taken: list[Entry]) -> list[tuple[str, list[Entry]]]:
-    """Events by subject, in order, cut into messages of at most MESSAGE_EVENTS."""
+    """Events by subject, in order, cut into messages of at most MESSAGE_EVENTS and about
+    MESSAGE_BYTES (well under NATS's 1 MiB max_payload, which would refuse a message for good)."""
     by_subject: dict[str, list[Entry]] = {}
     for entry in taken:
         by_subject.setdefault(entry[0], []).append(entry)
-    return [(subject, entries[i:i + MESSAGE_EVENTS])
-            for subject, entries in by_subject.items() for i in range(0, len(entries), MESSAGE_EVENTS)]
+    messages: list[tuple[str, list[Entry]]] = []
+    for subject, entries in by_subject.items():
+        current: list[Entry] = []
+        size = 0
+        for entry in entries:
+            event_bytes = entry[1].ByteSize() + 8  # and its field tag and length in the batch
+            if current and (len(current) >= MESSAGE_EVENTS or size + event_bytes > MESSAGE_BYTES):
+                messages.append((subject, current))
+                current, size = [], 0
+            current.append(entry)
+            size += event_bytes
+        messages.append((subject, current))
+    return messages
 
 
 def _resolve(waiter: asyncio.Future | None, error: Exception | None = None) -> None:

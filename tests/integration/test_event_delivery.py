@@ -168,3 +168,36 @@ async def test_a_replay_that_fails_unexpectedly_does_not_stop_delivery(tmp_path,
     finally:
         await bus.close(flush_timeout=0.1)
         server.stop()
+
+
+async def test_large_events_are_cut_into_messages_nats_takes(tmp_path):
+    """256 events of 8 KiB would be one 2 MiB message, past NATS's max_payload (1 MiB):
+    refused for good. Messages are cut by size too, so every event is stored."""
+    server = PrivateNats(tmp_path / "nats", free_port())
+    server.start()
+    bus = EventBus(server.url, "test-large-events")
+    await bus.start()
+    try:
+        await asyncio.wait_for(bus.connected.wait(), 10)
+        events = [issued(i) for i in range(300)]
+        for event in events:
+            event.token_issued.scope = "s" * (8 << 10)
+            bus.publish(SUBJECT, event)
+        await bus.flush(10)
+        nc = await nats.connect(server.url)
+        try:
+            info = await nc.jetstream().stream_info(INSTALLATION.stream)
+        finally:
+            await nc.close()
+        assert bus.pending == 0 and info.state.messages > 2  # several messages, all stored
+        sub_nc = await nats.connect(server.url)
+        try:
+            sub = await sub_nc.jetstream().pull_subscribe(INSTALLATION.subject(SUBJECT), stream=INSTALLATION.stream)
+            msgs = await sub.fetch(info.state.messages, timeout=5)
+            got = [e.event_id for m in msgs for e in decode_message(m.data, m.headers)]
+        finally:
+            await sub_nc.close()
+        assert got == [e.event_id for e in events]
+    finally:
+        await bus.close(flush_timeout=0.1)
+        server.stop()
