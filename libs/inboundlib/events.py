@@ -9,7 +9,8 @@ while NATS cannot take them depends on the delivery (INBOUND_EVENTS_DELIVERY):
   local append-only spool, fsync'ed, and are replayed in order when NATS is
   back (or at the next start). A message NATS refuses for good (a subject these
   credentials may not publish, services/nats_access.py) is logged, counted
-  (EVENTS_REJECTED) and dropped, so that it cannot hold up the spool behind it.
+  (EVENTS_REJECTED) and set aside (spooled ones, in the spool's `rejected`) or
+  dropped, so that it cannot hold up the spool behind it.
   A caller that must not answer before its event
   is durable (the token path: a token is answered only once its audit event
   is) publishes with `awaited=True` and then `await bus.durable(event_id)`:
@@ -64,7 +65,7 @@ from inboundlib.metrics import (
     EVENTS_SPOOL_BYTES,
 )
 from inboundlib.oauth.errors import TemporarilyUnavailable
-from inboundlib.spool import Spool, SpoolFull
+from inboundlib.spool import REJECTED_NAME, Spool, SpoolFull
 
 log = logging.getLogger(__name__)
 
@@ -443,11 +444,14 @@ class EventBus:
         return (isinstance(outcome, BaseException)
                 and self._refused_subjects.get(self.installation.subject(subject), float("-inf")) >= since)
 
-    def _reject(self, subject: str, events: list[events_pb2.Event], outcome: BaseException) -> None:
+    def _reject(self, subject: str, events: list[events_pb2.Event], outcome: BaseException, *,
+                kept: Path | None = None) -> None:
         """Events NATS will never take from this process: logged (their ids, never their
-        contents) and counted, then dropped, so that they do not hold up the others."""
+        contents) and counted, then set aside (`kept`, spooled ones) or dropped, so that they
+        do not hold up the others."""
         EVENTS_REJECTED.labels(self.source).inc(len(events))
-        log.error("nats refused events for good (a subject this service may not publish, or too large); dropped",
+        log.error("nats refused events for good (a subject this service may not publish, or too large); "
+                  + (f"set aside in {kept}" if kept else "dropped"),
                   extra={"subject": self.installation.subject(subject), "events": len(events),
                          "event_ids": [e.event_id for e in events[:20]], "error": type(outcome).__name__})
 
@@ -671,12 +675,18 @@ class EventBus:
         # Moved past: those JetStream took, and those it will never take (set aside, or they would
         # block the spool for good: every later event behind them, and at last 503s for everyone).
         done = 0
+        refused: list = []
         for record, outcome in zip(records, outcomes):
             if self._refused_for_good(record.subject, outcome, started):
-                self._reject(record.subject, record.events, outcome)
+                refused.append((record, outcome))
             elif isinstance(outcome, BaseException):
                 break
             done += 1
+        if refused:
+            kept = await self._on_disk(self.spool.set_aside, [record for record, _ in refused])
+            for record, outcome in refused:
+                self._reject(record.subject, record.events, outcome,
+                             kept=self.spool.directory / REJECTED_NAME if kept else None)
         await self._on_disk(self.spool.consume, records[:done])
         if done < len(records):
             error = outcomes[done]

@@ -25,6 +25,7 @@ the cost of an fsync is shared by every request of that round.
   message id is the same), and the audit log stores an event id once whatever
   the time between (its primary key), so each event is stored once.
 - One process per folder: a lock file (flock) refuses a second one.
+- A message NATS refuses for good is set aside in `rejected` (bounded), not retried.
 - Private: the folder is 0700 and its files 0600 (the events name clients and subjects).
 
 Not thread-safe: the event bus calls it from one task at a time (in a worker thread,
@@ -49,6 +50,7 @@ _HEADER = struct.Struct(">II")
 _SUBJECT_LEN = struct.Struct(">H")
 SUFFIX = ".spool"
 LOCK_NAME = "lock"
+REJECTED_NAME = "rejected"  # messages NATS refused for good (set_aside)
 DEFAULT_SEGMENT_BYTES = 4 << 20
 
 
@@ -255,6 +257,24 @@ class Spool:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    # --- set aside ------------------------------------------------------------------------------
+
+    def set_aside(self, records: list[Record]) -> bool:
+        """Keep messages NATS refused for good (a subject these credentials may not publish) in
+        the file `rejected`, in the segments' format: moved into a spool folder as a segment of
+        a process allowed to publish them, they are replayed from there. Bounded at an eighth
+        of the spool's bound; False (nothing kept) past it."""
+        data = b"".join(encode(r.subject, r.events) for r in records)
+        path = self.directory / REJECTED_NAME
+        if (path.stat().st_size if path.exists() else 0) + len(data) > self.limit_bytes // 8:
+            return False
+        with open(path, "ab", buffering=0, opener=_private) as f:
+            view = memoryview(data)
+            while view:
+                view = view[f.write(view):]
+            os.fsync(f.fileno())
+        return True
 
     # --- replay ---------------------------------------------------------------------------------
 

@@ -172,6 +172,15 @@ async def test_a_spooled_event_the_server_refuses_for_good_is_set_aside_not_retr
     assert await _audit_rows(stack, behind.event_id) == 1 and await _audit_rows(stack, later.event_id) == 1
     assert await _audit_rows(stack, refused.event_id) == 0
     assert REGISTRY.get_sample_value("inbound_events_rejected_total", {"source": source}) == 1
+    # Set aside, in the segments' format: as a segment of another spool folder, it is read back.
+    recovered = tmp_path / "recovered"
+    recovered.mkdir()
+    (tmp_path / "spool" / "rejected").rename(recovered / "0000000000000001.spool")
+    reader = Spool(recovered, 1 << 20)
+    reader.open()
+    assert [(r.subject, [e.event_id for e in r.events]) for r in reader.read(10)] == [
+        (TOKEN_REVOKED, [refused.event_id])]
+    reader.close()
 
 
 async def _log_line_of_a_replica(stack, env: dict[str, str], wanted: str) -> tuple[str, list[str]]:

@@ -158,3 +158,16 @@ def test_a_full_disk_refuses_the_append_and_leaves_the_spool_whole(tmp_path):
     assert ids(spool.read(100)) == ["e00000", "e00006"] and spool.unread == 2
     spool.close()
     assert ids(opened(tmp_path / "spool").read(100)) == ["e00000", "e00006"]
+
+
+def test_what_is_set_aside_is_bounded_and_private(tmp_path):
+    spool = opened(tmp_path / "spool", limit=64 << 10)  # set aside: up to 8 KiB
+    spool.append([(SUBJECT, [issued(i)]) for i in range(3)])
+    records = spool.read(3)
+    assert spool.set_aside(records[:1])
+    kept = (tmp_path / "spool" / "rejected").stat()
+    assert kept.st_mode & 0o777 == 0o600
+    while spool.set_aside(records[:1]):
+        pass
+    assert (tmp_path / "spool" / "rejected").stat().st_size <= 8 << 10
+    spool.close()
