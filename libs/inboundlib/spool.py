@@ -262,8 +262,9 @@ class Spool:
 
     def set_aside(self, records: list[Record]) -> bool:
         """Keep messages NATS refused for good (a subject these credentials may not publish) in
-        the file `rejected`, in the segments' format: moved into a spool folder as a segment of
-        a process allowed to publish them, they are replayed from there. Bounded at an eighth
+        the file `rejected`, in the segments' format: moved into the spool folder of a (stopped)
+        process allowed to publish them as segment 0000000000000000.spool (segments are numbered
+        from 1), they are replayed first at its next start. Bounded at an eighth
         of the spool's bound; False (nothing kept) past it."""
         data = b"".join(encode(r.subject, r.events) for r in records)
         path = self.directory / REJECTED_NAME

@@ -175,7 +175,7 @@ async def test_a_spooled_event_the_server_refuses_for_good_is_set_aside_not_retr
     # Set aside, in the segments' format: as a segment of another spool folder, it is read back.
     recovered = tmp_path / "recovered"
     recovered.mkdir()
-    (tmp_path / "spool" / "rejected").rename(recovered / "0000000000000001.spool")
+    (tmp_path / "spool" / "rejected").rename(recovered / "0000000000000000.spool")
     reader = Spool(recovered, 1 << 20)
     reader.open()
     assert [(r.subject, [e.event_id for e in r.events]) for r in reader.read(10)] == [
