@@ -37,6 +37,7 @@ from pathlib import Path
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from inboundlib.config import ConfigError, Env
@@ -119,7 +120,10 @@ def _read(files: TlsFiles) -> _Pem:
     pem = _Pem(files.cert.read_bytes(), files.key.read_bytes(), files.ca.read_bytes())
     certs = x509.load_pem_x509_certificates(pem.cert)
     x509.load_pem_x509_certificates(pem.ca)
-    key = serialization.load_pem_private_key(pem.key, password=None)
+    try:
+        key = serialization.load_pem_private_key(pem.key, password=None)
+    except (TypeError, UnsupportedAlgorithm) as exc:  # encrypted, or a kind of key we cannot use
+        raise ValueError(f"{files.key}: {exc}") from None
     if key.public_key() != certs[0].public_key():
         raise ValueError(f"{files.key} is not the key of the certificate in {files.cert}")
     return pem

@@ -6,6 +6,7 @@ import os
 import shutil
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from inboundlib import identity, pki, tls
 from inboundlib.config import ConfigError, Env
@@ -94,6 +95,20 @@ def test_files_that_cannot_be_used_are_warned_about_once_per_change_not_per_look
         _replace(files.cert, ca.issue(file_name="edge-third", caller=identity.service("edge")).cert)
         assert loaded.changed() is None
         assert len(caplog.records) == 2  # another state of the files: said again
+
+
+def test_an_encrypted_key_is_a_config_error_at_start_and_not_taken_later(ca, tmp_path):
+    good = _copy(ca.issue_for(identity.service("edge")), tmp_path / "mounted")
+    key = serialization.load_pem_private_key(good.key.read_bytes(), None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.BestAvailableEncryption(b"passphrase")))
+    env = Env({tls.CERT_ENV: str(good.cert), tls.KEY_ENV: str(encrypted), tls.CA_ENV: str(good.ca)})
+    with pytest.raises(ConfigError, match="encrypted"):
+        tls.TlsConfig.from_env(env)
+    loaded = tls._Loaded(good)
+    _replace(good.key, encrypted)
+    assert loaded.changed() is None  # kept the working pair (a server's handshakes go on)
 
 
 class _FakeChannel:
