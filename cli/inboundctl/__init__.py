@@ -20,14 +20,23 @@ operator certificate `operator/dev`):
 
     INBOUND_TLS_CERT_FILE=... INBOUND_TLS_KEY_FILE=... INBOUND_TLS_CA_FILE=... inboundctl client list
 
-INBOUND_GRPC_TLS=plaintext talks to a stack that runs without TLS.
+INBOUND_GRPC_TLS=plaintext talks to a stack that runs without TLS (and says so on stderr).
 """
 from __future__ import annotations
 
+import sys
+
+PLAINTEXT_WARNING = ("inboundctl: warning: INBOUND_GRPC_TLS=plaintext: this connection is unencrypted and "
+                     "you are not authenticated (the audit log names whatever --operator says)")
+
 
 def tls_config():
-    """The TLS settings from the environment (inboundlib.tls); a ConfigError names what is missing."""
+    """The TLS settings from the environment (inboundlib.tls); a ConfigError names what is missing.
+    Plaintext, chosen explicitly, is said on stderr: nothing about it is authenticated."""
     from inboundlib import tls
     from inboundlib.config import Env
 
-    return tls.TlsConfig.from_env(Env())
+    config = tls.TlsConfig.from_env(Env())
+    if config.plaintext:
+        print(PLAINTEXT_WARNING, file=sys.stderr)
+    return config
