@@ -24,8 +24,11 @@ Subjects are relative to the installation (inboundlib.events.Installation):
 the stream `INBOUND_EVENTS`. Beside its events, each identity may use only:
 - `_INBOX.<installation>.<identity>.>` (subscribe): the replies to its own
   requests (JetStream acks and API answers); no service can read another's.
-- publishers: `$JS.API.STREAM.INFO.<stream>` and `$JS.API.STREAM.CREATE.<stream>`
-  (ensure_stream: whoever starts first creates the stream);
+- publishers: `$JS.API.STREAM.INFO.<stream>`; audit, token_issuer and
+  client_registry also `$JS.API.STREAM.CREATE.<stream>` (ensure_stream: whichever
+  starts first creates it). The edge and the grant services may not: a stream made
+  by them could carry limits that discard the trail (a max_age of a second).
+  They connect once the stream exists (their events wait, spooled, meanwhile);
 - audit: the same, plus its durable consumer's create/info/next-message API
   subjects and `$JS.ACK.<stream>.audit.>` (acks). No other JetStream API: no
   service can delete, purge or read the stream past its own consumer, nor
@@ -73,21 +76,27 @@ class Permissions:
     publish: frozenset[str] = frozenset()
     subscribe: frozenset[str] = frozenset()
     consumes_audit: bool = False
+    # May create the stream (with limits of its choosing: a short max_age would let
+    # JetStream acknowledge events and then discard them). Not the edge nor the grant
+    # services: their events wait, spooled, until one of these has made it.
+    creates_stream: bool = False
 
     def __or__(self, other: Permissions) -> Permissions:
         return Permissions(self.publish | other.publish, self.subscribe | other.subscribe,
-                           self.consumes_audit or other.consumes_audit)
+                           self.consumes_audit or other.consumes_audit, self.creates_stream or other.creates_stream)
 
 
-def _p(publish: Iterable[str] = (), subscribe: Iterable[str] = (), consumes_audit: bool = False) -> Permissions:
-    return Permissions(frozenset(publish), frozenset(subscribe), consumes_audit)
+def _p(publish: Iterable[str] = (), subscribe: Iterable[str] = (), consumes_audit: bool = False,
+       creates_stream: bool = False) -> Permissions:
+    return Permissions(frozenset(publish), frozenset(subscribe), consumes_audit, creates_stream)
 
 
 RULES: dict[str, Permissions] = {
-    "client_registry": _p(publish=(CLIENT_CHANGED, SIGNING_KEY_CHANGED, TOKEN_REVOKED)),
+    "client_registry": _p(publish=(CLIENT_CHANGED, SIGNING_KEY_CHANGED, TOKEN_REVOKED), creates_stream=True),
     "token_issuer": _p(publish=(TOKEN_ISSUED, TOKEN_REVOKED, REVOKED_TOKEN_INTROSPECTED, KEYS_ROTATED),
-                       subscribe=(CLIENT_CHANGED, SIGNING_KEY_CHANGED, KEYS_ROTATED, TOKEN_REVOKED)),
-    "audit": _p(consumes_audit=True),
+                       subscribe=(CLIENT_CHANGED, SIGNING_KEY_CHANGED, KEYS_ROTATED, TOKEN_REVOKED),
+                       creates_stream=True),
+    "audit": _p(consumes_audit=True, creates_stream=True),
     "edge": _p(publish=(TOKEN_DENIED,), subscribe=(KEYS_ROTATED,)),
 }
 # Every grant service (a row with a grant type): its refusals, and its client cache's invalidations.
@@ -132,8 +141,9 @@ def server_permissions(installation: Installation, identity: str) -> dict:
     stream = installation.stream
     publish = sorted(installation.subject(s) for s in rules.publish)
     subscribe = sorted(installation.subject(s) for s in rules.subscribe)
-    api = ([f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.CREATE.{stream}"]
-           if rules.publish or rules.consumes_audit else [])
+    api = [f"$JS.API.STREAM.INFO.{stream}"] if rules.publish or rules.consumes_audit else []
+    if rules.creates_stream:
+        api.append(f"$JS.API.STREAM.CREATE.{stream}")
     if rules.consumes_audit:
         api += [f"$JS.API.CONSUMER.INFO.{stream}.{AUDIT_DURABLE}",
                 f"$JS.API.CONSUMER.CREATE.{stream}.{AUDIT_DURABLE}",

@@ -22,7 +22,17 @@ from prometheus_client import REGISTRY
 
 from inbound.events.v1 import events_pb2
 from inboundlib import pki
-from inboundlib.events import CLIENT_CHANGED, TOKEN_DENIED, TOKEN_ISSUED, TOKEN_REVOKED, EventBus, registry_changed
+from inboundlib.config import Env
+from inboundlib.events import (
+    CLIENT_CHANGED,
+    TOKEN_DENIED,
+    TOKEN_ISSUED,
+    TOKEN_REVOKED,
+    EventBus,
+    Installation,
+    NatsSettings,
+    registry_changed,
+)
 from inboundlib.localservers import free_port
 from inboundlib.spool import Spool
 from services.devstack import DevNats, Stack
@@ -211,6 +221,55 @@ async def test_a_service_that_does_not_trust_the_nats_server_certificate_says_so
     line, _ = await _log_line_of_a_replica(stack, {"INBOUND_NATS_CA_FILE": str(other_ca.ca_file)},
                                            "TLS with the NATS server failed")
     assert '"level": "error"' in line and "CERTIFICATE_VERIFY_FAILED" in line
+
+
+async def test_only_the_trusted_services_may_create_the_stream_the_others_wait_for_it(tmp_path):
+    """The edge could make the events stream with limits that discard the trail (JetStream
+    would acknowledge events, then drop them): it may not create it; its events wait in its
+    spool until a service that may (token_issuer) has, then reach the stream."""
+    nats_server = DevNats(tmp_path / "nats", free_port(), pki.DevCA(tmp_path / "pki"), ("gamma",))
+    nats_server.start()
+    installation = Installation("gamma")
+
+    def settings(identity: str) -> NatsSettings:
+        return NatsSettings.from_env(Env(nats_server.env("gamma", identity))).for_identity(identity)
+
+    errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    try:
+        nc = await nats.connect(**settings("edge").connect_options(), error_cb=on_error, allow_reconnect=False)
+        try:
+            with pytest.raises(Exception):  # noqa: B017 - refused (no answer comes), however nats-py says it
+                await nc.jetstream(timeout=2).add_stream(name=installation.stream, subjects=[installation.subjects],
+                                                         max_age=1)
+        finally:
+            await nc.close()
+        assert any("permissions violation" in str(e).lower() for e in errors)
+        edge = EventBus(settings("edge"), "test-stream-edge", spool=Spool(tmp_path / "spool", 1 << 20))
+        await edge.start()
+        try:
+            waited = _event(token_denied=events_pb2.TokenDenied(client_id="waits-for-stream"))
+            await asyncio.wait_for(edge.durable(edge.publish(TOKEN_DENIED, waited, awaited=True)), 10)
+            issuer = EventBus(settings("token_issuer"), "test-stream-issuer")
+            await issuer.start()
+            try:
+                await asyncio.wait_for(issuer.connected.wait(), 10)
+            finally:
+                await issuer.close()
+            await eventually(lambda: edge.spool.empty, message="the edge's spool replayed once the stream exists")
+        finally:
+            await edge.close()
+        nc = await nats.connect(**settings("audit").connect_options())
+        try:
+            info = await nc.jetstream().stream_info(installation.stream)
+        finally:
+            await nc.close()
+        assert info.config.max_age != 1 and info.state.messages == 1
+    finally:
+        nats_server.stop()
 
 
 # --- two installations on one NATS ---------------------------------------------------------------------

@@ -120,3 +120,9 @@ def test_installations_that_would_share_password_variables_are_refused():
     clash = subprocess.run([*run, "--installation", "a-b", "--installation", "a_b"], capture_output=True, text=True,
                            cwd=ROOT, timeout=60)
     assert clash.returncode != 0 and "password variables" in clash.stderr
+
+
+def test_the_edge_and_the_grant_services_may_not_create_the_stream():
+    creators = {i for i in nats_access.identities() if "$JS.API.STREAM.CREATE.INBOUND_EVENTS" in
+                nats_access.server_permissions(Installation(), i)["publish"]["allow"]}
+    assert creators == {"audit", "token_issuer", "client_registry", ALL_IN_ONE}
