@@ -238,10 +238,11 @@ class _Host:
 
 
 async def serve(table: Mapping[str, Module], names: list[str], stop: asyncio.Event, *,
-                process_name: str, env: Env | None = None, access: authz.Policy | None = None) -> None:
-    """Run the services `names` of `table` in this process until `stop` is set; with
-    `access` (the access table), every gRPC server checks every call against it
-    (not in the explicit plaintext mode: without certificates no caller is known)."""
+                access: authz.Policy, process_name: str, env: Env | None = None) -> None:
+    """Run the services `names` of `table` in this process until `stop` is set. Every
+    gRPC server checks every call against `access` (the access table; required, so a
+    host cannot serve mTLS without it), except in the explicit plaintext mode, where
+    without certificates no caller is known."""
     env = env or Env()
     try:
         trust_domain = identity.check_trust_domain(env.str(identity.TRUST_DOMAIN_ENV, identity.DEFAULT_TRUST_DOMAIN))
@@ -296,7 +297,7 @@ async def serve(table: Mapping[str, Module], names: list[str], stop: asyncio.Eve
             for kind, number in ports.items():
                 if kind == HTTP or not number:
                     continue
-                gate = None if access is None or tls_config.plaintext else authz.Gate(
+                gate = None if tls_config.plaintext else authz.Gate(
                     access, number, authz.denial_reporter(ctx.events), trust_domain=trust_domain,
                     # A port that also admits bearer tokens: its service says whose they are.
                     bearer=getattr(component, "bearer_callers", {}).get(kind))
