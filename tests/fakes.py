@@ -19,6 +19,7 @@ stands in for also runs for real (Postgres, NATS, gRPC) in tests/integration.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 import uuid
@@ -320,3 +321,31 @@ class FakeTokens:
         self.revoked.append((token, caller, token_type_hint))
         if self.error is not None:
             raise self.error
+
+
+@contextlib.asynccontextmanager
+async def running_edge(settings, *, host: str = "127.0.0.1", issuer: str = "http://127.0.0.1"):
+    """A real edge HTTP server (uvicorn, the edge's own protocol limits) in this loop, in
+    front of a FakeGrant; yields its port once it accepts connections."""
+    from inboundlib.localservers import free_port
+    from services.edge.app import EdgeConfig, create_app
+    from services.edge.server import serve
+
+    port = free_port()
+    app = create_app(EdgeConfig(issuer=issuer, grants={"client_credentials": FakeGrant()},
+                                jwks=lambda: asyncio.sleep(0, {"keys": []}), settings=settings))
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(app, host, port, stop, settings))
+    async with asyncio.timeout(10):
+        while not task.done():
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.02)
+    try:
+        yield port
+    finally:
+        stop.set()
+        await task

@@ -9,10 +9,8 @@ import socket
 
 import pytest
 
-from services.edge.app import EdgeConfig, create_app
-from services.edge.server import serve
 from services.edge.settings import EdgeSettings
-from tests.fakes import FakeGrant
+from tests.fakes import running_edge
 
 
 def free_port() -> int:
@@ -21,27 +19,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.asynccontextmanager
-async def edge(**settings):
-    port = free_port()
-    config_settings = EdgeSettings(**settings)
-    app = create_app(EdgeConfig(issuer="http://127.0.0.1", grants={"client_credentials": FakeGrant()},
-                                jwks=lambda: asyncio.sleep(0, {}), settings=config_settings))
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(app, "127.0.0.1", port, stop, config_settings))
-    async with asyncio.timeout(10):
-        while True:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                break
-            except OSError:
-                await asyncio.sleep(0.02)
-    try:
-        yield port
-    finally:
-        stop.set()
-        await task
+def edge(**settings):
+    return running_edge(EdgeSettings(**settings))
 
 
 async def exchange(port: int, data: bytes, *, wait: float = 5.0) -> bytes:

@@ -5,7 +5,6 @@ bind unless INBOUND_HTTP_PLAINTEXT_PUBLIC says TLS ends in front."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import ssl
 
@@ -18,7 +17,7 @@ from inboundlib.pki import DevCA
 from services.edge.app import EdgeConfig, create_app
 from services.edge.server import serve
 from services.edge.settings import EdgeSettings
-from tests.fakes import FakeGrant
+from tests.fakes import running_edge
 
 ONE_YEAR = 365 * 24 * 3600
 
@@ -38,26 +37,8 @@ def tls_settings(certificate, **settings) -> EdgeSettings:
     return EdgeSettings(tls_cert_file=str(certificate.cert), tls_key_file=str(certificate.key), **settings)
 
 
-@contextlib.asynccontextmanager
-async def edge(settings: EdgeSettings, host: str = "127.0.0.1"):
-    port = free_port()
-    app = create_app(EdgeConfig(issuer="https://127.0.0.1", grants={"client_credentials": FakeGrant()},
-                                jwks=lambda: asyncio.sleep(0, {"keys": []}), settings=settings))
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(app, host, port, stop, settings))
-    async with asyncio.timeout(10):
-        while not task.done():
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                break
-            except OSError:
-                await asyncio.sleep(0.02)
-    try:
-        yield port
-    finally:
-        stop.set()
-        await task
+def edge(settings: EdgeSettings, host: str = "127.0.0.1"):
+    return running_edge(settings, host=host, issuer="https://127.0.0.1")
 
 
 def trusting(certificate) -> ssl.SSLContext:
