@@ -5,7 +5,6 @@ bind unless INBOUND_HTTP_PLAINTEXT_PUBLIC says TLS ends in front."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 
 import httpx
@@ -13,6 +12,7 @@ import pytest
 
 from inboundlib import identity
 from inboundlib.config import ConfigError, Env
+from inboundlib.localservers import free_port
 from inboundlib.pki import DevCA
 from services.edge.app import EdgeConfig, create_app
 from services.edge.server import serve
@@ -20,12 +20,6 @@ from services.edge.settings import EdgeSettings
 from tests.fakes import running_edge
 
 ONE_YEAR = 365 * 24 * 3600
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
