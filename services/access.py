@@ -91,8 +91,10 @@ RULES: dict[str, Allowed] = {
     _CLIENTS + "DeleteClient": OPERATORS,
     _CLIENTS + "RotateClientSecret": OPERATORS,
 
-    _KEYS + "ListSigningKeys": ISSUER | OPERATORS,
-    _KEYS + "AddSigningKey": ISSUER | OPERATORS,
+    # Stored signing keys (encrypted private keys) are token_issuer's alone: operators list
+    # and rotate keys through token_issuer (ListKeys, RotateKey), which makes and checks them.
+    _KEYS + "ListSigningKeys": ISSUER,
+    _KEYS + "AddSigningKey": ISSUER,
     _KEYS + "RewrapSigningKey": ISSUER,  # only token_issuer holds the key-encryption keys
 
     _TOKENS + "StoreOpaqueTokens": ISSUER,
