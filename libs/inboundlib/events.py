@@ -76,6 +76,7 @@ REGISTRY_CHANGED_PREFIX = "registry."
 REGISTRY_CHANGED_ALL = REGISTRY_CHANGED_PREFIX + ">"
 ENTITY_CLIENT = "client"
 ENTITY_SIGNING_KEY = "signing_key"
+ENTITY_USER = "user"
 
 
 def registry_subject(entity: str) -> str:
@@ -90,6 +91,10 @@ TOKEN_DENIED = "token.denied"
 TOKEN_REVOKED = "token.revoked"
 REVOKED_TOKEN_INTROSPECTED = "token.introspected_revoked"
 ACCESS_DENIED = "access.denied"
+USER_CHANGED = registry_subject(ENTITY_USER)
+USER_LOCKED = "user.locked"
+USER_LOCK_ENDED = "user.lock_ended"
+REFRESH_TOKEN_REUSED = "token.refresh_reused"
 
 # The one payload each subject carries. NATS decides who may send on a subject
 # (services/nats_access.py), not what the message says: the audit log refuses a
@@ -104,6 +109,10 @@ PAYLOADS: dict[str, tuple[str, str]] = {  # subject -> (payload field, registry 
     TOKEN_REVOKED: ("token_revoked", ""),
     REVOKED_TOKEN_INTROSPECTED: ("revoked_token_introspected", ""),
     ACCESS_DENIED: ("access_denied", ""),
+    USER_CHANGED: ("registry_changed", ENTITY_USER),
+    USER_LOCKED: ("user_locked", ""),
+    USER_LOCK_ENDED: ("user_lock_ended", ""),
+    REFRESH_TOKEN_REUSED: ("refresh_token_reused", ""),
 }
 
 DEFAULT_INSTALLATION = "inbound"

@@ -104,6 +104,11 @@ class ClientRecord:
     created_at: int
     updated_at: int
     secret_rotated_at: int = 0
+    # RFC 6749 §4.3.2: a public client may use the password grant only when the operator allows it.
+    allow_public_password_grant: bool = False
+    # A refresh-token family ends this many seconds after its first token, whatever
+    # its rotations (0: only the sliding refresh_token_lifetime applies).
+    refresh_token_absolute_lifetime: int = 0
 
 
 @dataclass
@@ -120,6 +125,8 @@ class ClientSpec:
     pkce_required: bool | None = None
     logo_url: str = ""
     comments: str = ""
+    allow_public_password_grant: bool | None = None
+    refresh_token_absolute_lifetime: int | None = None
 
 
 @dataclass
@@ -136,6 +143,8 @@ class ClientUpdate:
     pkce_required: bool | None = None
     logo_url: str | None = None
     comments: str | None = None
+    allow_public_password_grant: bool | None = None
+    refresh_token_absolute_lifetime: int | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +172,11 @@ class OpaqueTokenRecord:
     grant_id: str = ""
     # issued_at to the millisecond (0 from an older writer: taken as issued_at * 1000).
     issued_at_ms: int = 0
+    # Refresh tokens, as the registry reads them (ignored on writes): rotated already,
+    # or of a revoked family; and when the family ends whatever its rotations (0: never).
+    consumed: bool = False
+    revoked: bool = False
+    family_expires_at: int = 0
 
     @property
     def issued_at_precise_ms(self) -> int:
@@ -240,6 +254,145 @@ class RevocationPage:
         return self.scan if self.scan is not None else self.next
 
 
+# --- users ----------------------------------------------------------------------------------------
+
+ROLE_OAUTH_ADMIN = "oauth_admin"
+ROLE_MI_ADMIN = "mi_admin"
+ROLE_ADMIN = "admin"
+BUILT_IN_ROLES = (ROLE_OAUTH_ADMIN, ROLE_MI_ADMIN, ROLE_ADMIN)
+
+# AuthenticateUser's purposes (for the audit trail; counters are shared by all).
+PURPOSE_PASSWORD_GRANT = "password_grant"
+PURPOSE_BROWSER_SIGN_IN = "browser_sign_in"
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """A user as the directory holds it; never the password hash (it stays in the registry)."""
+    id: str
+    username: str
+    email: str
+    display_name: str
+    active: bool
+    roles: tuple[str, ...]
+    given_name: str = ""
+    family_name: str = ""
+    email_verified: bool = False
+    locale: str = ""
+    zoneinfo: str = ""
+    created_at: int = 0
+    updated_at: int = 0
+    password_changed_at: int = 0  # 0: no password
+    locked_until: int = 0  # for operators: the latest lock or back-off end in force (0: none)
+
+
+@dataclass
+class UserSpec:
+    """What an operator sets when creating a user. `password` "" creates it without one."""
+    username: str
+    email: str = ""
+    display_name: str = ""
+    roles: list[str] = field(default_factory=list)
+    given_name: str = ""
+    family_name: str = ""
+    email_verified: bool = False
+    locale: str = ""
+    zoneinfo: str = ""
+    active: bool = True
+    password: str = field(default="", repr=False)
+
+
+@dataclass
+class UserUpdate:
+    """A partial update: None leaves a field as it is. active=False revokes the user's tokens."""
+    username: str | None = None
+    email: str | None = None
+    display_name: str | None = None
+    active: bool | None = None
+    given_name: str | None = None
+    family_name: str | None = None
+    email_verified: bool | None = None
+    locale: str | None = None
+    zoneinfo: str | None = None
+
+
+@dataclass(frozen=True)
+class UserPage:
+    users: list[UserRecord]
+    next: str = ""  # pass as `after` for the next page; "" after the last
+
+
+@dataclass(frozen=True)
+class SignIn:
+    """One AuthenticateUser item. The password never appears in a repr."""
+    username: str
+    password: str = field(repr=False)
+    client_address: str = ""
+    purpose: str = PURPOSE_PASSWORD_GRANT
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """Wrong username or wrong password: one answer for both (and for a user without a
+    password, or a disabled one: see UserAuthenticator)."""
+
+
+@dataclass(frozen=True)
+class Locked:
+    locked_until: int  # Unix seconds
+
+
+SignInOutcome = UserRecord | Invalid | Locked | ItemError
+
+
+# --- refresh-token rotation -----------------------------------------------------------------------
+
+REFUSED_UNKNOWN = "unknown"
+REFUSED_EXPIRED = "expired"
+REFUSED_OTHER_CLIENT = "other_client"
+REFUSED_REVOKED = "revoked"
+REFUSED_USER_INACTIVE = "user_inactive"
+REFUSED_CLIENT_INACTIVE = "client_inactive"
+REFUSED_REUSED = "reused"
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """One RotateRefreshToken item: the presented token's hash, the client presenting it,
+    the successor's hash and jti, and the grace window for retries."""
+    token_hash: bytes
+    client_id: str
+    new_token_hash: bytes
+    new_jti: str
+    grace_seconds: int
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class Rotated:
+    consumed: OpaqueTokenRecord
+    successor: OpaqueTokenRecord
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A retry inside the grace window: the first rotation's encrypted response
+    (b"" while it has not been stored yet)."""
+    encrypted_response: bytes
+    consumed: OpaqueTokenRecord
+
+
+@dataclass(frozen=True)
+class Refused:
+    reason: str  # one of REFUSED_*
+    grant_id: str = ""
+    revocation: RevocationRecord | None = None  # for REFUSED_REUSED: the family's revocation
+
+
+RotationOutcome = Rotated | Replay | Refused | ItemError
+
+
 # --- one narrow interface per domain ----------------------------------------------------------
 
 class ClientReader(Protocol):
@@ -279,6 +432,53 @@ class RevocationStore(Protocol):
                                limit: int = 10_000) -> RevocationPage: ...
 
 
-class ClientRegistryApi(ClientStore, SigningKeyStore, TokenStore, RevocationStore, Protocol):
+class UserAuthenticator(Protocol):
+    """The hot path of every sign-in (the password grant, the browser's sign-in page).
+
+    One outcome per item, in order: the user, Invalid, Locked, or an ItemError.
+    Unknown username, wrong password, no password and a disabled user are all
+    Invalid, answered in the same time (an unknown user is checked against a dummy
+    hash); a locked username or (username, address) answers Locked even for the
+    right password. Counting, back-off and locks happen in the same transaction
+    as the check, so concurrent guesses cannot slip past a lock."""
+    async def authenticate_users(self, sign_ins: list[SignIn]) -> list[SignInOutcome]: ...
+
+
+class UserDirectory(Protocol):
+    """Operators' management of users. A password change, disabling or deleting a user
+    revokes every token the user holds (a subject cut-off, published over NATS)."""
+    async def create_user(self, spec: UserSpec) -> UserRecord: ...
+    async def get_user(self, *, id: str = "", username: str = "") -> UserRecord | None: ...
+    async def list_users(self, after: str = "", limit: int = 1000, query: str = "") -> UserPage: ...
+    async def update_user(self, user_id: str, update: UserUpdate) -> UserRecord: ...
+    async def delete_user(self, user_id: str) -> bool: ...
+    async def set_user_password(self, user_id: str, password: str) -> UserRecord: ...
+    async def unlock_user(self, user_id: str) -> UserRecord: ...
+    async def change_user_roles(self, user_id: str, add: list[str], remove: list[str]) -> UserRecord: ...
+
+
+class UserStore(UserAuthenticator, UserDirectory, Protocol):
+    pass
+
+
+class RefreshTokenStore(Protocol):
+    """Refresh-token rotation, atomic in the registry (RFC 9700 §4.14.2).
+
+    rotate: per item, in one transaction: the presented token (by hash) must be a
+    refresh token of this client, unexpired (its own expiry and its family's),
+    not revoked (its family, or a client or subject cut-off at or after its issue),
+    its user active, its client active. Unconsumed: it is consumed and the
+    successor stored (same client, subject, username, scopes and grant id; expiry
+    min(now + client's refresh_token_lifetime, family end)) -> Rotated. Consumed,
+    by the same client, within grace_seconds of its rotation -> Replay. Consumed
+    otherwise -> Refused(reused): the family's refresh tokens are revoked and a
+    grant revocation stored and published, in the same transaction.
+    store_responses: (consumed token hash, encrypted response) pairs; None or ItemError each."""
+    async def rotate_refresh_tokens(self, rotations: list[Rotation]) -> list[RotationOutcome]: ...
+    async def store_rotation_responses(self, responses: list[tuple[bytes, bytes]]) -> list[ItemError | None]: ...
+
+
+class ClientRegistryApi(ClientStore, SigningKeyStore, TokenStore, RevocationStore, UserStore, RefreshTokenStore,
+                        Protocol):
     """Every domain at once: what the registry process hosts (and what a test or the
     one-process mode may hand around). Callers should ask for the narrow one they use."""

@@ -25,6 +25,8 @@ class IssueRequest:
     grant_id: str = ""
     # > 0: issue a refresh token with this lifetime too.
     refresh_token_lifetime: int = 0
+    # With a refresh token: its family ends this many seconds from now whatever its rotations (0: never).
+    refresh_token_absolute_lifetime: int = 0
 
 
 @dataclass(frozen=True)
