@@ -69,6 +69,8 @@ _CLIENTS = "/inbound.registry.v1.Clients/"
 _KEYS = "/inbound.registry.v1.SigningKeys/"
 _TOKENS = "/inbound.registry.v1.Tokens/"
 _REVOCATIONS = "/inbound.registry.v1.Revocations/"
+_USERS = "/inbound.registry.v1.Users/"
+_REFRESH = "/inbound.registry.v1.RefreshTokens/"
 _AUDIT = "/inbound.audit.v1.AuditLog/"
 _HEALTH = "/grpc.health.v1.Health/"
 
@@ -102,6 +104,21 @@ RULES: dict[str, Allowed] = {
 
     _REVOCATIONS + "AddRevocations": ISSUER,
     _REVOCATIONS + "ListRevocations": ISSUER,
+
+    _USERS + "CreateUser": OPERATORS,
+    _USERS + "GetUser": OPERATORS,
+    _USERS + "ListUsers": OPERATORS,
+    _USERS + "UpdateUser": OPERATORS,
+    _USERS + "DeleteUser": OPERATORS,
+    _USERS + "SetUserPassword": OPERATORS,
+    _USERS + "UnlockUser": OPERATORS,
+    _USERS + "ChangeUserRoles": OPERATORS,
+    # Sign-ins: the password grant (the browser's sign-in page will join it).
+    _USERS + "AuthenticateUsers": authz.NOBODY,  # TODO(password service lands): services("password")
+
+    # Refresh-token rotation: the refresh_token grant alone.
+    _REFRESH + "RotateRefreshTokens": authz.NOBODY,  # TODO(refresh_token service lands): services("refresh_token")
+    _REFRESH + "StoreRotationResponses": authz.NOBODY,  # TODO(refresh_token service lands)
 
     _AUDIT + "Tail": OPERATORS,
     _AUDIT + "Search": OPERATORS,
