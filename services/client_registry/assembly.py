@@ -24,6 +24,8 @@ RUNTIME_PRIVILEGES = {
     "signing_keys": "SELECT, INSERT, UPDATE (encrypted_private_key)",
     "opaque_tokens": "SELECT, INSERT, DELETE",
     "revocations": "SELECT, INSERT, UPDATE, DELETE",
+    "users": "SELECT, INSERT, UPDATE, DELETE",
+    "login_failures": "SELECT, INSERT, UPDATE, DELETE",
 }
 HOT_TIMEOUT = 3.0
 REVOCATION_TIMEOUT = 10.0
