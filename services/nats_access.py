@@ -9,7 +9,7 @@ the server, not the receiver, decides who may send what:
 
 | identity | publishes (events) | subscribes (events) |
 |---|---|---|
-| client_registry | registry.client, registry.signing_key, token.revoked (the cut-off that disabling a client records) | - |
+| client_registry | registry.client, registry.signing_key, token.revoked (the cut-off that disabling a client records; a reused refresh token's family), token.refresh_reused | - |
 | token_issuer | token.issued, token.revoked, token.introspected_revoked, keys.rotated | registry.client, registry.signing_key, keys.rotated, token.revoked |
 | each grant service | token.denied | registry.client |
 | edge | token.denied | keys.rotated |
@@ -58,6 +58,7 @@ from inboundlib.events import (
     ACCESS_DENIED,
     CLIENT_CHANGED,
     KEYS_ROTATED,
+    REFRESH_TOKEN_REUSED,
     REVOKED_TOKEN_INTROSPECTED,
     SIGNING_KEY_CHANGED,
     TOKEN_DENIED,
@@ -92,7 +93,8 @@ def _p(publish: Iterable[str] = (), subscribe: Iterable[str] = (), consumes_audi
 
 
 RULES: dict[str, Permissions] = {
-    "client_registry": _p(publish=(CLIENT_CHANGED, SIGNING_KEY_CHANGED, TOKEN_REVOKED), creates_stream=True),
+    "client_registry": _p(publish=(CLIENT_CHANGED, SIGNING_KEY_CHANGED, TOKEN_REVOKED, REFRESH_TOKEN_REUSED),
+                          creates_stream=True),
     "token_issuer": _p(publish=(TOKEN_ISSUED, TOKEN_REVOKED, REVOKED_TOKEN_INTROSPECTED, KEYS_ROTATED),
                        subscribe=(CLIENT_CHANGED, SIGNING_KEY_CHANGED, KEYS_ROTATED, TOKEN_REVOKED),
                        creates_stream=True),

@@ -18,11 +18,12 @@ from services.client_registry.registry import Registry
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # What the runtime role (DATABASE_URL) may do, granted by the migration role: a stored
-# signing key is only ever re-encrypted, never otherwise changed or removed.
+# signing key is only ever re-encrypted, never otherwise changed or removed; a stored
+# token changes only by rotation (consumed, its replay answer) or its family's revocation.
 RUNTIME_PRIVILEGES = {
     "clients": "SELECT, INSERT, UPDATE, DELETE",
     "signing_keys": "SELECT, INSERT, UPDATE (encrypted_private_key)",
-    "opaque_tokens": "SELECT, INSERT, DELETE",
+    "opaque_tokens": "SELECT, INSERT, DELETE, UPDATE (consumed_at, replay_until, rotation_response, revoked_at)",
     "revocations": "SELECT, INSERT, UPDATE, DELETE",
     "users": "SELECT, INSERT, UPDATE, DELETE",
     "login_failures": "SELECT, INSERT, UPDATE, DELETE",
@@ -38,6 +39,8 @@ class Settings:
     migration_database_url: str = field(repr=False)
     pool_size: int
     purge_seconds: int
+    # How often encrypted rotation responses past their grace window are cleared.
+    rotation_response_sweep_seconds: int = 5
 
     @classmethod
     def from_env(cls, env: Env) -> Settings:
@@ -45,7 +48,9 @@ class Settings:
                    # The schema owner, for migrations; unset: DATABASE_URL's role migrates too.
                    migration_database_url=env.str("INBOUND_MIGRATION_DATABASE_URL", ""),
                    pool_size=env.int("INBOUND_DB_POOL_SIZE", 10, minimum=1, maximum=200),
-                   purge_seconds=env.int("INBOUND_PURGE_INTERVAL", 600, minimum=1))
+                   purge_seconds=env.int("INBOUND_PURGE_INTERVAL", 600, minimum=1),
+                   rotation_response_sweep_seconds=env.int("INBOUND_ROTATION_RESPONSE_SWEEP_INTERVAL", 5,
+                                                           minimum=1, maximum=3600))
 
 
 class BatchedTokenStore:
@@ -61,6 +66,10 @@ class BatchedTokenStore:
                                  max_batch=64)
         self._revoke = Coalescer("local.AddRevocations", lambda items, _: registry.add_revocations(items),
                                  max_batch=64)
+        self._rotate = Coalescer("local.RotateRefreshTokens",
+                                 lambda items, _: registry.rotate_refresh_tokens(items), max_batch=64)
+        self._responses = Coalescer("local.StoreRotationResponses",
+                                    lambda items, _: registry.store_rotation_responses(items), max_batch=64)
 
     def __getattr__(self, name):
         return getattr(self._registry, name)
@@ -75,6 +84,12 @@ class BatchedTokenStore:
         # As long as RegistryClient gives a revocation write: it must not be given up lightly.
         return list(await asyncio.gather(*(self._revoke.submit(r, REVOCATION_TIMEOUT) for r in revocations)))
 
+    async def rotate_refresh_tokens(self, rotations):
+        return list(await asyncio.gather(*(self._rotate.submit(r, HOT_TIMEOUT) for r in rotations)))
+
+    async def store_rotation_responses(self, responses):
+        return list(await asyncio.gather(*(self._responses.submit(r, HOT_TIMEOUT) for r in responses)))
+
 
 @dataclass
 class RegistryService:
@@ -82,6 +97,8 @@ class RegistryService:
     api: BatchedTokenStore
     pool: object
     janitor: asyncio.Task
+    # Clears encrypted rotation responses once their grace window has passed.
+    response_sweeper: asyncio.Task | None = None
     unavailable_on = db.UNAVAILABLE_ERRORS
 
     def add_to_server(self, port: str, grpc_server: grpc.aio.Server) -> list[str]:
@@ -91,6 +108,8 @@ class RegistryService:
 
     async def stop(self) -> None:
         self.janitor.cancel()
+        if self.response_sweeper is not None:
+            self.response_sweeper.cancel()
         await self.pool.close()
 
 
@@ -100,7 +119,9 @@ async def start(settings: Settings, ctx: Context) -> RegistryService:
                                        runtime_privileges=RUNTIME_PRIVILEGES)
     registry = Registry(pool, ctx.events)
     return RegistryService(registry=registry, api=BatchedTokenStore(registry), pool=pool,
-                           janitor=asyncio.create_task(registry.purge_periodically(settings.purge_seconds)))
+                           janitor=asyncio.create_task(registry.purge_periodically(settings.purge_seconds)),
+                           response_sweeper=asyncio.create_task(registry.refresh_tokens.clear_rotation_responses_periodically(
+                               settings.rotation_response_sweep_seconds)))
 
 
 def connect(channel: grpc.aio.Channel, module: Module) -> RegistryClient:

@@ -32,6 +32,8 @@ from services.client_registry.api import (
     RevocationCursor,
     RevocationPage,
     RevocationRecord,
+    Rotation,
+    RotationOutcome,
     SigningKeyRecord,
 )
 
@@ -177,21 +179,58 @@ class RevocationsClient:
                               wire.cursor_from_pb(reply.scan) if reply.HasField("scan") else None)
 
 
+class RefreshTokensClient:
+    """api.RefreshTokenStore over gRPC, both calls coalesced. A rotation is not sent again
+    after the registry went away mid-call: it may have committed, and a second send would
+    be answered as a replay (or a reuse); the caller decides. Storing a response again
+    is harmless (the same bytes are accepted twice)."""
+
+    def __init__(self, channel: grpc.aio.Channel):
+        self.stub = registry_pb2_grpc.RefreshTokensStub(channel)
+        self._rotations = Coalescer("registry.RotateRefreshTokens", self._send_rotations, max_batch=MAX_BATCH,
+                                    unavailable=is_unavailable)
+        self._responses = Coalescer("registry.StoreRotationResponses", self._send_responses, max_batch=MAX_BATCH,
+                                    idempotent=True, transient=peer_going_away, unavailable=is_unavailable)
+
+    async def _send_rotations(self, rotations: list[Rotation], timeout: float) -> list[RotationOutcome]:
+        reply = await self.stub.RotateRefreshTokens(
+            pb.RotateRefreshTokensRequest(requests=[wire.rotation_to_pb(r) for r in rotations]), timeout=timeout)
+        return [wire.rotation_outcome_from_pb(o) for o in reply.results]
+
+    async def _send_responses(self, responses: list[tuple[bytes, bytes]], timeout: float) -> list[ItemError | None]:
+        reply = await self.stub.StoreRotationResponses(pb.StoreRotationResponsesRequest(responses=[
+            pb.RotationResponse(token_hash=h, encrypted_response=r) for h, r in responses]), timeout=timeout)
+        return [wire.item_error_from_pb(e) for e in reply.errors]
+
+    async def rotate_refresh_token(self, rotation: Rotation) -> RotationOutcome:
+        return await self._rotations.submit(rotation, HOT_TIMEOUT)
+
+    async def rotate_refresh_tokens(self, rotations: list[Rotation]) -> list[RotationOutcome]:
+        return list(await asyncio.gather(*(self.rotate_refresh_token(r) for r in rotations)))
+
+    async def store_rotation_response(self, token_hash: bytes, encrypted_response: bytes) -> ItemError | None:
+        return await self._responses.submit((token_hash, encrypted_response), HOT_TIMEOUT)
+
+    async def store_rotation_responses(self, responses: list[tuple[bytes, bytes]]) -> list[ItemError | None]:
+        return list(await asyncio.gather(*(self.store_rotation_response(h, r) for h, r in responses)))
+
+
 class RegistryClient:
     """Every domain's client over one channel (api.ClientRegistryApi), for callers
     that use several; pass a narrow one (`.clients`, `.signing_keys`, `.tokens`,
-    `.revocations`) to code that needs only that."""
+    `.revocations`, `.refresh_tokens`) to code that needs only that."""
 
     def __init__(self, channel: grpc.aio.Channel):
         self.clients = ClientsClient(channel)
         self.signing_keys = SigningKeysClient(channel)
         self.tokens = TokensClient(channel)
         self.revocations = RevocationsClient(channel)
+        self.refresh_tokens = RefreshTokensClient(channel)
 
     def __getattr__(self, name: str):
         # Each call belongs to exactly one domain; ask each in turn. (Through __dict__:
         # this runs only for names not found otherwise, and must not recurse.)
-        for key in ("clients", "signing_keys", "tokens", "revocations"):
+        for key in ("clients", "signing_keys", "tokens", "revocations", "refresh_tokens"):
             domain = self.__dict__.get(key)
             if domain is not None and hasattr(type(domain), name):
                 return getattr(domain, name)

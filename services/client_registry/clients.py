@@ -100,6 +100,24 @@ def _check_lifetime(label: str, value: int, limit: int = MAX_LIFETIME) -> int:
     return value
 
 
+def _check_absolute_lifetime(value: int) -> int:
+    """0 (no absolute limit) or 1..MAX_LIFETIME. It may be shorter than the sliding
+    refresh_token_lifetime: each refresh token then expires at its family's end (the
+    earlier of the two), so no combination is contradictory, and an operator can change
+    either without first changing the other."""
+    if not 0 <= value <= MAX_LIFETIME:
+        raise InvalidArgument(f"refresh token absolute lifetime must be 0 (none) or up to {MAX_LIFETIME} seconds")
+    return value
+
+
+def _check_public_password_grant(allowed: bool, public: bool) -> bool:
+    """RFC 6749 §4.3.2: the exception is for public clients; a confidential one always
+    authenticates, so the flag would mean nothing there and is refused."""
+    if allowed and not public:
+        raise InvalidArgument("allow_public_password_grant is for public clients only")
+    return allowed
+
+
 def _check_token_format(value: str) -> str:
     if value not in TOKEN_FORMATS:
         raise InvalidArgument(f"token format must be one of {', '.join(TOKEN_FORMATS)}")
@@ -122,7 +140,7 @@ def _check_redirects_for_grants(grant_types: list[str], redirect_uris: list[str]
 _CLIENT_COLUMNS = (
     "client_id, name, secret_hash, public, grant_types, scopes, redirect_uris, access_token_lifetime,"
     " refresh_token_lifetime, token_format, pkce_required, active, logo_url, comments, created_at, updated_at,"
-    " secret_rotated_at"
+    " secret_rotated_at, allow_public_password_grant, refresh_token_absolute_lifetime"
 )
 
 def _client(row: asyncpg.Record) -> ClientRecord:
@@ -134,6 +152,8 @@ def _client(row: asyncpg.Record) -> ClientRecord:
         pkce_required=row["pkce_required"], active=row["active"], logo_url=row["logo_url"],
         comments=row["comments"], created_at=ts(row["created_at"]), updated_at=ts(row["updated_at"]),
         secret_rotated_at=ts(row["secret_rotated_at"]),
+        allow_public_password_grant=row["allow_public_password_grant"],
+        refresh_token_absolute_lifetime=row["refresh_token_absolute_lifetime"],
     )
 
 
@@ -182,15 +202,20 @@ class ClientRepository:
         pkce_required = True if spec.public else bool(spec.pkce_required)
         logo_url = _check_logo_url(spec.logo_url)
         comments = _check_text("comments", spec.comments, 2000)
+        allow_public_password_grant = _check_public_password_grant(bool(spec.allow_public_password_grant),
+                                                                   spec.public)
+        absolute = _check_absolute_lifetime(spec.refresh_token_absolute_lifetime or 0)
 
         client_id = secrets.token_hex(16)
         secret = "" if spec.public else new_client_secret()
         row = await self.pool.fetchrow(
             f"INSERT INTO clients (client_id, name, secret_hash, public, grant_types, scopes, redirect_uris,"
-            f" access_token_lifetime, refresh_token_lifetime, token_format, pkce_required, logo_url, comments)"
-            f" VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) RETURNING {_CLIENT_COLUMNS}",
+            f" access_token_lifetime, refresh_token_lifetime, token_format, pkce_required, logo_url, comments,"
+            f" allow_public_password_grant, refresh_token_absolute_lifetime)"
+            f" VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15) RETURNING {_CLIENT_COLUMNS}",
             client_id, name, hash_client_secret(secret) if secret else None, spec.public, grant_types, scopes,
             redirect_uris, access, refresh, token_format, pkce_required, logo_url, comments,
+            allow_public_password_grant, absolute,
         )
         log.info("client created", extra={"client_id": client_id})
         self._changed(client_id, "created")
@@ -245,11 +270,18 @@ class ClientRepository:
                 "logo_url": current.logo_url if update.logo_url is None else _check_logo_url(update.logo_url),
                 "comments": current.comments if update.comments is None
                 else _check_text("comments", update.comments, 2000),
+                "allow_public_password_grant": current.allow_public_password_grant
+                if update.allow_public_password_grant is None
+                else _check_public_password_grant(update.allow_public_password_grant, current.public),
+                "refresh_token_absolute_lifetime": current.refresh_token_absolute_lifetime
+                if update.refresh_token_absolute_lifetime is None
+                else _check_absolute_lifetime(update.refresh_token_absolute_lifetime),
             }
             row = await conn.fetchrow(
                 f"UPDATE clients SET active=$2, name=$3, grant_types=$4, scopes=$5, redirect_uris=$6,"
                 f" access_token_lifetime=$7, refresh_token_lifetime=$8, token_format=$9, pkce_required=$10,"
-                f" logo_url=$11, comments=$12, updated_at=now() WHERE client_id=$1 RETURNING {_CLIENT_COLUMNS}",
+                f" logo_url=$11, comments=$12, allow_public_password_grant=$13, refresh_token_absolute_lifetime=$14,"
+                f" updated_at=now() WHERE client_id=$1 RETURNING {_CLIENT_COLUMNS}",
                 client_id, *values.values(),
             )
             cut_off = None

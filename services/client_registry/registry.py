@@ -2,7 +2,7 @@
 
 `Registry` bundles them for what hosts or wires them all (the registry process,
 the one-process mode, tests): `registry.clients`, `.signing_keys`, `.tokens`,
-`.revocations`, each implementing its narrow Protocol from api.py. It also
+`.revocations`, `.refresh_tokens`, each implementing its narrow Protocol from api.py. It also
 answers every call itself by delegation, so it satisfies `ClientRegistryApi`
 where a caller genuinely needs several domains.
 """
@@ -24,10 +24,13 @@ from services.client_registry.api import (
     RevocationCursor,
     RevocationPage,
     RevocationRecord,
+    Rotation,
+    RotationOutcome,
     SigningKeyRecord,
 )
 from services.client_registry.clients import ClientRepository
 from services.client_registry.keys import SigningKeyRepository
+from services.client_registry.refresh_tokens import RefreshTokenRepository
 from services.client_registry.revocations import RevocationRepository
 from services.client_registry.tokens import TokenRepository
 
@@ -42,6 +45,7 @@ class Registry:
         self.signing_keys = SigningKeyRepository(pool, events)
         self.tokens = TokenRepository(pool)
         self.revocations = RevocationRepository(pool)
+        self.refresh_tokens = RefreshTokenRepository(pool, events)
 
     # --- clients (api.ClientStore) ----------------------------------------------------------------
 
@@ -93,6 +97,14 @@ class Registry:
     async def list_revocations(self, after: RevocationCursor = RevocationCursor(),
                                limit: int = revocation_rows.MAX_PAGE) -> RevocationPage:
         return await self.revocations.list_revocations(after, limit)
+
+    # --- refresh-token rotation (api.RefreshTokenStore) ----------------------------------------------
+
+    async def rotate_refresh_tokens(self, rotations: list[Rotation]) -> list[RotationOutcome]:
+        return await self.refresh_tokens.rotate_refresh_tokens(rotations)
+
+    async def store_rotation_responses(self, responses: list[tuple[bytes, bytes]]) -> list[ItemError | None]:
+        return await self.refresh_tokens.store_rotation_responses(responses)
 
     # --- housekeeping -----------------------------------------------------------------------------
 

@@ -36,16 +36,28 @@ from services.client_registry.pg import batch_then_items, from_ms, from_ts, ms, 
 
 MAX_PAGE = 10_000
 
+# A grant revocation also marks the grant's refresh tokens revoked, in the same statement
+# (so atomically, with or without the caller's transaction): the revocation row expires
+# and is purged, the mark stays, so no refresh token comes back to life (RFC 7009 §2.1:
+# revoking a refresh token ends its grant).
 _UPSERT = """
-INSERT INTO revocations (kind, value, client_id, revoked_before, expires_at, revoked_by)
-SELECT k, v, c, rb, e, b
-  FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::text[])
-       AS x(k, v, c, rb, e, b)
-ON CONFLICT (kind, value) DO UPDATE SET
-    revoked_before = GREATEST(revocations.revoked_before, EXCLUDED.revoked_before),
-    expires_at = GREATEST(revocations.expires_at, EXCLUDED.expires_at),
-    txid = pg_current_xact_id()::text::bigint
-RETURNING id, kind, value
+WITH stored AS (
+    INSERT INTO revocations (kind, value, client_id, revoked_before, expires_at, revoked_by)
+    SELECT k, v, c, rb, e, b
+      FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::text[])
+           AS x(k, v, c, rb, e, b)
+    ON CONFLICT (kind, value) DO UPDATE SET
+        revoked_before = GREATEST(revocations.revoked_before, EXCLUDED.revoked_before),
+        expires_at = GREATEST(revocations.expires_at, EXCLUDED.expires_at),
+        txid = pg_current_xact_id()::text::bigint
+    RETURNING id, kind, value, client_id
+), family AS (
+    UPDATE opaque_tokens t SET revoked_at = now()
+      FROM stored s
+     WHERE s.kind = 'grant' AND t.grant_id = s.value AND t.grant_id <> '' AND t.client_id = s.client_id
+       AND t.kind = 'refresh' AND t.revoked_at IS NULL
+)
+SELECT id, kind, value FROM stored
 """
 
 _COLUMNS = "id, txid, kind, value, client_id, revoked_before, expires_at, revoked_by"

@@ -23,6 +23,7 @@ from services.client_registry.api import (
     InvalidArgument,
     ItemError,
     NotFound,
+    RefreshTokenStore,
     RegistryError,
     RevocationStore,
     SigningKeyStore,
@@ -141,6 +142,23 @@ class RevocationsServicer(registry_pb2_grpc.RevocationsServicer):
                                           scan=wire.cursor_to_pb(page.read_on_from))
 
 
+class RefreshTokensServicer(registry_pb2_grpc.RefreshTokensServicer):
+    def __init__(self, refresh_tokens: RefreshTokenStore):
+        self.refresh_tokens = refresh_tokens
+
+    async def RotateRefreshTokens(self, request, context):
+        await _check_batch(context, request.requests, "rotations")
+        outcomes = await self.refresh_tokens.rotate_refresh_tokens(
+            [wire.rotation_from_pb(r) for r in request.requests])
+        return pb.RotateRefreshTokensResponse(results=[wire.rotation_outcome_to_pb(o) for o in outcomes])
+
+    async def StoreRotationResponses(self, request, context):
+        await _check_batch(context, request.responses, "responses")
+        errors = await self.refresh_tokens.store_rotation_responses(
+            [(r.token_hash, r.encrypted_response) for r in request.responses])
+        return pb.StoreRotationResponsesResponse(errors=[wire.item_error_to_pb(e) for e in errors])
+
+
 @dataclass(frozen=True)
 class Domain:
     """One gRPC service of the registry: its full name, and how to add it to a server
@@ -158,6 +176,9 @@ DOMAINS: tuple[Domain, ...] = (
            lambda r, s: registry_pb2_grpc.add_TokensServicer_to_server(TokensServicer(r.tokens), s)),
     Domain("inbound.registry.v1.Revocations",
            lambda r, s: registry_pb2_grpc.add_RevocationsServicer_to_server(RevocationsServicer(r.revocations), s)),
+    Domain("inbound.registry.v1.RefreshTokens",
+           lambda r, s: registry_pb2_grpc.add_RefreshTokensServicer_to_server(
+               RefreshTokensServicer(r.refresh_tokens), s)),
 )
 SERVICE_NAMES: tuple[str, ...] = tuple(d.service_name for d in DOMAINS)
 # Kept for callers that name one service for health checks: the registry is serving

@@ -17,7 +17,11 @@ HASH_BYTES = 32
 MAX_LIST_ITEMS = 256
 
 _INSERT = ("INSERT INTO opaque_tokens (token_hash, jti, client_id, subject, username, scopes, audience,"
-           " issued_at, expires_at, kind, grant_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
+           " issued_at, expires_at, kind, grant_id, family_expires_at)"
+           " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
+# What a read answers: a refresh token's state too (consumed, revoked, its family's end).
+COLUMNS = ("token_hash, jti, client_id, subject, username, scopes, audience, issued_at, expires_at, kind, grant_id,"
+           " consumed_at IS NOT NULL AS consumed, revoked_at IS NOT NULL AS revoked, family_expires_at")
 
 
 def _text_ok(value: str) -> bool:
@@ -38,22 +42,29 @@ def check_token(t: OpaqueTokenRecord) -> str | None:
     if t.kind not in ("access", "refresh"):
         return f"unknown token kind {t.kind!r}"
     if not (plausible_time(t.issued_at) and plausible_time(t.expires_at)
-            and plausible_time(t.issued_at_precise_ms // 1000)):
+            and plausible_time(t.issued_at_precise_ms // 1000) and plausible_time(t.family_expires_at)):
         return "a time is out of range"
+    if t.kind == "refresh" and not t.grant_id:
+        return "a refresh token needs a grant id (its family)"
+    if t.family_expires_at and t.kind != "refresh":
+        return "only a refresh token belongs to a family with an end"
     return None
 
 
 def _args(t: OpaqueTokenRecord) -> tuple:
     return (t.token_hash, t.jti, t.client_id, t.subject, t.username, list(t.scopes), list(t.audience),
-            from_ms(t.issued_at_precise_ms), from_ts(t.expires_at), t.kind, t.grant_id)
+            from_ms(t.issued_at_precise_ms), from_ts(t.expires_at), t.kind, t.grant_id,
+            from_ts(t.family_expires_at) if t.family_expires_at else None)
 
 
-def _record(r: asyncpg.Record) -> OpaqueTokenRecord:
+def token_record(r: asyncpg.Record) -> OpaqueTokenRecord:
+    """A row read with COLUMNS."""
     return OpaqueTokenRecord(
         token_hash=bytes(r["token_hash"]), jti=r["jti"], client_id=r["client_id"], subject=r["subject"],
         username=r["username"], scopes=tuple(r["scopes"]), audience=tuple(r["audience"]),
         issued_at=ts(r["issued_at"]), issued_at_ms=ms(r["issued_at"]), expires_at=ts(r["expires_at"]),
-        kind=r["kind"], grant_id=r["grant_id"])
+        kind=r["kind"], grant_id=r["grant_id"], consumed=r["consumed"], revoked=r["revoked"],
+        family_expires_at=ts(r["family_expires_at"]))
 
 
 class TokenRepository:
@@ -77,12 +88,13 @@ class TokenRepository:
         found = {}
         if wanted:
             rows = await self.pool.fetch(
-                "SELECT token_hash, jti, client_id, subject, username, scopes, audience, issued_at, expires_at,"
-                " kind, grant_id FROM opaque_tokens WHERE token_hash = ANY($1::bytea[])", wanted)
-            found = {bytes(r["token_hash"]): _record(r) for r in rows}
+                f"SELECT {COLUMNS} FROM opaque_tokens WHERE token_hash = ANY($1::bytea[])", wanted)
+            found = {bytes(r["token_hash"]): token_record(r) for r in rows}
         return [found.get(h) for h in token_hashes]
 
     async def purge_expired(self) -> int:
-        """Tokens expired for a day (kept that long for investigations)."""
+        """Tokens expired for a day (kept that long for investigations). A refresh token
+        consumed or revoked stays until then too: presented again, it must still be
+        recognised (a reuse), not answered unknown."""
         status = await self.pool.execute("DELETE FROM opaque_tokens WHERE expires_at < now() - interval '1 day'")
         return int(status.split()[-1])

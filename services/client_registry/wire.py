@@ -1,6 +1,7 @@
 """Protobuf <-> domain records for the registry contract (used by server.py and client.py)."""
 from __future__ import annotations
 
+from inbound.common.v1 import common_pb2
 from inbound.events.v1 import events_pb2
 from inbound.registry.v1 import registry_pb2 as pb
 from services.client_registry.api import (
@@ -13,8 +14,13 @@ from services.client_registry.api import (
     ClientUpdate,
     ItemError,
     OpaqueTokenRecord,
+    Refused,
+    Replay,
     RevocationCursor,
     RevocationRecord,
+    Rotated,
+    Rotation,
+    RotationOutcome,
     SigningKeyRecord,
 )
 
@@ -27,7 +33,8 @@ def client_to_pb(c: ClientRecord, *, with_secret_hash: bool) -> pb.Client:
         access_token_lifetime=c.access_token_lifetime, refresh_token_lifetime=c.refresh_token_lifetime,
         token_format=c.token_format, pkce_required=c.pkce_required, active=c.active, logo_url=c.logo_url,
         comments=c.comments, created_at=c.created_at, updated_at=c.updated_at,
-        secret_rotated_at=c.secret_rotated_at,
+        secret_rotated_at=c.secret_rotated_at, allow_public_password_grant=c.allow_public_password_grant,
+        refresh_token_absolute_lifetime=c.refresh_token_absolute_lifetime,
     )
 
 
@@ -38,14 +45,19 @@ def client_from_pb(m: pb.Client) -> ClientRecord:
         access_token_lifetime=m.access_token_lifetime, refresh_token_lifetime=m.refresh_token_lifetime,
         token_format=m.token_format, pkce_required=m.pkce_required, active=m.active, logo_url=m.logo_url,
         comments=m.comments, created_at=m.created_at, updated_at=m.updated_at,
-        secret_rotated_at=m.secret_rotated_at,
+        secret_rotated_at=m.secret_rotated_at, allow_public_password_grant=m.allow_public_password_grant,
+        refresh_token_absolute_lifetime=m.refresh_token_absolute_lifetime,
     )
+
+
+_OPTIONAL_SPEC_FIELDS = ("access_token_lifetime", "refresh_token_lifetime", "token_format", "pkce_required",
+                         "allow_public_password_grant", "refresh_token_absolute_lifetime")
 
 
 def spec_to_pb(s: ClientSpec) -> pb.ClientSpec:
     m = pb.ClientSpec(name=s.name, public=s.public, grant_types=s.grant_types, scopes=s.scopes,
                       redirect_uris=s.redirect_uris, logo_url=s.logo_url, comments=s.comments)
-    for name in ("access_token_lifetime", "refresh_token_lifetime", "token_format", "pkce_required"):
+    for name in _OPTIONAL_SPEC_FIELDS:
         value = getattr(s, name)
         if value is not None:
             setattr(m, name, value)
@@ -61,11 +73,16 @@ def spec_from_pb(m: pb.ClientSpec) -> ClientSpec:
         token_format=m.token_format if m.HasField("token_format") else None,
         pkce_required=m.pkce_required if m.HasField("pkce_required") else None,
         logo_url=m.logo_url, comments=m.comments,
+        allow_public_password_grant=(m.allow_public_password_grant if m.HasField("allow_public_password_grant")
+                                     else None),
+        refresh_token_absolute_lifetime=(m.refresh_token_absolute_lifetime
+                                         if m.HasField("refresh_token_absolute_lifetime") else None),
     )
 
 
 _OPTIONAL_UPDATE_FIELDS = ("active", "name", "access_token_lifetime", "refresh_token_lifetime", "token_format",
-                           "pkce_required", "logo_url", "comments")
+                           "pkce_required", "logo_url", "comments", "allow_public_password_grant",
+                           "refresh_token_absolute_lifetime")
 _LIST_UPDATE_FIELDS = ("grant_types", "scopes", "redirect_uris")
 
 
@@ -116,14 +133,16 @@ def opaque_to_pb(t: OpaqueTokenRecord) -> pb.OpaqueToken:
     return pb.OpaqueToken(token_hash=t.token_hash, jti=t.jti, client_id=t.client_id, subject=t.subject,
                           username=t.username, scopes=t.scopes, audience=t.audience, issued_at=t.issued_at,
                           expires_at=t.expires_at, kind=t.kind, grant_id=t.grant_id,
-                          issued_at_unix_ms=t.issued_at_precise_ms)
+                          issued_at_unix_ms=t.issued_at_precise_ms, consumed=t.consumed, revoked=t.revoked,
+                          family_expires_at=t.family_expires_at)
 
 
 def opaque_from_pb(m: pb.OpaqueToken) -> OpaqueTokenRecord:
     return OpaqueTokenRecord(token_hash=m.token_hash, jti=m.jti, client_id=m.client_id, subject=m.subject,
                              username=m.username, scopes=tuple(m.scopes), audience=tuple(m.audience),
                              issued_at=m.issued_at, expires_at=m.expires_at, kind=m.kind or "access",
-                             grant_id=m.grant_id, issued_at_ms=m.issued_at_unix_ms)
+                             grant_id=m.grant_id, issued_at_ms=m.issued_at_unix_ms, consumed=m.consumed,
+                             revoked=m.revoked, family_expires_at=m.family_expires_at)
 
 
 def _cut_off_ms(precise_ms: int, seconds: int) -> int:
@@ -165,3 +184,45 @@ def revocation_event(r: RevocationRecord) -> events_pb2.Event:
         grant_id=r.value if r.kind == REVOKE_GRANT else "", subject=r.value if r.kind == REVOKE_SUBJECT else "",
         revoked_before=r.revoked_before, revoked_before_unix_ms=r.revoked_before_ms,
         expires_at=r.expires_at, revoked_by=r.revoked_by))
+
+
+# --- refresh-token rotation ------------------------------------------------------------------------
+
+def rotation_to_pb(r: Rotation) -> pb.RotateRefreshTokenRequest:
+    return pb.RotateRefreshTokenRequest(meta=common_pb2.RequestMeta(request_id=r.request_id),
+                                        token_hash=r.token_hash, client_id=r.client_id,
+                                        new_token_hash=r.new_token_hash, new_jti=r.new_jti,
+                                        grace_seconds=r.grace_seconds)
+
+
+def rotation_from_pb(m: pb.RotateRefreshTokenRequest) -> Rotation:
+    return Rotation(token_hash=m.token_hash, client_id=m.client_id, new_token_hash=m.new_token_hash,
+                    new_jti=m.new_jti, grace_seconds=m.grace_seconds, request_id=m.meta.request_id)
+
+
+def rotation_outcome_to_pb(o: RotationOutcome) -> pb.RotationOutcome:
+    if isinstance(o, Rotated):
+        return pb.RotationOutcome(rotated=pb.RefreshRotated(consumed=opaque_to_pb(o.consumed),
+                                                            successor=opaque_to_pb(o.successor)))
+    if isinstance(o, Replay):
+        return pb.RotationOutcome(replay=pb.RefreshReplay(encrypted_response=o.encrypted_response,
+                                                          consumed=opaque_to_pb(o.consumed)))
+    if isinstance(o, Refused):
+        refused = pb.RefreshRefused(reason=o.reason, grant_id=o.grant_id)
+        if o.revocation is not None:
+            refused.revocation.CopyFrom(revocation_to_pb(o.revocation))
+        return pb.RotationOutcome(refused=refused)
+    return pb.RotationOutcome(error=item_error_to_pb(o))
+
+
+def rotation_outcome_from_pb(m: pb.RotationOutcome) -> RotationOutcome:
+    kind = m.WhichOneof("outcome")
+    if kind == "rotated":
+        return Rotated(consumed=opaque_from_pb(m.rotated.consumed), successor=opaque_from_pb(m.rotated.successor))
+    if kind == "replay":
+        return Replay(encrypted_response=m.replay.encrypted_response, consumed=opaque_from_pb(m.replay.consumed))
+    if kind == "refused":
+        return Refused(reason=m.refused.reason, grant_id=m.refused.grant_id,
+                       revocation=revocation_from_pb(m.refused.revocation)
+                       if m.refused.HasField("revocation") else None)
+    return item_error_from_pb(m.error) or ItemError("internal", "no outcome")

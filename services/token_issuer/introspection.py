@@ -15,9 +15,12 @@ cached), check 6 rests on check 5: disabling or deleting a client records a cut-
 in the revocation set, which every replica holds in memory.
 
 JWTs are checked without any I/O (keys, revocation set and client records are
-in memory); opaque tokens are looked up through client_registry and cached —
-they never change once stored, so only the revocation set and the client
-record can make one inactive, and both are checked on every call.
+in memory); opaque access tokens are looked up through client_registry and
+cached — they never change once stored, so only the revocation set and the
+client record can make one inactive, and both are checked on every call.
+Refresh tokens change (rotation consumes them, a reuse or an RFC 7009
+revocation revokes their family), so they are read fresh from the registry
+every time (opaque_cache.py), and a consumed or revoked one is inactive.
 """
 from __future__ import annotations
 
@@ -47,6 +50,7 @@ from services.client_registry.api import (
 from services.client_registry.cache import ClientSource
 from services.client_registry.wire import revocation_event
 from services.token_issuer.api import TokenInfo
+from services.token_issuer.issuer import REFRESH_PREFIX
 from services.token_issuer.jti import issued_at_ms
 from services.token_issuer.keys import KeyRing
 from services.token_issuer.opaque_cache import OpaqueTokenCache
@@ -78,6 +82,9 @@ class TokenFacts:
     username: str = ""
     # When it was issued, to the millisecond (what revocation cut-offs compare with).
     iat_ms: int = 0
+    # Refresh tokens: rotated already, or of a revoked family (the registry's state, read fresh).
+    consumed: bool = False
+    revoked: bool = False
 
 
 class CheckerStore(TokenStore, RevocationStore, Protocol):
@@ -133,14 +140,18 @@ class TokenChecker:
             return None
         if token.count(".") == 2:
             return self._identify_jwt(token)
-        record = await self.opaque.get(hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest())
+        record = await self.opaque.get(hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest(),
+                                       refresh=token.startswith(REFRESH_PREFIX))
         if record is None:
             return None
+        exp = record.expires_at
+        if record.family_expires_at:
+            exp = min(exp, record.family_expires_at)
         return TokenFacts(kind=REFRESH_TOKEN if record.kind == "refresh" else ACCESS_TOKEN, jti=record.jti,
                           client_id=record.client_id, sub=record.subject, scopes=record.scopes,
-                          aud=record.audience, iat=record.issued_at, exp=record.expires_at,
+                          aud=record.audience, iat=record.issued_at, exp=exp,
                           grant_id=record.grant_id, username=record.username,
-                          iat_ms=record.issued_at_precise_ms)
+                          iat_ms=record.issued_at_precise_ms, consumed=record.consumed, revoked=record.revoked)
 
     def _identify_jwt(self, token: str) -> TokenFacts | None:
         """Verified once per token and key set: resource servers introspect the same
@@ -208,7 +219,10 @@ class TokenChecker:
             # RFC 7662 §4: a client sees its own tokens; a resource server needs the
             # introspection scope to see others'. To anyone else a token is just inactive.
             return INACTIVE
-        if self._revoked(facts):
+        if facts.consumed:
+            # RFC 9700 §4.14.2: a rotated refresh token can no longer be used.
+            return INACTIVE
+        if facts.revoked or self._revoked(facts):
             if self.events is not None and report_revoked:
                 await self.events.durable(self.events.publish(REVOKED_TOKEN_INTROSPECTED, events_pb2.Event(
                     actor=actor_to_pb(actors.actor(actors.CLIENT, caller.client_id)) if caller else None,

@@ -187,6 +187,9 @@ class TokenIssuer:
             raise InvalidRequest(detail=f"lifetime {request.lifetime_seconds} out of range")
         if not 0 <= request.refresh_token_lifetime <= MAX_LIFETIME:
             raise InvalidRequest(detail=f"refresh lifetime {request.refresh_token_lifetime} out of range")
+        if not 0 <= request.refresh_token_absolute_lifetime <= MAX_LIFETIME:
+            raise InvalidRequest(detail=f"refresh absolute lifetime {request.refresh_token_absolute_lifetime} "
+                                        "out of range")
         now_ms = int(time.time() * 1000)
         now = now_ms // 1000
         jti = new_jti(now_ms)
@@ -203,12 +206,16 @@ class TokenIssuer:
             raise ServerError(detail=f"unknown token format {request.format!r}")
         refresh_token = ""
         if request.refresh_token_lifetime:
+            # The first token of a family: the family ends at the client's absolute limit whatever
+            # its rotations (the registry gives each successor min(sliding expiry, family end)).
+            family_ends = now + request.refresh_token_absolute_lifetime if request.refresh_token_absolute_lifetime else 0
+            expires_at = now + request.refresh_token_lifetime
             refresh_token = REFRESH_PREFIX + secrets.token_urlsafe(32)
             await self._store(refresh_token, OpaqueTokenRecord(
                 token_hash=b"", jti=new_jti(now_ms), client_id=request.client_id, subject=request.subject,
                 username=request.username, scopes=request.scopes, audience=tuple(audience), issued_at=now,
-                issued_at_ms=now_ms, expires_at=now + request.refresh_token_lifetime, kind="refresh",
-                grant_id=grant_id))
+                issued_at_ms=now_ms, expires_at=min(expires_at, family_ends) if family_ends else expires_at,
+                kind="refresh", grant_id=grant_id, family_expires_at=family_ends))
         if self.events is not None:
             # The client asked for it (a user, once user grants arrive, is the subject).
             event_id = self.events.publish(TOKEN_ISSUED, events_pb2.Event(

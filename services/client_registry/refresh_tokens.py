@@ -1,0 +1,287 @@
+"""Refresh-token rotation over Postgres (RFC 6749 §6, RFC 9700 §4.14.2): implements
+api.RefreshTokenStore.
+
+A refresh token is a row of kind 'refresh' in opaque_tokens; every token of one
+grant id is a family. Rotating one is one transaction: the presented row is
+locked (SELECT ... FOR UPDATE), so of two concurrent rotations of one token
+exactly one consumes it and stores the successor; the other then sees it
+consumed. Answers, checked in this order:
+
+- unknown: no such row, or not a refresh token;
+- other_client: another client's token (its family is left alone: another client
+  cannot end a user's grant by presenting its token);
+- revoked: its family was revoked (revoked_at), or a grant or jti revocation names
+  it, or a client or subject cut-off was made at or after its issue (ms);
+- expired: its own expiry, or its family's end;
+- client_inactive, user_inactive: its client is disabled (a deleted client's tokens
+  are gone with it), or its user is disabled or deleted; a client's own family
+  (subject = client id, no username) has no user;
+- consumed, within the grace window of its rotation (the same client: checked
+  above): Replay, with the first rotation's encrypted response once stored;
+- consumed otherwise: reused. In the same transaction every refresh row of the
+  family is marked revoked and a grant revocation stored (for the family's access
+  tokens); after commit both TOKEN_REVOKED and REFRESH_TOKEN_REUSED are published;
+- else: consumed now, the successor stored -> Rotated.
+
+The client and user rows are read FOR SHARE: disabling either (an UPDATE, which
+records its cut-off in that transaction) waits for a rotation in flight, and a
+rotation waits for the disable and then sees it, so no successor slips past a cut-off.
+
+Times are this process's clock in ms, the clock the registry's cut-offs use
+(api.client_cut_off); `clock` is injectable for tests.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import asyncpg
+
+from inbound.events.v1 import events_pb2
+from inboundlib import actors
+from inboundlib.db import UNAVAILABLE_ERRORS
+from inboundlib.events import REFRESH_TOKEN_REUSED, TOKEN_REVOKED, EventBus, actor_to_pb
+from services.client_registry.api import (
+    ITEM_INTERNAL,
+    ITEM_INVALID,
+    ITEM_NOT_FOUND,
+    MAX_ACCESS_TOKEN_LIFETIME,
+    REFUSED_CLIENT_INACTIVE,
+    REFUSED_EXPIRED,
+    REFUSED_OTHER_CLIENT,
+    REFUSED_REUSED,
+    REFUSED_REVOKED,
+    REFUSED_UNKNOWN,
+    REFUSED_USER_INACTIVE,
+    REVOKE_GRANT,
+    ItemError,
+    OpaqueTokenRecord,
+    Refused,
+    Replay,
+    RevocationRecord,
+    Rotated,
+    Rotation,
+    RotationOutcome,
+    is_plausible_id,
+)
+from services.client_registry.pg import from_ms, ms
+from services.client_registry.revocations import insert_revocations
+from services.client_registry.tokens import COLUMNS, HASH_BYTES, token_record
+from services.client_registry.wire import revocation_event
+
+log = logging.getLogger(__name__)
+
+# A grace window longer than this is no retry any more (the grant's setting is a few seconds).
+MAX_GRACE_SECONDS = 300
+# An encrypted response holds an access token, a refresh token, an expiry and a scope.
+MAX_RESPONSE_BYTES = 16 * 1024
+DEADLOCK_ATTEMPTS = 3
+REUSE_REVOKED_BY = "service:client_registry: refresh token reused"
+
+_SELECT_FOR_UPDATE = (f"SELECT {COLUMNS}, replay_until, rotation_response FROM opaque_tokens"
+                      " WHERE token_hash = $1 FOR UPDATE")
+# A revocation that names this token: its jti, its grant, or a cut-off of its client or
+# subject at or after its issue (a cut-off revokes what was issued up to it, to the ms).
+_REVOKED = """
+SELECT EXISTS (SELECT 1 FROM revocations WHERE
+       (kind = 'jti' AND value = $1)
+    OR (kind = 'grant' AND value = $2)
+    OR (kind = 'client' AND value = $3 AND revoked_before >= $5)
+    OR (kind = 'subject' AND value = $4 AND revoked_before >= $5))
+"""
+_CONSUME = "UPDATE opaque_tokens SET consumed_at = $2, replay_until = $3 WHERE token_hash = $1"
+_INSERT_SUCCESSOR = (
+    f"INSERT INTO opaque_tokens (token_hash, jti, client_id, subject, username, scopes, audience, issued_at,"
+    f" expires_at, kind, grant_id, family_expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'refresh', $10, $11)"
+    f" RETURNING {COLUMNS}")
+_STORE_RESPONSES = """
+UPDATE opaque_tokens t SET rotation_response = x.response
+  FROM unnest($1::bytea[], $2::bytea[]) AS x(token_hash, response)
+ WHERE t.token_hash = x.token_hash AND t.kind = 'refresh' AND t.consumed_at IS NOT NULL
+   AND t.revoked_at IS NULL AND t.replay_until >= $3
+   AND (t.rotation_response IS NULL OR t.rotation_response = x.response)
+RETURNING t.token_hash
+"""
+
+
+def check_rotation(r: Rotation) -> str | None:
+    """Why a rotation request is malformed, or None."""
+    if len(r.token_hash) != HASH_BYTES or len(r.new_token_hash) != HASH_BYTES:
+        return "a token hash is not a SHA-256"
+    if r.token_hash == r.new_token_hash:
+        return "the successor is the presented token"
+    if not is_plausible_id(r.client_id) or not is_plausible_id(r.new_jti):
+        return "client id or jti is empty, too long or has control characters"
+    if not 0 <= r.grace_seconds <= MAX_GRACE_SECONDS:
+        return f"the grace window must be 0 to {MAX_GRACE_SECONDS} seconds"
+    return None
+
+
+def _expired(token: OpaqueTokenRecord, now_ms: int) -> bool:
+    return token.expires_at * 1000 <= now_ms or bool(token.family_expires_at and token.family_expires_at * 1000 <= now_ms)
+
+
+def _owns_itself(token: OpaqueTokenRecord) -> bool:
+    """A client's own family (subject = client id, no username): no user stands behind it."""
+    return token.subject == token.client_id and not token.username
+
+
+class _Reused:
+    """What a reuse must publish once its transaction has committed."""
+
+    def __init__(self, token: OpaqueTokenRecord, revocation: RevocationRecord):
+        self.token = token
+        self.revocation = revocation
+
+
+class RefreshTokenRepository:
+    """Implements api.RefreshTokenStore over Postgres."""
+
+    def __init__(self, pool: asyncpg.Pool, events: EventBus | None, clock: Callable[[], float] = time.time):
+        self.pool = pool
+        self.events = events
+        self.clock = clock
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    # --- rotation ---------------------------------------------------------------------------------
+
+    async def rotate_refresh_tokens(self, rotations: list[Rotation]) -> list[RotationOutcome]:
+        """One transaction per item, run side by side (each on its own connection): one
+        item's trouble never fails another, and one token's rotations serialise on its row.
+        The database being away fails the call (UNAVAILABLE), not an item."""
+        outcomes = await asyncio.gather(*(self._rotate_one(r) for r in rotations), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and (isinstance(outcome, UNAVAILABLE_ERRORS)
+                                                        or not isinstance(outcome, Exception)):
+                raise outcome
+        results: list[RotationOutcome] = []
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                log.warning("refresh token rotation failed", extra={"error": type(outcome).__name__,
+                                                                     "sqlstate": getattr(outcome, "sqlstate", "")})
+                outcome = ItemError(ITEM_INTERNAL, "the rotation could not be stored")
+            results.append(outcome)
+        return results
+
+    async def _rotate_one(self, r: Rotation) -> RotationOutcome:
+        problem = check_rotation(r)
+        if problem:
+            return ItemError(ITEM_INVALID, problem)
+        for attempt in range(DEADLOCK_ATTEMPTS):
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    outcome = await self._rotate_in(conn, r, self._now_ms())
+                break
+            except asyncpg.DeadlockDetectedError:
+                # Two reuses of one family at once lock its rows in opposite orders; Postgres
+                # ends one, and its retry finds the family revoked.
+                if attempt == DEADLOCK_ATTEMPTS - 1:
+                    raise
+        if isinstance(outcome, _Reused):
+            self._publish_reuse(outcome)
+            return Refused(REFUSED_REUSED, grant_id=outcome.token.grant_id, revocation=outcome.revocation)
+        return outcome
+
+    async def _rotate_in(self, conn: asyncpg.Connection, r: Rotation, now_ms: int) -> RotationOutcome | _Reused:
+        row = await conn.fetchrow(_SELECT_FOR_UPDATE, r.token_hash)
+        if row is None or row["kind"] != "refresh" or not row["grant_id"]:
+            return Refused(REFUSED_UNKNOWN)
+        token = token_record(row)
+        if token.client_id != r.client_id:
+            return Refused(REFUSED_OTHER_CLIENT)
+        if token.revoked or await conn.fetchval(_REVOKED, token.jti, token.grant_id, token.client_id, token.subject,
+                                                from_ms(token.issued_at_precise_ms)):
+            return Refused(REFUSED_REVOKED, grant_id=token.grant_id)
+        if _expired(token, now_ms):
+            return Refused(REFUSED_EXPIRED, grant_id=token.grant_id)
+        client = await conn.fetchrow(
+            "SELECT active, refresh_token_lifetime FROM clients WHERE client_id = $1 FOR SHARE", token.client_id)
+        if client is None or not client["active"]:
+            return Refused(REFUSED_CLIENT_INACTIVE, grant_id=token.grant_id)
+        if not _owns_itself(token):
+            user_active = await conn.fetchval("SELECT active FROM users WHERE id = $1 FOR SHARE", token.subject)
+            if not user_active:
+                return Refused(REFUSED_USER_INACTIVE, grant_id=token.grant_id)
+        if token.consumed:
+            if now_ms <= ms(row["replay_until"]):
+                return Replay(encrypted_response=bytes(row["rotation_response"] or b""), consumed=token)
+            return await self._revoke_family(conn, token, now_ms)
+        await conn.execute(_CONSUME, r.token_hash, from_ms(now_ms), from_ms(now_ms + r.grace_seconds * 1000))
+        expires_at = now_ms // 1000 + client["refresh_token_lifetime"]
+        if token.family_expires_at:
+            expires_at = min(expires_at, token.family_expires_at)
+        successor = await conn.fetchrow(
+            _INSERT_SUCCESSOR, r.new_token_hash, r.new_jti, token.client_id, token.subject, token.username,
+            list(token.scopes), list(token.audience), from_ms(now_ms), from_ms(expires_at * 1000), token.grant_id,
+            from_ms(token.family_expires_at * 1000) if token.family_expires_at else None)
+        consumed = OpaqueTokenRecord(**{**token.__dict__, "consumed": True})
+        return Rotated(consumed=consumed, successor=token_record(successor))
+
+    async def _revoke_family(self, conn: asyncpg.Connection, token: OpaqueTokenRecord, now_ms: int) -> _Reused:
+        """RFC 9700 §4.14.2: a consumed token presented again means one of two holders is
+        an attacker, and the registry cannot tell which: the whole grant ends. The grant
+        revocation marks every refresh row of the family revoked in the same statement
+        (revocations.insert_revocations), and lasts as long as any of its access tokens."""
+        revocation = RevocationRecord(kind=REVOKE_GRANT, value=token.grant_id, client_id=token.client_id,
+                                      expires_at=now_ms // 1000 + MAX_ACCESS_TOKEN_LIFETIME + 1,
+                                      revoked_by=REUSE_REVOKED_BY)
+        [row_id] = await insert_revocations(conn, [revocation])
+        log.warning("refresh token reused: its family is revoked",
+                    extra={"client_id": token.client_id, "grant_id": token.grant_id, "jti": token.jti})
+        return _Reused(token, RevocationRecord(**{**revocation.__dict__, "id": row_id}))
+
+    def _publish_reuse(self, reused: _Reused) -> None:
+        if self.events is None:
+            return
+        # The revocation first: it is what every token_issuer replica applies.
+        self.events.publish(TOKEN_REVOKED, revocation_event(reused.revocation))
+        t = reused.token
+        self.events.publish(REFRESH_TOKEN_REUSED, events_pb2.Event(
+            actor=actor_to_pb(actors.actor(actors.CLIENT, t.client_id)),
+            refresh_token_reused=events_pb2.RefreshTokenReused(client_id=t.client_id, subject=t.subject,
+                                                               grant_id=t.grant_id, jti=t.jti)))
+
+    # --- replay answers ---------------------------------------------------------------------------
+
+    async def store_rotation_responses(self, responses: list[tuple[bytes, bytes]]) -> list[ItemError | None]:
+        """Kept on the consumed row for replays inside its grace window; refused (not_found)
+        once the window has passed, the family is revoked, or another response is stored."""
+        results: list[ItemError | None] = [None] * len(responses)
+        valid: list[int] = []
+        for i, (token_hash, response) in enumerate(responses):
+            if len(token_hash) != HASH_BYTES:
+                results[i] = ItemError(ITEM_INVALID, "the token hash is not a SHA-256")
+            elif not 0 < len(response) <= MAX_RESPONSE_BYTES:
+                results[i] = ItemError(ITEM_INVALID, f"a response must be 1 to {MAX_RESPONSE_BYTES} bytes")
+            else:
+                valid.append(i)
+        if valid:
+            rows = await self.pool.fetch(_STORE_RESPONSES, [responses[i][0] for i in valid],
+                                         [responses[i][1] for i in valid], from_ms(self._now_ms()))
+            stored = {bytes(r["token_hash"]) for r in rows}
+            for i in valid:
+                if responses[i][0] not in stored:
+                    results[i] = ItemError(ITEM_NOT_FOUND, "no rotation of that token is waiting for its response")
+        return results
+
+    async def clear_rotation_responses(self) -> int:
+        """Responses whose grace window has passed: each holds a live access and refresh
+        token (encrypted), and nothing may read it any more."""
+        status = await self.pool.execute(
+            "UPDATE opaque_tokens SET rotation_response = NULL WHERE rotation_response IS NOT NULL"
+            " AND replay_until < $1", from_ms(self._now_ms()))
+        return int(status.split()[-1])
+
+    async def clear_rotation_responses_periodically(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                cleared = await self.clear_rotation_responses()
+                if cleared:
+                    log.info("rotation responses cleared", extra={"rows": cleared})
+            except Exception as exc:
+                log.warning("clearing rotation responses failed", extra={"error": type(exc).__name__})

@@ -1,0 +1,376 @@
+"""Refresh-token rotation in the registry (RFC 6749 §6, RFC 9700 §4.14.2), against the
+running stack's Postgres and NATS: services/client_registry/refresh_tokens.py.
+
+The first token of each family is issued by token_issuer (Issue with a refresh
+lifetime), as the grants do. Rotations go straight to the registry's repository over
+the registry's own database role and NATS identity (the RefreshTokens RPCs admit only
+the refresh_token grant service); token_issuer then judges the results on its own
+(introspection, its revocation set fed over NATS).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import time
+import uuid
+
+import asyncpg
+import pytest
+
+from inboundlib.events import EventBus
+from inboundlib.oauth.client_auth import CLIENT_SECRET_BASIC, ClientCredentials
+from services.client_registry.api import (
+    MAX_ACCESS_TOKEN_LIFETIME,
+    REFUSED_CLIENT_INACTIVE,
+    REFUSED_EXPIRED,
+    REFUSED_OTHER_CLIENT,
+    REFUSED_REUSED,
+    REFUSED_REVOKED,
+    REFUSED_UNKNOWN,
+    REFUSED_USER_INACTIVE,
+    ClientUpdate,
+    ItemError,
+    OpaqueTokenRecord,
+    Refused,
+    Replay,
+    Rotated,
+    Rotation,
+    subject_cut_off,
+)
+from services.client_registry.client import RegistryClient
+from services.client_registry.refresh_tokens import RefreshTokenRepository
+from services.client_registry.revocations import RevocationRepository
+from services.client_registry.tokens import TokenRepository
+from services.token_issuer.api import IssueRequest
+from tests.support import ISSUER_SERVICE, eventually
+
+LIFETIME = 3600
+
+
+@pytest.fixture(scope="module")
+async def pool(stack):
+    """The registry's own database role: its grants (assembly.RUNTIME_PRIVILEGES) are tested too."""
+    pool = await asyncpg.create_pool(stack.db_roles.runtime_url, min_size=1, max_size=6)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="module")
+async def bus(stack):
+    """Publishing as client_registry does (its NATS permissions)."""
+    bus = EventBus(stack.nats_settings("client_registry"), "test-refresh-rotation")
+    await bus.start()
+    yield bus
+    await bus.close()
+
+
+@pytest.fixture(scope="module")
+def repo(pool, bus):
+    return RefreshTokenRepository(pool, bus)
+
+
+@pytest.fixture(scope="module")
+async def stored_tokens(stack):
+    """The registry's token reads, as token_issuer makes them."""
+    channel = stack.channel("client_registry", caller=ISSUER_SERVICE)
+    yield RegistryClient(channel).tokens
+    await channel.close()
+
+
+def sha(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def rotation(token: str, client_id: str, grace: int = 5) -> tuple[Rotation, str]:
+    successor = "ibr_" + secrets.token_urlsafe(32)
+    return Rotation(token_hash=sha(token), client_id=client_id, new_token_hash=sha(successor),
+                    new_jti=str(uuid.uuid4()), grace_seconds=grace), successor
+
+
+async def first_token(issuer, client, *, subject: str = "", username: str = "", absolute: int = 0,
+                      lifetime: int = LIFETIME, scopes=("api.read",)):
+    """A family's first refresh token, issued by token_issuer as a grant would."""
+    return await issuer.issue(IssueRequest(
+        client_id=client.client_id, subject=subject or client.client_id, username=username, scopes=tuple(scopes),
+        format="jwt", lifetime_seconds=600, refresh_token_lifetime=lifetime,
+        refresh_token_absolute_lifetime=absolute))
+
+
+async def rotate(repo, token: str, client_id: str, grace: int = 5):
+    r, successor = rotation(token, client_id, grace)
+    [outcome] = await repo.rotate_refresh_tokens([r])
+    return outcome, successor
+
+
+async def new_user(stack, *, active: bool = True) -> str:
+    user_id = str(uuid.uuid4())
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        await conn.execute("INSERT INTO users (id, username, username_key, active) VALUES ($1, $2, $2, $3)",
+                           user_id, "u-" + user_id[:8], active)
+    finally:
+        await conn.close()
+    return user_id
+
+
+async def sql(stack, statement: str, *args):
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        return await conn.fetch(statement, *args)
+    finally:
+        await conn.close()
+
+
+# --- rotation ---------------------------------------------------------------------------------------
+
+async def test_a_rotation_consumes_the_token_and_stores_its_successor(stack, repo, issuer, make_client,
+                                                                     stored_tokens):
+    client, _ = await make_client(refresh_token_lifetime=7200)
+    issued = await first_token(issuer, client, scopes=("api.read", "api.write"))
+    assert (await issuer.introspect(issued.refresh_token)).active
+    before = int(time.time())
+
+    outcome, successor = await rotate(repo, issued.refresh_token, client.client_id)
+
+    assert isinstance(outcome, Rotated)
+    s = outcome.successor
+    assert (s.client_id, s.subject, s.grant_id, s.kind) == (client.client_id, client.client_id, issued.grant_id,
+                                                            "refresh")
+    assert set(s.scopes) == {"api.read", "api.write"}  # the family's scope, RFC 6749 §6
+    assert before + 7200 <= s.expires_at <= int(time.time()) + 7200  # the client's sliding lifetime
+    [old, new] = await stored_tokens.get_opaque_tokens([sha(issued.refresh_token), sha(successor)])
+    assert old.consumed and not old.revoked
+    assert new is not None and not new.consumed and new.grant_id == issued.grant_id
+    # token_issuer reads refresh tokens fresh: the consumed one is inactive at once (a cached
+    # record would still say active), the successor active.
+    assert not (await issuer.introspect(issued.refresh_token)).active
+    assert (await issuer.introspect(successor)).active
+
+
+async def test_two_concurrent_rotations_of_one_token_rotate_once(repo, issuer, make_client):
+    client, _ = await make_client()
+    issued = await first_token(issuer, client)
+    (r1, _), (r2, _) = rotation(issued.refresh_token, client.client_id), rotation(issued.refresh_token,
+                                                                                  client.client_id)
+    outcomes = await asyncio.gather(repo.rotate_refresh_tokens([r1]), repo.rotate_refresh_tokens([r2]))
+    kinds = sorted(type(o[0]).__name__ for o in outcomes)
+    assert kinds == ["Replay", "Rotated"]
+
+
+async def test_a_retry_inside_the_grace_window_gets_the_stored_response(stack, pool, bus, issuer, make_client):
+    now = [time.time()]
+    repo = RefreshTokenRepository(pool, bus, clock=lambda: now[0])
+    client, _ = await make_client()
+    issued = await first_token(issuer, client)
+    first, _ = await rotate(repo, issued.refresh_token, client.client_id, grace=5)
+    assert isinstance(first, Rotated)
+
+    retry, _ = await rotate(repo, issued.refresh_token, client.client_id, grace=5)
+    assert retry == Replay(encrypted_response=b"", consumed=first.consumed)  # not stored yet: nothing to replay
+    assert await repo.store_rotation_responses([(sha(issued.refresh_token), b"sealed-response")]) == [None]
+    retry, _ = await rotate(repo, issued.refresh_token, client.client_id, grace=5)
+    assert isinstance(retry, Replay) and retry.encrypted_response == b"sealed-response"
+    # Only the first rotation's answer is kept.
+    [refused] = await repo.store_rotation_responses([(sha(issued.refresh_token), b"another")])
+    assert isinstance(refused, ItemError)
+
+    # Past the window the sweeper clears it: it holds live tokens, and nothing may read it any more.
+    now[0] += 6
+    assert await repo.clear_rotation_responses() >= 1
+    [row] = await sql(stack, "SELECT rotation_response FROM opaque_tokens WHERE token_hash = $1",
+                      sha(issued.refresh_token))
+    assert row["rotation_response"] is None
+    [late] = await repo.store_rotation_responses([(sha(issued.refresh_token), b"sealed-response")])
+    assert isinstance(late, ItemError)
+
+
+async def test_reuse_after_the_grace_window_revokes_the_whole_family(stack, repo, issuer, make_client,
+                                                                     stored_tokens):
+    client, _ = await make_client()
+    issued = await first_token(issuer, client)
+    first, successor = await rotate(repo, issued.refresh_token, client.client_id, grace=0)
+    assert isinstance(first, Rotated)
+    # An access token the grant issued from the family (as the refresh_token grant does).
+    access = await issuer.issue(IssueRequest(client_id=client.client_id, subject=client.client_id,
+                                             scopes=("api.read",), format="jwt", lifetime_seconds=600,
+                                             grant_id=issued.grant_id))
+    assert (await issuer.introspect(access.access_token)).active
+
+    reused, _ = await rotate(repo, issued.refresh_token, client.client_id, grace=0)
+
+    assert isinstance(reused, Refused) and reused.reason == REFUSED_REUSED
+    assert reused.grant_id == issued.grant_id
+    assert reused.revocation is not None and reused.revocation.value == issued.grant_id
+    assert reused.revocation.expires_at >= int(time.time()) + MAX_ACCESS_TOKEN_LIFETIME
+    # Every refresh token of the family is refused, the successor the legitimate holder has too.
+    again, _ = await rotate(repo, successor, client.client_id)
+    assert again == Refused(REFUSED_REVOKED, grant_id=issued.grant_id)
+    [s] = await stored_tokens.get_opaque_tokens([sha(successor)])
+    assert s.revoked
+    assert not (await issuer.introspect(successor)).active
+    # The access tokens of the grant die on token_issuer, told over NATS.
+    await eventually(lambda: issuer.introspect(access.access_token), until=lambda info: not info.active,
+                     message="the family's access token is revoked at token_issuer")
+    # ... and the reuse is in the audit trail.
+    await eventually(lambda: sql(stack, "SELECT 1 FROM audit_log WHERE type = 'refresh_token_reused'"
+                                        " AND detail->>'grant_id' = $1", issued.grant_id),
+                     message="the reuse is audited")
+
+
+async def test_another_clients_token_is_refused_without_harming_the_family(repo, issuer, make_client):
+    owner, _ = await make_client()
+    thief, _ = await make_client()
+    issued = await first_token(issuer, owner)
+    refused, _ = await rotate(repo, issued.refresh_token, thief.client_id)
+    assert refused == Refused(REFUSED_OTHER_CLIENT)
+    # Consumed and presented by another client: still no reuse, no revocation.
+    assert isinstance((await rotate(repo, issued.refresh_token, owner.client_id, grace=0))[0], Rotated)
+    refused, _ = await rotate(repo, issued.refresh_token, thief.client_id, grace=0)
+    assert refused == Refused(REFUSED_OTHER_CLIENT)
+    assert (await issuer.introspect(issued.refresh_token)).active is False  # consumed, not revoked:
+    reused, _ = await rotate(repo, issued.refresh_token, owner.client_id, grace=0)
+    assert reused.reason == REFUSED_REUSED  # the family was still alive for its owner to break
+
+
+async def test_unknown_tokens_and_access_tokens_are_unknown(repo, issuer, make_client):
+    client, _ = await make_client(token_format="opaque")
+    refused, _ = await rotate(repo, "ibr_" + secrets.token_urlsafe(32), client.client_id)
+    assert refused == Refused(REFUSED_UNKNOWN)
+    access = await issuer.issue(IssueRequest(client_id=client.client_id, subject=client.client_id,
+                                             scopes=("api.read",), format="opaque", lifetime_seconds=600))
+    refused, _ = await rotate(repo, access.access_token, client.client_id)
+    assert refused == Refused(REFUSED_UNKNOWN)
+
+
+async def test_malformed_rotations_are_item_errors_beside_good_ones(repo, issuer, make_client):
+    client, _ = await make_client()
+    issued = await first_token(issuer, client)
+    good, _ = rotation(issued.refresh_token, client.client_id)
+    bad = Rotation(token_hash=b"short", client_id=client.client_id, new_token_hash=sha("x"), new_jti="j",
+                   grace_seconds=5)
+    greedy, _ = rotation(issued.refresh_token, client.client_id, grace=100_000)
+    outcomes = await repo.rotate_refresh_tokens([bad, good, greedy])
+    assert isinstance(outcomes[0], ItemError) and isinstance(outcomes[2], ItemError)
+    assert isinstance(outcomes[1], Rotated)
+
+
+# --- expiry -----------------------------------------------------------------------------------------
+
+async def test_an_expired_token_is_refused(stack, pool, repo, make_client):
+    client, _ = await make_client()
+    now = int(time.time())
+    token = "ibr_" + secrets.token_urlsafe(32)
+    [error] = await TokenRepository(pool).store_opaque_tokens([OpaqueTokenRecord(
+        token_hash=sha(token), jti=str(uuid.uuid4()), client_id=client.client_id, subject=client.client_id,
+        username="", scopes=("api.read",), audience=("x",), issued_at=now - 100, expires_at=now - 1,
+        kind="refresh", grant_id=secrets.token_urlsafe(16))])
+    assert error is None
+    refused, _ = await rotate(repo, token, client.client_id)
+    assert refused.reason == REFUSED_EXPIRED
+
+
+async def test_the_family_end_bounds_every_token(pool, repo, issuer, make_client, stored_tokens):
+    client, _ = await make_client(refresh_token_lifetime=7200)
+    issued = await first_token(issuer, client, absolute=100)
+    [first] = await stored_tokens.get_opaque_tokens([sha(issued.refresh_token)])
+    assert first.family_expires_at == first.issued_at + 100  # token_issuer records the family's end
+    assert first.expires_at == first.family_expires_at  # ... and no token outlives it
+    rotated, _ = await rotate(repo, issued.refresh_token, client.client_id)
+    assert rotated.successor.family_expires_at == first.family_expires_at
+    assert rotated.successor.expires_at == first.family_expires_at  # not now + 7200
+
+    # A token whose own expiry is far but whose family has ended is expired.
+    now = int(time.time())
+    token = "ibr_" + secrets.token_urlsafe(32)
+    await TokenRepository(pool).store_opaque_tokens([OpaqueTokenRecord(
+        token_hash=sha(token), jti=str(uuid.uuid4()), client_id=client.client_id, subject=client.client_id,
+        username="", scopes=("api.read",), audience=("x",), issued_at=now - 100, expires_at=now + 3600,
+        kind="refresh", grant_id=secrets.token_urlsafe(16), family_expires_at=now - 1)])
+    refused, _ = await rotate(repo, token, client.client_id)
+    assert refused.reason == REFUSED_EXPIRED
+    assert not (await issuer.introspect(token)).active
+
+
+# --- the client, the user, revocations -------------------------------------------------------------
+
+async def test_a_disabled_client_cannot_refresh(stack, repo, registry, issuer, make_client):
+    client, _ = await make_client()
+    issued = await first_token(issuer, client)
+    await registry.update_client(client.client_id, ClientUpdate(active=False))
+    refused, _ = await rotate(repo, issued.refresh_token, client.client_id)
+    # Disabling records a client cut-off (revoked) in the same transaction.
+    assert refused.reason in (REFUSED_REVOKED, REFUSED_CLIENT_INACTIVE)
+
+    # The client's own state decides even without a cut-off.
+    other, _ = await make_client()
+    issued = await first_token(issuer, other)
+    await sql(stack, "UPDATE clients SET active = false WHERE client_id = $1", other.client_id)
+    refused, _ = await rotate(repo, issued.refresh_token, other.client_id)
+    assert refused.reason == REFUSED_CLIENT_INACTIVE
+
+
+async def test_a_disabled_or_deleted_user_cannot_refresh(stack, repo, issuer, make_client):
+    client, _ = await make_client()
+    alice, bob = await new_user(stack), await new_user(stack)
+    for_alice = await first_token(issuer, client, subject=alice, username="alice")
+    for_bob = await first_token(issuer, client, subject=bob, username="bob")
+    assert isinstance((await rotate(repo, for_alice.refresh_token, client.client_id))[0], Rotated)
+
+    second = await first_token(issuer, client, subject=alice, username="alice")
+    await sql(stack, "UPDATE users SET active = false WHERE id = $1", alice)
+    refused, _ = await rotate(repo, second.refresh_token, client.client_id)
+    assert refused.reason == REFUSED_USER_INACTIVE
+
+    await sql(stack, "DELETE FROM users WHERE id = $1", bob)
+    refused, _ = await rotate(repo, for_bob.refresh_token, client.client_id)
+    assert refused.reason == REFUSED_USER_INACTIVE
+
+    # A user-less subject that is not the client itself needs a user too.
+    nobody = await first_token(issuer, client, subject="someone-" + uuid.uuid4().hex[:6])
+    refused, _ = await rotate(repo, nobody.refresh_token, client.client_id)
+    assert refused.reason == REFUSED_USER_INACTIVE
+
+
+async def test_a_subject_cut_off_revokes_the_users_refresh_tokens(stack, pool, repo, issuer, make_client):
+    client, _ = await make_client()
+    user = await new_user(stack)
+    before = await first_token(issuer, client, subject=user, username="carol")
+    [stored] = await RevocationRepository(pool).add_revocations(
+        [subject_cut_off(user, int(time.time() * 1000), "operator:test")])
+    assert not isinstance(stored, ItemError)
+    after = await first_token(issuer, client, subject=user, username="carol")
+    refused, _ = await rotate(repo, before.refresh_token, client.client_id)
+    assert refused.reason == REFUSED_REVOKED
+    assert isinstance((await rotate(repo, after.refresh_token, client.client_id))[0], Rotated)
+
+
+async def test_a_client_cut_off_revokes_its_refresh_tokens(repo, issuer, make_client):
+    client, _ = await make_client()
+    issued = await first_token(issuer, client)
+    await issuer.revoke_client_tokens(client.client_id)
+    refused, _ = await rotate(repo, issued.refresh_token, client.client_id)
+    assert refused.reason == REFUSED_REVOKED
+
+
+async def test_revoking_a_refresh_token_ends_its_grant_for_good(stack, repo, issuer, make_client, stored_tokens):
+    """RFC 7009 through token_issuer: the family's rows are marked revoked in the same
+    statement as the grant revocation, so even once that revocation is purged, no refresh
+    token of the family comes back."""
+    client, secret = await make_client()
+    issued = await first_token(issuer, client)
+    rotated, successor = await rotate(repo, issued.refresh_token, client.client_id)
+    assert isinstance(rotated, Rotated)
+    access = await issuer.issue(IssueRequest(client_id=client.client_id, subject=client.client_id,
+                                             scopes=("api.read",), format="jwt", lifetime_seconds=600,
+                                             grant_id=issued.grant_id))
+
+    await issuer.revoke(successor, ClientCredentials(CLIENT_SECRET_BASIC, client.client_id, secret))
+
+    tokens = await stored_tokens.get_opaque_tokens([sha(issued.refresh_token), sha(successor)])
+    assert all(t.revoked for t in tokens)
+    assert not (await issuer.introspect(successor)).active
+    assert not (await issuer.introspect(access.access_token)).active
+    await sql(stack, "DELETE FROM revocations WHERE kind = 'grant' AND value = $1", issued.grant_id)
+    refused, _ = await rotate(repo, successor, client.client_id)
+    assert refused == Refused(REFUSED_REVOKED, grant_id=issued.grant_id)
