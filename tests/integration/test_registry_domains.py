@@ -48,8 +48,9 @@ async def channel_as(stack):
 
 
 async def test_each_domain_is_its_own_service(channel_as):
-    assert server.SERVICE_NAMES == ("inbound.registry.v1.Clients", "inbound.registry.v1.SigningKeys",
-                                    "inbound.registry.v1.Tokens", "inbound.registry.v1.Revocations")
+    assert server.SERVICE_NAMES[:4] == ("inbound.registry.v1.Clients", "inbound.registry.v1.SigningKeys",
+                                        "inbound.registry.v1.Tokens", "inbound.registry.v1.Revocations")
+    assert "inbound.registry.v1.RefreshTokens" in server.SERVICE_NAMES
     await registry_pb2_grpc.ClientsStub(channel_as(OPERATOR)).ListClients(pb.ListClientsRequest(), timeout=5)
     channel = channel_as(ISSUER_SERVICE)
     keys = await registry_pb2_grpc.SigningKeysStub(channel).ListSigningKeys(pb.ListSigningKeysRequest(), timeout=5)
