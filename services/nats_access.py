@@ -9,7 +9,7 @@ the server, not the receiver, decides who may send what:
 
 | identity | publishes (events) | subscribes (events) |
 |---|---|---|
-| client_registry | registry.client, registry.signing_key, token.revoked (the cut-off that disabling a client records; a reused refresh token's family), token.refresh_reused | - |
+| client_registry | registry.client, registry.signing_key, registry.user, token.revoked (the cut-offs that disabling or deleting a client, and a user's password change, disabling or deletion record; a reused refresh token's family), token.refresh_reused, user.locked, user.lock_ended | - |
 | token_issuer | token.issued, token.revoked, token.introspected_revoked, keys.rotated | registry.client, registry.signing_key, keys.rotated, token.revoked |
 | each grant service | token.denied | registry.client |
 | edge | token.denied | keys.rotated |
@@ -64,6 +64,9 @@ from inboundlib.events import (
     TOKEN_DENIED,
     TOKEN_ISSUED,
     TOKEN_REVOKED,
+    USER_CHANGED,
+    USER_LOCK_ENDED,
+    USER_LOCKED,
     Installation,
 )
 from inboundlib.hosting import HTTP
@@ -93,8 +96,8 @@ def _p(publish: Iterable[str] = (), subscribe: Iterable[str] = (), consumes_audi
 
 
 RULES: dict[str, Permissions] = {
-    "client_registry": _p(publish=(CLIENT_CHANGED, SIGNING_KEY_CHANGED, TOKEN_REVOKED, REFRESH_TOKEN_REUSED),
-                          creates_stream=True),
+    "client_registry": _p(publish=(CLIENT_CHANGED, SIGNING_KEY_CHANGED, USER_CHANGED, TOKEN_REVOKED,
+                                   REFRESH_TOKEN_REUSED, USER_LOCKED, USER_LOCK_ENDED), creates_stream=True),
     "token_issuer": _p(publish=(TOKEN_ISSUED, TOKEN_REVOKED, REVOKED_TOKEN_INTROSPECTED, KEYS_ROTATED),
                        subscribe=(CLIENT_CHANGED, SIGNING_KEY_CHANGED, KEYS_ROTATED, TOKEN_REVOKED),
                        creates_stream=True),

@@ -1,5 +1,6 @@
 """client_registry's settings and start-up (see libs/inboundlib/hosting.py):
-migrations, the registry over its Postgres pool, the purge janitor."""
+migrations, the registry over its Postgres pool, the purge janitor, the sweeper
+that reports ended sign-in locks."""
 from __future__ import annotations
 
 import asyncio
@@ -9,12 +10,14 @@ from pathlib import Path
 import grpc
 
 from inboundlib import db, service
-from inboundlib.batching import Coalescer
+from inboundlib.batching import Coalescer, Overloaded
 from inboundlib.config import Env
 from inboundlib.hosting import GRPC, Context, Module
+from inboundlib.passwords import Passwords, PasswordSettings
 from services.client_registry import server
 from services.client_registry.client import RegistryClient
 from services.client_registry.registry import Registry
+from services.client_registry.users import LoginSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # What the runtime role (DATABASE_URL) may do, granted by the migration role: a stored
@@ -30,6 +33,7 @@ RUNTIME_PRIVILEGES = {
 }
 HOT_TIMEOUT = 3.0
 REVOCATION_TIMEOUT = 10.0
+SIGN_IN_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,8 @@ class Settings:
     purge_seconds: int
     # How often encrypted rotation responses past their grace window are cleared.
     rotation_response_sweep_seconds: int = 5
+    passwords: PasswordSettings = PasswordSettings()
+    login: LoginSettings = LoginSettings()
 
     @classmethod
     def from_env(cls, env: Env) -> Settings:
@@ -50,12 +56,20 @@ class Settings:
                    pool_size=env.int("INBOUND_DB_POOL_SIZE", 10, minimum=1, maximum=200),
                    purge_seconds=env.int("INBOUND_PURGE_INTERVAL", 600, minimum=1),
                    rotation_response_sweep_seconds=env.int("INBOUND_ROTATION_RESPONSE_SWEEP_INTERVAL", 5,
-                                                           minimum=1, maximum=3600))
+                                                           minimum=1, maximum=3600),
+                   passwords=PasswordSettings.from_env(env), login=LoginSettings.from_env(env))
+
+    @property
+    def sign_in_slots(self) -> int:
+        """Sign-ins that may hold a Postgres connection at once (each holds one while its
+        hash is verified): no more than the hash threads that serve them, and never more
+        than half the pool, so that a burst of sign-ins leaves token requests connections."""
+        return max(1, min(self.passwords.workers, self.pool_size // 2))
 
 
 class BatchedTokenStore:
     """The registry for callers in the same process, with opaque-token writes and
-    lookups and revocation writes coalesced into one statement per batch, as
+    lookups, revocation writes and sign-ins coalesced into batches, as
     RegistryClient does across the network."""
 
     def __init__(self, registry: Registry):
@@ -70,6 +84,8 @@ class BatchedTokenStore:
                                  lambda items, _: registry.rotate_refresh_tokens(items), max_batch=64)
         self._responses = Coalescer("local.StoreRotationResponses",
                                     lambda items, _: registry.store_rotation_responses(items), max_batch=64)
+        self._sign_ins = Coalescer("local.AuthenticateUsers", lambda items, _: registry.authenticate_users(items),
+                                   max_batch=64)
 
     def __getattr__(self, name):
         return getattr(self._registry, name)
@@ -90,6 +106,9 @@ class BatchedTokenStore:
     async def store_rotation_responses(self, responses):
         return list(await asyncio.gather(*(self._responses.submit(r, HOT_TIMEOUT) for r in responses)))
 
+    async def authenticate_users(self, sign_ins):
+        return list(await asyncio.gather(*(self._sign_ins.submit(s, SIGN_IN_TIMEOUT) for s in sign_ins)))
+
 
 @dataclass
 class RegistryService:
@@ -99,7 +118,11 @@ class RegistryService:
     janitor: asyncio.Task
     # Clears encrypted rotation responses once their grace window has passed.
     response_sweeper: asyncio.Task | None = None
-    unavailable_on = db.UNAVAILABLE_ERRORS
+    # Reports sign-in locks that ended (user.lock_ended).
+    lock_sweeper: asyncio.Task | None = None
+    passwords: Passwords | None = None
+    # A full password pool (Overloaded) is "try again later" too, as the database being away is.
+    unavailable_on = (*db.UNAVAILABLE_ERRORS, Overloaded)
 
     def add_to_server(self, port: str, grpc_server: grpc.aio.Server) -> list[str]:
         assert port == GRPC, port
@@ -110,18 +133,26 @@ class RegistryService:
         self.janitor.cancel()
         if self.response_sweeper is not None:
             self.response_sweeper.cancel()
+        if self.lock_sweeper is not None:
+            self.lock_sweeper.cancel()
         await self.pool.close()
+        if self.passwords is not None:
+            self.passwords.shutdown()
 
 
 async def start(settings: Settings, ctx: Context) -> RegistryService:
     pool = await service.open_database(settings.database_url, MIGRATIONS, ctx.stop, max_size=settings.pool_size,
                                        migration_url=settings.migration_database_url,
                                        runtime_privileges=RUNTIME_PRIVILEGES)
-    registry = Registry(pool, ctx.events)
+    passwords = Passwords(settings.passwords)  # makes the dummy hash, with the current parameters
+    registry = Registry(pool, ctx.events, passwords=passwords, login=settings.login,
+                        sign_in_slots=settings.sign_in_slots)
     return RegistryService(registry=registry, api=BatchedTokenStore(registry), pool=pool,
                            janitor=asyncio.create_task(registry.purge_periodically(settings.purge_seconds)),
                            response_sweeper=asyncio.create_task(registry.refresh_tokens.clear_rotation_responses_periodically(
-                               settings.rotation_response_sweep_seconds)))
+                               settings.rotation_response_sweep_seconds)),
+                           lock_sweeper=asyncio.create_task(registry.users.sweep_periodically()),
+                           passwords=passwords)
 
 
 def connect(channel: grpc.aio.Channel, module: Module) -> RegistryClient:

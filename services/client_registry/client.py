@@ -3,7 +3,7 @@ Protocol from api.py; `RegistryClient` bundles them over one channel for
 callers that use several (inboundctl, the dev stack, tests).
 
 Hot-path calls (client lookups, opaque token writes and lookups, revocation
-writes) are coalesced into batches; admin calls go one by one, with the request
+writes, sign-ins) are coalesced into batches; admin calls go one by one, with the request
 id and the actor as metadata. Status codes come back as the registry's own
 errors (INVALID_ARGUMENT -> InvalidArgument, NOT_FOUND -> NotFound,
 ALREADY_EXISTS -> AlreadyExists); infrastructure codes stay gRPC errors.
@@ -34,11 +34,19 @@ from services.client_registry.api import (
     RevocationRecord,
     Rotation,
     RotationOutcome,
+    SignIn,
     SigningKeyRecord,
+    SignInOutcome,
+    UserPage,
+    UserRecord,
+    UserSpec,
+    UserUpdate,
 )
 
 ADMIN_TIMEOUT = 10.0
 HOT_TIMEOUT = 3.0
+# A sign-in waits for a hash thread in the registry (tens of ms each, a few in parallel).
+SIGN_IN_TIMEOUT = 5.0
 MAX_BATCH = 64
 
 ERROR_OF: dict[grpc.StatusCode, type[RegistryError]] = {
@@ -213,12 +221,66 @@ class RefreshTokensClient:
 
     async def store_rotation_responses(self, responses: list[tuple[bytes, bytes]]) -> list[ItemError | None]:
         return list(await asyncio.gather(*(self.store_rotation_response(h, r) for h, r in responses)))
+class UsersClient:
+    """api.UserStore over gRPC. Sign-ins are coalesced; they are not sent twice (a
+    second send would count a failure twice). Passwords travel only inside the
+    request messages, which nothing here logs or puts in an error."""
+
+    def __init__(self, channel: grpc.aio.Channel):
+        self.stub = registry_pb2_grpc.UsersStub(channel)
+        self._sign_ins = Coalescer("registry.AuthenticateUsers", self._send_sign_ins, max_batch=MAX_BATCH,
+                                   unavailable=is_unavailable)
+
+    async def _send_sign_ins(self, sign_ins: list[SignIn], timeout: float) -> list[SignInOutcome]:
+        reply = await self.stub.AuthenticateUsers(
+            pb.AuthenticateUsersRequest(requests=[wire.sign_in_to_pb(s) for s in sign_ins]), timeout=timeout)
+        return [wire.sign_in_outcome_from_pb(o) for o in reply.results]
+
+    async def authenticate_user(self, sign_in: SignIn) -> SignInOutcome:
+        return await self._sign_ins.submit(sign_in, SIGN_IN_TIMEOUT)
+
+    async def authenticate_users(self, sign_ins: list[SignIn]) -> list[SignInOutcome]:
+        return list(await asyncio.gather(*(self.authenticate_user(s) for s in sign_ins)))
+
+    async def create_user(self, spec: UserSpec) -> UserRecord:
+        reply = await _admin(self.stub.CreateUser, pb.CreateUserRequest(spec=wire.user_spec_to_pb(spec)))
+        return wire.user_from_pb(reply.user)
+
+    async def get_user(self, *, id: str = "", username: str = "") -> UserRecord | None:
+        request = pb.GetUserRequest(id=id) if id else pb.GetUserRequest(username=username)
+        reply = await _admin(self.stub.GetUser, request)
+        return wire.user_from_pb(reply.user) if reply.HasField("user") else None
+
+    async def list_users(self, after: str = "", limit: int = 1000, query: str = "") -> UserPage:
+        reply = await _admin(self.stub.ListUsers, pb.ListUsersRequest(after=after, limit=limit, query=query))
+        return UserPage([wire.user_from_pb(u) for u in reply.users], reply.next)
+
+    async def update_user(self, user_id: str, update: UserUpdate) -> UserRecord:
+        reply = await _admin(self.stub.UpdateUser, wire.user_update_to_pb(user_id, update))
+        return wire.user_from_pb(reply.user)
+
+    async def delete_user(self, user_id: str) -> bool:
+        reply = await _admin(self.stub.DeleteUser, pb.DeleteUserRequest(id=user_id))
+        return reply.deleted
+
+    async def set_user_password(self, user_id: str, password: str) -> UserRecord:
+        reply = await _admin(self.stub.SetUserPassword, pb.SetUserPasswordRequest(id=user_id, password=password))
+        return wire.user_from_pb(reply.user)
+
+    async def unlock_user(self, user_id: str) -> UserRecord:
+        reply = await _admin(self.stub.UnlockUser, pb.UnlockUserRequest(id=user_id))
+        return wire.user_from_pb(reply.user)
+
+    async def change_user_roles(self, user_id: str, add: list[str], remove: list[str]) -> UserRecord:
+        reply = await _admin(self.stub.ChangeUserRoles,
+                             pb.ChangeUserRolesRequest(id=user_id, add=add, remove=remove))
+        return wire.user_from_pb(reply.user)
 
 
 class RegistryClient:
     """Every domain's client over one channel (api.ClientRegistryApi), for callers
     that use several; pass a narrow one (`.clients`, `.signing_keys`, `.tokens`,
-    `.revocations`, `.refresh_tokens`) to code that needs only that."""
+    `.revocations`, `.refresh_tokens`, `.users`) to code that needs only that."""
 
     def __init__(self, channel: grpc.aio.Channel):
         self.clients = ClientsClient(channel)
@@ -226,11 +288,12 @@ class RegistryClient:
         self.tokens = TokensClient(channel)
         self.revocations = RevocationsClient(channel)
         self.refresh_tokens = RefreshTokensClient(channel)
+        self.users = UsersClient(channel)
 
     def __getattr__(self, name: str):
         # Each call belongs to exactly one domain; ask each in turn. (Through __dict__:
         # this runs only for names not found otherwise, and must not recurse.)
-        for key in ("clients", "signing_keys", "tokens", "revocations", "refresh_tokens"):
+        for key in ("clients", "signing_keys", "tokens", "revocations", "refresh_tokens", "users"):
             domain = self.__dict__.get(key)
             if domain is not None and hasattr(type(domain), name):
                 return getattr(domain, name)

@@ -2,7 +2,8 @@
 
 `Registry` bundles them for what hosts or wires them all (the registry process,
 the one-process mode, tests): `registry.clients`, `.signing_keys`, `.tokens`,
-`.revocations`, `.refresh_tokens`, each implementing its narrow Protocol from api.py. It also
+`.revocations`, `.refresh_tokens`, `.users`, each implementing its narrow Protocol from api.py.
+It also
 answers every call itself by delegation, so it satisfies `ClientRegistryApi`
 where a caller genuinely needs several domains.
 """
@@ -14,6 +15,7 @@ import logging
 import asyncpg
 
 from inboundlib.events import EventBus
+from inboundlib.passwords import Passwords, PasswordSettings
 from services.client_registry import revocations as revocation_rows
 from services.client_registry.api import (
     ClientRecord,
@@ -26,19 +28,27 @@ from services.client_registry.api import (
     RevocationRecord,
     Rotation,
     RotationOutcome,
+    SignIn,
     SigningKeyRecord,
+    SignInOutcome,
+    UserPage,
+    UserRecord,
+    UserSpec,
+    UserUpdate,
 )
 from services.client_registry.clients import ClientRepository
 from services.client_registry.keys import SigningKeyRepository
 from services.client_registry.refresh_tokens import RefreshTokenRepository
 from services.client_registry.revocations import RevocationRepository
 from services.client_registry.tokens import TokenRepository
+from services.client_registry.users import LoginSettings, UserRepository
 
 log = logging.getLogger(__name__)
 
 
 class Registry:
-    def __init__(self, pool: asyncpg.Pool, events: EventBus | None):
+    def __init__(self, pool: asyncpg.Pool, events: EventBus | None, *, passwords: Passwords | None = None,
+                 login: LoginSettings | None = None, sign_in_slots: int | None = None):
         self.pool = pool
         self.events = events
         self.clients = ClientRepository(pool, events)
@@ -46,6 +56,8 @@ class Registry:
         self.tokens = TokenRepository(pool)
         self.revocations = RevocationRepository(pool)
         self.refresh_tokens = RefreshTokenRepository(pool, events)
+        self.users = UserRepository(pool, events, passwords or Passwords(PasswordSettings()),
+                                    login or LoginSettings(), sign_in_slots=sign_in_slots)
 
     # --- clients (api.ClientStore) ----------------------------------------------------------------
 
@@ -106,6 +118,35 @@ class Registry:
     async def store_rotation_responses(self, responses: list[tuple[bytes, bytes]]) -> list[ItemError | None]:
         return await self.refresh_tokens.store_rotation_responses(responses)
 
+    # --- users (api.UserStore) -------------------------------------------------------------------
+
+    async def authenticate_users(self, sign_ins: list[SignIn]) -> list[SignInOutcome]:
+        return await self.users.authenticate_users(sign_ins)
+
+    async def create_user(self, spec: UserSpec) -> UserRecord:
+        return await self.users.create_user(spec)
+
+    async def get_user(self, *, id: str = "", username: str = "") -> UserRecord | None:
+        return await self.users.get_user(id=id, username=username)
+
+    async def list_users(self, after: str = "", limit: int = 1000, query: str = "") -> UserPage:
+        return await self.users.list_users(after, limit, query)
+
+    async def update_user(self, user_id: str, update: UserUpdate) -> UserRecord:
+        return await self.users.update_user(user_id, update)
+
+    async def delete_user(self, user_id: str) -> bool:
+        return await self.users.delete_user(user_id)
+
+    async def set_user_password(self, user_id: str, password: str) -> UserRecord:
+        return await self.users.set_user_password(user_id, password)
+
+    async def unlock_user(self, user_id: str) -> UserRecord:
+        return await self.users.unlock_user(user_id)
+
+    async def change_user_roles(self, user_id: str, add: list[str], remove: list[str]) -> UserRecord:
+        return await self.users.change_user_roles(user_id, add, remove)
+
     # --- housekeeping -----------------------------------------------------------------------------
 
     async def purge_periodically(self, seconds: float) -> None:
@@ -120,5 +161,7 @@ class Registry:
                 log.warning("purge failed", extra={"error": type(exc).__name__})
 
     async def purge_expired(self) -> int:
-        """Drop expired opaque tokens and revocations (kept a day longer, for investigations)."""
-        return await self.tokens.purge_expired() + await revocation_rows.purge_expired(self.pool)
+        """Drop expired opaque tokens and revocations (kept a day longer, for investigations),
+        and sign-in counters with nothing left to remember."""
+        return (await self.tokens.purge_expired() + await revocation_rows.purge_expired(self.pool)
+                + await self.users.purge_stale_counters())

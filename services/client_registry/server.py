@@ -28,6 +28,7 @@ from services.client_registry.api import (
     RevocationStore,
     SigningKeyStore,
     TokenStore,
+    UserStore,
 )
 
 MAX_BATCH = 256
@@ -157,6 +158,51 @@ class RefreshTokensServicer(registry_pb2_grpc.RefreshTokensServicer):
         errors = await self.refresh_tokens.store_rotation_responses(
             [(r.token_hash, r.encrypted_response) for r in request.responses])
         return pb.StoreRotationResponsesResponse(errors=[wire.item_error_to_pb(e) for e in errors])
+class UsersServicer(registry_pb2_grpc.UsersServicer):
+    """The user directory. Passwords come in (create, set, sign-in) and never go out:
+    no reply carries a hash, and no error text repeats what was sent."""
+
+    def __init__(self, users: UserStore):
+        self.users = users
+
+    async def CreateUser(self, request, context):
+        user = await _call(context, self.users.create_user(wire.user_spec_from_pb(request.spec)))
+        return pb.CreateUserResponse(user=wire.user_to_pb(user))
+
+    async def GetUser(self, request, context):
+        key = request.WhichOneof("key")
+        user = await self.users.get_user(id=request.id if key == "id" else "",
+                                         username=request.username if key == "username" else "")
+        return pb.GetUserResponse(user=wire.user_to_pb(user)) if user else pb.GetUserResponse()
+
+    async def ListUsers(self, request, context):
+        page = await _call(context, self.users.list_users(request.after, request.limit or 1000, request.query))
+        return pb.ListUsersResponse(users=[wire.user_to_pb(u) for u in page.users], next=page.next)
+
+    async def UpdateUser(self, request, context):
+        user = await _call(context, self.users.update_user(request.id, wire.user_update_from_pb(request)))
+        return pb.UpdateUserResponse(user=wire.user_to_pb(user))
+
+    async def DeleteUser(self, request, context):
+        return pb.DeleteUserResponse(deleted=await _call(context, self.users.delete_user(request.id)))
+
+    async def SetUserPassword(self, request, context):
+        user = await _call(context, self.users.set_user_password(request.id, request.password))
+        return pb.SetUserPasswordResponse(user=wire.user_to_pb(user))
+
+    async def UnlockUser(self, request, context):
+        user = await _call(context, self.users.unlock_user(request.id))
+        return pb.UnlockUserResponse(user=wire.user_to_pb(user))
+
+    async def ChangeUserRoles(self, request, context):
+        user = await _call(context, self.users.change_user_roles(request.id, list(request.add), list(request.remove)))
+        return pb.ChangeUserRolesResponse(user=wire.user_to_pb(user))
+
+    async def AuthenticateUsers(self, request, context):
+        # A full password pool raises Overloaded: UNAVAILABLE (RegistryService.unavailable_on).
+        await _check_batch(context, request.requests, "sign-ins")
+        outcomes = await self.users.authenticate_users([wire.sign_in_from_pb(r) for r in request.requests])
+        return pb.AuthenticateUsersResponse(results=[wire.sign_in_outcome_to_pb(o) for o in outcomes])
 
 
 @dataclass(frozen=True)
@@ -179,6 +225,8 @@ DOMAINS: tuple[Domain, ...] = (
     Domain("inbound.registry.v1.RefreshTokens",
            lambda r, s: registry_pb2_grpc.add_RefreshTokensServicer_to_server(
                RefreshTokensServicer(r.refresh_tokens), s)),
+    Domain("inbound.registry.v1.Users",
+           lambda r, s: registry_pb2_grpc.add_UsersServicer_to_server(UsersServicer(r.users), s)),
 )
 SERVICE_NAMES: tuple[str, ...] = tuple(d.service_name for d in DOMAINS)
 # Kept for callers that name one service for health checks: the registry is serving

@@ -12,7 +12,9 @@ from services.client_registry.api import (
     ClientRecord,
     ClientSpec,
     ClientUpdate,
+    Invalid,
     ItemError,
+    Locked,
     OpaqueTokenRecord,
     Refused,
     Replay,
@@ -21,7 +23,12 @@ from services.client_registry.api import (
     Rotated,
     Rotation,
     RotationOutcome,
+    SignIn,
     SigningKeyRecord,
+    SignInOutcome,
+    UserRecord,
+    UserSpec,
+    UserUpdate,
 )
 
 
@@ -225,4 +232,85 @@ def rotation_outcome_from_pb(m: pb.RotationOutcome) -> RotationOutcome:
         return Refused(reason=m.refused.reason, grant_id=m.refused.grant_id,
                        revocation=revocation_from_pb(m.refused.revocation)
                        if m.refused.HasField("revocation") else None)
+# --- users ----------------------------------------------------------------------------------------
+
+def user_to_pb(u: UserRecord) -> pb.User:
+    return pb.User(id=u.id, username=u.username, email=u.email, display_name=u.display_name, active=u.active,
+                   roles=u.roles, given_name=u.given_name, family_name=u.family_name,
+                   email_verified=u.email_verified, locale=u.locale, zoneinfo=u.zoneinfo, created_at=u.created_at,
+                   updated_at=u.updated_at, password_changed_at=u.password_changed_at, locked_until=u.locked_until)
+
+
+def user_from_pb(m: pb.User) -> UserRecord:
+    return UserRecord(id=m.id, username=m.username, email=m.email, display_name=m.display_name, active=m.active,
+                      roles=tuple(m.roles), given_name=m.given_name, family_name=m.family_name,
+                      email_verified=m.email_verified, locale=m.locale, zoneinfo=m.zoneinfo,
+                      created_at=m.created_at, updated_at=m.updated_at, password_changed_at=m.password_changed_at,
+                      locked_until=m.locked_until)
+
+
+def user_spec_to_pb(s: UserSpec) -> pb.UserSpec:
+    return pb.UserSpec(username=s.username, email=s.email, display_name=s.display_name, roles=s.roles,
+                       given_name=s.given_name, family_name=s.family_name, email_verified=s.email_verified,
+                       locale=s.locale, zoneinfo=s.zoneinfo, active=s.active, password=s.password)
+
+
+def user_spec_from_pb(m: pb.UserSpec) -> UserSpec:
+    return UserSpec(username=m.username, email=m.email, display_name=m.display_name, roles=list(m.roles),
+                    given_name=m.given_name, family_name=m.family_name, email_verified=m.email_verified,
+                    locale=m.locale, zoneinfo=m.zoneinfo, active=m.active if m.HasField("active") else True,
+                    password=m.password)
+
+
+_USER_UPDATE_FIELDS = ("username", "email", "display_name", "active", "given_name", "family_name", "email_verified",
+                       "locale", "zoneinfo")
+
+
+def user_update_to_pb(user_id: str, u: UserUpdate) -> pb.UpdateUserRequest:
+    m = pb.UpdateUserRequest(id=user_id)
+    for name in _USER_UPDATE_FIELDS:
+        value = getattr(u, name)
+        if value is not None:
+            setattr(m, name, value)
+    return m
+
+
+def user_update_from_pb(m: pb.UpdateUserRequest) -> UserUpdate:
+    u = UserUpdate()
+    for name in _USER_UPDATE_FIELDS:
+        if m.HasField(name):
+            setattr(u, name, getattr(m, name))
+    return u
+
+
+def sign_in_to_pb(s: SignIn) -> pb.AuthenticateUserRequest:
+    m = pb.AuthenticateUserRequest(username=s.username, password=s.password, client_address=s.client_address,
+                                   purpose=s.purpose)
+    m.meta.request_id = s.request_id
+    return m
+
+
+def sign_in_from_pb(m: pb.AuthenticateUserRequest) -> SignIn:
+    return SignIn(username=m.username, password=m.password, client_address=m.client_address,
+                  purpose=m.purpose or "password_grant", request_id=m.meta.request_id)
+
+
+def sign_in_outcome_to_pb(o: SignInOutcome) -> pb.AuthenticationOutcome:
+    if isinstance(o, UserRecord):
+        return pb.AuthenticationOutcome(user=user_to_pb(o))
+    if isinstance(o, Locked):
+        return pb.AuthenticationOutcome(locked=pb.AuthenticationLocked(locked_until=o.locked_until))
+    if isinstance(o, ItemError):
+        return pb.AuthenticationOutcome(error=item_error_to_pb(o))
+    return pb.AuthenticationOutcome(invalid=True)
+
+
+def sign_in_outcome_from_pb(m: pb.AuthenticationOutcome) -> SignInOutcome:
+    kind = m.WhichOneof("outcome")
+    if kind == "user":
+        return user_from_pb(m.user)
+    if kind == "locked":
+        return Locked(locked_until=m.locked.locked_until)
+    if kind == "invalid":
+        return Invalid()
     return item_error_from_pb(m.error) or ItemError("internal", "no outcome")
