@@ -1,8 +1,11 @@
-"""inboundctl: manage Inbound's clients and signing keys from the command line.
+"""inboundctl: manage Inbound's clients, users and signing keys from the command line.
 
     inboundctl client create --name NAME [--public] [--grant-type G]... [--scope S]... [--redirect-uri U]...
     inboundctl client list | show ID | disable ID | enable ID | delete ID | rotate-secret ID
     inboundctl client update ID [--name ..] [--scope ..]... [--grant-type ..]... ...
+    inboundctl user create USERNAME [--password-stdin | --no-password] ...   (see user_commands.py)
+    inboundctl user list | show | update | disable | enable | delete | set-password | unlock
+    inboundctl user grant-role USER ROLE... | revoke-role USER ROLE...
     inboundctl keys list
     inboundctl keys rotate [--alg ES256|RS256|EdDSA] [--activation-delay SECONDS]
     inboundctl keys rewrap
@@ -16,7 +19,8 @@ Connections are mutual TLS with the operator certificate named by
 INBOUND_TLS_CERT_FILE, INBOUND_TLS_KEY_FILE and INBOUND_TLS_CA_FILE (see the
 package docstring); a missing setting is bad input (exit code 2).
 
-Exit codes: 0 done; 1 a service could not be reached or failed; 2 bad input; 3 no such client.
+Exit codes: 0 done; 1 a service could not be reached or failed; 2 bad input; 3 no such client or
+user; 4 it exists already (a username taken).
 """
 from __future__ import annotations
 
@@ -26,7 +30,8 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 
-EXIT_OK, EXIT_UNAVAILABLE, EXIT_INVALID, EXIT_NOT_FOUND = 0, 1, 2, 3
+from inboundctl.errors import EXIT_EXISTS, EXIT_INVALID, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNAVAILABLE, CliError
+
 DEFAULT_REGISTRY_ADDR = "127.0.0.1:50051"
 DEFAULT_ISSUER_ADDR = "127.0.0.1:50052"
 REGISTRY, ISSUER = "client_registry", "token_issuer"
@@ -39,12 +44,6 @@ GRANT_ALIASES = {
     "token-exchange": "urn:ietf:params:oauth:grant-type:token-exchange",
     "token_exchange": "urn:ietf:params:oauth:grant-type:token-exchange",
 }
-
-
-class CliError(Exception):
-    def __init__(self, message: str, code: int):
-        super().__init__(message)
-        self.code = code
 
 
 # --- what each command does ---------------------------------------------------------------------
@@ -68,6 +67,12 @@ class Session:
         from services.client_registry.client import ClientsClient
 
         return ClientsClient(self._open(self.args.registry_addr, "client-registry"))
+
+    def users(self):
+        """The registry's user directory (api.UserDirectory)."""
+        from services.client_registry.client import RegistryClient
+
+        return RegistryClient(self._open(self.args.registry_addr, "client-registry"))
 
     def issuer(self):
         from services.token_issuer.client import IssuerClient
@@ -104,7 +109,9 @@ async def client_create(s: Session, a: argparse.Namespace) -> None:
         name=a.name, public=a.public, grant_types=_grants(a.grant_type) or [], scopes=_scopes(a.scope) or [],
         redirect_uris=a.redirect_uri or [], access_token_lifetime=a.access_token_lifetime,
         refresh_token_lifetime=a.refresh_token_lifetime, token_format=a.token_format,
-        pkce_required=True if a.pkce_required else None, logo_url=a.logo_url or "", comments=a.comments or "")
+        pkce_required=True if a.pkce_required else None, logo_url=a.logo_url or "", comments=a.comments or "",
+        allow_public_password_grant=a.allow_public_password_grant,
+        refresh_token_absolute_lifetime=a.refresh_token_absolute_lifetime)
     client, secret = await s.registry().create_client(spec)
     if a.json:
         output.emit_json({"client": output.client_dict(client), "client_secret": secret or None})
@@ -169,7 +176,9 @@ async def client_update(s: Session, a: argparse.Namespace) -> None:
         name=a.name, grant_types=_grants(a.grant_type), scopes=[] if a.clear_scopes else _scopes(a.scope),
         redirect_uris=[] if a.clear_redirect_uris else a.redirect_uri, token_format=a.token_format,
         access_token_lifetime=a.access_token_lifetime, refresh_token_lifetime=a.refresh_token_lifetime,
-        pkce_required=a.pkce_required, logo_url=a.logo_url, comments=a.comments)
+        pkce_required=a.pkce_required, logo_url=a.logo_url, comments=a.comments,
+        allow_public_password_grant=a.allow_public_password_grant,
+        refresh_token_absolute_lifetime=a.refresh_token_absolute_lifetime)
     if all(value is None for value in vars(update).values()):
         raise CliError("nothing to update: give at least one option (see `inboundctl client update -h`)",
                        EXIT_INVALID)
@@ -308,7 +317,14 @@ def _client_settings(p: argparse.ArgumentParser, *, update: bool) -> None:
         uris.add_argument("--clear-redirect-uris", action="store_true", help="remove every redirect URI")
     p.add_argument("--token-format", choices=TOKEN_FORMATS, help="access token format")
     p.add_argument("--access-token-lifetime", type=_positive, metavar="N", help="seconds")
-    p.add_argument("--refresh-token-lifetime", type=_positive, metavar="N", help="seconds")
+    p.add_argument("--refresh-token-lifetime", type=_positive, metavar="N",
+                   help="seconds a refresh token lives (each rotation starts a new one)")
+    p.add_argument("--refresh-token-absolute-lifetime", type=_non_negative, metavar="SECONDS",
+                   help="seconds after its first refresh token that a refresh-token family ends, however often "
+                        "it was rotated (0: no such limit" + (", the default)" if not update else ")"))
+    p.add_argument("--allow-public-password-grant", action=argparse.BooleanOptionalAction, default=None,
+                   help="let this public client use the password grant without authenticating (RFC 6749 §4.3.2; "
+                        "off by default)")
     if update:
         p.add_argument("--pkce-required", action=argparse.BooleanOptionalAction, default=None,
                        help="require PKCE (public clients always do)")
@@ -323,8 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inboundctl", parents=[common],
         description="Manage Inbound's registered clients, signing keys and token revocation; read the audit log.",
-        epilog="Exit codes: 0 done, 1 a service could not be reached or failed, 2 bad input, 3 no such client.")
-    areas = parser.add_subparsers(dest="area", required=True, metavar="{client,keys,audit}")
+        epilog="Exit codes: 0 done, 1 a service could not be reached or failed, 2 bad input, 3 no such client or "
+               "user, 4 it exists already.")
+    areas = parser.add_subparsers(dest="area", required=True, metavar="{client,user,keys,audit}")
 
     client = areas.add_parser("client", help="registered OAuth clients (client_registry)")
     client_cmds = client.add_subparsers(dest="command", required=True)
@@ -357,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "change a client's settings; list options replace the whole list", client_id=True)
     p.add_argument("--name")
     _client_settings(p, update=True)
+
+    from inboundctl import user_commands  # inboundctl user ... (the registry's user directory)
+    user_commands.add_subparsers(areas, common)
 
     keys = areas.add_parser("keys", help="token signing keys (token_issuer)")
     key_cmds = keys.add_subparsers(dest="command", required=True)
@@ -414,7 +434,7 @@ def _failure(exc: BaseException, args: argparse.Namespace) -> CliError | None:
     from inboundlib.batching import Expired, Overloaded
     from inboundlib.config import ConfigError
     from inboundlib.oauth.errors import OAuthError
-    from services.client_registry.api import InvalidArgument, NotFound
+    from services.client_registry.api import AlreadyExists, InvalidArgument, NotFound
 
     addr = args.registry_addr if args.service == REGISTRY else args.issuer_addr
     if isinstance(exc, CliError):
@@ -424,8 +444,13 @@ def _failure(exc: BaseException, args: argparse.Namespace) -> CliError | None:
     if isinstance(exc, InvalidArgument):
         return CliError(str(exc) or "invalid argument", EXIT_INVALID)
     if isinstance(exc, NotFound):
-        return CliError(getattr(args, "client_id", None) and f"no client with id {args.client_id!r}"
-                        or str(exc), EXIT_NOT_FOUND)
+        if getattr(args, "client_id", None):
+            return CliError(f"no client with id {args.client_id!r}", EXIT_NOT_FOUND)
+        if getattr(args, "user", None):
+            return CliError(f"no user with id or username {args.user!r}", EXIT_NOT_FOUND)
+        return CliError(str(exc), EXIT_NOT_FOUND)
+    if isinstance(exc, AlreadyExists):  # a username taken (case-insensitively)
+        return CliError(str(exc) or "it exists already", EXIT_EXISTS)
     if isinstance(exc, OAuthError):  # token_issuer refuses a rotation as invalid_request
         return CliError(exc.description, EXIT_INVALID)
     if isinstance(exc, grpc.aio.AioRpcError):

@@ -2,6 +2,7 @@
 
 Only the fields named here are ever shown: a client's secret_hash (and any
 field added to the record later) stays internal unless it is listed below.
+User records never carry a password hash (it stays in the registry).
 """
 from __future__ import annotations
 
@@ -11,17 +12,34 @@ import sys
 import time
 from typing import Any, TextIO
 
-from services.client_registry.api import ClientRecord
+from services.client_registry.api import ClientRecord, UserRecord
 from services.token_issuer.api import KeyInfo
 
 CLIENT_FIELDS = ("client_id", "name", "public", "active", "grant_types", "scopes", "redirect_uris", "token_format",
                  "access_token_lifetime", "refresh_token_lifetime", "pkce_required", "logo_url", "comments",
-                 "created_at", "updated_at", "secret_rotated_at")
+                 "created_at", "updated_at", "secret_rotated_at", "allow_public_password_grant",
+                 "refresh_token_absolute_lifetime")
+USER_FIELDS = ("id", "username", "email", "display_name", "given_name", "family_name", "email_verified", "locale",
+               "zoneinfo", "active", "roles", "created_at", "updated_at", "password_changed_at", "locked_until")
 KEY_FIELDS = ("kid", "alg", "created_at", "activates_at", "signing")
 
 SECRET_NOTE = "Store this client secret now: it is kept only as a hash and will not be shown again."
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+class _CurrentStdout:
+    """sys.stdout as it is when written to, not as it was at import (a default argument
+    of sys.stdout would keep writing to a stream that was since replaced: tests' capture)."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+STDOUT: TextIO = _CurrentStdout()  # type: ignore[assignment]
 
 
 def client_dict(c: ClientRecord) -> dict[str, Any]:
@@ -32,11 +50,19 @@ def client_dict(c: ClientRecord) -> dict[str, Any]:
     return out
 
 
+def user_dict(u: UserRecord) -> dict[str, Any]:
+    out = {}
+    for name in USER_FIELDS:
+        value = getattr(u, name)
+        out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
 def key_dict(k: KeyInfo) -> dict[str, Any]:
     return {name: getattr(k, name) for name in KEY_FIELDS}
 
 
-def emit_json(document: Any, out: TextIO = sys.stdout) -> None:
+def emit_json(document: Any, out: TextIO = STDOUT) -> None:
     out.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
 
 
@@ -71,13 +97,13 @@ def yes_no(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
-def listing(rows: list[tuple[str, Any]], out: TextIO = sys.stdout) -> None:
+def listing(rows: list[tuple[str, Any]], out: TextIO = STDOUT) -> None:
     width = max(len(label) for label, _ in rows) + 1
     for label, value in rows:
         out.write(f"{label + ':':<{width}} {clean(value)}".rstrip() + "\n")
 
 
-def table(headers: tuple[str, ...], rows: list[tuple[Any, ...]], out: TextIO = sys.stdout) -> None:
+def table(headers: tuple[str, ...], rows: list[tuple[Any, ...]], out: TextIO = STDOUT) -> None:
     cells = [tuple(clean(v) for v in row) for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     for row in [headers, *cells]:
@@ -96,7 +122,10 @@ def client_rows(c: ClientRecord) -> list[tuple[str, Any]]:
         ("token_format", c.token_format),
         ("access_token_lifetime", f"{c.access_token_lifetime} s"),
         ("refresh_token_lifetime", f"{c.refresh_token_lifetime} s"),
+        ("refresh_token_absolute_lifetime",
+         f"{c.refresh_token_absolute_lifetime} s" if c.refresh_token_absolute_lifetime else "none"),
         ("pkce_required", yes_no(c.pkce_required)),
+        ("allow_public_password_grant", yes_no(c.allow_public_password_grant) if c.public else "-"),
         ("logo_url", c.logo_url or "-"),
         ("comments", c.comments or "-"),
         ("created", when(c.created_at)),
@@ -105,11 +134,11 @@ def client_rows(c: ClientRecord) -> list[tuple[str, Any]]:
     ]
 
 
-def show_client(c: ClientRecord, out: TextIO = sys.stdout) -> None:
+def show_client(c: ClientRecord, out: TextIO = STDOUT) -> None:
     listing(client_rows(c), out)
 
 
-def show_client_with_secret(c: ClientRecord, secret: str, out: TextIO = sys.stdout) -> None:
+def show_client_with_secret(c: ClientRecord, secret: str, out: TextIO = STDOUT) -> None:
     rows = client_rows(c)
     if secret:
         rows.append(("client_secret", secret))
@@ -118,7 +147,7 @@ def show_client_with_secret(c: ClientRecord, secret: str, out: TextIO = sys.stdo
         out.write("\n" + SECRET_NOTE + "\n")
 
 
-def client_table(clients: list[ClientRecord], out: TextIO = sys.stdout) -> None:
+def client_table(clients: list[ClientRecord], out: TextIO = STDOUT) -> None:
     if not clients:
         out.write("no clients registered\n")
         return
@@ -128,7 +157,7 @@ def client_table(clients: list[ClientRecord], out: TextIO = sys.stdout) -> None:
         for c in clients], out)
 
 
-def key_table(keys: list[KeyInfo], out: TextIO = sys.stdout) -> None:
+def key_table(keys: list[KeyInfo], out: TextIO = STDOUT) -> None:
     if not keys:
         out.write("no signing keys\n")
         return
@@ -137,6 +166,46 @@ def key_table(keys: list[KeyInfo], out: TextIO = sys.stdout) -> None:
         for k in keys], out)
 
 
-def show_key(k: KeyInfo, out: TextIO = sys.stdout) -> None:
+def show_key(k: KeyInfo, out: TextIO = STDOUT) -> None:
     listing([("kid", k.kid), ("alg", k.alg), ("created", when(k.created_at)),
              ("activates", when(k.activates_at, relative=True)), ("signing", yes_no(k.signing))], out)
+
+
+# --- users ----------------------------------------------------------------------------------------
+
+def _locked(u: UserRecord, now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    return f"until {when(u.locked_until)}" if u.locked_until > now else "no"
+
+
+def user_rows(u: UserRecord) -> list[tuple[str, Any]]:
+    return [
+        ("id", u.id),
+        ("username", u.username),
+        ("email", (u.email + (" (verified)" if u.email_verified else "")) if u.email else "-"),
+        ("display_name", u.display_name or "-"),
+        ("given_name", u.given_name or "-"),
+        ("family_name", u.family_name or "-"),
+        ("locale", u.locale or "-"),
+        ("zoneinfo", u.zoneinfo or "-"),
+        ("active", yes_no(u.active)),
+        ("roles", " ".join(u.roles) or "-"),
+        ("password", f"set {when(u.password_changed_at)}" if u.password_changed_at else "none"),
+        ("locked", _locked(u)),
+        ("created", when(u.created_at)),
+        ("updated", when(u.updated_at)),
+    ]
+
+
+def show_user(u: UserRecord, out: TextIO = STDOUT) -> None:
+    listing(user_rows(u), out)
+
+
+def user_table(users: list[UserRecord], out: TextIO = STDOUT) -> None:
+    if not users:
+        out.write("no users\n")
+        return
+    table(("ID", "USERNAME", "EMAIL", "ACTIVE", "ROLES", "PASSWORD", "LOCKED", "CREATED"), [
+        (u.id, u.username, u.email or "-", yes_no(u.active), ",".join(u.roles) or "-",
+         yes_no(bool(u.password_changed_at)), _locked(u), when(u.created_at))
+        for u in users], out)
