@@ -435,33 +435,123 @@ class Stack:
 
 # --- make run ---------------------------------------------------------------------------------------
 
-def _seed_demo_client(stack: Stack) -> None:
-    """Create the demo confidential client once; its secret is printed that one time."""
-    import asyncio
+DEMO_CLIENT = "demo"  # client_credentials: acts as itself
+# The password and refresh_token grants on a client of their own rather than on `demo`:
+# a client that acts for users is another trust profile than one that acts as itself
+# (its tokens' subject is the user), and RFC 9700 §2.4 says not to use the password
+# grant: an operator can disable this one without touching the machine demo. It also
+# keeps `make run` idempotent on a database from before users existed: the existing
+# `demo` client is left as it is, and the new one is created on the next start.
+DEMO_APP = "demo-app"
+DEMO_USERNAME = "demo"
+DEMO_SCOPES = ["api.read", "api.write"]
 
-    from services.client_registry.api import ClientSpec
+
+@dataclass
+class DemoSeed:
+    """What `seed_demo` found or made. A secret or password is set only when it was made
+    now (it is shown this once); "" when the thing existed already."""
+    client_id: str
+    client_secret: str
+    app_client_id: str
+    app_secret: str
+    user_id: str = ""
+    user_password: str = field(default="", repr=False)
+    user_error: str = ""  # why the demo user could not be made or read ("" when all is well)
+
+
+async def seed_demo(stack: Stack) -> DemoSeed:
+    """Create, once, the demo client (client_credentials), the demo app client (password
+    and refresh_token) and the demo user (a random password); on a later start with the
+    same database, find them and make nothing."""
+    import grpc
+
+    from services.client_registry.api import (
+        GRANT_CLIENT_CREDENTIALS,
+        GRANT_PASSWORD,
+        GRANT_REFRESH_TOKEN,
+        ClientSpec,
+        RegistryError,
+        UserSpec,
+    )
     from services.client_registry.client import RegistryClient
 
-    async def seed() -> None:
-        channel = stack.channel("client_registry", caller=OPERATOR)
-        registry = RegistryClient(channel)
-        try:
-            existing = [c for c in await registry.list_clients() if c.name == "demo"]
-            if existing:
-                print(f"\nDemo client exists: client_id {existing[0].client_id} (its secret was shown when it was "
-                      f"created; `inboundctl client rotate-secret {existing[0].client_id}` makes a new one).\n")
-                return
-            client, secret = await registry.create_client(ClientSpec(
-                name="demo", grant_types=["client_credentials"], scopes=["api.read", "api.write"],
-                comments="created by make run"))
-            print("\nDemo confidential client (the secret is shown only this once):\n"
-                  f"  client_id:     {client.client_id}\n  client_secret: {secret}\n\n"
-                  f"  curl -u {client.client_id}:{secret} -d grant_type=client_credentials "
-                  f"{stack.edge_url}/oauth/token\n", flush=True)
-        finally:
-            await channel.close()
+    channel = stack.channel("client_registry", caller=OPERATOR)
+    registry = RegistryClient(channel)
+    try:
+        existing = {c.name: c for c in await registry.list_clients()}
 
-    asyncio.run(seed())
+        async def client(name: str, grants: list[str], comments: str) -> tuple[str, str]:
+            if name in existing:
+                return existing[name].client_id, ""
+            record, secret = await registry.create_client(ClientSpec(
+                name=name, grant_types=grants, scopes=DEMO_SCOPES, comments=comments))
+            return record.client_id, secret
+
+        seed = DemoSeed(*await client(DEMO_CLIENT, [GRANT_CLIENT_CREDENTIALS], "created by make run"),
+                        *await client(DEMO_APP, [GRANT_PASSWORD, GRANT_REFRESH_TOKEN],
+                                      "created by make run: signs the demo user in (password grant)"))
+        try:
+            user = await registry.get_user(username=DEMO_USERNAME)
+            if user is None:
+                password = secrets.token_urlsafe(16)
+                user = await registry.create_user(UserSpec(
+                    username=DEMO_USERNAME, display_name="Demo User", password=password))
+                seed.user_password = password
+            seed.user_id = user.id
+        except (RegistryError, grpc.aio.AioRpcError) as exc:  # the clients still work: say why, go on
+            seed.user_error = f"{type(exc).__name__}: {exc}"
+        return seed
+    finally:
+        await channel.close()
+
+
+def demo_banner(seed: DemoSeed, edge_url: str) -> str:
+    """What `make run` prints about the demo client and user: secrets and the password only
+    when just made (the one time they are shown), and curl commands ready to paste."""
+    token_url = f"{edge_url}/oauth/token"
+    out = []
+    if seed.client_secret:
+        out.append("Demo confidential client (the secret is shown only this once):\n"
+                   f"  client_id:     {seed.client_id}\n  client_secret: {seed.client_secret}\n\n"
+                   f"  curl -u {seed.client_id}:{seed.client_secret} -d grant_type=client_credentials {token_url}\n")
+    else:
+        out.append(f"Demo client exists: client_id {seed.client_id} (its secret was shown when it was created; "
+                   f"`inboundctl client rotate-secret {seed.client_id}` makes a new one).\n")
+    if seed.user_error:
+        out.append(f"The demo user could not be created: {seed.user_error}\n")
+        return "\n".join(out)
+    app_secret = seed.app_secret or "$DEMO_APP_SECRET"
+    password = seed.user_password or "$DEMO_PASSWORD"
+    made = []
+    if seed.app_secret:
+        made.append(f"  client_id:     {seed.app_client_id}  ({DEMO_APP}: password and refresh_token grants)\n"
+                    f"  client_secret: {seed.app_secret}\n")
+    else:
+        made.append(f"  client {DEMO_APP} exists: client_id {seed.app_client_id} (set DEMO_APP_SECRET to its secret; "
+                    f"`inboundctl client rotate-secret {seed.app_client_id}` makes a new one)\n")
+    if seed.user_password:
+        made.append(f"  username:      {DEMO_USERNAME}\n  password:      {seed.user_password}\n")
+    else:
+        made.append(f"  user {DEMO_USERNAME} exists: id {seed.user_id} (set DEMO_PASSWORD to its password; "
+                    f"`inboundctl user set-password {DEMO_USERNAME}` sets a new one)\n")
+    note = " (shown only this once)" if seed.app_secret or seed.user_password else ""
+    auth = f"-u {seed.app_client_id}:{app_secret}"
+    out.append(f"Demo user and the client that signs it in{note}:\n" + "".join(made) + "\n"
+               "  # the password grant (the answer is shown; its refresh token is kept), then a refresh, which\n"
+               "  # answers a new access token and the next refresh token (each refresh token works once):\n"
+               f"  REFRESH_TOKEN=$(curl -s {auth} -d grant_type=password -d username={DEMO_USERNAME} "
+               f"--data-urlencode \"password={password}\" {token_url} | tee /dev/stderr | "
+               "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"refresh_token\"])'); echo\n"
+               f"  curl {auth} -d grant_type=refresh_token --data-urlencode \"refresh_token=$REFRESH_TOKEN\" "
+               f"{token_url}\n")
+    return "\n".join(out)
+
+
+def _seed_demo(stack: Stack) -> None:
+    import asyncio
+
+    print("\n" + demo_banner(asyncio.run(seed_demo(stack)), stack.edge_url), flush=True)
 
 
 def _nats_note(stack: Stack) -> str:
@@ -496,7 +586,7 @@ def run_forever(single: bool = False) -> None:
             print(f"make run: could not start: {exc}", file=sys.stderr)
             stopping.set()
             sys.exit(1)
-        _seed_demo_client(stack)
+        _seed_demo(stack)
         print(f"Inbound is up: {stack.edge_url}  (metadata: {stack.edge_url}/.well-known/oauth-authorization-server)"
               f"\ninboundctl talks to the registry at {stack.addr('client_registry')} with the operator certificate "
               f"{OPERATOR} (mutual TLS); in another shell:\n\n"

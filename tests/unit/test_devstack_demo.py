@@ -1,0 +1,53 @@
+"""`make run`'s demo banner: secrets and the demo password are shown when made and never
+again; the curl commands carry what is needed to paste them (the stack itself:
+tests/integration/test_inboundctl_users.py)."""
+from __future__ import annotations
+
+import shlex
+
+from services.devstack import DEMO_APP, DEMO_USERNAME, DemoSeed, demo_banner
+
+EDGE = "http://127.0.0.1:8080"
+FRESH = DemoSeed(client_id="cid", client_secret="client-secret-1", app_client_id="appid",
+                 app_secret="app-secret-2", user_id="uid", user_password="demo-password-3")
+AGAIN = DemoSeed(client_id="cid", client_secret="", app_client_id="appid", app_secret="", user_id="uid")
+
+
+def curl_lines(banner: str) -> list[str]:
+    return [line.strip() for line in banner.splitlines() if "curl " in line]
+
+
+def test_a_fresh_seed_shows_each_secret_and_the_password_with_ready_commands():
+    banner = demo_banner(FRESH, EDGE)
+    for secret in ("client-secret-1", "app-secret-2", "demo-password-3"):
+        assert secret in banner
+    assert "shown only this once" in banner
+    client_credentials, password_grant, refresh = curl_lines(banner)
+    assert "-u cid:client-secret-1" in client_credentials and "grant_type=client_credentials" in client_credentials
+    words = shlex.split(password_grant.split("$(", 1)[1])
+    assert words[:4] == ["curl", "-s", "-u", "appid:app-secret-2"]
+    assert f"username={DEMO_USERNAME}" in words and "password=demo-password-3" in words
+    assert "grant_type=password" in words and f"{EDGE}/oauth/token" in words
+    assert password_grant.startswith("REFRESH_TOKEN=$(")
+    words = shlex.split(refresh)
+    assert "grant_type=refresh_token" in words and "refresh_token=$REFRESH_TOKEN" in words
+    assert "appid:app-secret-2" in words
+
+
+def test_a_later_start_shows_no_secret_and_says_how_to_get_new_ones():
+    banner = demo_banner(AGAIN, EDGE)
+    for secret in ("client-secret-1", "app-secret-2", "demo-password-3"):
+        assert secret not in banner
+    assert "shown only this once" not in banner
+    assert "rotate-secret appid" in banner and f"user set-password {DEMO_USERNAME}" in banner
+    password_grant, refresh = curl_lines(banner)
+    assert "appid:$DEMO_APP_SECRET" in password_grant and "password=$DEMO_PASSWORD" in password_grant
+    assert "appid:$DEMO_APP_SECRET" in refresh
+
+
+def test_a_user_that_could_not_be_made_is_said_and_the_clients_still_shown():
+    seed = DemoSeed(client_id="cid", client_secret="client-secret-1", app_client_id="appid", app_secret="s",
+                    user_error="RuntimeError: registry said no")
+    banner = demo_banner(seed, EDGE)
+    assert "could not be created: RuntimeError: registry said no" in banner
+    assert "client-secret-1" in banner and DEMO_APP not in banner.split("could not")[1]
