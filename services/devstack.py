@@ -540,10 +540,10 @@ def demo_banner(seed: DemoSeed, edge_url: str) -> str:
     out.append(f"Demo user and the client that signs it in{note}:\n" + "".join(made) + "\n"
                "  # the password grant (the answer is shown; its refresh token is kept), then a refresh, which\n"
                "  # answers a new access token and the next refresh token (each refresh token works once):\n"
-               f"  REFRESH_TOKEN=$(curl -s {auth} -d grant_type=password -d username={DEMO_USERNAME} "
+               f"  REFRESH_TOKEN=$(curl -sS {auth} -d grant_type=password -d username={DEMO_USERNAME} "
                f"--data-urlencode \"password={password}\" {token_url} | tee /dev/stderr | "
                "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"refresh_token\"])'); echo\n"
-               f"  curl {auth} -d grant_type=refresh_token --data-urlencode \"refresh_token=$REFRESH_TOKEN\" "
+               f"  curl -sS {auth} -d grant_type=refresh_token --data-urlencode \"refresh_token=$REFRESH_TOKEN\" "
                f"{token_url}\n")
     return "\n".join(out)
 

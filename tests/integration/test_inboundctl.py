@@ -31,21 +31,24 @@ class Result:
         return json.loads(self.out)
 
 
-async def ctl(stack, *args: str, env: dict[str, str] | None = None) -> Result:
+async def ctl(stack, *args: str, env: dict[str, str] | None = None, stdin: bytes | None = None) -> Result:
+    """inboundctl ARGS as a subprocess; standard input is `stdin` (a pipe), or nothing (/dev/null)."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("INBOUND_")}
     environ.update(INBOUND_REGISTRY_ADDR=stack.addr("client_registry"), INBOUND_ISSUER_ADDR=stack.addr("token_issuer"))
     environ.update(stack.tls_env(OPERATOR))  # the operator certificate `make run` prints
     environ.update(env or {})
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "inboundctl", *args, env=environ,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "inboundctl", *args, env=environ,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
     result = Result(proc.returncode, out.decode(), err.decode())
     assert "Traceback" not in result.err, result.err
     return result
 
 
-async def ok(stack, *args: str) -> Result:
-    result = await ctl(stack, *args)
+async def ok(stack, *args: str, stdin: bytes | None = None) -> Result:
+    result = await ctl(stack, *args, stdin=stdin)
     assert result.code == 0, f"inboundctl {' '.join(args)} -> {result.code}\n{result.err}"
     return result
 
@@ -348,3 +351,23 @@ async def test_revoke_tokens_makes_every_token_of_the_client_inactive(stack, iss
     assert answer["revoked_before"] == answer["revoked_before_ms"] // 1000
     assert not any([(await issuer.introspect(t)).active for t in tokens])
     assert (await ctl(stack, "client", "revoke-tokens", "no-such-client")).code == 3
+
+
+async def test_public_password_grant_and_absolute_refresh_lifetime_flags(stack, registry):
+    client, secret = await create(stack, "--name", "ctl-mobile", "--public", "--grant-type", "password",
+                                  "--grant-type", "refresh_token", "--allow-public-password-grant",
+                                  "--refresh-token-absolute-lifetime", "86400")
+    assert secret is None
+    assert (client["allow_public_password_grant"], client["refresh_token_absolute_lifetime"]) == (True, 86400)
+    stored = await registry.get_client(client["client_id"])  # the registry's record, not the CLI's rendering
+    assert (stored.allow_public_password_grant, stored.refresh_token_absolute_lifetime) == (True, 86400)
+    shown = (await ok(stack, "client", "show", client["client_id"])).out
+    assert "allow_public_password_grant:" in shown and "86400 s" in shown
+
+    updated = (await ok(stack, "client", "update", client["client_id"], "--json", "--no-allow-public-password-grant",
+                        "--refresh-token-absolute-lifetime", "0")).json()
+    assert (updated["allow_public_password_grant"], updated["refresh_token_absolute_lifetime"]) == (False, 0)
+    stored = await registry.get_client(client["client_id"])
+    assert (stored.allow_public_password_grant, stored.refresh_token_absolute_lifetime) == (False, 0)
+    untouched = (await ok(stack, "client", "update", client["client_id"], "--json", "--name", "ctl-mobile-2")).json()
+    assert (untouched["allow_public_password_grant"], untouched["refresh_token_absolute_lifetime"]) == (False, 0)

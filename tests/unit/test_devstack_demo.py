@@ -25,7 +25,7 @@ def test_a_fresh_seed_shows_each_secret_and_the_password_with_ready_commands():
     client_credentials, password_grant, refresh = curl_lines(banner)
     assert "-u cid:client-secret-1" in client_credentials and "grant_type=client_credentials" in client_credentials
     words = shlex.split(password_grant.split("$(", 1)[1])
-    assert words[:4] == ["curl", "-s", "-u", "appid:app-secret-2"]
+    assert words[:4] == ["curl", "-sS", "-u", "appid:app-secret-2"]
     assert f"username={DEMO_USERNAME}" in words and "password=demo-password-3" in words
     assert "grant_type=password" in words and f"{EDGE}/oauth/token" in words
     assert password_grant.startswith("REFRESH_TOKEN=$(")
