@@ -8,6 +8,7 @@ import asyncio
 import json
 import secrets
 import shutil
+import time
 
 import httpx
 import pytest
@@ -115,6 +116,32 @@ async def test_user_lifecycle_through_the_cli(stack, registry, password_client):
     assert await registry.get_user(id=user_id) is None
     gone = await ctl(stack, "user", "show", user_id)
     assert gone.code == 3 and f"no user with id or username {user_id!r}" in gone.err
+
+
+async def test_unlock_lifts_a_lock(stack, registry):
+    """A username locked from an address (as AuthenticateUsers leaves it after ten failures)
+    is shown locked; `user unlock` forgets its failures: nothing in force is left."""
+    import asyncpg
+
+    username, password = name("ctl-Locked"), secrets.token_urlsafe(12)
+    await create_user(stack, username, password)
+    db = await asyncpg.connect(stack.database_url)
+    try:
+        await db.execute("INSERT INTO login_failures (username_key, address, failures, last_failure_at, blocked_until,"
+                         " locked_until) VALUES ($1, '203.0.113.9', 10, now(), now() + interval '1 hour',"
+                         " now() + interval '1 hour')", username.lower())
+        shown = (await ok(stack, "user", "show", username, "--json")).json()
+        assert shown["locked_until"] > time.time() + 3000
+        assert "until" in (await ok(stack, "user", "show", username)).out.split("locked:")[1].splitlines()[0]
+
+        unlocked = await ok(stack, "user", "unlock", username, "--json")
+        assert unlocked.json()["locked_until"] == 0
+        in_force = await db.fetchval("SELECT count(*) FROM login_failures WHERE username_key = $1 AND"
+                                     " greatest(blocked_until, locked_until) > now()", username.lower())
+        assert in_force == 0
+        assert (await registry.get_user(username=username)).locked_until == 0
+    finally:
+        await db.close()
 
 
 async def test_unknown_user_exits_3(stack):
