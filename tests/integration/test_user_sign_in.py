@@ -8,6 +8,7 @@ import asyncio
 import logging
 import uuid
 
+import asyncpg
 import pytest
 
 from inbound.events.v1 import events_pb2
@@ -285,3 +286,46 @@ async def test_no_password_or_hash_in_any_log_record_or_event(repository, pool, 
     for text in texts:
         for forbidden in (secret, other_secret, stored_hash, "$argon2"):
             assert forbidden not in text
+
+
+async def test_a_lock_and_an_operators_unlock_reach_the_audit_log_over_nats(stack, registry, pool, passwords):
+    """Real NATS with client_registry's permissions (user.locked is one of its subjects), the
+    audit consumer storing both events, and the unlock naming the operator who did it."""
+    from inboundlib.events import EventBus
+
+    bus = EventBus(stack.nats_settings("client_registry"), "client_registry")
+    await bus.start()
+    try:
+        repo = UserRepository(pool, bus, passwords, LoginSettings(lock_after=2, backoff_after=100))
+        user = await _user(repo)
+        for _ in range(2):
+            await _sign_in(repo, user.username, WRONG)
+        await bus.flush(10)
+        await registry.unlock_user(user.id)  # through the stack's registry, as the operator
+        conn = await asyncpg.connect(stack.database_url)
+        try:
+            rows = await eventually(lambda: conn.fetch(
+                "SELECT type, actor_kind, actor_id, detail->>'reason' AS reason FROM audit_log"
+                " WHERE detail->>'user_id' = $1 ORDER BY occurred_at", user.id),
+                until=lambda rows: len(rows) == 2, message="the lock and its end in the audit log")
+        finally:
+            await conn.close()
+        assert [r["type"] for r in rows] == ["user_locked", "user_lock_ended"]
+        assert (rows[1]["actor_kind"], rows[1]["actor_id"], rows[1]["reason"]) == ("operator", "dev", "unlocked")
+    finally:
+        await bus.close()
+
+
+async def test_counters_with_nothing_left_to_remember_are_purged(repository, pool):
+    repo, _ = repository(lock_after=2, lock_seconds=60)
+    stale, locked = await _user(repo), await _user(repo)
+    await _sign_in(repo, stale.username, WRONG)
+    for _ in range(2):
+        await _sign_in(repo, locked.username, WRONG)
+    keys = [username_key(stale.username), username_key(locked.username)]
+    await pool.execute("UPDATE login_failures SET last_failure_at = now() - interval '61 seconds'"
+                       " WHERE username_key = ANY($1)", keys)
+    assert await repo.purge_stale_counters() >= 2
+    left = await pool.fetch("SELECT username_key, address FROM login_failures WHERE username_key = ANY($1)", keys)
+    # The lock stays until it ends; the other rows (stale failures, the locked user's other row) go.
+    assert [(r["username_key"], r["address"]) for r in left] == [(keys[1], "192.0.2.1")]

@@ -118,3 +118,17 @@ async def test_beyond_the_queue_hashing_is_refused_as_unavailable():
 
 def test_a_sign_in_never_shows_its_password():
     assert "hunter2-secret" not in repr(SignIn(username="ada", password="hunter2-secret"))
+
+
+def test_sign_ins_and_their_outcomes_cross_the_wire_unchanged():
+    from services.client_registry import wire
+    from services.client_registry.api import Invalid, ItemError, Locked, UserRecord
+
+    sign_in = SignIn(username="Ada", password="pw", client_address="192.0.2.1", purpose="browser_sign_in",
+                     request_id="r1")
+    assert wire.sign_in_from_pb(wire.sign_in_to_pb(sign_in)) == sign_in
+    user = UserRecord(id="u", username="Ada", email="a@example.org", display_name="Ada", active=True,
+                      roles=("admin",), locale="en", zoneinfo="UTC", created_at=1, updated_at=2,
+                      password_changed_at=2, locked_until=0)
+    for outcome in (user, Invalid(), Locked(locked_until=123), ItemError("internal", "x")):
+        assert wire.sign_in_outcome_from_pb(wire.sign_in_outcome_to_pb(outcome)) == outcome
