@@ -11,7 +11,9 @@ Who calls what (read from the code; keep it so when a call is added):
 - edge: a grant service's Token (it routes every grant); token_issuer's
   Introspect, Revoke and GetJwks (it serves /introspect, /revoke and /jwks).
 - grant services (the module table's rows with a grant type): the registry's
-  GetClients (their client cache authenticates the client) and token_issuer's Issue.
+  GetClients (their client cache authenticates the client) and token_issuer's Issue;
+  the refresh_token grant also the registry's RefreshTokens (rotation) and
+  GetOpaqueTokens (the presented token's scope, read before it is consumed).
 - token_issuer: the registry's GetClients (it authenticates introspecting and
   revoking clients), SigningKeys, Tokens (opaque tokens) and Revocations.
 - operators (inboundctl; later the admin API): every administrative RPC: the
@@ -100,7 +102,9 @@ RULES: dict[str, Allowed] = {
     _KEYS + "RewrapSigningKey": ISSUER,  # only token_issuer holds the key-encryption keys
 
     _TOKENS + "StoreOpaqueTokens": ISSUER,
-    _TOKENS + "GetOpaqueTokens": ISSUER,
+    # The refresh_token grant reads the presented token's scope before rotating it (a scope
+    # beyond it is refused with the token left unconsumed).
+    _TOKENS + "GetOpaqueTokens": ISSUER | services("refresh_token"),
 
     _REVOCATIONS + "AddRevocations": ISSUER,
     _REVOCATIONS + "ListRevocations": ISSUER,
@@ -117,8 +121,8 @@ RULES: dict[str, Allowed] = {
     _USERS + "AuthenticateUsers": authz.NOBODY,  # TODO(password service lands): services("password")
 
     # Refresh-token rotation: the refresh_token grant alone.
-    _REFRESH + "RotateRefreshTokens": authz.NOBODY,  # TODO(refresh_token service lands): services("refresh_token")
-    _REFRESH + "StoreRotationResponses": authz.NOBODY,  # TODO(refresh_token service lands)
+    _REFRESH + "RotateRefreshTokens": services("refresh_token"),
+    _REFRESH + "StoreRotationResponses": services("refresh_token"),
 
     _AUDIT + "Tail": OPERATORS,
     _AUDIT + "Search": OPERATORS,

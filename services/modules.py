@@ -32,6 +32,8 @@ MODULES: tuple[Module, ...] = (
            address_env="INBOUND_ISSUER_ADDR"),
     Module("client_credentials", GRANT_ASSEMBLY, depends_on=("client_registry", "token_issuer"),
            ports=(_grpc(50061),), grant_type="client_credentials"),
+    Module("refresh_token", GRANT_ASSEMBLY, depends_on=("client_registry", "token_issuer"),
+           ports=(_grpc(50063),), grant_type="refresh_token"),
     Module("audit", "services.audit.assembly", ports=(_grpc(50070),), address_env="INBOUND_AUDIT_ADDR"),
     Module("edge", "services.edge.assembly", depends_on=("token_issuer",), calls_grants=True,
            ports=(Port(HTTP, "INBOUND_HTTP_PORT", 8080),)),

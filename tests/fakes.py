@@ -349,3 +349,76 @@ async def running_edge(settings, *, host: str = "127.0.0.1", issuer: str = "http
     finally:
         stop.set()
         await task
+
+
+class FakeRefreshTokens(_CanBeDown):
+    """The registry's refresh tokens and their rotation (api.RefreshTokenStore), by the
+    rules of its docstring, in memory. `now` is the fake's clock (Unix seconds): a test
+    moves it instead of waiting. `rotations` lists every Rotation asked for; `on_rotate`,
+    when set, runs after each (to play a concurrent request finishing meanwhile)."""
+
+    def __init__(self):
+        self.now = time.time()
+        self.tokens: dict[bytes, OpaqueTokenRecord] = {}
+        self.consumed_at: dict[bytes, float] = {}
+        self.responses: dict[bytes, bytes] = {}
+        self.revoked_grants: set[str] = set()
+        self.inactive_subjects: set[str] = set()
+        self.rotations: list = []
+        self.on_rotate = None
+
+    def add(self, record: OpaqueTokenRecord) -> OpaqueTokenRecord:
+        self.tokens[record.token_hash] = record
+        return record
+
+    async def get_opaque_tokens(self, token_hashes: list[bytes]) -> list[OpaqueTokenRecord | None]:
+        self._check()
+        return [self.tokens.get(h) for h in token_hashes]
+
+    async def rotate_refresh_tokens(self, rotations: list) -> list:
+        from services.client_registry.api import (
+            REFUSED_EXPIRED,
+            REFUSED_OTHER_CLIENT,
+            REFUSED_REUSED,
+            REFUSED_REVOKED,
+            REFUSED_UNKNOWN,
+            REFUSED_USER_INACTIVE,
+            Refused,
+            Replay,
+            Rotated,
+        )
+        self._check()
+        outcomes = []
+        for rotation in rotations:
+            self.rotations.append(rotation)
+            record = self.tokens.get(rotation.token_hash)
+            if record is None or record.kind != "refresh":
+                outcomes.append(Refused(REFUSED_UNKNOWN))
+            elif record.client_id != rotation.client_id:
+                outcomes.append(Refused(REFUSED_OTHER_CLIENT))
+            elif record.grant_id in self.revoked_grants:
+                outcomes.append(Refused(REFUSED_REVOKED))
+            elif record.expires_at <= self.now:
+                outcomes.append(Refused(REFUSED_EXPIRED))
+            elif record.subject in self.inactive_subjects:
+                outcomes.append(Refused(REFUSED_USER_INACTIVE))
+            elif rotation.token_hash in self.consumed_at:
+                if self.now - self.consumed_at[rotation.token_hash] <= rotation.grace_seconds:
+                    outcomes.append(Replay(self.responses.get(rotation.token_hash, b""), record))
+                else:
+                    self.revoked_grants.add(record.grant_id)
+                    outcomes.append(Refused(REFUSED_REUSED, grant_id=record.grant_id))
+            else:
+                self.consumed_at[rotation.token_hash] = self.now
+                successor = self.add(dataclasses.replace(
+                    record, token_hash=rotation.new_token_hash, jti=rotation.new_jti, issued_at=int(self.now)))
+                outcomes.append(Rotated(consumed=record, successor=successor))
+        if self.on_rotate is not None:
+            await self.on_rotate()
+        return outcomes
+
+    async def store_rotation_responses(self, responses: list[tuple[bytes, bytes]]) -> list[ItemError | None]:
+        self._check()
+        for token_hash, blob in responses:
+            self.responses[token_hash] = blob
+        return [None] * len(responses)

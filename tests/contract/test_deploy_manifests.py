@@ -119,7 +119,8 @@ SERVICES = {
 }
 GRPC_SERVICES = [name for name, spec in SERVICES.items() if spec["kind"] == "grpc"]
 METRICS_PORT = 9090
-AUTOSCALED = ["edge", "token-issuer", "client-credentials"]
+# The hot path scales on CPU: the edge, token-issuer and every grant service.
+AUTOSCALED = ["edge", "token-issuer", *(m.k8s_name for m in modules.MODULES if m.grant_type)]
 PRODUCTION_REPLICAS = {"client-registry": 2, "audit": 2}  # the rest: HPA
 # Pods (any namespace) with this label may connect to token-issuer's gRPC ports:
 # resource servers calling Introspect, with a resource_server certificate on the

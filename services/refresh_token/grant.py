@@ -1,0 +1,216 @@
+"""The refresh token grant: RFC 6749 §6, with rotation and reuse detection (RFC 9700 §4.14.2).
+
+The grant runner has already authenticated the client (§6: a confidential client
+authenticates; a public one names itself with client_id, `none`) and checked that
+it is registered for refresh_token (-> unauthorized_client). This grant:
+1. `refresh_token` is required (§6)                                  -> invalid_request
+2. a requested scope is within the client's current scopes and within the
+   family's scopes (§6: "MUST NOT include any scope not originally granted"),
+   checked BEFORE the token is consumed, so a bad scope changes nothing -> invalid_scope
+3. the registry rotates the token in one transaction: the presented one is consumed
+   and its successor (`ibr_` + 256 random bits, made here) stored. Unknown, expired,
+   revoked, another client's, a disabled user's or client's token: refused; a consumed
+   token presented again outside the grace window revokes its whole family there
+   (the registry publishes the reuse). Every refusal is the same        -> invalid_grant
+   (the reason goes to the private detail: the log and the audit trail).
+4. Rotated: an access token for the family (its grant id, subject, username), with
+   the requested scope or else the family's, narrowed to the client's current scopes;
+   the answer is sealed under a key only the presented token's holder can derive
+   (inboundlib.oauth.rotation_response) and stored for retries; the successor is the
+   new refresh token (the family keeps its original scope, §6).
+5. Replay (the same client again within INBOUND_REFRESH_GRACE_SECONDS, e.g. a mobile
+   app's retry; hydra#3604): the first answer, opened and sent again: the very same
+   tokens. A retry's scope may not ask beyond that first answer's scope
+   (-> invalid_scope); within it, the first answer is sent as it is (its `scope`
+   tells the client what the tokens carry, §5.1). While the first request has not
+   stored its answer yet, the registry is asked again a few times (bounded, about
+   1.5 s), then                                                  -> temporarily_unavailable
+
+The refresh token itself is never logged, put in an error or in an event.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from inboundlib.grants.api import GrantParameters, TokenRequest, TokenResponse
+from inboundlib.oauth import rotation_response
+from inboundlib.oauth.errors import (
+    InvalidGrant,
+    InvalidRequest,
+    InvalidScope,
+    ServerError,
+    TemporarilyUnavailable,
+)
+from inboundlib.oauth.scopes import format_scope, parse_scope
+from services.client_registry.api import (
+    GRANT_REFRESH_TOKEN,
+    ClientRecord,
+    ItemError,
+    OpaqueTokenRecord,
+    RefreshTokenStore,
+    Refused,
+    Replay,
+    Rotated,
+    Rotation,
+    TokenStore,
+)
+from services.token_issuer.api import IssueRequest, TokenIssuerApi
+from services.token_issuer.jti import new_jti
+
+if TYPE_CHECKING:  # the grant's logic imports no gRPC code; grant_process does
+    from services.grant_process import GrantDeps
+
+log = logging.getLogger(__name__)
+
+GRACE_SETTING = "INBOUND_REFRESH_GRACE_SECONDS"
+DEFAULT_GRACE_SECONDS = 5
+MAX_GRACE_SECONDS = 60
+# token_issuer's refresh tokens: this prefix and 256 random bits (43 base64url characters).
+REFRESH_PREFIX = "ibr_"
+# Longer than any token we issue: refused without a lookup.
+MAX_TOKEN_LENGTH = 256
+# While the first rotation's answer is not stored yet: ask again after these pauses (1.5 s in all).
+REPLAY_POLL_PAUSES = (0.1, 0.2, 0.4, 0.8)
+# One public text for every refusal of the token: which check failed is nobody's business but the audit trail's.
+REFUSED = "The refresh token is invalid, expired or revoked."
+
+
+class RefreshStore(RefreshTokenStore, TokenStore):
+    """What the grant needs of the registry: rotation, and a read of the token's scope."""
+
+
+def token_hash(token: str) -> bytes:
+    """What the registry keys refresh tokens by (token_issuer stores only this)."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+def new_refresh_token() -> str:
+    return REFRESH_PREFIX + secrets.token_urlsafe(32)
+
+
+class RefreshTokenGrant:
+    grant_type = GRANT_REFRESH_TOKEN
+    # §6: grant_type, refresh_token, scope (client authentication is the runner's).
+    parameters = GrantParameters(single=frozenset({"refresh_token", "scope"}))
+    authenticates_client = False
+
+    def __init__(self, registry: RefreshStore, issuer: TokenIssuerApi, *,
+                 grace_seconds: int = DEFAULT_GRACE_SECONDS,
+                 replay_poll_pauses: Sequence[float] = REPLAY_POLL_PAUSES):
+        self.registry = registry
+        self.issuer = issuer
+        self.grace_seconds = grace_seconds
+        self.replay_poll_pauses = tuple(replay_poll_pauses)
+
+    async def handle(self, request: TokenRequest, client: ClientRecord) -> TokenResponse:
+        presented = request.param("refresh_token")
+        if not presented:
+            raise InvalidRequest("The refresh_token parameter is missing.", detail="no refresh_token")
+        requested = parse_scope(request.param("scope"))  # malformed: invalid_scope before anything changes
+        if not presented.startswith(REFRESH_PREFIX) or len(presented) > MAX_TOKEN_LENGTH:
+            raise InvalidGrant(REFUSED, detail="refresh token refused: not one of ours (shape)")
+        presented_hash = token_hash(presented)
+        if requested:
+            await self._check_requested_scope(requested, presented_hash, client)
+
+        successor = new_refresh_token()
+        rotation = Rotation(token_hash=presented_hash, client_id=client.client_id,
+                            new_token_hash=token_hash(successor), new_jti=new_jti(int(time.time() * 1000)),
+                            grace_seconds=self.grace_seconds, request_id=request.request_id)
+        outcome = await self._rotate(rotation)
+        if isinstance(outcome, Rotated):
+            return await self._answer_rotation(request, client, presented, presented_hash, successor, requested,
+                                               outcome.consumed)
+        for pause in self.replay_poll_pauses:
+            if not isinstance(outcome, Replay) or outcome.encrypted_response:
+                break
+            # The first request of this retry rotated the token and has not stored its answer yet.
+            await asyncio.sleep(pause)
+            outcome = await self._rotate(rotation)
+        if isinstance(outcome, Replay):
+            if not outcome.encrypted_response:
+                raise TemporarilyUnavailable(detail="refresh retry: the first rotation's answer is not stored yet")
+            return self._replayed(presented, presented_hash, requested, outcome, client)
+        if isinstance(outcome, Rotated):  # cannot follow a Replay for one token; never answer without storing
+            raise ServerError(detail="refresh token rotated while its retry was polling")
+        assert isinstance(outcome, Refused), outcome
+        detail = f"refresh token refused: {outcome.reason}"
+        if outcome.grant_id:
+            detail += f" (grant {outcome.grant_id} revoked)"
+        raise InvalidGrant(REFUSED, detail=detail)
+
+    async def _check_requested_scope(self, requested: list[str], presented_hash: bytes,
+                                     client: ClientRecord) -> None:
+        """§6: within the scope originally granted (the family's), and within what the
+        client may have today; refused before the token is consumed."""
+        beyond_client = [s for s in requested if s not in set(client.scopes)]
+        if beyond_client:
+            raise InvalidScope(detail=f"{len(beyond_client)} requested scope(s) not allowed for the client")
+        record = (await self.registry.get_opaque_tokens([presented_hash]))[0]
+        if _family_record(record, client) and not set(requested) <= set(record.scopes):
+            raise InvalidScope(detail="scope beyond the refresh token's")
+        # No such refresh token of this client: the rotation refuses it, for its reason.
+
+    async def _rotate(self, rotation: Rotation):
+        outcome = (await self.registry.rotate_refresh_tokens([rotation]))[0]
+        if isinstance(outcome, ItemError):
+            raise ServerError(detail=f"refresh rotation failed: {outcome.code}")
+        return outcome
+
+    async def _answer_rotation(self, request: TokenRequest, client: ClientRecord, presented: str,
+                               presented_hash: bytes, successor: str, requested: list[str],
+                               consumed: OpaqueTokenRecord) -> TokenResponse:
+        family = set(consumed.scopes)
+        current = set(client.scopes)
+        if requested:
+            if not set(requested) <= family or not set(requested) <= current:
+                # Checked before rotating; the family's scope never changes, the client's may have since.
+                raise InvalidScope(detail="scope beyond the refresh token's or the client's")
+            scopes = list(requested)
+        else:
+            # The family's scope, less what the client may no longer have.
+            scopes = [s for s in consumed.scopes if s in current]
+        token = await self.issuer.issue(IssueRequest(
+            client_id=client.client_id, subject=consumed.subject, username=consumed.username,
+            scopes=tuple(scopes), audience=tuple(consumed.audience), format=client.token_format,
+            lifetime_seconds=client.access_token_lifetime, grant_id=consumed.grant_id, refresh_token_lifetime=0,
+            request_id=request.request_id, grant_type=self.grant_type))
+        response = TokenResponse(access_token=token.access_token, token_type=token.token_type,
+                                 expires_in=token.expires_in, scope=format_scope(scopes), refresh_token=successor)
+        sealed = rotation_response.seal(presented, presented_hash, response)
+        try:
+            error = (await self.registry.store_rotation_responses([(presented_hash, sealed)]))[0]
+        except Exception as exc:  # the rotation is done: the client gets its tokens; only a retry would miss them
+            error = ItemError("internal", type(exc).__name__)
+        if error is not None:
+            log.warning("refresh rotation answer not stored: a retry within the grace window will not get it",
+                        extra={"client_id": client.client_id, "grant_id": consumed.grant_id, "detail": str(error)})
+        return response
+
+    def _replayed(self, presented: str, presented_hash: bytes, requested: list[str], replay: Replay,
+                  client: ClientRecord) -> TokenResponse:
+        try:
+            first = rotation_response.open_sealed(presented, presented_hash, replay.encrypted_response)
+        except rotation_response.UnreadableResponse as exc:
+            raise ServerError(detail=f"refresh retry: {exc}") from None
+        if not set(requested) <= set(parse_scope(first.scope)):
+            raise InvalidScope(detail="refresh retry asked beyond the first answer's scope")
+        log.info("refresh retry answered with the first rotation's tokens",
+                 extra={"client_id": client.client_id, "grant_id": replay.consumed.grant_id})
+        return first
+
+
+def _family_record(record: OpaqueTokenRecord | None, client: ClientRecord) -> bool:
+    return record is not None and record.kind == "refresh" and record.client_id == client.client_id
+
+
+def build(deps: GrantDeps) -> RefreshTokenGrant:
+    """The grant as its service runs it (services/grant_process.py)."""
+    grace = deps.env.int(GRACE_SETTING, DEFAULT_GRACE_SECONDS, minimum=0, maximum=MAX_GRACE_SECONDS)
+    return RefreshTokenGrant(deps.registry, deps.issuer, grace_seconds=grace)
