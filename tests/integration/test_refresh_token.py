@@ -19,7 +19,7 @@ import asyncpg
 import httpx
 import pytest
 
-from services.client_registry.api import ClientSpec, ClientUpdate
+from services.client_registry.api import ClientSpec, ClientUpdate, UserSpec, UserUpdate
 from services.client_registry.client import RegistryClient
 from services.token_issuer.api import IssueRequest
 from tests.support import OPERATOR, IssuerAs, audit_caught_up, eventually
@@ -70,11 +70,14 @@ class App:
             return {}
         return {"Authorization": "Basic " + base64.b64encode(f"{self.client_id}:{self.secret}".encode()).decode()}
 
-    async def first_refresh_token(self, scopes=("api.read", "api.write")) -> str:
-        """A new family, as a grant issues its first token (token_issuer's Issue)."""
+    async def first_refresh_token(self, scopes=("api.read", "api.write"), user=None) -> str:
+        """A new family, as a grant issues its first token (token_issuer's Issue): the
+        client's own, or `user`'s (as the password grant issues it)."""
         issued = await self.issuer.issue(IssueRequest(
-            client_id=self.client_id, subject=self.client_id, scopes=tuple(scopes), format="opaque",
-            lifetime_seconds=300, refresh_token_lifetime=3600, grant_type="client_credentials"))
+            client_id=self.client_id, subject=user.id if user else self.client_id,
+            username=user.username if user else "", scopes=tuple(scopes), format="opaque",
+            lifetime_seconds=300, refresh_token_lifetime=3600,
+            grant_type="password" if user else "client_credentials"))
         assert issued.refresh_token
         return issued.refresh_token
 
@@ -211,6 +214,17 @@ async def test_a_disabled_client_cannot_refresh(make_app, operator_registry):
     reply = await eventually(lambda: app.refresh(first), until=lambda r: r.status_code != 200,
                              message="the disabled client refused")
     assert error(reply) == "invalid_client"
+
+
+async def test_a_disabled_users_family_cannot_refresh(make_app, operator_registry, tokens):
+    app = await make_app()
+    user = await operator_registry.create_user(UserSpec(username="refresh-" + uuid.uuid4().hex[:8]))
+    first = await app.first_refresh_token(user=user)
+    reply = await app.refresh(first)
+    assert reply.status_code == 200, reply.text
+    assert (await tokens.introspect(reply.json()["access_token"])).username == user.username
+    await operator_registry.update_user(user.id, UserUpdate(active=False))
+    assert error(await app.refresh(reply.json()["refresh_token"])) == "invalid_grant"
 
 
 async def test_a_public_client_refreshes_with_its_client_id_alone(make_app):
