@@ -25,6 +25,10 @@ it is registered for refresh_token (-> unauthorized_client). This grant:
    tells the client what the tokens carry, §5.1). While the first request has not
    stored its answer yet, the registry is asked again a few times (bounded, about
    1.5 s), then                                                  -> temporarily_unavailable
+   If the first request could not get its access token (token_issuer failed after the
+   rotation), it stores the successor alone: a retry gets that successor with an access
+   token of its own, rather than waiting out the window into a "reuse" that would
+   revoke a family nobody stole.
 
 The refresh token itself is never logged, put in an error or in an event.
 """
@@ -136,7 +140,7 @@ class RefreshTokenGrant:
         if isinstance(outcome, Replay):
             if not outcome.encrypted_response:
                 raise TemporarilyUnavailable(detail="refresh retry: the first rotation's answer is not stored yet")
-            return self._replayed(presented, presented_hash, requested, outcome, client)
+            return await self._replayed(request, presented, presented_hash, requested, outcome, client)
         if isinstance(outcome, Rotated):  # cannot follow a Replay for one token; never answer without storing
             raise ServerError(detail="refresh token rotated while its retry was polling")
         assert isinstance(outcome, Refused), outcome
@@ -176,31 +180,60 @@ class RefreshTokenGrant:
         else:
             # The family's scope, less what the client may no longer have.
             scopes = [s for s in consumed.scopes if s in current]
-        token = await self.issuer.issue(IssueRequest(
+        try:
+            token = await self._issue_access_token(request, client, consumed, scopes)
+        except Exception:
+            # Consumed, and its successor stored, but the client has neither: keep the successor for
+            # its retries (sealed, without an access token), then answer the failure.
+            await self._store(presented, presented_hash, TokenResponse(
+                access_token="", token_type="Bearer", expires_in=0, scope=format_scope(scopes),
+                refresh_token=successor), client, consumed)
+            raise
+        response = TokenResponse(access_token=token.access_token, token_type=token.token_type,
+                                 expires_in=token.expires_in, scope=format_scope(scopes), refresh_token=successor)
+        await self._store(presented, presented_hash, response, client, consumed)
+        return response
+
+    async def _issue_access_token(self, request: TokenRequest, client: ClientRecord, consumed: OpaqueTokenRecord,
+                                  scopes: list[str]):
+        """An access token of the consumed token's family (its grant id: revoking the family revokes it)."""
+        return await self.issuer.issue(IssueRequest(
             client_id=client.client_id, subject=consumed.subject, username=consumed.username,
             scopes=tuple(scopes), audience=tuple(consumed.audience), format=client.token_format,
             lifetime_seconds=client.access_token_lifetime, grant_id=consumed.grant_id, refresh_token_lifetime=0,
             request_id=request.request_id, grant_type=self.grant_type))
-        response = TokenResponse(access_token=token.access_token, token_type=token.token_type,
-                                 expires_in=token.expires_in, scope=format_scope(scopes), refresh_token=successor)
+
+    async def _store(self, presented: str, presented_hash: bytes, response: TokenResponse, client: ClientRecord,
+                     consumed: OpaqueTokenRecord) -> None:
+        """Keep the answer, sealed, for retries in the grace window. Never fails the request:
+        the rotation is done, and only a retry would miss the stored answer."""
         sealed = rotation_response.seal(presented, presented_hash, response)
         try:
             error = (await self.registry.store_rotation_responses([(presented_hash, sealed)]))[0]
-        except Exception as exc:  # the rotation is done: the client gets its tokens; only a retry would miss them
+        except Exception as exc:
             error = ItemError("internal", type(exc).__name__)
         if error is not None:
             log.warning("refresh rotation answer not stored: a retry within the grace window will not get it",
                         extra={"client_id": client.client_id, "grant_id": consumed.grant_id, "detail": str(error)})
-        return response
 
-    def _replayed(self, presented: str, presented_hash: bytes, requested: list[str], replay: Replay,
-                  client: ClientRecord) -> TokenResponse:
+    async def _replayed(self, request: TokenRequest, presented: str, presented_hash: bytes, requested: list[str],
+                        replay: Replay, client: ClientRecord) -> TokenResponse:
         try:
             first = rotation_response.open_sealed(presented, presented_hash, replay.encrypted_response)
         except rotation_response.UnreadableResponse as exc:
             raise ServerError(detail=f"refresh retry: {exc}") from None
-        if not set(requested) <= set(parse_scope(first.scope)):
+        first_scopes = parse_scope(first.scope)
+        if not set(requested) <= set(first_scopes):
             raise InvalidScope(detail="refresh retry asked beyond the first answer's scope")
+        if not first.access_token:
+            # The first request got no access token (see _answer_rotation): the successor, and one now.
+            scopes = requested or first_scopes
+            token = await self._issue_access_token(request, client, replay.consumed, scopes)
+            log.info("refresh retry answered with the first rotation's successor and a new access token",
+                     extra={"client_id": client.client_id, "grant_id": replay.consumed.grant_id})
+            return TokenResponse(access_token=token.access_token, token_type=token.token_type,
+                                 expires_in=token.expires_in, scope=format_scope(scopes),
+                                 refresh_token=first.refresh_token)
         log.info("refresh retry answered with the first rotation's tokens",
                  extra={"client_id": client.client_id, "grant_id": replay.consumed.grant_id})
         return first

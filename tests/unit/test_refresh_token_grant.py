@@ -377,3 +377,22 @@ def test_two_seals_of_one_answer_differ():
     assert rotation_response.seal(token, token_hash(token), RESPONSE) != \
         rotation_response.seal(token, token_hash(token), RESPONSE)
 
+
+
+async def test_a_failed_issue_after_the_rotation_leaves_the_successor_for_a_retry():
+    """token_issuer fails after the token was consumed: the retry within the window gets the
+    stored successor and an access token of its own, and the family lives on (no false reuse)."""
+    store, issuer = FakeRefreshTokens(), FakeIssuer()
+    token = family(store)
+    issuer.down = ConnectionError("token_issuer away")
+    with pytest.raises(TemporarilyUnavailable):
+        await runner(record(), store, issuer).handle(request(token, scope="read"))
+    issuer.down = None
+    store.now += 1
+    retry = await runner(record(), store, issuer).handle(request(token))
+    again = await runner(record(), store, issuer).handle(request(token))
+    assert retry.refresh_token == again.refresh_token  # the one successor the registry stored
+    assert retry.access_token and retry.scope == "read"
+    assert [r.grant_id for r in issuer.requests] == ["grant-1", "grant-1"]
+    assert store.revoked_grants == set()
+    assert (await runner(record(), store, issuer).handle(request(retry.refresh_token))).refresh_token
