@@ -56,6 +56,7 @@ from inbound.events.v1 import events_pb2
 from inboundlib import actors, redact
 from inboundlib.batching import Overloaded
 from inboundlib.config import Env
+from inboundlib.db import UNAVAILABLE_ERRORS
 from inboundlib.events import (
     ENTITY_USER,
     TOKEN_REVOKED,
@@ -68,9 +69,11 @@ from inboundlib.events import (
 from inboundlib.passwords import PasswordRejected, Passwords
 from services.client_registry.api import (
     BUILT_IN_ROLES,
+    ITEM_INTERNAL,
     AlreadyExists,
     Invalid,
     InvalidArgument,
+    ItemError,
     Locked,
     NotFound,
     RevocationRecord,
@@ -90,6 +93,9 @@ from services.client_registry.wire import revocation_event
 log = logging.getLogger(__name__)
 
 MAX_USERNAME = 256
+# Normalisation can lengthen a name (NFKC turns U+FDFA into 18 characters): the key is
+# bounded too, well under what a Postgres index entry can hold (about 2.7 kB).
+MAX_USERNAME_KEY_BYTES = 1024
 MAX_NAME = 256
 MAX_EMAIL = 254  # RFC 5321 §4.5.3.1.3's path limit, less the brackets
 MAX_ROLES = 64
@@ -147,7 +153,13 @@ def _check_username(value: str) -> str:
         raise InvalidArgument("username contains control characters")
     if value != value.strip():
         raise InvalidArgument("username starts or ends with white space")
+    if not _plausible_key(username_key(value)):
+        raise InvalidArgument("username is too long once normalised")
     return value
+
+
+def _plausible_key(key: str) -> bool:
+    return len(key.encode("utf-8", "surrogatepass")) <= MAX_USERNAME_KEY_BYTES
 
 
 def _check_text(label: str, value: str, limit: int = MAX_NAME) -> str:
@@ -358,7 +370,7 @@ class UserRepository:
                 return None
             row = await self.pool.fetchrow(f"{_SELECT_USER} WHERE u.id = $1", id)
         elif username:
-            if len(username) > MAX_USERNAME or _CONTROL.search(username):
+            if len(username) > MAX_USERNAME or _CONTROL.search(username) or not _plausible_key(username_key(username)):
                 return None
             row = await self.pool.fetchrow(f"{_SELECT_USER} WHERE u.username_key = $1", username_key(username))
         else:
@@ -506,9 +518,19 @@ class UserRepository:
         if not name or len(name) > MAX_USERNAME or _CONTROL.search(name):
             return Invalid()  # no user can have it: nothing to count, nothing to check
         key = username_key(name)
+        if not _plausible_key(key):
+            return Invalid()
         address = _address(sign_in.client_address)
         async with self._slots:
-            outcome, user, changes, rehash_from = await self._check_and_count(key, address, sign_in.password)
+            try:
+                outcome, user, changes, rehash_from = await self._check_and_count(key, address, sign_in.password)
+            except UNAVAILABLE_ERRORS:
+                raise  # the database away: the whole call is UNAVAILABLE, for the caller to retry later
+            except asyncpg.PostgresError as exc:
+                # Refused as data (it should not be): this item fails, its neighbours do not.
+                log.warning("sign-in check refused by Postgres", extra={"error": type(exc).__name__,
+                                                                       "sqlstate": exc.sqlstate})
+                return ItemError(ITEM_INTERNAL, "the sign-in could not be checked")
         for change in changes:
             self._lock_event(change, user, key, sign_in.request_id)
         if rehash_from is not None and user is not None:

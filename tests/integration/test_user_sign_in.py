@@ -16,7 +16,7 @@ from inboundlib import db, redact
 from inboundlib.batching import Overloaded
 from inboundlib.events import USER_LOCK_ENDED, USER_LOCKED
 from inboundlib.passwords import Passwords, PasswordSettings
-from services.client_registry.api import Invalid, Locked, SignIn, UserRecord, UserSpec, UserUpdate
+from services.client_registry.api import Invalid, InvalidArgument, Locked, SignIn, UserRecord, UserSpec, UserUpdate
 from services.client_registry.users import LoginSettings, UserRepository, username_key
 from tests.support import eventually
 
@@ -329,3 +329,15 @@ async def test_counters_with_nothing_left_to_remember_are_purged(repository, poo
     left = await pool.fetch("SELECT username_key, address FROM login_failures WHERE username_key = ANY($1)", keys)
     # The lock stays until it ends; the other rows (stale failures, the locked user's other row) go.
     assert [(r["username_key"], r["address"]) for r in left] == [(keys[1], "192.0.2.1")]
+
+
+async def test_a_username_that_normalises_too_long_is_refused_and_fails_no_neighbour(repository):
+    repo, _ = repository()
+    user = await _user(repo)
+    swollen = "\ufdfa" * 256  # 256 characters, each 18 once NFKC-normalised: past an index entry's size
+    with pytest.raises(InvalidArgument, match="normalised"):
+        await repo.create_user(UserSpec(username=swollen))
+    outcomes = await repo.authenticate_users([SignIn(username=swollen, password=PASSWORD),
+                                              SignIn(username=user.username, password=PASSWORD)])
+    assert outcomes[0] == Invalid() and isinstance(outcomes[1], UserRecord)
+    assert await repo.get_user(username=swollen) is None
