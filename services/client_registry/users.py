@@ -20,8 +20,13 @@ Sign-ins (api.UserAuthenticator), one transaction an item:
    Invalid);
 4. failure: both rows count it; the address row backs off exponentially after
    `backoff_after` failures and locks after `lock_after`, the username row locks
-   after `user_lock_after` (user.locked, once per lock);
-   success: the address row is cleared; the username row is NOT: see `_cleared`.
+   after `user_lock_after` (user.locked, once per lock). The username row has no
+   back-off of its own: one would let anyone, from anywhere, slow a user's every
+   sign-in after three guesses; its lock, at a count far above one address's, is
+   what stops guessing spread over many addresses;
+   success: the address row is cleared; the username row is not (it decays): a
+   guesser spread over many addresses would otherwise have the real user's own
+   sign-ins reset the count that is meant to stop them.
 Failures older than `lock_seconds` are forgotten (decay) when the row is next
 used, and the janitor deletes rows with nothing left to remember.
 

@@ -155,3 +155,24 @@ async def test_a_password_change_disabling_or_deleting_revokes_the_users_tokens(
     await eventually(lambda: issuer.introspect(issued[user.id].access_token), until=lambda info: not info.active,
                      message="the user's token inactive at token_issuer")
     assert (await issuer.introspect(issued[other.id].access_token)).active  # only that user's
+
+
+async def test_every_change_to_a_user_is_an_audited_registry_change_naming_the_operator(stack, registry):
+    user = await registry.create_user(UserSpec(username=_name(), password="the first password"))
+    await registry.update_user(user.id, UserUpdate(display_name="Renamed"))
+    await registry.set_user_password(user.id, "the second password")
+    await registry.change_user_roles(user.id, add=["admin"], remove=[])
+    await registry.delete_user(user.id)
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        rows = await eventually(lambda: conn.fetch(
+            "SELECT detail->>'change' AS change, actor_kind, actor_id, detail::text AS detail FROM audit_log"
+            " WHERE type = 'registry_changed' AND detail->>'entity' = 'user' AND detail->>'id' = $1"
+            " ORDER BY occurred_at", user.id),
+            until=lambda rows: len(rows) == 5, message="the user's five changes in the audit log")
+    finally:
+        await conn.close()
+    assert [r["change"] for r in rows] == ["created", "updated", "password_set", "roles_changed", "deleted"]
+    assert {(r["actor_kind"], r["actor_id"]) for r in rows} == {("operator", "dev")}
+    assert not any(secret in r["detail"] for r in rows for secret in ("the first password", "the second password",
+                                                                      "$argon2"))
