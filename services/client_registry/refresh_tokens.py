@@ -23,9 +23,12 @@ consumed. Answers, checked in this order:
   tokens); after commit both TOKEN_REVOKED and REFRESH_TOKEN_REUSED are published;
 - else: consumed now, the successor stored -> Rotated.
 
-The client and user rows are read FOR SHARE: disabling either (an UPDATE, which
-records its cut-off in that transaction) waits for a rotation in flight, and a
-rotation waits for the disable and then sees it, so no successor slips past a cut-off.
+The client and user rows are read FOR SHARE, before the revocations: disabling
+either (an UPDATE, which records its cut-off in that transaction) waits for a
+rotation in flight, whose successor is then stamped before the cut-off; a rotation
+waits for a disable in flight and then sees it and its cut-off. Either way no
+successor slips past a cut-off. (A client cut-off from token_issuer's revoke-tokens
+touches no client row: only a rotation within the same milliseconds could slip past it.)
 
 Times are this process's clock in ms, the clock the registry's cut-offs use
 (api.client_cut_off); `clock` is injectable for tests.
@@ -68,7 +71,7 @@ from services.client_registry.api import (
 )
 from services.client_registry.pg import from_ms, ms
 from services.client_registry.revocations import insert_revocations
-from services.client_registry.tokens import COLUMNS, HASH_BYTES, token_record
+from services.client_registry.tokens import COLUMNS, HASH_BYTES, columns, token_record
 from services.client_registry.wire import revocation_event
 
 log = logging.getLogger(__name__)
@@ -80,10 +83,14 @@ MAX_RESPONSE_BYTES = 16 * 1024
 DEADLOCK_ATTEMPTS = 3
 REUSE_REVOKED_BY = "service:client_registry: refresh token reused"
 
-_SELECT_FOR_UPDATE = (f"SELECT {COLUMNS}, replay_until, rotation_response FROM opaque_tokens"
-                      " WHERE token_hash = $1 FOR UPDATE")
+# The presented token, locked; its client with it, shared-locked (see the module docstring).
+# A token whose client is gone is gone too (ON DELETE CASCADE).
+_LOCK_TOKEN = (f"SELECT {columns('t')}, t.replay_until, t.rotation_response, c.active AS client_active,"
+               " c.refresh_token_lifetime FROM opaque_tokens t JOIN clients c ON c.client_id = t.client_id"
+               " WHERE t.token_hash = $1 FOR UPDATE OF t FOR SHARE OF c")
 # A revocation that names this token: its jti, its grant, or a cut-off of its client or
 # subject at or after its issue (a cut-off revokes what was issued up to it, to the ms).
+# Read after the locks are held: a disable committed meanwhile has its cut-off visible.
 _REVOKED = """
 SELECT EXISTS (SELECT 1 FROM revocations WHERE
        (kind = 'jti' AND value = $1)
@@ -91,11 +98,16 @@ SELECT EXISTS (SELECT 1 FROM revocations WHERE
     OR (kind = 'client' AND value = $3 AND revoked_before >= $5)
     OR (kind = 'subject' AND value = $4 AND revoked_before >= $5))
 """
-_CONSUME = "UPDATE opaque_tokens SET consumed_at = $2, replay_until = $3 WHERE token_hash = $1"
-_INSERT_SUCCESSOR = (
-    f"INSERT INTO opaque_tokens (token_hash, jti, client_id, subject, username, scopes, audience, issued_at,"
-    f" expires_at, kind, grant_id, family_expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'refresh', $10, $11)"
-    f" RETURNING {COLUMNS}")
+# Consume the presented token and store its successor, in one statement.
+_ROTATE = f"""
+WITH consumed AS (
+    UPDATE opaque_tokens SET consumed_at = $12, replay_until = $13 WHERE token_hash = $1
+)
+INSERT INTO opaque_tokens (token_hash, jti, client_id, subject, username, scopes, audience, issued_at,
+                           expires_at, kind, grant_id, family_expires_at)
+VALUES ($2, $3, $4, $5, $6, $7, $8, $12, $9, 'refresh', $10, $11)
+RETURNING {COLUMNS}
+"""
 _STORE_RESPONSES = """
 UPDATE opaque_tokens t SET rotation_response = x.response
   FROM unnest($1::bytea[], $2::bytea[]) AS x(token_hash, response)
@@ -174,7 +186,7 @@ class RefreshTokenRepository:
         for attempt in range(DEADLOCK_ATTEMPTS):
             try:
                 async with self.pool.acquire() as conn, conn.transaction():
-                    outcome = await self._rotate_in(conn, r, self._now_ms())
+                    outcome = await self._rotate_in(conn, r)
                 break
             except asyncpg.DeadlockDetectedError:
                 # Two reuses of one family at once lock its rows in opposite orders; Postgres
@@ -186,38 +198,39 @@ class RefreshTokenRepository:
             return Refused(REFUSED_REUSED, grant_id=outcome.token.grant_id, revocation=outcome.revocation)
         return outcome
 
-    async def _rotate_in(self, conn: asyncpg.Connection, r: Rotation, now_ms: int) -> RotationOutcome | _Reused:
-        row = await conn.fetchrow(_SELECT_FOR_UPDATE, r.token_hash)
+    async def _rotate_in(self, conn: asyncpg.Connection, r: Rotation) -> RotationOutcome | _Reused:
+        row = await conn.fetchrow(_LOCK_TOKEN, r.token_hash)
         if row is None or row["kind"] != "refresh" or not row["grant_id"]:
             return Refused(REFUSED_UNKNOWN)
         token = token_record(row)
         if token.client_id != r.client_id:
             return Refused(REFUSED_OTHER_CLIENT)
+        # The user's row is locked before revocations are read, as the client's was.
+        user_active = True if _owns_itself(token) else await conn.fetchval(
+            "SELECT active FROM users WHERE id = $1 FOR SHARE", token.subject)
         if token.revoked or await conn.fetchval(_REVOKED, token.jti, token.grant_id, token.client_id, token.subject,
                                                 from_ms(token.issued_at_precise_ms)):
             return Refused(REFUSED_REVOKED, grant_id=token.grant_id)
+        # Read after the locks: a successor is stamped later than any cut-off they waited for.
+        now_ms = self._now_ms()
         if _expired(token, now_ms):
             return Refused(REFUSED_EXPIRED, grant_id=token.grant_id)
-        client = await conn.fetchrow(
-            "SELECT active, refresh_token_lifetime FROM clients WHERE client_id = $1 FOR SHARE", token.client_id)
-        if client is None or not client["active"]:
+        if not row["client_active"]:
             return Refused(REFUSED_CLIENT_INACTIVE, grant_id=token.grant_id)
-        if not _owns_itself(token):
-            user_active = await conn.fetchval("SELECT active FROM users WHERE id = $1 FOR SHARE", token.subject)
-            if not user_active:
-                return Refused(REFUSED_USER_INACTIVE, grant_id=token.grant_id)
+        if not user_active:
+            return Refused(REFUSED_USER_INACTIVE, grant_id=token.grant_id)
         if token.consumed:
             if now_ms <= ms(row["replay_until"]):
                 return Replay(encrypted_response=bytes(row["rotation_response"] or b""), consumed=token)
             return await self._revoke_family(conn, token, now_ms)
-        await conn.execute(_CONSUME, r.token_hash, from_ms(now_ms), from_ms(now_ms + r.grace_seconds * 1000))
-        expires_at = now_ms // 1000 + client["refresh_token_lifetime"]
+        expires_at = now_ms // 1000 + row["refresh_token_lifetime"]
         if token.family_expires_at:
             expires_at = min(expires_at, token.family_expires_at)
         successor = await conn.fetchrow(
-            _INSERT_SUCCESSOR, r.new_token_hash, r.new_jti, token.client_id, token.subject, token.username,
-            list(token.scopes), list(token.audience), from_ms(now_ms), from_ms(expires_at * 1000), token.grant_id,
-            from_ms(token.family_expires_at * 1000) if token.family_expires_at else None)
+            _ROTATE, r.token_hash, r.new_token_hash, r.new_jti, token.client_id, token.subject, token.username,
+            list(token.scopes), list(token.audience), from_ms(expires_at * 1000), token.grant_id,
+            from_ms(token.family_expires_at * 1000) if token.family_expires_at else None, from_ms(now_ms),
+            from_ms(now_ms + r.grace_seconds * 1000))
         consumed = OpaqueTokenRecord(**{**token.__dict__, "consumed": True})
         return Rotated(consumed=consumed, successor=token_record(successor))
 

@@ -19,9 +19,18 @@ MAX_LIST_ITEMS = 256
 _INSERT = ("INSERT INTO opaque_tokens (token_hash, jti, client_id, subject, username, scopes, audience,"
            " issued_at, expires_at, kind, grant_id, family_expires_at)"
            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
-# What a read answers: a refresh token's state too (consumed, revoked, its family's end).
-COLUMNS = ("token_hash, jti, client_id, subject, username, scopes, audience, issued_at, expires_at, kind, grant_id,"
-           " consumed_at IS NOT NULL AS consumed, revoked_at IS NOT NULL AS revoked, family_expires_at")
+
+
+def columns(alias: str = "") -> str:
+    """What a read answers (token_record reads it): a refresh token's state too (consumed,
+    revoked, its family's end). `alias`: the table's alias in a join."""
+    a = f"{alias}." if alias else ""
+    return (f"{a}token_hash, {a}jti, {a}client_id, {a}subject, {a}username, {a}scopes, {a}audience, {a}issued_at,"
+            f" {a}expires_at, {a}kind, {a}grant_id, {a}consumed_at IS NOT NULL AS consumed,"
+            f" {a}revoked_at IS NOT NULL AS revoked, {a}family_expires_at")
+
+
+COLUMNS = columns()
 
 
 def _text_ok(value: str) -> bool:
