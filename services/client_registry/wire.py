@@ -232,6 +232,9 @@ def rotation_outcome_from_pb(m: pb.RotationOutcome) -> RotationOutcome:
         return Refused(reason=m.refused.reason, grant_id=m.refused.grant_id,
                        revocation=revocation_from_pb(m.refused.revocation)
                        if m.refused.HasField("revocation") else None)
+    return item_error_from_pb(m.error) or ItemError("internal", "no outcome")
+
+
 # --- users ----------------------------------------------------------------------------------------
 
 def user_to_pb(u: UserRecord) -> pb.User:
