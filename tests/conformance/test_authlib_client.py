@@ -7,6 +7,8 @@ import jwt
 import pytest
 from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuth2Client
 
+from services import modules
+
 METADATA = "/.well-known/oauth-authorization-server"
 
 
@@ -55,7 +57,8 @@ def test_metadata_is_rfc8414_exact(stack):
     for endpoint in ("token_endpoint", "jwks_uri"):
         assert metadata[endpoint].startswith(stack.edge_url + "/")
     # Only what is really served is advertised.
-    assert metadata["grant_types_supported"] == ["client_credentials"]
+    assert sorted(metadata["grant_types_supported"]) == sorted(modules.GRANTS)
+    assert {"client_credentials", "refresh_token"} <= set(metadata["grant_types_supported"])
     assert "authorization_endpoint" not in metadata
     assert metadata["introspection_endpoint"] == stack.edge_url + "/oauth/introspect"
     assert metadata["revocation_endpoint"] == stack.edge_url + "/oauth/revoke"
