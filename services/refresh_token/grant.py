@@ -143,7 +143,8 @@ class RefreshTokenGrant:
             return await self._replayed(request, presented, presented_hash, requested, outcome, client)
         if isinstance(outcome, Rotated):  # cannot follow a Replay for one token; never answer without storing
             raise ServerError(detail="refresh token rotated while its retry was polling")
-        assert isinstance(outcome, Refused), outcome
+        if not isinstance(outcome, Refused):
+            raise ServerError(detail=f"unexpected rotation outcome {type(outcome).__name__}")
         detail = f"refresh token refused: {outcome.reason}"
         if outcome.grant_id:
             detail += f" (grant {outcome.grant_id} revoked)"

@@ -260,6 +260,8 @@ async def test_revoking_a_refresh_token_ends_its_family(make_app, tokens):
 async def test_the_metadata_lists_refresh_token(http):
     metadata = (await http.get("/.well-known/oauth-authorization-server")).json()
     assert "refresh_token" in metadata["grant_types_supported"]
+    # Public clients refresh with client_id alone (RFC 8414 §2, RFC 7591 §2: `none`).
+    assert "none" in metadata["token_endpoint_auth_methods_supported"]
 
 
 # --- no refresh token in any log line or audit row ------------------------------------------------------

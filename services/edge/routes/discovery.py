@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from inboundlib.oauth.client_auth import CLIENT_SECRET_BASIC, CLIENT_SECRET_POST
+from inboundlib.oauth.client_auth import CLIENT_SECRET_BASIC, CLIENT_SECRET_POST, NONE
 from inboundlib.oauth.errors import TemporarilyUnavailable
 from services.edge.errors import TokenEndpointErrors, json_response
 from services.edge.routes.oauth import INTROSPECT_PATH, REVOKE_PATHS, TOKEN_PATHS
@@ -30,7 +30,9 @@ def build_metadata(issuer: str, grant_types: list[str], *, introspection: bool =
         "token_endpoint": base + TOKEN_PATHS[0],
         "jwks_uri": base + JWKS_PATH,
         "grant_types_supported": grant_types,
-        "token_endpoint_auth_methods_supported": auth_methods,
+        # `none`: a public client names itself with client_id alone (RFC 6749 §2.1, §6: refresh_token;
+        # §4.3 password, where its client allows it); the grant runner refuses it to confidential clients.
+        "token_endpoint_auth_methods_supported": [*auth_methods, NONE],
         # RFC 8414 requires the member; no authorization endpoint is served yet.
         "response_types_supported": [],
     }
