@@ -5,6 +5,7 @@ from inbound.common.v1 import common_pb2
 from inbound.events.v1 import events_pb2
 from inbound.registry.v1 import registry_pb2 as pb
 from services.client_registry.api import (
+    PURPOSE_PASSWORD_GRANT,
     REVOKE_CLIENT,
     REVOKE_GRANT,
     REVOKE_JTI,
@@ -295,7 +296,7 @@ def sign_in_to_pb(s: SignIn) -> pb.AuthenticateUserRequest:
 
 def sign_in_from_pb(m: pb.AuthenticateUserRequest) -> SignIn:
     return SignIn(username=m.username, password=m.password, client_address=m.client_address,
-                  purpose=m.purpose or "password_grant", request_id=m.meta.request_id)
+                  purpose=m.purpose or PURPOSE_PASSWORD_GRANT, request_id=m.meta.request_id)
 
 
 def sign_in_outcome_to_pb(o: SignInOutcome) -> pb.AuthenticationOutcome:
