@@ -221,6 +221,8 @@ class RefreshTokensClient:
 
     async def store_rotation_responses(self, responses: list[tuple[bytes, bytes]]) -> list[ItemError | None]:
         return list(await asyncio.gather(*(self.store_rotation_response(h, r) for h, r in responses)))
+
+
 class UsersClient:
     """api.UserStore over gRPC. Sign-ins are coalesced; they are not sent twice (a
     second send would count a failure twice). Passwords travel only inside the

@@ -158,6 +158,8 @@ class RefreshTokensServicer(registry_pb2_grpc.RefreshTokensServicer):
         errors = await self.refresh_tokens.store_rotation_responses(
             [(r.token_hash, r.encrypted_response) for r in request.responses])
         return pb.StoreRotationResponsesResponse(errors=[wire.item_error_to_pb(e) for e in errors])
+
+
 class UsersServicer(registry_pb2_grpc.UsersServicer):
     """The user directory. Passwords come in (create, set, sign-in) and never go out:
     no reply carries a hash, and no error text repeats what was sent."""
