@@ -141,3 +141,24 @@ async def test_migrations_as_a_role_that_may_not_create_stop_at_once_saying_why(
             await db.migrate(pool, Path(MIGRATIONS), table="role_test_migrations")
     finally:
         await pool.close()
+
+
+async def test_a_stored_token_changes_only_by_rotation_or_revocation(roles):
+    """The runtime role may mark a refresh token consumed (with its replay window and
+    answer) or revoked, and change nothing else of a stored token: not whose it is, its
+    scope, its expiry or its family's end."""
+    conn = await asyncpg.connect(roles.runtime_url)
+    try:
+        for column in ("client_id", "subject", "username", "scopes", "expires_at", "family_expires_at", "grant_id",
+                       "kind", "issued_at", "token_hash"):
+            statement = f"UPDATE opaque_tokens SET {column} = {column}"
+            assert "permission denied" in await _refused(conn, statement), statement
+        tr = conn.transaction()
+        await tr.start()
+        try:
+            await conn.execute("UPDATE opaque_tokens SET consumed_at = consumed_at, replay_until = replay_until,"
+                               " rotation_response = rotation_response, revoked_at = revoked_at WHERE false")
+        finally:
+            await tr.rollback()
+    finally:
+        await conn.close()

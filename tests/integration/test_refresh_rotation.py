@@ -18,6 +18,7 @@ import uuid
 import asyncpg
 import pytest
 
+from inboundlib import identity
 from inboundlib.events import EventBus
 from inboundlib.oauth.client_auth import CLIENT_SECRET_BASIC, ClientCredentials
 from services.client_registry.api import (
@@ -392,3 +393,27 @@ async def test_a_grant_or_jti_revocation_alone_refuses_the_token(stack, pool, re
     for issued in (by_grant, by_jti):
         refused, _ = await rotate(repo, issued.refresh_token, client.client_id)
         assert refused.reason == REFUSED_REVOKED
+
+
+async def test_rotation_over_grpc_as_the_refresh_token_grant_calls_it(stack, issuer, make_client):
+    """The servicer and RegistryClient (coalesced batches): outcomes and item errors come back
+    as the repository answered them."""
+    client, _ = await make_client()
+    issued = await first_token(issuer, client)
+    channel = stack.channel("client_registry", caller=identity.service("refresh_token"))
+    try:
+        registry = RegistryClient(channel)
+        good, _ = rotation(issued.refresh_token, client.client_id)
+        malformed = Rotation(token_hash=b"short", client_id=client.client_id, new_token_hash=sha("n"), new_jti="j",
+                             grace_seconds=5)
+        rotated, error = await registry.rotate_refresh_tokens([good, malformed])
+        assert isinstance(rotated, Rotated) and rotated.successor.grant_id == issued.grant_id
+        assert isinstance(error, ItemError) and error.code == "invalid_argument"
+        assert await registry.store_rotation_responses([(sha(issued.refresh_token), b"sealed")]) == [None]
+        again, _ = rotation(issued.refresh_token, client.client_id)
+        [replay] = await registry.rotate_refresh_tokens([again])
+        assert isinstance(replay, Replay) and replay.encrypted_response == b"sealed" and replay.consumed.consumed
+        [refused] = await registry.rotate_refresh_tokens([rotation("ibr_unknown", client.client_id)[0]])
+        assert refused == Refused(REFUSED_UNKNOWN)
+    finally:
+        await channel.close()

@@ -88,3 +88,51 @@ async def test_an_access_token_is_served_from_the_cache():
     await cache.get(RECORD.token_hash)
     await cache.get(RECORD.token_hash)
     assert store.reads == 1
+
+
+# --- token_issuer's introspection of a refresh token: the registry's state decides -------------------
+
+class OneRecord:
+    """The registry holding one opaque token record (read fresh on every call)."""
+
+    def __init__(self, record: OpaqueTokenRecord):
+        self.record = record
+
+    async def get_opaque_tokens(self, hashes):
+        return [self.record if h == self.record.token_hash else None for h in hashes]
+
+
+def refresh_record(token: str, **changes) -> OpaqueTokenRecord:
+    import hashlib
+    import time
+
+    now = int(time.time())
+    fields = dict(token_hash=hashlib.sha256(token.encode()).digest(), client_id="app", subject="app", username="",
+                  issued_at=now, issued_at_ms=now * 1000, expires_at=now + 600, consumed=False, revoked=False,
+                  family_expires_at=0)
+    return dataclasses.replace(RECORD, **{**fields, **changes})
+
+
+async def introspected(record: OpaqueTokenRecord, token: str):
+    from services.token_issuer.introspection import TokenChecker
+    from services.token_issuer.revocations import RevocationSet
+    from tests.fakes import FakeClients, client_record
+
+    checker = TokenChecker(issuer="https://issuer.example", keyring=lambda: None, revocations=RevocationSet(),
+                           clients=FakeClients(client_record(scopes=("a",))), registry=OneRecord(record))
+    return await checker.introspect(token, None, internal=True)
+
+
+async def test_an_unconsumed_refresh_token_is_active():
+    token = "ibr_" + "x" * 43
+    info = await introspected(refresh_record(token), token)
+    assert info.active and info.token_type == "refresh_token"
+
+
+@pytest.mark.parametrize("changes", [{"consumed": True}, {"revoked": True}, {"family_expires_at": 1}],
+                         ids=["consumed", "revoked", "family ended"])
+async def test_a_consumed_revoked_or_ended_refresh_token_is_inactive_without_any_revocation_entry(changes):
+    """The revocation set may not hold it (a grant revocation expires; a consumed token never
+    has one): the registry's record alone decides."""
+    token = "ibr_" + "y" * 43
+    assert not (await introspected(refresh_record(token, **changes), token)).active
