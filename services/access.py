@@ -118,7 +118,7 @@ RULES: dict[str, Allowed] = {
     _USERS + "UnlockUser": OPERATORS,
     _USERS + "ChangeUserRoles": OPERATORS,
     # Sign-ins: the password grant (the browser's sign-in page will join it).
-    _USERS + "AuthenticateUsers": authz.NOBODY,  # TODO(password service lands): services("password")
+    _USERS + "AuthenticateUsers": services("password"),
 
     # Refresh-token rotation: the refresh_token grant alone.
     _REFRESH + "RotateRefreshTokens": services("refresh_token"),

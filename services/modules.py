@@ -32,6 +32,8 @@ MODULES: tuple[Module, ...] = (
            address_env="INBOUND_ISSUER_ADDR"),
     Module("client_credentials", GRANT_ASSEMBLY, depends_on=("client_registry", "token_issuer"),
            ports=(_grpc(50061),), grant_type="client_credentials"),
+    Module("password", GRANT_ASSEMBLY, depends_on=("client_registry", "token_issuer"),
+           ports=(_grpc(50062),), grant_type="password"),
     Module("refresh_token", GRANT_ASSEMBLY, depends_on=("client_registry", "token_issuer"),
            ports=(_grpc(50063),), grant_type="refresh_token"),
     Module("audit", "services.audit.assembly", ports=(_grpc(50070),), address_env="INBOUND_AUDIT_ADDR"),

@@ -58,7 +58,7 @@ def test_metadata_is_rfc8414_exact(stack):
         assert metadata[endpoint].startswith(stack.edge_url + "/")
     # Only what is really served is advertised.
     assert sorted(metadata["grant_types_supported"]) == sorted(modules.GRANTS)
-    assert {"client_credentials", "refresh_token"} <= set(metadata["grant_types_supported"])
+    assert {"client_credentials", "password", "refresh_token"} <= set(metadata["grant_types_supported"])
     assert "authorization_endpoint" not in metadata
     assert metadata["introspection_endpoint"] == stack.edge_url + "/oauth/introspect"
     assert metadata["revocation_endpoint"] == stack.edge_url + "/oauth/revoke"

@@ -1,0 +1,1 @@
+"""password grant service (RFC 6749 §4.3: resource owner password credentials)."""
