@@ -37,7 +37,7 @@ from tests.contract.test_deploy_manifests import _kubectl
 from tests.support import OPERATOR, eventually
 
 pytestmark = [pytest.mark.separate_processes, pytest.mark.slow]
-START_ORDER = ["client-registry", "audit", "token-issuer", "client-credentials", "refresh-token", "edge"]
+START_ORDER = ["client-registry", "audit", "token-issuer", "client-credentials", "password", "refresh-token", "edge"]
 
 
 def _rendered() -> list[dict]:

@@ -67,7 +67,7 @@ def cases(cid: str, secret: str) -> list[tuple[str, dict, bytes | None, int, str
         ("missing grant_type", good_basic, b"scope=api.read", 400, "invalid_request"),
         ("empty grant_type", good_basic, b"grant_type=", 400, "invalid_request"),
         ("unknown grant type", good_basic, b"grant_type=magic", 400, "unsupported_grant_type"),
-        ("grant type served nowhere", good_basic, b"grant_type=password&username=a&password=b",
+        ("grant type served nowhere", good_basic, b"grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Adevice_code&device_code=x",
          400, "unsupported_grant_type"),
         ("malformed scope", good_basic, b"grant_type=client_credentials&scope=api.read%20a%22b",
          400, "invalid_scope"),
