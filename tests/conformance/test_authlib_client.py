@@ -73,3 +73,38 @@ def test_jwks_is_a_public_jwk_set(stack):
         assert {"kty", "kid", "alg", "use"} <= set(key)
         assert not {"d", "p", "q", "dp", "dq", "qi"} & set(key), "private key material published"
         jwt.PyJWK(key)  # parses as a JWK
+
+
+async def test_authlib_signs_a_user_in_with_a_password_and_refreshes_twice(stack, make_client, registry):
+    """RFC 6749 §4.3 then §6 twice, by Authlib's OAuth2 client from the metadata alone:
+    each refresh answers a new access token and a new refresh token (rotation), and
+    the last access token is the user's (sub, username) and verifies with the JWKS."""
+    import secrets
+
+    from joserfc import jwt as jose_jwt
+    from joserfc.jwk import KeySet
+
+    from services.client_registry.api import UserSpec
+
+    password = "pw-" + secrets.token_urlsafe(12)
+    user = await registry.create_user(UserSpec(username="authlib-" + secrets.token_hex(4), password=password))
+    client, secret = await make_client(grant_types=["password", "refresh_token"], scopes=["api.read", "api.write"])
+    metadata = httpx.get(stack.edge_url + METADATA).json()
+    assert {"password", "refresh_token"} <= set(metadata["grant_types_supported"])
+
+    async with AsyncOAuth2Client(client.client_id, secret, scope="api.read") as oauth:
+        first = await oauth.fetch_token(metadata["token_endpoint"], username=user.username, password=password)
+        assert first["refresh_token"] and first["scope"] == "api.read"
+        seen_access, seen_refresh = [first["access_token"]], [first["refresh_token"]]
+        for _ in range(2):
+            refreshed = await oauth.refresh_token(metadata["token_endpoint"])
+            assert refreshed["access_token"] not in seen_access
+            assert refreshed["refresh_token"] not in seen_refresh, "the refresh token rotates"
+            assert refreshed["scope"] == "api.read"
+            seen_access.append(refreshed["access_token"])
+            seen_refresh.append(refreshed["refresh_token"])
+        assert oauth.token["refresh_token"] == seen_refresh[-1]
+
+    keys = KeySet.import_key_set(httpx.get(metadata["jwks_uri"]).json())
+    claims = jose_jwt.decode(seen_access[-1], keys, algorithms=["ES256"]).claims
+    assert (claims["sub"], claims["username"], claims["client_id"]) == (user.id, user.username, client.client_id)
