@@ -1,7 +1,7 @@
 """The password grant's rules (RFC 6749 §4.3) with in-memory fakes (no gRPC, no DB),
 through the grant runner as in production (client authentication and the
 grant-type check are the runner's). The same paths run end to end over HTTP in
-tests/integration/test_password_grant.py."""
+tests/integration/test_password_grant_http.py."""
 from __future__ import annotations
 
 import dataclasses
