@@ -119,21 +119,26 @@ async def test_user_lifecycle_through_the_cli(stack, registry, password_client):
     assert gone.code == 3 and f"no user with id or username {user_id!r}" in gone.err
 
 
-async def test_unlock_lifts_a_lock(stack, registry):
-    """A username locked from an address (as AuthenticateUsers leaves it after ten failures)
-    is shown locked; `user unlock` forgets its failures: nothing in force is left."""
+async def test_unlock_lifts_a_lock(stack, registry, password_client):
+    """A username locked (as AuthenticateUsers leaves it after ten failures from an address:
+    here from the test's own, the edge's loopback) is shown locked and its right password
+    refused; `user unlock` forgets its failures: nothing in force is left, and it signs in."""
     import asyncpg
 
     username, password = name("ctl-Locked"), secrets.token_urlsafe(12)
     await create_user(stack, username, password)
     db = await asyncpg.connect(stack.database_url)
     try:
-        await db.execute("INSERT INTO login_failures (username_key, address, failures, last_failure_at, blocked_until,"
-                         " locked_until) VALUES ($1, '203.0.113.9', 10, now(), now() + interval '1 hour',"
-                         " now() + interval '1 hour')", username.lower())
+        for address in ("203.0.113.9", "127.0.0.1"):
+            await db.execute("INSERT INTO login_failures (username_key, address, failures, last_failure_at,"
+                             " blocked_until, locked_until) VALUES ($1, $2, 10, now(), now() + interval '1 hour',"
+                             " now() + interval '1 hour')", username.lower(), address)
         shown = (await ok(stack, "user", "show", username, "--json")).json()
         assert shown["locked_until"] > time.time() + 3000
         assert "until" in (await ok(stack, "user", "show", username)).out.split("locked:")[1].splitlines()[0]
+        if password_client:  # the lock is read in the sign-in's own transaction: no waiting either way
+            client_id, secret = password_client[0].client_id, password_client[1]
+            assert (await password_grant(stack, client_id, secret, username, password)).status_code == 400
 
         unlocked = await ok(stack, "user", "unlock", username, "--json")
         assert unlocked.json()["locked_until"] == 0
@@ -141,6 +146,9 @@ async def test_unlock_lifts_a_lock(stack, registry):
                                      " greatest(blocked_until, locked_until) > now()", username.lower())
         assert in_force == 0
         assert (await registry.get_user(username=username)).locked_until == 0
+        if password_client:
+            reply = await password_grant(stack, client_id, secret, username, password)
+            assert reply.status_code == 200, reply.text
     finally:
         await db.close()
 
