@@ -1,6 +1,16 @@
-"""Fallback load generator when wrk cannot be installed: N keep-alive HTTP/1.1
-connections on asyncio (uvloop), each POSTing in a loop for a fixed time.
-Prints the same BENCH_RESULT line as the wrk Lua script.
+"""The Python asyncio load generator: N keep-alive HTTP/1.1 connections on asyncio
+(uvloop), each POSTing in a loop for a fixed time. Prints the same BENCH_RESULT line
+as the wrk Lua script. It is wrk's fallback for the fixed-body runs, and the load
+generator of the runs whose body changes per request (wrk's is fixed):
+
+- `--bodies-file F`: one form body a line, taken in turn by every request (the
+  password grant over many users: one user's sign-ins are serialized by design);
+- `--chain-in F --chain-out F --chain-body B`: refresh-token chains, one a
+  connection: connection i starts from line i of F, posts `B&refresh_token=<t>`,
+  and posts the refresh token of each answer in the next request (RFC 6749 §6
+  with rotation: a used one is spent); the last token of each chain is written to
+  `--chain-out`, so a measured run continues the chains of its warm-up. A chain
+  whose answer is not 2xx, or has no refresh_token, stops (counted as non-2xx).
 
     python -m bench.pyload --url URL --body BODY --header 'K: V' --connections 64 --seconds 10
 """
@@ -8,11 +18,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
+import json
 import time
-from urllib.parse import urlsplit
+from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 
-async def _worker(host: str, port: int, request: bytes, deadline: float, stats: dict) -> None:
+def _request(url, headers: dict[str, str], body: str) -> bytes:
+    data = body.encode()
+    head = {**headers, "Content-Length": str(len(data))}
+    return (f"POST {url.path or '/'} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in head.items())
+            + "\r\n").encode() + data
+
+
+async def _worker(host: str, port: int, next_body, deadline: float, stats: dict, chain: list[str] | None,
+                  chain_body: str, url, headers: dict[str, str]) -> None:
+    """`chain`: [refresh token] for a refresh chain (updated in place with each answer's), else None."""
     try:
         reader, writer = await asyncio.open_connection(host, port)
     except OSError:
@@ -21,6 +43,8 @@ async def _worker(host: str, port: int, request: bytes, deadline: float, stats: 
     latencies = stats["latencies"]
     try:
         while time.perf_counter() < deadline:
+            body = f"{chain_body}&refresh_token={quote(chain[0], safe='')}" if chain is not None else next_body()
+            request = _request(url, headers, body)
             t0 = time.perf_counter()
             writer.write(request)
             try:
@@ -34,16 +58,25 @@ async def _worker(host: str, port: int, request: bytes, deadline: float, stats: 
             for line in lines[1:]:
                 if line[:15].lower() == b"content-length:":
                     length = int(line[15:].strip())
-            body = await reader.readexactly(length) if length else b""
+            answer = await reader.readexactly(length) if length else b""
             latencies.append((time.perf_counter() - t0) * 1e6)
             stats["requests"] += 1
-            stats["bytes"] += len(head) + len(body)
-            if not 200 <= status <= 299:
+            stats["bytes"] += len(head) + len(answer)
+            ok = 200 <= status <= 299
+            if ok and chain is not None:
+                try:
+                    chain[0] = json.loads(answer)["refresh_token"]
+                except (ValueError, KeyError, TypeError):
+                    ok = False  # a refresh answer without a successor ends the chain
+            if not ok:
                 stats["non2xx"] += 1
                 if status > 399:
                     stats["err_status"] += 1
                 if not stats["sample"]:
-                    stats["sample"] = f"{status} {body[:300].decode(errors='replace')}"
+                    stats["sample"] = f"{status} {answer[:300].decode(errors='replace')}"
+                if chain is not None:
+                    stats["chains_broken"] += 1
+                    return
     finally:
         writer.close()
 
@@ -56,26 +89,39 @@ def _pct(sorted_values: list[float], p: float) -> float:
 
 async def _main(args) -> None:
     url = urlsplit(args.url)
-    headers = {"Host": url.netloc, "Content-Length": str(len(args.body.encode()))}
+    headers = {"Host": url.netloc}
     for h in args.header:
         k, _, v = h.partition(":")
         headers[k.strip()] = v.strip()
-    request = (f"POST {url.path or '/'} HTTP/1.1\r\n" +
-               "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n" + args.body).encode()
     stats = {"requests": 0, "bytes": 0, "non2xx": 0, "err_connect": 0, "err_read": 0, "err_status": 0,
-             "latencies": [], "sample": ""}
+             "latencies": [], "sample": "", "chains_broken": 0}
+    chains: list[list[str]] = []
+    if args.chain_in:
+        tokens = [t for t in Path(args.chain_in).read_text().split() if t]
+        if len(tokens) < args.connections:
+            raise SystemExit(f"{len(tokens)} refresh tokens in {args.chain_in} for {args.connections} connections")
+        chains = [[t] for t in tokens[:args.connections]]
+    if args.bodies_file:
+        bodies = [b for b in Path(args.bodies_file).read_text().splitlines() if b]
+        cycle = itertools.cycle(bodies)
+        next_body = cycle.__next__
+    else:
+        next_body = itertools.repeat(args.body).__next__
     start = time.perf_counter()
     deadline = start + args.seconds
-    await asyncio.gather(*(_worker(url.hostname, url.port or 80, request, deadline, stats)
-                           for _ in range(args.connections)))
+    await asyncio.gather(*(_worker(url.hostname, url.port or 80, next_body, deadline, stats,
+                                   chains[i] if chains else None, args.chain_body, url, headers)
+                           for i in range(args.connections)))
     duration = time.perf_counter() - start
+    if args.chain_out:
+        Path(args.chain_out).write_text("".join(c[0] + "\n" for c in chains))
     lat = sorted(stats["latencies"])
     mean = sum(lat) / len(lat) if lat else 0.0
     print(f"BENCH_RESULT requests={stats['requests']} duration_us={int(duration * 1e6)} bytes={stats['bytes']} "
           f"non2xx={stats['non2xx']} err_connect={stats['err_connect']} err_read={stats['err_read']} err_write=0 "
           f"err_status={stats['err_status']} err_timeout=0 mean_us={mean:.1f} p50_us={int(_pct(lat, 50))} "
           f"p90_us={int(_pct(lat, 90))} p99_us={int(_pct(lat, 99))} p999_us={int(_pct(lat, 99.9))} "
-          f"max_us={int(lat[-1]) if lat else 0}")
+          f"max_us={int(lat[-1]) if lat else 0} chains_broken={stats['chains_broken']}")
     if stats["sample"]:
         print("BENCH_SAMPLE " + stats["sample"].replace("\r", " ").replace("\n", " "))
 
@@ -87,6 +133,11 @@ def main() -> None:
     parser.add_argument("--header", action="append", default=[])
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--bodies-file", default="", help="one body a line, taken in turn by every request")
+    parser.add_argument("--chain-in", default="", help="refresh tokens, one a line: one chain per connection")
+    parser.add_argument("--chain-out", default="", help="where the last refresh token of each chain goes")
+    parser.add_argument("--chain-body", default="grant_type=refresh_token",
+                        help="the form before &refresh_token=... in a chain")
     args = parser.parse_args()
     try:
         import uvloop

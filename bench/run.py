@@ -19,6 +19,11 @@
    alive together, the same but for INBOUND_GRPC_TLS (mtls, the default; plaintext), each with its
    own Postgres and NATS; JWT client_credentials through one then the other, two rounds, means
    (--skip-plaintext leaves it out)
+   Users (bench/passwords.py; --skip-users leaves them out): a bare argon2id hash and verify with the registry's
+   parameters beside raw signing in 1.; on the multi-process stack, password-grant logins over many users,
+   refresh-token chains (each request presents the previous answer's refresh token) and wrong username against
+   wrong password, alternating; on the single process, logins, refresh chains, and client_credentials' p99 alone
+   and beside a login burst in the same process
 7. CPU per operation of every process from /proc deltas over the measured window
 8. ratios: edge rate / bare HTTP rate, total CPU per token / raw signing cost,
    single-process rate / multi-process rate, multi-process total CPU per token / single-process,
@@ -26,7 +31,9 @@
    introspections/s / echo calls/s, issuer CPU per introspection / echo CPU per call,
    JWT issuer CPU per introspection / raw ES256 verify, cache off / cache on,
    durable / buffered audit delivery (CPU per token, p50), mTLS / plaintext gRPC (CPU per token,
-   rate, p50)
+   rate, p50), logins/s/core / bare argon2id verifies/s/core and / Keycloak's published 15 per vCPU,
+   refreshes/s/core / Keycloak's 120 per vCPU, client_credentials p99 beside a login burst / alone, and the
+   wrong-username / wrong-password difference of medians over their spread
 
 The HTTP load comes from wrk; the gRPC load from bench.grpcload, a Python grpc.aio
 process (there is no wrk for gRPC) that shares the cores with the servers and whose
@@ -55,7 +62,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bench import delivery, procstat, signing
+from bench import delivery, passwords, procstat, signing
 from bench.loadgen import LoadGen
 from inboundlib import identity, pgroles
 from inboundlib.localservers import free_port, wait_port
@@ -576,7 +583,7 @@ def bench_edge(loadgen: LoadGen, args) -> dict:
             out["postgres"] = "external (DATABASE_URL; not measured)" if external_db else "private"
             stack = Stack(state, fixed_ports=False, echo=False, database_url=database_url,
                           nats_url=os.environ.get("NATS_URL", ""),
-                          extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0"})
+                          extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0", **passwords.LOGIN_ENV})
             # every service of the module table, each serving /metrics on its metrics port
             metrics_urls = {name: stack.metrics_url(name) for name in NAMES}
             try:
@@ -587,6 +594,11 @@ def bench_edge(loadgen: LoadGen, args) -> dict:
                 roots = _infra_roots(stack, {name: sp.proc.pid for name, sp in stack.services.items()})
                 clients = asyncio.run(_create_clients(stack))
                 out.update(_token_runs(loadgen, stack, roots, metrics_urls, clients, args))
+                if not args.skip_users:
+                    print(f"   users: {args.login_users} users, password grant logins at {args.login_connections} "
+                          f"in flight ({args.login_seconds:.0f} s), refresh chains, wrong username against wrong "
+                          f"password ({args.timing_tries} tries each) ...", flush=True)
+                    out["users"] = passwords.bench_stack(stack, roots, metrics_urls, args, timing=True)
                 if not args.skip_introspection:
                     print(f"   introspection over gRPC: {args.introspect_tokens:,} tokens of each format, then "
                           f"{' and '.join(INTROSPECT_MODES)} calls for JWT (verified-JWT cache on"
@@ -622,7 +634,7 @@ def bench_single(loadgen: LoadGen, args) -> dict:
             out["postgres"] = "a fresh database beside DATABASE_URL; not measured" if external_db \
                 else "a private server of its own"
             stack = Stack(state, fixed_ports=False, echo=False, database_url=database_url, nats_url="",
-                          single=True, extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0"})
+                          single=True, extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0", **passwords.LOGIN_ENV})
             try:
                 t0 = time.monotonic()
                 stack.start()
@@ -632,6 +644,12 @@ def bench_single(loadgen: LoadGen, args) -> dict:
                 metrics_urls = {SINGLE_PROCESS: stack.metrics_url(SINGLE_PROCESS)}
                 clients = asyncio.run(_create_clients(stack))
                 out.update(_token_runs(loadgen, stack, roots, metrics_urls, clients, args))
+                if not args.skip_users:
+                    print(f"   users, single process: logins, refresh chains, then client_credentials at "
+                          f"{min(passwords.BURST_CC_CONNECTIONS, args.connections)} connections alone and beside a "
+                          f"login burst ...", flush=True)
+                    out["users"] = passwords.bench_stack(stack, roots, metrics_urls, args, timing=False,
+                                                         burst_with=(loadgen, clients["jwt"]))
             finally:
                 stack.stop()
     finally:
@@ -718,6 +736,7 @@ def ratios(results: dict) -> dict:
     out.update(grpc_ratios(results))
     out.update(delivery.ratios(results))
     out.update(tls_ratios(results))
+    out.update(passwords.ratios(results))
     return out
 
 
@@ -895,6 +914,7 @@ def render(results: dict) -> str:
     lines.extend(render_single(results))
     lines.extend(render_grpc(results))
     lines.extend(delivery.render(results))
+    lines.extend(passwords.render(results))
     if results["warnings"]:
         w("")
         for warning in results["warnings"]:
@@ -1228,6 +1248,7 @@ def collect_warnings(results: dict) -> list[str]:
         top = ", ".join(f"{p['comm']}[{p['pid']}] {p['cores']:.2f}" for p in idle["top_processes"])
         warnings.append(f"before the bench started, the machine was already busy: {idle['busy_cores']:.2f} cores "
                         f"({idle['processes_started']} processes started in 1 s; top: {top or 'none'})")
+    warnings.extend(passwords.warnings(results))
     if not results["meta"]["loadgen"] == "wrk":
         warnings.append("wrk was not available: the Python fallback load generator competes with the server "
                         "for the same cores, so rates are lower than wrk would show")
@@ -1268,6 +1289,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="no JWT introspection runs at a second token_issuer with its verified-JWT cache off")
     parser.add_argument("--skip-delivery", action="store_true",
                         help="no durable-vs-buffered audit delivery runs (token_issuer restarted in each mode)")
+    parser.add_argument("--skip-users", action="store_true",
+                        help="no password-grant, refresh, timing or login-burst runs (nor the bare argon2id figure)")
+    parser.add_argument("--skip-refresh", action="store_true", help="no refresh-chain runs")
+    parser.add_argument("--login-users", type=int, default=64, help="bench users the logins take in turn (64)")
+    parser.add_argument("--login-connections", type=int, default=16, help="password-grant logins in flight (16)")
+    parser.add_argument("--login-seconds", type=float, default=6.0, help="measured seconds of the login runs (6)")
+    parser.add_argument("--timing-tries", type=int, default=100,
+                        help="wrong-username and wrong-password tries each, alternating (100; 0: none)")
+    parser.add_argument("--argon2-seconds", type=float, default=1.0, help="bare argon2id hash and verify (1)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
 
@@ -1276,9 +1306,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"load generator: {loadgen.note}; gRPC: {GRPC_LOADGEN_NOTE}", flush=True)
     idle = idle_check()
     steps = 3 if args.skip_edge else 3 + 1 + (not args.skip_single) + (not args.skip_plaintext)
-    print(f"1/{steps} raw ES256 signing and verification for {args.sign_seconds * 1.5:.0f} s ...", flush=True)
+    print(f"1/{steps} raw ES256 signing and verification for {args.sign_seconds * 1.5:.0f} s"
+          f"{'' if args.skip_users else ', a bare argon2id hash and verify'} ...", flush=True)
     sign = signing.measure(args.sign_seconds)
     verify = signing.measure_verify(args.sign_seconds / 2)
+    argon2 = {} if args.skip_users else passwords.measure_argon2(args.argon2_seconds)
     print(f"2/{steps} bare HTTP endpoint, {args.warmup:.0f}+{args.seconds:.0f} s ...", flush=True)
     bare = bench_bare(loadgen, args)
     print(f"3/{steps} bare gRPC echo, {args.grpc_concurrency} in flight, {args.grpc_warmup:.1f}+{args.grpc_seconds:.0f} s "
@@ -1320,6 +1352,9 @@ def main(argv: list[str] | None = None) -> None:
         "edge": edge,
         "single": single,
         "tls": tls_cost,
+        "argon2": argon2,
+        "users": {mode: users for mode, users in (("edge", edge.pop("users", None)),
+                                                  ("single", single.pop("users", None))) if users},
     }
     results["ratios"] = ratios(results) if edge else {}
     results["warnings"] = collect_warnings(results)

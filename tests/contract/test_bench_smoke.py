@@ -240,7 +240,8 @@ def test_the_whole_bench_runs_through_both_stacks(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--seconds", "0.3", "--warmup", "0.1", "--connections", "4",
          "--sign-seconds", "0.1", "--grpc-seconds", "0.2", "--grpc-warmup", "0.1", "--grpc-concurrency", "4",
-         "--introspect-tokens", "8", "--no-install", "--out", str(out)],
+         "--introspect-tokens", "8", "--login-users", "4", "--login-connections", "2", "--login-seconds", "0.3",
+         "--timing-tries", "3", "--argon2-seconds", "0.05", "--no-install", "--out", str(out)],
         cwd=run.ROOT, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(out.read_text())
@@ -267,6 +268,25 @@ def test_the_whole_bench_runs_through_both_stacks(tmp_path):
                 "jwt_tls_total_cpu_over_plaintext", "jwt_tls_services_cpu_over_plaintext"):
         assert results["ratios"][key] > 0, key
     assert "mTLS on every gRPC hop" in proc.stdout
+    # Users: logins and refresh chains through both stacks, the timing and the login burst, and their ratios.
+    assert results["argon2"]["verify"]["per_core_s"] > 0
+    for mode in ("edge", "single"):
+        users = results["users"][mode]
+        for kind in ("logins", "refresh"):
+            figures = users[kind]
+            assert figures["ok"] > 0 and figures["non2xx"] == 0 and figures["per_core_s"] > 0, (mode, kind)
+            assert not figures.get("chains_broken") and not figures.get("dead_services"), (mode, kind)
+        assert results["ratios"][f"{mode}_logins_per_core_over_keycloak"] > 0
+        assert results["ratios"][f"{mode}_refresh_per_core_over_keycloak"] > 0
+    timing = results["users"]["edge"]["timing"]
+    assert timing["same_answer"] and timing["wrong_username"]["n"] == timing["wrong_password"]["n"] == 3, timing
+    assert timing["answers"]["wrong_username"][0].startswith("400 ") and "invalid_grant" in \
+        timing["answers"]["wrong_username"][0]
+    burst = results["users"]["single"]["burst"]
+    assert burst["alone"]["ok"] > 0 and burst["burst"]["ok"] > 0 and burst["logins"]["ok"] > 0, burst["logins"]
+    assert results["ratios"]["single_cc_p99_burst_over_alone"] > 0
+    assert "password grant logins, multi-process" in proc.stdout
+    assert not [w for w in results["warnings"] if w.startswith("users ") and "INVALID RUN" in w], results["warnings"]
     assert not _wiring_warnings(results["warnings"]), results["warnings"]
     assert "single process" in proc.stdout and "TOTAL server side" in proc.stdout
 
@@ -292,3 +312,129 @@ def test_delivery_ratios_and_rows_render():
     for _, label, _ in delivery.RATIO_LABELS:
         assert label in text
     assert delivery.ratios({"delivery": {}}) == {} and delivery.render({"ratios": {}}) == []
+
+
+class _FakeTokenEndpoint:
+    """A token endpoint over HTTP/1.1 keep-alive: a refresh token is good once and answered with a new one
+    (rotation); any other body is recorded and answered 200."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        self.valid: set[str] = set()
+        self.bodies: list[str] = []
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                from urllib.parse import parse_qs
+
+                body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+                form = {k: v[0] for k, v in parse_qs(body).items()}
+                status, answer = 200, {"access_token": "a"}
+                with fake.lock:
+                    fake.bodies.append(body)
+                    if form.get("grant_type") == "refresh_token":
+                        if form.get("refresh_token") in fake.valid:
+                            fake.valid.discard(form["refresh_token"])
+                            answer["refresh_token"] = fake.issue()
+                        else:
+                            status, answer = 400, {"error": "invalid_grant"}
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/oauth/token"
+
+    def issue(self) -> str:
+        import secrets as _secrets
+
+        token = "ibr_" + _secrets.token_urlsafe(8)
+        self.valid.add(token)
+        return token
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_pyload_refresh_chains_present_each_answer_s_token(tmp_path):
+    """bench.pyload's chain mode: every request presents the refresh token of its chain's previous answer
+    (the fake endpoint takes each token once), and a run continues where the last one left off; a spent
+    token breaks its chain and is counted."""
+    from bench import passwords
+
+    fake = _FakeTokenEndpoint()
+    try:
+        first = tmp_path / "c0.txt"
+        first.write_text("".join(fake.issue() + "\n" for _ in range(3)))
+        mid, end = tmp_path / "c1.txt", tmp_path / "c2.txt"
+        warm = passwords.run_pyload(fake.url, {}, 3, 0.3, chain_in=str(first), chain_out=str(mid))
+        assert warm["requests"] > 3 and warm["non2xx"] == 0 and warm["chains_broken"] == 0
+        result = passwords.run_pyload(fake.url, {}, 3, 0.3, chain_in=str(mid), chain_out=str(end))
+        assert result["requests"] > 3 and result["non2xx"] == 0 and result["chains_broken"] == 0
+        assert set(end.read_text().split()) == fake.valid  # the last answer's token of each chain
+        spent = passwords.run_pyload(fake.url, {}, 3, 0.3, chain_in=str(first), chain_out=str(tmp_path / "x"))
+        assert spent["chains_broken"] == 3 and spent["non2xx"] == 3 and spent["requests"] == 3
+
+        bodies = tmp_path / "bodies.txt"
+        bodies.write_text("grant_type=password&username=u1\ngrant_type=password&username=u2\n")
+        fake.bodies.clear()
+        logins = passwords.run_pyload(fake.url, {}, 2, 0.2, bodies_file=str(bodies))
+        assert logins["ok"] > 2 and {"grant_type=password&username=u1", "grant_type=password&username=u2"} \
+            == set(fake.bodies)
+    finally:
+        fake.close()
+
+
+def test_users_figures_ratios_and_render():
+    from bench import passwords
+
+    argon = passwords.measure_argon2(0.05)
+    assert argon["memory_kib"] == 19456 and argon["time_cost"] == 2 and argon["parallelism"] == 1
+    assert argon["verify"]["per_core_s"] > 0 and argon["hash"]["count"] >= 3
+
+    timing = passwords.timing_summary([10.0, 12.0, 11.0, 13.0], [11.0, 12.0, 10.0, 14.0])
+    assert timing["wrong_username"]["median_us"] == 11.5 and timing["median_diff_us"] == 0.0
+    assert timing["median_diff_over_spread"] == 0.0
+
+    def fake(per_s: float, cpu_us: float) -> dict:
+        return {"ok_per_s": per_s, "ok": 100, "server_cpu_us_per_ok": cpu_us, "per_core_s": 1e6 / cpu_us,
+                "per_inbound_core_s": 2e6 / cpu_us, "cpu_us_per_ok": {"edge": cpu_us / 2, "postgres": cpu_us / 2},
+                "p50_us": 1000, "p99_us": 3000, "non2xx": 0, "socket_errors": 0, "connections": 16,
+                "machine": {"other_cores": 0.0, "cores": 2, "busy_cores": 1.0}, "service_logs": {}}
+    verify_per_core = argon["verify"]["per_core_s"]
+    burst = {"cc_connections": 8, "alone": fake(1000, 500), "burst": {**fake(800, 600), "p99_us": 6000},
+             "logins": {"ok_per_s": 30.0, "connections": 32, "non2xx": 0}, "p99_ratio": 2.0, "p50_ratio": 1.0}
+    results = {"argon2": argon,
+               "users": {"edge": {"logins": fake(40, 1e6 / 45), "refresh": {**fake(700, 1e6 / 900), "chains": 64},
+                                  "timing": {**timing, "tries_each": 4, "same_answer": True, "answers": {}}},
+                         "single": {"logins": fake(40, 1e6 / 40), "burst": burst}}}
+    r = passwords.ratios(results)
+    assert math.isclose(r["edge_logins_per_core_over_keycloak"], 3.0)
+    assert math.isclose(r["edge_refresh_per_core_over_keycloak"], 7.5)
+    assert math.isclose(r["edge_logins_per_core_over_bare_argon2"], 45 / verify_per_core)
+    assert r["single_cc_p99_burst_over_alone"] == 2.0 and "single_refresh_per_core_over_keycloak" not in r
+    results["ratios"] = r
+    text = "\n".join(passwords.render(results))
+    for label in ("bare argon2id verify", "password grant logins, multi-process", "refresh_token grants (chains)",
+                  "Keycloak's ~15 per vCPU", "Keycloak's ~120 per vCPU", "Wrong username against wrong password",
+                  "while 32 logins in flight"):
+        assert label in text, label
+    assert passwords.warnings(results) == []
+    results["users"]["edge"]["refresh"]["chains_broken"] = 2
+    assert any("2 chains broken" in w for w in passwords.warnings(results))
+    json.dumps(results)
