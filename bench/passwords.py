@@ -19,7 +19,9 @@ measured in the same run (a bare argon2id hash with the registry's parameters).
   the same process (hashing is in a bounded worker pool off the event loop).
 
 Keycloak publishes about 15 password logins/s and 120 refresh-token grants/s per vCPU
-(its CPU sizing guide); the issue asks for 2x and 5x that. Our "per core" counts every
+("Concepts for sizing CPU and memory resources",
+https://www.keycloak.org/high-availability/concepts-memory-and-cpu-sizing, its database
+sized apart); the issue asks for 2x and 5x that. Our "per core" counts every
 measured process, Postgres and NATS included; Keycloak's counts Keycloak's pods.
 """
 from __future__ import annotations
