@@ -509,7 +509,7 @@ def render(results: dict) -> list[str]:
             ratio(f"{tag}: logins/s/core / bare argon2id verifies/s/core", r[f"{mode}_logins_per_core_over_bare_argon2"])
             ratio(f"{tag}: logins/s/core / Keycloak's ~{KEYCLOAK_LOGINS_PER_VCPU:.0f} per vCPU (goal {LOGIN_GOAL:.0f}x)",
                   r[f"{mode}_logins_per_core_over_keycloak"], "x")
-            ratio(f"{tag}: the same, Inbound's processes alone (Keycloak's way of counting)",
+            ratio(f"{tag}: the same, Inbound's processes alone (as Keycloak counts)",
                   r.get(f"{mode}_logins_per_inbound_core_over_keycloak"), "x")
         if f"{mode}_refresh_per_core_over_keycloak" in r:
             ratio(f"{tag}: refreshes/s/core / Keycloak's ~{KEYCLOAK_REFRESHES_PER_VCPU:.0f} per vCPU "
