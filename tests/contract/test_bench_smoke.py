@@ -410,6 +410,7 @@ def test_users_figures_ratios_and_render():
     timing = passwords.timing_summary([10.0, 12.0, 11.0, 13.0], [11.0, 12.0, 10.0, 14.0])
     assert timing["wrong_username"]["median_us"] == 11.5 and timing["median_diff_us"] == 0.0
     assert timing["median_diff_over_spread"] == 0.0
+    assert timing["paired_median_diff_us"] == -0.5  # pairs: -1, 0, 1, -1
 
     def fake(per_s: float, cpu_us: float) -> dict:
         return {"ok_per_s": per_s, "ok": 100, "server_cpu_us_per_ok": cpu_us, "per_core_s": 1e6 / cpu_us,
