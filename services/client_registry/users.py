@@ -18,12 +18,12 @@ Sign-ins (api.UserAuthenticator), one transaction an item:
    locked: against the user's hash, or the dummy hash when the username is
    unknown, the user is disabled or has no password (same cost, same answer:
    Invalid);
-4. failure: both rows count it; the address row backs off exponentially after
-   `backoff_after` failures and locks after `lock_after`, the username row locks
-   after `user_lock_after` (user.locked, once per lock). The username row has no
-   back-off of its own: one would let anyone, from anywhere, slow a user's every
-   sign-in after three guesses; its lock, at a count far above one address's, is
-   what stops guessing spread over many addresses;
+4. failure: both rows count it, and each backs off exponentially and then locks
+   (user.locked, once per lock): the address row after `backoff_after` and
+   `lock_after` failures, the username row after `user_backoff_after` and
+   `user_lock_after`. The username row's counts sit far above one address's: it
+   stops guessing spread over many addresses, and anyone can feed it from anywhere,
+   so it must not slow a user's sign-ins after a few stray guesses;
    success: the address row is cleared; the username row is not (it decays): a
    guesser spread over many addresses would otherwise have the real user's own
    sign-ins reset the count that is meant to stop them.
@@ -127,6 +127,7 @@ class LoginSettings:
     backoff_after: int = 3
     backoff_seconds: int = 1
     lock_after: int = 10
+    user_backoff_after: int = 20
     user_lock_after: int = 50
     lock_seconds: int = 900
     sweep_seconds: float = 5.0
@@ -136,6 +137,7 @@ class LoginSettings:
         return cls(backoff_after=env.int("INBOUND_LOGIN_BACKOFF_AFTER", 3, minimum=1),
                    backoff_seconds=env.int("INBOUND_LOGIN_BACKOFF_SECONDS", 1, minimum=1, maximum=3600),
                    lock_after=env.int("INBOUND_LOGIN_LOCK_AFTER", 10, minimum=1),
+                   user_backoff_after=env.int("INBOUND_LOGIN_USER_BACKOFF_AFTER", 20, minimum=1),
                    user_lock_after=env.int("INBOUND_LOGIN_USER_LOCK_AFTER", 50, minimum=1),
                    lock_seconds=env.int("INBOUND_LOGIN_LOCK_SECONDS", 900, minimum=1, maximum=30 * 86400),
                    sweep_seconds=env.float("INBOUND_LOGIN_SWEEP_SECONDS", 5.0, minimum=0.1))
@@ -586,9 +588,9 @@ class UserRepository:
                     c.failures = 0  # the lock is the consequence; counting starts again after it
                     changes.append(_LockChange(c.address, locked_until=ts(c.locked_until),
                                                failures=threshold))
-                elif not c.whole_username and c.failures >= login.backoff_after:
-                    delay = min(login.backoff_seconds * 2 ** (c.failures - login.backoff_after),
-                                login.lock_seconds)
+                elif c.failures >= (backoff_after := login.user_backoff_after if c.whole_username
+                                    else login.backoff_after):
+                    delay = min(login.backoff_seconds * 2 ** (c.failures - backoff_after), login.lock_seconds)
                     c.blocked_until = now + timedelta(seconds=delay)
             await self._save(conn, key, counters.values())
         return Invalid(), user, changes, None

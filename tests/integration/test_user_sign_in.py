@@ -69,7 +69,8 @@ def repository(pool, passwords):
     """`repository(lock_after=3, ...)`: a repository of the test's own over the test database."""
     def make(*, passwords=passwords, sign_in_slots=None, **login) -> tuple[UserRepository, RecordingBus]:
         bus = RecordingBus()
-        settings = LoginSettings(**{"backoff_after": 100, "lock_after": 100, "user_lock_after": 1000,
+        settings = LoginSettings(**{"backoff_after": 100, "lock_after": 100, "user_backoff_after": 1000,
+                                    "user_lock_after": 1000,
                                     "lock_seconds": 600, **login})
         return UserRepository(pool, bus, passwords, settings, sign_in_slots=sign_in_slots), bus
     return make
@@ -128,6 +129,19 @@ async def test_after_the_back_off_count_even_the_right_password_waits(repository
     assert isinstance(outcome, Locked) and outcome.locked_until > 0
     assert passwords.verified == before  # refused unchecked
     assert isinstance(await _sign_in(repo, user.username, PASSWORD, address="198.51.100.7"), UserRecord)
+
+
+async def test_guesses_from_many_addresses_back_the_whole_username_off(repository, passwords):
+    """Per username, every address together: after `user_backoff_after` failures
+    even the right password from a fresh address waits, unchecked."""
+    repo, _ = repository(user_backoff_after=3, backoff_seconds=60)
+    user = await _user(repo)
+    for n in range(3):
+        assert await _sign_in(repo, user.username, WRONG, address=f"203.0.113.{n + 1}") == Invalid()
+    before = passwords.verified
+    outcome = await _sign_in(repo, user.username, PASSWORD, address="198.51.100.99")
+    assert isinstance(outcome, Locked) and outcome.locked_until > 0
+    assert passwords.verified == before
 
 
 async def test_the_back_off_doubles_with_each_further_failure(repository, pool):
