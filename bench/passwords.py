@@ -61,6 +61,7 @@ REFRESH_GOAL = 5.0
 # Failure thresholds no bench run reaches, so the timing run's thousands of wrong guesses
 # neither back off nor lock (a back-off or lock answers without hashing: another path).
 LOGIN_ENV = {"INBOUND_LOGIN_BACKOFF_AFTER": "1000000", "INBOUND_LOGIN_LOCK_AFTER": "1000000",
+             "INBOUND_LOGIN_USER_BACKOFF_AFTER": "1000000",
              "INBOUND_LOGIN_USER_LOCK_AFTER": "1000000"}
 SCOPE = "api.read"
 BURST_CC_CONNECTIONS = 8  # client_credentials load beside the login burst: latency, not saturation
