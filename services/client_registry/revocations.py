@@ -24,6 +24,7 @@ from services.client_registry.api import (
     CUT_OFF_KINDS,
     MAX_ID_LENGTH,
     REVOCATION_KINDS,
+    REVOKE_GRANT,
     REVOKE_SUBJECT,
     ItemError,
     RevocationCursor,
@@ -59,6 +60,20 @@ WITH stored AS (
 )
 SELECT id, kind, value FROM stored
 """
+# The UPDATE above sees the family as of its statement's start. A rotation in flight holds
+# its token's row lock, so that UPDATE waits for it, and the successor it then commits was
+# not in the UPDATE's snapshot. Each later statement takes a new snapshot: marking again
+# until nothing is left catches every such successor (one committed after this statement
+# began had locked a row already marked here, so it waited, saw the mark, and was refused).
+# Without it the successor outlives the grant revocation row, which expires and is purged.
+_MARK_FAMILIES = """
+UPDATE opaque_tokens t SET revoked_at = now()
+  FROM unnest($1::text[], $2::text[]) AS g(grant_id, client_id)
+ WHERE t.grant_id = g.grant_id AND t.grant_id <> '' AND t.client_id = g.client_id
+   AND t.kind = 'refresh' AND t.revoked_at IS NULL
+"""
+# Each pass that marks something means a rotation committed meanwhile; they do not go on for long.
+MAX_MARK_PASSES = 100
 
 _COLUMNS = "id, txid, kind, value, client_id, revoked_before, expires_at, revoked_by"
 
@@ -104,6 +119,11 @@ async def insert_revocations(conn: asyncpg.Connection | asyncpg.Pool,
         _UPSERT, [r.kind for r in rows], [r.value for r in rows], [r.client_id for r in rows],
         [from_ms(r.revoked_before_ms) if r.revoked_before_ms else None for r in rows],
         [from_ts(r.expires_at) for r in rows], [r.revoked_by for r in rows])
+    grants = [r for r in rows if r.kind == REVOKE_GRANT]
+    for _ in range(MAX_MARK_PASSES if grants else 0):
+        status = await conn.execute(_MARK_FAMILIES, [r.value for r in grants], [r.client_id for r in grants])
+        if status.endswith(" 0"):
+            break
     ids = {(row["kind"], row["value"]): row["id"] for row in stored}
     return [ids[(r.kind, r.value)] for r in records]
 

@@ -417,3 +417,41 @@ async def test_rotation_over_grpc_as_the_refresh_token_grant_calls_it(stack, iss
         assert refused == Refused(REFUSED_UNKNOWN)
     finally:
         await channel.close()
+
+
+async def test_a_successor_stored_while_its_family_is_revoked_is_revoked_too(stack, pool, bus, issuer, make_client,
+                                                                           stored_tokens):
+    """A reuse (or an RFC 7009 revocation) of a family while another rotation of it is
+    in flight: the revocation's UPDATE waits for that rotation's lock on its token, and
+    the successor it then commits was not in the UPDATE's snapshot. It must be marked
+    revoked all the same: the grant revocation row that also refuses it expires (a day
+    after the family's access tokens), and the successor would then refresh again."""
+    now = [time.time()]
+    repo = RefreshTokenRepository(pool, bus, clock=lambda: now[0])
+    client, _ = await make_client()
+    issued = await first_token(issuer, client)
+    first, middle = await rotate(repo, issued.refresh_token, client.client_id, grace=0)
+    assert isinstance(first, Rotated)
+    now[0] += 1  # the first token's grace window is over: presenting it again is a reuse
+
+    in_flight, last = rotation(middle, client.client_id, grace=0)
+    async with pool.acquire() as holder:
+        transaction = holder.transaction()
+        await transaction.start()
+        try:
+            assert isinstance(await repo._rotate_in(holder, in_flight), Rotated)  # not committed yet
+            reuse = asyncio.ensure_future(rotate(repo, issued.refresh_token, client.client_id, grace=0))
+            await eventually(lambda: sql(stack, "SELECT 1 FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                                         holder.get_server_pid()),
+                             message="the reuse waits for the rotation in flight")
+        finally:
+            await transaction.commit()
+    reused, _ = await reuse
+    assert isinstance(reused, Refused) and reused.reason == REFUSED_REUSED
+
+    tokens = await stored_tokens.get_opaque_tokens([sha(issued.refresh_token), sha(middle), sha(last)])
+    assert [t.revoked for t in tokens] == [True, True, True]
+    # Even once the grant revocation is gone, the successor stays refused.
+    await sql(stack, "DELETE FROM revocations WHERE kind = 'grant' AND value = $1", issued.grant_id)
+    refused, _ = await rotate(repo, last, client.client_id)
+    assert refused == Refused(REFUSED_REVOKED, grant_id=issued.grant_id)
