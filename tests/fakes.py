@@ -404,7 +404,9 @@ class FakeRefreshTokens(_CanBeDown):
                 outcomes.append(Refused(REFUSED_USER_INACTIVE))
             elif rotation.token_hash in self.consumed_at:
                 if self.now - self.consumed_at[rotation.token_hash] <= rotation.grace_seconds:
-                    outcomes.append(Replay(self.responses.get(rotation.token_hash, b""), record))
+                    outcomes.append(Replay(self.responses.get(rotation.token_hash, b""), record,
+                                           replay_until_ms=int((self.consumed_at[rotation.token_hash]
+                                                                + rotation.grace_seconds) * 1000)))
                 else:
                     self.revoked_grants.add(record.grant_id)
                     outcomes.append(Refused(REFUSED_REUSED, grant_id=record.grant_id))

@@ -378,9 +378,11 @@ class Rotated:
 @dataclass(frozen=True)
 class Replay:
     """A retry inside the grace window: the first rotation's encrypted response
-    (b"" while it has not been stored yet)."""
+    (b"" while it has not been stored yet), and when the grace window ends (Unix ms,
+    the registry's clock; 0: not said): presented after that, the token is a reuse."""
     encrypted_response: bytes
     consumed: OpaqueTokenRecord
+    replay_until_ms: int = 0
 
 
 @dataclass(frozen=True)

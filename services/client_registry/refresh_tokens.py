@@ -226,7 +226,8 @@ class RefreshTokenRepository:
             return Refused(REFUSED_USER_INACTIVE, grant_id=token.grant_id)
         if token.consumed:
             if now_ms <= ms(row["replay_until"]):
-                return Replay(encrypted_response=bytes(row["rotation_response"] or b""), consumed=token)
+                return Replay(encrypted_response=bytes(row["rotation_response"] or b""), consumed=token,
+                              replay_until_ms=ms(row["replay_until"]))
             return await self._revoke_family(conn, token, now_ms)
         expires_at = now_ms // 1000 + row["refresh_token_lifetime"]
         if token.family_expires_at:

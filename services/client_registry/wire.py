@@ -214,7 +214,8 @@ def rotation_outcome_to_pb(o: RotationOutcome) -> pb.RotationOutcome:
                                                             successor=opaque_to_pb(o.successor)))
     if isinstance(o, Replay):
         return pb.RotationOutcome(replay=pb.RefreshReplay(encrypted_response=o.encrypted_response,
-                                                          consumed=opaque_to_pb(o.consumed)))
+                                                          consumed=opaque_to_pb(o.consumed),
+                                                          replay_until_unix_ms=o.replay_until_ms))
     if isinstance(o, Refused):
         refused = pb.RefreshRefused(reason=o.reason, grant_id=o.grant_id)
         if o.revocation is not None:
@@ -228,7 +229,8 @@ def rotation_outcome_from_pb(m: pb.RotationOutcome) -> RotationOutcome:
     if kind == "rotated":
         return Rotated(consumed=opaque_from_pb(m.rotated.consumed), successor=opaque_from_pb(m.rotated.successor))
     if kind == "replay":
-        return Replay(encrypted_response=m.replay.encrypted_response, consumed=opaque_from_pb(m.replay.consumed))
+        return Replay(encrypted_response=m.replay.encrypted_response, consumed=opaque_from_pb(m.replay.consumed),
+                      replay_until_ms=m.replay.replay_until_unix_ms)
     if kind == "refused":
         return Refused(reason=m.refused.reason, grant_id=m.refused.grant_id,
                        revocation=revocation_from_pb(m.refused.revocation)

@@ -24,7 +24,8 @@ it is registered for refresh_token (-> unauthorized_client). This grant:
    (-> invalid_scope); within it, the first answer is sent as it is (its `scope`
    tells the client what the tokens carry, §5.1). While the first request has not
    stored its answer yet, the registry is asked again a few times (bounded, about
-   1.5 s), then                                                  -> temporarily_unavailable
+   1.5 s), and only while the grace window lasts (asking after it would be a reuse
+   revoking the family), then                                    -> temporarily_unavailable
    If the first request could not get its access token (token_issuer failed after the
    rotation), it stores the successor alone: a retry gets that successor with an access
    token of its own, rather than waiting out the window into a "reuse" that would
@@ -39,7 +40,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from inboundlib.grants.api import GrantParameters, TokenRequest, TokenResponse
@@ -81,6 +82,10 @@ REFRESH_PREFIX = "ibr_"
 MAX_TOKEN_LENGTH = 256
 # While the first rotation's answer is not stored yet: ask again after these pauses (1.5 s in all).
 REPLAY_POLL_PAUSES = (0.1, 0.2, 0.4, 0.8)
+# Asking again is presenting the consumed token again: after its grace window that is a reuse,
+# and revokes the family. Only while the window (the registry's clock) still has this long to
+# run after the pause: the call's round trip and the hosts' clock skew (NTP: milliseconds).
+POLL_SAFETY_MARGIN = 0.5
 # One public text for every refusal of the token: which check failed is nobody's business but the audit trail's.
 REFUSED = "The refresh token is invalid, expired or revoked."
 
@@ -106,11 +111,13 @@ class RefreshTokenGrant:
 
     def __init__(self, registry: RefreshStore, issuer: TokenIssuerApi, *,
                  grace_seconds: int = DEFAULT_GRACE_SECONDS,
-                 replay_poll_pauses: Sequence[float] = REPLAY_POLL_PAUSES):
+                 replay_poll_pauses: Sequence[float] = REPLAY_POLL_PAUSES,
+                 clock: Callable[[], float] = time.time):
         self.registry = registry
         self.issuer = issuer
         self.grace_seconds = grace_seconds
         self.replay_poll_pauses = tuple(replay_poll_pauses)
+        self.clock = clock
 
     async def handle(self, request: TokenRequest, client: ClientRecord) -> TokenResponse:
         presented = request.param("refresh_token")
@@ -133,6 +140,10 @@ class RefreshTokenGrant:
                                                outcome.consumed)
         for pause in self.replay_poll_pauses:
             if not isinstance(outcome, Replay) or outcome.encrypted_response:
+                break
+            if (self.clock() + pause + POLL_SAFETY_MARGIN) * 1000 >= outcome.replay_until_ms:
+                # The first request is slower than the window: asking once more would land after
+                # it and revoke the family of a client that only retried within it.
                 break
             # The first request of this retry rotated the token and has not stored its answer yet.
             await asyncio.sleep(pause)

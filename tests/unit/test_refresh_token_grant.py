@@ -63,8 +63,8 @@ def request(token: str | None, method=CLIENT_SECRET_BASIC, client_id="app", secr
                         params={name: (value,) for name, value in params.items()})
 
 
-def grant(store, issuer, pauses=(0, 0, 0)) -> RefreshTokenGrant:
-    return RefreshTokenGrant(store, issuer, grace_seconds=GRACE, replay_poll_pauses=pauses)
+def grant(store, issuer, pauses=(0, 0, 0), **kw) -> RefreshTokenGrant:
+    return RefreshTokenGrant(store, issuer, grace_seconds=GRACE, replay_poll_pauses=pauses, **kw)
 
 
 def runner(client: ClientRecord, store: FakeRefreshTokens, issuer: FakeIssuer, bus=None, **kw) -> GrantRunner:
@@ -220,6 +220,25 @@ async def test_a_retry_whose_first_answer_never_comes_is_temporarily_unavailable
         await runner(record(), store, issuer, pauses=(0, 0, 0)).handle(request(token))
     assert len(store.rotations) == 4  # the first ask and one per pause, no more
     assert issuer.requests == [] and store.revoked_grants == set()
+
+
+async def test_a_retry_never_asks_again_past_the_grace_window():
+    """The first request is slower than the window: asking once more would be presenting the
+    consumed token after it, a reuse, and the registry would revoke the family of a client
+    that only retried within the window."""
+    store, issuer = FakeRefreshTokens(), FakeIssuer()
+    token = family(store)
+    store.consumed_at[token_hash(token)] = store.now - (GRACE - 1)  # the window has a second left
+    pauses = (0.4, 0.4, 0.4, 0.4)
+
+    async def time_passes():  # each ask comes one pause after the previous one
+        store.now += pauses[0]
+
+    store.on_rotate = time_passes
+    with pytest.raises(TemporarilyUnavailable):
+        await grant(store, issuer, pauses=pauses, clock=lambda: store.now).handle(request(token), record())
+    assert store.revoked_grants == set()
+    assert len(store.rotations) < 1 + len(pauses)  # it stopped asking before the window's end
 
 
 async def test_the_production_poll_is_bounded_to_about_a_second_and_a_half():

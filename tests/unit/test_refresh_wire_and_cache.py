@@ -32,8 +32,8 @@ def test_a_refresh_record_keeps_its_state_on_the_wire():
 
 @pytest.mark.parametrize("outcome", [
     Rotated(consumed=RECORD, successor=dataclasses.replace(RECORD, token_hash=b"s" * 32, consumed=False)),
-    Replay(encrypted_response=b"sealed", consumed=RECORD),
-    Replay(encrypted_response=b"", consumed=RECORD),
+    Replay(encrypted_response=b"sealed", consumed=RECORD, replay_until_ms=1_700_000_005_123),
+    Replay(encrypted_response=b"", consumed=RECORD, replay_until_ms=1_700_000_005_123),
     Refused(REFUSED_REUSED, grant_id="g1", revocation=RevocationRecord(kind="grant", value="g1", client_id="c1",
                                                                        expires_at=999, revoked_by="x", id=7)),
     Refused("unknown"),
