@@ -23,6 +23,12 @@ DEFAULT_REFRESH_TOKEN_LIFETIME = 8_640_000
 # Access tokens are bearer credentials: a day at most (and retired signing keys
 # stay in the JWKS that long after their last token).
 MAX_ACCESS_TOKEN_LIFETIME = 24 * 3600
+# How long a grant revocation (a refresh-token family's end) must be kept: the grant's access
+# tokens live a day at most, and the refresh_token grant may still be issuing one for a
+# rotation the registry answered just before the revocation (stamped after it: an Issue call
+# can take seconds). Its refresh tokens need no more: their rows are marked revoked for good
+# in the same write (revocations.insert_revocations), and every check reads that mark.
+GRANT_REVOCATION_LIFETIME = MAX_ACCESS_TOKEN_LIFETIME + 300
 # Refresh tokens at most, and so how long a client-wide cut-off must be kept.
 MAX_LIFETIME = 10 * 365 * 24 * 3600
 TOKEN_FORMATS = ("jwt", "opaque")

@@ -47,10 +47,10 @@ from inboundlib import actors
 from inboundlib.db import UNAVAILABLE_ERRORS
 from inboundlib.events import REFRESH_TOKEN_REUSED, TOKEN_REVOKED, EventBus, actor_to_pb
 from services.client_registry.api import (
+    GRANT_REVOCATION_LIFETIME,
     ITEM_INTERNAL,
     ITEM_INVALID,
     ITEM_NOT_FOUND,
-    MAX_ACCESS_TOKEN_LIFETIME,
     REFUSED_CLIENT_INACTIVE,
     REFUSED_EXPIRED,
     REFUSED_OTHER_CLIENT,
@@ -82,11 +82,6 @@ MAX_GRACE_SECONDS = 300
 MAX_RESPONSE_BYTES = 16 * 1024
 DEADLOCK_ATTEMPTS = 3
 REUSE_REVOKED_BY = "service:client_registry: refresh token reused"
-# A reuse's grant revocation must outlive every access token of the family, those the
-# refresh_token grant is still issuing included: a rotation or replay the registry answered
-# just before the reuse gets its access token from token_issuer afterwards (an Issue call
-# may take seconds), stamped after the revocation and living up to a day from then.
-IN_FLIGHT_ISSUE_MARGIN = 300
 
 # The presented token, locked; its client with it, shared-locked (see the module docstring).
 # A token whose client is gone is gone too (ON DELETE CASCADE).
@@ -244,9 +239,10 @@ class RefreshTokenRepository:
         """RFC 9700 §4.14.2: a consumed token presented again means one of two holders is
         an attacker, and the registry cannot tell which: the whole grant ends. The grant
         revocation marks every refresh row of the family revoked in the same statement
-        (revocations.insert_revocations), and lasts as long as any of its access tokens."""
+        (revocations.insert_revocations), and lasts as long as any of its access tokens
+        (api.GRANT_REVOCATION_LIFETIME)."""
         revocation = RevocationRecord(kind=REVOKE_GRANT, value=token.grant_id, client_id=token.client_id,
-                                      expires_at=now_ms // 1000 + MAX_ACCESS_TOKEN_LIFETIME + IN_FLIGHT_ISSUE_MARGIN,
+                                      expires_at=now_ms // 1000 + GRANT_REVOCATION_LIFETIME,
                                       revoked_by=REUSE_REVOKED_BY)
         [row_id] = await insert_revocations(conn, [revocation])
         log.warning("refresh token reused: its family is revoked",

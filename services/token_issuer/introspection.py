@@ -38,6 +38,8 @@ from inboundlib.events import REVOKED_TOKEN_INTROSPECTED, TOKEN_REVOKED, EventBu
 from inboundlib.oauth.client_auth import ClientAuthenticator, ClientCredentials
 from inboundlib.oauth.errors import ServerError, UnauthorizedClient
 from services.client_registry.api import (
+    GRANT_REVOCATION_LIFETIME,
+    MAX_ACCESS_TOKEN_LIFETIME,
     REVOKE_GRANT,
     REVOKE_JTI,
     ItemError,
@@ -273,9 +275,14 @@ class TokenChecker:
         who = actors.actor(actors.CLIENT, client.client_id)
         if facts.kind == REFRESH_TOKEN:
             # Revoking a refresh token revokes its grant: every access token issued from it too.
+            # The registry marks the family's refresh rows revoked for good in the same write, so
+            # the revocation (held in every replica's memory) need only outlive the access tokens,
+            # not the refresh token's months. A token without a grant id (stored before grant ids)
+            # has no family to mark: its revocation lasts as long as it does.
+            expires_at = int(time.time()) + GRANT_REVOCATION_LIFETIME if facts.grant_id \
+                else facts.exp + MAX_ACCESS_TOKEN_LIFETIME
             record = RevocationRecord(kind=REVOKE_GRANT, value=facts.grant_id or facts.jti,
-                                      client_id=facts.client_id, expires_at=facts.exp + 24 * 3600,
-                                      revoked_by=str(who))
+                                      client_id=facts.client_id, expires_at=expires_at, revoked_by=str(who))
         else:
             record = RevocationRecord(kind=REVOKE_JTI, value=facts.jti, client_id=facts.client_id,
                                       expires_at=facts.exp, revoked_by=str(who))

@@ -22,6 +22,7 @@ from inboundlib import identity
 from inboundlib.events import EventBus
 from inboundlib.oauth.client_auth import CLIENT_SECRET_BASIC, ClientCredentials
 from services.client_registry.api import (
+    GRANT_REVOCATION_LIFETIME,
     MAX_ACCESS_TOKEN_LIFETIME,
     REFUSED_CLIENT_INACTIVE,
     REFUSED_EXPIRED,
@@ -376,10 +377,18 @@ async def test_revoking_a_refresh_token_ends_its_grant_for_good(stack, repo, iss
                                              scopes=("api.read",), format="jwt", lifetime_seconds=600,
                                              grant_id=issued.grant_id))
 
+    revoked_at = time.time()
     await issuer.revoke(successor, ClientCredentials(CLIENT_SECRET_BASIC, client.client_id, secret))
 
     tokens = await stored_tokens.get_opaque_tokens([sha(issued.refresh_token), sha(successor)])
     assert all(t.revoked for t in tokens)
+    # The grant revocation outlives the family's access tokens (one issued for a rotation in
+    # flight too), and no more: every token_issuer replica holds it in memory, and the
+    # refresh token's own lifetime (months, by default) is carried by the rows' mark.
+    [row] = await sql(stack, "SELECT extract(epoch FROM expires_at) AS e FROM revocations"
+                             " WHERE kind = 'grant' AND value = $1", issued.grant_id)
+    assert (revoked_at + MAX_ACCESS_TOKEN_LIFETIME + issuer_client.HOT_TIMEOUT
+            <= row["e"] <= time.time() + GRANT_REVOCATION_LIFETIME)
     assert not (await issuer.introspect(successor)).active
     assert not (await issuer.introspect(access.access_token)).active
     await sql(stack, "DELETE FROM revocations WHERE kind = 'grant' AND value = $1", issued.grant_id)
