@@ -290,6 +290,12 @@ class UserRecord:
     updated_at: int = 0
     password_changed_at: int = 0  # 0: no password
     locked_until: int = 0  # for operators: the latest lock or back-off end in force (0: none)
+    # A sign-in's outcome only: when the password was checked (the registry's clock, ms), the
+    # user's row held against changes meanwhile. The sign-in's tokens are stamped with it
+    # (IssueRequest.authenticated_at_ms): a password change, disable or delete that waited for
+    # the check records a cut-off at or after it, which then covers them however late they are
+    # issued. Not part of the record's identity (compare=False).
+    verified_at_ms: int = field(default=0, compare=False)
 
 
 @dataclass

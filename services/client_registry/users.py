@@ -47,6 +47,7 @@ LOCK_WAIT (lock_timeout; then UNAVAILABLE).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
@@ -265,7 +266,9 @@ _SAVE_COUNTER = """
 UPDATE login_failures SET failures = $3, last_failure_at = $4, blocked_until = $5, locked_until = $6
  WHERE username_key = $1 AND address = $2
 """
-_SIGN_IN_USER = (f"SELECT {_USER_COLUMNS}, u.password_hash FROM users u WHERE u.username_key = $1")
+# FOR SHARE: a password change, disable or delete (FOR UPDATE, DELETE) waits until this
+# sign-in has committed, and so records its cut-off after the check (see _check_and_count).
+_SIGN_IN_USER = f"SELECT {_USER_COLUMNS}, u.password_hash FROM users u WHERE u.username_key = $1 FOR SHARE OF u"
 
 
 @dataclass
@@ -493,7 +496,13 @@ class UserRepository:
         """Forget the user's failures, back-offs and locks (every address); each lock
         still in force ends now (user.lock_ended, reason unlocked, the operator's actor)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            current = await self._locked_user(conn, user_id)
+            # Not FOR UPDATE: a sign-in holds the counter rows and then waits for the user's
+            # row (FOR SHARE); holding the user's row while waiting for the counters would
+            # be a deadlock with it.
+            current = None if not is_plausible_id(user_id) else await conn.fetchrow(
+                f"{_SELECT_USER} WHERE u.id = $1", user_id)
+            if current is None:
+                raise NotFound("no such user")
             key = current["username_key"]
             cleared = await conn.fetch(
                 "DELETE FROM login_failures WHERE username_key = $1"
@@ -565,7 +574,11 @@ class UserRepository:
             in_force = [until for c in counters.values() for until in (c.blocked_until, c.locked_until)
                         if until is not None and until > now]
             row = await conn.fetchrow(_SIGN_IN_USER, key)
-            user = _user(row) if row is not None else None
+            # The row is held from here to the commit: a change that this check did not see
+            # takes its cut-off time after the commit, so after this instant, with which the
+            # sign-in's tokens are stamped (UserRecord.verified_at_ms): the cut-off covers them.
+            verified_at_ms = int(time.time() * 1000)
+            user = dataclasses.replace(_user(row), verified_at_ms=verified_at_ms) if row is not None else None
             if in_force:
                 await self._save(conn, key, counters.values())
                 return Locked(locked_until=ts(max(in_force)) + (1 if max(in_force).microsecond else 0)), \

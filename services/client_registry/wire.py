@@ -244,7 +244,8 @@ def user_to_pb(u: UserRecord) -> pb.User:
     return pb.User(id=u.id, username=u.username, email=u.email, display_name=u.display_name, active=u.active,
                    roles=u.roles, given_name=u.given_name, family_name=u.family_name,
                    email_verified=u.email_verified, locale=u.locale, zoneinfo=u.zoneinfo, created_at=u.created_at,
-                   updated_at=u.updated_at, password_changed_at=u.password_changed_at, locked_until=u.locked_until)
+                   updated_at=u.updated_at, password_changed_at=u.password_changed_at, locked_until=u.locked_until,
+                   verified_at_unix_ms=u.verified_at_ms)
 
 
 def user_from_pb(m: pb.User) -> UserRecord:
@@ -252,7 +253,7 @@ def user_from_pb(m: pb.User) -> UserRecord:
                       roles=tuple(m.roles), given_name=m.given_name, family_name=m.family_name,
                       email_verified=m.email_verified, locale=m.locale, zoneinfo=m.zoneinfo,
                       created_at=m.created_at, updated_at=m.updated_at, password_changed_at=m.password_changed_at,
-                      locked_until=m.locked_until)
+                      locked_until=m.locked_until, verified_at_ms=m.verified_at_unix_ms)
 
 
 def user_spec_to_pb(s: UserSpec) -> pb.UserSpec:

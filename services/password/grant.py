@@ -77,7 +77,10 @@ class PasswordGrant:
             format=client.token_format, lifetime_seconds=client.access_token_lifetime,
             request_id=request.request_id, grant_type=self.grant_type,
             refresh_token_lifetime=client.refresh_token_lifetime if refresh else 0,
-            refresh_token_absolute_lifetime=client.refresh_token_absolute_lifetime if refresh else 0))
+            refresh_token_absolute_lifetime=client.refresh_token_absolute_lifetime if refresh else 0,
+            # Stamped as of the password check: a password change, disable or delete racing this
+            # sign-in records a cut-off after it, which then covers these tokens too.
+            authenticated_at_ms=user.verified_at_ms))
         return TokenResponse(access_token=token.access_token, token_type=token.token_type,
                              expires_in=token.expires_in, scope=format_scope(scopes),
                              refresh_token=token.refresh_token)

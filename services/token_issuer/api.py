@@ -27,6 +27,10 @@ class IssueRequest:
     refresh_token_lifetime: int = 0
     # With a refresh token: its family ends this many seconds from now whatever its rotations (0: never).
     refresh_token_absolute_lifetime: int = 0
+    # > 0: when the user's credentials were checked (ms, the registry's clock; UserRecord.verified_at_ms).
+    # The tokens are stamped with it when earlier than now: a subject cut-off recorded after the
+    # check (a password change racing the sign-in) then covers them.
+    authenticated_at_ms: int = 0
 
 
 @dataclass(frozen=True)

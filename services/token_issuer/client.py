@@ -57,7 +57,8 @@ class IssuerClient:
             format=pb.TOKEN_FORMAT_OPAQUE if request.format == FORMAT_OPAQUE else pb.TOKEN_FORMAT_JWT,
             lifetime_seconds=request.lifetime_seconds, username=request.username, grant_type=request.grant_type,
             grant_id=request.grant_id, refresh_token_lifetime_seconds=request.refresh_token_lifetime,
-            refresh_token_absolute_lifetime_seconds=request.refresh_token_absolute_lifetime)
+            refresh_token_absolute_lifetime_seconds=request.refresh_token_absolute_lifetime,
+            authenticated_at_unix_ms=request.authenticated_at_ms)
         result = await self._issue.submit(item, HOT_TIMEOUT)
         if result.HasField("error"):
             raise error_from_pb(result.error)

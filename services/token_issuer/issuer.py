@@ -56,6 +56,9 @@ UNREADABLE_KEYS = Gauge("inbound_signing_keys_unreadable",
 REWRAP_ATTEMPTS = 5
 OPAQUE_PREFIX = "ibo_"
 REFRESH_PREFIX = "ibr_"
+# How old a sign-in's check (IssueRequest.authenticated_at_ms) may be when its tokens are
+# issued: a sign-in and its Issue call each time out within seconds; older is a bug.
+MAX_AUTHENTICATION_AGE_MS = 60_000
 
 
 class IssuerStore(SigningKeyStore, TokenStore, Protocol):
@@ -191,6 +194,14 @@ class TokenIssuer:
             raise InvalidRequest(detail=f"refresh absolute lifetime {request.refresh_token_absolute_lifetime} "
                                         "out of range")
         now_ms = int(time.time() * 1000)
+        if request.authenticated_at_ms > 0:
+            # Stamped as of the credentials' check, not now: a subject cut-off recorded after
+            # the check (a password change, disable or delete racing the sign-in) must cover
+            # these tokens, issued a few ms after it (see UserRecord.verified_at_ms).
+            if now_ms - request.authenticated_at_ms > MAX_AUTHENTICATION_AGE_MS:
+                raise ServerError(detail=f"credentials checked {now_ms - request.authenticated_at_ms} ms ago: "
+                                         "too long to stamp tokens with")
+            now_ms = min(now_ms, request.authenticated_at_ms)
         now = now_ms // 1000
         jti = new_jti(now_ms)
         audience = list(request.audience) or [self.default_audience]

@@ -74,7 +74,8 @@ class TokenIssuerServicer(issuer_pb2_grpc.TokenIssuerServicer):
                 audience=tuple(item.audience), username=item.username, request_id=item.meta.request_id,
                 grant_type=item.grant_type, grant_id=item.grant_id,
                 refresh_token_lifetime=item.refresh_token_lifetime_seconds,
-                refresh_token_absolute_lifetime=item.refresh_token_absolute_lifetime_seconds))
+                refresh_token_absolute_lifetime=item.refresh_token_absolute_lifetime_seconds,
+                authenticated_at_ms=item.authenticated_at_unix_ms))
             return pb.IssuedToken(access_token=issued.access_token, token_type=issued.token_type,
                                   expires_in=issued.expires_in, jti=issued.jti, issued_at=issued.issued_at,
                                   refresh_token=issued.refresh_token, grant_id=issued.grant_id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 
 import asyncpg
@@ -355,3 +356,41 @@ async def test_a_username_that_normalises_too_long_is_refused_and_fails_no_neigh
                                               SignIn(username=user.username, password=PASSWORD)])
     assert outcomes[0] == Invalid() and isinstance(outcomes[1], UserRecord)
     assert await repo.get_user(username=swollen) is None
+
+
+async def test_a_sign_in_waits_for_a_change_in_progress_and_then_sees_it(repository, pool):
+    """A disable (or password change, or delete) takes its cut-off time while it holds the
+    user's row and commits after: a sign-in reading the row in between would verify the old
+    state with a time after the cut-off, and its tokens would escape it. The sign-in waits
+    for the row instead (FOR SHARE), and sees the change."""
+    repo, _ = repository()
+    user = await _user(repo)
+    async with pool.acquire() as conn:
+        change = conn.transaction()
+        await change.start()
+        try:
+            # What update_user does: the row held, the cut-off time taken, the change made.
+            await conn.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", user.id)
+            await conn.execute("UPDATE users SET active = false WHERE id = $1", user.id)
+            sign_in = asyncio.create_task(_sign_in(repo, user.username, PASSWORD))
+
+            async def waiting_for_the_row() -> bool:
+                return sign_in.done() or await pool.fetchval(
+                    "SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE '%FOR SHARE OF u%'")
+
+            await eventually(waiting_for_the_row, until=bool, message="the sign-in waiting for the user's row")
+            await change.commit()
+        except BaseException:
+            await change.rollback()
+            raise
+    assert await sign_in == Invalid()  # it saw the user disabled
+
+
+async def test_a_sign_in_answers_when_it_checked_the_password(repository):
+    repo, _ = repository()
+    user = await _user(repo)
+    before = int(time.time() * 1000)
+    outcome = await _sign_in(repo, user.username, PASSWORD)
+    after = int(time.time() * 1000)
+    assert isinstance(outcome, UserRecord) and before <= outcome.verified_at_ms <= after

@@ -176,3 +176,41 @@ async def test_every_change_to_a_user_is_an_audited_registry_change_naming_the_o
     assert {(r["actor_kind"], r["actor_id"]) for r in rows} == {("operator", "dev")}
     assert not any(secret in r["detail"] for r in rows for secret in ("the first password", "the second password",
                                                                       "$argon2"))
+
+
+@pytest.mark.parametrize("change", [_change_password, _disable, _delete])
+async def test_tokens_of_a_sign_in_that_raced_a_change_are_revoked_by_it(stack, registry, issuer, make_client,
+                                                                         change):
+    """The sign-in checked the old password, then the password changed (or the user was
+    disabled or deleted), then the sign-in's tokens were issued: they are stamped as of the
+    check, before the cut-off, and die with the others (the refresh token's family too)."""
+    import jwt
+
+    from inboundlib import db
+    from inboundlib.passwords import Passwords, PasswordSettings
+    from services.client_registry.api import SignIn, UserRecord
+    from services.client_registry.users import UserRepository
+
+    client, _ = await make_client()
+    user = await registry.create_user(UserSpec(username=_name(), password="the first password"))
+    pool = await db.create_pool(stack.database_url, min_size=1, max_size=2)
+    passwords = Passwords(PasswordSettings(hash_workers=1))
+    try:  # the registry's check, as AuthenticateUsers runs it (the RPC is the password service's alone)
+        [outcome] = await UserRepository(pool, None, passwords).authenticate_users(
+            [SignIn(username=user.username, password="the first password", client_address="192.0.2.90")])
+    finally:
+        passwords.shutdown()
+        await pool.close()
+    assert isinstance(outcome, UserRecord) and outcome.verified_at_ms > 0
+
+    await change(registry, user)  # lands between the check and the issue
+
+    issued = [await issuer.issue(IssueRequest(
+        client_id=client.client_id, subject=user.id, username=user.username, scopes=("api.read",), format=fmt,
+        lifetime_seconds=600, grant_type="password", refresh_token_lifetime=600,
+        authenticated_at_ms=outcome.verified_at_ms)) for fmt in ("jwt", "opaque")]
+    claims = jwt.decode(issued[0].access_token, options={"verify_signature": False})
+    assert claims["iat"] == outcome.verified_at_ms // 1000
+    for token in [t.access_token for t in issued] + [t.refresh_token for t in issued]:
+        await eventually(lambda: issuer.introspect(token), until=lambda info: not info.active,  # noqa: B023
+                         message="a token of the raced sign-in inactive at token_issuer")

@@ -17,3 +17,18 @@ async def test_access_token_lifetime_outside_one_second_to_one_day_is_refused(li
     with pytest.raises(InvalidRequest):
         await issuer.issue(IssueRequest(client_id="c", subject="c", scopes=(), format="jwt",
                                         lifetime_seconds=lifetime))
+
+
+async def test_a_sign_in_checked_too_long_ago_is_not_stamped_on_tokens():
+    """Tokens are stamped as of the credentials' check (IssueRequest.authenticated_at_ms), which
+    is milliseconds old; one a minute old is a bug, not a reason to backdate a token."""
+    import time
+
+    from inboundlib.oauth.errors import ServerError
+    from services.token_issuer.issuer import MAX_AUTHENTICATION_AGE_MS
+
+    issuer = TokenIssuer(registry=None, encryptor=KeyEncryptor(os.urandom(32)), issuer="i", default_audience="a")
+    with pytest.raises(ServerError):
+        await issuer.issue(IssueRequest(
+            client_id="c", subject="u", scopes=(), format="jwt", lifetime_seconds=60,
+            authenticated_at_ms=int(time.time() * 1000) - MAX_AUTHENTICATION_AGE_MS - 1000))

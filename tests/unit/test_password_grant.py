@@ -120,6 +120,15 @@ async def test_issues_a_token_for_the_user_with_the_clients_settings():
         "alice", PASSWORD, "198.51.100.7", PURPOSE_PASSWORD_GRANT, "req-1")
 
 
+async def test_the_tokens_are_stamped_as_of_the_registrys_password_check():
+    """A password change racing the sign-in records its cut-off after the check: tokens
+    stamped with the check's time (not the issue's) are covered by it."""
+    issuer = RefreshingIssuer()
+    checked = dataclasses.replace(ALICE, verified_at_ms=1_765_000_000_123)
+    await runner(record(), FakeUsers(checked), issuer).handle(request())
+    assert issuer.requests[0].authenticated_at_ms == 1_765_000_000_123
+
+
 async def test_a_refresh_token_only_for_a_client_allowed_the_refresh_token_grant():
     """§4.3.3: the refresh token is optional; here it follows the client's grants."""
     issuer = RefreshingIssuer()
