@@ -26,6 +26,9 @@ it is registered for refresh_token (-> unauthorized_client). This grant:
    stored its answer yet, the registry is asked again a few times (bounded, about
    1.5 s), and only while the grace window lasts (asking after it would be a reuse
    revoking the family), then                                    -> temporarily_unavailable
+   Once the token is consumed, the answer is finished and stored in a task of its own,
+   even when the request runs out of time meanwhile (it then answers
+   temporarily_unavailable, and the retry gets the stored answer).
    If the first request could not get its access token (token_issuer failed after the
    rotation), it stores the successor alone: a retry gets that successor with an access
    token of its own, rather than waiting out the window into a "reuse" that would
@@ -43,7 +46,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from inboundlib import budget
 from inboundlib.grants.api import GrantParameters, TokenRequest, TokenResponse
+from inboundlib.logs import request_id_var
 from inboundlib.oauth import rotation_response
 from inboundlib.oauth.errors import (
     InvalidGrant,
@@ -86,6 +91,9 @@ REPLAY_POLL_PAUSES = (0.1, 0.2, 0.4, 0.8)
 # and revokes the family. Only while the window (the registry's clock) still has this long to
 # run after the pause: the call's round trip and the hosts' clock skew (NTP: milliseconds).
 POLL_SAFETY_MARGIN = 0.5
+# Once the token is consumed, its answer is finished (access token issued, answer stored)
+# within this long, whatever the request's own time left: see _answer_detached.
+ANSWER_SECONDS = 10.0
 # One public text for every refusal of the token: which check failed is nobody's business but the audit trail's.
 REFUSED = "The refresh token is invalid, expired or revoked."
 
@@ -136,7 +144,7 @@ class RefreshTokenGrant:
                             grace_seconds=self.grace_seconds, request_id=request.request_id)
         outcome = await self._rotate(rotation)
         if isinstance(outcome, Rotated):
-            return await self._answer_rotation(request, client, presented, presented_hash, successor, requested,
+            return await self._answer_detached(request, client, presented, presented_hash, successor, requested,
                                                outcome.consumed)
         for pause in self.replay_poll_pauses:
             if not isinstance(outcome, Replay) or outcome.encrypted_response:
@@ -178,6 +186,31 @@ class RefreshTokenGrant:
         if isinstance(outcome, ItemError):
             raise ServerError(detail=f"refresh rotation failed: {outcome.code}")
         return outcome
+
+    async def _answer_detached(self, request: TokenRequest, client: ClientRecord, presented: str,
+                               presented_hash: bytes, successor: str, requested: list[str],
+                               consumed: OpaqueTokenRecord) -> TokenResponse:
+        """The token is consumed now, and its successor exists nowhere else: the answer is
+        finished and stored for a retry whatever becomes of this request. A request that runs
+        out of time (its budget, or its call cancelled at its deadline) is just what a client
+        retries within the grace window; tied to the request, the access token and the store
+        would give up with it, the retry would find nothing stored, and, asking again after
+        the window, be taken for a reuse that revokes the family. So the work runs in a task
+        of its own, with a budget of its own; the request waits for it only as long as it may,
+        then answers temporarily_unavailable (the retry gets the stored answer)."""
+        async def answer() -> TokenResponse:
+            request_id_var.set(request.request_id)
+            with budget.within(ANSWER_SECONDS):
+                return await self._answer_rotation(request, client, presented, presented_hash, successor,
+                                                   requested, consumed)
+
+        task = asyncio.get_running_loop().create_task(answer(), context=budget.shared_context())
+        task.add_done_callback(_retrieve_outcome)
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), timeout=max(0.0, budget.remaining(ANSWER_SECONDS)))
+        except TimeoutError:
+            raise TemporarilyUnavailable(detail="refresh answer not ready in the request's time: stored for a retry") \
+                from None
 
     async def _answer_rotation(self, request: TokenRequest, client: ClientRecord, presented: str,
                                presented_hash: bytes, successor: str, requested: list[str],
@@ -249,6 +282,12 @@ class RefreshTokenGrant:
         log.info("refresh retry answered with the first rotation's tokens",
                  extra={"client_id": client.client_id, "grant_id": replay.consumed.grant_id})
         return first
+
+
+def _retrieve_outcome(task: asyncio.Task) -> None:
+    """A detached answer whose request stopped waiting: its failure was answered (or logged) already."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _family_record(record: OpaqueTokenRecord | None, client: ClientRecord) -> bool:

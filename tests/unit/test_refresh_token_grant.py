@@ -5,11 +5,14 @@ family) is played by tests/fakes.FakeRefreshTokens; the same paths run against t
 real stack in tests/integration/test_refresh_token.py."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 
 import pytest
 
+from inboundlib import budget
+from inboundlib.batching import Expired
 from inboundlib.config import Env
 from inboundlib.events import TOKEN_DENIED
 from inboundlib.grants.api import TokenRequest, TokenResponse
@@ -29,6 +32,7 @@ from services.grant_process import GrantDeps
 from services.refresh_token import grant as refresh_grant
 from services.refresh_token.grant import REFUSED, RefreshTokenGrant, new_refresh_token, token_hash
 from tests.fakes import FakeBus, FakeClients, FakeIssuer, FakeRefreshTokens, client_record
+from tests.support import eventually
 
 SECRET = "s3cret-s3cret-s3cret-s3cret-s3cret-s3cret-s3"
 GRACE = 5
@@ -239,6 +243,47 @@ async def test_a_retry_never_asks_again_past_the_grace_window():
         await grant(store, issuer, pauses=pauses, clock=lambda: store.now).handle(request(token), record())
     assert store.revoked_grants == set()
     assert len(store.rotations) < 1 + len(pauses)  # it stopped asking before the window's end
+
+
+class IssuerSlowerThanTheRequest(FakeIssuer):
+    """token_issuer answering only once `release` is set; it gives up with the caller's
+    budget, as the real client does (inboundlib.batching)."""
+
+    def __init__(self):
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def issue(self, request):
+        await asyncio.wait_for(self.release.wait(), timeout=budget.remaining(5.0))
+        return await super().issue(request)
+
+
+class RefreshTokensWithinBudget(FakeRefreshTokens):
+    """Refuses a store once the caller's budget has passed, as the real client does."""
+
+    async def store_rotation_responses(self, responses):
+        if budget.passed():
+            raise Expired("registry.StoreRotationResponses")
+        return await super().store_rotation_responses(responses)
+
+
+async def test_a_request_out_of_time_after_its_rotation_still_leaves_its_answer_for_the_retry():
+    """The client's first request runs out of time once the token is consumed (token_issuer
+    slow): exactly what it retries within the grace window. The answer is finished and
+    stored all the same, so the retry gets the successor instead of nothing (and, asking
+    again after the window, a reuse revoking the family)."""
+    store, issuer = RefreshTokensWithinBudget(), IssuerSlowerThanTheRequest()
+    token = family(store)
+    with budget.within(0.05), pytest.raises(TemporarilyUnavailable):
+        await runner(record(), store, issuer).handle(request(token))
+    assert token_hash(token) in store.consumed_at  # rotated: the successor exists only in that request
+    issuer.release.set()
+    await eventually(lambda: token_hash(token) in store.responses, message="the answer is stored")
+
+    retry = await runner(record(), store, issuer).handle(request(token))
+    assert retry.access_token and retry.refresh_token.startswith("ibr_")
+    assert len(issuer.requests) == 1 and store.revoked_grants == set()
+    assert (await runner(record(), store, issuer).handle(request(retry.refresh_token))).access_token
 
 
 async def test_the_production_poll_is_bounded_to_about_a_second_and_a_half():
