@@ -22,15 +22,24 @@ from pathlib import Path
 _LISTEN_PORTS = range(20000, 32768)
 
 
+# Ports this process has handed out: free now, but a server may not have bound one yet,
+# and a stack asks for a dozen before its first process starts.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A port nothing listens on now, outside the ephemeral range."""
+    """A port nothing listens on now, outside the ephemeral range, and never one this
+    process handed out before (its server may not listen yet)."""
     for _ in range(200):
         port = random.choice(_LISTEN_PORTS)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)
             return port
     raise OSError("no free port found")
 

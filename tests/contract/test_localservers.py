@@ -56,3 +56,14 @@ def test_a_port_in_time_wait_is_free_and_a_listening_one_is_not():
         with pytest.raises(OSError):  # what the old check did: it called the port taken
             plain.bind(("127.0.0.1", port))
     assert port_free(port)
+
+
+def test_free_port_never_hands_out_a_port_twice(monkeypatch):
+    """A stack asks for its ports before any server binds them: two of them must differ."""
+    from inboundlib import localservers
+    monkeypatch.setattr(localservers, "_LISTEN_PORTS", range(40100, 40103))
+    monkeypatch.setattr(localservers, "_HANDED_OUT", set())
+    ports = {free_port() for _ in range(3)}
+    assert len(ports) == 3
+    with pytest.raises(OSError):
+        free_port()
