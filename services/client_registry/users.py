@@ -27,8 +27,11 @@ Sign-ins (api.UserAuthenticator), one transaction an item:
    success: the address row is cleared; the username row is not (it decays): a
    guesser spread over many addresses would otherwise have the real user's own
    sign-ins reset the count that is meant to stop them.
-Failures older than `lock_seconds` are forgotten (decay) when the row is next
-used, and the janitor deletes rows with nothing left to remember.
+Failures are forgotten (decay) `lock_seconds` after the last one or the end of
+its back-off, whichever is later, when the row is next used; the janitor deletes
+rows with nothing left to remember. (From the failure alone, a back-off that has
+doubled to the lock's length would forget every failure the moment it ended, and
+the lock would never come: the username row's does, from `user_backoff_after`.)
 
 Unknown usernames count, back off and lock exactly like real ones, keyed by the
 same normalised username: a lock says nothing about whether the user exists.
@@ -569,8 +572,10 @@ class UserRepository:
                     # (the sweeper's UPDATE waits for this row and then finds it cleared).
                     changes.append(_LockChange(c.address, ended=True))
                     c.locked_until = None
-                if c.last_failure_at is not None and c.last_failure_at <= decay:
-                    c.failures, c.last_failure_at = 0, None  # old failures are forgotten
+                if c.last_failure_at is not None and c.last_failure_at <= decay \
+                        and (c.blocked_until is None or c.blocked_until <= decay):
+                    # Old failures are forgotten: a lock period after the last one and its back-off.
+                    c.failures, c.last_failure_at, c.blocked_until = 0, None, None
             in_force = [until for c in counters.values() for until in (c.blocked_until, c.locked_until)
                         if until is not None and until > now]
             row = await conn.fetchrow(_SIGN_IN_USER, key)
@@ -643,11 +648,11 @@ class UserRepository:
         return len(rows)
 
     async def purge_stale_counters(self) -> int:
-        """Delete counter rows with nothing left to remember: no lock or back-off in force
-        and no failure within the decay period."""
+        """Delete counter rows with nothing left to remember: no lock in force, and no
+        failure or back-off end within the decay period."""
         status = await self.pool.execute(
             "DELETE FROM login_failures WHERE locked_until IS NULL"
-            " AND (blocked_until IS NULL OR blocked_until <= now())"
+            " AND (blocked_until IS NULL OR blocked_until <= now() - make_interval(secs => $1))"
             " AND (last_failure_at IS NULL OR last_failure_at <= now() - make_interval(secs => $1))",
             float(self.login.lock_seconds))
         return int(status.rsplit(" ", 1)[-1])

@@ -145,6 +145,26 @@ async def test_guesses_from_many_addresses_back_the_whole_username_off(repositor
     assert passwords.verified == before
 
 
+async def test_a_guesser_who_waits_out_each_back_off_still_reaches_the_username_lock(repository, pool):
+    """The username's back-off doubles up to the lock's length, and failures are forgotten
+    `lock_seconds` after the last: measured from the failure alone, a back-off as long as
+    that would forget them all the moment it ended, and the lock (audited) would never
+    come. Failures are remembered from the end of their back-off."""
+    repo, bus = repository(user_backoff_after=2, user_lock_after=4, backoff_seconds=60, lock_seconds=60)
+    user = await _user(repo)
+    key = username_key(user.username)
+    for n in range(4):
+        assert await _sign_in(repo, user.username, WRONG, address=f"203.0.113.{n + 1}") == Invalid(), n
+        # The guesser waits the back-off out (60 s, as long as a lock): as if that time passed.
+        await pool.execute("UPDATE login_failures SET last_failure_at = last_failure_at - (blocked_until - now())"
+                           " - interval '1 second', blocked_until = now() - interval '1 second'"
+                           " WHERE username_key = $1 AND blocked_until > now()", key)
+        await repo.purge_stale_counters()  # nor does the janitor forget them earlier
+    [locked] = bus.of(USER_LOCKED)
+    assert (locked.user_locked.user_id, locked.user_locked.client_address) == (user.id, "")
+    assert isinstance(await _sign_in(repo, user.username, PASSWORD, address="198.51.100.99"), Locked)
+
+
 async def test_the_back_off_doubles_with_each_further_failure(repository, pool):
     repo, _ = repository(backoff_after=1, backoff_seconds=10)
     user = await _user(repo)
