@@ -145,7 +145,7 @@ class RefreshTokenGrant:
         outcome = await self._rotate(rotation)
         if isinstance(outcome, Rotated):
             return await self._answer_detached(request, client, presented, presented_hash, successor, requested,
-                                               outcome.consumed)
+                                               outcome.consumed, outcome.successor.issued_at_precise_ms)
         for pause in self.replay_poll_pauses:
             if not isinstance(outcome, Replay) or outcome.encrypted_response:
                 break
@@ -189,7 +189,7 @@ class RefreshTokenGrant:
 
     async def _answer_detached(self, request: TokenRequest, client: ClientRecord, presented: str,
                                presented_hash: bytes, successor: str, requested: list[str],
-                               consumed: OpaqueTokenRecord) -> TokenResponse:
+                               consumed: OpaqueTokenRecord, rotated_at_ms: int) -> TokenResponse:
         """The token is consumed now, and its successor exists nowhere else: the answer is
         finished and stored for a retry whatever becomes of this request. A request that runs
         out of time (its budget, or its call cancelled at its deadline) is just what a client
@@ -202,7 +202,7 @@ class RefreshTokenGrant:
             request_id_var.set(request.request_id)
             with budget.within(ANSWER_SECONDS):
                 return await self._answer_rotation(request, client, presented, presented_hash, successor,
-                                                   requested, consumed)
+                                                   requested, consumed, rotated_at_ms)
 
         task = asyncio.get_running_loop().create_task(answer(), context=budget.shared_context())
         task.add_done_callback(_retrieve_outcome)
@@ -214,7 +214,7 @@ class RefreshTokenGrant:
 
     async def _answer_rotation(self, request: TokenRequest, client: ClientRecord, presented: str,
                                presented_hash: bytes, successor: str, requested: list[str],
-                               consumed: OpaqueTokenRecord) -> TokenResponse:
+                               consumed: OpaqueTokenRecord, rotated_at_ms: int) -> TokenResponse:
         family = set(consumed.scopes)
         current = set(client.scopes)
         if requested:
@@ -226,7 +226,7 @@ class RefreshTokenGrant:
             # The family's scope, less what the client may no longer have.
             scopes = [s for s in consumed.scopes if s in current]
         try:
-            token = await self._issue_access_token(request, client, consumed, scopes)
+            token = await self._issue_access_token(request, client, consumed, scopes, checked_at_ms=rotated_at_ms)
         except Exception:
             # Consumed, and its successor stored, but the client has neither: keep the successor for
             # its retries (sealed, without an access token), then answer the failure.
@@ -240,13 +240,17 @@ class RefreshTokenGrant:
         return response
 
     async def _issue_access_token(self, request: TokenRequest, client: ClientRecord, consumed: OpaqueTokenRecord,
-                                  scopes: list[str]):
-        """An access token of the consumed token's family (its grant id: revoking the family revokes it)."""
+                                  scopes: list[str], *, checked_at_ms: int = 0):
+        """An access token of the consumed token's family (its grant id: revoking the family revokes it).
+        `checked_at_ms`: when the registry checked the family (the rotation, its clock, stamped after
+        the client's and user's rows were locked). The token is stamped with it: a password change,
+        disable or delete that waited for the rotation records its cut-off after that moment, and
+        must cover this access token too, issued a little later (as the password grant does)."""
         return await self.issuer.issue(IssueRequest(
             client_id=client.client_id, subject=consumed.subject, username=consumed.username,
             scopes=tuple(scopes), audience=tuple(consumed.audience), format=client.token_format,
             lifetime_seconds=client.access_token_lifetime, grant_id=consumed.grant_id, refresh_token_lifetime=0,
-            request_id=request.request_id, grant_type=self.grant_type))
+            request_id=request.request_id, grant_type=self.grant_type, authenticated_at_ms=checked_at_ms))
 
     async def _store(self, presented: str, presented_hash: bytes, response: TokenResponse, client: ClientRecord,
                      consumed: OpaqueTokenRecord) -> None:

@@ -20,6 +20,7 @@ import pytest
 
 from inboundlib import identity
 from inboundlib.events import EventBus
+from inboundlib.grants.api import TokenRequest
 from inboundlib.oauth.client_auth import CLIENT_SECRET_BASIC, ClientCredentials
 from services.client_registry.api import (
     GRANT_REVOCATION_LIFETIME,
@@ -38,12 +39,14 @@ from services.client_registry.api import (
     Replay,
     Rotated,
     Rotation,
+    UserSpec,
     subject_cut_off,
 )
 from services.client_registry.client import RegistryClient
 from services.client_registry.refresh_tokens import RefreshTokenRepository
 from services.client_registry.revocations import RevocationRepository
 from services.client_registry.tokens import TokenRepository
+from services.refresh_token.grant import RefreshTokenGrant
 from services.token_issuer import client as issuer_client
 from services.token_issuer.api import IssueRequest
 from tests.support import ISSUER_SERVICE, eventually
@@ -471,3 +474,34 @@ async def test_a_successor_stored_while_its_family_is_revoked_is_revoked_too(sta
     await sql(stack, "DELETE FROM revocations WHERE kind = 'grant' AND value = $1", issued.grant_id)
     refused, _ = await rotate(repo, last, client.client_id)
     assert refused == Refused(REFUSED_REVOKED, grant_id=issued.grant_id)
+
+
+async def test_a_password_change_racing_a_refresh_covers_its_access_token_too(stack, registry, issuer, make_client):
+    """The refresh_token grant against the real registry and token_issuer. The password
+    change waits for the rotation's lock on the user's row and records its cut-off after
+    it, so the successor is covered; the access token is issued a little later, after that
+    cut-off: it must be stamped as of the rotation, or the change would leave it alive."""
+    client, secret = await make_client(grant_types=["client_credentials", "refresh_token"])
+    user = await registry.create_user(UserSpec(username="racer-" + uuid.uuid4().hex[:8],
+                                               password="first-password-" + secrets.token_hex(4)))
+    issued = await first_token(issuer, client, subject=user.id, username=user.username)
+
+    class PasswordChangedMeanwhile:
+        """token_issuer, reached once the user's password has changed."""
+
+        async def issue(self, request):
+            await registry.set_user_password(user.id, "second-password-" + secrets.token_hex(4))
+            return await issuer.issue(request)
+
+    channel = stack.channel("client_registry", caller=identity.service("refresh_token"))
+    try:
+        grant = RefreshTokenGrant(RegistryClient(channel), PasswordChangedMeanwhile())
+        answer = await grant.handle(TokenRequest(
+            grant_type="refresh_token", client=ClientCredentials(CLIENT_SECRET_BASIC, client.client_id, secret),
+            params={"refresh_token": (issued.refresh_token,)}), client)
+    finally:
+        await channel.close()
+
+    assert not (await issuer.introspect(answer.refresh_token)).active
+    await eventually(lambda: issuer.introspect(answer.access_token), until=lambda info: not info.active,
+                     timeout=10, message="the password change revokes the access token of the refresh racing it")
