@@ -497,7 +497,9 @@ class UserRepository:
 
     async def unlock_user(self, user_id: str) -> UserRecord:
         """Forget the user's failures, back-offs and locks (every address); each lock
-        still in force ends now (user.lock_ended, reason unlocked, the operator's actor)."""
+        still in force ends now (user.lock_ended, reason unlocked, the operator's actor).
+        The unlock itself is a change of the user (registry.user, "unlocked"), audited
+        with the operator even when only a back-off or failures were forgotten."""
         async with self.pool.acquire() as conn, conn.transaction():
             # Not FOR UPDATE: a sign-in holds the counter rows and then waits for the user's
             # row (FOR SHARE); holding the user's row while waiting for the counters would
@@ -519,6 +521,7 @@ class UserRepository:
                 self._lock_event(_LockChange(r["address"], ended=True), user, key,
                                  reason=REASON_UNLOCKED if r["in_force"] else REASON_EXPIRED)
         log.info("user unlocked", extra={"user_id": user_id})
+        self._changed(user_id, "unlocked")
         return user
 
     # --- sign-ins (api.UserAuthenticator) ---------------------------------------------------------

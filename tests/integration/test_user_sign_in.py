@@ -15,7 +15,7 @@ import pytest
 from inbound.events.v1 import events_pb2
 from inboundlib import db, redact
 from inboundlib.batching import Overloaded
-from inboundlib.events import USER_LOCK_ENDED, USER_LOCKED
+from inboundlib.events import USER_CHANGED, USER_LOCK_ENDED, USER_LOCKED
 from inboundlib.passwords import Passwords, PasswordSettings
 from services.client_registry.api import Invalid, InvalidArgument, Locked, SignIn, UserRecord, UserSpec, UserUpdate
 from services.client_registry.users import LoginSettings, UserRepository, username_key
@@ -268,6 +268,20 @@ async def test_an_operator_unlocks_a_user(repository):
     assert (await repo.unlock_user(user.id)).locked_until == 0
     [end] = bus.of(USER_LOCK_ENDED)
     assert end.user_lock_ended.reason == "unlocked" and end.user_lock_ended.user_id == user.id
+    assert isinstance(await _sign_in(repo, user.username, PASSWORD), UserRecord)
+
+
+async def test_an_operators_unlock_of_a_back_off_alone_is_audited_too(repository):
+    """No lock to end (so no user.lock_ended), but the operator still lifted a back-off
+    in force and forgot the failures: the audit trail says who did (registry.user)."""
+    repo, bus = repository(backoff_after=1, backoff_seconds=600)
+    user = await _user(repo)
+    assert await _sign_in(repo, user.username, WRONG) == Invalid()
+    assert isinstance(await _sign_in(repo, user.username, PASSWORD), Locked)  # the back-off
+    await repo.unlock_user(user.id)
+    assert not bus.of(USER_LOCK_ENDED)
+    assert [(e.registry_changed.id, e.registry_changed.change) for e in bus.of(USER_CHANGED)
+            if e.registry_changed.change != "created"] == [(user.id, "unlocked")]
     assert isinstance(await _sign_in(repo, user.username, PASSWORD), UserRecord)
 
 
