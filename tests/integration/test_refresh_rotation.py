@@ -22,6 +22,7 @@ from inboundlib import identity
 from inboundlib.events import EventBus
 from inboundlib.grants.api import TokenRequest
 from inboundlib.oauth.client_auth import CLIENT_SECRET_BASIC, ClientCredentials
+from inboundlib.oauth.errors import TemporarilyUnavailable
 from services.client_registry.api import (
     GRANT_REVOCATION_LIFETIME,
     MAX_ACCESS_TOKEN_LIFETIME,
@@ -505,3 +506,40 @@ async def test_a_password_change_racing_a_refresh_covers_its_access_token_too(st
     assert not (await issuer.introspect(answer.refresh_token)).active
     await eventually(lambda: issuer.introspect(answer.access_token), until=lambda info: not info.active,
                      timeout=10, message="the password change revokes the access token of the refresh racing it")
+
+
+async def test_a_failed_issue_after_the_rotation_leaves_the_successor_for_the_retry(stack, issuer, make_client):
+    """The path the unit tests play with fakes, against the real registry: token_issuer fails
+    once the token is consumed; the successor is stored sealed on its own, and the client's
+    retry within the grace window gets it with an access token of its own. The family lives."""
+    client, secret = await make_client(grant_types=["client_credentials", "refresh_token"])
+    issued = await first_token(issuer, client)
+
+    class FailingOnce:
+        def __init__(self):
+            self.calls = 0
+
+        async def issue(self, request):
+            self.calls += 1
+            if self.calls == 1:
+                raise TemporarilyUnavailable(detail="token_issuer away")
+            return await issuer.issue(request)
+
+    def refresh(token: str) -> TokenRequest:
+        return TokenRequest(grant_type="refresh_token",
+                            client=ClientCredentials(CLIENT_SECRET_BASIC, client.client_id, secret),
+                            params={"refresh_token": (token,)})
+
+    channel = stack.channel("client_registry", caller=identity.service("refresh_token"))
+    try:
+        grant = RefreshTokenGrant(RegistryClient(channel), FailingOnce())
+        with pytest.raises(TemporarilyUnavailable):
+            await grant.handle(refresh(issued.refresh_token), client)
+        retry = await grant.handle(refresh(issued.refresh_token), client)
+        assert (await issuer.introspect(retry.access_token)).active
+        assert (await issuer.introspect(retry.refresh_token)).active
+        assert not (await issuer.introspect(issued.refresh_token)).active  # consumed by the first request
+        following = await grant.handle(refresh(retry.refresh_token), client)
+        assert (await issuer.introspect(following.access_token)).active
+    finally:
+        await channel.close()
