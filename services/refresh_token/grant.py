@@ -94,6 +94,9 @@ POLL_SAFETY_MARGIN = 0.5
 # Once the token is consumed, its answer is finished (access token issued, answer stored)
 # within this long, whatever the request's own time left: see _answer_detached.
 ANSWER_SECONDS = 10.0
+# The answers still being finished: the event loop holds tasks only weakly, and a request
+# that stopped waiting no longer holds its own.
+_DETACHED: set[asyncio.Task] = set()
 # One public text for every refusal of the token: which check failed is nobody's business but the audit trail's.
 REFUSED = "The refresh token is invalid, expired or revoked."
 
@@ -205,6 +208,7 @@ class RefreshTokenGrant:
                                                    requested, consumed, rotated_at_ms)
 
         task = asyncio.get_running_loop().create_task(answer(), context=budget.shared_context())
+        _DETACHED.add(task)
         task.add_done_callback(_retrieve_outcome)
         try:
             return await asyncio.wait_for(asyncio.shield(task), timeout=max(0.0, budget.remaining(ANSWER_SECONDS)))
@@ -290,6 +294,7 @@ class RefreshTokenGrant:
 
 def _retrieve_outcome(task: asyncio.Task) -> None:
     """A detached answer whose request stopped waiting: its failure was answered (or logged) already."""
+    _DETACHED.discard(task)
     if not task.cancelled():
         task.exception()
 
