@@ -94,3 +94,25 @@ def test_only_operators_rewrap_and_only_token_issuer_replaces_a_stored_key():
     assert admitted("/inbound.issuer.v1.TokenIssuer/RewrapKeys") == {identity.operator("alice")}
     assert admitted("/inbound.registry.v1.SigningKeys/RewrapSigningKey") == {identity.service("token_issuer"),
                                                                              access.ALL_IN_ONE}
+
+
+def test_user_administration_is_for_operators_alone():
+    for method in ("/inbound.registry.v1.Users/" + m for m in
+                   ("CreateUser", "GetUser", "ListUsers", "UpdateUser", "DeleteUser", "SetUserPassword",
+                    "UnlockUser", "ChangeUserRoles")):
+        assert admitted(method) == {identity.operator("alice")}, method
+
+
+def test_sign_ins_and_rotations_only_from_the_grant_that_makes_them():
+    """A password check answers whether a password is right, a rotation consumes a refresh
+    token: no other grant service (nor an operator, nor token_issuer) may ask for either."""
+    assert admitted("/inbound.registry.v1.Users/AuthenticateUsers") == {identity.service("password"),
+                                                                         access.ALL_IN_ONE}
+    for method in ("/inbound.registry.v1.RefreshTokens/" + m for m in
+                   ("RotateRefreshTokens", "StoreRotationResponses")):
+        assert admitted(method) == {identity.service("refresh_token"), access.ALL_IN_ONE}, method
+    # The refresh_token grant reads the presented token's scope before it is consumed.
+    assert admitted("/inbound.registry.v1.Tokens/GetOpaqueTokens") == {
+        identity.service("token_issuer"), identity.service("refresh_token"), access.ALL_IN_ONE}
+    assert admitted("/inbound.registry.v1.Tokens/StoreOpaqueTokens") == {identity.service("token_issuer"),
+                                                                          access.ALL_IN_ONE}
