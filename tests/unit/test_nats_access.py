@@ -38,6 +38,14 @@ def test_publishers_of_the_subjects_that_change_state_elsewhere():
     assert ACCESS_DENIED not in nats_access.permissions("edge").publish  # HTTP only: it has no gRPC gate
 
 
+def test_only_the_registry_reports_users_locks_and_refresh_token_reuse():
+    """The audit trail's record of a user's changes, of a lock and its end, and of a reused
+    refresh token is believed because only client_registry may send it: a grant service
+    (which sees passwords and refresh tokens) could otherwise forge a lock's end or a reuse."""
+    for subject in (events.USER_CHANGED, events.USER_LOCKED, events.USER_LOCK_ENDED, events.REFRESH_TOKEN_REUSED):
+        assert {n for n in NAMES if subject in nats_access.permissions(n).publish} == {"client_registry"}, subject
+
+
 def test_names_carry_the_installation():
     server = nats_access.server_permissions(Installation("beta"), "audit")
     assert all("BETA_EVENTS" in s or s.startswith("beta.") for s in server["publish"]["allow"])
