@@ -395,6 +395,17 @@ def _module_file(dotted: str) -> Path:
     return REPO.joinpath(*dotted.split(".")).with_suffix(".py")
 
 
+def _libraries_imported(path: Path) -> list[Path]:
+    """The files of inboundlib that `path` imports from (`from inboundlib.x import ...`)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("inboundlib."):
+            file = REPO.joinpath("libs", *node.module.split(".")).with_suffix(".py")
+            if file.is_file():
+                found.append(file)
+    return found
+
+
 @functools.cache
 def _env_read(module: str) -> dict[str, bool]:
     """Env variables service `module`'s process reads through inboundlib.config.Env:
@@ -410,6 +421,9 @@ def _env_read(module: str) -> dict[str, bool]:
     # The service's own folder: its settings may be read beside the assembly (the edge's
     # settings.py, its throttle.py).
     files += sorted(p for p in (REPO / "services" / module).glob("*.py") if p not in files)
+    # The libraries those files import settings through (client_registry's argon2 and
+    # password settings are read in inboundlib.passwords, not in its own folder).
+    files += sorted({lib for path in files for lib in _libraries_imported(path)} - set(files))
     found: dict[str, bool] = {p.env: False for p in row.ports}
     for name in hosting.dependencies(modules.TABLE, row):
         dep = modules.TABLE[name]
@@ -457,6 +471,8 @@ def test_env_reader_sanity():
     assert "INBOUND_TLS_CERT_FILE" in _env_read("audit")  # tls.py, through a constant
     assert _env_read("audit").get("INBOUND_EVENTS_DELIVERY") is False  # spool.py
     assert _env_read("edge").get(HEALTH_ENV) is False
+    assert _env_read("client_registry").get("INBOUND_PASSWORD_HASH_WORKERS") is False  # inboundlib/passwords.py
+    assert _env_read("client_registry").get("INBOUND_ARGON2_MEMORY_KIB") is False
 
 
 def test_env_matches_what_the_code_reads(docs):
