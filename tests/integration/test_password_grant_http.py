@@ -176,16 +176,22 @@ async def test_a_scope_beyond_the_clients_is_invalid_scope(stack, password_clien
 
 async def test_a_password_change_ends_the_tokens_the_old_one_got(stack, registry, introspect, password_client,
                                                                  make_user):
-    client, secret = await password_client()
+    """Every token the user holds: the access token and the refresh token, which would
+    otherwise go on minting access tokens for months after the password changed."""
+    client, secret = await password_client(grant_types=["password", "refresh_token"])
     user, password = await make_user()
     auth = (client.client_id, secret)
-    token = (await _post(stack, _password(user, password), auth)).json()["access_token"]
+    granted = (await _post(stack, _password(user, password), auth)).json()
+    token, refresh_token = granted["access_token"], granted["refresh_token"]
     assert (await introspect(token))["active"] is True
 
     new_password = "new-" + secrets.token_urlsafe(12)
     await registry.set_user_password(user.id, new_password)
     await eventually(lambda: introspect(token), until=lambda info: info == {"active": False},
                      message="the token issued before the password change is inactive")
+    assert (await introspect(refresh_token)) == {"active": False}
+    refreshed = await _post(stack, {"grant_type": "refresh_token", "refresh_token": refresh_token}, auth)
+    assert refreshed.status_code == 400 and refreshed.json()["error"] == "invalid_grant", refreshed.text
     assert (await _post(stack, _password(user, password), auth)).json()["error"] == "invalid_grant"
     fresh = await _post(stack, _password(user, new_password), auth)
     assert fresh.status_code == 200, fresh.text
