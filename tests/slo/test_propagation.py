@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 
 import httpx
 import jwt
 import pytest
 
 from inboundlib.oauth.client_auth import CLIENT_SECRET_BASIC, ClientCredentials
-from services.client_registry.api import ClientUpdate
+from services.client_registry.api import ClientUpdate, UserSpec, UserUpdate
 from services.devstack import ROOT, free_port
 from services.token_issuer.api import IssueRequest
 from tests.support import IssuerAs, eventually, register_client, serving
@@ -83,6 +84,30 @@ async def test_a_disabled_client_is_refused_everywhere_within_a_second(stack, re
             await registry.update_client(client.client_id, ClientUpdate(active=True))
             await eventually(token, until=lambda r: r.status_code == 200, message="the enabled client served")
     assert _record("client_disable_propagation", delays) < SECOND
+
+
+async def test_a_users_password_change_or_disabling_reaches_every_replica_within_a_second(
+        issuer, second_replica, registry, make_client):
+    """Issue 8: a password change, a disabled or a deleted user revokes every token the user
+    holds, on every replica within a second (the subject cut-off, made by the registry)."""
+    client, _ = await make_client()
+    user = await registry.create_user(UserSpec(username=f"slo-{uuid.uuid4().hex[:10]}", password="first password"))
+    delays = []
+    for n in range(10):
+        token = (await issuer.issue(IssueRequest(client_id=client.client_id, subject=user.id,
+                                                 username=user.username, scopes=(), format="jwt",
+                                                 lifetime_seconds=300, grant_type="password"))).access_token
+        assert (await second_replica.introspect(token)).active
+        started = time.perf_counter()
+        if n % 2:
+            await registry.update_user(user.id, UserUpdate(active=False))
+        else:
+            await registry.set_user_password(user.id, f"password number {n}")
+        await eventually(lambda: second_replica.introspect(token), until=lambda info: not info.active,
+                         message="the user's token inactive on the other replica")
+        delays.append(time.perf_counter() - started)
+        await registry.update_user(user.id, UserUpdate(active=True))
+    assert _record("user_revocation_propagation", delays) < SECOND
 
 
 @pytest.fixture(scope="module")
