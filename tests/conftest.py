@@ -135,6 +135,16 @@ def single_stack(private_stack):
 
 
 @pytest.fixture(scope="session")
+def debug_stack(private_stack):
+    """A system of its own with tests.support.DEBUG_ENV (DEBUG logs, short lock and grace
+    settings), shared by the modules that need it: one start, not one each."""
+    from tests.support import DEBUG_ENV
+
+    with private_stack("debug", extra_env=DEBUG_ENV) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
 def stack(request):
     """The session's system: the separate processes, or (parametrised in `both_modes`
     modules) each mode in turn."""

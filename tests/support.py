@@ -116,6 +116,13 @@ async def audit_copies(conn, values: list[str], field: str = "jti") -> dict[str,
     return {r["value"]: r["n"] for r in rows}
 
 
+# The debug system's settings (conftest's `debug_stack`, for tests/integration/test_password_secrets.py
+# and test_refresh_token.py): every process logs at DEBUG, so a scan for secrets reads every line
+# any of them writes; a username locks after two failures from an address (no waiting through
+# back-offs); a refresh token's grace window is short, so that "after the window" comes soon.
+DEBUG_ENV = {"INBOUND_LOG_LEVEL": "debug", "INBOUND_LOGIN_LOCK_AFTER": "2", "INBOUND_REFRESH_GRACE_SECONDS": "3"}
+
+
 async def audit_caught_up(stack, *, timeout: float = DEFAULT_TIMEOUT) -> int:
     """Wait until the audit consumer of `stack` has stored and acked every message its
     event stream holds now; returns that stream sequence. (Publish through an EventBus?

@@ -1,4 +1,5 @@
-"""The password grant on a system of its own, whose settings the session's stack
+"""The password grant on a system apart from the session's (tests/conftest.py's
+debug_stack, shared with the refresh_token grant's tests), whose settings the session's stack
 does not have: every process logs at DEBUG (so the scan below reads every line
 any of them writes), and a username locks after two failures
 (INBOUND_LOGIN_LOCK_AFTER=2), so a lock needs no waiting through back-offs.
@@ -21,15 +22,15 @@ import pytest
 from inboundlib import redact
 from services.client_registry.api import UserSpec
 from services.client_registry.client import RegistryClient
-from tests.support import OPERATOR, audit_caught_up, eventually, register_client
-
-SETTINGS = {"INBOUND_LOG_LEVEL": "debug", "INBOUND_LOGIN_LOCK_AFTER": "2"}
+from tests.support import DEBUG_ENV, OPERATOR, audit_caught_up, eventually, register_client
 
 
 @pytest.fixture(scope="module")
-def own_stack(private_stack):
-    with private_stack("password-secrets", extra_env=SETTINGS) as s:
-        yield s
+def own_stack(debug_stack):
+    """tests/conftest.py's debug system (DEBUG logs, a lock after two failures), shared with
+    the refresh_token grant's tests."""
+    assert (DEBUG_ENV["INBOUND_LOG_LEVEL"], DEBUG_ENV["INBOUND_LOGIN_LOCK_AFTER"]) == ("debug", "2")
+    return debug_stack
 
 
 async def _create_user(stack, password: str):
@@ -98,9 +99,12 @@ async def test_no_password_hash_or_token_in_any_log_or_audit_row(own_stack, sepa
     await audit_caught_up(own_stack)
     conn = await asyncpg.connect(own_stack.database_url)
     try:
+        # This test's own rows (the system is shared: other tests' rows would satisfy a bare count).
+        ours = {client.client_id, jwt_client.client_id}
         rows = await eventually(lambda: conn.fetch("SELECT a.*, a::text AS whole FROM audit_log a"),
-                                until=lambda rows: sum(r["type"] == "token_denied" for r in rows) >= 2
-                                and sum(r["type"] == "token_issued" for r in rows) >= 4,
+                                until=lambda rows: sum(r["type"] == "token_denied" and r["client_id"] in ours
+                                                       for r in rows) >= 2
+                                and sum(r["type"] == "token_issued" and r["client_id"] in ours for r in rows) >= 4,
                                 message="the sign-ins' audit rows")
     finally:
         await conn.close()

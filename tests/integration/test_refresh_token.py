@@ -4,7 +4,8 @@ in Postgres and token_issuer, every part a real process.
 
 The first refresh token of each family is issued by token_issuer's Issue (as the
 password grant does), for a client's own family (subject = the client, no user).
-The module runs a system of its own with a short grace window
+The module runs on a system apart from the session's (tests/conftest.py's debug_stack,
+shared with the password grant's secrets scan) with a short grace window
 (INBOUND_REFRESH_GRACE_SECONDS=3), so that "after the window" comes soon, and every
 process logging at DEBUG, so that the scan for tokens reads every line written;
 waits are `eventually` polls, never sleeps."""
@@ -22,17 +23,18 @@ import pytest
 from services.client_registry.api import ClientSpec, ClientUpdate, UserSpec, UserUpdate
 from services.client_registry.client import RegistryClient
 from services.token_issuer.api import IssueRequest
-from tests.support import OPERATOR, IssuerAs, audit_caught_up, eventually
+from tests.support import DEBUG_ENV, OPERATOR, IssuerAs, audit_caught_up, eventually
 
-GRACE = 3
+GRACE = int(DEBUG_ENV["INBOUND_REFRESH_GRACE_SECONDS"])
 TOKEN = "/oauth/token"
 
 
 @pytest.fixture(scope="module")
-def system(private_stack):
-    with private_stack("refresh-grant", extra_env={"INBOUND_REFRESH_GRACE_SECONDS": str(GRACE),
-                                                   "INBOUND_LOG_LEVEL": "debug"}) as s:
-        yield s
+def system(debug_stack):
+    """tests/conftest.py's debug system (DEBUG logs, the short grace window), shared with the
+    password grant's secrets scan."""
+    assert DEBUG_ENV["INBOUND_LOG_LEVEL"] == "debug"
+    return debug_stack
 
 
 @pytest.fixture(scope="module")
@@ -281,9 +283,11 @@ async def test_no_refresh_or_access_token_in_any_log_or_audit_row(system, separa
     await audit_caught_up(system)
     conn = await asyncpg.connect(system.database_url)
     try:
+        # This test's own rows (the system is shared: other tests' rows would satisfy a bare count).
         rows = await eventually(
-            lambda: conn.fetch("SELECT a.type, a::text AS whole FROM audit_log a"),
-            until=lambda rows: {"token_denied", "refresh_token_reused"} <= {r["type"] for r in rows},
+            lambda: conn.fetch("SELECT a.type, a.client_id, a::text AS whole FROM audit_log a"),
+            until=lambda rows: {("token_denied", other.client_id), ("refresh_token_reused", owner.client_id)}
+            <= {(r["type"], r["client_id"]) for r in rows},
             message="the refusals' and the reuse's audit rows")
     finally:
         await conn.close()
@@ -302,21 +306,23 @@ async def test_no_refresh_or_access_token_in_any_log_or_audit_row(system, separa
 
 # --- the one-process mode ----------------------------------------------------------------------------------
 
-async def test_the_one_process_mode_rotates_and_answers_a_retry_the_same(private_stack):
-    """services/all_in_one: the grant calls the registry in the same process, not over gRPC."""
-    with private_stack("refresh-grant-single", single=True) as single:
-        channel = single.channel("client_registry", caller=OPERATOR)
-        issuer = IssuerAs(single)
-        try:
-            record, secret = await RegistryClient(channel).create_client(ClientSpec(
-                name="refresh-single", grant_types=["refresh_token"], scopes=["api.read"], token_format="jwt"))
-            async with httpx.AsyncClient(base_url=single.edge_url, timeout=30) as http:
-                app = App(record, secret, http, issuer)
-                first = await app.first_refresh_token(scopes=("api.read",))
-                reply = await app.refresh(first)
-                assert reply.status_code == 200, reply.text
-                assert (await app.refresh(first)).json() == reply.json()
-                assert (await app.refresh(reply.json()["refresh_token"])).status_code == 200
-        finally:
-            await issuer.close()
-            await channel.close()
+async def test_the_one_process_mode_rotates_and_answers_a_retry_the_same(single_stack):
+    """services/all_in_one: the grant calls the registry in the same process, not over gRPC.
+    The session's one-process system (its default grace window, 5 s), not one of its own."""
+    single = single_stack
+    channel = single.channel("client_registry", caller=OPERATOR)
+    issuer = IssuerAs(single)
+    try:
+        record, secret = await RegistryClient(channel).create_client(ClientSpec(
+            name="refresh-single-" + uuid.uuid4().hex[:8], grant_types=["refresh_token"], scopes=["api.read"],
+            token_format="jwt"))
+        async with httpx.AsyncClient(base_url=single.edge_url, timeout=30) as http:
+            app = App(record, secret, http, issuer)
+            first = await app.first_refresh_token(scopes=("api.read",))
+            reply = await app.refresh(first)
+            assert reply.status_code == 200, reply.text
+            assert (await app.refresh(first)).json() == reply.json()
+            assert (await app.refresh(reply.json()["refresh_token"])).status_code == 200
+    finally:
+        await issuer.close()
+        await channel.close()
