@@ -270,7 +270,9 @@ async def test_the_metadata_lists_refresh_token(http):
 
 async def test_no_refresh_or_access_token_in_any_log_or_audit_row(system, separate_stack, make_app):
     """Rotation, a retry, refusals (another client's, unknown) and a reuse revoking its
-    family, then every log file of the system's processes and every audit row is read."""
+    family, then every log file of the system's processes and every audit row is read;
+    and every row of every table: refresh tokens are stored as SHA-256 hashes, and the
+    answer kept for retries is sealed (in bytea, so the tokens' hex is looked for too)."""
     owner, other = await make_app(), await make_app()
     first = await owner.first_refresh_token()
     rotated = (await owner.refresh(first)).json()
@@ -289,8 +291,13 @@ async def test_no_refresh_or_access_token_in_any_log_or_audit_row(system, separa
             until=lambda rows: {("token_denied", other.client_id), ("refresh_token_reused", owner.client_id)}
             <= {(r["type"], r["client_id"]) for r in rows},
             message="the refusals' and the reuse's audit rows")
+        tables = [r["tablename"] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        assert {"opaque_tokens", "audit_log"} <= set(tables)
+        stored = {table: [r["whole"] for r in await conn.fetch(f'SELECT t::text AS whole FROM "{table}" t')]
+                  for table in tables}
     finally:
         await conn.close()
+    assert len(stored["opaque_tokens"]) >= 3  # the first token, its successor, the opaque access token
     files = sorted({p for s in (system, separate_stack) for p in Path(s.state_dir).rglob("*.log") if p.is_file()})
     assert any(p.name == "refresh_token.log" for p in files), [p.name for p in files]
     secret = {"the first refresh token": first[4:], "the successor": rotated["refresh_token"][4:],
@@ -301,6 +308,10 @@ async def test_no_refresh_or_access_token_in_any_log_or_audit_row(system, separa
         hits += [f"{what} in {path.name}" for what, value in secret.items() if value in text]
     for row in rows:
         hits += [f"{what} in audit row {row['type']}" for what, value in secret.items() if value in row["whole"]]
+    for table, wholes in stored.items():
+        for whole in wholes:
+            hits += [f"{what} in a row of {table}" for what, value in secret.items()
+                     if value in whole or value.encode().hex() in whole]
     assert hits == []
 
 
