@@ -8,7 +8,8 @@ any of them writes), and a username locks after two failures
    answer to a wrong password (the description does not say "locked").
 2. No password, no argon2 hash, no access or refresh token appears in any log
    line of any process (the services', NATS's, Postgres's) or in any audit row,
-   after sign-ins with right and wrong passwords, a lock, and refreshes.
+   after sign-ins with right and wrong passwords, a lock, and refreshes; nor in
+   any row of the database but the hash in its user's row.
 """
 from __future__ import annotations
 
@@ -106,6 +107,10 @@ async def test_no_password_hash_or_token_in_any_log_or_audit_row(own_stack, sepa
                                                        for r in rows) >= 2
                                 and sum(r["type"] == "token_issued" and r["client_id"] in ours for r in rows) >= 4,
                                 message="the sign-ins' audit rows")
+        tables = [r["tablename"] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        assert {"users", "login_failures", "opaque_tokens", "audit_log"} <= set(tables)
+        stored = {table: [r["whole"] for r in await conn.fetch(f'SELECT t::text AS whole FROM "{table}" t')]
+                  for table in tables}
     finally:
         await conn.close()
     # The refusals' log lines name the usernames by fingerprint (the caller's word).
@@ -127,4 +132,12 @@ async def test_no_password_hash_or_token_in_any_log_or_audit_row(own_stack, sepa
     for row in rows:
         hits += [f"{what} in audit row {row['type']}" for what, value in secrets_to_find.items()
                  if value in row["whole"]]
+    # Every row of every table: no password in clear anywhere (the users table holds its
+    # argon2 hash, and only it), no token but as a SHA-256 (or sealed, for a refresh's retry).
+    assert any(user.id in whole and "$argon2id$" in whole for whole in stored["users"])
+    for table, wholes in stored.items():
+        for whole in wholes:
+            hits += [f"{what} in a row of {table}" for what, value in secrets_to_find.items()
+                     if (value in whole or value.encode().hex() in whole)
+                     and not (table == "users" and what == "an argon2 hash")]
     assert hits == []
