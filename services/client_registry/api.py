@@ -65,6 +65,8 @@ class AlreadyExists(RegistryError):
 ITEM_INVALID = "invalid_argument"
 ITEM_NOT_FOUND = "not_found"
 ITEM_INTERNAL = "internal"
+# Not done for want of capacity (a sign-in past the registry's queue): try again later.
+ITEM_UNAVAILABLE = "unavailable"
 
 
 @dataclass(frozen=True)
@@ -454,7 +456,9 @@ class UserAuthenticator(Protocol):
     Invalid, answered in the same time (an unknown user is checked against a dummy
     hash); a locked username or (username, address) answers Locked even for the
     right password. Counting, back-off and locks happen in the same transaction
-    as the check, so concurrent guesses cannot slip past a lock."""
+    as the check, so concurrent guesses cannot slip past a lock. Items beyond the
+    room left in the registry's queue answer ItemError(ITEM_UNAVAILABLE), unchecked
+    and uncounted; with no room at all, the whole call is refused (Overloaded)."""
     async def authenticate_users(self, sign_ins: list[SignIn]) -> list[SignInOutcome]: ...
 
 

@@ -43,8 +43,9 @@ requests): each sign-in holds a connection while its hash is verified, so at
 most `sign_in_slots` sign-ins run at once (a semaphore, sized by the assembly
 below the pool: min(hash workers, pool size / 2)), more would only wait for a
 hash thread while holding a connection; at most `hash_queue` more wait for a
-slot without a connection; beyond that a batch raises Overloaded (UNAVAILABLE,
-`temporarily_unavailable`) at once. A counter row lock is waited for at most
+slot without a connection; beyond that each further item of a batch answers
+ItemError(unavailable) at once, unchecked, and a batch with no room at all raises
+Overloaded (UNAVAILABLE): `temporarily_unavailable` either way. A counter row lock is waited for at most
 LOCK_WAIT (lock_timeout; then UNAVAILABLE).
 """
 from __future__ import annotations
@@ -79,6 +80,7 @@ from inboundlib.passwords import PasswordRejected, Passwords
 from services.client_registry.api import (
     BUILT_IN_ROLES,
     ITEM_INTERNAL,
+    ITEM_UNAVAILABLE,
     AlreadyExists,
     Invalid,
     InvalidArgument,
@@ -527,13 +529,21 @@ class UserRepository:
     # --- sign-ins (api.UserAuthenticator) ---------------------------------------------------------
 
     async def authenticate_users(self, sign_ins: list[SignIn]) -> list[SignInOutcome]:
-        if self._sign_ins + len(sign_ins) > self._max_sign_ins:
+        # As many as there is room for are checked; the rest answer "unavailable" each. (Refusing
+        # the whole batch would refuse every sign-in of a burst as soon as one coalesced batch
+        # is larger than the room: a queue setting below the callers' batch size, or several
+        # grant replicas, and no sign-in would get through at all.)
+        room = self._max_sign_ins - self._sign_ins
+        if room <= 0:
             raise Overloaded(f"sign-ins: {self._sign_ins} waiting or running")
-        self._sign_ins += len(sign_ins)
+        admitted = sign_ins[:room]
+        self._sign_ins += len(admitted)
         try:
-            return list(await asyncio.gather(*(self._authenticate(s) for s in sign_ins)))
+            outcomes: list[SignInOutcome] = list(await asyncio.gather(*(self._authenticate(s) for s in admitted)))
         finally:
-            self._sign_ins -= len(sign_ins)
+            self._sign_ins -= len(admitted)
+        return outcomes + [ItemError(ITEM_UNAVAILABLE, "too many sign-ins waiting: try again later")
+                           for _ in sign_ins[len(admitted):]]
 
     async def _authenticate(self, sign_in: SignIn) -> SignInOutcome:
         name = sign_in.username

@@ -24,11 +24,18 @@ from typing import TYPE_CHECKING
 
 from inboundlib import redact
 from inboundlib.grants.api import GrantParameters, TokenRequest, TokenResponse
-from inboundlib.oauth.errors import InvalidGrant, InvalidRequest, ServerError, UnauthorizedClient
+from inboundlib.oauth.errors import (
+    InvalidGrant,
+    InvalidRequest,
+    ServerError,
+    TemporarilyUnavailable,
+    UnauthorizedClient,
+)
 from inboundlib.oauth.scopes import format_scope, narrow_scopes
 from services.client_registry.api import (
     GRANT_PASSWORD,
     GRANT_REFRESH_TOKEN,
+    ITEM_UNAVAILABLE,
     PURPOSE_PASSWORD_GRANT,
     ClientRecord,
     Invalid,
@@ -100,6 +107,8 @@ class PasswordGrant:
             raise InvalidGrant(CREDENTIALS_REFUSED, detail=f"invalid credentials for user {who}")
         if isinstance(outcome, Locked):
             raise InvalidGrant(CREDENTIALS_REFUSED, detail=f"user {who} locked until {outcome.locked_until}")
+        if isinstance(outcome, ItemError) and outcome.code == ITEM_UNAVAILABLE:
+            raise TemporarilyUnavailable(detail="the registry's sign-in queue is full")
         if isinstance(outcome, ItemError):
             raise ServerError(detail=f"sign-in failed in the registry: {outcome.code}")
         raise ServerError(detail=f"unexpected sign-in outcome {type(outcome).__name__}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 
@@ -17,7 +18,17 @@ from inboundlib import db, redact
 from inboundlib.batching import Overloaded
 from inboundlib.events import USER_CHANGED, USER_LOCK_ENDED, USER_LOCKED
 from inboundlib.passwords import Passwords, PasswordSettings
-from services.client_registry.api import Invalid, InvalidArgument, Locked, SignIn, UserRecord, UserSpec, UserUpdate
+from services.client_registry.api import (
+    ITEM_UNAVAILABLE,
+    Invalid,
+    InvalidArgument,
+    ItemError,
+    Locked,
+    SignIn,
+    UserRecord,
+    UserSpec,
+    UserUpdate,
+)
 from services.client_registry.users import LoginSettings, UserRepository, username_key
 from tests.support import eventually
 
@@ -303,17 +314,41 @@ async def test_a_hash_with_old_parameters_is_replaced_at_sign_in(repository, poo
         stronger.shutdown()
 
 
+class GatedPasswords(CountingPasswords):
+    """Verifies only once `gate` is set (a hash that takes as long as the test wants)."""
+
+    def __init__(self, settings: PasswordSettings):
+        super().__init__(settings)
+        self.gate = threading.Event()
+
+    def _verify(self, password_hash, password):
+        self.gate.wait(30)
+        return super()._verify(password_hash, password)
+
+
 async def test_beyond_the_queue_sign_ins_are_refused_as_unavailable(repository):
-    small = CountingPasswords(PasswordSettings(hash_workers=1, hash_queue=2))
+    """Room for slots + queue sign-ins (1 + 2): a batch larger than the room has the room's
+    worth checked and the rest answered "unavailable", each; with no room left at all, the
+    whole call is refused. (Refusing the whole larger batch would refuse every sign-in of
+    a burst whenever a caller's coalesced batch outgrew the room.)"""
+    small = GatedPasswords(PasswordSettings(hash_workers=1, hash_queue=2))
     try:
         repo, _ = repository(passwords=small, sign_in_slots=1)
         user = await _user(repo)
+        small.gate.set()
+        outcomes = await repo.authenticate_users([SignIn(username=user.username, password=PASSWORD)] * 4)
+        assert [type(o).__name__ for o in outcomes] == ["UserRecord"] * 3 + ["ItemError"]
+        assert outcomes[3] == ItemError(ITEM_UNAVAILABLE, outcomes[3].message) and small.verified == 3
+
+        small.gate.clear()
+        busy = asyncio.create_task(repo.authenticate_users([SignIn(username=user.username, password=PASSWORD)] * 3))
+        await eventually(lambda: repo._sign_ins == 3, message="the room taken")
         with pytest.raises(Overloaded):
-            await repo.authenticate_users([SignIn(username=user.username, password=PASSWORD)] * 4)
-        assert small.verified == 0
-        outcomes = await repo.authenticate_users([SignIn(username=user.username, password=PASSWORD)] * 3)
-        assert all(isinstance(o, UserRecord) for o in outcomes)
+            await repo.authenticate_users([SignIn(username=user.username, password=PASSWORD)])
+        small.gate.set()
+        assert all(isinstance(o, UserRecord) for o in await busy)
     finally:
+        small.gate.set()
         small.shutdown()
 
 

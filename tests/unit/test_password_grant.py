@@ -26,6 +26,7 @@ from inboundlib.oauth.errors import (
 )
 from services.client_registry.api import (
     ITEM_INTERNAL,
+    ITEM_UNAVAILABLE,
     PURPOSE_PASSWORD_GRANT,
     ClientRecord,
     Invalid,
@@ -226,6 +227,13 @@ async def test_invalid_and_locked_answer_the_same_public_error():
 async def test_a_registry_item_error_is_server_error():
     with pytest.raises(ServerError):
         await runner(record(), FakeUsers(ItemError(ITEM_INTERNAL, "boom")), FakeIssuer()).handle(request())
+
+
+async def test_a_sign_in_past_the_registrys_queue_is_temporarily_unavailable():
+    issuer = FakeIssuer()
+    with pytest.raises(TemporarilyUnavailable):
+        await runner(record(), FakeUsers(ItemError(ITEM_UNAVAILABLE, "full")), issuer).handle(request())
+    assert issuer.requests == []
 
 
 async def test_an_unreachable_registry_is_temporarily_unavailable():
