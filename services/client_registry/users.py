@@ -46,7 +46,7 @@ hash thread while holding a connection; at most `hash_queue` more wait for a
 slot without a connection; beyond that each further item of a batch answers
 ItemError(unavailable) at once, unchecked, and a batch with no room at all raises
 Overloaded (UNAVAILABLE): `temporarily_unavailable` either way. A counter row lock is waited for at most
-LOCK_WAIT (lock_timeout; then UNAVAILABLE).
+LOCK_WAIT (lock_timeout; then that item alone answers ItemError(unavailable)).
 """
 from __future__ import annotations
 
@@ -556,6 +556,10 @@ class UserRepository:
         async with self._slots:
             try:
                 outcome, user, changes, rehash_from = await self._check_and_count(key, address, sign_in.password)
+            except asyncpg.LockNotAvailableError:
+                # This username's counters stayed busy past LOCK_WAIT (a burst of guesses for it):
+                # this item is unavailable, unchecked and uncounted; its neighbours are not.
+                return ItemError(ITEM_UNAVAILABLE, "the sign-in could not be checked in time: try again later")
             except UNAVAILABLE_ERRORS:
                 raise  # the database away: the whole call is UNAVAILABLE, for the caller to retry later
             except asyncpg.PostgresError as exc:

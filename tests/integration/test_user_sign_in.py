@@ -352,6 +352,25 @@ async def test_beyond_the_queue_sign_ins_are_refused_as_unavailable(repository):
         small.shutdown()
 
 
+async def test_a_username_whose_counters_stay_busy_fails_alone(repository, pool, monkeypatch):
+    """Guesses for one username wait for each other on its counter rows, at most LOCK_WAIT:
+    past it, that sign-in answers "unavailable" by itself. Its batch neighbours (other
+    users' sign-ins, coalesced into the same call) are answered as usual, not refused with it."""
+    from services.client_registry import users
+
+    monkeypatch.setattr(users, "LOCK_WAIT", "50ms")
+    repo, _ = repository()
+    hot, other = await _user(repo), await _user(repo)
+    assert await _sign_in(repo, hot.username, WRONG) == Invalid()  # its counter rows exist
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT 1 FROM login_failures WHERE username_key = $1 AND address = '' FOR UPDATE",
+                           username_key(hot.username))  # another replica's sign-in, still hashing
+        outcomes = await repo.authenticate_users([SignIn(username=hot.username, password=PASSWORD),
+                                                  SignIn(username=other.username, password=PASSWORD)])
+    assert outcomes[0] == ItemError(ITEM_UNAVAILABLE, outcomes[0].message)
+    assert isinstance(outcomes[1], UserRecord) and outcomes[1].id == other.id
+
+
 async def test_no_password_or_hash_in_any_log_record_or_event(repository, pool, caplog):
     caplog.set_level(logging.DEBUG)
     repo, bus = repository(lock_after=2, user_lock_after=3)
