@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import re
 import time
@@ -157,6 +158,19 @@ def username_key(username: str) -> str:
     return unicodedata.normalize("NFKC", username).casefold()
 
 
+def username_digest(key: str) -> str:
+    """What the sign-in counters are keyed by: the SHA-256 (hex) of a username key, as
+    migration 0006 computes users.username_digest. Counters exist for unknown usernames
+    too; a password typed into the username field must not sit in a table in clear."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def unknown_username(digest: str) -> str:
+    """An unknown username in an event: the caller's word, so never even its first
+    characters (inboundlib.redact keeps four), only its digest's prefix."""
+    return f"…sha256:{digest[:redact.HASH_HEX]}"
+
+
 def _check_username(value: str) -> str:
     if not value:
         raise InvalidArgument("username is required")
@@ -239,10 +253,12 @@ _USER_COLUMNS = (
     "u.id, u.username, u.username_key, u.email, u.display_name, u.given_name, u.family_name, u.email_verified,"
     " u.locale, u.zoneinfo, u.active, u.roles, u.password_changed_at, u.created_at, u.updated_at,"
     " (SELECT max(greatest(f.blocked_until, f.locked_until)) FROM login_failures f"
-    "   WHERE f.username_key = u.username_key AND greatest(f.blocked_until, f.locked_until) > now())"
+    "   WHERE f.username_digest = u.username_digest AND greatest(f.blocked_until, f.locked_until) > now())"
     " AS locked_until"
 )
 _SELECT_USER = f"SELECT {_USER_COLUMNS} FROM users u"
+# users.username_digest from the username key in $3 (what username_digest() computes).
+_DIGEST_OF_3 = "encode(sha256(convert_to($3::text, 'UTF8')), 'hex')"
 
 
 def _user(row: asyncpg.Record) -> UserRecord:
@@ -263,13 +279,13 @@ def _cut_off_by_whom(reason: str) -> str:
 # The two counter rows of a sign-in, upserted and locked in one statement, the
 # username's row ('') first so that every transaction locks them in one order.
 _LOCK_COUNTERS = """
-INSERT INTO login_failures (username_key, address) VALUES ($1, ''), ($1, $2)
-ON CONFLICT (username_key, address) DO UPDATE SET failures = login_failures.failures
+INSERT INTO login_failures (username_digest, address) VALUES ($1, ''), ($1, $2)
+ON CONFLICT (username_digest, address) DO UPDATE SET failures = login_failures.failures
 RETURNING address, failures, last_failure_at, blocked_until, locked_until, now() AS now
 """
 _SAVE_COUNTER = """
 UPDATE login_failures SET failures = $3, last_failure_at = $4, blocked_until = $5, locked_until = $6
- WHERE username_key = $1 AND address = $2
+ WHERE username_digest = $1 AND address = $2
 """
 # FOR SHARE: a password change, disable or delete (FOR UPDATE, DELETE) waits until this
 # sign-in has committed, and so records its cut-off after the check (see _check_and_count).
@@ -329,11 +345,11 @@ class UserRepository:
         [row_id] = await insert_revocations(conn, [cut_off])
         return RevocationRecord(**{**cut_off.__dict__, "id": row_id})
 
-    def _lock_event(self, change: _LockChange, user: UserRecord | None, key: str, request_id: str = "",
+    def _lock_event(self, change: _LockChange, user: UserRecord | None, digest: str, request_id: str = "",
                     reason: str = REASON_EXPIRED) -> None:
         user_id = user.id if user is not None else ""
         # A user's username is ours; an unknown one is the caller's word: a fingerprint only.
-        username = user.username if user is not None else redact.unverified(key)
+        username = user.username if user is not None else unknown_username(digest)
         address = change.address  # "": the whole username
         if self.events is None:
             return
@@ -366,9 +382,10 @@ class UserRepository:
         try:
             async with self.pool.acquire() as conn:
                 await conn.execute(
-                    "INSERT INTO users (id, username, username_key, email, display_name, given_name, family_name,"
-                    " email_verified, locale, zoneinfo, active, roles, password_hash, password_changed_at)"
-                    " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,"
+                    "INSERT INTO users (id, username, username_key, username_digest, email, display_name,"
+                    " given_name, family_name, email_verified, locale, zoneinfo, active, roles, password_hash,"
+                    " password_changed_at)"
+                    f" VALUES ($1,$2,$3,{_DIGEST_OF_3},$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,"
                     " CASE WHEN $13::text IS NULL THEN NULL ELSE now() END)",
                     user_id, username, username_key(username), email, display_name, given_name, family_name,
                     spec.email_verified, locale, zoneinfo, spec.active, roles, password_hash)
@@ -432,7 +449,8 @@ class UserRepository:
                 current = await self._locked_user(conn, user_id)
                 merged = {name: current[name] if value is None else value for name, value in values.items()}
                 await conn.execute(
-                    "UPDATE users SET username=$2, username_key=$3, email=$4, display_name=$5, given_name=$6,"
+                    f"UPDATE users SET username=$2, username_key=$3, username_digest={_DIGEST_OF_3}, email=$4,"
+                    " display_name=$5, given_name=$6,"
                     " family_name=$7, email_verified=$8, locale=$9, zoneinfo=$10, active=$11, updated_at=now()"
                     " WHERE id=$1",
                     user_id, merged["username"], username_key(merged["username"]), merged["email"],
@@ -512,15 +530,15 @@ class UserRepository:
                 raise NotFound("no such user")
             key = current["username_key"]
             cleared = await conn.fetch(
-                "DELETE FROM login_failures WHERE username_key = $1"
+                "DELETE FROM login_failures WHERE username_digest = $1"
                 " RETURNING address, locked_until IS NOT NULL AND locked_until > now() AS in_force,"
-                " locked_until IS NOT NULL AS locked", key)
+                " locked_until IS NOT NULL AS locked", username_digest(key))
             row = await conn.fetchrow(f"{_SELECT_USER} WHERE u.id = $1", user_id)
         user = _user(row)
         for r in cleared:
             if r["locked"]:
                 # A lock already past its end (the sweeper not there yet) ended by itself.
-                self._lock_event(_LockChange(r["address"], ended=True), user, key,
+                self._lock_event(_LockChange(r["address"], ended=True), user, username_digest(key),
                                  reason=REASON_UNLOCKED if r["in_force"] else REASON_EXPIRED)
         log.info("user unlocked", extra={"user_id": user_id})
         self._changed(user_id, "unlocked")
@@ -568,7 +586,7 @@ class UserRepository:
                                                                        "sqlstate": exc.sqlstate})
                 return ItemError(ITEM_INTERNAL, "the sign-in could not be checked")
         for change in changes:
-            self._lock_event(change, user, key, sign_in.request_id)
+            self._lock_event(change, user, username_digest(key), sign_in.request_id)
         if rehash_from is not None and user is not None:
             await self._rehash(user.id, rehash_from, sign_in.password)
         return outcome
@@ -578,7 +596,8 @@ class UserRepository:
         changes: list[_LockChange] = []
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'")
-            rows = await conn.fetch(_LOCK_COUNTERS, key, address)
+            digest = username_digest(key)
+            rows = await conn.fetch(_LOCK_COUNTERS, digest, address)
             now: datetime = rows[0]["now"]
             counters = {r["address"]: _Counter(r["address"], r["failures"], r["last_failure_at"],
                                                r["blocked_until"], r["locked_until"]) for r in rows}
@@ -602,7 +621,7 @@ class UserRepository:
             verified_at_ms = int(time.time() * 1000)
             user = dataclasses.replace(_user(row), verified_at_ms=verified_at_ms) if row is not None else None
             if in_force:
-                await self._save(conn, key, counters.values())
+                await self._save(conn, digest, counters.values())
                 return Locked(locked_until=ts(max(in_force)) + (1 if max(in_force).microsecond else 0)), \
                     user, changes, None
             password_hash = row["password_hash"] if row is not None and row["active"] else None
@@ -610,7 +629,7 @@ class UserRepository:
             if ok:
                 cleared = counters[address]
                 cleared.failures, cleared.last_failure_at, cleared.blocked_until = 0, None, None
-                await self._save(conn, key, counters.values())
+                await self._save(conn, digest, counters.values())
                 rehash_from = password_hash if self.passwords.needs_rehash(password_hash) else None
                 return user, user, changes, rehash_from
             for c in counters.values():
@@ -627,12 +646,12 @@ class UserRepository:
                                     else login.backoff_after):
                     delay = min(login.backoff_seconds * 2 ** (c.failures - backoff_after), login.lock_seconds)
                     c.blocked_until = now + timedelta(seconds=delay)
-            await self._save(conn, key, counters.values())
+            await self._save(conn, digest, counters.values())
         return Invalid(), user, changes, None
 
     @staticmethod
-    async def _save(conn: asyncpg.Connection, key: str, counters) -> None:
-        await conn.executemany(_SAVE_COUNTER, [(key, c.address, c.failures, c.last_failure_at, c.blocked_until,
+    async def _save(conn: asyncpg.Connection, digest: str, counters) -> None:
+        await conn.executemany(_SAVE_COUNTER, [(digest, c.address, c.failures, c.last_failure_at, c.blocked_until,
                                                 c.locked_until) for c in counters])
 
     async def _rehash(self, user_id: str, old_hash: str, password: str) -> None:
@@ -655,13 +674,13 @@ class UserRepository:
         (or a sign-in clearing it first) cannot both report one lock."""
         rows = await self.pool.fetch(
             "WITH ended AS (UPDATE login_failures SET locked_until = NULL"
-            "   WHERE locked_until IS NOT NULL AND locked_until <= now() RETURNING username_key, address)"
-            " SELECT e.username_key, e.address, u.id, u.username FROM ended e"
-            " LEFT JOIN users u ON u.username_key = e.username_key")
+            "   WHERE locked_until IS NOT NULL AND locked_until <= now() RETURNING username_digest, address)"
+            " SELECT e.username_digest, e.address, u.id, u.username FROM ended e"
+            " LEFT JOIN users u ON u.username_digest = e.username_digest")
         for r in rows:
             user = UserRecord(id=r["id"], username=r["username"], email="", display_name="", active=True,
                               roles=()) if r["id"] is not None else None
-            self._lock_event(_LockChange(r["address"], ended=True), user, r["username_key"])
+            self._lock_event(_LockChange(r["address"], ended=True), user, r["username_digest"])
         return len(rows)
 
     async def purge_stale_counters(self) -> int:

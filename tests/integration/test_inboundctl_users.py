@@ -13,10 +13,16 @@ import time
 import httpx
 import pytest
 
+from services.client_registry.users import username_digest, username_key
 from tests.integration.test_inboundctl import basic, ctl, ok
 from tests.support import eventually
 
 TOKEN = "/oauth/token"
+
+
+def counter_key(username: str) -> str:
+    """How login_failures names a username's rows (a digest, never the username)."""
+    return username_digest(username_key(username))
 
 
 def name(prefix: str) -> str:
@@ -122,9 +128,9 @@ async def test_unlock_lifts_a_lock(stack, registry, password_client):
     db = await asyncpg.connect(stack.database_url)
     try:
         for address in ("203.0.113.9", "127.0.0.1"):
-            await db.execute("INSERT INTO login_failures (username_key, address, failures, last_failure_at,"
+            await db.execute("INSERT INTO login_failures (username_digest, address, failures, last_failure_at,"
                              " blocked_until, locked_until) VALUES ($1, $2, 10, now(), now() + interval '1 hour',"
-                             " now() + interval '1 hour')", username.lower(), address)
+                             " now() + interval '1 hour')", counter_key(username), address)
         shown = (await ok(stack, "user", "show", username, "--json")).json()
         assert shown["locked_until"] > time.time() + 3000
         assert "until" in (await ok(stack, "user", "show", username)).out.split("locked:")[1].splitlines()[0]
@@ -134,8 +140,8 @@ async def test_unlock_lifts_a_lock(stack, registry, password_client):
 
         unlocked = await ok(stack, "user", "unlock", username, "--json")
         assert unlocked.json()["locked_until"] == 0
-        in_force = await db.fetchval("SELECT count(*) FROM login_failures WHERE username_key = $1 AND"
-                                     " greatest(blocked_until, locked_until) > now()", username.lower())
+        in_force = await db.fetchval("SELECT count(*) FROM login_failures WHERE username_digest = $1 AND"
+                                     " greatest(blocked_until, locked_until) > now()", counter_key(username))
         assert in_force == 0
         assert (await registry.get_user(username=username)).locked_until == 0
         reply = await password_grant(stack, client_id, secret, username, password)

@@ -114,7 +114,8 @@ async def new_user(stack, *, active: bool = True) -> str:
     user_id = str(uuid.uuid4())
     conn = await asyncpg.connect(stack.database_url)
     try:
-        await conn.execute("INSERT INTO users (id, username, username_key, active) VALUES ($1, $2, $2, $3)",
+        await conn.execute("INSERT INTO users (id, username, username_key, username_digest, active)"
+                           " VALUES ($1, $2, $2, md5($2), $3)",
                            user_id, "u-" + user_id[:8], active)
     finally:
         await conn.close()

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from inbound.events.v1 import events_pb2
-from inboundlib import db, redact
+from inboundlib import db
 from inboundlib.batching import Overloaded
 from inboundlib.events import USER_CHANGED, USER_LOCK_ENDED, USER_LOCKED
 from inboundlib.passwords import Passwords, PasswordSettings
@@ -29,7 +29,13 @@ from services.client_registry.api import (
     UserSpec,
     UserUpdate,
 )
-from services.client_registry.users import LoginSettings, UserRepository, username_key
+from services.client_registry.users import (
+    LoginSettings,
+    UserRepository,
+    unknown_username,
+    username_digest,
+    username_key,
+)
 from tests.support import eventually
 
 PASSWORD = "correct horse battery"
@@ -61,6 +67,11 @@ class CountingPasswords(Passwords):
         self.verified += 1
         return super()._verify(password_hash, password)
 
+
+
+def counter_key(username: str) -> str:
+    """How login_failures names a username's rows: a digest, never the username."""
+    return username_digest(username_key(username))
 
 @pytest.fixture(scope="module")
 def passwords():
@@ -163,13 +174,13 @@ async def test_a_guesser_who_waits_out_each_back_off_still_reaches_the_username_
     come. Failures are remembered from the end of their back-off."""
     repo, bus = repository(user_backoff_after=2, user_lock_after=4, backoff_seconds=60, lock_seconds=60)
     user = await _user(repo)
-    key = username_key(user.username)
+    key = counter_key(user.username)
     for n in range(4):
         assert await _sign_in(repo, user.username, WRONG, address=f"203.0.113.{n + 1}") == Invalid(), n
         # The guesser waits the back-off out (60 s, as long as a lock): as if that time passed.
         await pool.execute("UPDATE login_failures SET last_failure_at = last_failure_at - (blocked_until - now())"
                            " - interval '1 second', blocked_until = now() - interval '1 second'"
-                           " WHERE username_key = $1 AND blocked_until > now()", key)
+                           " WHERE username_digest = $1 AND blocked_until > now()", key)
         await repo.purge_stale_counters()  # nor does the janitor forget them earlier
     [locked] = bus.of(USER_LOCKED)
     assert (locked.user_locked.user_id, locked.user_locked.client_address) == (user.id, "")
@@ -184,9 +195,9 @@ async def test_the_back_off_doubles_with_each_further_failure(repository, pool):
         assert await _sign_in(repo, user.username, WRONG) == Invalid()
         delays.append(await pool.fetchval(
             "SELECT extract(epoch FROM blocked_until - last_failure_at)::int FROM login_failures"
-            " WHERE username_key = $1 AND address = '192.0.2.1'", username_key(user.username)))
-        await pool.execute("UPDATE login_failures SET blocked_until = NULL WHERE username_key = $1",
-                           username_key(user.username))  # the back-off over, as if waited for
+            " WHERE username_digest = $1 AND address = '192.0.2.1'", counter_key(user.username)))
+        await pool.execute("UPDATE login_failures SET blocked_until = NULL WHERE username_digest = $1",
+                           counter_key(user.username))  # the back-off over, as if waited for
     assert delays == [10, 20, 40]
 
 
@@ -210,7 +221,7 @@ async def test_an_unknown_username_locks_like_a_real_one_and_is_fingerprinted(re
     assert isinstance(await _sign_in(repo, name.lower(), WRONG), Locked)
     [locked] = bus.of(USER_LOCKED)
     assert locked.user_locked.user_id == ""
-    assert locked.user_locked.username == redact.unverified(username_key(name)) and name.lower() not in str(locked)
+    assert locked.user_locked.username == unknown_username(counter_key(name)) and name.lower() not in str(locked)
 
 
 async def test_a_lock_on_one_address_leaves_others_but_the_username_lock_holds_everywhere(repository):
@@ -244,7 +255,7 @@ async def test_old_failures_are_forgotten(repository, pool):
     for _ in range(2):
         await _sign_in(repo, user.username, WRONG)
     await pool.execute("UPDATE login_failures SET last_failure_at = now() - interval '61 seconds'"
-                       " WHERE username_key = $1", username_key(user.username))
+                       " WHERE username_digest = $1", counter_key(user.username))
     for _ in range(2):
         assert await _sign_in(repo, user.username, WRONG) == Invalid()
     assert isinstance(await _sign_in(repo, user.username, PASSWORD), UserRecord)
@@ -363,8 +374,8 @@ async def test_a_username_whose_counters_stay_busy_fails_alone(repository, pool,
     hot, other = await _user(repo), await _user(repo)
     assert await _sign_in(repo, hot.username, WRONG) == Invalid()  # its counter rows exist
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT 1 FROM login_failures WHERE username_key = $1 AND address = '' FOR UPDATE",
-                           username_key(hot.username))  # another replica's sign-in, still hashing
+        await conn.execute("SELECT 1 FROM login_failures WHERE username_digest = $1 AND address = '' FOR UPDATE",
+                           counter_key(hot.username))  # another replica's sign-in, still hashing
         outcomes = await repo.authenticate_users([SignIn(username=hot.username, password=PASSWORD),
                                                   SignIn(username=other.username, password=PASSWORD)])
     assert outcomes[0] == ItemError(ITEM_UNAVAILABLE, outcomes[0].message)
@@ -425,13 +436,13 @@ async def test_counters_with_nothing_left_to_remember_are_purged(repository, poo
     await _sign_in(repo, stale.username, WRONG)
     for _ in range(2):
         await _sign_in(repo, locked.username, WRONG)
-    keys = [username_key(stale.username), username_key(locked.username)]
+    keys = [counter_key(stale.username), counter_key(locked.username)]
     await pool.execute("UPDATE login_failures SET last_failure_at = now() - interval '61 seconds'"
-                       " WHERE username_key = ANY($1)", keys)
+                       " WHERE username_digest = ANY($1)", keys)
     assert await repo.purge_stale_counters() >= 2
-    left = await pool.fetch("SELECT username_key, address FROM login_failures WHERE username_key = ANY($1)", keys)
+    left = await pool.fetch("SELECT username_digest, address FROM login_failures WHERE username_digest = ANY($1)", keys)
     # The lock stays until it ends; the other rows (stale failures, the locked user's other row) go.
-    assert [(r["username_key"], r["address"]) for r in left] == [(keys[1], "192.0.2.1")]
+    assert [(r["username_digest"], r["address"]) for r in left] == [(keys[1], "192.0.2.1")]
 
 
 async def test_a_username_that_normalises_too_long_is_refused_and_fails_no_neighbour(repository):
@@ -482,3 +493,18 @@ async def test_a_sign_in_answers_when_it_checked_the_password(repository):
     outcome = await _sign_in(repo, user.username, PASSWORD)
     after = int(time.time() * 1000)
     assert isinstance(outcome, UserRecord) and before <= outcome.verified_at_ms <= after
+
+
+async def test_counters_keep_no_username_in_clear(repository, pool):
+    """A password typed into the username field must not sit in login_failures: rows are
+    keyed by a digest, the same one Postgres computes for a user's own key."""
+    repo, _ = repository()
+    typed = f"Pässwörd-typed-as-username-{uuid.uuid4().hex[:8]}"
+    assert await _sign_in(repo, typed, WRONG) == Invalid()
+    rows = await pool.fetch("SELECT f::text AS row, username_digest FROM login_failures f"
+                            " WHERE username_digest = $1", counter_key(typed))
+    assert len(rows) == 2  # the username's row and its address's
+    assert not any(typed.lower() in r["row"].lower() or "typed-as-username" in r["row"] for r in rows)
+    user = await _user(repo, username=f"Ünïcode-{uuid.uuid4().hex[:8]}")
+    assert await pool.fetchval("SELECT username_digest FROM users WHERE id = $1", user.id) \
+        == counter_key(user.username)
