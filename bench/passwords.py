@@ -435,6 +435,8 @@ def ratios(results: dict) -> dict:
 
 
 def warnings(results: dict) -> list[str]:
+    from bench import run
+
     out = []
     for mode, users in ((results.get("users") or {}).items()):
         for kind in ("logins", "refresh"):
@@ -446,12 +448,7 @@ def warnings(results: dict) -> list[str]:
                 out.append(f"{label}: INVALID RUN — {runres['non2xx']} non-2xx answers, {runres['socket_errors']} "
                            f"socket errors, {runres.get('chains_broken', 0)} chains broken; first non-2xx: "
                            f"{runres.get('sample_non2xx') or '—'}")
-            for name, found in (runres.get("service_logs") or {}).items():
-                if found["problems"]:
-                    first = found["first_problems"][0]
-                    out.append(f"{label}: {name} logged {found['problems']} warning/error line(s) during the run; "
-                               f"first: [{first['level']}] {first['msg']} {first['extra'] or ''} "
-                               f"{first['exc_last_line']}".rstrip())
+            out.extend(run.log_warnings(label, runres))
             if runres.get("dead_services"):
                 out.append(f"{label}: services exited during the run: {runres['dead_services']}")
             if runres["machine"]["other_cores"] > 0.25:

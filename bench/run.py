@@ -513,6 +513,18 @@ def _log_findings(stack, offsets: dict[str, int]) -> dict[str, dict]:
     return findings
 
 
+def log_warnings(label: str, run: dict) -> list[str]:
+    """One warning per service that logged warnings or errors during a run (_log_findings)."""
+    warnings = []
+    for name, found in (run.get("service_logs") or {}).items():
+        if found["problems"]:
+            first = found["first_problems"][0]
+            warnings.append(f"{label}: {name} logged {found['problems']} warning/error line(s) during the run; "
+                            f"first: [{first['level']}] {first['msg']} {first['extra'] or ''} "
+                            f"{first['exc_last_line']}".rstrip())
+    return warnings
+
+
 @contextlib.contextmanager
 def _bench_database():
     """Yields (database_url, external): with DATABASE_URL set, a fresh database beside it, dropped afterwards
@@ -1229,12 +1241,7 @@ def collect_warnings(results: dict) -> list[str]:
             warnings.append(f"{label}: INVALID RUN — {run['non2xx']} non-2xx answers, {run['socket_errors']} socket "
                             f"errors (connect {run['err_connect']}, read {run['err_read']}, write {run['err_write']}, "
                             f"timeout {run['err_timeout']}); first non-2xx: {run['sample_non2xx'] or '—'}")
-        for name, found in (run.get("service_logs") or {}).items():
-            if found["problems"]:
-                first = found["first_problems"][0]
-                warnings.append(f"{label}: {name} logged {found['problems']} warning/error line(s) during the run; "
-                                f"first: [{first['level']}] {first['msg']} {first['extra'] or ''} "
-                                f"{first['exc_last_line']}".rstrip())
+        warnings.extend(log_warnings(label, run))
         machine = run["machine"]
         if machine["other_cores"] > 0.25:
             top = ", ".join(f"{p['comm']}[{p['pid']}] {p['cores']:.2f}" for p in machine["top_other_processes"])
