@@ -39,9 +39,7 @@ The refresh token itself is never logged, put in an error or in an event.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import secrets
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -72,6 +70,7 @@ from services.client_registry.api import (
 )
 from services.token_issuer.api import IssueRequest, TokenIssuerApi
 from services.token_issuer.jti import new_jti
+from services.token_issuer.reference_tokens import REFRESH_PREFIX, new_refresh_token, token_hash
 
 if TYPE_CHECKING:  # the grant's logic imports no gRPC code; grant_process does
     from services.grant_process import GrantDeps
@@ -81,8 +80,6 @@ log = logging.getLogger(__name__)
 GRACE_SETTING = "INBOUND_REFRESH_GRACE_SECONDS"
 DEFAULT_GRACE_SECONDS = 5
 MAX_GRACE_SECONDS = 60
-# token_issuer's refresh tokens: this prefix and 256 random bits (43 base64url characters).
-REFRESH_PREFIX = "ibr_"
 # Longer than any token we issue: refused without a lookup.
 MAX_TOKEN_LENGTH = 256
 # While the first rotation's answer is not stored yet: ask again after these pauses (1.5 s in all).
@@ -103,15 +100,6 @@ REFUSED = "The refresh token is invalid, expired or revoked."
 
 class RefreshStore(RefreshTokenStore, TokenStore):
     """What the grant needs of the registry: rotation, and a read of the token's scope."""
-
-
-def token_hash(token: str) -> bytes:
-    """What the registry keys refresh tokens by (token_issuer stores only this)."""
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-
-
-def new_refresh_token() -> str:
-    return REFRESH_PREFIX + secrets.token_urlsafe(32)
 
 
 class RefreshTokenGrant:

@@ -52,10 +52,10 @@ from services.client_registry.api import (
 from services.client_registry.cache import ClientSource
 from services.client_registry.wire import revocation_event
 from services.token_issuer.api import TokenInfo
-from services.token_issuer.issuer import REFRESH_PREFIX
 from services.token_issuer.jti import issued_at_ms
 from services.token_issuer.keys import KeyRing
 from services.token_issuer.opaque_cache import OpaqueTokenCache
+from services.token_issuer.reference_tokens import REFRESH_PREFIX, token_hash
 from services.token_issuer.revocations import RevocationSet
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class TokenChecker:
             return None
         if token.count(".") == 2:
             return self._identify_jwt(token)
-        record = await self.opaque.get(hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest(),
+        record = await self.opaque.get(token_hash(token),
                                        refresh=token.startswith(REFRESH_PREFIX))
         if record is None:
             return None

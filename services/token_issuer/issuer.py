@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import logging
 import secrets
 import time
@@ -45,6 +44,7 @@ from services.token_issuer.keys import (
     new_key_record,
     open_key_record,
 )
+from services.token_issuer.reference_tokens import new_opaque_token, new_refresh_token, token_hash
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,6 @@ UNREADABLE_KEYS = Gauge("inbound_signing_keys_unreadable",
 # A key whose ciphertext changes under a rewrap again and again has two rewraps with
 # different first key-encryption keys racing: give up and say so rather than loop.
 REWRAP_ATTEMPTS = 5
-OPAQUE_PREFIX = "ibo_"
-REFRESH_PREFIX = "ibr_"
 # How old a sign-in's check (IssueRequest.authenticated_at_ms) may be when its tokens are
 # issued: a sign-in and its Issue call each time out within seconds; older is a bug.
 MAX_AUTHENTICATION_AGE_MS = 60_000
@@ -221,7 +219,7 @@ class TokenIssuer:
             # its rotations (the registry gives each successor min(sliding expiry, family end)).
             family_ends = now + request.refresh_token_absolute_lifetime if request.refresh_token_absolute_lifetime else 0
             expires_at = now + request.refresh_token_lifetime
-            refresh_token = REFRESH_PREFIX + secrets.token_urlsafe(32)
+            refresh_token = new_refresh_token()
             await self._store(refresh_token, OpaqueTokenRecord(
                 token_hash=b"", jti=new_jti(now_ms), client_id=request.client_id, subject=request.subject,
                 username=request.username, scopes=request.scopes, audience=tuple(audience), issued_at=now,
@@ -264,7 +262,7 @@ class TokenIssuer:
 
     async def _issue_opaque(self, request: IssueRequest, jti: str, now_ms: int, audience: list[str],
                             grant_id: str) -> str:
-        token = OPAQUE_PREFIX + secrets.token_urlsafe(32)
+        token = new_opaque_token()
         now = now_ms // 1000
         await self._store(token, OpaqueTokenRecord(
             token_hash=b"", jti=jti, client_id=request.client_id, subject=request.subject,
@@ -274,7 +272,7 @@ class TokenIssuer:
 
     async def _store(self, token: str, record: OpaqueTokenRecord) -> None:
         """Only the SHA-256 of a token is stored; a database leak yields no usable token."""
-        record = OpaqueTokenRecord(**{**record.__dict__, "token_hash": hashlib.sha256(token.encode()).digest()})
+        record = OpaqueTokenRecord(**{**record.__dict__, "token_hash": token_hash(token)})
         error = (await self.registry.store_opaque_tokens([record]))[0]
         if error:
             raise ServerError(detail=f"token not stored: {error}")

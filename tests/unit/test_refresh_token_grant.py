@@ -30,7 +30,8 @@ from inboundlib.oauth.errors import (
 from services.client_registry.api import ClientRecord, OpaqueTokenRecord
 from services.grant_process import GrantDeps
 from services.refresh_token import grant as refresh_grant
-from services.refresh_token.grant import REFUSED, RefreshTokenGrant, new_refresh_token, token_hash
+from services.refresh_token.grant import REFUSED, RefreshTokenGrant
+from services.token_issuer.reference_tokens import new_refresh_token, token_hash
 from tests.fakes import FakeBus, FakeClients, FakeIssuer, FakeRefreshTokens, client_record
 from tests.support import eventually
 
