@@ -70,9 +70,9 @@ class Session:
 
     def users(self):
         """The registry's user directory (api.UserDirectory)."""
-        from services.client_registry.client import RegistryClient
+        from services.client_registry.client import UsersClient
 
-        return RegistryClient(self._open(self.args.registry_addr, "client-registry"))
+        return UsersClient(self._open(self.args.registry_addr, "client-registry"))
 
     def issuer(self):
         from services.token_issuer.client import IssuerClient

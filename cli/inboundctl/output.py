@@ -42,20 +42,21 @@ class _CurrentStdout:
 STDOUT: TextIO = _CurrentStdout()  # type: ignore[assignment]
 
 
-def client_dict(c: ClientRecord) -> dict[str, Any]:
+def _record_dict(record: Any, fields: tuple[str, ...]) -> dict[str, Any]:
+    """The named fields of a record, tuples as JSON lists."""
     out = {}
-    for name in CLIENT_FIELDS:
-        value = getattr(c, name)
+    for name in fields:
+        value = getattr(record, name)
         out[name] = list(value) if isinstance(value, tuple) else value
     return out
+
+
+def client_dict(c: ClientRecord) -> dict[str, Any]:
+    return _record_dict(c, CLIENT_FIELDS)
 
 
 def user_dict(u: UserRecord) -> dict[str, Any]:
-    out = {}
-    for name in USER_FIELDS:
-        value = getattr(u, name)
-        out[name] = list(value) if isinstance(value, tuple) else value
-    return out
+    return _record_dict(u, USER_FIELDS)
 
 
 def key_dict(k: KeyInfo) -> dict[str, Any]:

@@ -28,7 +28,7 @@ async def test_a_sign_in_checked_too_long_ago_is_not_stamped_on_tokens():
     from services.token_issuer.issuer import MAX_AUTHENTICATION_AGE_MS
 
     issuer = TokenIssuer(registry=None, encryptor=KeyEncryptor(os.urandom(32)), issuer="i", default_audience="a")
-    with pytest.raises(ServerError):
+    with pytest.raises(ServerError, match="too long to stamp"):
         await issuer.issue(IssueRequest(
             client_id="c", subject="u", scopes=(), format="jwt", lifetime_seconds=60,
             authenticated_at_ms=int(time.time() * 1000) - MAX_AUTHENTICATION_AGE_MS - 1000))
