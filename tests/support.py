@@ -272,3 +272,10 @@ async def serving(stack, name: str, addr: str, service: str = "") -> None:
                          ignore=(grpc.aio.AioRpcError,), message=f"{addr} serving {service or 'its services'}")
     finally:
         await channel.close()
+
+
+def counter_key(username: str) -> str:
+    """How login_failures names a username's sign-in counters: a digest, never the username."""
+    from services.client_registry.users import username_digest, username_key
+
+    return username_digest(username_key(username))

@@ -13,16 +13,10 @@ import time
 import httpx
 import pytest
 
-from services.client_registry.users import username_digest, username_key
 from tests.integration.test_inboundctl import basic, ctl, ok
-from tests.support import eventually
+from tests.support import counter_key, eventually
 
 TOKEN = "/oauth/token"
-
-
-def counter_key(username: str) -> str:
-    """How login_failures names a username's rows (a digest, never the username)."""
-    return username_digest(username_key(username))
 
 
 def name(prefix: str) -> str:

@@ -33,10 +33,8 @@ from services.client_registry.users import (
     LoginSettings,
     UserRepository,
     unknown_username,
-    username_digest,
-    username_key,
 )
-from tests.support import eventually
+from tests.support import counter_key, eventually
 
 PASSWORD = "correct horse battery"
 WRONG = "wrong horse battery"
@@ -67,11 +65,6 @@ class CountingPasswords(Passwords):
         self.verified += 1
         return super()._verify(password_hash, password)
 
-
-
-def counter_key(username: str) -> str:
-    """How login_failures names a username's rows: a digest, never the username."""
-    return username_digest(username_key(username))
 
 @pytest.fixture(scope="module")
 def passwords():
