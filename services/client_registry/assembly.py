@@ -115,11 +115,8 @@ class RegistryService:
     registry: Registry
     api: BatchedTokenStore
     pool: object
-    janitor: asyncio.Task
-    # Clears encrypted rotation responses once their grace window has passed.
-    response_sweeper: asyncio.Task | None = None
-    # Reports sign-in locks that ended (user.lock_ended).
-    lock_sweeper: asyncio.Task | None = None
+    # Registry.start_housekeeping's periodic jobs (purge, rotation responses, ended locks).
+    housekeeping: list[asyncio.Task]
     passwords: Passwords | None = None
     # A full password pool (Overloaded) is "try again later" too, as the database being away is.
     unavailable_on = (*db.UNAVAILABLE_ERRORS, Overloaded)
@@ -130,11 +127,8 @@ class RegistryService:
         return list(server.SERVICE_NAMES)
 
     async def stop(self) -> None:
-        self.janitor.cancel()
-        if self.response_sweeper is not None:
-            self.response_sweeper.cancel()
-        if self.lock_sweeper is not None:
-            self.lock_sweeper.cancel()
+        for task in self.housekeeping:
+            task.cancel()
         await self.pool.close()
         if self.passwords is not None:
             self.passwords.shutdown()
@@ -148,10 +142,9 @@ async def start(settings: Settings, ctx: Context) -> RegistryService:
     registry = Registry(pool, ctx.events, passwords=passwords, login=settings.login,
                         sign_in_slots=settings.sign_in_slots)
     return RegistryService(registry=registry, api=BatchedTokenStore(registry), pool=pool,
-                           janitor=asyncio.create_task(registry.purge_periodically(settings.purge_seconds)),
-                           response_sweeper=asyncio.create_task(registry.refresh_tokens.clear_rotation_responses_periodically(
-                               settings.rotation_response_sweep_seconds)),
-                           lock_sweeper=asyncio.create_task(registry.users.sweep_periodically()),
+                           housekeeping=registry.start_housekeeping(
+                               purge_seconds=settings.purge_seconds,
+                               response_sweep_seconds=settings.rotation_response_sweep_seconds),
                            passwords=passwords)
 
 

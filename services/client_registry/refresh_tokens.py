@@ -291,12 +291,3 @@ class RefreshTokenRepository:
             " AND replay_until < $1", from_ms(self._now_ms()))
         return int(status.split()[-1])
 
-    async def clear_rotation_responses_periodically(self, seconds: float) -> None:
-        while True:
-            await asyncio.sleep(seconds)
-            try:
-                cleared = await self.clear_rotation_responses()
-                if cleared:
-                    log.info("rotation responses cleared", extra={"rows": cleared})
-            except Exception as exc:
-                log.warning("clearing rotation responses failed", extra={"error": type(exc).__name__})

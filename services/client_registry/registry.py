@@ -149,19 +149,31 @@ class Registry:
 
     # --- housekeeping -----------------------------------------------------------------------------
 
-    async def purge_periodically(self, seconds: float) -> None:
-        """Run purge_expired every `seconds`, for the life of the service."""
-        while True:
-            await asyncio.sleep(seconds)
-            try:
-                removed = await self.purge_expired()
-                if removed:
-                    log.info("expired rows purged", extra={"rows": removed})
-            except Exception as exc:
-                log.warning("purge failed", extra={"error": type(exc).__name__})
+    def start_housekeeping(self, *, purge_seconds: float, response_sweep_seconds: float) -> list[asyncio.Task]:
+        """The registry's periodic jobs, for the life of the service: purge expired rows,
+        clear rotation responses past their grace window, report sign-in locks that ended."""
+        jobs = ((purge_seconds, self.purge_expired, "expired rows purged", "purge failed"),
+                (response_sweep_seconds, self.refresh_tokens.clear_rotation_responses,
+                 "rotation responses cleared", "clearing rotation responses failed"),
+                (self.users.login.sweep_seconds, self.users.sweep_ended_locks, "", "lock sweep failed"))
+        return [asyncio.create_task(every(*job)) for job in jobs]
 
     async def purge_expired(self) -> int:
         """Drop expired opaque tokens and revocations (kept a day longer, for investigations),
         and sign-in counters with nothing left to remember."""
         return (await self.tokens.purge_expired() + await revocation_rows.purge_expired(self.pool)
                 + await self.users.purge_stale_counters())
+
+
+async def every(seconds: float, job, done: str, failed: str) -> None:
+    """Run `job` every `seconds` (after the first wait), for the life of the service. A
+    count of rows it returns is logged as `done` (when `done` is set and rows changed); a
+    failure is logged as `failed` and the next round tries again."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            rows = await job()
+            if done and rows:
+                log.info(done, extra={"rows": rows})
+        except Exception as exc:
+            log.warning(failed, extra={"error": type(exc).__name__})

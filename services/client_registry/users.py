@@ -693,11 +693,3 @@ class UserRepository:
             float(self.login.lock_seconds))
         return int(status.rsplit(" ", 1)[-1])
 
-    async def sweep_periodically(self) -> None:
-        """sweep_ended_locks every `sweep_seconds`, for the life of the service."""
-        while True:
-            await asyncio.sleep(self.login.sweep_seconds)
-            try:
-                await self.sweep_ended_locks()
-            except Exception as exc:
-                log.warning("lock sweep failed", extra={"error": type(exc).__name__})
