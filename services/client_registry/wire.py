@@ -75,17 +75,8 @@ def spec_to_pb(s: ClientSpec) -> pb.ClientSpec:
 def spec_from_pb(m: pb.ClientSpec) -> ClientSpec:
     return ClientSpec(
         name=m.name, public=m.public, grant_types=list(m.grant_types), scopes=list(m.scopes),
-        redirect_uris=list(m.redirect_uris),
-        access_token_lifetime=m.access_token_lifetime if m.HasField("access_token_lifetime") else None,
-        refresh_token_lifetime=m.refresh_token_lifetime if m.HasField("refresh_token_lifetime") else None,
-        token_format=m.token_format if m.HasField("token_format") else None,
-        pkce_required=m.pkce_required if m.HasField("pkce_required") else None,
-        logo_url=m.logo_url, comments=m.comments,
-        allow_public_password_grant=(m.allow_public_password_grant if m.HasField("allow_public_password_grant")
-                                     else None),
-        refresh_token_absolute_lifetime=(m.refresh_token_absolute_lifetime
-                                         if m.HasField("refresh_token_absolute_lifetime") else None),
-    )
+        redirect_uris=list(m.redirect_uris), logo_url=m.logo_url, comments=m.comments,
+        **{name: getattr(m, name) if m.HasField(name) else None for name in _OPTIONAL_SPEC_FIELDS})
 
 
 _OPTIONAL_UPDATE_FIELDS = ("active", "name", "access_token_lifetime", "refresh_token_lifetime", "token_format",
