@@ -11,13 +11,11 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-import time
 from urllib.parse import urlsplit
 
 import asyncpg
 
-from inboundlib import actors
-from inboundlib.events import ENTITY_CLIENT, TOKEN_REVOKED, EventBus, registry_changed, registry_subject
+from inboundlib.events import ENTITY_CLIENT, EventBus, registry_changed, registry_subject
 from inboundlib.oauth.client_auth import hash_client_secret, new_client_secret
 from inboundlib.oauth.scopes import is_valid_scope_token
 from services.client_registry.api import (
@@ -36,13 +34,11 @@ from services.client_registry.api import (
     ClientUpdate,
     InvalidArgument,
     NotFound,
-    RevocationRecord,
     client_cut_off,
     is_plausible_id,
 )
 from services.client_registry.pg import ts
-from services.client_registry.revocations import insert_revocations
-from services.client_registry.wire import revocation_event
+from services.client_registry.revocations import publish_cut_off, record_cut_off
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +153,6 @@ def _client(row: asyncpg.Record) -> ClientRecord:
     )
 
 
-def _cut_off_by_whom(reason: str) -> str:
-    who = actors.current()
-    return f"{who}: {reason}" if who is not None else f"operator: {reason}"
-
-
 class ClientRepository:
     """Implements api.ClientStore over Postgres."""
 
@@ -172,16 +163,6 @@ class ClientRepository:
     def _changed(self, client_id: str, change: str) -> None:
         if self.events is not None:
             self.events.publish(registry_subject(ENTITY_CLIENT), registry_changed(ENTITY_CLIENT, client_id, change))
-
-    def _revoked(self, cut_off: RevocationRecord | None) -> None:
-        if cut_off is not None and self.events is not None:
-            self.events.publish(TOKEN_REVOKED, revocation_event(cut_off))
-
-    async def _record_cut_off(self, conn: asyncpg.Connection, client_id: str, reason: str) -> RevocationRecord:
-        # The registry process's clock, in ms: see api.client_cut_off for why not the database's.
-        cut_off = client_cut_off(client_id, int(time.time() * 1000), _cut_off_by_whom(reason))
-        [row_id] = await insert_revocations(conn, [cut_off])
-        return RevocationRecord(**{**cut_off.__dict__, "id": row_id})
 
     # --- clients --------------------------------------------------------------------------------
 
@@ -288,15 +269,15 @@ class ClientRepository:
             if current.active and not values["active"]:
                 # Disabling revokes what the client holds: enabling it again (after a
                 # secret rotation, say) must not bring stolen tokens back.
-                cut_off = await self._record_cut_off(conn, client_id, "client disabled")
+                cut_off = await record_cut_off(conn, client_cut_off, client_id, "client disabled")
             elif values["active"] and not current.active:
                 # Tokens minted while it was disabled (requests already authenticated, caches
                 # not yet told, answers served stale while the registry was away) were
                 # inactive only because their client was: enabling must not bring them back.
-                cut_off = await self._record_cut_off(conn, client_id, "client enabled")
+                cut_off = await record_cut_off(conn, client_cut_off, client_id, "client enabled")
         log.info("client updated", extra={"client_id": client_id})
         self._changed(client_id, "updated")
-        self._revoked(cut_off)
+        publish_cut_off(self.events, cut_off)
         return _client(row)
 
     async def delete_client(self, client_id: str) -> bool:
@@ -307,11 +288,11 @@ class ClientRepository:
             deleted = status.endswith(" 1")
             # Its stored tokens go with it (ON DELETE CASCADE), but JWTs live on: the
             # cut-off lets a checker refuse them without asking whether the client exists.
-            cut_off = await self._record_cut_off(conn, client_id, "client deleted") if deleted else None
+            cut_off = await record_cut_off(conn, client_cut_off, client_id, "client deleted") if deleted else None
         if deleted:
             log.info("client deleted", extra={"client_id": client_id})
             self._changed(client_id, "deleted")
-            self._revoked(cut_off)
+            publish_cut_off(self.events, cut_off)
         return deleted
 
     async def rotate_client_secret(self, client_id: str) -> tuple[ClientRecord, str]:

@@ -18,8 +18,13 @@ every writer is serialised, which is what the lock it replaces did.
 """
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import asyncpg
 
+from inboundlib import actors
+from inboundlib.events import TOKEN_REVOKED, EventBus
 from services.client_registry.api import (
     CUT_OFF_KINDS,
     MAX_ID_LENGTH,
@@ -34,6 +39,7 @@ from services.client_registry.api import (
     is_plausible_id,
 )
 from services.client_registry.pg import batch_then_items, from_ms, from_ts, ms, plausible_time, ts
+from services.client_registry.wire import revocation_event
 
 MAX_PAGE = 10_000
 
@@ -126,6 +132,24 @@ async def insert_revocations(conn: asyncpg.Connection | asyncpg.Pool,
             break
     ids = {(row["kind"], row["value"]): row["id"] for row in stored}
     return [ids[(r.kind, r.value)] for r in records]
+
+
+async def record_cut_off(conn: asyncpg.Connection, cut_off: Callable[[str, int, str], RevocationRecord],
+                         value: str, reason: str) -> RevocationRecord:
+    """A client's or a subject's cut-off (api.client_cut_off, api.subject_cut_off) made now,
+    stored in the caller's transaction: what disabling or deleting a client, or changing a
+    user's password, status or existence records. Now is this process's clock, in ms (see
+    api.client_cut_off for why not the database's); the revoker is the call's actor."""
+    who = actors.current()
+    record = cut_off(value, int(time.time() * 1000), f"{who}: {reason}" if who is not None else f"operator: {reason}")
+    [row_id] = await insert_revocations(conn, [record])
+    return RevocationRecord(**{**record.__dict__, "id": row_id})
+
+
+def publish_cut_off(events: EventBus | None, cut_off: RevocationRecord | None) -> None:
+    """After the commit: every token_issuer replica applies it (token.revoked)."""
+    if cut_off is not None and events is not None:
+        events.publish(TOKEN_REVOKED, revocation_event(cut_off))
 
 
 class RevocationRepository:

@@ -64,13 +64,12 @@ from datetime import datetime, timedelta
 import asyncpg
 
 from inbound.events.v1 import events_pb2
-from inboundlib import actors, redact
+from inboundlib import redact
 from inboundlib.batching import Overloaded
 from inboundlib.config import Env
 from inboundlib.db import UNAVAILABLE_ERRORS
 from inboundlib.events import (
     ENTITY_USER,
-    TOKEN_REVOKED,
     USER_CHANGED,
     USER_LOCK_ENDED,
     USER_LOCKED,
@@ -88,7 +87,6 @@ from services.client_registry.api import (
     ItemError,
     Locked,
     NotFound,
-    RevocationRecord,
     SignIn,
     SignInOutcome,
     UserPage,
@@ -99,8 +97,7 @@ from services.client_registry.api import (
     subject_cut_off,
 )
 from services.client_registry.pg import ts
-from services.client_registry.revocations import insert_revocations
-from services.client_registry.wire import revocation_event
+from services.client_registry.revocations import publish_cut_off, record_cut_off
 
 log = logging.getLogger(__name__)
 
@@ -271,11 +268,6 @@ def _user(row: asyncpg.Record) -> UserRecord:
     )
 
 
-def _cut_off_by_whom(reason: str) -> str:
-    who = actors.current()
-    return f"{who}: {reason}" if who is not None else f"operator: {reason}"
-
-
 # The two counter rows of a sign-in, upserted and locked in one statement, the
 # username's row ('') first so that every transaction locks them in one order.
 _LOCK_COUNTERS = """
@@ -334,16 +326,6 @@ class UserRepository:
     def _changed(self, user_id: str, change: str) -> None:
         if self.events is not None:
             self.events.publish(USER_CHANGED, registry_changed(ENTITY_USER, user_id, change))
-
-    def _revoked(self, cut_off: RevocationRecord | None) -> None:
-        if cut_off is not None and self.events is not None:
-            self.events.publish(TOKEN_REVOKED, revocation_event(cut_off))
-
-    async def _record_cut_off(self, conn: asyncpg.Connection, user_id: str, reason: str) -> RevocationRecord:
-        # The registry process's clock, in ms: see api.client_cut_off for why not the database's.
-        cut_off = subject_cut_off(user_id, int(time.time() * 1000), _cut_off_by_whom(reason))
-        [row_id] = await insert_revocations(conn, [cut_off])
-        return RevocationRecord(**{**cut_off.__dict__, "id": row_id})
 
     def _lock_event(self, change: _LockChange, user: UserRecord | None, digest: str, request_id: str = "",
                     reason: str = REASON_EXPIRED) -> None:
@@ -461,14 +443,14 @@ class UserRepository:
                     # Disabling revokes what the user holds. Enabling revokes too: tokens
                     # minted while the user was disabled (a sign-in already past its check,
                     # a refresh racing the change) must not come back to life with it.
-                    cut_off = await self._record_cut_off(
-                        conn, user_id, "user disabled" if current["active"] else "user enabled")
+                    reason = "user disabled" if current["active"] else "user enabled"
+                    cut_off = await record_cut_off(conn, subject_cut_off, user_id, reason)
                 row = await conn.fetchrow(f"{_SELECT_USER} WHERE u.id = $1", user_id)
         except asyncpg.UniqueViolationError:
             raise AlreadyExists("a user with that username exists already") from None
         log.info("user updated", extra={"user_id": user_id})
         self._changed(user_id, "updated")
-        self._revoked(cut_off)
+        publish_cut_off(self.events, cut_off)
         return _user(row)
 
     async def delete_user(self, user_id: str) -> bool:
@@ -478,11 +460,11 @@ class UserRepository:
             status = await conn.execute("DELETE FROM users WHERE id = $1", user_id)
             deleted = status.endswith(" 1")
             # JWTs outlive the row: the cut-off lets every checker refuse them.
-            cut_off = await self._record_cut_off(conn, user_id, "user deleted") if deleted else None
+            cut_off = await record_cut_off(conn, subject_cut_off, user_id, "user deleted") if deleted else None
         if deleted:
             log.info("user deleted", extra={"user_id": user_id})
             self._changed(user_id, "deleted")
-            self._revoked(cut_off)
+            publish_cut_off(self.events, cut_off)
         return deleted
 
     async def set_user_password(self, user_id: str, password: str) -> UserRecord:
@@ -495,11 +477,11 @@ class UserRepository:
             await conn.execute("UPDATE users SET password_hash=$2, password_changed_at=now(), updated_at=now()"
                                " WHERE id=$1", user_id, password_hash)
             # A new password ends every session the old one opened (a stolen one included).
-            cut_off = await self._record_cut_off(conn, user_id, "password changed")
+            cut_off = await record_cut_off(conn, subject_cut_off, user_id, "password changed")
             row = await conn.fetchrow(f"{_SELECT_USER} WHERE u.id = $1", user_id)
         log.info("user password set", extra={"user_id": user_id})
         self._changed(user_id, "password_set")
-        self._revoked(cut_off)
+        publish_cut_off(self.events, cut_off)
         return _user(row)
 
     async def change_user_roles(self, user_id: str, add: list[str], remove: list[str]) -> UserRecord:
