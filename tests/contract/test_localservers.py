@@ -61,6 +61,14 @@ def test_a_port_in_time_wait_is_free_and_a_listening_one_is_not():
 def test_free_port_never_hands_out_a_port_twice(monkeypatch):
     """A stack asks for its ports before any server binds them: two of them must differ."""
     from inboundlib import localservers
+
+    class AlwaysFree:  # every port binds: only free_port's own memory can refuse one
+        def __init__(self, *args): pass
+        def __enter__(self): return self
+        def __exit__(self, *exc): return False
+        def bind(self, address): pass
+
+    monkeypatch.setattr(localservers.socket, "socket", AlwaysFree)
     monkeypatch.setattr(localservers, "_LISTEN_PORTS", range(40100, 40103))
     monkeypatch.setattr(localservers, "_HANDED_OUT", set())
     ports = {free_port() for _ in range(3)}
