@@ -73,6 +73,9 @@ _TOKENS = "/inbound.registry.v1.Tokens/"
 _REVOCATIONS = "/inbound.registry.v1.Revocations/"
 _USERS = "/inbound.registry.v1.Users/"
 _REFRESH = "/inbound.registry.v1.RefreshTokens/"
+_SCOPES = "/inbound.registry.v1.Scopes/"
+_AUTHZ_STATE = "/inbound.registry.v1.Authorizations/"
+_AUTHORIZE = "/inbound.authorize.v1.Authorization/"
 _AUDIT = "/inbound.audit.v1.AuditLog/"
 _HEALTH = "/grpc.health.v1.Health/"
 
@@ -123,6 +126,23 @@ RULES: dict[str, Allowed] = {
     # Refresh-token rotation: the refresh_token grant alone.
     _REFRESH + "RotateRefreshTokens": services("refresh_token"),
     _REFRESH + "StoreRotationResponses": services("refresh_token"),
+
+    # The scope catalog: operators manage it (inboundctl scope ...).
+    _SCOPES + "CreateScope": OPERATORS,
+    _SCOPES + "GetScopes": OPERATORS,
+    _SCOPES + "ListScopes": OPERATORS,
+    _SCOPES + "UpdateScope": OPERATORS,
+    _SCOPES + "DeleteScope": OPERATORS,
+
+    # The authorization endpoint's state (sessions, pending requests, consents, codes) and
+    # the authorize contract: the authorization_code service and the edge, once they serve
+    # them (issue "The browser"); nobody until then.
+    **{_AUTHZ_STATE + rpc: authz.NOBODY for rpc in (
+        "CreateSession", "GetSession", "EndSession", "CreateAuthorizationRequest", "GetAuthorizationRequest",
+        "CompleteAuthorizationRequest", "GetConsent", "GrantConsent", "ListConsents", "WithdrawConsent",
+        "CreateAuthorizationCode", "ConsumeAuthorizationCodes", "RecordUserGrant")},
+    **{_AUTHORIZE + rpc: authz.NOBODY for rpc in (
+        "Authorize", "SignIn", "Consent", "GetAccount", "WithdrawConsent", "EndSession", "UserInfo")},
 
     _AUDIT + "Tail": OPERATORS,
     _AUDIT + "Search": OPERATORS,

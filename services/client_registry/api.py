@@ -117,6 +117,8 @@ class ClientRecord:
     # A refresh-token family ends this many seconds after its first token, whatever
     # its rotations (0: only the sliding refresh_token_lifetime applies).
     refresh_token_absolute_lifetime: int = 0
+    # OpenID Connect RP-Initiated Logout: where the browser may go after sign-out (exact match).
+    post_logout_redirect_uris: tuple[str, ...] = ()
 
 
 @dataclass
@@ -135,6 +137,7 @@ class ClientSpec:
     comments: str = ""
     allow_public_password_grant: bool | None = None
     refresh_token_absolute_lifetime: int | None = None
+    post_logout_redirect_uris: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -153,6 +156,7 @@ class ClientUpdate:
     comments: str | None = None
     allow_public_password_grant: bool | None = None
     refresh_token_absolute_lifetime: int | None = None
+    post_logout_redirect_uris: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -409,6 +413,104 @@ class Refused:
 RotationOutcome = Rotated | Replay | Refused | ItemError
 
 
+# --- the scope catalog ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ScopeRecord:
+    """A scope of the catalog: the words the consent page shows, and whether it needs consent."""
+    name: str
+    description: str
+    consent_required: bool
+    created_at: int = 0
+    updated_at: int = 0
+
+
+@dataclass
+class ScopeUpdate:
+    description: str | None = None
+    consent_required: bool | None = None
+
+
+class InUse(RegistryError):
+    """The entity is still referenced (a scope a client has); the message says by what."""
+
+
+# --- the authorization endpoint's state -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class BrowserSession:
+    """A signed-in browser. `id_hash` is SHA-256 of the cookie's value; `sid` the OIDC session id."""
+    id_hash: bytes = field(repr=False)
+    sid: str
+    user_id: str
+    username: str
+    auth_time_ms: int = 0
+    created_at: int = 0
+    expires_at: int = 0
+    client_address: str = ""
+    user_agent: str = ""
+
+
+@dataclass(frozen=True)
+class PendingAuthorization:
+    """A validated authorization request waiting for sign-in or consent; `request_json`
+    is the authorization_code service's own serialisation."""
+    id_hash: bytes = field(repr=False)
+    client_id: str
+    request_json: str
+    created_at: int = 0
+    expires_at: int = 0
+
+
+@dataclass(frozen=True)
+class ConsentRecord:
+    user_id: str
+    client_id: str
+    scopes: tuple[str, ...]
+    granted_at: int = 0
+    updated_at: int = 0
+
+
+@dataclass(frozen=True)
+class AuthorizationCodeRecord:
+    """RFC 6749 §4.1.2: a code and everything it is bound to. `code_hash` is SHA-256 of the
+    code. created_at_ms and expires_at are set by the registry."""
+    code_hash: bytes = field(repr=False)
+    client_id: str
+    redirect_uri: str
+    scopes: tuple[str, ...]
+    user_id: str
+    username: str
+    sid: str
+    auth_time_ms: int
+    nonce: str
+    code_challenge: str
+    code_challenge_method: str
+    grant_id: str
+    created_at_ms: int = 0
+    expires_at: int = 0
+
+
+@dataclass(frozen=True)
+class CodeToConsume:
+    code_hash: bytes = field(repr=False)
+    client_id: str = ""
+
+
+@dataclass(frozen=True)
+class CodeReused:
+    """The code was consumed before: its grant is revoked now (RFC 6749 §4.1.2)."""
+    grant_id: str = ""
+
+
+@dataclass(frozen=True)
+class CodeNotFound:
+    """Unknown, expired, or issued to another client (then left unconsumed)."""
+
+
+CodeOutcome = AuthorizationCodeRecord | CodeReused | CodeNotFound | ItemError
+
+
 # --- one narrow interface per domain ----------------------------------------------------------
 
 class ClientReader(Protocol):
@@ -496,7 +598,49 @@ class RefreshTokenStore(Protocol):
     async def store_rotation_responses(self, responses: list[tuple[bytes, bytes]]) -> list[ItemError | None]: ...
 
 
+class ScopeCatalog(Protocol):
+    """The scope catalog. A client's scopes must all be in it (ClientAdmin refuses others);
+    delete raises InUse while a client has the scope."""
+    async def create_scope(self, name: str, description: str, consent_required: bool) -> ScopeRecord: ...
+    async def get_scopes(self, names: list[str]) -> list[ScopeRecord | None]: ...
+    async def list_scopes(self) -> list[ScopeRecord]: ...
+    async def update_scope(self, name: str, update: ScopeUpdate) -> ScopeRecord: ...
+    async def delete_scope(self, name: str) -> bool: ...
+
+
+class AuthorizationStore(Protocol):
+    """The authorization endpoint's state, for the authorization_code service alone.
+
+    Sessions: get answers None for an unknown, ended or expired session, and for one
+    whose user is disabled, deleted, or changed password after the session began.
+    create refuses (InvalidArgument) a session whose sign-in (`verified_at_ms`) is older
+    than the user's last password change or disable. Pending requests: get answers None
+    once expired or completed; complete answers False when it was completed already.
+    Codes: create stores the code and records its grant id under (user, client);
+    consume, per item in one transaction: unconsumed, unexpired and of this client ->
+    the record, consumed now; consumed before -> CodeReused, with the grant revoked
+    (stored and published) in the same transaction; otherwise CodeNotFound.
+    withdraw_consent deletes the consent and revokes every grant recorded under
+    (user, client), returning how many."""
+    async def create_session(self, session: BrowserSession, lifetime_seconds: int,
+                             verified_at_ms: int) -> BrowserSession: ...
+    async def get_session(self, id_hash: bytes) -> BrowserSession | None: ...
+    async def end_session(self, *, id_hash: bytes = b"", sid: str = "") -> bool: ...
+    async def create_authorization_request(self, request: PendingAuthorization,
+                                           lifetime_seconds: int) -> PendingAuthorization: ...
+    async def get_authorization_request(self, id_hash: bytes) -> PendingAuthorization | None: ...
+    async def complete_authorization_request(self, id_hash: bytes) -> bool: ...
+    async def get_consent(self, user_id: str, client_id: str) -> ConsentRecord | None: ...
+    async def grant_consent(self, user_id: str, client_id: str, scopes: list[str]) -> ConsentRecord: ...
+    async def list_consents(self, user_id: str) -> list[ConsentRecord]: ...
+    async def withdraw_consent(self, user_id: str, client_id: str, actor: str) -> tuple[bool, int]: ...
+    async def create_authorization_code(self, code: AuthorizationCodeRecord,
+                                        lifetime_seconds: int) -> AuthorizationCodeRecord: ...
+    async def consume_authorization_codes(self, codes: list[CodeToConsume]) -> list[CodeOutcome]: ...
+    async def record_user_grant(self, user_id: str, client_id: str, grant_id: str) -> None: ...
+
+
 class ClientRegistryApi(ClientStore, SigningKeyStore, TokenStore, RevocationStore, UserStore, RefreshTokenStore,
-                        Protocol):
+                        ScopeCatalog, AuthorizationStore, Protocol):
     """Every domain at once: what the registry process hosts (and what a test or the
     one-process mode may hand around). Callers should ask for the narrow one they use."""

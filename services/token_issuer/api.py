@@ -11,6 +11,23 @@ FORMAT_OPAQUE = "opaque"
 
 
 @dataclass(frozen=True)
+class IdTokenRequest:
+    """An OpenID Connect ID token to issue beside the access token (Core §2): audience the
+    client, subject the request's, signed with the ID-token algorithm's active key
+    (INBOUND_ID_TOKEN_ALG, RS256 by default)."""
+    nonce: str = ""
+    auth_time: int = 0  # unix seconds
+    sid: str = ""
+    # The claims the granted scopes release (inboundlib.oauth.oidc.claims_for).
+    claims: dict = field(default_factory=dict, hash=False)
+    # The code sent with it, for c_hash ("" for none).
+    code: str = field(default="", repr=False)
+    # Add at_hash of the access token issued with it.
+    at_hash: bool = False
+    lifetime_seconds: int = 0  # 0: the configured default
+
+
+@dataclass(frozen=True)
 class IssueRequest:
     client_id: str
     subject: str
@@ -31,6 +48,7 @@ class IssueRequest:
     # The tokens are stamped with it when earlier than now: a subject cut-off recorded after the
     # check (a password change racing the sign-in) then covers them.
     authenticated_at_ms: int = 0
+    id_token: IdTokenRequest | None = None
 
 
 @dataclass(frozen=True)
@@ -42,6 +60,7 @@ class IssuedToken:
     token_type: str = "Bearer"
     refresh_token: str = field(default="", repr=False)
     grant_id: str = ""
+    id_token: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -98,4 +117,4 @@ class TokenIssuerApi(Protocol):
     async def rewrap_keys(self) -> RewrapReport: ...
 
 
-__all__ = ["IssueRequest", "IssuedToken", "KeyInfo", "RewrapReport", "TokenIssuerApi", "OAuthError", "FORMAT_JWT", "FORMAT_OPAQUE"]
+__all__ = ["IdTokenRequest", "IssueRequest", "IssuedToken", "KeyInfo", "RewrapReport", "TokenIssuerApi", "OAuthError", "FORMAT_JWT", "FORMAT_OPAQUE"]

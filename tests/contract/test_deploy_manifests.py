@@ -785,6 +785,8 @@ PACKAGE_SERVERS = {
     "inbound.registry.v1": ["client_registry"],
     "inbound.audit.v1": ["audit"],
     "inbound.grant.v1": [m.name for m in modules.MODULES if m.grant_type],
+    # The authorize contract: the authorization_code service (none until it is in the module table).
+    "inbound.authorize.v1": [m for m in ("authorization_code",) if m in modules.TABLE],
 }
 HEALTH_PACKAGE = "grpc.health.v1"  # every process; anyone (probes carry no certificate)
 
