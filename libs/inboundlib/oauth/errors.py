@@ -97,11 +97,36 @@ class TemporarilyUnavailable(OAuthError):
     default_description = "The service is temporarily unavailable; retry later."
 
 
+class UnsupportedResponseType(OAuthError):
+    """RFC 6749 §4.1.2.1: the server does not offer this response_type (or not to this client)."""
+    code = "unsupported_response_type"
+    default_description = "The response type is not supported."
+
+
+class InteractionRequired(OAuthError):
+    """OpenID Connect Core §3.1.2.6: prompt=none, but the user must interact."""
+    code = "interaction_required"
+    default_description = "The user must interact with the authorization server."
+
+
+class LoginRequired(OAuthError):
+    """OpenID Connect Core §3.1.2.6: prompt=none, and no session (or too old for max_age)."""
+    code = "login_required"
+    default_description = "The user must sign in."
+
+
+class ConsentRequired(OAuthError):
+    """OpenID Connect Core §3.1.2.6: prompt=none, and the user has not consented."""
+    code = "consent_required"
+    default_description = "The user must consent."
+
+
 BY_CODE: dict[str, type[OAuthError]] = {
     cls.code: cls
     for cls in (InvalidRequest, InvalidClient, InvalidGrant, UnauthorizedClient, UnsupportedGrantType,
                 InvalidScope, AccessDenied, UnsupportedTokenType, InvalidToken, InsufficientScope,
-                ServerError, TemporarilyUnavailable)
+                ServerError, TemporarilyUnavailable, UnsupportedResponseType, InteractionRequired, LoginRequired,
+                ConsentRequired)
 }
 
 
