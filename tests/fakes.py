@@ -12,6 +12,8 @@ stands in for also runs for real (Postgres, NATS, gRPC) in tests/integration.
 - `PostgresLikeClients`, `BatchedClients`: a client source whose batched lookup fails
   whole on a NUL, as Postgres does, and lookups coalesced into batches in front of it.
 - `FakeGrant`, `FakeTokens`: the edge's ports (a grant; introspection and revocation).
+- `FakeAuthorizationCodes`, `FakeUserDirectory`: the registry's codes (create, consume by
+  its rules) and users by id, for the code-for-token exchange and userinfo.
 - `FakeBus`: the event bus port (`publish`, `subscribe`, `on_reconnect`): events are
   delivered when the test says so (`await bus.deliver()`), and `await bus.reconnect()`
   runs the reconnect hooks as a real reconnect would.
@@ -304,10 +306,12 @@ class FakeGrant:
 
 
 class FakeTokens:
-    """token_issuer as the edge sees it (introspect, revoke): records calls; `error` raises."""
+    """token_issuer as the edge sees it (introspect, revoke): records calls; `error` raises.
+    `infos` maps a token to its introspection answer (any other: inactive)."""
 
-    def __init__(self, *, error: BaseException | None = None):
+    def __init__(self, *, error: BaseException | None = None, infos: dict[str, TokenInfo] | None = None):
         self.error = error
+        self.infos = infos if infos is not None else {}
         self.introspected: list[tuple[str, object]] = []
         self.revoked: list[tuple[str, object, str]] = []
 
@@ -315,7 +319,7 @@ class FakeTokens:
         self.introspected.append((token, caller))
         if self.error is not None:
             raise self.error
-        return TokenInfo(active=False)
+        return self.infos.get(token, TokenInfo(active=False))
 
     async def revoke(self, token: str, caller, *, token_type_hint: str = "", request_id: str = "") -> None:
         self.revoked.append((token, caller, token_type_hint))
@@ -424,3 +428,62 @@ class FakeRefreshTokens(_CanBeDown):
         for token_hash, blob in responses:
             self.responses[token_hash] = blob
         return [None] * len(responses)
+
+
+class FakeAuthorizationCodes(_CanBeDown):
+    """The registry's authorization codes (api.AuthorizationStore's create and consume), by
+    the rules of its docstring, in memory: consumed once, by their own client only (another
+    client's attempt leaves them unconsumed), unexpired by the fake's clock `now` (Unix
+    seconds; a test moves it). A second use answers CodeReused and adds the code's grant
+    id to `revoked_grants`. `consumed` lists every CodeToConsume asked for."""
+
+    def __init__(self):
+        self.now = time.time()
+        self.codes: dict[bytes, object] = {}
+        self.used: set[bytes] = set()
+        self.revoked_grants: set[str] = set()
+        self.consumed: list = []
+
+    async def create_authorization_code(self, code, lifetime_seconds: int):
+        self._check()
+        stored = dataclasses.replace(code, created_at_ms=code.created_at_ms or int(self.now * 1000),
+                                     expires_at=int(self.now) + lifetime_seconds)
+        self.codes[code.code_hash] = stored
+        return stored
+
+    async def consume_authorization_codes(self, codes: list) -> list:
+        from services.client_registry.api import CodeNotFound, CodeReused
+        self._check()
+        outcomes = []
+        for item in codes:
+            self.consumed.append(item)
+            record = self.codes.get(item.code_hash)
+            if record is None or record.client_id != item.client_id:
+                outcomes.append(CodeNotFound())
+            elif item.code_hash in self.used:
+                self.revoked_grants.add(record.grant_id)
+                outcomes.append(CodeReused(grant_id=record.grant_id))
+            elif record.expires_at <= self.now:
+                outcomes.append(CodeNotFound())
+            else:
+                self.used.add(item.code_hash)
+                outcomes.append(record)
+        return outcomes
+
+
+class FakeUserDirectory(_CanBeDown):
+    """The registry's users by id or username (api.UserDirectory.get_user); `lookups` lists the ids asked for."""
+
+    def __init__(self, *users):
+        self.users = {user.id: user for user in users}
+        self.lookups: list[str] = []
+
+    def put(self, user) -> None:
+        self.users[user.id] = user
+
+    async def get_user(self, *, id: str = "", username: str = ""):
+        self._check()
+        self.lookups.append(id or username)
+        if id:
+            return self.users.get(id)
+        return next((u for u in self.users.values() if u.username == username), None)
