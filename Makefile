@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 GEN := build/gen
 PROTOS := $(shell find proto -name '*.proto' | sort)
 
-.PHONY: all install gen run run-single test test-fast slo lint bench clean deploy-check
+.PHONY: all install gen chromium run run-single test test-fast slo lint bench clean deploy-check
 
 all: gen
 
@@ -30,6 +30,21 @@ $(GEN)/.stamp: $(PROTOS) $(VENV)/.installed
 
 gen: $(GEN)/.stamp
 
+# Debian's Chromium for the browser tests (tests/browser, tests/conformance): Playwright
+# drives /usr/bin/chromium; it never downloads a browser of its own. Installed when
+# missing and we are root; otherwise (or when apt fails) say so and go on: the browser
+# tests then fail, saying why, so a machine without it never passes them by skipping.
+CHROMIUM := /usr/bin/chromium
+chromium:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "Installing Debian's chromium for the browser tests (apt-get)"; \
+	    export DEBIAN_FRONTEND=noninteractive APT="apt-get -q -y -o DPkg::Lock::Timeout=300"; \
+	    $$APT install chromium >/dev/null 2>&1 || \
+	      { $$APT update >/dev/null && $$APT install chromium >/dev/null; } || true; \
+	  fi; \
+	  test -x $(CHROMIUM) || echo "WARNING: no $(CHROMIUM) (install Debian's chromium as root): the browser tests will fail" >&2; }
+
 run: gen
 	$(PY) -m services.devstack run
 
@@ -40,7 +55,7 @@ run-single: gen
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check libs services cli bench tools tests
 
-test: gen lint
+test: gen lint chromium
 	$(PY) -m pytest -q tests
 
 test-fast: gen

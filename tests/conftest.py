@@ -195,6 +195,46 @@ async def issuer(stack):
     await issuer.close()
 
 
+# --- a real browser (tests/browser, tests/conformance): Debian's Chromium driven by Playwright ----------
+
+@pytest.fixture(scope="session")
+async def chromium():
+    """One Chromium for the session (tests/browser/flow.py). Without /usr/bin/chromium every
+    test that needs it fails, saying how to install it: a browser test never passes by skipping."""
+    from playwright.async_api import async_playwright
+
+    from tests.browser.flow import CHROMIUM, CHROMIUM_ARGS, missing_chromium_message
+
+    if not CHROMIUM.exists():
+        pytest.fail(missing_chromium_message())
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        await browser.close()
+
+
+@pytest.fixture
+async def browser_page(chromium):
+    """A page in a fresh browser context of the test's own (no cookies of another test), desktop-sized."""
+    from tests.browser.flow import SIZES
+
+    context = await chromium.new_context(viewport=SIZES["desktop"])
+    context.set_default_timeout(30_000)
+    page = await context.new_page()
+    yield page
+    await context.close()
+
+
+@pytest.fixture(scope="session")
+def client_callback():
+    """The page behind the browser tests' redirect URIs (loopback, tests/browser/flow.py)."""
+    from tests.browser.flow import CallbackServer
+
+    server = CallbackServer()
+    yield server
+    server.close()
+
+
 def pytest_collection_modifyitems(config, items):
     """The SLO set (`@pytest.mark.slo`: timing objectives) runs only when asked for
     (`make slo`, i.e. `-m slo`): a loaded machine is not a broken system."""
