@@ -34,9 +34,11 @@ class SigningKeyRepository:
             raise InvalidArgument("a signing key needs a printable kid and an activation time")
         try:
             async with self.pool.acquire() as conn, conn.transaction():
-                # Serialises the first start of several token_issuer replicas: one key, not one each.
+                # Serialises the first start of several token_issuer replicas: one key per
+                # algorithm, not one each. `only_if_none` asks about the key's algorithm alone: an
+                # issuer signing ID tokens with RS256 beside ES256 access tokens needs one of each.
                 await conn.execute("SELECT pg_advisory_xact_lock(7001)")
-                if only_if_none and await conn.fetchval("SELECT count(*) FROM signing_keys"):
+                if only_if_none and await conn.fetchval("SELECT count(*) FROM signing_keys WHERE alg = $1", key.alg):
                     return False
                 await conn.execute(
                     # created_at from the database clock, to the microsecond: it orders two

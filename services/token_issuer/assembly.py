@@ -23,7 +23,7 @@ from services.token_issuer import server
 from services.token_issuer.api import TokenInfo
 from services.token_issuer.client import IssuerClient
 from services.token_issuer.introspection import VERIFIED_CACHE_ENTRIES, TokenChecker
-from services.token_issuer.issuer import TokenIssuer
+from services.token_issuer.issuer import DEFAULT_ID_TOKEN_LIFETIME, MAX_ACCESS_TOKEN_LIFETIME, TokenIssuer
 from services.token_issuer.keys import ALGORITHMS, KeyEncryptor
 from services.token_issuer.opaque_cache import OpaqueTokenCache, opaque_token_cache_settings
 from services.token_issuer.revocations import RevocationSet, RevocationSync
@@ -35,6 +35,8 @@ class Settings:
     # The first encrypts, every one decrypts; never in a repr (a log line, a traceback's locals).
     key_encryption_keys: tuple[bytes, ...] = field(repr=False)
     alg: str
+    id_token_alg: str
+    id_token_lifetime: int
     activation_delay: int
     audience: str
     client_cache: CacheSettings
@@ -49,6 +51,9 @@ class Settings:
             issuer_url=issuer_url,
             key_encryption_keys=key_encryption_keys(env),
             alg=env.choice("INBOUND_SIGNING_ALG", "ES256", ALGORITHMS),
+            id_token_alg=id_token_alg(env),
+            id_token_lifetime=env.int("INBOUND_ID_TOKEN_LIFETIME", DEFAULT_ID_TOKEN_LIFETIME, minimum=1,
+                                      maximum=MAX_ACCESS_TOKEN_LIFETIME),
             # Long enough for resource servers' JWKS caches to refresh before a new key signs.
             activation_delay=env.int("INBOUND_KEY_ACTIVATION_DELAY", 3600, minimum=0),
             audience=env.str("INBOUND_ACCESS_TOKEN_AUDIENCE", issuer_url.rstrip("/") + "/api"),
@@ -59,6 +64,13 @@ class Settings:
             verified_jwt_cache=env.int("INBOUND_VERIFIED_JWT_CACHE", VERIFIED_CACHE_ENTRIES, minimum=0,
                                        maximum=10_000_000),
         )
+
+
+def id_token_alg(env: Env) -> str:
+    """INBOUND_ID_TOKEN_ALG: the algorithm ID tokens are signed with (RS256 by default, which
+    OpenID Connect Core §15.1 requires available). Read here by token_issuer, and by whoever
+    states it (the edge's /.well-known/openid-configuration `id_token_signing_alg_values_supported`)."""
+    return env.choice("INBOUND_ID_TOKEN_ALG", "RS256", ALGORITHMS)
 
 
 def key_encryption_keys(env: Env) -> tuple[bytes, ...]:
@@ -175,6 +187,7 @@ async def start_token_service(settings: Settings, registry: ClientRegistryApi, e
     every revocation made so far known: a late replica must honour them before it serves."""
     issuer = TokenIssuer(registry, KeyEncryptor(*settings.key_encryption_keys), issuer=settings.issuer_url,
                          default_audience=settings.audience, alg=settings.alg,
+                         id_token_alg=settings.id_token_alg, id_token_lifetime=settings.id_token_lifetime,
                          activation_delay=settings.activation_delay, events=events)
     await service.retry_until_ready("registry", issuer.start, stop)
     clients = ClientCache(registry, settings.client_cache)

@@ -57,6 +57,7 @@ REWRAP_ATTEMPTS = 5
 # How old a sign-in's check (IssueRequest.authenticated_at_ms) may be when its tokens are
 # issued: a sign-in and its Issue call each time out within seconds; older is a bug.
 MAX_AUTHENTICATION_AGE_MS = 60_000
+DEFAULT_ID_TOKEN_LIFETIME = 3600
 
 
 class IssuerStore(SigningKeyStore, TokenStore, Protocol):
@@ -65,42 +66,64 @@ class IssuerStore(SigningKeyStore, TokenStore, Protocol):
 
 class TokenIssuer:
     def __init__(self, registry: IssuerStore, encryptor: KeyEncryptor, *, issuer: str,
-                 default_audience: str, alg: str = "ES256", activation_delay: int = 0,
+                 default_audience: str, alg: str = "ES256", id_token_alg: str = "RS256",
+                 id_token_lifetime: int = DEFAULT_ID_TOKEN_LIFETIME, activation_delay: int = 0,
                  events: EventBus | None = None):
-        if alg not in ALGORITHMS:
-            raise ValueError(f"unsupported signing algorithm {alg!r}")
+        for name in (alg, id_token_alg):
+            if name not in ALGORITHMS:
+                raise ValueError(f"unsupported signing algorithm {name!r}")
+        if not 0 < id_token_lifetime <= MAX_ACCESS_TOKEN_LIFETIME:
+            raise ValueError(f"ID token lifetime {id_token_lifetime} out of range")
         self.registry = registry
         self.encryptor = encryptor
         self.issuer = issuer
         self.default_audience = default_audience
-        self.alg = alg
+        self.alg = alg  # access tokens
+        self.id_token_alg = id_token_alg
+        self.id_token_lifetime = id_token_lifetime
+        # The algorithms this issuer signs with: each has its own active key.
+        self.algorithms = tuple(dict.fromkeys((alg, id_token_alg)))
         self.activation_delay = activation_delay
         self.events = events
         self.keyring = KeyRing()
         self.unreadable: dict[str, str] = {}  # kid -> why this replica cannot use that stored key
+        self.stored_algorithms: set[str] = set()  # of every stored key, readable or not
         self._reload_lock = asyncio.Lock()
 
     # --- keys -----------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the shared keys; the first replica ever to start creates the first one.
-        Refuses to start (ConfigError) only when no active key can be read at all: then
-        the key-encryption keys are wrong, not one stored key."""
+        """Load the shared keys; the first replica to start with an algorithm creates that
+        algorithm's first key (the registry serialises concurrent starts: one key per
+        algorithm, not one per replica). Refuses to start (ConfigError) when an algorithm it
+        signs with has no active key that can be read, stored keys of it being unreadable:
+        then the key-encryption keys are wrong, not one stored key. Nothing is created
+        while no stored key opens at all (a key stored under a wrong key-encryption key
+        would only add to the mess)."""
         await self.reload_keys()
-        if not self.keyring.keys and not self.unreadable:
-            await self.registry.add_signing_key(new_key_record(self.alg, self.encryptor), only_if_none=True)
+        if self.unreadable and not self.keyring.keys:
+            self._refuse_unreadable()
+        missing = [alg for alg in self.algorithms if alg not in self.stored_algorithms]
+        for alg in missing:
+            # RSA key generation takes tens of milliseconds: off the event loop.
+            record = await workers.CPU.submit(new_key_record, alg, self.encryptor)
+            await self.registry.add_signing_key(record, only_if_none=True)
+        if missing:
             await self.reload_keys()
-        if self.keyring.signing_key() is None and self.unreadable:
-            raise ConfigError(
-                f"no active signing key can be read: {len(self.unreadable)} stored key(s) do not open with the "
-                "key-encryption keys (INBOUND_KEY_ENCRYPTION_KEYS, INBOUND_KEY_ENCRYPTION_KEYS_FILE or "
-                "INBOUND_KEY_ENCRYPTION_KEY); every token_issuer replica needs the key that encrypted them")
+        if self.unreadable and any(self.keyring.signing_key(alg) is None for alg in self.algorithms):
+            self._refuse_unreadable()
         if self.events is not None:
             # A key added by any replica (or by hand) is a registry change; KeysRotated
             # (published by the replica that rotated) says the same sooner or later.
             await self.events.subscribe(SIGNING_KEY_CHANGED, self._on_keys_rotated)
             await self.events.subscribe(KEYS_ROTATED, self._on_keys_rotated)
             self.events.on_reconnect(self.reload_keys)
+
+    def _refuse_unreadable(self) -> None:
+        raise ConfigError(
+            f"no active signing key can be read: {len(self.unreadable)} stored key(s) do not open with the "
+            "key-encryption keys (INBOUND_KEY_ENCRYPTION_KEYS, INBOUND_KEY_ENCRYPTION_KEYS_FILE or "
+            "INBOUND_KEY_ENCRYPTION_KEY); every token_issuer replica needs the key that encrypted them")
 
     async def _on_keys_rotated(self, event: events_pb2.Event) -> None:
         await self.reload_keys()
@@ -125,17 +148,20 @@ class TokenIssuer:
                     if record.kid not in self.unreadable:
                         log.error("stored signing key skipped", extra={"kid": record.kid, "reason": str(exc)})
             self.unreadable = unreadable
+            self.stored_algorithms = {r.alg for r in records}
             UNREADABLE_KEYS.set(len(unreadable))
             self.keyring = KeyRing(keys)
 
     async def rotate_key(self, alg: str = "", activation_delay: int | None = None) -> KeyInfo:
+        """A new key for `alg` (default: the access tokens' algorithm); the other
+        algorithms' keys keep signing."""
         alg = alg or self.alg
         if alg not in ALGORITHMS:
             raise InvalidRequest(f"Unsupported algorithm; use one of {', '.join(ALGORITHMS)}.")
         if activation_delay is not None and activation_delay < 0:
             raise InvalidRequest("The activation delay cannot be negative.")
         delay = self.activation_delay if activation_delay is None else activation_delay
-        record = new_key_record(alg, self.encryptor, activates_at=int(time.time()) + delay)
+        record = await workers.CPU.submit(new_key_record, alg, self.encryptor, int(time.time()) + delay)
         await self.registry.add_signing_key(record, only_if_none=False)
         await self.reload_keys()
         if self.events is not None:
@@ -172,9 +198,10 @@ class TokenIssuer:
         return RewrapReport(rewrapped=tuple(rewrapped), current=tuple(current), unreadable=tuple(unreadable))
 
     async def list_keys(self) -> list[KeyInfo]:
-        signing = self.keyring.signing_key()
+        """Every key; `signing` marks the one that signs now for its algorithm (one per algorithm)."""
+        signing = {k.kid for k in self.keyring.signing_keys().values()}
         return [KeyInfo(kid=k.kid, alg=k.alg, created_at=k.created_at, activates_at=k.activates_at,
-                        signing=signing is not None and k.kid == signing.kid) for k in self.keyring.keys]
+                        signing=k.kid in signing) for k in self.keyring.keys]
 
     async def jwks(self) -> dict:
         return self.keyring.jwks(MAX_ACCESS_TOKEN_LIFETIME)
@@ -207,7 +234,7 @@ class TokenIssuer:
         if request.format == FORMAT_OPAQUE:
             access_token = await self._issue_opaque(request, jti, now_ms, audience, grant_id)
         elif request.format == FORMAT_JWT:
-            key = self.keyring.signing_key(now)
+            key = self.keyring.signing_key(self.alg, now)
             sign = functools.partial(self._issue_jwt, request, jti, now, audience, grant_id)
             # RSA (~1 ms) signs in the worker pool, off the event loop; ES256/EdDSA cost less than the hand-over.
             access_token = await workers.CPU.submit(sign) if key and workers.signs_slowly(key.alg) else sign()
@@ -241,9 +268,9 @@ class TokenIssuer:
                            refresh_token=refresh_token, grant_id=grant_id)
 
     def _issue_jwt(self, request: IssueRequest, jti: str, now: int, audience: list[str], grant_id: str) -> str:
-        key = self.keyring.signing_key(now)
+        key = self.keyring.signing_key(self.alg, now)
         if key is None:
-            raise TemporarilyUnavailable(detail="no signing key is active")
+            raise TemporarilyUnavailable(detail=f"no {self.alg} signing key is active")
         claims = {
             "iss": self.issuer,
             "sub": request.subject,

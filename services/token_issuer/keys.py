@@ -10,6 +10,10 @@ encrypts, every one decrypts (as MultiFernet does). Rotation: put the new key
 first on every replica, then rewrap (re-encrypt every stored key under it),
 then drop the old one.
 
+One key signs per algorithm: access tokens use INBOUND_SIGNING_ALG's (ES256 by
+default), ID tokens INBOUND_ID_TOKEN_ALG's (RS256 by default; OpenID Connect Core
+§15.1 requires RS256 available).
+
 Rotation (RFC 7517 practice, hydra#2535): a new key is published in the JWKS
 at once but signs only from `activates_at`, so resource servers' JWKS caches
 learn it before the first token signed with it arrives. Older keys stay in
@@ -142,26 +146,41 @@ def open_key_record(record: SigningKeyRecord, encryptor: KeyEncryptor) -> Signin
 
 class KeyRing:
     """The keys this replica knows, newest activation last. Keys that activate in
-    the same second keep the order given (the registry's creation order)."""
+    the same second keep the order given (the registry's creation order).
+
+    One key signs per algorithm (access tokens with INBOUND_SIGNING_ALG's, ID tokens
+    with INBOUND_ID_TOKEN_ALG's): rotating one algorithm's key leaves the other's
+    signing, and each algorithm's retired keys are published while their tokens live."""
 
     def __init__(self, keys: list[SigningKey] | None = None):
         self.keys: list[SigningKey] = sorted(keys or [], key=lambda k: k.activates_at)
 
-    def signing_key(self, now: float | None = None) -> SigningKey | None:
+    def signing_key(self, alg: str, now: float | None = None) -> SigningKey | None:
+        """The newest key of `alg` active at `now`."""
         now = time.time() if now is None else now
-        active = [k for k in self.keys if k.activates_at <= now]
+        active = [k for k in self.keys if k.alg == alg and k.activates_at <= now]
         return active[-1] if active else None
+
+    def signing_keys(self, now: float | None = None) -> dict[str, SigningKey]:
+        """The key that signs now, by algorithm (algorithms with no active key left out)."""
+        now = time.time() if now is None else now
+        return {k.alg: k for k in self.keys if k.activates_at <= now}  # the newest of each alg wins
+
+    def algorithms(self) -> set[str]:
+        return {k.alg for k in self.keys}
 
     def by_kid(self, kid: str) -> SigningKey | None:
         return next((k for k in self.keys if k.kid == kid), None)
 
     def published(self, max_token_lifetime: int, now: float | None = None) -> list[SigningKey]:
-        """Keys to publish: the signing one, every future one (so caches learn them
-        before they sign), and retired ones until the last token they signed expires."""
+        """Keys to publish: the signing one of each algorithm, every future one (so caches
+        learn them before they sign), and retired ones until the last token they signed
+        expires. A key retires when a newer key of ITS algorithm activates: a rotation of
+        another algorithm's key leaves it signing and published."""
         now = time.time() if now is None else now
         result = []
         for i, key in enumerate(self.keys):
-            successor = next((k for k in self.keys[i + 1:] if k.activates_at <= now), None)
+            successor = next((k for k in self.keys[i + 1:] if k.alg == key.alg and k.activates_at <= now), None)
             if successor is None or successor.activates_at + max_token_lifetime > now:
                 result.append(key)
         return result

@@ -282,7 +282,7 @@ async def test_rotate_now_signs_with_the_new_key(keys_stack):
     assert rotated["alg"] == "ES256" and rotated["signing"] is True
 
     listed = await keys(stack)
-    assert [k["kid"] for k in listed if k["signing"]] == [kid]
+    assert [k["kid"] for k in listed if k["signing"] and k["alg"] == "ES256"] == [kid]  # one signs per algorithm
     human = (await ok(stack, "keys", "list")).out
     row = [line for line in human.splitlines() if line.startswith(kid)]
     assert row and row[0].split()[-1] == "yes"
@@ -301,7 +301,7 @@ async def test_rotate_now_signs_with_the_new_key(keys_stack):
 async def test_rotate_with_delay_publishes_first_and_signs_later(keys_stack):
     stack = keys_stack
     client, secret = await create(stack, "--name", "ctl-keys")
-    signing_before = [k["kid"] for k in await keys(stack) if k["signing"]]
+    signing_before = {k["alg"]: k["kid"] for k in await keys(stack) if k["signing"]}  # one per algorithm
     result = await ok(stack, "keys", "rotate", "--activation-delay", "3600")
     kid = [line.split(":", 1)[1].strip() for line in result.out.splitlines() if line.startswith("kid:")][0]
     assert "signing:   no" in result.out or "signing: no" in " ".join(result.out.split())
@@ -309,7 +309,7 @@ async def test_rotate_with_delay_publishes_first_and_signs_later(keys_stack):
     listed = {k["kid"]: k for k in await keys(stack)}
     assert listed[kid]["signing"] is False
     assert listed[kid]["activates_at"] >= time.time() + 3500
-    assert [k for k, v in listed.items() if v["signing"]] == signing_before
+    assert {v["alg"]: k for k, v in listed.items() if v["signing"]} == signing_before
 
     async def published():
         return kid in await jwks_kids(stack)
@@ -317,23 +317,24 @@ async def test_rotate_with_delay_publishes_first_and_signs_later(keys_stack):
     await until(published, "pending key in the JWKS")
     reply = await token(stack, client["client_id"], secret)
     assert reply.status_code == 200, reply.text
-    assert jwt.get_unverified_header(reply.json()["access_token"])["kid"] == signing_before[0]
+    assert jwt.get_unverified_header(reply.json()["access_token"])["kid"] == signing_before["ES256"]
 
 
-async def test_rotate_to_another_algorithm_and_back(keys_stack):
+async def test_rotating_another_algorithms_key_leaves_access_tokens_on_theirs(keys_stack):
+    """One key signs per algorithm: access tokens keep INBOUND_SIGNING_ALG (ES256) whatever
+    other algorithm's key (RS256 signs ID tokens) is rotated."""
     stack = keys_stack
     client, secret = await create(stack, "--name", "ctl-keys")
-    try:
-        for alg in ("RS256", "EdDSA"):
-            await next_second_after_newest_key(stack)
-            rotated = (await ok(stack, "keys", "rotate", "--json", "--alg", alg, "--activation-delay", "0")).json()
-            reply = await token(stack, client["client_id"], secret)
-            assert reply.status_code == 200, reply.text
-            header = jwt.get_unverified_header(reply.json()["access_token"])
-            assert (header["alg"], header["kid"]) == (alg, rotated["kid"])
-    finally:  # the module's other tests expect ES256
+    access_kid = next(k["kid"] for k in await keys(stack) if k["signing"] and k["alg"] == "ES256")
+    for alg in ("RS256", "EdDSA"):
         await next_second_after_newest_key(stack)
-        await ok(stack, "keys", "rotate", "--alg", "ES256", "--activation-delay", "0")
+        rotated = (await ok(stack, "keys", "rotate", "--json", "--alg", alg, "--activation-delay", "0")).json()
+        assert rotated["signing"] is True
+        assert {k["alg"]: k["kid"] for k in await keys(stack) if k["signing"]}[alg] == rotated["kid"]
+        reply = await token(stack, client["client_id"], secret)
+        assert reply.status_code == 200, reply.text
+        header = jwt.get_unverified_header(reply.json()["access_token"])
+        assert (header["alg"], header["kid"]) == ("ES256", access_kid)
     bad = await ctl(stack, "keys", "rotate", "--alg", "HS256")
     assert bad.code == 2 and "invalid choice" in bad.err
 

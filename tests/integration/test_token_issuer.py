@@ -80,7 +80,7 @@ async def test_the_latest_of_two_rotations_in_one_second_signs(keys_stack):
     try:
         first = await issuer.rotate_key("ES256", 0)
         second = await issuer.rotate_key("ES256", 0)
-        signing = [k.kid for k in await issuer.list_keys() if k.signing]
+        signing = [k.kid for k in await issuer.list_keys() if k.signing and k.alg == "ES256"]
         assert signing == [second.kid] != [first.kid]
         token = await issuer.issue(IssueRequest(client_id="c", subject="c", scopes=(), format="jwt",
                                                 lifetime_seconds=60))
@@ -120,6 +120,36 @@ async def test_the_introspection_port_serves_introspect_and_nothing_else(stack, 
         await main.close()
         await side.close()
         stack.stop_service("issuer-rs")
+
+
+async def test_rotating_one_algorithms_key_leaves_the_other_algorithms_key_signing(keys_stack):
+    """Access tokens sign with ES256's active key, ID tokens with RS256's: a rotation of either
+    changes that algorithm's signer alone, and the JWKS publishes both."""
+    issuer = IssuerAs(keys_stack)
+
+    async def signing() -> dict[str, str]:
+        return {k.alg: k.kid for k in await issuer.list_keys() if k.signing}
+
+    async def access_token_kid() -> str:
+        token = await issuer.issue(IssueRequest(client_id="c", subject="c", scopes=(), format="jwt",
+                                                lifetime_seconds=60))
+        assert jwt.get_unverified_header(token.access_token)["alg"] == "ES256"
+        return jwt.get_unverified_header(token.access_token)["kid"]
+
+    try:
+        before = await signing()
+        assert before.keys() == {"ES256", "RS256"}
+        rs = await issuer.rotate_key("RS256", 0)
+        assert await signing() == {"ES256": before["ES256"], "RS256": rs.kid}
+        assert await access_token_kid() == before["ES256"]
+        es = await issuer.rotate_key("ES256", 0)
+        assert await signing() == {"ES256": es.kid, "RS256": rs.kid}
+        assert await access_token_kid() == es.kid
+        published = {k["kid"]: k["alg"] for k in (await issuer.jwks())["keys"]}
+        assert published[rs.kid] == "RS256" and published[es.kid] == "ES256"
+        assert {before["ES256"], before["RS256"]} <= published.keys()  # retired, their tokens still live
+    finally:
+        await issuer.close()
 
 
 async def test_a_rotation_on_one_replica_reaches_the_others_over_nats(keys_stack):
@@ -171,3 +201,57 @@ async def test_a_rotation_without_a_delay_takes_the_configured_one(keys_stack):
     finally:
         await channel.close()
         stack.stop_service("issuer-delay")
+
+
+async def test_replicas_starting_together_on_an_empty_database_create_one_key_per_algorithm(separate_stack):
+    """Each replica signs ES256 access tokens and RS256 ID tokens; the first start of several
+    (each with its own connection pool, all of them past their 'no keys yet' read before any
+    adds one) stores one key of each algorithm, not one per replica, and every replica signs
+    with the same two (the registry's per-algorithm only_if_none, serialised in Postgres)."""
+    import asyncio
+    import os
+    import uuid
+    from pathlib import Path
+
+    import asyncpg
+
+    from inboundlib import db
+    from services.client_registry.keys import SigningKeyRepository
+    from services.token_issuer.issuer import TokenIssuer
+    from services.token_issuer.keys import KeyEncryptor
+
+    migrations = Path(__file__).resolve().parents[2] / "services" / "client_registry" / "migrations"
+    name = "inbound_keys_" + uuid.uuid4().hex[:10]
+    admin = await asyncpg.connect(separate_stack.database_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = separate_stack.database_url.rpartition("/")[0] + "/" + name
+    replicas = 3
+    listed = asyncio.Barrier(replicas)
+
+    class Replica(SigningKeyRepository):
+        """The registry as one replica reaches it; its first read waits for every replica's."""
+        first = True
+
+        async def list_signing_keys(self):
+            keys = await super().list_signing_keys()
+            if self.first:
+                self.first = False
+                await listed.wait()
+            return keys
+
+    pools = [await db.create_pool(url, min_size=1, max_size=2) for _ in range(replicas)]
+    try:
+        await db.migrate(pools[0], migrations)
+        encryptor = KeyEncryptor(os.urandom(32))
+        issuers = [TokenIssuer(Replica(pool, None), encryptor, issuer="i", default_audience="a") for pool in pools]
+        await asyncio.gather(*(issuer.start() for issuer in issuers))
+        stored = await pools[0].fetch("SELECT kid, alg FROM signing_keys ORDER BY alg")
+        assert [r["alg"] for r in stored] == ["ES256", "RS256"]
+        for issuer in issuers:
+            await issuer.reload_keys()
+            assert {k.alg: k.kid for k in await issuer.list_keys() if k.signing} == {r["alg"]: r["kid"] for r in stored}
+    finally:
+        for pool in pools:
+            await pool.close()
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()

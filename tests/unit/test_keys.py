@@ -103,7 +103,7 @@ async def test_the_issuer_skips_an_unreadable_stored_key_and_counts_it():
     garbage = replace(new_key_record("ES256", encryptor), encrypted_private_key=os.urandom(80))  # newest
     issuer = TokenIssuer(FakeSigningKeys(good, garbage), encryptor, issuer="i", default_audience="a")
     await issuer.start()
-    assert issuer.keyring.signing_key().kid == good.kid
+    assert issuer.keyring.signing_key("ES256").kid == good.kid
     assert list(issuer.unreadable) == [garbage.kid]
     assert REGISTRY.get_sample_value("inbound_signing_keys_unreadable") == 1
 
@@ -119,8 +119,8 @@ async def test_the_issuer_refuses_to_start_when_no_active_key_opens():
         await issuer.start()
 
 
-def key(kid: str, activates_at: int) -> SigningKey:
-    return SigningKey(kid=kid, alg="ES256", private_key=None, jwk={"kid": kid}, created_at=0,
+def key(kid: str, activates_at: int, alg: str = "ES256") -> SigningKey:
+    return SigningKey(kid=kid, alg=alg, private_key=None, jwk={"kid": kid}, created_at=0,
                       activates_at=activates_at)
 
 
@@ -128,20 +128,66 @@ def test_rotation_publishes_early_signs_late_and_keeps_retired_keys_until_their_
     ring = KeyRing([key("old", 0), key("new", 100), key("future", 10_000)])
     lifetime = 1000
     # Before "new" activates: "old" signs, and every key is already published.
-    assert ring.signing_key(50).kid == "old"
+    assert ring.signing_key("ES256", 50).kid == "old"
     assert [k.kid for k in ring.published(lifetime, now=50)] == ["old", "new", "future"]
     # "new" signs from its activation; "old" stays published while its tokens can live.
-    assert ring.signing_key(100).kid == "new"
+    assert ring.signing_key("ES256", 100).kid == "new"
     assert [k.kid for k in ring.published(lifetime, now=100 + lifetime - 1)] == ["old", "new", "future"]
     assert [k.kid for k in ring.published(lifetime, now=100 + lifetime + 1)] == ["new", "future"]
     # Once "future" activates, "new" retires the same way.
-    assert ring.signing_key(10_000).kid == "future"
+    assert ring.signing_key("ES256", 10_000).kid == "future"
     assert [k.kid for k in ring.published(lifetime, now=10_000 + lifetime + 1)] == ["future"]
 
 
 def test_no_key_signs_before_the_first_activates():
-    assert KeyRing([key("a", 100)]).signing_key(99) is None
-    assert KeyRing([]).signing_key() is None
+    assert KeyRing([key("a", 100)]).signing_key("ES256", 99) is None
+    assert KeyRing([]).signing_key("ES256") is None
+
+
+def test_one_key_signs_per_algorithm_and_a_rotation_of_one_leaves_the_other_signing():
+    ring = KeyRing([key("es-1", 0), key("rs-1", 0, "RS256"), key("rs-2", 100, "RS256"), key("es-2", 200)])
+    assert ring.signing_key("ES256", 50).kid == "es-1" and ring.signing_key("RS256", 50).kid == "rs-1"
+    # rs-2 is the newest key of all at 150: it signs RS256 only; es-1 still signs ES256.
+    assert ring.signing_key("ES256", 150).kid == "es-1" and ring.signing_key("RS256", 150).kid == "rs-2"
+    assert {alg: k.kid for alg, k in ring.signing_keys(150).items()} == {"ES256": "es-1", "RS256": "rs-2"}
+    assert ring.signing_key("ES256", 250).kid == "es-2" and ring.signing_key("RS256", 250).kid == "rs-2"
+    assert ring.signing_key("EdDSA", 250) is None
+
+
+def test_a_retired_key_is_published_while_its_tokens_live_whatever_the_other_algorithm_does():
+    lifetime = 1000
+    ring = KeyRing([key("es-old", 0), key("rs", 0, "RS256"), key("rs-new", 50, "RS256"), key("es-new", 2000)])
+    # rs retired at 50 (by rs-new): published until 50 + lifetime; es-old retires only at 2000, by es-new.
+    assert [k.kid for k in ring.published(lifetime, now=50 + lifetime - 1)] == ["es-old", "rs", "rs-new", "es-new"]
+    assert [k.kid for k in ring.published(lifetime, now=50 + lifetime + 1)] == ["es-old", "rs-new", "es-new"]
+    # A newer key of ANOTHER algorithm retires nothing: es-old is still the ES256 signer at 1999.
+    assert "es-old" in [k.kid for k in ring.published(lifetime, now=1999)]
+    assert [k.kid for k in ring.published(lifetime, now=2000 + lifetime + 1)] == ["rs-new", "es-new"]
+
+
+async def test_the_issuer_creates_one_key_per_algorithm_it_signs_with_and_rotates_each_alone():
+    from services.token_issuer.issuer import TokenIssuer
+    from tests.fakes import FakeSigningKeys
+
+    encryptor = KeyEncryptor(os.urandom(32))
+    store = FakeSigningKeys()
+    issuer = TokenIssuer(store, encryptor, issuer="i", default_audience="a")  # ES256 access, RS256 ID tokens
+    await issuer.start()
+    assert sorted(r.alg for r in store.keys) == ["ES256", "RS256"]
+    await TokenIssuer(store, encryptor, issuer="i", default_audience="a").start()  # a second replica
+    assert len(store.keys) == 2
+    signing = {k.alg: k.kid for k in await issuer.list_keys() if k.signing}
+    assert signing.keys() == {"ES256", "RS256"}
+    rotated = await issuer.rotate_key("RS256", 0)
+    after = {k.alg: k.kid for k in await issuer.list_keys() if k.signing}
+    assert after == {"ES256": signing["ES256"], "RS256": rotated.kid}
+    rotated = await issuer.rotate_key("", 0)  # the access tokens' algorithm by default
+    assert {k.alg: k.kid for k in await issuer.list_keys() if k.signing} == {"ES256": rotated.kid,
+                                                                             "RS256": after["RS256"]}
+    # Same algorithm for both: one key.
+    one = FakeSigningKeys()
+    await TokenIssuer(one, encryptor, issuer="i", default_audience="a", id_token_alg="ES256").start()
+    assert [r.alg for r in one.keys] == ["ES256"]
 
 
 def test_key_encryption_keys_come_from_a_file_a_list_or_the_older_single_setting(tmp_path):
