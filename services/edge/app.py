@@ -1,6 +1,7 @@
 """The edge's HTTP application: one app over route modules (services/edge/routes):
-the OAuth API, discovery and JWKS, and the probes; browser and admin routes join
-the same way.
+the OAuth API, discovery and JWKS, the browser's pages (when the
+authorization_code service is configured) and the probes; admin routes join the
+same way.
 
 The edge is the one place that turns OAuth errors into HTTP, each endpoint its
 own way (services/edge/errors.py). Paths match exactly: a trailing slash or any
@@ -20,9 +21,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from inboundlib.events import EventBus
+from services.edge.cookies import BrowserCookies
 from services.edge.errors import TokenEndpointErrors
 from services.edge.routes import discovery
-from services.edge.routes.discovery import JWKS_PATH, METADATA_PATH, build_metadata
+from services.edge.routes.browser import BrowserRoutes
+from services.edge.routes.discovery import (
+    AUTHORIZATION_GRANT,
+    JWKS_PATH,
+    METADATA_PATH,
+    build_metadata,
+    build_openid_configuration,
+)
 from services.edge.routes.oauth import INTROSPECT_PATH, REVOKE_PATHS, TOKEN_PATHS, Grant, OAuthRoutes, TokenService
 from services.edge.settings import EdgeSettings
 
@@ -44,12 +53,23 @@ class EdgeConfig:
     # What every route needs (services/edge/readiness.py); never one grant service.
     ready: Callable[[], Awaitable[bool]] = field(default=_always_ready)
     settings: EdgeSettings = field(default_factory=EdgeSettings)
+    # The key of the CSRF tokens (services/edge/cookies.py): INBOUND_CSRF_KEY, or random per process.
+    csrf_key: bytes = b""
+    # What ID tokens are signed with (INBOUND_ID_TOKEN_ALG), for OpenID Provider metadata.
+    id_token_algs: tuple[str, ...] = ("RS256",)
 
 
 def create_app(config: EdgeConfig) -> Starlette:
     oauth = OAuthRoutes(issuer=config.issuer, grants=config.grants, tokens=config.tokens, events=config.events,
                         settings=config.settings, errors=TokenEndpointErrors())
     metadata = build_metadata(config.issuer, sorted(config.grants), introspection=config.tokens is not None)
+    # The authorization_code service answers both its grant (handle) and the browser (AuthorizationApi).
+    authorization = config.grants.get(AUTHORIZATION_GRANT)
+    browser = None if authorization is None else BrowserRoutes(
+        issuer=config.issuer, authorization=authorization, settings=config.settings,
+        cookies=BrowserCookies(config.issuer, config.csrf_key))
+    openid_configuration = None if browser is None else build_openid_configuration(metadata,
+                                                                                    list(config.id_token_algs))
 
     async def healthz(request: Request) -> Response:
         return Response("ok", media_type="text/plain")
@@ -61,7 +81,8 @@ def create_app(config: EdgeConfig) -> Starlette:
 
     routes = [
         *oauth.routes(),
-        *discovery.routes(metadata, config.jwks),
+        *discovery.routes(metadata, config.jwks, openid_configuration),
+        *(browser.routes() if browser is not None else ()),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
     ]

@@ -10,18 +10,20 @@ endpoint's decision, not the error's (an error is a code and public text).
 - `RedirectErrors`: browser endpoints whose client and redirect URI are
   verified send the error back to the client, RFC 6749 §4.1.2.1 (query) and
   §4.2.2.1 (fragment), with `state` and the RFC 9207 `iss`.
-- `ErrorPage`: browser endpoints that must not redirect (§4.1.2.1: the
-  redirect URI is missing, invalid or unverified) show the user an HTML page.
+- `PageErrors`: the browser's pages (authorization endpoint, sign-in, consent,
+  account, end_session): an HTML page with the error's status, never a redirect
+  (§4.1.2.1: the client or redirect URI could not be trusted), with the pages'
+  security headers (services/edge/pages.py).
 """
 from __future__ import annotations
 
-import html
 import json
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 
 from inboundlib.oauth.errors import InvalidRequest, OAuthError, TemporarilyUnavailable
+from services.edge import pages
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 # Every endpoint: infrastructure failure is 5xx (DESIGN.md).
@@ -169,26 +171,35 @@ class RedirectErrors:
         return RedirectResponse(location, status_code=303, headers=dict(NO_STORE))
 
 
-class ErrorPage:
-    """§4.1.2.1: when the redirect URI cannot be trusted the user sees the error
-    here and is not redirected. Static HTML, every value escaped, no scripts."""
+class CsrfRefused(HttpError):
+    """A browser form POSTed without the CSRF token of this browser's CSRF cookie, or
+    from another origin (services/edge/cookies.py): refused before anything is called."""
+    status = 403
+    description = ("This form was not sent from this site, or has expired. Go back, reload the page "
+                   "and try again.")
+
+
+class PageErrors:
+    """§4.1.2.1: the browser's endpoints show the user an error page and never
+    redirect. Every value escaped by the template; the pages' security headers."""
 
     STATUS = {"access_denied": 403, **_INFRASTRUCTURE}
-    HEADERS = {**NO_STORE, "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
-               "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"}
+
+    def __init__(self, prefix: str = ""):
+        self.prefix = prefix
 
     def status(self, error: OAuthError) -> int:
         return self.STATUS.get(error.code, 400)
 
+    def page(self, error: str, description: str, status: int) -> Response:
+        return pages.render("error.html", status, _infrastructure_headers({}, status), prefix=self.prefix,
+                            error=error, description=description)
+
     def render(self, error: OAuthError | HttpError) -> Response:
         status = error.status if isinstance(error, HttpError) else self.status(error)
         oauth = error.as_oauth() if isinstance(error, HttpError) else error
-        body = ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-                "<title>Sign-in error</title></head><body><main>"
-                f"<h1>The request could not be completed</h1><p>{html.escape(oauth.description)}</p>"
-                f"<p>Error: <code>{html.escape(oauth.code)}</code></p></main></body></html>")
-        return HTMLResponse(body, status_code=status, headers=_infrastructure_headers(dict(self.HEADERS), status))
+        return self.page(oauth.code, oauth.description, status)
 
 
-__all__ = ["BearerErrors", "BodyTooLarge", "BodyTooSlow", "ErrorPage", "HttpError", "MethodNotAllowed", "NO_STORE",
-           "RedirectErrors", "Throttled", "TokenEndpointErrors", "json_response"]
+__all__ = ["BearerErrors", "BodyTooLarge", "BodyTooSlow", "CsrfRefused", "HttpError", "MethodNotAllowed", "NO_STORE",
+           "PageErrors", "RedirectErrors", "Throttled", "TokenEndpointErrors", "json_response"]

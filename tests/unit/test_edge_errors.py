@@ -17,7 +17,7 @@ from inboundlib.oauth.errors import (
     ServerError,
     TemporarilyUnavailable,
 )
-from services.edge.errors import BearerErrors, BodyTooLarge, ErrorPage, RedirectErrors, TokenEndpointErrors
+from services.edge.errors import BearerErrors, BodyTooLarge, PageErrors, RedirectErrors, TokenEndpointErrors
 
 
 @pytest.mark.parametrize("error,status", [
@@ -82,13 +82,13 @@ def test_redirect_in_the_fragment_for_the_implicit_grant():
 
 
 def test_error_page_escapes_and_forbids_scripts():
-    response = ErrorPage().render(InvalidRequest("<script>alert(1)</script>"))
+    response = PageErrors().render(InvalidRequest("<script>alert(1)</script>"))
     assert response.status_code == 400
     assert b"<script>" not in response.body and b"&lt;script&gt;" in response.body
     assert "default-src 'none'" in response.headers["content-security-policy"]
-    assert ErrorPage().render(AccessDenied()).status_code == 403
+    assert PageErrors().render(AccessDenied()).status_code == 403
 
 
 def test_http_errors_keep_their_own_status_in_every_shape():
-    for renderer in (TokenEndpointErrors(), BearerErrors(), ErrorPage()):
+    for renderer in (TokenEndpointErrors(), BearerErrors(), PageErrors()):
         assert renderer.render(BodyTooLarge()).status_code == 413

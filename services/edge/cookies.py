@@ -1,0 +1,106 @@
+"""The browser's cookies: the session cookie the authorization_code service names,
+and the edge's own CSRF cookie.
+
+Names: `__Host-inbound_session` and `__Host-inbound_csrf` when the issuer URL is
+https (Secure, Path=/, no Domain: RFC 6265bis §4.1.3.2, so neither a sibling
+subdomain nor a plain-http answer can set or overwrite them); `inbound_session`
+and `inbound_csrf` on plain http (a loopback development server). Both HttpOnly
+and SameSite=Lax: sent on top-level navigations from a client (the authorization
+request), never on a cross-site POST or subrequest.
+
+CSRF (OWASP "signed double-submit cookie"): the CSRF cookie holds a random
+256-bit value; every form carries `csrf_token` = HMAC-SHA256(key, that value).
+A POST is accepted only when the cookie is present and the form's token matches
+it (compared in constant time), and, when the browser says where the form came
+from, when that is this origin: `Sec-Fetch-Site` same-origin (or none: typed by
+the user), `Origin` this issuer's origin (or `null`, which browsers send for
+every POST from a page under Referrer-Policy: no-referrer, as ours are). The key
+is INBOUND_CSRF_KEY when set (every edge replica the same), else random per
+process; a page rendered by another replica with another key is then refused
+once, and the re-rendered page works (the user sees the 403 page and retries).
+An attacker can neither read the cookie (HttpOnly, other origin) nor compute the
+token of a cookie value they planted (the key).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+CSRF_FIELD = "csrf_token"
+# Sec-Fetch-Site values of a request this site's own page made (or the user typed).
+_OWN_FETCH_SITES = frozenset({"same-origin", "none"})
+_CSRF_VALUE = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+class BrowserCookies:
+    def __init__(self, issuer: str, csrf_key: bytes = b""):
+        parts = urlsplit(issuer)
+        self.secure = parts.scheme == "https"
+        prefix = "__Host-" if self.secure else ""
+        self.session_name = prefix + "inbound_session"
+        self.csrf_name = prefix + "inbound_csrf"
+        self.origin = f"{parts.scheme}://{parts.netloc}".lower()
+        self._key = csrf_key or secrets.token_bytes(32)
+
+    # --- the session cookie (its value is the service's; the edge only carries it) ---
+
+    def session_id(self, request: Request) -> str:
+        return request.cookies.get(self.session_name, "")
+
+    def apply_session(self, response: Response, session) -> None:
+        """Set or clear the session cookie as the service's outcome says (None: leave it)."""
+        if session is None:
+            return
+        if session.clear or not session.session_id:
+            response.delete_cookie(self.session_name, path="/", secure=self.secure, httponly=True, samesite="lax")
+            return
+        response.set_cookie(self.session_name, session.session_id, max_age=max(0, int(session.max_age_seconds)),
+                            path="/", secure=self.secure, httponly=True, samesite="lax")
+
+    # --- CSRF ---
+
+    def _token_of(self, value: str) -> str:
+        return _b64(hmac.new(self._key, value.encode("utf-8"), hashlib.sha256).digest())
+
+    def csrf_token(self, request: Request) -> tuple[str, str]:
+        """The token for this page's forms, and the new cookie value to set ("" when the
+        browser's cookie is kept)."""
+        current = request.cookies.get(self.csrf_name, "")
+        if _plausible(current):
+            return self._token_of(current), ""
+        fresh = secrets.token_urlsafe(32)
+        return self._token_of(fresh), fresh
+
+    def set_csrf(self, response: Response, value: str) -> None:
+        if value:  # a browser-session cookie: no Max-Age
+            response.set_cookie(self.csrf_name, value, path="/", secure=self.secure, httponly=True, samesite="lax")
+
+    def same_origin(self, request: Request) -> bool:
+        """What the browser says of the form's origin, where it says anything."""
+        site = request.headers.get("sec-fetch-site")
+        if site is not None and site not in _OWN_FETCH_SITES:
+            return False
+        origin = request.headers.get("origin")
+        return origin is None or origin == "null" or origin.lower() == self.origin
+
+    def valid_token(self, request: Request, token: str) -> bool:
+        cookie = request.cookies.get(self.csrf_name, "")
+        if not _plausible(cookie) or not token:
+            return False
+        return hmac.compare_digest(self._token_of(cookie).encode("ascii"), token.encode("utf-8", "replace"))
+
+
+def _plausible(value: str) -> bool:
+    """A CSRF cookie value as this edge makes them (43 url-safe characters), not anything a browser sent."""
+    return _CSRF_VALUE.fullmatch(value) is not None
