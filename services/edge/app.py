@@ -53,8 +53,6 @@ class EdgeConfig:
     # What every route needs (services/edge/readiness.py); never one grant service.
     ready: Callable[[], Awaitable[bool]] = field(default=_always_ready)
     settings: EdgeSettings = field(default_factory=EdgeSettings)
-    # The key of the CSRF tokens (services/edge/cookies.py): INBOUND_CSRF_KEY, or random per process.
-    csrf_key: bytes = b""
     # What ID tokens are signed with (INBOUND_ID_TOKEN_ALG), for OpenID Provider metadata.
     id_token_algs: tuple[str, ...] = ("RS256",)
 
@@ -67,7 +65,7 @@ def create_app(config: EdgeConfig) -> Starlette:
     authorization = config.grants.get(AUTHORIZATION_GRANT)
     browser = None if authorization is None else BrowserRoutes(
         issuer=config.issuer, authorization=authorization, settings=config.settings,
-        cookies=BrowserCookies(config.issuer, config.csrf_key))
+        cookies=BrowserCookies(config.issuer))
     openid_configuration = None if browser is None else build_openid_configuration(metadata,
                                                                                     list(config.id_token_algs))
 

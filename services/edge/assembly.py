@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass
 
 from inboundlib.cache import CacheSettings
-from inboundlib.config import ConfigError, Env
+from inboundlib.config import Env
 from inboundlib.hosting import HTTP, Context
 from services.edge.app import EdgeConfig, create_app
 from services.edge.jwks import JwksCache, jwks_cache_settings
@@ -26,25 +26,14 @@ class Settings:
     jwks_cache: CacheSettings
     # Trusted proxies, the request budget, header and body bounds (services/edge/settings.py).
     http: EdgeSettings
-    # The browser's CSRF token key (services/edge/cookies.py); b"": random per process.
-    csrf_key: bytes = b""
     # INBOUND_ID_TOKEN_ALG, as token_issuer reads it: what OpenID Provider metadata announces.
     id_token_alg: str = "RS256"
 
     @classmethod
     def from_env(cls, env: Env) -> Settings:
         return cls(issuer_url=env.url("INBOUND_ISSUER", "http://127.0.0.1:8080"), jwks_cache=jwks_cache_settings(env),
-                   http=EdgeSettings.from_env(env), csrf_key=_csrf_key(env),
+                   http=EdgeSettings.from_env(env),
                    id_token_alg=env.choice("INBOUND_ID_TOKEN_ALG", "RS256", ALGORITHMS))
-
-
-def _csrf_key(env: Env) -> bytes:
-    """INBOUND_CSRF_KEY: a secret of at least 32 characters, the same on every edge replica
-    (a form rendered by one replica is then accepted by any). Unset: random per process."""
-    key = env.str("INBOUND_CSRF_KEY", "")
-    if key and len(key) < 32:
-        raise ConfigError("INBOUND_CSRF_KEY must be at least 32 characters (a random secret)")
-    return key.encode("utf-8")
 
 
 @dataclass
@@ -76,7 +65,7 @@ async def start(settings: Settings, ctx: Context) -> EdgeService:
     # that is down answers its own 503 and keeps the edge in rotation.
     app = create_app(EdgeConfig(issuer=settings.issuer_url, grants=grants, jwks=jwks.get, tokens=tokens,
                                 events=ctx.events, ready=ready_when_issuer_serves(tokens), settings=settings.http,
-                                csrf_key=settings.csrf_key, id_token_algs=(settings.id_token_alg,)))
+                                id_token_algs=(settings.id_token_alg,)))
     stopping = asyncio.Event()
     return EdgeService(api=None, stopping=stopping, watch=asyncio.create_task(
         serve(app, ctx.host, ctx.ports[HTTP], stopping, settings.http), name="edge-http"))

@@ -8,23 +8,22 @@ and `inbound_csrf` on plain http (a loopback development server). Both HttpOnly
 and SameSite=Lax: sent on top-level navigations from a client (the authorization
 request), never on a cross-site POST or subrequest.
 
-CSRF (OWASP "signed double-submit cookie"): the CSRF cookie holds a random
-256-bit value; every form carries `csrf_token` = HMAC-SHA256(key, that value).
-A POST is accepted only when the cookie is present and the form's token matches
-it (compared in constant time), and, when the browser says where the form came
-from, when that is this origin: `Sec-Fetch-Site` same-origin (or none: typed by
-the user), `Origin` this issuer's origin (or `null`, which browsers send for
-every POST from a page under Referrer-Policy: no-referrer, as ours are). The key
-is INBOUND_CSRF_KEY when set (every edge replica the same), else random per
-process; a page rendered by another replica with another key is then refused
-once, and the re-rendered page works (the user sees the 403 page and retries).
-An attacker can neither read the cookie (HttpOnly, other origin) nor compute the
-token of a cookie value they planted (the key).
+CSRF (a double-submit cookie, OWASP): the CSRF cookie holds a random 256-bit
+value and every form carries the same value as `csrf_token`. A POST is accepted
+only when the cookie is present and the form's token equals it (compared in
+constant time), and, when the browser says where the form came from, when that
+is this origin: `Sec-Fetch-Site` same-origin (or none: typed by the user),
+`Origin` this issuer's origin (or `null`, which browsers send for every POST
+from a page under Referrer-Policy: no-referrer, as ours are). Another site can
+neither read the cookie nor the page (same-origin policy), nor set the cookie:
+over https it is `__Host-` (only this exact origin, over TLS, may set it: the
+weakness of plain double-submit, a cookie planted from a sibling subdomain or
+over plain http, is closed without a server-side key); on the plain-http
+loopback development server a page of another local port is same-site, which
+Sec-Fetch-Site refuses. No key: every edge replica accepts every other's forms.
 """
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import re
 import secrets
@@ -39,19 +38,14 @@ _OWN_FETCH_SITES = frozenset({"same-origin", "none"})
 _CSRF_VALUE = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
 
 
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
 class BrowserCookies:
-    def __init__(self, issuer: str, csrf_key: bytes = b""):
+    def __init__(self, issuer: str):
         parts = urlsplit(issuer)
         self.secure = parts.scheme == "https"
         prefix = "__Host-" if self.secure else ""
         self.session_name = prefix + "inbound_session"
         self.csrf_name = prefix + "inbound_csrf"
         self.origin = f"{parts.scheme}://{parts.netloc}".lower()
-        self._key = csrf_key or secrets.token_bytes(32)
 
     # --- the session cookie (its value is the service's; the edge only carries it) ---
 
@@ -70,17 +64,14 @@ class BrowserCookies:
 
     # --- CSRF ---
 
-    def _token_of(self, value: str) -> str:
-        return _b64(hmac.new(self._key, value.encode("utf-8"), hashlib.sha256).digest())
-
     def csrf_token(self, request: Request) -> tuple[str, str]:
         """The token for this page's forms, and the new cookie value to set ("" when the
         browser's cookie is kept)."""
         current = request.cookies.get(self.csrf_name, "")
         if _plausible(current):
-            return self._token_of(current), ""
+            return current, ""
         fresh = secrets.token_urlsafe(32)
-        return self._token_of(fresh), fresh
+        return fresh, fresh
 
     def set_csrf(self, response: Response, value: str) -> None:
         if value:  # a browser-session cookie: no Max-Age
@@ -98,7 +89,7 @@ class BrowserCookies:
         cookie = request.cookies.get(self.csrf_name, "")
         if not _plausible(cookie) or not token:
             return False
-        return hmac.compare_digest(self._token_of(cookie).encode("ascii"), token.encode("utf-8", "replace"))
+        return hmac.compare_digest(cookie.encode("ascii"), token.encode("utf-8", "replace"))
 
 
 def _plausible(value: str) -> bool:
