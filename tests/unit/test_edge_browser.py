@@ -566,13 +566,34 @@ async def test_userinfo_with_a_token_sent_twice_in_the_uri_or_malformed_is_400_i
     assert service.calls == []
 
 
+async def test_userinfo_may_be_read_by_a_browser_app_of_another_origin():
+    service = FakeAuthorization()
+    async with browser(service) as http:
+        preflight = await http.options("/oauth/userinfo", headers={
+            "origin": "https://spa.example", "access-control-request-method": "GET",
+            "access-control-request-headers": "authorization"})
+        got = await http.get("/oauth/userinfo", headers={"authorization": "Bearer t", "origin": "https://spa.example"})
+        refused = await http.get("/oauth/userinfo", headers={"origin": "https://spa.example"})
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == "*"
+    assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+    assert got.headers["access-control-allow-origin"] == "*"
+    assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] == "*"
+    assert "www-authenticate" in refused.headers["access-control-expose-headers"].lower()
+    # No credentials: cookies are never part of it.
+    assert "access-control-allow-credentials" not in got.headers
+    assert [c[0] for c in service.calls] == ["user_info"]
+
+
 # --- discovery and absence ----------------------------------------------------------------------------
 
 
 async def test_openid_configuration_lists_what_is_served():
     async with browser(FakeAuthorization()) as http:
-        document = (await http.get("/.well-known/openid-configuration")).json()
-        metadata = (await http.get("/.well-known/oauth-authorization-server")).json()
+        replies = [await http.get(path) for path in ("/.well-known/openid-configuration",
+                                                     "/.well-known/oauth-authorization-server", "/oauth/jwks")]
+    document, metadata = replies[0].json(), replies[1].json()
+    assert all(reply.headers["access-control-allow-origin"] == "*" for reply in replies)
     assert document["issuer"] == ISSUER
     assert document["authorization_endpoint"] == ISSUER + "/oauth/authorize"
     assert document["token_endpoint"] == ISSUER + "/oauth/token"

@@ -54,6 +54,11 @@ SIGN_OUT_PATH = "/account/sign-out"
 END_SESSION_PATH = "/oauth/end_session"
 USERINFO_PATH = "/oauth/userinfo"
 ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+# UserInfo is called by browser apps of other origins (an implicit or code-flow SPA) with
+# a bearer token and no cookie: any origin may read its answers (the Fetch standard's CORS).
+USERINFO_CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": "WWW-Authenticate"}
+USERINFO_PREFLIGHT = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "GET, POST",
+                      "Access-Control-Allow-Headers": "Authorization, Content-Type", "Access-Control-Max-Age": "600"}
 
 
 class _EveryName(frozenset):
@@ -236,6 +241,8 @@ class BrowserRoutes:
 
     async def user_info(self, request: Request, rid: str) -> Response:
         """OpenID Connect Core §5.3: the token as RFC 6750 §2.1 (header) or §2.2 (form body)."""
+        if request.method == "OPTIONS":  # a CORS preflight of a browser app's call
+            return Response(b"", status_code=204, headers=USERINFO_PREFLIGHT)
         if request.method not in ("GET", "HEAD", "POST"):
             raise MethodNotAllowed("This endpoint accepts GET and POST only.")
         token = await self._bearer_token(request)
@@ -286,7 +293,19 @@ class BrowserRoutes:
             page(WITHDRAW_PATH, "withdraw_consent", self.withdraw),
             page(SIGN_OUT_PATH, "sign_out", self.sign_out),
             page(END_SESSION_PATH, "end_session", self.end_session, "GET, POST"),
-            Route(USERINFO_PATH, endpoint("userinfo", self.user_info, self.bearer, self.settings, allow="GET, POST"),
-                  methods=ANY_METHOD),
+            Route(USERINFO_PATH, _with_headers(endpoint("userinfo", self.user_info, self.bearer, self.settings,
+                                                        allow="GET, POST"), USERINFO_CORS), methods=ANY_METHOD),
             Route(pages.STYLESHEET_PATH, stylesheet, methods=["GET"]),
         ]
+
+
+def _with_headers(serve: Callable[[Request], Awaitable[Response]], headers: dict[str, str]):
+    """`serve`, its every answer (errors included) with `headers` added where not set."""
+
+    async def serve_with_headers(request: Request) -> Response:
+        response = await serve(request)
+        for name, value in headers.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    return serve_with_headers

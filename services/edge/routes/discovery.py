@@ -24,6 +24,8 @@ log = logging.getLogger("services.edge")
 JWKS_PATH = "/oauth/jwks"
 JWKS_ALIAS = "/.well-known/jwks.json"
 METADATA_PATH = "/.well-known/oauth-authorization-server"
+# Public documents, read by browser apps of any origin too (OpenID Connect clients in a SPA).
+PUBLIC = {"Access-Control-Allow-Origin": "*"}
 OPENID_CONFIGURATION_PATH = "/.well-known/openid-configuration"
 # The grant whose service answers the authorization endpoint; it decides implicit too (docs/architecture).
 AUTHORIZATION_GRANT = "authorization_code"
@@ -92,7 +94,7 @@ def routes(metadata: dict, jwks: Callable[[], Awaitable[dict]],
 
     async def oauth_metadata(request: Request) -> Response:
         """RFC 8414 §3: authorization server metadata."""
-        return json_response(metadata, headers={"Cache-Control": "public, max-age=300"})
+        return json_response(metadata, headers={"Cache-Control": "public, max-age=300", **PUBLIC})
 
     async def jwk_set(request: Request) -> Response:
         """RFC 7517 JWK Set of every key that signs, will sign or signed unexpired tokens."""
@@ -102,11 +104,11 @@ def routes(metadata: dict, jwks: Callable[[], Awaitable[dict]],
             log.warning("jwks unavailable", extra={"error": type(exc).__name__})
             return errors.render(TemporarilyUnavailable())
         return Response(json.dumps(document), media_type="application/jwk-set+json",
-                        headers={"Cache-Control": "public, max-age=60"})
+                        headers={"Cache-Control": "public, max-age=60", **PUBLIC})
 
     async def openid_metadata(request: Request) -> Response:
         """OpenID Connect Discovery 1.0 §4."""
-        return json_response(openid_configuration, headers={"Cache-Control": "public, max-age=300"})
+        return json_response(openid_configuration, headers={"Cache-Control": "public, max-age=300", **PUBLIC})
 
     served = [
         Route(METADATA_PATH, oauth_metadata, methods=["GET"]),
