@@ -14,6 +14,11 @@ Who calls what (read from the code; keep it so when a call is added):
   GetClients (their client cache authenticates the client) and token_issuer's Issue;
   the refresh_token grant also the registry's RefreshTokens (rotation) and
   GetOpaqueTokens (the presented token's scope, read before it is consumed).
+- edge: also the authorization_code service's Authorization (the browser's pages).
+- authorization_code: the registry's Authorizations (sessions, pending requests,
+  consents, codes), GetScopes (the consent page's words), AuthenticateUsers (the
+  sign-in page) and GetUser (ID token and UserInfo claims); token_issuer's
+  Introspect (UserInfo) and GetJwks (an id_token_hint at RP-initiated logout).
 - token_issuer: the registry's GetClients (it authenticates introspecting and
   revoking clients), SigningKeys, Tokens (opaque tokens) and Revocations.
 - operators (inboundctl; later the admin API): every administrative RPC: the
@@ -83,8 +88,10 @@ RULES: dict[str, Allowed] = {
     "/inbound.grant.v1.GrantService/Token": GRANT_ROUTERS,
 
     _ISSUER + "Issue": GRANT_SERVICES,
-    _ISSUER + "Introspect": EDGE | RESOURCE_SERVERS,
-    _ISSUER + "GetJwks": EDGE | RESOURCE_SERVERS,
+    # authorization_code: UserInfo introspects the bearer token; RP-initiated logout checks
+    # an id_token_hint's signature against the JWKS.
+    _ISSUER + "Introspect": EDGE | RESOURCE_SERVERS | services("authorization_code"),
+    _ISSUER + "GetJwks": EDGE | RESOURCE_SERVERS | services("authorization_code"),
     _ISSUER + "Revoke": EDGE,
     _ISSUER + "RevokeClientTokens": OPERATORS,
     _ISSUER + "ListKeys": OPERATORS,
@@ -113,15 +120,16 @@ RULES: dict[str, Allowed] = {
     _REVOCATIONS + "ListRevocations": ISSUER,
 
     _USERS + "CreateUser": OPERATORS,
-    _USERS + "GetUser": OPERATORS,
+    # authorization_code: the claims of ID tokens and of UserInfo.
+    _USERS + "GetUser": OPERATORS | services("authorization_code"),
     _USERS + "ListUsers": OPERATORS,
     _USERS + "UpdateUser": OPERATORS,
     _USERS + "DeleteUser": OPERATORS,
     _USERS + "SetUserPassword": OPERATORS,
     _USERS + "UnlockUser": OPERATORS,
     _USERS + "ChangeUserRoles": OPERATORS,
-    # Sign-ins: the password grant (the browser's sign-in page will join it).
-    _USERS + "AuthenticateUsers": services("password"),
+    # Sign-ins: the password grant and the browser's sign-in page.
+    _USERS + "AuthenticateUsers": services("password", "authorization_code"),
 
     # Refresh-token rotation: the refresh_token grant alone.
     _REFRESH + "RotateRefreshTokens": services("refresh_token"),
@@ -129,19 +137,20 @@ RULES: dict[str, Allowed] = {
 
     # The scope catalog: operators manage it (inboundctl scope ...).
     _SCOPES + "CreateScope": OPERATORS,
-    _SCOPES + "GetScopes": OPERATORS,
+    # authorization_code: the words of the consent page, and which scopes need consent.
+    _SCOPES + "GetScopes": OPERATORS | services("authorization_code"),
     _SCOPES + "ListScopes": OPERATORS,
     _SCOPES + "UpdateScope": OPERATORS,
     _SCOPES + "DeleteScope": OPERATORS,
 
-    # The authorization endpoint's state (sessions, pending requests, consents, codes) and
-    # the authorize contract: the authorization_code service and the edge, once they serve
-    # them (issue "The browser"); nobody until then.
-    **{_AUTHZ_STATE + rpc: authz.NOBODY for rpc in (
+    # The authorization endpoint's state (sessions, pending requests, consents, codes): the
+    # authorization_code service alone (it keeps them; nobody else reads a session or a code).
+    **{_AUTHZ_STATE + rpc: services("authorization_code") for rpc in (
         "CreateSession", "GetSession", "EndSession", "CreateAuthorizationRequest", "GetAuthorizationRequest",
         "CompleteAuthorizationRequest", "GetConsent", "GrantConsent", "ListConsents", "WithdrawConsent",
         "CreateAuthorizationCode", "ConsumeAuthorizationCodes", "RecordUserGrant")},
-    **{_AUTHORIZE + rpc: authz.NOBODY for rpc in (
+    # The authorize contract: the edge renders its outcomes for the browser.
+    **{_AUTHORIZE + rpc: EDGE for rpc in (
         "Authorize", "SignIn", "Consent", "GetAccount", "WithdrawConsent", "EndSession", "UserInfo")},
 
     _AUDIT + "Tail": OPERATORS,

@@ -36,6 +36,10 @@ MODULES: tuple[Module, ...] = (
            ports=(_grpc(50062),), grant_type="password"),
     Module("refresh_token", GRANT_ASSEMBLY, depends_on=("client_registry", "token_issuer"),
            ports=(_grpc(50063),), grant_type="refresh_token"),
+    # The browser: the authorize decisions (authorize contract) and the code-for-token exchange,
+    # implicit included (one service: both share every step but the last). Its own assembly.
+    Module("authorization_code", "services.authorization_code.assembly", depends_on=("client_registry", "token_issuer"),
+           ports=(_grpc(50064),), grant_type="authorization_code"),
     Module("audit", "services.audit.assembly", ports=(_grpc(50070),), address_env="INBOUND_AUDIT_ADDR"),
     Module("edge", "services.edge.assembly", depends_on=("token_issuer",), calls_grants=True,
            ports=(Port(HTTP, "INBOUND_HTTP_PORT", 8080),)),

@@ -12,6 +12,7 @@ the server, not the receiver, decides who may send what:
 | client_registry | registry.client, registry.signing_key, registry.user, token.revoked (the cut-offs that disabling or deleting a client, and a user's password change, disabling or deletion record; a reused refresh token's family), token.refresh_reused, user.locked, user.lock_ended | - |
 | token_issuer | token.issued, token.revoked, token.introspected_revoked, keys.rotated | registry.client, registry.signing_key, keys.rotated, token.revoked |
 | each grant service | token.denied | registry.client |
+| authorization_code | as a grant service, and the browser's: user.signed_in, user.sign_in_failed, consent.granted, consent.withdrawn, session.ended, code.issued | registry.client |
 | edge | token.denied | keys.rotated |
 | audit | nothing but access.denied | consumes the stream through its durable consumer only |
 | all_in_one | the union of all the above | |
@@ -57,9 +58,13 @@ from dataclasses import dataclass
 from inboundlib.events import (
     ACCESS_DENIED,
     CLIENT_CHANGED,
+    CODE_ISSUED,
+    CONSENT_GRANTED,
+    CONSENT_WITHDRAWN,
     KEYS_ROTATED,
     REFRESH_TOKEN_REUSED,
     REVOKED_TOKEN_INTROSPECTED,
+    SESSION_ENDED,
     SIGNING_KEY_CHANGED,
     TOKEN_DENIED,
     TOKEN_ISSUED,
@@ -67,6 +72,8 @@ from inboundlib.events import (
     USER_CHANGED,
     USER_LOCK_ENDED,
     USER_LOCKED,
+    USER_SIGN_IN_FAILED,
+    USER_SIGNED_IN,
     Installation,
 )
 from inboundlib.hosting import HTTP
@@ -106,6 +113,10 @@ RULES: dict[str, Permissions] = {
 }
 # Every grant service (a row with a grant type): its refusals, and its client cache's invalidations.
 GRANT_SERVICE = _p(publish=(TOKEN_DENIED,), subscribe=(CLIENT_CHANGED,))
+# The browser's service: a grant service, and the audit records of sign-ins, consents,
+# sessions and codes.
+RULES["authorization_code"] = GRANT_SERVICE | _p(publish=(USER_SIGNED_IN, USER_SIGN_IN_FAILED, CONSENT_GRANTED,
+                                                          CONSENT_WITHDRAWN, SESSION_ENDED, CODE_ISSUED))
 
 
 def identities() -> tuple[str, ...]:

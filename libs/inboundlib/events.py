@@ -95,6 +95,13 @@ USER_CHANGED = registry_subject(ENTITY_USER)
 USER_LOCKED = "user.locked"
 USER_LOCK_ENDED = "user.lock_ended"
 REFRESH_TOKEN_REUSED = "token.refresh_reused"
+# The browser (the authorization_code service).
+USER_SIGNED_IN = "user.signed_in"
+USER_SIGN_IN_FAILED = "user.sign_in_failed"
+CONSENT_GRANTED = "consent.granted"
+CONSENT_WITHDRAWN = "consent.withdrawn"
+SESSION_ENDED = "session.ended"
+CODE_ISSUED = "code.issued"
 
 # The one payload each subject carries. NATS decides who may send on a subject
 # (services/nats_access.py), not what the message says: the audit log refuses a
@@ -113,6 +120,12 @@ PAYLOADS: dict[str, tuple[str, str]] = {  # subject -> (payload field, registry 
     USER_LOCKED: ("user_locked", ""),
     USER_LOCK_ENDED: ("user_lock_ended", ""),
     REFRESH_TOKEN_REUSED: ("refresh_token_reused", ""),
+    USER_SIGNED_IN: ("user_signed_in", ""),
+    USER_SIGN_IN_FAILED: ("user_sign_in_failed", ""),
+    CONSENT_GRANTED: ("consent_granted", ""),
+    CONSENT_WITHDRAWN: ("consent_withdrawn", ""),
+    SESSION_ENDED: ("browser_session_ended", ""),
+    CODE_ISSUED: ("authorization_code_issued", ""),
 }
 
 DEFAULT_INSTALLATION = "inbound"

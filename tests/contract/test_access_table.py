@@ -73,7 +73,9 @@ def test_resource_servers_and_the_edge_introspect_and_read_the_jwks_and_nothing_
     edge = identity.service("edge")
     assert {m for m in access.RULES if edge in admitted(m) and "Health" not in m} == {
         "/inbound.grant.v1.GrantService/Token", "/inbound.issuer.v1.TokenIssuer/Introspect",
-        "/inbound.issuer.v1.TokenIssuer/GetJwks", "/inbound.issuer.v1.TokenIssuer/Revoke"}
+        "/inbound.issuer.v1.TokenIssuer/GetJwks", "/inbound.issuer.v1.TokenIssuer/Revoke",
+        *("/inbound.authorize.v1.Authorization/" + m for m in (
+            "Authorize", "SignIn", "Consent", "GetAccount", "WithdrawConsent", "EndSession", "UserInfo"))}
 
 
 def test_all_in_one_may_do_what_any_service_may():
@@ -98,16 +100,19 @@ def test_only_operators_rewrap_and_only_token_issuer_replaces_a_stored_key():
 
 def test_user_administration_is_for_operators_alone():
     for method in ("/inbound.registry.v1.Users/" + m for m in
-                   ("CreateUser", "GetUser", "ListUsers", "UpdateUser", "DeleteUser", "SetUserPassword",
+                   ("CreateUser", "ListUsers", "UpdateUser", "DeleteUser", "SetUserPassword",
                     "UnlockUser", "ChangeUserRoles")):
         assert admitted(method) == {identity.operator("alice")}, method
+    # Reading one user: operators, and authorization_code for the claims of ID tokens and UserInfo.
+    assert admitted("/inbound.registry.v1.Users/GetUser") == {
+        identity.operator("alice"), identity.service("authorization_code"), access.ALL_IN_ONE}
 
 
 def test_sign_ins_and_rotations_only_from_the_grant_that_makes_them():
     """A password check answers whether a password is right, a rotation consumes a refresh
     token: no other grant service (nor an operator, nor token_issuer) may ask for either."""
-    assert admitted("/inbound.registry.v1.Users/AuthenticateUsers") == {identity.service("password"),
-                                                                         access.ALL_IN_ONE}
+    assert admitted("/inbound.registry.v1.Users/AuthenticateUsers") == {
+        identity.service("password"), identity.service("authorization_code"), access.ALL_IN_ONE}
     for method in ("/inbound.registry.v1.RefreshTokens/" + m for m in
                    ("RotateRefreshTokens", "StoreRotationResponses")):
         assert admitted(method) == {identity.service("refresh_token"), access.ALL_IN_ONE}, method
@@ -116,3 +121,19 @@ def test_sign_ins_and_rotations_only_from_the_grant_that_makes_them():
         identity.service("token_issuer"), identity.service("refresh_token"), access.ALL_IN_ONE}
     assert admitted("/inbound.registry.v1.Tokens/StoreOpaqueTokens") == {identity.service("token_issuer"),
                                                                           access.ALL_IN_ONE}
+
+
+def test_the_browser_state_is_the_authorization_code_service_s_alone_and_its_contract_the_edge_s():
+    """Sessions, pending requests, consents and codes: a session id's hash or a code's is
+    enough to act for a user, so no other service (nor an operator) may read or write them;
+    the authorize contract is called by the edge alone."""
+    own = {identity.service("authorization_code"), access.ALL_IN_ONE}
+    state = [m for m in access.RULES if m.startswith("/inbound.registry.v1.Authorizations/")]
+    assert len(state) == 13
+    for method in state:
+        assert admitted(method) == own, method
+    for method in (m for m in access.RULES if m.startswith("/inbound.authorize.v1.Authorization/")):
+        assert admitted(method) == {identity.service("edge"), access.ALL_IN_ONE}, method
+    assert admitted("/inbound.registry.v1.Scopes/GetScopes") == {identity.operator("alice"), *own}
+    for method in ("CreateScope", "UpdateScope", "DeleteScope", "ListScopes"):
+        assert admitted("/inbound.registry.v1.Scopes/" + method) == {identity.operator("alice")}, method

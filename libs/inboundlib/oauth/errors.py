@@ -121,12 +121,24 @@ class ConsentRequired(OAuthError):
     default_description = "The user must consent."
 
 
+class RequestNotSupported(OAuthError):
+    """OpenID Connect Core §3.1.2.6, §6: the `request` parameter (a request object) is not supported."""
+    code = "request_not_supported"
+    default_description = "The request parameter is not supported."
+
+
+class RequestUriNotSupported(OAuthError):
+    """OpenID Connect Core §3.1.2.6, §6: the `request_uri` parameter is not supported."""
+    code = "request_uri_not_supported"
+    default_description = "The request_uri parameter is not supported."
+
+
 BY_CODE: dict[str, type[OAuthError]] = {
     cls.code: cls
     for cls in (InvalidRequest, InvalidClient, InvalidGrant, UnauthorizedClient, UnsupportedGrantType,
                 InvalidScope, AccessDenied, UnsupportedTokenType, InvalidToken, InsufficientScope,
                 ServerError, TemporarilyUnavailable, UnsupportedResponseType, InteractionRequired, LoginRequired,
-                ConsentRequired)
+                ConsentRequired, RequestNotSupported, RequestUriNotSupported)
 }
 
 
