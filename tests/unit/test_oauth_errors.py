@@ -37,6 +37,14 @@ TABLE = [
     (InsufficientScope, "insufficient_scope", 403),
     (ServerError, "server_error", 500),
     (TemporarilyUnavailable, "temporarily_unavailable", 503),
+    # The authorization endpoint's (RFC 6749 §4.1.2.1, OpenID Connect Core §3.1.2.6): sent to the
+    # client's redirect URI, never as a status of ours; 400 where an error page shows one.
+    (errors.UnsupportedResponseType, "unsupported_response_type", 400),
+    (errors.InteractionRequired, "interaction_required", 400),
+    (errors.LoginRequired, "login_required", 400),
+    (errors.ConsentRequired, "consent_required", 400),
+    (errors.RequestNotSupported, "request_not_supported", 400),
+    (errors.RequestUriNotSupported, "request_uri_not_supported", 400),
 ]
 
 
