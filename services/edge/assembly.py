@@ -15,7 +15,7 @@ from services.edge.jwks import JwksCache, jwks_cache_settings
 from services.edge.readiness import ready_when_issuer_serves
 from services.edge.server import serve
 from services.edge.settings import EdgeSettings
-from services.token_issuer.keys import ALGORITHMS
+from services.token_issuer.assembly import id_token_alg
 
 log = logging.getLogger("services.edge")
 
@@ -26,14 +26,15 @@ class Settings:
     jwks_cache: CacheSettings
     # Trusted proxies, the request budget, header and body bounds (services/edge/settings.py).
     http: EdgeSettings
-    # INBOUND_ID_TOKEN_ALG, as token_issuer reads it: what OpenID Provider metadata announces.
+    # INBOUND_ID_TOKEN_ALG, read as token_issuer reads it (one function): what OpenID Provider
+    # metadata announces. Set it alike for both where they run apart (deploy/base).
     id_token_alg: str = "RS256"
 
     @classmethod
     def from_env(cls, env: Env) -> Settings:
         return cls(issuer_url=env.url("INBOUND_ISSUER", "http://127.0.0.1:8080"), jwks_cache=jwks_cache_settings(env),
                    http=EdgeSettings.from_env(env),
-                   id_token_alg=env.choice("INBOUND_ID_TOKEN_ALG", "RS256", ALGORITHMS))
+                   id_token_alg=id_token_alg(env))
 
 
 @dataclass
