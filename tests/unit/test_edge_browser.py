@@ -640,6 +640,15 @@ async def test_a_wrong_method_is_405_on_a_page_with_allow():
     assert reply.headers["content-security-policy"].startswith("default-src 'none'")
 
 
+@pytest.mark.parametrize("path", ["/oauth/authorize", "/oauth_auth.do", "/oauth/end_session", "/account"])
+async def test_head_changes_nothing(path):
+    """A HEAD (a link checker, a prefetch) must not start a request, mint a code or end a session."""
+    service = FakeAuthorization()
+    async with browser(service) as http:
+        reply = await http.head(path, params={"client_id": "app"})
+    assert reply.status_code == 405 and service.calls == []
+
+
 async def test_a_service_outage_is_a_503_page_not_a_redirect():
     service = FakeAuthorization()
 

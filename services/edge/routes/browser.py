@@ -136,8 +136,9 @@ class BrowserRoutes:
     # --- reading requests -------------------------------------------------------------------------
 
     async def _params(self, request: Request) -> dict[str, tuple[str, ...]]:
-        """The query (GET) or form (POST) parameters, each with its values as sent."""
-        if request.method in ("GET", "HEAD"):
+        """The query (GET) or form (POST) parameters, each with its values as sent. Not HEAD:
+        these requests change state (a pending request, a code, a session ended)."""
+        if request.method == "GET":
             return parse_form_multi(request.scope.get("query_string", b""), AS_SENT)
         if request.method == "POST":
             return parse_form_multi(await read_form_body(request, self.settings), AS_SENT)
@@ -199,7 +200,7 @@ class BrowserRoutes:
         return response
 
     async def account(self, request: Request, rid: str) -> Response:
-        if request.method not in ("GET", "HEAD"):
+        if request.method != "GET":
             raise MethodNotAllowed("This page accepts GET only.")
         account = await backend(self.authorization.account(self.cookies.session_id(request), request_id=rid))
         return self._account_page(request, account)
@@ -243,7 +244,7 @@ class BrowserRoutes:
         """OpenID Connect Core §5.3: the token as RFC 6750 §2.1 (header) or §2.2 (form body)."""
         if request.method == "OPTIONS":  # a CORS preflight of a browser app's call
             return Response(b"", status_code=204, headers=USERINFO_PREFLIGHT)
-        if request.method not in ("GET", "HEAD", "POST"):
+        if request.method not in ("GET", "POST"):
             raise MethodNotAllowed("This endpoint accepts GET and POST only.")
         token = await self._bearer_token(request)
         if token is None:
