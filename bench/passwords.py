@@ -102,11 +102,12 @@ async def _setup(stack, users: int) -> dict:
     """A confidential JWT client allowed the password and refresh_token grants, and `users` users
     with passwords, created through the registry's UserDirectory as the operator."""
     from services.client_registry.api import GRANT_PASSWORD, GRANT_REFRESH_TOKEN, ClientSpec, UserSpec
-    from services.client_registry.client import RegistryClient
+    from services.client_registry.client import RegistryClient, add_missing_scopes
 
     channel = stack.channel("client_registry")
     try:
         registry = RegistryClient(channel)
+        await add_missing_scopes(registry, ["api.read", "api.write"])
         record, secret = await registry.create_client(ClientSpec(
             name=f"bench-password-{secrets.token_hex(3)}", grant_types=[GRANT_PASSWORD, GRANT_REFRESH_TOKEN],
             scopes=["api.read", "api.write"], token_format="jwt", comments="created by make bench"))

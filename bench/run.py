@@ -307,11 +307,12 @@ def _sibling_db(url: str, name: str) -> str:
 
 async def _create_clients(stack) -> dict[str, tuple[str, str]]:
     from services.client_registry.api import ClientSpec
-    from services.client_registry.client import RegistryClient
+    from services.client_registry.client import RegistryClient, add_missing_scopes
 
     channel = stack.channel("client_registry")  # as the operator
     try:
         registry = RegistryClient(channel)
+        await add_missing_scopes(registry, ["api.read", "api.write"])
         out = {}
         for fmt in ("jwt", "opaque"):
             record, secret = await registry.create_client(ClientSpec(

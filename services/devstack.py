@@ -474,12 +474,13 @@ async def seed_demo(stack: Stack) -> DemoSeed:
         RegistryError,
         UserSpec,
     )
-    from services.client_registry.client import RegistryClient
+    from services.client_registry.client import RegistryClient, add_missing_scopes
 
     channel = stack.channel("client_registry", caller=OPERATOR)
     registry = RegistryClient(channel)
     try:
         existing = {c.name: c for c in await registry.list_clients()}
+        await add_missing_scopes(registry, DEMO_SCOPES)  # a client may only be given catalog scopes
 
         async def client(name: str, grants: list[str], comments: str) -> tuple[str, str]:
             if name in existing:

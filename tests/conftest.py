@@ -172,6 +172,10 @@ async def make_client(registry):
         kwargs.setdefault("name", "test-" + secrets.token_hex(4))
         kwargs.setdefault("grant_types", ["client_credentials"])
         kwargs.setdefault("scopes", ["api.read", "api.write"])
+        # A client may only be given catalog scopes: add the missing ones first, as an operator would.
+        from tests.support import ensure_scopes
+
+        await ensure_scopes(registry, kwargs["scopes"])
         return await registry.create_client(ClientSpec(**kwargs))
 
     return make

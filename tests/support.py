@@ -241,6 +241,14 @@ def introspection_channel(stack, token: str | None, addr: str | None = None):
                                    options=[("grpc.ssl_target_name_override", TABLE["token_issuer"].k8s_name)])
 
 
+async def ensure_scopes(registry, scopes) -> None:
+    """Add the scopes the catalog lacks, as an operator does before giving them to a client
+    (a client may only be given catalog scopes). `registry`: a RegistryClient as the operator."""
+    from services.client_registry.client import add_missing_scopes
+
+    await add_missing_scopes(registry, list(scopes))
+
+
 # --- systems of a test's own --------------------------------------------------------------------------
 
 async def register_client(stack, **spec):
@@ -253,7 +261,9 @@ async def register_client(stack, **spec):
     spec.setdefault("scopes", ["api.read", "api.write"])
     channel = stack.channel("client_registry", caller=OPERATOR)
     try:
-        return await RegistryClient(channel).create_client(ClientSpec(**spec))
+        registry = RegistryClient(channel)
+        await ensure_scopes(registry, spec["scopes"])
+        return await registry.create_client(ClientSpec(**spec))
     finally:
         await channel.close()
 

@@ -6,6 +6,7 @@
     inboundctl user create USERNAME [--password-stdin | --no-password] ...   (see user_commands.py)
     inboundctl user list | show | update | disable | enable | delete | set-password | unlock
     inboundctl user grant-role USER ROLE... | revoke-role USER ROLE...
+    inboundctl scope create NAME --description TEXT [--no-consent] | list | show | update | delete
     inboundctl keys list
     inboundctl keys rotate [--alg ES256|RS256|EdDSA] [--activation-delay SECONDS]
     inboundctl keys rewrap
@@ -19,8 +20,9 @@ Connections are mutual TLS with the operator certificate named by
 INBOUND_TLS_CERT_FILE, INBOUND_TLS_KEY_FILE and INBOUND_TLS_CA_FILE (see the
 package docstring); a missing setting is bad input (exit code 2).
 
-Exit codes: 0 done; 1 a service could not be reached or failed; 2 bad input; 3 no such client or
-user; 4 it exists already (a username taken).
+Exit codes: 0 done; 1 a service could not be reached or failed; 2 bad input (also: deleting a
+scope a client still has); 3 no such client, user or scope; 4 it exists already (a username or a
+scope name taken).
 """
 from __future__ import annotations
 
@@ -111,7 +113,8 @@ async def client_create(s: Session, a: argparse.Namespace) -> None:
         refresh_token_lifetime=a.refresh_token_lifetime, token_format=a.token_format,
         pkce_required=True if a.pkce_required else None, logo_url=a.logo_url or "", comments=a.comments or "",
         allow_public_password_grant=a.allow_public_password_grant,
-        refresh_token_absolute_lifetime=a.refresh_token_absolute_lifetime)
+        refresh_token_absolute_lifetime=a.refresh_token_absolute_lifetime,
+        post_logout_redirect_uris=a.post_logout_redirect_uri or [])
     client, secret = await s.registry().create_client(spec)
     if a.json:
         output.emit_json({"client": output.client_dict(client), "client_secret": secret or None})
@@ -178,7 +181,8 @@ async def client_update(s: Session, a: argparse.Namespace) -> None:
         access_token_lifetime=a.access_token_lifetime, refresh_token_lifetime=a.refresh_token_lifetime,
         pkce_required=a.pkce_required, logo_url=a.logo_url, comments=a.comments,
         allow_public_password_grant=a.allow_public_password_grant,
-        refresh_token_absolute_lifetime=a.refresh_token_absolute_lifetime)
+        refresh_token_absolute_lifetime=a.refresh_token_absolute_lifetime,
+        post_logout_redirect_uris=[] if a.clear_post_logout_redirect_uris else a.post_logout_redirect_uri)
     if all(value is None for value in vars(update).values()):
         raise CliError("nothing to update: give at least one option (see `inboundctl client update -h`)",
                        EXIT_INVALID)
@@ -315,6 +319,13 @@ def _client_settings(p: argparse.ArgumentParser, *, update: bool) -> None:
     uris.add_argument("--redirect-uri", action="append", metavar="U", help=f"redirect URI ({verb})")
     if update:
         uris.add_argument("--clear-redirect-uris", action="store_true", help="remove every redirect URI")
+    logout = p.add_mutually_exclusive_group() if update else p
+    logout.add_argument("--post-logout-redirect-uri", action="append", metavar="U",
+                        help=f"where the browser may go after signing out (OpenID Connect RP-Initiated Logout; "
+                             f"{verb})")
+    if update:
+        logout.add_argument("--clear-post-logout-redirect-uris", action="store_true",
+                            help="remove every post-logout redirect URI")
     p.add_argument("--token-format", choices=TOKEN_FORMATS, help="access token format")
     p.add_argument("--access-token-lifetime", type=_positive, metavar="N", help="seconds")
     p.add_argument("--refresh-token-lifetime", type=_positive, metavar="N",
@@ -339,9 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inboundctl", parents=[common],
         description="Manage Inbound's registered clients, signing keys and token revocation; read the audit log.",
-        epilog="Exit codes: 0 done, 1 a service could not be reached or failed, 2 bad input, 3 no such client or "
-               "user, 4 it exists already.")
-    areas = parser.add_subparsers(dest="area", required=True, metavar="{client,user,keys,audit}")
+        epilog="Exit codes: 0 done, 1 a service could not be reached or failed, 2 bad input, 3 no such client, "
+               "user or scope, 4 it exists already.")
+    areas = parser.add_subparsers(dest="area", required=True, metavar="{client,user,scope,keys,audit}")
 
     client = areas.add_parser("client", help="registered OAuth clients (client_registry)")
     client_cmds = client.add_subparsers(dest="command", required=True)
@@ -377,6 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from inboundctl import user_commands  # inboundctl user ... (the registry's user directory)
     user_commands.add_subparsers(areas, common)
+    from inboundctl import scope_commands  # inboundctl scope ... (the registry's scope catalog)
+    scope_commands.add_subparsers(areas, common)
 
     keys = areas.add_parser("keys", help="token signing keys (token_issuer)")
     key_cmds = keys.add_subparsers(dest="command", required=True)
@@ -434,7 +447,7 @@ def _failure(exc: BaseException, args: argparse.Namespace) -> CliError | None:
     from inboundlib.batching import Expired, Overloaded
     from inboundlib.config import ConfigError
     from inboundlib.oauth.errors import OAuthError
-    from services.client_registry.api import AlreadyExists, InvalidArgument, NotFound
+    from services.client_registry.api import AlreadyExists, InUse, InvalidArgument, NotFound
 
     addr = args.registry_addr if args.service == REGISTRY else args.issuer_addr
     if isinstance(exc, CliError):
@@ -448,8 +461,12 @@ def _failure(exc: BaseException, args: argparse.Namespace) -> CliError | None:
             return CliError(f"no client with id {args.client_id!r}", EXIT_NOT_FOUND)
         if getattr(args, "user", None):
             return CliError(f"no user with id or username {args.user!r}", EXIT_NOT_FOUND)
+        if getattr(args, "scope_name", None):
+            return CliError(f"no scope {args.scope_name!r} in the catalog", EXIT_NOT_FOUND)
         return CliError(str(exc), EXIT_NOT_FOUND)
-    if isinstance(exc, AlreadyExists):  # a username taken (case-insensitively)
+    if isinstance(exc, InUse):  # a scope a client still has
+        return CliError(str(exc), EXIT_INVALID)
+    if isinstance(exc, AlreadyExists):  # a username taken (case-insensitively), a scope name taken
         return CliError(str(exc) or "it exists already", EXIT_EXISTS)
     if isinstance(exc, OAuthError):  # token_issuer refuses a rotation as invalid_request
         return CliError(exc.description, EXIT_INVALID)

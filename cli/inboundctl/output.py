@@ -18,7 +18,7 @@ from services.token_issuer.api import KeyInfo
 CLIENT_FIELDS = ("client_id", "name", "public", "active", "grant_types", "scopes", "redirect_uris", "token_format",
                  "access_token_lifetime", "refresh_token_lifetime", "pkce_required", "logo_url", "comments",
                  "created_at", "updated_at", "secret_rotated_at", "allow_public_password_grant",
-                 "refresh_token_absolute_lifetime")
+                 "refresh_token_absolute_lifetime", "post_logout_redirect_uris")
 USER_FIELDS = ("id", "username", "email", "display_name", "given_name", "family_name", "email_verified", "locale",
                "zoneinfo", "active", "roles", "created_at", "updated_at", "password_changed_at", "locked_until")
 KEY_FIELDS = ("kid", "alg", "created_at", "activates_at", "signing")
@@ -120,6 +120,7 @@ def client_rows(c: ClientRecord) -> list[tuple[str, Any]]:
         ("grant_types", " ".join(c.grant_types) or "-"),
         ("scopes", " ".join(c.scopes) or "-"),
         ("redirect_uris", " ".join(c.redirect_uris) or "-"),
+        ("post_logout_redirect_uris", " ".join(c.post_logout_redirect_uris) or "-"),
         ("token_format", c.token_format),
         ("access_token_lifetime", f"{c.access_token_lifetime} s"),
         ("refresh_token_lifetime", f"{c.refresh_token_lifetime} s"),

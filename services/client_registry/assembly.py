@@ -30,6 +30,14 @@ RUNTIME_PRIVILEGES = {
     "revocations": "SELECT, INSERT, UPDATE, DELETE",
     "users": "SELECT, INSERT, UPDATE, DELETE",
     "login_failures": "SELECT, INSERT, UPDATE, DELETE",
+    "scopes": "SELECT, INSERT, UPDATE, DELETE",
+    # The authorization endpoint's state: a session changes only by ending, a pending request
+    # by completing, a code by being consumed; a user's recorded grants only come and go.
+    "browser_sessions": "SELECT, INSERT, DELETE, UPDATE (ended_at)",
+    "authorization_requests": "SELECT, INSERT, DELETE, UPDATE (completed_at)",
+    "consents": "SELECT, INSERT, UPDATE, DELETE",
+    "authorization_codes": "SELECT, INSERT, DELETE, UPDATE (consumed_at)",
+    "user_grants": "SELECT, INSERT, DELETE",
 }
 HOT_TIMEOUT = 3.0
 REVOCATION_TIMEOUT = 10.0

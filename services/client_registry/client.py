@@ -24,6 +24,7 @@ from services.client_registry.api import (
     ClientRecord,
     ClientSpec,
     ClientUpdate,
+    InUse,
     InvalidArgument,
     ItemError,
     NotFound,
@@ -34,6 +35,8 @@ from services.client_registry.api import (
     RevocationRecord,
     Rotation,
     RotationOutcome,
+    ScopeRecord,
+    ScopeUpdate,
     SignIn,
     SigningKeyRecord,
     SignInOutcome,
@@ -53,6 +56,7 @@ ERROR_OF: dict[grpc.StatusCode, type[RegistryError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: InUse,
 }
 
 
@@ -279,10 +283,65 @@ class UsersClient:
         return wire.user_from_pb(reply.user)
 
 
+class ScopesClient:
+    """api.ScopeCatalog over gRPC. Lookups (the consent page's words) are coalesced."""
+
+    def __init__(self, channel: grpc.aio.Channel):
+        self.stub = registry_pb2_grpc.ScopesStub(channel)
+        self._lookups = Coalescer("registry.GetScopes", self._send_lookups, max_batch=MAX_BATCH,
+                                  idempotent=True, transient=peer_going_away, unavailable=is_unavailable)
+
+    async def _send_lookups(self, names: list[str], timeout: float) -> list[ScopeRecord | None]:
+        reply = await self.stub.GetScopes(pb.GetScopesRequest(names=names), timeout=timeout)
+        return [wire.scope_from_pb(r.scope) if r.HasField("scope") else None for r in reply.results]
+
+    async def get_scopes(self, names: list[str]) -> list[ScopeRecord | None]:
+        return list(await asyncio.gather(*(self._lookups.submit(n, HOT_TIMEOUT) for n in names)))
+
+    async def create_scope(self, name: str, description: str, consent_required: bool) -> ScopeRecord:
+        reply = await _admin(self.stub.CreateScope, pb.CreateScopeRequest(
+            name=name, description=description, consent_required=consent_required))
+        return wire.scope_from_pb(reply.scope)
+
+    async def list_scopes(self) -> list[ScopeRecord]:
+        reply = await _admin(self.stub.ListScopes, pb.ListScopesRequest())
+        return [wire.scope_from_pb(s) for s in reply.scopes]
+
+    async def update_scope(self, name: str, update: ScopeUpdate) -> ScopeRecord:
+        request = pb.UpdateScopeRequest(name=name)
+        if update.description is not None:
+            request.description = update.description
+        if update.consent_required is not None:
+            request.consent_required = update.consent_required
+        reply = await _admin(self.stub.UpdateScope, request)
+        return wire.scope_from_pb(reply.scope)
+
+    async def delete_scope(self, name: str) -> bool:
+        reply = await _admin(self.stub.DeleteScope, pb.DeleteScopeRequest(name=name))
+        return reply.deleted
+
+
+async def add_missing_scopes(catalog, names: list[str]) -> list[str]:
+    """Add to the catalog (an api.ScopeCatalog) the scopes it lacks, each described by its name
+    and needing consent, as an operator does before giving them to a client (a client may only
+    be given catalog scopes): for the dev stack, the bench and tests. Answers those added."""
+    names = list(dict.fromkeys(names))
+    added = []
+    for name, found in zip(names, await catalog.get_scopes(names)):
+        if found is None:
+            try:
+                await catalog.create_scope(name, name, True)
+                added.append(name)
+            except AlreadyExists:  # added meanwhile by someone else
+                pass
+    return added
+
+
 class RegistryClient:
     """Every domain's client over one channel (api.ClientRegistryApi), for callers
     that use several; pass a narrow one (`.clients`, `.signing_keys`, `.tokens`,
-    `.revocations`, `.refresh_tokens`, `.users`) to code that needs only that."""
+    `.revocations`, `.refresh_tokens`, `.users`, `.scopes`, `.authorizations`) to code
+    that needs only that."""
 
     def __init__(self, channel: grpc.aio.Channel):
         self.clients = ClientsClient(channel)
@@ -291,11 +350,13 @@ class RegistryClient:
         self.revocations = RevocationsClient(channel)
         self.refresh_tokens = RefreshTokensClient(channel)
         self.users = UsersClient(channel)
+        self.scopes = ScopesClient(channel)
 
     def __getattr__(self, name: str):
         # Each call belongs to exactly one domain; ask each in turn. (Through __dict__:
         # this runs only for names not found otherwise, and must not recurse.)
-        for key in ("clients", "signing_keys", "tokens", "revocations", "refresh_tokens", "users"):
+        for key in ("clients", "signing_keys", "tokens", "revocations", "refresh_tokens", "users", "scopes",
+                    "authorizations"):
             domain = self.__dict__.get(key)
             if domain is not None and hasattr(type(domain), name):
                 return getattr(domain, name)

@@ -39,6 +39,7 @@ from services.client_registry.api import (
 )
 from services.client_registry.pg import ts
 from services.client_registry.revocations import publish_cut_off, record_cut_off
+from services.client_registry.scopes import require_catalog_scopes
 
 log = logging.getLogger(__name__)
 
@@ -74,20 +75,25 @@ def _check_scopes(scopes: list[str]) -> list[str]:
     return list(dict.fromkeys(scopes))
 
 
-def _check_redirect_uri(uri: str) -> str:
-    """RFC 6749 §3.1.2: absolute, no fragment; RFC 9700 §2.1: plain http only for loopback."""
+def _check_redirect_uri(uri: str, label: str = "redirect URI") -> str:
+    """RFC 6749 §3.1.2: absolute, no fragment; RFC 9700 §2.1: plain http only for loopback.
+    Post-logout redirect URIs (OpenID Connect RP-Initiated Logout §3.1) follow the same rules."""
     if len(uri) > 2000 or _CONTROL.search(uri) or " " in uri:
-        raise InvalidArgument(f"malformed redirect URI: {uri!r}")
+        raise InvalidArgument(f"malformed {label}: {uri!r}")
     parts = urlsplit(uri)
     if not parts.scheme or parts.fragment or "#" in uri:
-        raise InvalidArgument(f"redirect URI must be absolute and have no fragment: {uri!r}")
+        raise InvalidArgument(f"{label} must be absolute and have no fragment: {uri!r}")
     if parts.scheme in ("http", "https") and not parts.hostname:
-        raise InvalidArgument(f"redirect URI has no host: {uri!r}")
+        raise InvalidArgument(f"{label} has no host: {uri!r}")
     if parts.scheme == "http" and parts.hostname not in _LOOPBACK:
-        raise InvalidArgument(f"plain http redirect URIs are allowed for loopback hosts only: {uri!r}")
+        raise InvalidArgument(f"plain http {label}s are allowed for loopback hosts only: {uri!r}")
     if parts.scheme in ("javascript", "data", "file", "vbscript"):
-        raise InvalidArgument(f"redirect URI scheme not allowed: {uri!r}")
+        raise InvalidArgument(f"{label} scheme not allowed: {uri!r}")
     return uri
+
+
+def _check_post_logout_redirect_uris(uris: list[str]) -> list[str]:
+    return list(dict.fromkeys(_check_redirect_uri(u, "post-logout redirect URI") for u in uris))
 
 
 def _check_lifetime(label: str, value: int, limit: int = MAX_LIFETIME) -> int:
@@ -136,7 +142,7 @@ def _check_redirects_for_grants(grant_types: list[str], redirect_uris: list[str]
 _CLIENT_COLUMNS = (
     "client_id, name, secret_hash, public, grant_types, scopes, redirect_uris, access_token_lifetime,"
     " refresh_token_lifetime, token_format, pkce_required, active, logo_url, comments, created_at, updated_at,"
-    " secret_rotated_at, allow_public_password_grant, refresh_token_absolute_lifetime"
+    " secret_rotated_at, allow_public_password_grant, refresh_token_absolute_lifetime, post_logout_redirect_uris"
 )
 
 def _client(row: asyncpg.Record) -> ClientRecord:
@@ -150,6 +156,7 @@ def _client(row: asyncpg.Record) -> ClientRecord:
         secret_rotated_at=ts(row["secret_rotated_at"]),
         allow_public_password_grant=row["allow_public_password_grant"],
         refresh_token_absolute_lifetime=row["refresh_token_absolute_lifetime"],
+        post_logout_redirect_uris=tuple(row["post_logout_redirect_uris"]),
     )
 
 
@@ -173,6 +180,7 @@ class ClientRepository:
         scopes = _check_scopes(spec.scopes)
         redirect_uris = [_check_redirect_uri(u) for u in spec.redirect_uris]
         _check_redirects_for_grants(grant_types, redirect_uris)
+        post_logout_redirect_uris = _check_post_logout_redirect_uris(spec.post_logout_redirect_uris)
         access = _check_lifetime("access token lifetime", DEFAULT_ACCESS_TOKEN_LIFETIME
                                  if spec.access_token_lifetime is None else spec.access_token_lifetime,
                                  MAX_ACCESS_TOKEN_LIFETIME)
@@ -189,15 +197,17 @@ class ClientRepository:
 
         client_id = secrets.token_hex(16)
         secret = "" if spec.public else new_client_secret()
-        row = await self.pool.fetchrow(
-            f"INSERT INTO clients (client_id, name, secret_hash, public, grant_types, scopes, redirect_uris,"
-            f" access_token_lifetime, refresh_token_lifetime, token_format, pkce_required, logo_url, comments,"
-            f" allow_public_password_grant, refresh_token_absolute_lifetime)"
-            f" VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15) RETURNING {_CLIENT_COLUMNS}",
-            client_id, name, hash_client_secret(secret) if secret else None, spec.public, grant_types, scopes,
-            redirect_uris, access, refresh, token_format, pkce_required, logo_url, comments,
-            allow_public_password_grant, absolute,
-        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            await require_catalog_scopes(conn, scopes)
+            row = await conn.fetchrow(
+                f"INSERT INTO clients (client_id, name, secret_hash, public, grant_types, scopes, redirect_uris,"
+                f" access_token_lifetime, refresh_token_lifetime, token_format, pkce_required, logo_url, comments,"
+                f" allow_public_password_grant, refresh_token_absolute_lifetime, post_logout_redirect_uris)"
+                f" VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16) RETURNING {_CLIENT_COLUMNS}",
+                client_id, name, hash_client_secret(secret) if secret else None, spec.public, grant_types, scopes,
+                redirect_uris, access, refresh, token_format, pkce_required, logo_url, comments,
+                allow_public_password_grant, absolute, post_logout_redirect_uris,
+            )
         log.info("client created", extra={"client_id": client_id})
         self._changed(client_id, "created")
         return _client(row), secret
@@ -257,12 +267,17 @@ class ClientRepository:
                 "refresh_token_absolute_lifetime": current.refresh_token_absolute_lifetime
                 if update.refresh_token_absolute_lifetime is None
                 else _check_absolute_lifetime(update.refresh_token_absolute_lifetime),
+                "post_logout_redirect_uris": list(current.post_logout_redirect_uris)
+                if update.post_logout_redirect_uris is None
+                else _check_post_logout_redirect_uris(update.post_logout_redirect_uris),
             }
+            if update.scopes is not None:
+                await require_catalog_scopes(conn, values["scopes"])
             row = await conn.fetchrow(
                 f"UPDATE clients SET active=$2, name=$3, grant_types=$4, scopes=$5, redirect_uris=$6,"
                 f" access_token_lifetime=$7, refresh_token_lifetime=$8, token_format=$9, pkce_required=$10,"
                 f" logo_url=$11, comments=$12, allow_public_password_grant=$13, refresh_token_absolute_lifetime=$14,"
-                f" updated_at=now() WHERE client_id=$1 RETURNING {_CLIENT_COLUMNS}",
+                f" post_logout_redirect_uris=$15, updated_at=now() WHERE client_id=$1 RETURNING {_CLIENT_COLUMNS}",
                 client_id, *values.values(),
             )
             cut_off = None

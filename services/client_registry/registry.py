@@ -2,7 +2,7 @@
 
 `Registry` bundles them for what hosts or wires them all (the registry process,
 the one-process mode, tests): `registry.clients`, `.signing_keys`, `.tokens`,
-`.revocations`, `.refresh_tokens`, `.users`, each implementing its narrow Protocol from api.py.
+`.revocations`, `.refresh_tokens`, `.users`, `.scopes`, `.authorizations`, each implementing its narrow Protocol from api.py.
 It also
 answers every call itself by delegation, so it satisfies `ClientRegistryApi`
 where a caller genuinely needs several domains.
@@ -28,6 +28,8 @@ from services.client_registry.api import (
     RevocationRecord,
     Rotation,
     RotationOutcome,
+    ScopeRecord,
+    ScopeUpdate,
     SignIn,
     SigningKeyRecord,
     SignInOutcome,
@@ -40,6 +42,7 @@ from services.client_registry.clients import ClientRepository
 from services.client_registry.keys import SigningKeyRepository
 from services.client_registry.refresh_tokens import RefreshTokenRepository
 from services.client_registry.revocations import RevocationRepository
+from services.client_registry.scopes import ScopeRepository
 from services.client_registry.tokens import TokenRepository
 from services.client_registry.users import LoginSettings, UserRepository
 
@@ -58,6 +61,7 @@ class Registry:
         self.refresh_tokens = RefreshTokenRepository(pool, events)
         self.users = UserRepository(pool, events, passwords or Passwords(PasswordSettings()),
                                     login or LoginSettings(), sign_in_slots=sign_in_slots)
+        self.scopes = ScopeRepository(pool)
 
     # --- clients (api.ClientStore) ----------------------------------------------------------------
 
@@ -146,6 +150,23 @@ class Registry:
 
     async def change_user_roles(self, user_id: str, add: list[str], remove: list[str]) -> UserRecord:
         return await self.users.change_user_roles(user_id, add, remove)
+
+    # --- the scope catalog (api.ScopeCatalog) -------------------------------------------------------
+
+    async def create_scope(self, name: str, description: str, consent_required: bool) -> ScopeRecord:
+        return await self.scopes.create_scope(name, description, consent_required)
+
+    async def get_scopes(self, names: list[str]) -> list[ScopeRecord | None]:
+        return await self.scopes.get_scopes(names)
+
+    async def list_scopes(self) -> list[ScopeRecord]:
+        return await self.scopes.list_scopes()
+
+    async def update_scope(self, name: str, update: ScopeUpdate) -> ScopeRecord:
+        return await self.scopes.update_scope(name, update)
+
+    async def delete_scope(self, name: str) -> bool:
+        return await self.scopes.delete_scope(name)
 
     # --- housekeeping -----------------------------------------------------------------------------
 

@@ -20,12 +20,15 @@ from services.client_registry import wire
 from services.client_registry.api import (
     AlreadyExists,
     ClientStore,
+    InUse,
     InvalidArgument,
     ItemError,
     NotFound,
     RefreshTokenStore,
     RegistryError,
     RevocationStore,
+    ScopeCatalog,
+    ScopeUpdate,
     SigningKeyStore,
     TokenStore,
     UserStore,
@@ -39,6 +42,7 @@ STATUS_OF: dict[type[RegistryError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    InUse: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 
@@ -207,6 +211,35 @@ class UsersServicer(registry_pb2_grpc.UsersServicer):
         return pb.AuthenticateUsersResponse(results=[wire.sign_in_outcome_to_pb(o) for o in outcomes])
 
 
+class ScopesServicer(registry_pb2_grpc.ScopesServicer):
+    def __init__(self, scopes: ScopeCatalog):
+        self.scopes = scopes
+
+    async def CreateScope(self, request, context):
+        scope = await _call(context, self.scopes.create_scope(request.name, request.description,
+                                                              request.consent_required))
+        return pb.CreateScopeResponse(scope=wire.scope_to_pb(scope))
+
+    async def GetScopes(self, request, context):
+        await _check_batch(context, request.names, "names")
+        found = await self.scopes.get_scopes(list(request.names))
+        return pb.GetScopesResponse(results=[
+            pb.ScopeLookup(scope=wire.scope_to_pb(s)) if s else pb.ScopeLookup() for s in found])
+
+    async def ListScopes(self, request, context):
+        return pb.ListScopesResponse(scopes=[wire.scope_to_pb(s) for s in await self.scopes.list_scopes()])
+
+    async def UpdateScope(self, request, context):
+        update = ScopeUpdate(
+            description=request.description if request.HasField("description") else None,
+            consent_required=request.consent_required if request.HasField("consent_required") else None)
+        scope = await _call(context, self.scopes.update_scope(request.name, update))
+        return pb.UpdateScopeResponse(scope=wire.scope_to_pb(scope))
+
+    async def DeleteScope(self, request, context):
+        return pb.DeleteScopeResponse(deleted=await _call(context, self.scopes.delete_scope(request.name)))
+
+
 @dataclass(frozen=True)
 class Domain:
     """One gRPC service of the registry: its full name, and how to add it to a server
@@ -229,6 +262,8 @@ DOMAINS: tuple[Domain, ...] = (
                RefreshTokensServicer(r.refresh_tokens), s)),
     Domain("inbound.registry.v1.Users",
            lambda r, s: registry_pb2_grpc.add_UsersServicer_to_server(UsersServicer(r.users), s)),
+    Domain("inbound.registry.v1.Scopes",
+           lambda r, s: registry_pb2_grpc.add_ScopesServicer_to_server(ScopesServicer(r.scopes), s)),
 )
 SERVICE_NAMES: tuple[str, ...] = tuple(d.service_name for d in DOMAINS)
 # Kept for callers that name one service for health checks: the registry is serving

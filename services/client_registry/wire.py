@@ -24,6 +24,7 @@ from services.client_registry.api import (
     Rotated,
     Rotation,
     RotationOutcome,
+    ScopeRecord,
     SignIn,
     SigningKeyRecord,
     SignInOutcome,
@@ -43,6 +44,7 @@ def client_to_pb(c: ClientRecord, *, with_secret_hash: bool) -> pb.Client:
         comments=c.comments, created_at=c.created_at, updated_at=c.updated_at,
         secret_rotated_at=c.secret_rotated_at, allow_public_password_grant=c.allow_public_password_grant,
         refresh_token_absolute_lifetime=c.refresh_token_absolute_lifetime,
+        post_logout_redirect_uris=c.post_logout_redirect_uris,
     )
 
 
@@ -55,6 +57,7 @@ def client_from_pb(m: pb.Client) -> ClientRecord:
         comments=m.comments, created_at=m.created_at, updated_at=m.updated_at,
         secret_rotated_at=m.secret_rotated_at, allow_public_password_grant=m.allow_public_password_grant,
         refresh_token_absolute_lifetime=m.refresh_token_absolute_lifetime,
+        post_logout_redirect_uris=tuple(m.post_logout_redirect_uris),
     )
 
 
@@ -64,7 +67,8 @@ _OPTIONAL_SPEC_FIELDS = ("access_token_lifetime", "refresh_token_lifetime", "tok
 
 def spec_to_pb(s: ClientSpec) -> pb.ClientSpec:
     m = pb.ClientSpec(name=s.name, public=s.public, grant_types=s.grant_types, scopes=s.scopes,
-                      redirect_uris=s.redirect_uris, logo_url=s.logo_url, comments=s.comments)
+                      redirect_uris=s.redirect_uris, logo_url=s.logo_url, comments=s.comments,
+                      post_logout_redirect_uris=s.post_logout_redirect_uris)
     for name in _OPTIONAL_SPEC_FIELDS:
         value = getattr(s, name)
         if value is not None:
@@ -76,13 +80,14 @@ def spec_from_pb(m: pb.ClientSpec) -> ClientSpec:
     return ClientSpec(
         name=m.name, public=m.public, grant_types=list(m.grant_types), scopes=list(m.scopes),
         redirect_uris=list(m.redirect_uris), logo_url=m.logo_url, comments=m.comments,
+        post_logout_redirect_uris=list(m.post_logout_redirect_uris),
         **{name: getattr(m, name) if m.HasField(name) else None for name in _OPTIONAL_SPEC_FIELDS})
 
 
 _OPTIONAL_UPDATE_FIELDS = ("active", "name", "access_token_lifetime", "refresh_token_lifetime", "token_format",
                            "pkce_required", "logo_url", "comments", "allow_public_password_grant",
                            "refresh_token_absolute_lifetime")
-_LIST_UPDATE_FIELDS = ("grant_types", "scopes", "redirect_uris")
+_LIST_UPDATE_FIELDS = ("grant_types", "scopes", "redirect_uris", "post_logout_redirect_uris")
 
 
 def update_to_pb(client_id: str, u: ClientUpdate) -> pb.UpdateClientRequest:
@@ -312,3 +317,15 @@ def sign_in_outcome_from_pb(m: pb.AuthenticationOutcome) -> SignInOutcome:
     if kind == "invalid":
         return Invalid()
     return item_error_from_pb(m.error) or ItemError("internal", "no outcome")
+
+
+# --- the scope catalog ----------------------------------------------------------------------------
+
+def scope_to_pb(s: ScopeRecord) -> pb.Scope:
+    return pb.Scope(name=s.name, description=s.description, consent_required=s.consent_required,
+                    created_at=s.created_at, updated_at=s.updated_at)
+
+
+def scope_from_pb(m: pb.Scope) -> ScopeRecord:
+    return ScopeRecord(name=m.name, description=m.description, consent_required=m.consent_required,
+                       created_at=m.created_at, updated_at=m.updated_at)

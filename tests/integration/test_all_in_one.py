@@ -11,7 +11,7 @@ import pytest
 
 from services.client_registry.api import ClientSpec, ClientUpdate
 from services.client_registry.client import RegistryClient
-from tests.support import OPERATOR, IssuerAs, eventually
+from tests.support import OPERATOR, IssuerAs, ensure_scopes, eventually
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +28,7 @@ async def test_one_process_serves_the_whole_token_lifecycle(single):
     assert list(single.services) == ["all_in_one"]
     channel = single.channel("client_registry", caller=OPERATOR)
     registry = RegistryClient(channel)
+    await ensure_scopes(registry, ["api.read", "inbound.introspect"])
     client, secret = await registry.create_client(ClientSpec(name="single", scopes=["api.read"]))
     rs, rs_secret = await registry.create_client(ClientSpec(name="rs", scopes=["inbound.introspect"]))
     async with httpx.AsyncClient(base_url=single.edge_url) as http:

@@ -20,7 +20,7 @@ from inboundlib.oauth.errors import TemporarilyUnavailable
 from services.client_registry.api import ClientSpec, ClientUpdate
 from services.client_registry.client import RegistryClient
 from services.token_issuer.client import IssuerClient
-from tests.support import OPERATOR, RESOURCE_SERVER, eventually
+from tests.support import OPERATOR, RESOURCE_SERVER, ensure_scopes, eventually
 
 TTL = 1.0
 MAX_STALE = 15.0
@@ -44,6 +44,7 @@ async def test_cached_clients_keep_getting_tokens_and_jwts_stay_introspectable_w
     http = httpx.AsyncClient(base_url=stack.edge_url, timeout=10)
 
     async def make(name: str, **kwargs):
+        await ensure_scopes(registry, ["api.read"])
         return await registry.create_client(ClientSpec(name=name, grant_types=["client_credentials"],
                                                        scopes=["api.read"], **kwargs))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from services.client_registry.api import MAX_LIFETIME, ClientSpec, ClientUpdate, InvalidArgument
+from tests.support import ensure_scopes
 
 
 async def test_new_clients_allow_neither_by_default(make_client):
@@ -15,6 +16,7 @@ async def test_new_clients_allow_neither_by_default(make_client):
 
 
 async def test_both_settings_are_stored_updated_and_read_back(registry):
+    await ensure_scopes(registry, ["api.read"])
     client, _ = await registry.create_client(ClientSpec(
         name="mobile", public=True, grant_types=["password", "refresh_token"], scopes=["api.read"],
         allow_public_password_grant=True, refresh_token_absolute_lifetime=86_400))

@@ -14,7 +14,7 @@ from inboundlib import db
 from inboundlib.events import CLIENT_CHANGED
 from services.client_registry.api import ClientSpec, ClientUpdate, InvalidArgument, NotFound
 from services.client_registry.client import RegistryClient
-from tests.support import ISSUER_SERVICE, eventually, nats_connect
+from tests.support import ISSUER_SERVICE, ensure_scopes, eventually, nats_connect
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "client_registry" / "migrations"
 
@@ -94,6 +94,7 @@ async def test_invalid_client_specs_are_refused_and_nothing_is_stored(stack, reg
 
 
 async def test_update_is_partial_and_checked(registry):
+    await ensure_scopes(registry, ["a", "b"])
     client, _ = await registry.create_client(ClientSpec(name="upd", scopes=["a"]))
     updated = await registry.update_client(client.client_id, ClientUpdate(scopes=["a", "b"], comments="note"))
     assert updated.scopes == ("a", "b") and updated.comments == "note" and updated.name == "upd"

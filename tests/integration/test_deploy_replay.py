@@ -34,7 +34,7 @@ from services.client_registry.client import RegistryClient
 from services.devstack import ROOT, Stack, free_port
 from services.modules import TABLE
 from tests.contract.test_deploy_manifests import _kubectl
-from tests.support import OPERATOR, eventually
+from tests.support import OPERATOR, ensure_scopes, eventually
 
 pytestmark = [pytest.mark.separate_processes, pytest.mark.slow]
 START_ORDER = ["client-registry", "audit", "token-issuer", "client-credentials", "password", "refresh-token", "edge"]
@@ -157,6 +157,7 @@ async def test_the_manifests_run_and_issue_an_audited_token_over_https(infra, tm
         operator = infra.tls_config(OPERATOR)
         channel = grpcx.channel(f"127.0.0.1:{ports[TABLE['client_registry'].main_port.number]}", operator,
                                 server_name="client-registry")
+        await ensure_scopes(RegistryClient(channel), ["api.read"])
         client, secret = await RegistryClient(channel).create_client(ClientSpec(
             name="replayed", grant_types=["client_credentials"], scopes=["api.read"]))
         await channel.close()

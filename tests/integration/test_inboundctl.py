@@ -15,7 +15,7 @@ import jwt
 import pytest
 
 from services.devstack import free_port
-from tests.support import ISSUER_SERVICE, OPERATOR, eventually
+from tests.support import ISSUER_SERVICE, OPERATOR, ensure_scopes, eventually
 
 TOKEN = "/oauth/token"
 CC = {"grant_type": "client_credentials"}
@@ -77,6 +77,12 @@ async def token_status(stack, client_id: str, secret: str, status: int, what: st
         return False
 
     await until(check, what)
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def catalog(registry):
+    """The scopes these tests give clients (a client may only be given catalog scopes)."""
+    await ensure_scopes(registry, ["api.read", "api.write"])
 
 
 async def create(stack, *args: str) -> tuple[dict, str]:

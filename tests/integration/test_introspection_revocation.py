@@ -21,7 +21,9 @@ FIELDS = {"active", "scope", "client_id", "sub", "token_type", "exp", "iat", "is
 @pytest.fixture(scope="module")
 async def resource_server(registry):
     from services.client_registry.api import ClientSpec
+    from tests.support import ensure_scopes
 
+    await ensure_scopes(registry, ["inbound.introspect"])
     return await registry.create_client(ClientSpec(name="resource-server", grant_types=["client_credentials"],
                                                    scopes=["inbound.introspect"]))
 

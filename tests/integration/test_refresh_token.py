@@ -23,7 +23,7 @@ import pytest
 from services.client_registry.api import ClientSpec, ClientUpdate, UserSpec, UserUpdate
 from services.client_registry.client import RegistryClient
 from services.token_issuer.api import IssueRequest
-from tests.support import DEBUG_ENV, OPERATOR, IssuerAs, audit_caught_up, eventually
+from tests.support import DEBUG_ENV, OPERATOR, IssuerAs, audit_caught_up, ensure_scopes, eventually
 
 GRACE = int(DEBUG_ENV["INBOUND_REFRESH_GRACE_SECONDS"])
 TOKEN = "/oauth/token"
@@ -97,6 +97,7 @@ def make_app(operator_registry, http, tokens):
         spec.setdefault("grant_types", ["client_credentials", "refresh_token"])
         spec.setdefault("scopes", ["api.read", "api.write"])
         spec.setdefault("token_format", "opaque")
+        await ensure_scopes(operator_registry, spec["scopes"])
         record, secret = await operator_registry.create_client(ClientSpec(**spec))
         return App(record, secret, http, tokens)
     return make
@@ -324,6 +325,7 @@ async def test_the_one_process_mode_rotates_and_answers_a_retry_the_same(single_
     channel = single.channel("client_registry", caller=OPERATOR)
     issuer = IssuerAs(single)
     try:
+        await ensure_scopes(RegistryClient(channel), ["api.read"])
         record, secret = await RegistryClient(channel).create_client(ClientSpec(
             name="refresh-single-" + uuid.uuid4().hex[:8], grant_types=["refresh_token"], scopes=["api.read"],
             token_format="jwt"))

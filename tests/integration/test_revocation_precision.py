@@ -15,13 +15,14 @@ from services.client_registry.client import RegistryClient
 from services.token_issuer.api import IssueRequest
 from services.token_issuer.introspection import TokenChecker
 from services.token_issuer.revocations import RevocationSet
-from tests.support import ISSUER_SERVICE, eventually
+from tests.support import ISSUER_SERVICE, ensure_scopes, eventually
 
 pytestmark = pytest.mark.both_modes
 
 
 @pytest.fixture(scope="module")
 async def resource_server(registry):
+    await ensure_scopes(registry, ["inbound.introspect"])
     return await registry.create_client(ClientSpec(name="precision-rs", grant_types=["client_credentials"],
                                                    scopes=["inbound.introspect"]))
 

@@ -26,11 +26,13 @@ async def victim(make_client_module):
 @pytest.fixture(scope="module")
 async def make_client_module(registry):
     from services.client_registry.api import ClientSpec
+    from tests.support import ensure_scopes
 
     async def make(**kwargs):
         kwargs.setdefault("name", "bad-input")
         kwargs.setdefault("grant_types", ["client_credentials"])
         kwargs.setdefault("scopes", ["api.read"])
+        await ensure_scopes(registry, kwargs["scopes"])
         return await registry.create_client(ClientSpec(**kwargs))
 
     return make
