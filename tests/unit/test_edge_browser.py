@@ -136,12 +136,13 @@ async def test_the_authorization_request_reaches_the_service_as_sent_repeats_inc
     service = FakeAuthorization()
     async with browser(service) as http:
         await http.get("/oauth/authorize?client_id=app&scope=a&scope=b&state=x%20y")
+        http.cookies.set("__Host-inbound_session", "s1", domain="as.example.com")
         await http.post("/oauth_auth.do", content=b"client_id=app&response_type=code&response_type=code",
                         headers=FORM)
     (_, get_params, session_id, context), (_, post_params, _, _) = service.calls
     assert get_params == {"client_id": ("app",), "scope": ("a", "b"), "state": ("x y",)}
     assert post_params == {"client_id": ("app",), "response_type": ("code", "code")}
-    assert session_id == ""
+    assert session_id == "" and service.calls[1][2] == "s1"
     assert context.client_address == "198.51.100.9" and context.endpoint_url == ISSUER + "/oauth/authorize"
 
 
@@ -493,11 +494,29 @@ async def test_rp_initiated_logout_redirects_to_exactly_the_services_location_an
     async with browser(service) as http:
         http.cookies.set("__Host-inbound_session", "s1", domain="as.example.com")
         got = await http.get("/oauth/end_session", params={"client_id": "app", "state": "1"})
+        http.cookies.set("__Host-inbound_session", "s1", domain="as.example.com")
         posted = await http.post("/oauth/end_session", data={"client_id": "app"})
     assert got.status_code == 302 and got.headers["location"] == "https://app.example/bye?state=1"
     assert posted.status_code == 303 and posted.headers["location"] == "https://app.example/bye?state=1"
     assert set_cookies(got)["__Host-inbound_session"]["max-age"] == "0"
     assert service.calls[0] == ("end_session", "s1", {"client_id": ("app",), "state": ("1",)})
+
+
+@pytest.mark.parametrize("path", ["/oauth/authorize", "/oauth_auth.do", "/oauth/end_session"])
+async def test_a_post_without_the_session_cookie_is_sent_on_as_a_get_which_carries_it(path):
+    """SameSite=Lax: a client's cross-site form POST carries no session cookie; the GET it
+    becomes (a top-level navigation) does, and only then is the service asked."""
+    service = FakeAuthorization()
+    service.authorize_outcome = api.AuthorizeOutcome(api.Redirect(CODE_REDIRECT))
+    async with browser(service) as http:
+        reply = await http.post(path, content=b"client_id=app&scope=openid+profile&state=a%26b", headers=FORM)
+        assert reply.status_code == 303 and service.calls == []
+        assert reply.headers["location"] == path + "?client_id=app&scope=openid+profile&state=a%26b"
+        http.cookies.set("__Host-inbound_session", "s1", domain="as.example.com")
+        followed = await http.get(reply.headers["location"])
+    assert followed.status_code in (200, 302)
+    assert service.calls[0][1:3] in (({"client_id": ("app",), "scope": ("openid profile",), "state": ("a&b",)}, "s1"),
+                                     ("s1", {"client_id": ("app",), "scope": ("openid profile",), "state": ("a&b",)}))
 
 
 async def test_a_refused_logout_is_an_error_page_without_a_redirect():

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -161,9 +161,23 @@ class BrowserRoutes:
 
     # --- the routes ---------------------------------------------------------------------------------
 
+    def _as_get(self, request: Request, params: dict[str, tuple[str, ...]]) -> Response | None:
+        """A POST from a client's page carries no session cookie (SameSite=Lax: not on a
+        cross-site POST), so the service would see no session (sign in again; prompt=none
+        always login_required; a logout that ends nothing). The same request as a GET, a
+        top-level navigation, carries it: 303 to this path with the parameters in the
+        query. Only when the cookie is missing; a GET never comes back here."""
+        if request.method != "POST" or self.cookies.session_id(request):
+            return None
+        query = urlencode([(name, value) for name, values in params.items() for value in values])
+        return self._redirect(request, f"{self.prefix}{request.scope['path']}?{query}")
+
     async def authorize(self, request: Request, rid: str) -> Response:
         """RFC 6749 §3.1 (GET, and POST per OpenID Connect Core §3.1.2.1)."""
         params = await self._params(request)
+        as_get = self._as_get(request, params)
+        if as_get is not None:
+            return as_get
         outcome = await backend(self.authorization.authorize(
             params, self.cookies.session_id(request), context=self._context(request), request_id=rid))
         return self._authorize_outcome(request, outcome)
@@ -236,6 +250,9 @@ class BrowserRoutes:
         POST from its own site), so no CSRF token of ours; the service decides whether
         the request is honoured (id_token_hint, registered post_logout_redirect_uri)."""
         params = await self._params(request)
+        as_get = self._as_get(request, params)
+        if as_get is not None:
+            return as_get
         outcome = await backend(self.authorization.end_session(
             self.cookies.session_id(request), params, context=self._context(request), request_id=rid))
         return self._end_session_outcome(request, outcome)
