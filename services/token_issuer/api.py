@@ -8,6 +8,9 @@ from inboundlib.oauth.errors import OAuthError
 
 FORMAT_JWT = "jwt"
 FORMAT_OPAQUE = "opaque"
+# The released user claims of one ID token, as JSON (a user's profile and email claims are
+# a few hundred bytes; the bound keeps a bug from minting megabyte tokens).
+MAX_ID_TOKEN_CLAIMS_BYTES = 16_384
 
 
 @dataclass(frozen=True)

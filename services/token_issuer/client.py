@@ -14,6 +14,7 @@ from inboundlib.oauth.client_auth import ClientCredentials
 from inboundlib.oauth.errors import InvalidRequest
 from inboundlib.wire import credentials_to_pb, error_from_pb, meta, restamp
 from services.token_issuer.api import FORMAT_OPAQUE, IssuedToken, IssueRequest, KeyInfo, RewrapReport, TokenInfo
+from services.token_issuer.wire import id_token_request_to_pb
 
 SERVICE_NAME = "inbound.issuer.v1.TokenIssuer"
 HOT_TIMEOUT = 3.0
@@ -59,12 +60,15 @@ class IssuerClient:
             grant_id=request.grant_id, refresh_token_lifetime_seconds=request.refresh_token_lifetime,
             refresh_token_absolute_lifetime_seconds=request.refresh_token_absolute_lifetime,
             authenticated_at_unix_ms=request.authenticated_at_ms)
+        if request.id_token is not None:
+            item.id_token.CopyFrom(id_token_request_to_pb(request.id_token))
         result = await self._issue.submit(item, HOT_TIMEOUT)
         if result.HasField("error"):
             raise error_from_pb(result.error)
         t = result.token
         return IssuedToken(access_token=t.access_token, token_type=t.token_type, expires_in=t.expires_in,
-                           jti=t.jti, issued_at=t.issued_at, refresh_token=t.refresh_token, grant_id=t.grant_id)
+                           jti=t.jti, issued_at=t.issued_at, refresh_token=t.refresh_token, grant_id=t.grant_id,
+                           id_token=t.id_token)
 
     async def serving(self) -> bool:
         """Whether token_issuer answers its health check as SERVING (for readiness probes)."""

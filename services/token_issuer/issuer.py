@@ -1,4 +1,4 @@
-"""Access token issuance: RFC 9068 JWTs and opaque reference tokens.
+"""Access token issuance: RFC 9068 JWTs and opaque reference tokens; OpenID Connect ID tokens.
 
 JWT access tokens carry iss, sub, aud, client_id, scope, jti, iat, exp (RFC
 9068 §2.2) and the header typ "at+jwt" (§2.1), signed with the key that is
@@ -8,11 +8,17 @@ stored (through client_registry), so a database leak yields no usable token.
 The issue time is read once, in milliseconds, from this process's clock: `iat`
 is its whole seconds, the jti (a UUIDv7, jti.py) and an opaque token's stored
 issue time carry the milliseconds that revocation cut-offs are compared with.
+
+ID tokens (OpenID Connect Core §2, §3.1.3.6, §3.2.2.10) are issued beside an access
+token when IssueRequest.id_token is set: signed with the ID-token algorithm's active
+key (INBOUND_ID_TOKEN_ALG, RS256 by default), typ "JWT", audience the client, with the
+access token's issue time.
 """
 from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import secrets
 import time
@@ -26,6 +32,7 @@ from inbound.events.v1 import events_pb2
 from inboundlib import actors, workers
 from inboundlib.config import ConfigError
 from inboundlib.events import KEYS_ROTATED, SIGNING_KEY_CHANGED, TOKEN_ISSUED, EventBus, actor_to_pb
+from inboundlib.oauth import oidc
 from inboundlib.oauth.errors import InvalidRequest, ServerError, TemporarilyUnavailable
 from services.client_registry.api import (
     MAX_ACCESS_TOKEN_LIFETIME,
@@ -34,7 +41,16 @@ from services.client_registry.api import (
     SigningKeyStore,
     TokenStore,
 )
-from services.token_issuer.api import FORMAT_JWT, FORMAT_OPAQUE, IssuedToken, IssueRequest, KeyInfo, RewrapReport
+from services.token_issuer.api import (
+    FORMAT_JWT,
+    FORMAT_OPAQUE,
+    MAX_ID_TOKEN_CLAIMS_BYTES,
+    IdTokenRequest,
+    IssuedToken,
+    IssueRequest,
+    KeyInfo,
+    RewrapReport,
+)
 from services.token_issuer.jti import new_jti
 from services.token_issuer.keys import (
     ALGORITHMS,
@@ -54,10 +70,18 @@ UNREADABLE_KEYS = Gauge("inbound_signing_keys_unreadable",
 # A key whose ciphertext changes under a rewrap again and again has two rewraps with
 # different first key-encryption keys racing: give up and say so rather than loop.
 REWRAP_ATTEMPTS = 5
-# How old a sign-in's check (IssueRequest.authenticated_at_ms) may be when its tokens are
-# issued: a sign-in and its Issue call each time out within seconds; older is a bug.
-MAX_AUTHENTICATION_AGE_MS = 60_000
+# How old IssueRequest.authenticated_at_ms may be when its tokens are issued. A password
+# sign-in's check is milliseconds old (its Issue call times out within seconds); tokens from
+# an authorization code are stamped with the code's creation, and a code lives up to 600 s
+# (INBOUND_AUTHORIZATION_CODE_LIFETIME's bound): 600 s and a minute's margin. Older is a bug.
+MAX_AUTHENTICATION_AGE_MS = 660_000
 DEFAULT_ID_TOKEN_LIFETIME = 3600
+# Claims the issuer states in an ID token (Core §2, §3.1.3.6; RFC 7519 §4.1) and that the
+# released user claims may therefore never set, whether or not this token carries them:
+# a user claim named `nonce` or `sid` must not appear to be one.
+ID_TOKEN_REGISTERED_CLAIMS = frozenset({
+    "iss", "sub", "aud", "exp", "iat", "nbf", "jti", "auth_time", "nonce", "acr", "amr", "azp",
+    "at_hash", "c_hash", "s_hash", "sid", "sub_jwk", "cnf", "client_id", "scope"})
 
 
 class IssuerStore(SigningKeyStore, TokenStore, Protocol):
@@ -218,6 +242,7 @@ class TokenIssuer:
         if not 0 <= request.refresh_token_absolute_lifetime <= MAX_LIFETIME:
             raise InvalidRequest(detail=f"refresh absolute lifetime {request.refresh_token_absolute_lifetime} "
                                         "out of range")
+        id_token_lifetime = self._check_id_token_request(request.id_token) if request.id_token else 0
         now_ms = int(time.time() * 1000)
         if request.authenticated_at_ms > 0:
             # Stamped as of the credentials' check, not now: a subject cut-off recorded after
@@ -228,18 +253,26 @@ class TokenIssuer:
                                          "too long to stamp tokens with")
             now_ms = min(now_ms, request.authenticated_at_ms)
         now = now_ms // 1000
+        if request.id_token and self.keyring.signing_key(self.id_token_alg) is None:
+            # Before anything is issued or stored: no half-answered request.
+            raise TemporarilyUnavailable(detail=f"no {self.id_token_alg} signing key is active for ID tokens")
         jti = new_jti(now_ms)
         audience = list(request.audience) or [self.default_audience]
         grant_id = request.grant_id or (secrets.token_urlsafe(16) if request.refresh_token_lifetime else "")
         if request.format == FORMAT_OPAQUE:
             access_token = await self._issue_opaque(request, jti, now_ms, audience, grant_id)
         elif request.format == FORMAT_JWT:
-            key = self.keyring.signing_key(self.alg, now)
+            key = self.keyring.signing_key(self.alg)
             sign = functools.partial(self._issue_jwt, request, jti, now, audience, grant_id)
             # RSA (~1 ms) signs in the worker pool, off the event loop; ES256/EdDSA cost less than the hand-over.
             access_token = await workers.CPU.submit(sign) if key and workers.signs_slowly(key.alg) else sign()
         else:
             raise ServerError(detail=f"unknown token format {request.format!r}")
+        id_token = ""
+        if request.id_token:
+            sign_id = functools.partial(self._issue_id_token, request, request.id_token, access_token, now,
+                                        id_token_lifetime)
+            id_token = await workers.CPU.submit(sign_id) if workers.signs_slowly(self.id_token_alg) else sign_id()
         refresh_token = ""
         if request.refresh_token_lifetime:
             # The first token of a family: the family ends at the client's absolute limit whatever
@@ -259,16 +292,61 @@ class TokenIssuer:
                 token_issued=events_pb2.TokenIssued(
                 client_id=request.client_id, grant_type=request.grant_type, subject=request.subject, jti=jti,
                 scope=" ".join(request.scopes), token_format=request.format,
-                expires_at=now + request.lifetime_seconds, refresh_token_issued=bool(refresh_token))),
+                expires_at=now + request.lifetime_seconds, refresh_token_issued=bool(refresh_token),
+                id_token_issued=bool(id_token))),
                 awaited=True)
             # Answered only once its audit event is durable (INBOUND_EVENTS_DELIVERY); the items of
             # a batch wait together, for one publish round (or one spool fsync).
             await self.events.durable(event_id)
         return IssuedToken(access_token=access_token, expires_in=request.lifetime_seconds, jti=jti, issued_at=now,
-                           refresh_token=refresh_token, grant_id=grant_id)
+                           refresh_token=refresh_token, grant_id=grant_id, id_token=id_token)
+
+    def _check_id_token_request(self, wanted: IdTokenRequest) -> int:
+        """The ID token's lifetime; refuses (before any I/O) what no ID token may carry."""
+        lifetime = wanted.lifetime_seconds or self.id_token_lifetime
+        if not 0 < lifetime <= MAX_ACCESS_TOKEN_LIFETIME:
+            raise InvalidRequest(detail=f"ID token lifetime {lifetime} out of range")
+        if not isinstance(wanted.claims, dict):
+            raise ServerError(detail="ID token claims are not a mapping")
+        try:
+            size = len(json.dumps(wanted.claims, separators=(",", ":")).encode())
+        except (TypeError, ValueError):
+            raise ServerError(detail="ID token claims are not JSON values") from None
+        if size > MAX_ID_TOKEN_CLAIMS_BYTES:
+            raise ServerError(detail=f"ID token claims of {size} bytes (at most {MAX_ID_TOKEN_CLAIMS_BYTES})")
+        return lifetime
+
+    def _issue_id_token(self, request: IssueRequest, wanted: IdTokenRequest, access_token: str, now: int,
+                        lifetime: int) -> str:
+        """OpenID Connect Core §2 (claims), §3.1.3.6 (at_hash), §3.3.2.11 (c_hash). The released
+        user claims come first and every claim the issuer states overwrites them; a user claim
+        with a registered claim's name is dropped even where this token leaves that claim out."""
+        key = self.keyring.signing_key(self.id_token_alg)  # active now, as the access token's
+        if key is None:
+            raise TemporarilyUnavailable(detail=f"no {self.id_token_alg} signing key is active for ID tokens")
+        dropped = sorted(name for name in wanted.claims if name in ID_TOKEN_REGISTERED_CLAIMS)
+        if dropped:
+            log.warning("released claims named as registered ID token claims dropped",
+                        extra={"claims": dropped, "client_id": request.client_id})
+        claims = {name: value for name, value in wanted.claims.items() if name not in ID_TOKEN_REGISTERED_CLAIMS}
+        claims.update(iss=self.issuer, sub=request.subject, aud=[request.client_id], azp=request.client_id,
+                      iat=now, exp=now + lifetime)
+        if wanted.auth_time > 0:
+            claims["auth_time"] = wanted.auth_time
+        if wanted.nonce:
+            claims["nonce"] = wanted.nonce
+        if wanted.sid:
+            claims["sid"] = wanted.sid
+        if wanted.at_hash:
+            claims["at_hash"] = oidc.half_hash(access_token, key.alg)
+        if wanted.code:
+            claims["c_hash"] = oidc.half_hash(wanted.code, key.alg)
+        return jwt.encode(claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": "JWT"})
 
     def _issue_jwt(self, request: IssueRequest, jti: str, now: int, audience: list[str], grant_id: str) -> str:
-        key = self.keyring.signing_key(self.alg, now)
+        # The key active now, not at `now` (which may be a sign-in's or a code's time, up to
+        # MAX_AUTHENTICATION_AGE_MS ago, before the first key of a fresh system activated).
+        key = self.keyring.signing_key(self.alg)
         if key is None:
             raise TemporarilyUnavailable(detail=f"no {self.alg} signing key is active")
         claims = {

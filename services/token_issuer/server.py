@@ -16,6 +16,7 @@ from inboundlib.wire import credentials_from_pb, error_to_pb, expired, item_budg
 from services.token_issuer.api import FORMAT_JWT, FORMAT_OPAQUE, IssueRequest, KeyInfo, TokenInfo
 from services.token_issuer.introspection import TokenChecker
 from services.token_issuer.issuer import TokenIssuer
+from services.token_issuer.wire import id_token_request_from_pb
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +76,12 @@ class TokenIssuerServicer(issuer_pb2_grpc.TokenIssuerServicer):
                 grant_type=item.grant_type, grant_id=item.grant_id,
                 refresh_token_lifetime=item.refresh_token_lifetime_seconds,
                 refresh_token_absolute_lifetime=item.refresh_token_absolute_lifetime_seconds,
-                authenticated_at_ms=item.authenticated_at_unix_ms))
+                authenticated_at_ms=item.authenticated_at_unix_ms,
+                id_token=id_token_request_from_pb(item.id_token) if item.HasField("id_token") else None))
             return pb.IssuedToken(access_token=issued.access_token, token_type=issued.token_type,
                                   expires_in=issued.expires_in, jti=issued.jti, issued_at=issued.issued_at,
-                                  refresh_token=issued.refresh_token, grant_id=issued.grant_id)
+                                  refresh_token=issued.refresh_token, grant_id=issued.grant_id,
+                                  id_token=issued.id_token)
 
         outcome = await _per_item(item.meta, work)
         if isinstance(outcome, pb.IssuedToken):

@@ -20,8 +20,11 @@ async def test_access_token_lifetime_outside_one_second_to_one_day_is_refused(li
 
 
 async def test_a_sign_in_checked_too_long_ago_is_not_stamped_on_tokens():
-    """Tokens are stamped as of the credentials' check (IssueRequest.authenticated_at_ms), which
-    is milliseconds old; one a minute old is a bug, not a reason to backdate a token."""
+    """Tokens are stamped as of the credentials' check (IssueRequest.authenticated_at_ms): a
+    password sign-in's is milliseconds old, an authorization code's creation at most 600 s
+    (the code's longest life). Older than MAX_AUTHENTICATION_AGE_MS (660 s) is a bug, not a
+    reason to backdate a token. (Ten minutes old is accepted:
+    tests/unit/test_id_token_issuing.py.)"""
     import time
 
     from inboundlib.oauth.errors import ServerError
