@@ -59,8 +59,10 @@ class BrowserCookies:
         if session.clear or not session.session_id:
             response.delete_cookie(self.session_name, path="/", secure=self.secure, httponly=True, samesite="lax")
             return
-        response.set_cookie(self.session_name, session.session_id, max_age=max(0, int(session.max_age_seconds)),
-                            path="/", secure=self.secure, httponly=True, samesite="lax")
+        # No lifetime given: a browser-session cookie (Max-Age=0 would delete it at once).
+        max_age = int(session.max_age_seconds) if session.max_age_seconds > 0 else None
+        response.set_cookie(self.session_name, session.session_id, max_age=max_age, path="/", secure=self.secure,
+                            httponly=True, samesite="lax")
 
     # --- CSRF ---
 

@@ -261,6 +261,15 @@ async def test_a_session_cookie_the_outcome_clears_is_cleared():
     assert service.calls[-1] == ("end_session", "old", {})
 
 
+async def test_a_session_without_a_lifetime_is_a_browser_session_cookie_not_a_deleted_one():
+    service = FakeAuthorization()
+    service.authorize_outcome = api.AuthorizeOutcome(SIGN_IN, session=api.SessionCookie("s2", 0))
+    async with browser(service) as http:
+        reply = await http.get("/oauth/authorize")
+    cookie = set_cookies(reply)["__Host-inbound_session"]
+    assert cookie["value"] == "s2" and cookie["max-age"] == "" and "expires" not in reply.headers["set-cookie"]
+
+
 async def test_an_outcome_without_a_session_leaves_the_cookie_alone():
     async with browser(FakeAuthorization()) as http:
         reply = await http.get("/oauth/authorize", params={"client_id": "app"})
