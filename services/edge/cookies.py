@@ -45,7 +45,7 @@ class BrowserCookies:
         prefix = "__Host-" if self.secure else ""
         self.session_name = prefix + "inbound_session"
         self.csrf_name = prefix + "inbound_csrf"
-        self.origin = f"{parts.scheme}://{parts.netloc}".lower()
+        self.origin = _origin(parts.scheme, parts.hostname or "", parts.port)
 
     # --- the session cookie (its value is the service's; the edge only carries it) ---
 
@@ -92,6 +92,14 @@ class BrowserCookies:
         if not _plausible(cookie) or not token:
             return False
         return hmac.compare_digest(cookie.encode("ascii"), token.encode("utf-8", "replace"))
+
+
+def _origin(scheme: str, host: str, port: int | None) -> str:
+    """An origin as a browser serialises it in `Origin` (RFC 6454 §6.2): the default port left out."""
+    host = f"[{host}]" if ":" in host else host
+    if port is None or port == {"https": 443, "http": 80}.get(scheme):
+        return f"{scheme}://{host}".lower()
+    return f"{scheme}://{host}:{port}".lower()
 
 
 def _plausible(value: str) -> bool:

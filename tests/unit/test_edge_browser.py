@@ -330,6 +330,19 @@ async def test_a_form_without_a_matching_csrf_token_is_403_and_calls_nothing(pat
     assert len(service.calls) == calls_before
 
 
+@pytest.mark.parametrize("issuer,origin", [("https://as.example.com:443", "https://as.example.com"),
+                                           ("https://AS.example.com", "https://as.example.com"),
+                                           ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+                                           ("http://[::1]:8080", "http://[::1]:8080")])
+async def test_the_issuers_own_origin_is_accepted_as_browsers_write_it(issuer, origin):
+    service = FakeAuthorization()
+    async with browser(service, issuer=issuer) as http:
+        page = await sign_in_page(http)
+        reply = await http.post("/account/sign-out", data={"csrf_token": page.field("csrf_token")},
+                                headers={"origin": origin})
+    assert reply.status_code == 200 and service.calls[-1][0] == "end_session"
+
+
 async def test_a_cookie_planted_by_another_local_site_is_refused_on_plain_http():
     """Plain http has no __Host- cookies: a page on another port of the same host can set
     `inbound_csrf` and post its value; the browser says same-site, which is refused."""
