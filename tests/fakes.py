@@ -487,3 +487,115 @@ class FakeUserDirectory(_CanBeDown):
         if id:
             return self.users.get(id)
         return next((u for u in self.users.values() if u.username == username), None)
+
+
+class FakeBrowserState(FakeAuthorizationCodes, FakeUserDirectory):
+    """The registry as the authorize decisions use it (services/authorization_code/authorize.py
+    AuthorizeStore): the scope catalog, sign-ins, sessions, pending requests, consents, codes
+    and users, in memory, by the rules of api.AuthorizationStore's docstring. `passwords` maps
+    a username to its password; `locked` usernames answer Locked; `sessions` and `pending` are
+    keyed by hash (nothing here ever sees an id itself)."""
+
+    def __init__(self, *users, scopes=()):
+        FakeAuthorizationCodes.__init__(self)
+        FakeUserDirectory.__init__(self, *users)
+        self.scopes = {s.name: s for s in scopes}
+        self.passwords: dict[str, str] = {}
+        self.locked: set[str] = set()
+        self.sign_ins: list = []
+        self.sessions: dict[bytes, object] = {}
+        self.pending: dict[bytes, object] = {}
+        self.completed: set[bytes] = set()
+        self.consents: dict[tuple[str, str], object] = {}
+        self.user_grants: list[tuple[str, str, str]] = []
+        self.withdrawn: list[tuple[str, str, str]] = []
+
+    async def get_scopes(self, names: list[str]) -> list:
+        self._check()
+        return [self.scopes.get(n) for n in names]
+
+    async def authenticate_users(self, sign_ins: list) -> list:
+        from services.client_registry.api import Invalid, Locked
+        self._check()
+        outcomes = []
+        for s in sign_ins:
+            self.sign_ins.append(s)
+            user = next((u for u in self.users.values() if u.username == s.username), None)
+            if s.username in self.locked:
+                outcomes.append(Locked(locked_until=int(self.now) + 900))
+            elif user is None or not user.active or self.passwords.get(s.username) != s.password:
+                outcomes.append(Invalid())
+            else:
+                outcomes.append(dataclasses.replace(user, verified_at_ms=int(self.now * 1000)))
+        return outcomes
+
+    async def create_session(self, session, lifetime_seconds: int, verified_at_ms: int):
+        self._check()
+        stored = dataclasses.replace(session, auth_time_ms=int(self.now * 1000), created_at=int(self.now),
+                                     expires_at=int(self.now) + lifetime_seconds)
+        self.sessions[session.id_hash] = stored
+        return stored
+
+    async def get_session(self, id_hash: bytes):
+        self._check()
+        session = self.sessions.get(id_hash)
+        if session is None or session.expires_at <= self.now:
+            return None
+        return session
+
+    async def end_session(self, *, id_hash: bytes = b"", sid: str = "") -> bool:
+        self._check()
+        for key, session in list(self.sessions.items()):
+            if (id_hash and key == id_hash) or (sid and session.sid == sid):
+                del self.sessions[key]
+                return True
+        return False
+
+    async def create_authorization_request(self, request, lifetime_seconds: int):
+        self._check()
+        stored = dataclasses.replace(request, created_at=int(self.now), expires_at=int(self.now) + lifetime_seconds)
+        self.pending[request.id_hash] = stored
+        return stored
+
+    async def get_authorization_request(self, id_hash: bytes):
+        self._check()
+        request = self.pending.get(id_hash)
+        if request is None or id_hash in self.completed or request.expires_at <= self.now:
+            return None
+        return request
+
+    async def complete_authorization_request(self, id_hash: bytes) -> bool:
+        self._check()
+        if id_hash not in self.pending or id_hash in self.completed:
+            return False
+        self.completed.add(id_hash)
+        return True
+
+    async def get_consent(self, user_id: str, client_id: str):
+        self._check()
+        return self.consents.get((user_id, client_id))
+
+    async def grant_consent(self, user_id: str, client_id: str, scopes: list[str]):
+        from services.client_registry.api import ConsentRecord
+        self._check()
+        before = self.consents.get((user_id, client_id))
+        merged = tuple(dict.fromkeys([*(before.scopes if before else ()), *scopes]))
+        self.consents[(user_id, client_id)] = ConsentRecord(user_id, client_id, merged, granted_at=int(self.now))
+        return self.consents[(user_id, client_id)]
+
+    async def list_consents(self, user_id: str) -> list:
+        self._check()
+        return [c for (u, _), c in self.consents.items() if u == user_id]
+
+    async def withdraw_consent(self, user_id: str, client_id: str, actor: str) -> tuple[bool, int]:
+        self._check()
+        self.withdrawn.append((user_id, client_id, actor))
+        existed = self.consents.pop((user_id, client_id), None) is not None
+        grants = {g for u, c, g in self.user_grants if (u, c) == (user_id, client_id)}
+        grants |= {r.grant_id for r in self.codes.values() if (r.user_id, r.client_id) == (user_id, client_id)}
+        self.revoked_grants |= grants
+        return existed, len(grants)
+
+    async def record_user_grant(self, user_id: str, client_id: str, grant_id: str) -> None:
+        self._check()
+        self.user_grants.append((user_id, client_id, grant_id))
