@@ -155,6 +155,26 @@ async def test_a_redirect_after_get_is_302_to_exactly_the_services_location():
     assert reply.headers["location"] == CODE_REDIRECT
 
 
+async def test_the_location_is_the_services_byte_for_byte():
+    service = FakeAuthorization()
+    odd = "com.example.app:/cb?code=ibc_x&state=a|b{c}^`&iss=https%3A%2F%2Fas.example.com#x"
+    service.authorize_outcome = api.AuthorizeOutcome(api.Redirect(odd))
+    async with browser(service) as http:
+        reply = await http.get("/oauth/authorize")
+    assert reply.status_code == 302 and reply.headers["location"] == odd
+
+
+@pytest.mark.parametrize("location", ["https://app.example/cb\r\nSet-Cookie: x=1", "https://app.example/c b",
+                                      "https://app.example/cb\u00e9", ""])
+async def test_a_location_that_is_no_uri_is_a_500_page_and_no_redirect(location):
+    service = FakeAuthorization()
+    service.authorize_outcome = api.AuthorizeOutcome(api.Redirect(location.encode().decode("unicode_escape")))
+    async with browser(service) as http:
+        reply = await http.get("/oauth/authorize")
+    assert reply.status_code == 500 and "location" not in reply.headers and "x=1" not in reply.headers.get(
+        "set-cookie", "")
+
+
 async def test_a_redirect_after_post_is_303_to_exactly_the_services_location():
     service = FakeAuthorization()
     service.consent_outcome = api.AuthorizeOutcome(api.Redirect(CODE_REDIRECT + "#frag"))

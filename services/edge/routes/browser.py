@@ -25,15 +25,16 @@ Paths and form fields (the browser tests and the demo use them):
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from inboundlib.oauth.errors import InvalidRequest
+from inboundlib.oauth.errors import InvalidRequest, ServerError
 from inboundlib.oauth.params import FORM_CONTENT_TYPE, parse_form, parse_form_multi
 from services.authorization_code import api
 from services.edge import pages
@@ -59,6 +60,9 @@ ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 USERINFO_CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": "WWW-Authenticate"}
 USERINFO_PREFLIGHT = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "GET, POST",
                       "Access-Control-Allow-Headers": "Authorization, Content-Type", "Access-Control-Max-Age": "600"}
+
+
+_LOCATION = re.compile(r"[!-~]+")
 
 
 class _EveryName(frozenset):
@@ -95,9 +99,12 @@ class BrowserRoutes:
         return response
 
     def _redirect(self, request: Request, location: str) -> Response:
-        # RFC 9110 §15.4.3/§15.4.4: 302 after a GET; 303 makes the browser follow a POST with a GET.
+        """To exactly `location` (starlette's RedirectResponse would re-quote it). RFC 9110
+        §15.4.3/§15.4.4: 302 after a GET; 303 makes the browser follow a POST with a GET."""
+        if not _LOCATION.fullmatch(location):  # a URI is printable ASCII (RFC 3986 §2); never split a header
+            raise ServerError(detail="the authorization service answered a Location that is no URI")
         status = 303 if request.method == "POST" else 302
-        return RedirectResponse(location, status_code=status, headers=dict(pages.SECURITY_HEADERS))
+        return Response(b"", status_code=status, headers={**pages.SECURITY_HEADERS, "Location": location})
 
     def _error_page(self, page: api.ErrorPage) -> Response:
         status = page.http_status if 400 <= page.http_status <= 599 else 400
