@@ -5,9 +5,11 @@ paths run against the real stack in tests/integration/test_authorize_flow.py."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from urllib.parse import parse_qs, urlsplit
 
+import jwt
 import pytest
 
 from inboundlib.events import CODE_ISSUED, CONSENT_GRANTED, USER_SIGN_IN_FAILED, USER_SIGNED_IN
@@ -459,3 +461,46 @@ async def test_two_submits_racing_past_the_read_still_complete_the_request_once(
     assert isinstance((await world.authorization.consent(consent_id, session_id, True)).result, Redirect)
     assert isinstance((await world.authorization.consent(consent_id, session_id, True)).result, ErrorPage)
     assert len(world.state.codes) == 1
+
+
+# --- RP-initiated logout with an id_token_hint ------------------------------------------------------------
+
+def _rsa_key(kid: str):
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from jwt.algorithms import RSAAlgorithm
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
+    return key, {**jwk, "kid": kid, "alg": "RS256", "use": "sig"}
+
+
+async def test_an_id_token_hint_names_the_client_and_ends_its_session(world, monkeypatch):
+    key, jwk = _rsa_key("k1")
+    other_key, _ = _rsa_key("k1")  # the same kid, another key: a forgery
+
+    async def jwks():
+        return {"keys": [jwk]}
+
+    monkeypatch.setattr(world.issuer, "jwks", jwks)
+    world.clients.put(dataclasses.replace(await world.clients.get_client("web"),
+                                          post_logout_redirect_uris=("https://app.example.com/bye",)))
+    session_id, _ = await signed_in(world)
+    session = world.state.sessions[secret_hash(session_id)]
+    expired = {"iss": ISSUER, "sub": ALICE.id, "aud": "web", "sid": session.sid, "iat": 1, "exp": 2}
+    bye = {"post_logout_redirect_uri": ("https://app.example.com/bye",), "state": ("st",)}
+
+    forged = jwt.encode(expired, other_key, algorithm="RS256", headers={"kid": "k1"})
+    page = await world.authorization.end_session("", {**bye, "id_token_hint": (forged,)})
+    assert isinstance(page.result, ErrorPage) and world.state.sessions  # not believed: nothing ends by its sid
+    wrong_issuer = jwt.encode({**expired, "iss": "https://other.example.com"}, key, algorithm="RS256",
+                              headers={"kid": "k1"})
+    assert isinstance((await world.authorization.end_session(
+        "", {**bye, "id_token_hint": (wrong_issuer,)})).result, ErrorPage)
+    hint = jwt.encode(expired, key, algorithm="RS256", headers={"kid": "k1"})  # expired: still a hint
+    other_client = await world.authorization.end_session("", {**bye, "id_token_hint": (hint,),
+                                                              "client_id": ("spa",)})
+    assert isinstance(other_client.result, ErrorPage)  # the hint and client_id disagree
+    world.state.sessions[secret_hash(session_id)] = session
+    out = await world.authorization.end_session("", {**bye, "id_token_hint": (hint,)})
+    assert out.result == Redirect("https://app.example.com/bye?state=st") and out.session.clear
+    assert not world.state.sessions  # ended by the hint's sid (no cookie came with it)
