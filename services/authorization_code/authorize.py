@@ -57,6 +57,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
 import jwt
+from prometheus_client import Counter
 
 from inbound.events.v1 import events_pb2
 from inboundlib import actors, redact
@@ -120,6 +121,10 @@ from services.client_registry.api import (
 from services.token_issuer.api import IdTokenRequest, IssueRequest
 
 log = logging.getLogger(__name__)
+
+OUTCOMES = Counter("inbound_authorize_outcomes_total",
+                   "Answers of the browser's steps (authorize, sign_in, consent) by kind of answer",
+                   ["step", "outcome"])
 
 CODE = "code"
 TOKEN = "token"
@@ -429,6 +434,9 @@ class Authorization:
 
     async def authorize(self, params: Mapping[str, tuple[str, ...]], session_id: str, *,
                         context: RequestContext = NO_CONTEXT, request_id: str = "") -> AuthorizeOutcome:
+        return counted("authorize", await self._authorize(params, session_id))
+
+    async def _authorize(self, params: Mapping[str, tuple[str, ...]], session_id: str) -> AuthorizeOutcome:
         c = Checking(params=params, catalog=self.store)
         try:
             for check in UNTRUSTED_CHECKS:
@@ -554,9 +562,10 @@ class Authorization:
     async def sign_in(self, pending_request_id: str, username: str, password: str, session_id: str, *,
                       context: RequestContext = NO_CONTEXT, request_id: str = "") -> AuthorizeOutcome:
         try:
-            return await self._sign_in(pending_request_id, username, password, session_id, context, request_id)
+            outcome = await self._sign_in(pending_request_id, username, password, session_id, context, request_id)
         except Exception as exc:
-            return self._failure(exc)
+            outcome = self._failure(exc)
+        return counted("sign_in", outcome)
 
     async def _sign_in(self, pending_request_id: str, username: str, password: str, session_id: str,
                        context: RequestContext, request_id: str) -> AuthorizeOutcome:
@@ -606,6 +615,9 @@ class Authorization:
 
     async def consent(self, pending_request_id: str, session_id: str, approve: bool, *,
                       context: RequestContext = NO_CONTEXT, request_id: str = "") -> AuthorizeOutcome:
+        return counted("consent", await self._consent(pending_request_id, session_id, approve))
+
+    async def _consent(self, pending_request_id: str, session_id: str, approve: bool) -> AuthorizeOutcome:
         try:
             found = await self._pending(pending_request_id)
             session = await self._session(session_id)
@@ -781,7 +793,8 @@ class Authorization:
                                                 ("state", state), ("iss", self.settings.issuer)], mode)
 
     def _failure(self, exc: Exception) -> AuthorizeOutcome:
-        error = infrastructure_error(exc)
+        # An OAuthError here is one of infrastructure already (the audit spool full: temporarily_unavailable).
+        error = exc if isinstance(exc, OAuthError) else infrastructure_error(exc)
         if error.code == "server_error":
             log.error("authorization step failed", exc_info=exc)
         else:
@@ -789,6 +802,16 @@ class Authorization:
         return AuthorizeOutcome(ErrorPage(error.code, error.description,
                                           503 if error.code == "temporarily_unavailable" else 500))
 
+
+
+def counted(step: str, outcome: AuthorizeOutcome) -> AuthorizeOutcome:
+    r = outcome.result
+    if isinstance(r, Redirect):
+        kind = "redirect_error" if "error=" in r.location else "redirect"
+    else:
+        kind = {ErrorPage: "error_page", SignInPage: "sign_in_page", ConsentPage: "consent_page"}[type(r)]
+    OUTCOMES.labels(step, kind).inc()
+    return outcome
 
 
 @contextlib.contextmanager

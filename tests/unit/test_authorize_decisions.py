@@ -504,3 +504,21 @@ async def test_an_id_token_hint_names_the_client_and_ends_its_session(world, mon
     out = await world.authorization.end_session("", {**bye, "id_token_hint": (hint,)})
     assert out.result == Redirect("https://app.example.com/bye?state=st") and out.session.clear
     assert not world.state.sessions  # ended by the hint's sid (no cookie came with it)
+
+
+async def test_a_code_is_sent_only_once_its_audit_record_is_kept(world, monkeypatch):
+    """As a token is: with the audit spool full, the answer is temporarily_unavailable (503)
+    and no code reaches the browser; with the registry down, the same, never a crash."""
+    from inboundlib.oauth.errors import TemporarilyUnavailable
+
+    async def full(*event_ids):
+        raise TemporarilyUnavailable(detail="spool full")
+
+    monkeypatch.setattr(world.bus, "durable", full)
+    page = (await world.authorization.authorize(params(), "")).result
+    outcome = await world.authorization.sign_in(page.request_id, "alice", "alice-password", "", context=CONTEXT)
+    assert isinstance(outcome.result, ErrorPage) and outcome.result.http_status == 503
+    assert outcome.result.error == "temporarily_unavailable"
+    world.state.down = ConnectionError("registry away")
+    down = await world.authorization.authorize(params(), "")
+    assert isinstance(down.result, ErrorPage) and down.result.http_status in (500, 503)
