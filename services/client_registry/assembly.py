@@ -77,7 +77,7 @@ class Settings:
 
 class BatchedTokenStore:
     """The registry for callers in the same process, with opaque-token writes and
-    lookups, revocation writes and sign-ins coalesced into batches, as
+    lookups, revocation writes, sign-ins and code consumption coalesced into batches, as
     RegistryClient does across the network."""
 
     def __init__(self, registry: Registry):
@@ -94,6 +94,8 @@ class BatchedTokenStore:
                                     lambda items, _: registry.store_rotation_responses(items), max_batch=64)
         self._sign_ins = Coalescer("local.AuthenticateUsers", lambda items, _: registry.authenticate_users(items),
                                    max_batch=64)
+        self._codes = Coalescer("local.ConsumeAuthorizationCodes",
+                                lambda items, _: registry.consume_authorization_codes(items), max_batch=64)
 
     def __getattr__(self, name):
         return getattr(self._registry, name)
@@ -116,6 +118,9 @@ class BatchedTokenStore:
 
     async def authenticate_users(self, sign_ins):
         return list(await asyncio.gather(*(self._sign_ins.submit(s, SIGN_IN_TIMEOUT) for s in sign_ins)))
+
+    async def consume_authorization_codes(self, codes):
+        return list(await asyncio.gather(*(self._codes.submit(c, HOT_TIMEOUT) for c in codes)))
 
 
 @dataclass

@@ -3,7 +3,7 @@ Protocol from api.py; `RegistryClient` bundles them over one channel for
 callers that use several (inboundctl, the dev stack, tests).
 
 Hot-path calls (client lookups, opaque token writes and lookups, revocation
-writes, sign-ins) are coalesced into batches; admin calls go one by one, with the request
+writes, sign-ins, refresh rotations, code consumption, scope lookups) are coalesced into batches; admin calls go one by one, with the request
 id and the actor as metadata. Status codes come back as the registry's own
 errors (INVALID_ARGUMENT -> InvalidArgument, NOT_FOUND -> NotFound,
 ALREADY_EXISTS -> AlreadyExists); infrastructure codes stay gRPC errors.
@@ -21,14 +21,20 @@ from inboundlib.grpcx import is_unavailable, peer_going_away, request_metadata
 from services.client_registry import wire
 from services.client_registry.api import (
     AlreadyExists,
+    AuthorizationCodeRecord,
+    BrowserSession,
     ClientRecord,
     ClientSpec,
     ClientUpdate,
+    CodeOutcome,
+    CodeToConsume,
+    ConsentRecord,
     InUse,
     InvalidArgument,
     ItemError,
     NotFound,
     OpaqueTokenRecord,
+    PendingAuthorization,
     RegistryError,
     RevocationCursor,
     RevocationPage,
@@ -337,6 +343,94 @@ async def add_missing_scopes(catalog, names: list[str]) -> list[str]:
     return added
 
 
+async def _hot(method, request):
+    """A single call on the browser's path (a session, a pending request, a consent): the hot
+    timeout, the registry's errors mapped back."""
+    try:
+        return await method(request, timeout=HOT_TIMEOUT, metadata=request_metadata())
+    except grpc.aio.AioRpcError as exc:
+        raise _translate(exc) from None
+
+
+class AuthorizationsClient:
+    """api.AuthorizationStore over gRPC. Code consumption is coalesced into batches, and never
+    sent again after the registry went away mid-call: it may have committed, and a second
+    send would be answered as a reuse (revoking the grant). Secrets travel as hashes only."""
+
+    def __init__(self, channel: grpc.aio.Channel):
+        self.stub = registry_pb2_grpc.AuthorizationsStub(channel)
+        self._consumptions = Coalescer("registry.ConsumeAuthorizationCodes", self._send_consumptions,
+                                       max_batch=MAX_BATCH, unavailable=is_unavailable)
+
+    async def _send_consumptions(self, codes: list[CodeToConsume], timeout: float) -> list[CodeOutcome]:
+        reply = await self.stub.ConsumeAuthorizationCodes(pb.ConsumeAuthorizationCodesRequest(codes=[
+            pb.CodeToConsume(code_hash=c.code_hash, client_id=c.client_id) for c in codes]), timeout=timeout)
+        return [wire.code_outcome_from_pb(o) for o in reply.results]
+
+    async def consume_authorization_code(self, code: CodeToConsume) -> CodeOutcome:
+        return await self._consumptions.submit(code, HOT_TIMEOUT)
+
+    async def consume_authorization_codes(self, codes: list[CodeToConsume]) -> list[CodeOutcome]:
+        return list(await asyncio.gather(*(self.consume_authorization_code(c) for c in codes)))
+
+    async def create_session(self, session: BrowserSession, lifetime_seconds: int,
+                             verified_at_ms: int) -> BrowserSession:
+        reply = await _hot(self.stub.CreateSession, pb.CreateSessionRequest(
+            session=wire.session_to_pb(session), lifetime_seconds=lifetime_seconds,
+            verified_at_unix_ms=verified_at_ms))
+        return wire.session_from_pb(reply.session)
+
+    async def get_session(self, id_hash: bytes) -> BrowserSession | None:
+        reply = await _hot(self.stub.GetSession, pb.GetSessionRequest(id_hash=id_hash))
+        return wire.session_from_pb(reply.session) if reply.HasField("session") else None
+
+    async def end_session(self, *, id_hash: bytes = b"", sid: str = "") -> bool:
+        return (await _hot(self.stub.EndSession, pb.EndSessionRequest(id_hash=id_hash, sid=sid))).ended
+
+    async def create_authorization_request(self, request: PendingAuthorization,
+                                           lifetime_seconds: int) -> PendingAuthorization:
+        reply = await _hot(self.stub.CreateAuthorizationRequest, pb.CreateAuthorizationRequestRequest(
+            request=wire.pending_to_pb(request), lifetime_seconds=lifetime_seconds))
+        return wire.pending_from_pb(reply.request)
+
+    async def get_authorization_request(self, id_hash: bytes) -> PendingAuthorization | None:
+        reply = await _hot(self.stub.GetAuthorizationRequest, pb.GetAuthorizationRequestRequest(id_hash=id_hash))
+        return wire.pending_from_pb(reply.request) if reply.HasField("request") else None
+
+    async def complete_authorization_request(self, id_hash: bytes) -> bool:
+        reply = await _hot(self.stub.CompleteAuthorizationRequest,
+                           pb.CompleteAuthorizationRequestRequest(id_hash=id_hash))
+        return reply.completed
+
+    async def get_consent(self, user_id: str, client_id: str) -> ConsentRecord | None:
+        reply = await _hot(self.stub.GetConsent, pb.GetConsentRequest(user_id=user_id, client_id=client_id))
+        return wire.consent_from_pb(reply.consent) if reply.HasField("consent") else None
+
+    async def grant_consent(self, user_id: str, client_id: str, scopes: list[str]) -> ConsentRecord:
+        reply = await _hot(self.stub.GrantConsent,
+                           pb.GrantConsentRequest(user_id=user_id, client_id=client_id, scopes=scopes))
+        return wire.consent_from_pb(reply.consent)
+
+    async def list_consents(self, user_id: str) -> list[ConsentRecord]:
+        reply = await _hot(self.stub.ListConsents, pb.ListConsentsRequest(user_id=user_id))
+        return [wire.consent_from_pb(c) for c in reply.consents]
+
+    async def withdraw_consent(self, user_id: str, client_id: str, actor: str) -> tuple[bool, int]:
+        reply = await _admin(self.stub.WithdrawConsent,
+                             pb.WithdrawConsentRequest(user_id=user_id, client_id=client_id, actor=actor))
+        return reply.withdrawn, reply.grants_revoked
+
+    async def create_authorization_code(self, code: AuthorizationCodeRecord,
+                                        lifetime_seconds: int) -> AuthorizationCodeRecord:
+        reply = await _hot(self.stub.CreateAuthorizationCode, pb.CreateAuthorizationCodeRequest(
+            code=wire.code_to_pb(code), lifetime_seconds=lifetime_seconds))
+        return wire.code_from_pb(reply.code)
+
+    async def record_user_grant(self, user_id: str, client_id: str, grant_id: str) -> None:
+        await _hot(self.stub.RecordUserGrant,
+                   pb.RecordUserGrantRequest(user_id=user_id, client_id=client_id, grant_id=grant_id))
+
+
 class RegistryClient:
     """Every domain's client over one channel (api.ClientRegistryApi), for callers
     that use several; pass a narrow one (`.clients`, `.signing_keys`, `.tokens`,
@@ -351,6 +445,7 @@ class RegistryClient:
         self.refresh_tokens = RefreshTokensClient(channel)
         self.users = UsersClient(channel)
         self.scopes = ScopesClient(channel)
+        self.authorizations = AuthorizationsClient(channel)
 
     def __getattr__(self, name: str):
         # Each call belongs to exactly one domain; ask each in turn. (Through __dict__:

@@ -18,11 +18,17 @@ from inboundlib.events import EventBus
 from inboundlib.passwords import Passwords, PasswordSettings
 from services.client_registry import revocations as revocation_rows
 from services.client_registry.api import (
+    AuthorizationCodeRecord,
+    BrowserSession,
     ClientRecord,
     ClientSpec,
     ClientUpdate,
+    CodeOutcome,
+    CodeToConsume,
+    ConsentRecord,
     ItemError,
     OpaqueTokenRecord,
+    PendingAuthorization,
     RevocationCursor,
     RevocationPage,
     RevocationRecord,
@@ -38,6 +44,7 @@ from services.client_registry.api import (
     UserSpec,
     UserUpdate,
 )
+from services.client_registry.authorizations import AuthorizationRepository
 from services.client_registry.clients import ClientRepository
 from services.client_registry.keys import SigningKeyRepository
 from services.client_registry.refresh_tokens import RefreshTokenRepository
@@ -62,6 +69,7 @@ class Registry:
         self.users = UserRepository(pool, events, passwords or Passwords(PasswordSettings()),
                                     login or LoginSettings(), sign_in_slots=sign_in_slots)
         self.scopes = ScopeRepository(pool)
+        self.authorizations = AuthorizationRepository(pool, events)
 
     # --- clients (api.ClientStore) ----------------------------------------------------------------
 
@@ -168,6 +176,50 @@ class Registry:
     async def delete_scope(self, name: str) -> bool:
         return await self.scopes.delete_scope(name)
 
+    # --- the authorization endpoint's state (api.AuthorizationStore) -----------------------------
+
+    async def create_session(self, session: BrowserSession, lifetime_seconds: int,
+                             verified_at_ms: int) -> BrowserSession:
+        return await self.authorizations.create_session(session, lifetime_seconds, verified_at_ms)
+
+    async def get_session(self, id_hash: bytes) -> BrowserSession | None:
+        return await self.authorizations.get_session(id_hash)
+
+    async def end_session(self, *, id_hash: bytes = b"", sid: str = "") -> bool:
+        return await self.authorizations.end_session(id_hash=id_hash, sid=sid)
+
+    async def create_authorization_request(self, request: PendingAuthorization,
+                                           lifetime_seconds: int) -> PendingAuthorization:
+        return await self.authorizations.create_authorization_request(request, lifetime_seconds)
+
+    async def get_authorization_request(self, id_hash: bytes) -> PendingAuthorization | None:
+        return await self.authorizations.get_authorization_request(id_hash)
+
+    async def complete_authorization_request(self, id_hash: bytes) -> bool:
+        return await self.authorizations.complete_authorization_request(id_hash)
+
+    async def get_consent(self, user_id: str, client_id: str) -> ConsentRecord | None:
+        return await self.authorizations.get_consent(user_id, client_id)
+
+    async def grant_consent(self, user_id: str, client_id: str, scopes: list[str]) -> ConsentRecord:
+        return await self.authorizations.grant_consent(user_id, client_id, scopes)
+
+    async def list_consents(self, user_id: str) -> list[ConsentRecord]:
+        return await self.authorizations.list_consents(user_id)
+
+    async def withdraw_consent(self, user_id: str, client_id: str, actor: str) -> tuple[bool, int]:
+        return await self.authorizations.withdraw_consent(user_id, client_id, actor)
+
+    async def create_authorization_code(self, code: AuthorizationCodeRecord,
+                                        lifetime_seconds: int) -> AuthorizationCodeRecord:
+        return await self.authorizations.create_authorization_code(code, lifetime_seconds)
+
+    async def consume_authorization_codes(self, codes: list[CodeToConsume]) -> list[CodeOutcome]:
+        return await self.authorizations.consume_authorization_codes(codes)
+
+    async def record_user_grant(self, user_id: str, client_id: str, grant_id: str) -> None:
+        await self.authorizations.record_user_grant(user_id, client_id, grant_id)
+
     # --- housekeeping -----------------------------------------------------------------------------
 
     def start_housekeeping(self, *, purge_seconds: float, response_sweep_seconds: float) -> list[asyncio.Task]:
@@ -181,9 +233,10 @@ class Registry:
 
     async def purge_expired(self) -> int:
         """Drop expired opaque tokens and revocations (kept a day longer, for investigations),
-        and sign-in counters with nothing left to remember."""
+        sign-in counters with nothing left to remember, and the authorization endpoint's rows
+        nothing can use any more (AuthorizationRepository.purge_expired says which)."""
         return (await self.tokens.purge_expired() + await revocation_rows.purge_expired(self.pool)
-                + await self.users.purge_stale_counters())
+                + await self.users.purge_stale_counters() + await self.authorizations.purge_expired())
 
 
 async def every(seconds: float, job, done: str, failed: str) -> None:

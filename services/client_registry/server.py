@@ -19,7 +19,9 @@ from services import access
 from services.client_registry import wire
 from services.client_registry.api import (
     AlreadyExists,
+    AuthorizationStore,
     ClientStore,
+    CodeToConsume,
     InUse,
     InvalidArgument,
     ItemError,
@@ -240,6 +242,74 @@ class ScopesServicer(registry_pb2_grpc.ScopesServicer):
         return pb.DeleteScopeResponse(deleted=await _call(context, self.scopes.delete_scope(request.name)))
 
 
+class AuthorizationsServicer(registry_pb2_grpc.AuthorizationsServicer):
+    """The authorization endpoint's state. Replies never carry more than the caller sent or
+    the registry keeps: secrets travel only as hashes, and error texts never repeat them."""
+
+    def __init__(self, store: AuthorizationStore):
+        self.store = store
+
+    async def CreateSession(self, request, context):
+        session = await _call(context, self.store.create_session(
+            wire.session_from_pb(request.session), request.lifetime_seconds, request.verified_at_unix_ms))
+        return pb.CreateSessionResponse(session=wire.session_to_pb(session))
+
+    async def GetSession(self, request, context):
+        session = await self.store.get_session(request.id_hash)
+        return pb.GetSessionResponse(session=wire.session_to_pb(session)) if session else pb.GetSessionResponse()
+
+    async def EndSession(self, request, context):
+        ended = await _call(context, self.store.end_session(id_hash=request.id_hash, sid=request.sid))
+        return pb.EndSessionResponse(ended=ended)
+
+    async def CreateAuthorizationRequest(self, request, context):
+        pending = await _call(context, self.store.create_authorization_request(
+            wire.pending_from_pb(request.request), request.lifetime_seconds))
+        return pb.CreateAuthorizationRequestResponse(request=wire.pending_to_pb(pending))
+
+    async def GetAuthorizationRequest(self, request, context):
+        pending = await self.store.get_authorization_request(request.id_hash)
+        return (pb.GetAuthorizationRequestResponse(request=wire.pending_to_pb(pending)) if pending
+                else pb.GetAuthorizationRequestResponse())
+
+    async def CompleteAuthorizationRequest(self, request, context):
+        completed = await _call(context, self.store.complete_authorization_request(request.id_hash))
+        return pb.CompleteAuthorizationRequestResponse(completed=completed)
+
+    async def GetConsent(self, request, context):
+        consent = await self.store.get_consent(request.user_id, request.client_id)
+        return pb.GetConsentResponse(consent=wire.consent_to_pb(consent)) if consent else pb.GetConsentResponse()
+
+    async def GrantConsent(self, request, context):
+        consent = await _call(context, self.store.grant_consent(request.user_id, request.client_id,
+                                                                list(request.scopes)))
+        return pb.GrantConsentResponse(consent=wire.consent_to_pb(consent))
+
+    async def ListConsents(self, request, context):
+        consents = await self.store.list_consents(request.user_id)
+        return pb.ListConsentsResponse(consents=[wire.consent_to_pb(c) for c in consents])
+
+    async def WithdrawConsent(self, request, context):
+        withdrawn, revoked = await _call(context, self.store.withdraw_consent(request.user_id, request.client_id,
+                                                                              request.actor))
+        return pb.WithdrawConsentResponse(withdrawn=withdrawn, grants_revoked=revoked)
+
+    async def CreateAuthorizationCode(self, request, context):
+        code = await _call(context, self.store.create_authorization_code(wire.code_from_pb(request.code),
+                                                                         request.lifetime_seconds))
+        return pb.CreateAuthorizationCodeResponse(code=wire.code_to_pb(code))
+
+    async def ConsumeAuthorizationCodes(self, request, context):
+        await _check_batch(context, request.codes, "codes")
+        outcomes = await self.store.consume_authorization_codes(
+            [CodeToConsume(code_hash=c.code_hash, client_id=c.client_id) for c in request.codes])
+        return pb.ConsumeAuthorizationCodesResponse(results=[wire.code_outcome_to_pb(o) for o in outcomes])
+
+    async def RecordUserGrant(self, request, context):
+        await _call(context, self.store.record_user_grant(request.user_id, request.client_id, request.grant_id))
+        return pb.RecordUserGrantResponse()
+
+
 @dataclass(frozen=True)
 class Domain:
     """One gRPC service of the registry: its full name, and how to add it to a server
@@ -264,6 +334,9 @@ DOMAINS: tuple[Domain, ...] = (
            lambda r, s: registry_pb2_grpc.add_UsersServicer_to_server(UsersServicer(r.users), s)),
     Domain("inbound.registry.v1.Scopes",
            lambda r, s: registry_pb2_grpc.add_ScopesServicer_to_server(ScopesServicer(r.scopes), s)),
+    Domain("inbound.registry.v1.Authorizations",
+           lambda r, s: registry_pb2_grpc.add_AuthorizationsServicer_to_server(
+               AuthorizationsServicer(r.authorizations), s)),
 )
 SERVICE_NAMES: tuple[str, ...] = tuple(d.service_name for d in DOMAINS)
 # Kept for callers that name one service for health checks: the registry is serving

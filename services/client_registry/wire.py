@@ -10,13 +10,20 @@ from services.client_registry.api import (
     REVOKE_GRANT,
     REVOKE_JTI,
     REVOKE_SUBJECT,
+    AuthorizationCodeRecord,
+    BrowserSession,
     ClientRecord,
     ClientSpec,
     ClientUpdate,
+    CodeNotFound,
+    CodeOutcome,
+    CodeReused,
+    ConsentRecord,
     Invalid,
     ItemError,
     Locked,
     OpaqueTokenRecord,
+    PendingAuthorization,
     Refused,
     Replay,
     RevocationCursor,
@@ -329,3 +336,74 @@ def scope_to_pb(s: ScopeRecord) -> pb.Scope:
 def scope_from_pb(m: pb.Scope) -> ScopeRecord:
     return ScopeRecord(name=m.name, description=m.description, consent_required=m.consent_required,
                        created_at=m.created_at, updated_at=m.updated_at)
+
+
+# --- the authorization endpoint's state ------------------------------------------------------------
+
+def session_to_pb(s: BrowserSession) -> pb.BrowserSession:
+    return pb.BrowserSession(id_hash=s.id_hash, sid=s.sid, user_id=s.user_id, username=s.username,
+                             auth_time_ms=s.auth_time_ms, created_at=s.created_at, expires_at=s.expires_at,
+                             client_address=s.client_address, user_agent=s.user_agent)
+
+
+def session_from_pb(m: pb.BrowserSession) -> BrowserSession:
+    return BrowserSession(id_hash=m.id_hash, sid=m.sid, user_id=m.user_id, username=m.username,
+                          auth_time_ms=m.auth_time_ms, created_at=m.created_at, expires_at=m.expires_at,
+                          client_address=m.client_address, user_agent=m.user_agent)
+
+
+def pending_to_pb(p: PendingAuthorization) -> pb.PendingAuthorization:
+    return pb.PendingAuthorization(id_hash=p.id_hash, client_id=p.client_id, request_json=p.request_json,
+                                   created_at=p.created_at, expires_at=p.expires_at)
+
+
+def pending_from_pb(m: pb.PendingAuthorization) -> PendingAuthorization:
+    return PendingAuthorization(id_hash=m.id_hash, client_id=m.client_id, request_json=m.request_json,
+                                created_at=m.created_at, expires_at=m.expires_at)
+
+
+def consent_to_pb(c: ConsentRecord) -> pb.Consent:
+    return pb.Consent(user_id=c.user_id, client_id=c.client_id, scopes=c.scopes, granted_at=c.granted_at,
+                      updated_at=c.updated_at)
+
+
+def consent_from_pb(m: pb.Consent) -> ConsentRecord:
+    return ConsentRecord(user_id=m.user_id, client_id=m.client_id, scopes=tuple(m.scopes), granted_at=m.granted_at,
+                         updated_at=m.updated_at)
+
+
+def code_to_pb(c: AuthorizationCodeRecord) -> pb.AuthorizationCode:
+    return pb.AuthorizationCode(
+        code_hash=c.code_hash, client_id=c.client_id, redirect_uri=c.redirect_uri, scopes=c.scopes,
+        user_id=c.user_id, username=c.username, sid=c.sid, auth_time_ms=c.auth_time_ms, nonce=c.nonce,
+        code_challenge=c.code_challenge, code_challenge_method=c.code_challenge_method, grant_id=c.grant_id,
+        created_at_ms=c.created_at_ms, expires_at=c.expires_at)
+
+
+def code_from_pb(m: pb.AuthorizationCode) -> AuthorizationCodeRecord:
+    return AuthorizationCodeRecord(
+        code_hash=m.code_hash, client_id=m.client_id, redirect_uri=m.redirect_uri, scopes=tuple(m.scopes),
+        user_id=m.user_id, username=m.username, sid=m.sid, auth_time_ms=m.auth_time_ms, nonce=m.nonce,
+        code_challenge=m.code_challenge, code_challenge_method=m.code_challenge_method, grant_id=m.grant_id,
+        created_at_ms=m.created_at_ms, expires_at=m.expires_at)
+
+
+def code_outcome_to_pb(o: CodeOutcome) -> pb.CodeConsumption:
+    if isinstance(o, AuthorizationCodeRecord):
+        return pb.CodeConsumption(code=code_to_pb(o))
+    if isinstance(o, CodeReused):
+        return pb.CodeConsumption(reused=True)
+    if isinstance(o, CodeNotFound):
+        return pb.CodeConsumption(not_found=True)
+    return pb.CodeConsumption(error=item_error_to_pb(o))
+
+
+def code_outcome_from_pb(m: pb.CodeConsumption) -> CodeOutcome:
+    kind = m.WhichOneof("outcome")
+    if kind == "code":
+        return code_from_pb(m.code)
+    if kind == "reused":
+        return CodeReused()  # the grant id stays in the registry (its log and the revocation)
+    if kind == "not_found":
+        return CodeNotFound()
+    return item_error_from_pb(m.error) or ItemError("internal", "no outcome")
