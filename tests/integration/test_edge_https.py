@@ -33,14 +33,21 @@ async def test_a_real_edge_over_https_issues_tokens_and_sends_hsts(stack, make_c
             metadata = await http.get("/.well-known/oauth-authorization-server")
             refused = await http.post("/oauth/token", data={"grant_type": "client_credentials"},
                                       auth=(client.client_id, "wrong"))
+            account = await http.get("/account")  # signed out: the account's sign-in form
     finally:
         stack.stop_service("edge-https")
     assert token.status_code == 200 and token.json()["access_token"]
     assert metadata.json()["issuer"] == issuer
     assert metadata.json()["token_endpoint"] == f"{issuer}/oauth/token"
     assert refused.status_code == 401
-    for reply in (token, metadata, refused):
+    for reply in (token, metadata, refused, account):
         assert reply.headers["strict-transport-security"] == "max-age=86400"
+    # Over TLS the browser's cookies are __Host- (Secure, Path=/, no Domain): no other site or
+    # subdomain, and no plain-http answer, can set them.
+    assert account.status_code == 200, account.text
+    csrf = [c for c in account.headers.get_list("set-cookie") if c.startswith("__Host-inbound_csrf=")]
+    assert len(csrf) == 1 and {"secure", "httponly", "path=/", "samesite=lax"} <= {
+        part.strip().lower() for part in csrf[0].split(";")[1:]} and "domain" not in csrf[0].lower()
 
 
 def test_plain_http_on_a_public_address_stops_the_edge_before_it_serves(stack):
