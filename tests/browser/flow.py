@@ -158,22 +158,37 @@ async def submit(page, button):
     return await navigation.value
 
 
+async def describe(page) -> str:
+    """Where the browser is and what it shows, for an assertion's message."""
+    try:
+        text = " ".join((await page.locator("body").inner_text(timeout=5_000)).split())
+    except Exception as exc:  # the page may be gone or blank; say so rather than hide the first failure
+        text = f"<no text: {type(exc).__name__}>"
+    return f"{page.url} showing: {text[:600]!r}"
+
+
 async def sign_in(page, username: str, password: str):
     """Fill in and post the sign-in form; the response to the post (after redirects)."""
-    assert await is_sign_in_page(page), f"expected the sign-in page at {page.url}"
+    assert await is_sign_in_page(page), f"expected the sign-in page at {await describe(page)}"
     await username_field(page).fill(username)
     await password_field(page).fill(password)
     return await submit(page, page.get_by_role("button", name=SIGN_IN_BUTTON))
 
 
 async def consent(page, approve: bool = True):
-    assert await is_consent_page(page), f"expected the consent page at {page.url}"
+    assert await is_consent_page(page), f"expected the consent page at {await describe(page)}"
     return await submit(page, page.get_by_role("button", name=ALLOW_BUTTON if approve else DENY_BUTTON))
 
 
 async def wait_for_client(page, redirect_uri: str) -> Landing:
-    await page.wait_for_url(lambda url: url.startswith(redirect_uri + "?") or url.startswith(redirect_uri + "#")
-                            or url == redirect_uri, timeout=30_000)
+    def at_client(url: str) -> bool:
+        return url == redirect_uri or url.startswith((redirect_uri + "?", redirect_uri + "#"))
+
+    if not at_client(page.url):
+        try:
+            await page.wait_for_url(at_client, timeout=30_000)
+        except Exception:
+            raise AssertionError(f"the browser was not sent to {redirect_uri}: it is at {await describe(page)}")
     return landing(page.url)
 
 
