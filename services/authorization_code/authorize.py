@@ -582,9 +582,16 @@ class Authorization:
 
         if not username or not password or len(username) > MAX_USERNAME_LENGTH or len(password) > MAX_PASSWORD_LENGTH:
             return again(SIGN_IN_FAILED)
-        [outcome] = await self.store.authenticate_users([SignIn(
-            username=username, password=password, client_address=context.client_address,
-            purpose=PURPOSE_BROWSER_SIGN_IN, request_id=request_id)])
+        try:
+            [outcome] = await self.store.authenticate_users([SignIn(
+                username=username, password=password, client_address=context.client_address,
+                purpose=PURPOSE_BROWSER_SIGN_IN, request_id=request_id)])
+        except Exception as exc:
+            if infrastructure_error(exc).code != "temporarily_unavailable":
+                raise
+            # The registry is busy (its password-hashing queue full) or away: the page again, saying so.
+            log.warning("sign-in not checked: the registry is unavailable", extra={"detail": type(exc).__name__})
+            return again(SIGN_IN_UNAVAILABLE)
         if not isinstance(outcome, UserRecord):
             reason = "invalid" if isinstance(outcome, Invalid) else "locked" if isinstance(outcome, Locked) \
                 else "unavailable"

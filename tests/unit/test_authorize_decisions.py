@@ -522,3 +522,18 @@ async def test_a_code_is_sent_only_once_its_audit_record_is_kept(world, monkeypa
     world.state.down = ConnectionError("registry away")
     down = await world.authorization.authorize(params(), "")
     assert isinstance(down.result, ErrorPage) and down.result.http_status in (500, 503)
+
+
+async def test_a_sign_in_the_registry_cannot_check_now_says_so_on_the_page(world, monkeypatch):
+    from inboundlib.batching import Overloaded
+    from services.authorization_code.authorize import SIGN_IN_UNAVAILABLE
+
+    page = (await world.authorization.authorize(params(), "")).result
+
+    async def overloaded(sign_ins):
+        raise Overloaded("the registry's hashing queue is full")
+
+    monkeypatch.setattr(world.state, "authenticate_users", overloaded)
+    outcome = await world.authorization.sign_in(page.request_id, "alice", "alice-password", "", context=CONTEXT)
+    assert isinstance(outcome.result, SignInPage) and outcome.result.message == SIGN_IN_UNAVAILABLE
+    assert outcome.result.request_id == page.request_id and not world.state.sessions
