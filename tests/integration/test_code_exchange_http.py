@@ -7,6 +7,7 @@ process. The rules one by one, each checked against in-memory fakes too, are in
 tests/unit/test_authorization_code_grant.py and tests/unit/test_userinfo.py."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import secrets
@@ -298,3 +299,20 @@ async def test_no_code_or_verifier_in_any_log_audit_row_or_table(stack, authoriz
 
 def log_files(stack) -> list[Path]:
     return sorted(path for path in Path(stack.state_dir).rglob("*.log") if path.is_file())
+
+
+async def test_two_exchanges_of_one_code_at_once_leave_no_live_tokens(stack, authorization, app, user, issuer):
+    """The registry consumes atomically: of two simultaneous exchanges one gets tokens and the
+    other is a reuse, which revokes what the first got (however the two interleave)."""
+    client, _ = await app()
+    record, password = user
+    verifier = _verifier()
+    code = await mint(authorization, client, record, password, verifier=verifier)
+    replies = await asyncio.gather(*(exchange(stack, code, client, verifier=verifier) for _ in range(2)))
+    assert sorted(r.status_code for r in replies) == [200, 400], [r.text for r in replies]
+    [won] = [r.json() for r in replies if r.status_code == 200]
+    [lost] = [r for r in replies if r.status_code == 400]
+    _refused(lost)
+    await eventually(lambda: introspect(issuer, won["access_token"]), until=lambda active: not active,
+                     message="the winner's access token revoked by the reuse")
+    assert not await introspect(issuer, won["refresh_token"])
