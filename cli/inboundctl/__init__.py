@@ -1,9 +1,10 @@
 """inboundctl: the operator's command line for Inbound.
 
-It manages registered clients and users (through client_registry), signing
+It manages registered clients, users and the scope catalog (through client_registry), signing
 keys and token revocation (through token_issuer), and reads the audit log
 (through audit), over the same gRPC clients the services use:
 
+    inboundctl scope create api.read --description "Read your data"
     inboundctl client create --name billing-sync --scope api.read
     inboundctl client list
     inboundctl user create alice --role oauth_admin      (the password is asked for twice)
@@ -13,8 +14,8 @@ keys and token revocation (through token_issuer), and reads the audit log
     inboundctl audit search --client CLIENT_ID --since 1h
 
 Every command takes --json for machine-readable output. Exit codes: 0 done,
-1 a service could not be reached or failed, 2 bad input, 3 no such client or
-user, 4 it exists already.
+1 a service could not be reached or failed, 2 bad input (also: deleting a scope
+a client has), 3 no such client, user or scope, 4 it exists already.
 
 It connects with mutual TLS, as an operator: the certificate (its SPIFFE ID
 `spiffe://<trust domain>/operator/<name>`), its key and the installation's CA

@@ -3,7 +3,8 @@ one narrow Protocol per domain (clients, signing keys, opaque tokens,
 revocations), the way fosite splits its storage.
 
 Each domain has one Postgres repository (clients.py, keys.py, tokens.py,
-revocations.py), one gRPC service (server.py) and one gRPC client (client.py);
+revocations.py, users.py, refresh_tokens.py, scopes.py, authorizations.py), one
+gRPC service (server.py) and one gRPC client (client.py);
 callers depend only on the Protocol they need. A new domain (users, grants,
 trust stores) follows the same pattern: records and a Protocol here, a
 repository, a servicer and a client, one row in server.DOMAINS.
