@@ -59,3 +59,26 @@ async def test_issuer_down_fails_introspection_and_revocation_with_503(stack):
         await eventually(lambda: http.post("/oauth/token", data={"grant_type": "client_credentials"},
                                            auth=(client.client_id, secret)),
                          until=lambda reply: reply.status_code == 200, message="tokens once the issuer is back")
+
+
+async def test_authorization_service_down_is_a_503_page_never_a_redirect(stack):
+    """The browser's pages while authorization_code is away: the edge's own error page,
+    503 with Retry-After and the pages' headers, no Location; the rest of the edge serves on."""
+    port = stack.ports["authorization_code"]
+    params = {"response_type": "code", "client_id": "app", "redirect_uri": "https://app.example/cb"}
+    assert stack.stop_service("authorization_code") == 0
+    try:
+        async with httpx.AsyncClient(base_url=stack.edge_url, timeout=10) as http:
+            for reply in (await http.get("/oauth/authorize", params=params), await http.get("/account")):
+                assert reply.status_code == 503, reply.text
+                assert "location" not in reply.headers and reply.headers["retry-after"]
+                assert reply.headers["x-frame-options"] == "DENY" and reply.headers["cache-control"] == "no-store"
+                assert "temporarily_unavailable" in reply.text
+            userinfo = await http.get("/oauth/userinfo", headers={"authorization": "Bearer x"})
+            assert userinfo.status_code == 503 and userinfo.json()["error"] == "temporarily_unavailable"
+            assert (await http.get("/readyz")).status_code == 200
+    finally:
+        stack.start_service("authorization_code", port=port)
+    async with httpx.AsyncClient(base_url=stack.edge_url, timeout=10) as http:
+        await eventually(lambda: http.get("/oauth/authorize", params=params),
+                         until=lambda reply: reply.status_code != 503, message="the pages once it is back")
