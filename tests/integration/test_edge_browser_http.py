@@ -92,11 +92,13 @@ async def test_the_code_flow_through_the_edges_pages(stack, browser_client):
         session = set_cookie(reply, "inbound_session")
         assert session is not None, reply.text
         assert {"httponly", "samesite=lax", "path=/"} <= session[1] and "secure" not in session[1]
-        if reply.status_code == 200:  # the consent page (profile needs consent)
-            consent = Page(reply.text)
-            reply = await http.post(consent.action(), data={
-                "csrf_token": consent.field("csrf_token"), "request_id": consent.field("request_id"),
-                "decision": "allow"})
+        # The consent page: the catalog's `profile` needs consent.
+        assert reply.status_code == 200, reply.text
+        consent = Page(reply.text)
+        assert [b["value"] for b in consent.all("button", name="decision")] == ["allow", "deny"]
+        reply = await http.post(consent.action(), data={
+            "csrf_token": consent.field("csrf_token"), "request_id": consent.field("request_id"),
+            "decision": "allow"})
         assert reply.status_code == 303, reply.text
         location = urlsplit(reply.headers["location"])
         assert f"{location.scheme}://{location.netloc}{location.path}" == REDIRECT_URI
