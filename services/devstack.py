@@ -443,8 +443,19 @@ DEMO_CLIENT = "demo"  # client_credentials: acts as itself
 # keeps `make run` idempotent on a database from before users existed: the existing
 # `demo` client is left as it is, and the new one is created on the next start.
 DEMO_APP = "demo-app"
+# The browser: a public client (no secret: it runs where its user could read one) with the
+# authorization code flow, PKCE required (RFC 9700 §2.1.1) and refresh tokens; its redirect
+# URI is the demo client page (services/demo_client.py) that the dev stack serves itself.
+DEMO_WEB = "demo-web"
+DEMO_WEB_GRANTS = ["authorization_code", "refresh_token"]
+DEMO_WEB_SCOPES = ["openid", "profile", "email"]
+DEMO_PAGE_PORT = 8090  # make run: the demo client page, on 127.0.0.1 only
 DEMO_USERNAME = "demo"
+DEMO_EMAIL = "demo@example.com"
 DEMO_SCOPES = ["api.read", "api.write"]
+# Catalog entries for the demo clients' API scopes (openid, profile and email come with migration 0007).
+DEMO_SCOPE_DESCRIPTIONS = {"api.read": "Read the data of the APIs Inbound protects",
+                           "api.write": "Change the data of the APIs Inbound protects"}
 
 
 @dataclass
@@ -458,19 +469,40 @@ class DemoSeed:
     user_id: str = ""
     user_password: str = field(default="", repr=False)
     user_error: str = ""  # why the demo user could not be made or read ("" when all is well)
+    web_client_id: str = ""  # the public client demo-web ("" when it could not be made: web_error says why)
+    web_error: str = ""
+    demo_page_url: str = ""  # the demo client page's start URL (it redirects to /oauth/authorize)
 
 
-async def seed_demo(stack: Stack) -> DemoSeed:
+async def ensure_scopes(registry, descriptions: dict[str, str]) -> None:
+    """Put each scope into the catalog unless it is there (a client may only be given catalog
+    scopes); consent required, as an API scope should be."""
+    from services.client_registry.api import AlreadyExists
+
+    known = {s.name for s in await registry.scopes.list_scopes()}
+    for name, description in descriptions.items():
+        if name not in known:
+            try:
+                await registry.scopes.create_scope(name, description, True)
+            except AlreadyExists:  # made meanwhile by someone else: what we wanted
+                pass
+
+
+async def seed_demo(stack: Stack, demo_page_port: int = DEMO_PAGE_PORT) -> DemoSeed:
     """Create, once, the demo client (client_credentials), the demo app client (password
-    and refresh_token) and the demo user (a random password); on a later start with the
-    same database, find them and make nothing."""
+    and refresh_token), the demo public client demo-web (authorization_code with PKCE, whose
+    redirect URI is the demo client page on `demo_page_port`) and the demo user (a random
+    password); on a later start with the same database, find them and make nothing (but
+    demo-web's redirect URI, set to this start's page when it differs)."""
     import grpc
 
+    from services import demo_client
     from services.client_registry.api import (
         GRANT_CLIENT_CREDENTIALS,
         GRANT_PASSWORD,
         GRANT_REFRESH_TOKEN,
         ClientSpec,
+        ClientUpdate,
         RegistryError,
         UserSpec,
     )
@@ -479,6 +511,7 @@ async def seed_demo(stack: Stack) -> DemoSeed:
     channel = stack.channel("client_registry", caller=OPERATOR)
     registry = RegistryClient(channel)
     try:
+        await ensure_scopes(registry, DEMO_SCOPE_DESCRIPTIONS)
         existing = {c.name: c for c in await registry.list_clients()}
         await add_missing_scopes(registry, DEMO_SCOPES)  # a client may only be given catalog scopes
 
@@ -492,12 +525,30 @@ async def seed_demo(stack: Stack) -> DemoSeed:
         seed = DemoSeed(*await client(DEMO_CLIENT, [GRANT_CLIENT_CREDENTIALS], "created by make run"),
                         *await client(DEMO_APP, [GRANT_PASSWORD, GRANT_REFRESH_TOKEN],
                                       "created by make run: signs the demo user in (password grant)"))
+        redirect_uri = demo_client.redirect_uri(demo_page_port)
+        home = demo_client.base_url(demo_page_port) + "/"
+        try:
+            web = existing.get(DEMO_WEB)
+            if web is None:
+                web, _ = await registry.create_client(ClientSpec(
+                    name=DEMO_WEB, public=True, grant_types=DEMO_WEB_GRANTS, scopes=DEMO_WEB_SCOPES,
+                    redirect_uris=[redirect_uri], pkce_required=True, post_logout_redirect_uris=[home],
+                    comments="created by make run: the demo client page (services/demo_client.py) signs the "
+                             "demo user in with a browser"))
+            elif web.redirect_uris != (redirect_uri,):
+                web = await registry.update_client(web.client_id, ClientUpdate(
+                    redirect_uris=[redirect_uri], post_logout_redirect_uris=[home]))
+            seed.web_client_id = web.client_id
+            seed.demo_page_url = demo_client.base_url(demo_page_port) + "/start"
+        except (RegistryError, grpc.aio.AioRpcError) as exc:  # the other demos still work: say why, go on
+            seed.web_error = f"{type(exc).__name__}: {exc}"
         try:
             user = await registry.get_user(username=DEMO_USERNAME)
             if user is None:
                 password = secrets.token_urlsafe(16)
                 user = await registry.create_user(UserSpec(
-                    username=DEMO_USERNAME, display_name="Demo User", password=password))
+                    username=DEMO_USERNAME, display_name="Demo User", given_name="Demo", family_name="User",
+                    email=DEMO_EMAIL, password=password))
                 seed.user_password = password
             seed.user_id = user.id
         except (RegistryError, grpc.aio.AioRpcError) as exc:  # the clients still work: say why, go on
@@ -508,8 +559,9 @@ async def seed_demo(stack: Stack) -> DemoSeed:
 
 
 def demo_banner(seed: DemoSeed, edge_url: str) -> str:
-    """What `make run` prints about the demo client and user: secrets and the password only
-    when just made (the one time they are shown), and curl commands ready to paste."""
+    """What `make run` prints about the demo clients and user: secrets and the password only
+    when just made (the one time they are shown), curl commands ready to paste, and the
+    browser sign-in's start URL."""
     token_url = f"{edge_url}/oauth/token"
     out = []
     if seed.client_secret:
@@ -546,13 +598,61 @@ def demo_banner(seed: DemoSeed, edge_url: str) -> str:
                "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"refresh_token\"])'); echo\n"
                f"  curl -sS {auth} -d grant_type=refresh_token --data-urlencode \"refresh_token=$REFRESH_TOKEN\" "
                f"{token_url}\n")
+    out.append(browser_banner(seed, edge_url))
     return "\n".join(out)
 
 
-def _seed_demo(stack: Stack) -> None:
+def browser_banner(seed: DemoSeed, edge_url: str) -> str:
+    """The browser sign-in: where to start, as whom, and what happens."""
+    if seed.web_error:
+        return f"The demo public client {DEMO_WEB} could not be made: {seed.web_error}\n"
+    who = (f"username {DEMO_USERNAME}, password {seed.user_password}" if seed.user_password
+           else f"username {DEMO_USERNAME}, the password shown when it was made; "
+                f"`inboundctl user set-password {DEMO_USERNAME}` sets a new one")
+    return (f"Sign in with a browser (the demo public client {DEMO_WEB}, client_id {seed.web_client_id}: "
+            f"authorization code with PKCE S256, scopes {' '.join(DEMO_WEB_SCOPES)}):\n"
+            f"  open {seed.demo_page_url}\n"
+            f"  It makes a PKCE verifier, state and nonce and sends the browser to the authorization endpoint\n"
+            f"  {edge_url}/oauth/authorize; sign in as the demo user ({who}),\n"
+            f"  consent, and land on the demo client page, which exchanges the code and shows the tokens.\n"
+            f"  The demo client page is a development tool listening on 127.0.0.1 only.\n")
+
+
+def start_demo_page(stack: Stack, client_id: str, port: int = DEMO_PAGE_PORT, *, echo: bool = True) \
+        -> subprocess.Popen:
+    """The demo client page (services/demo_client.py) as a process of its own on 127.0.0.1:`port`,
+    talking to this stack's edge as its issuer; returns once it listens."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INBOUND_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = subprocess.Popen([sys.executable, "-m", "services.demo_client", "--issuer", stack.edge_url,
+                             "--client-id", client_id, "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=None if echo else subprocess.DEVNULL, stderr=None if echo else subprocess.DEVNULL)
+    try:
+        wait_port(port, 30, proc, "demo_client")
+    except RuntimeError:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc
+
+
+def stop_demo_page(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _seed_demo(stack: Stack) -> DemoSeed:
     import asyncio
 
-    print("\n" + demo_banner(asyncio.run(seed_demo(stack)), stack.edge_url), flush=True)
+    seed = asyncio.run(seed_demo(stack))
+    print("\n" + demo_banner(seed, stack.edge_url), flush=True)
+    return seed
 
 
 def _nats_note(stack: Stack) -> str:
@@ -575,11 +675,13 @@ def run_forever(single: bool = False) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
     ports = {**{f"{name} {kind}": port for (name, kind), port in stack.layout.items()},
-             **{f"{name} metrics": port for name, port in stack.metrics_ports.items()}}
+             **{f"{name} metrics": port for name, port in stack.metrics_ports.items()},
+             "demo client page": DEMO_PAGE_PORT}
     busy = [f"{what} ({port})" for what, port in ports.items() if not port_free(port)]
     if busy:
         print(f"make run: ports in use: {', '.join(busy)} — is another `make run` still going?", file=sys.stderr)
         sys.exit(1)
+    demo_page: subprocess.Popen | None = None
     try:
         try:
             stack.start()
@@ -587,7 +689,12 @@ def run_forever(single: bool = False) -> None:
             print(f"make run: could not start: {exc}", file=sys.stderr)
             stopping.set()
             sys.exit(1)
-        _seed_demo(stack)
+        seed = _seed_demo(stack)
+        if seed.web_client_id:
+            try:
+                demo_page = start_demo_page(stack, seed.web_client_id)
+            except RuntimeError as exc:  # the rest of the system still works: say why, go on
+                print(f"make run: the demo client page could not start: {exc}", file=sys.stderr, flush=True)
         print(f"Inbound is up: {stack.edge_url}  (metadata: {stack.edge_url}/.well-known/oauth-authorization-server)"
               f"\ninboundctl talks to the registry at {stack.addr('client_registry')} with the operator certificate "
               f"{OPERATOR} (mutual TLS); in another shell:\n\n"
@@ -604,11 +711,15 @@ def run_forever(single: bool = False) -> None:
                 if sp.proc.poll() is not None:
                     print(f"{sp.name} exited with code {sp.proc.returncode}; stopping", flush=True)
                     stopping.set()
+            if demo_page is not None and demo_page.poll() is not None:
+                print(f"the demo client page exited with code {demo_page.returncode}; stopping", flush=True)
+                stopping.set()
             stopping.wait(0.5)
     except KeyboardInterrupt:
         pass
     finally:
         print("stopping...", flush=True)
+        stop_demo_page(demo_page)
         stack.stop()
 
 
