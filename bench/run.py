@@ -24,6 +24,10 @@
    refresh-token chains (each request presents the previous answer's refresh token) and wrong username against
    wrong password, alternating; on the single process, logins, refresh chains, and client_credentials' p99 alone
    and beside a login burst in the same process
+   The browser (bench/codeflow.py; --skip-browser leaves it out): raw RS256 signing (the ID token's) in 1.; on
+   each of the two stacks, a public client and one user per connection, each connection's browser signed in and
+   consenting once through the pages' own forms (sessions warm), then the whole authorization code flow with PKCE
+   (authorize -> code -> token) and the code-for-token exchange alone (codes minted before the window)
 7. CPU per operation of every process from /proc deltas over the measured window
 8. ratios: edge rate / bare HTTP rate, total CPU per token / raw signing cost,
    single-process rate / multi-process rate, multi-process total CPU per token / single-process,
@@ -33,7 +37,8 @@
    durable / buffered audit delivery (CPU per token, p50), mTLS / plaintext gRPC (CPU per token,
    rate, p50), logins/s/core / bare argon2id verifies/s/core and / Keycloak's published 15 per vCPU,
    refreshes/s/core / Keycloak's 120 per vCPU, client_credentials p99 beside a login burst / alone, and the
-   wrong-username / wrong-password difference of medians over their spread
+   wrong-username / wrong-password difference of medians over their spread, code flows/s/core and
+   exchanges/s/core / client_credentials tokens/s/core of the same stack, CPU per flow / raw ES256 + RS256 signing
 
 The HTTP load comes from wrk; the gRPC load from bench.grpcload, a Python grpc.aio
 process (there is no wrk for gRPC) that shares the cores with the servers and whose
@@ -62,7 +67,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bench import delivery, passwords, procstat, signing
+from bench import codeflow, delivery, passwords, procstat, signing
 from bench.loadgen import LoadGen
 from inboundlib import identity, pgroles
 from inboundlib.localservers import free_port, wait_port
@@ -612,6 +617,11 @@ def bench_edge(loadgen: LoadGen, args) -> dict:
                           f"in flight ({args.login_seconds:.0f} s), refresh chains, wrong username against wrong "
                           f"password ({args.timing_tries} tries each) ...", flush=True)
                     out["users"] = passwords.bench_stack(stack, roots, metrics_urls, args, timing=True)
+                if not args.skip_browser:
+                    print(f"   the browser: authorization code + PKCE, {args.flow_connections} browsers with warm sessions "
+                          f"(signed in, consent remembered): the whole flow, then the code exchange alone, "
+                          f"{args.warmup:.0f}+{args.seconds:.0f} s ...", flush=True)
+                    out["browser"] = codeflow.bench_stack(stack, roots, metrics_urls, args)
                 if not args.skip_introspection:
                     print(f"   introspection over gRPC: {args.introspect_tokens:,} tokens of each format, then "
                           f"{' and '.join(INTROSPECT_MODES)} calls for JWT (verified-JWT cache on"
@@ -663,6 +673,9 @@ def bench_single(loadgen: LoadGen, args) -> dict:
                           f"login burst ...", flush=True)
                     out["users"] = passwords.bench_stack(stack, roots, metrics_urls, args, timing=False,
                                                          burst_with=(loadgen, clients["jwt"]))
+                if not args.skip_browser:
+                    print("   the browser, single process: the whole code flow, then the exchange alone ...", flush=True)
+                    out["browser"] = codeflow.bench_stack(stack, roots, metrics_urls, args)
             finally:
                 stack.stop()
     finally:
@@ -750,6 +763,7 @@ def ratios(results: dict) -> dict:
     out.update(delivery.ratios(results))
     out.update(tls_ratios(results))
     out.update(passwords.ratios(results))
+    out.update(codeflow.ratios(results))
     return out
 
 
@@ -928,6 +942,7 @@ def render(results: dict) -> str:
     lines.extend(render_grpc(results))
     lines.extend(delivery.render(results))
     lines.extend(passwords.render(results))
+    lines.extend(codeflow.render(results))
     if results["warnings"]:
         w("")
         for warning in results["warnings"]:
@@ -1257,6 +1272,7 @@ def collect_warnings(results: dict) -> list[str]:
         warnings.append(f"before the bench started, the machine was already busy: {idle['busy_cores']:.2f} cores "
                         f"({idle['processes_started']} processes started in 1 s; top: {top or 'none'})")
     warnings.extend(passwords.warnings(results))
+    warnings.extend(codeflow.warnings(results))
     if not results["meta"]["loadgen"] == "wrk":
         warnings.append("wrk was not available: the Python fallback load generator competes with the server "
                         "for the same cores, so rates are lower than wrk would show")
@@ -1306,6 +1322,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timing-tries", type=int, default=100,
                         help="wrong-username and wrong-password tries each, alternating (100; 0: none)")
     parser.add_argument("--argon2-seconds", type=float, default=1.0, help="bare argon2id hash and verify (1)")
+    parser.add_argument("--skip-browser", action="store_true",
+                        help="no authorization code flow runs (nor the raw RS256 figure)")
+    parser.add_argument("--flow-connections", type=int, default=codeflow.FLOW_CONNECTIONS,
+                        help=f"browsers with warm sessions in the code flow runs ({codeflow.FLOW_CONNECTIONS})")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
 
@@ -1315,10 +1335,12 @@ def main(argv: list[str] | None = None) -> None:
     idle = idle_check()
     steps = 3 if args.skip_edge else 3 + 1 + (not args.skip_single) + (not args.skip_plaintext)
     print(f"1/{steps} raw ES256 signing and verification for {args.sign_seconds * 1.5:.0f} s"
-          f"{'' if args.skip_users else ', a bare argon2id hash and verify'} ...", flush=True)
+          f"{'' if args.skip_users else ', a bare argon2id hash and verify'}"
+          f"{'' if args.skip_browser else ', raw RS256 signing'} ...", flush=True)
     sign = signing.measure(args.sign_seconds)
     verify = signing.measure_verify(args.sign_seconds / 2)
     argon2 = {} if args.skip_users else passwords.measure_argon2(args.argon2_seconds)
+    rs256 = {} if args.skip_browser else signing.measure_rs256(args.sign_seconds / 2)
     print(f"2/{steps} bare HTTP endpoint, {args.warmup:.0f}+{args.seconds:.0f} s ...", flush=True)
     bare = bench_bare(loadgen, args)
     print(f"3/{steps} bare gRPC echo, {args.grpc_concurrency} in flight, {args.grpc_warmup:.1f}+{args.grpc_seconds:.0f} s "
@@ -1352,6 +1374,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "idle_check": idle,
         "signing": sign,
+        "signing_rs256": rs256,
         "verifying": verify,
         "bare_http": bare,
         "grpc_echo": echo,
@@ -1363,6 +1386,8 @@ def main(argv: list[str] | None = None) -> None:
         "argon2": argon2,
         "users": {mode: users for mode, users in (("edge", edge.pop("users", None)),
                                                   ("single", single.pop("users", None))) if users},
+        "browser": {mode: flows for mode, flows in (("edge", edge.pop("browser", None)),
+                                                    ("single", single.pop("browser", None))) if flows},
     }
     results["ratios"] = ratios(results) if edge else {}
     results["warnings"] = collect_warnings(results)

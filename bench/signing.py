@@ -75,3 +75,27 @@ def measure_verify(seconds: float = 1.0) -> dict:
             break
     wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
     return {"tokens": n, "wall_s": wall, "cpu_s": cpu, "tokens_per_s": n / wall, "cpu_us_per_token": cpu / n * 1e6}
+
+
+def measure_rs256(seconds: float = 1.0) -> dict:
+    """Raw RS256 signing (2048-bit RSA, pyjwt) on one core, with an ID token's claims: what token_issuer
+    signs the ID token of every authorization code flow with (INBOUND_ID_TOKEN_ALG's default)."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    claims = {**_claims(), "aud": ["c_" + secrets.token_hex(12)], "auth_time": int(time.time()),
+              "nonce": secrets.token_urlsafe(16), "sid": secrets.token_urlsafe(16)}
+    headers = {"kid": "bench-rs256", "typ": "JWT"}
+    for _ in range(20):  # warm-up
+        jwt.encode(claims, key, algorithm="RS256", headers=headers)
+    n = 0
+    wall0, cpu0 = time.perf_counter(), time.thread_time()
+    deadline = wall0 + seconds
+    while True:
+        for _ in range(10):
+            jwt.encode(claims, key, algorithm="RS256", headers=headers)
+        n += 10
+        if time.perf_counter() >= deadline:
+            break
+    wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
+    return {"tokens": n, "wall_s": wall, "cpu_s": cpu, "tokens_per_s": n / wall, "cpu_us_per_token": cpu / n * 1e6}
