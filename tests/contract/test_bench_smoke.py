@@ -241,7 +241,8 @@ def test_the_whole_bench_runs_through_both_stacks(tmp_path):
         [sys.executable, "-m", "bench", "--seconds", "0.3", "--warmup", "0.1", "--connections", "4",
          "--sign-seconds", "0.1", "--grpc-seconds", "0.2", "--grpc-warmup", "0.1", "--grpc-concurrency", "4",
          "--introspect-tokens", "8", "--login-users", "4", "--login-connections", "2", "--login-seconds", "0.3",
-         "--timing-tries", "3", "--argon2-seconds", "0.05", "--no-install", "--out", str(out)],
+         "--timing-tries", "3", "--argon2-seconds", "0.05", "--flow-connections", "2", "--no-install",
+         "--out", str(out)],
         cwd=run.ROOT, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(out.read_text())
@@ -289,6 +290,20 @@ def test_the_whole_bench_runs_through_both_stacks(tmp_path):
     assert not [w for w in results["warnings"] if w.startswith("users ") and "INVALID RUN" in w], results["warnings"]
     assert not _wiring_warnings(results["warnings"]), results["warnings"]
     assert "single process" in proc.stdout and "TOTAL server side" in proc.stdout
+    # The browser: the whole code flow and the exchange alone through both stacks, beside client_credentials.
+    assert results["signing_rs256"]["cpu_us_per_token"] > 0
+    for mode in ("edge", "single"):
+        browser = results["browser"][mode]
+        for kind in ("flow", "exchange"):
+            figures = browser[kind]
+            assert figures["ok"] > 0 and figures["non2xx"] == 0 and figures["per_core_s"] > 0, (mode, kind, figures)
+            assert not figures.get("dead_services"), (mode, kind)
+        assert browser["minted"]["codes"] >= browser["exchange"]["ok"]
+        for key in ("flow_per_core_over_cc_per_core", "exchange_per_core_over_cc_per_core",
+                    "flow_cpu_over_raw_signatures"):
+            assert results["ratios"][f"{mode}_{key}"] > 0, (mode, key)
+    assert "whole flow (authorize -> code -> token), multi-process" in proc.stdout
+    assert not [w for w in results["warnings"] if w.startswith("browser ")], results["warnings"]
 
 
 def test_delivery_ratios_and_rows_render():
@@ -438,4 +453,153 @@ def test_users_figures_ratios_and_render():
     assert passwords.warnings(results) == []
     results["users"]["edge"]["refresh"]["chains_broken"] = 2
     assert any("2 chains broken" in w for w in passwords.warnings(results))
+    json.dumps(results)
+
+
+# --- the browser's flow (bench/codeflow.py, bench/flowload.py) ---------------------------------------------
+
+SIGN_IN_PAGE = """<html><body><form method="post" action="/oauth/authorize/sign-in">
+<input type="hidden" name="csrf_token" value="csrf-1"><input type="hidden" name="request_id" value="req-1">
+<label for="u">Username</label><input id="u" name="username" type="text" autocomplete="username">
+<label for="p">Password</label><input id="p" name="password" type="password">
+<button type="submit">Sign in</button></form></body></html>"""
+CONSENT_PAGE = """<html><body><form method="post" action="/account/sign-out"><input type="hidden" name="csrf_token"
+value="csrf-2"><button type="submit">Sign out</button></form>
+<form method="post" action="/oauth/authorize/consent"><input type="hidden" name="csrf_token" value="csrf-2">
+<input type="hidden" name="request_id" value="req-1"><button type="submit" name="decision" value="deny">Deny</button>
+<button type="submit" name="decision" value="approve">Allow</button></form></body></html>"""
+
+
+def test_the_browser_s_forms_are_filled_as_a_person_would():
+    from bench import codeflow
+
+    (sign_in,) = codeflow.page_forms(SIGN_IN_PAGE)
+    fields = codeflow._submission(sign_in, "alice", "pw-1")
+    assert sign_in["action"] == "/oauth/authorize/sign-in" and sign_in["method"] == "post"
+    assert fields == {"csrf_token": "csrf-1", "request_id": "req-1", "username": "alice", "password": "pw-1"}
+    sign_out, consent = codeflow.page_forms(CONSENT_PAGE)
+    assert codeflow._submission(sign_out, "alice", "pw-1") is None  # never signs itself out
+    assert codeflow._submission(consent, "alice", "pw-1") == {"csrf_token": "csrf-2", "request_id": "req-1",
+                                                              "decision": "approve"}
+
+
+class _FakeAuthorizationServer:
+    """GET /oauth/authorize answers 302 to the redirect URI with a fresh code bound to the S256 challenge
+    (only for a browser with the session cookie); POST /oauth/token takes each code once, with its verifier."""
+
+    def __init__(self):
+        import http.server
+        import secrets as _secrets
+        import threading
+        from urllib.parse import parse_qs, urlencode, urlsplit
+
+        from inboundlib.oauth import pkce
+
+        self.codes: dict[str, str] = {}
+        self.exchanged = 0
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def answer(self, status: int, body: dict, headers: dict | None = None):
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                for k, v in {"Content-Type": "application/json", "Content-Length": str(len(data)),
+                             **(headers or {})}.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                query = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
+                if "session=warm" not in (self.headers.get("Cookie") or ""):
+                    return self.answer(200, {"page": "sign in"})
+                code = "ibc_" + _secrets.token_urlsafe(8)
+                with fake.lock:
+                    fake.codes[code] = query["code_challenge"]
+                location = query["redirect_uri"] + "?" + urlencode({"code": code, "state": query["state"]})
+                self.answer(302, {}, {"Location": location})
+
+            def do_POST(self):
+                form = {k: v[0] for k, v in parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
+                        .items()}
+                with fake.lock:
+                    challenge = fake.codes.pop(form.get("code", ""), None)
+                    good = challenge is not None and pkce.s256(form.get("code_verifier", "")) == challenge
+                    fake.exchanged += good
+                if not good:
+                    return self.answer(400, {"error": "invalid_grant"})
+                self.answer(200, {"access_token": "a", "id_token": "i", "token_type": "Bearer"})
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_flowload_runs_the_flow_mints_and_exchanges_each_code_once(tmp_path):
+    from types import SimpleNamespace
+
+    from bench import codeflow
+
+    fake = _FakeAuthorizationServer()
+    try:
+        stack = SimpleNamespace(edge_url=fake.url)
+        setup_ = {"client_id": "c1"}
+        sessions = tmp_path / "sessions.txt"
+        sessions.write_text("session=warm; csrf=x\nsession=warm\n")
+        flow = codeflow.run_flowload(stack, setup_, sessions, "flow", 2, 0.3)
+        assert flow["ok"] > 0 and flow["non2xx"] == 0 and fake.exchanged == flow["ok"]
+        codes = tmp_path / "codes.txt"
+        minted = codeflow.run_flowload(stack, setup_, sessions, "mint", 2, 5, count="20", codes_out=str(codes))
+        assert minted["ok"] >= 20 and len(codes.read_text().splitlines()) >= 20
+        before = fake.exchanged
+        exchange = codeflow.run_flowload(stack, setup_, sessions, "exchange", 2, 5, codes_in=str(codes))
+        assert exchange["ok"] == len(codes.read_text().splitlines()) and fake.exchanged - before == exchange["ok"]
+        assert exchange["codes_left"] == 0 and exchange["seconds"] < 5
+        again = codeflow.run_flowload(stack, setup_, sessions, "exchange", 2, 1, codes_in=str(codes))
+        assert again["ok"] == 0 and again["non2xx"] == exchange["ok"]  # spent codes fail, and are counted
+        cold = tmp_path / "cold.txt"
+        cold.write_text("session=cold\n")  # a browser without a session: the flow fails, counted with a sample
+        failed = codeflow.run_flowload(stack, setup_, cold, "flow", 1, 0.2)
+        assert failed["ok"] == 0 and failed["non2xx"] > 0 and failed["sample_non2xx"].startswith("authorize 200")
+    finally:
+        fake.close()
+
+
+def test_browser_figures_ratios_and_render():
+    from bench import codeflow
+
+    def fake(per_s: float, cpu_us: float) -> dict:
+        return {"ok_per_s": per_s, "ok": 100, "server_cpu_us_per_ok": cpu_us, "per_core_s": 1e6 / cpu_us,
+                "per_inbound_core_s": 2e6 / cpu_us, "cpu_us_per_ok": {"edge": cpu_us / 2, "postgres": cpu_us / 2},
+                "p50_us": 1000, "p99_us": 3000, "non2xx": 0, "socket_errors": 0, "seconds": 1.0,
+                "machine": {"other_cores": 0.0, "cores": 2, "busy_cores": 1.0}, "service_logs": {}}
+    results = {"signing": {"cpu_us_per_token": 60.0}, "signing_rs256": {"cpu_us_per_token": 340.0},
+               "edge": {"jwt": fake(3000, 400)}, "single": {"jwt": fake(3500, 300)},
+               "browser": {"edge": {"connections": 16, "flow": fake(300, 4000), "exchange": fake(700, 2000)},
+                           "single": {"connections": 16, "flow": fake(350, 3000)}}}
+    r = codeflow.ratios(results)
+    assert math.isclose(r["edge_flow_per_core_over_cc_per_core"], 0.1)
+    assert math.isclose(r["edge_exchange_per_core_over_cc_per_core"], 0.2)
+    assert math.isclose(r["edge_flow_cpu_over_raw_signatures"], 10.0)
+    assert math.isclose(r["single_flow_per_core_over_cc_per_core"], 0.1)
+    assert "single_exchange_per_core_over_cc_per_core" not in r
+    results["ratios"] = r
+    text = "\n".join(codeflow.render(results))
+    for label in ("whole flow (authorize -> code -> token), multi-process", "code exchange alone, multi-process",
+                  "client_credentials JWT, same stack and run", "whole flows/s/core / client_credentials/s/core",
+                  "CPU per flow / raw ES256 + RS256 sign"):
+        assert label in text, label
+    assert codeflow.warnings(results) == []
+    results["browser"]["edge"]["flow"]["non2xx"] = 3
+    assert any("browser edge flow: INVALID RUN" in w for w in codeflow.warnings(results))
     json.dumps(results)
