@@ -33,17 +33,19 @@ ROOT = Path(__file__).resolve().parents[1]
 SCOPE = "openid profile"  # an ID token (RS256) with the profile claims; profile needs consent
 REDIRECT_URI = "http://127.0.0.1:9/callback"  # discard port: never followed
 FLOW_CONNECTIONS = 16
-APPROVE_WORDS = ("allow", "approve", "accept", "consent", "yes", "continue")
+APPROVE_WORDS = ("allow", "approve", "accept", "authorize", "authorise", "yes")  # as tests/browser/flow.py
 
 
 # --- a browser's sign-in and consent, through the pages' own forms -----------------------------
 
 class _Forms(HTMLParser):
-    """Every <form> of a page: its action, method, fields (name -> value) and submit buttons."""
+    """Every <form> of a page: its action, method, fields (name -> value) and submit buttons
+    (name, value, the words a person reads on it)."""
 
     def __init__(self):
         super().__init__()
         self.forms: list[dict] = []
+        self._button: list | None = None
 
     def handle_starttag(self, tag, attrs):
         a = {k: v or "" for k, v in attrs}
@@ -55,12 +57,21 @@ class _Forms(HTMLParser):
         elif tag == "input":
             kind = a.get("type", "text").lower()
             if kind == "submit":
-                self.forms[-1]["buttons"].append((a.get("name", ""), a.get("value", "")))
+                self.forms[-1]["buttons"].append((a.get("name", ""), a.get("value", ""), a.get("value", "")))
             elif a.get("name"):
                 self.forms[-1]["fields"][a["name"]] = a.get("value", "")
                 self.forms[-1]["types"][a["name"]] = kind
         elif tag == "button" and a.get("type", "submit").lower() == "submit":
-            self.forms[-1]["buttons"].append((a.get("name", ""), a.get("value", "")))
+            self._button = [a.get("name", ""), a.get("value", ""), ""]
+
+    def handle_data(self, data):
+        if self._button is not None:
+            self._button[2] += data
+
+    def handle_endtag(self, tag):
+        if tag == "button" and self._button is not None and self.forms:
+            self.forms[-1]["buttons"].append((self._button[0], self._button[1], self._button[2].strip()))
+            self._button = None
 
 
 def page_forms(html: str) -> list[dict]:
@@ -80,8 +91,8 @@ def _submission(form: dict, username: str, password: str) -> dict[str, str] | No
             elif kind in ("text", "email") and not fields[name]:
                 fields[name] = username
         return fields
-    for name, value in form["buttons"]:
-        if any(word in value.lower() for word in APPROVE_WORDS):
+    for name, value, text in form["buttons"]:
+        if any(text.lower().startswith(word) or value.lower() == word for word in APPROVE_WORDS):
             if name:
                 fields[name] = value
             return fields

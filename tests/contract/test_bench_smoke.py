@@ -466,8 +466,8 @@ SIGN_IN_PAGE = """<html><body><form method="post" action="/oauth/authorize/sign-
 CONSENT_PAGE = """<html><body><form method="post" action="/account/sign-out"><input type="hidden" name="csrf_token"
 value="csrf-2"><button type="submit">Sign out</button></form>
 <form method="post" action="/oauth/authorize/consent"><input type="hidden" name="csrf_token" value="csrf-2">
-<input type="hidden" name="request_id" value="req-1"><button type="submit" name="decision" value="deny">Deny</button>
-<button type="submit" name="decision" value="approve">Allow</button></form></body></html>"""
+<input type="hidden" name="request_id" value="req-1"><button type="submit" name="decision" value="0">Deny</button>
+<button type="submit" name="decision" value="1"><span>Allow</span></button></form></body></html>"""
 
 
 def test_the_browser_s_forms_are_filled_as_a_person_would():
@@ -480,7 +480,7 @@ def test_the_browser_s_forms_are_filled_as_a_person_would():
     sign_out, consent = codeflow.page_forms(CONSENT_PAGE)
     assert codeflow._submission(sign_out, "alice", "pw-1") is None  # never signs itself out
     assert codeflow._submission(consent, "alice", "pw-1") == {"csrf_token": "csrf-2", "request_id": "req-1",
-                                                              "decision": "approve"}
+                                                              "decision": "1"}
 
 
 class _FakeAuthorizationServer:
