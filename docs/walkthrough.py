@@ -120,7 +120,7 @@ def walk(start_url: str, username: str, password: str, screenshots: bool) -> lis
             page.screenshot(path=str(DOCS / "browser-account.png"))
         page.go_back()
         page.get_by_role("button", name=re.compile("sign out of inbound", re.I)).click()
-        page.wait_for_load_state()
+        page.wait_for_url(re.compile(r"/signed-out$"))
         seen.append(f"signed out (RP-initiated logout) -> {page.url}")
         page.goto(start_url)
         expect(page.get_by_label(PASSWORD_LABEL).first).to_be_visible()

@@ -15,7 +15,10 @@ public client `demo-web`.
                    (RFC 9207), exchanges the code at the token endpoint with the verifier,
                    validates the ID token (signature against the JWKS, iss, aud, exp, nonce,
                    at_hash), then redirects to /result, so a reload never sends the code again
-- GET /result      the tokens: access token, refresh token, the ID token's claims (escaped)
+- GET /result      the tokens: access token, refresh token, the ID token's claims (escaped), and a
+                   "Sign out of Inbound" button (RP-initiated logout, with the ID token as hint)
+- GET /signed-out  where Inbound sends the browser back after that sign-out: this browser's result is
+                   forgotten
 
 Nothing here logs a code or a token (uvicorn's access log, which would print the
 callback's query, is off).
@@ -47,6 +50,7 @@ HOST = "127.0.0.1"  # loopback only: a development tool
 DEFAULT_PORT = 8090
 SCOPE = "openid profile email"
 CALLBACK_PATH = "/callback"
+SIGNED_OUT_PATH = "/signed-out"
 COOKIE = "demo_client_flow"
 PENDING_LIFETIME = 600  # seconds a started sign-in may take (Inbound's pending requests last as long)
 MAX_BROWSERS = 1000  # pending sign-ins and results kept; the oldest go first
@@ -84,7 +88,7 @@ signature, issuer, audience, expiry and nonce were checked{% if result.at_hash_c
 <form method="post" action="{{ end_session_url }}">
 <input type="hidden" name="id_token_hint" value="{{ result.id_token }}">
 <input type="hidden" name="client_id" value="{{ client_id }}">
-<input type="hidden" name="post_logout_redirect_uri" value="{{ home_url }}">
+<input type="hidden" name="post_logout_redirect_uri" value="{{ signed_out_url }}">
 <button type="submit">Sign out of Inbound</button></form>
 {% endif %}
 </main></body></html>
@@ -248,7 +252,8 @@ def create_app(client: DemoClient) -> Starlette:
     def page(title: str, status: int = 200, *, error: str = "", result: Result | None = None) -> HTMLResponse:
         metadata = client._metadata or {}
         html = _PAGE.render(title=title, error=error, result=result, client_id=client.client_id,
-                            home_url=client.base_url + "/", account_url=client.issuer.rstrip("/") + "/account",
+                            signed_out_url=client.base_url + SIGNED_OUT_PATH,
+                            account_url=client.issuer.rstrip("/") + "/account",
                             end_session_url=metadata.get("end_session_endpoint", ""))
         return HTMLResponse(html, status, headers={**PAGE_HEADERS, "Content-Security-Policy": csp})
 
@@ -284,6 +289,10 @@ def create_app(client: DemoClient) -> Starlette:
             return RedirectResponse("/", 303, headers=PAGE_HEADERS)
         return page("Signed in", result=found)
 
+    async def signed_out(request: Request) -> Response:
+        client.results.pop(request.cookies.get(COOKIE, ""), None)
+        return page("Signed out of Inbound")
+
     async def css(request: Request) -> Response:
         return Response(_CSS, media_type="text/css", headers={"Cache-Control": "max-age=300"})
 
@@ -293,7 +302,8 @@ def create_app(client: DemoClient) -> Starlette:
         await client.http.aclose()
 
     return Starlette(routes=[Route("/", home), Route("/start", start), Route(CALLBACK_PATH, callback),
-                             Route("/result", result), Route("/demo.css", css)], lifespan=lifespan)
+                             Route("/result", result), Route(SIGNED_OUT_PATH, signed_out), Route("/demo.css", css)],
+                     lifespan=lifespan)
 
 
 def base_url(port: int) -> str:
@@ -303,6 +313,11 @@ def base_url(port: int) -> str:
 def redirect_uri(port: int) -> str:
     """The demo client's redirect URI when it listens on `port` (what the registry holds for demo-web)."""
     return base_url(port) + CALLBACK_PATH
+
+
+def post_logout_redirect_uri(port: int) -> str:
+    """Where Inbound sends the browser after the demo page's sign-out (registered for demo-web)."""
+    return base_url(port) + SIGNED_OUT_PATH
 
 
 def main() -> None:

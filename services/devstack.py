@@ -526,18 +526,18 @@ async def seed_demo(stack: Stack, demo_page_port: int = DEMO_PAGE_PORT) -> DemoS
                         *await client(DEMO_APP, [GRANT_PASSWORD, GRANT_REFRESH_TOKEN],
                                       "created by make run: signs the demo user in (password grant)"))
         redirect_uri = demo_client.redirect_uri(demo_page_port)
-        home = demo_client.base_url(demo_page_port) + "/"
+        signed_out = demo_client.post_logout_redirect_uri(demo_page_port)
         try:
             web = existing.get(DEMO_WEB)
             if web is None:
                 web, _ = await registry.create_client(ClientSpec(
                     name=DEMO_WEB, public=True, grant_types=DEMO_WEB_GRANTS, scopes=DEMO_WEB_SCOPES,
-                    redirect_uris=[redirect_uri], pkce_required=True, post_logout_redirect_uris=[home],
+                    redirect_uris=[redirect_uri], pkce_required=True, post_logout_redirect_uris=[signed_out],
                     comments="created by make run: the demo client page (services/demo_client.py) signs the "
                              "demo user in with a browser"))
-            elif web.redirect_uris != (redirect_uri,):
+            elif web.redirect_uris != (redirect_uri,) or web.post_logout_redirect_uris != (signed_out,):
                 web = await registry.update_client(web.client_id, ClientUpdate(
-                    redirect_uris=[redirect_uri], post_logout_redirect_uris=[home]))
+                    redirect_uris=[redirect_uri], post_logout_redirect_uris=[signed_out]))
             seed.web_client_id = web.client_id
             seed.demo_page_url = demo_client.base_url(demo_page_port) + "/start"
         except (RegistryError, grpc.aio.AioRpcError) as exc:  # the other demos still work: say why, go on

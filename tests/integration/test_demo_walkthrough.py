@@ -47,7 +47,7 @@ async def test_the_demo_public_client_has_the_promised_settings(stack, registry,
     assert web.name == DEMO_WEB and web.public and web.secret_hash == "" and web.pkce_required and web.active
     assert set(web.grant_types) == set(DEMO_WEB_GRANTS) and set(web.scopes) == set(DEMO_WEB_SCOPES)
     assert web.redirect_uris == (f"http://127.0.0.1:{port}/callback",)
-    assert web.post_logout_redirect_uris == (f"http://127.0.0.1:{port}/",)
+    assert web.post_logout_redirect_uris == (f"http://127.0.0.1:{port}/signed-out",)
     catalog = await registry.scopes.get_scopes(DEMO_WEB_SCOPES)
     assert all(catalog), catalog
     assert seed.demo_page_url == f"http://127.0.0.1:{port}/start"

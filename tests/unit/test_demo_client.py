@@ -119,6 +119,9 @@ async def test_the_callback_exchanges_with_the_verifier_and_shows_the_tokens_esc
     assert "<script>" not in page.text and "&lt;script&gt;" in page.text
     assert "at_hash" in page.text and '"preferred_username": "demo"' in page.text.replace("&#34;", '"')
     assert page.headers["cache-control"] == "no-store" and "script-src" not in page.headers["content-security-policy"]
+    assert 'name="post_logout_redirect_uri" value="http://127.0.0.1:8090/signed-out"' in page.text
+    assert (await browser.get("/signed-out")).status_code == 200
+    assert (await browser.get("/result")).status_code == 303  # the result is forgotten after sign-out
     # The code is never sent twice: a reload of the callback finds no pending sign-in.
     again = await browser.get("/callback", params={"code": "ibc_code", "state": params["state"], "iss": ISSUER})
     assert again.status_code == 400 and len(fake.exchanges) == 1
