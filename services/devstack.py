@@ -453,9 +453,6 @@ DEMO_PAGE_PORT = 8090  # make run: the demo client page, on 127.0.0.1 only
 DEMO_USERNAME = "demo"
 DEMO_EMAIL = "demo@example.com"
 DEMO_SCOPES = ["api.read", "api.write"]
-# Catalog entries for the demo clients' API scopes (openid, profile and email come with migration 0007).
-DEMO_SCOPE_DESCRIPTIONS = {"api.read": "Read the data of the APIs Inbound protects",
-                           "api.write": "Change the data of the APIs Inbound protects"}
 
 
 @dataclass
@@ -472,20 +469,6 @@ class DemoSeed:
     web_client_id: str = ""  # the public client demo-web ("" when it could not be made: web_error says why)
     web_error: str = ""
     demo_page_url: str = ""  # the demo client page's start URL (it redirects to /oauth/authorize)
-
-
-async def ensure_scopes(registry, descriptions: dict[str, str]) -> None:
-    """Put each scope into the catalog unless it is there (a client may only be given catalog
-    scopes); consent required, as an API scope should be."""
-    from services.client_registry.api import AlreadyExists
-
-    known = {s.name for s in await registry.scopes.list_scopes()}
-    for name, description in descriptions.items():
-        if name not in known:
-            try:
-                await registry.scopes.create_scope(name, description, True)
-            except AlreadyExists:  # made meanwhile by someone else: what we wanted
-                pass
 
 
 async def seed_demo(stack: Stack, demo_page_port: int = DEMO_PAGE_PORT) -> DemoSeed:
@@ -511,7 +494,6 @@ async def seed_demo(stack: Stack, demo_page_port: int = DEMO_PAGE_PORT) -> DemoS
     channel = stack.channel("client_registry", caller=OPERATOR)
     registry = RegistryClient(channel)
     try:
-        await ensure_scopes(registry, DEMO_SCOPE_DESCRIPTIONS)
         existing = {c.name: c for c in await registry.list_clients()}
         await add_missing_scopes(registry, DEMO_SCOPES)  # a client may only be given catalog scopes
 
