@@ -542,8 +542,8 @@ async def seed_demo(stack: Stack, demo_page_port: int = DEMO_PAGE_PORT) -> DemoS
 
 def demo_banner(seed: DemoSeed, edge_url: str) -> str:
     """What `make run` prints about the demo clients and user: secrets and the password only
-    when just made (the one time they are shown), curl commands ready to paste, and the
-    browser sign-in's start URL."""
+    when just made (the one time they are shown), and curl commands ready to paste (the last
+    two lines: the password grant and the refresh). The browser's part: browser_banner."""
     token_url = f"{edge_url}/oauth/token"
     out = []
     if seed.client_secret:
@@ -580,12 +580,13 @@ def demo_banner(seed: DemoSeed, edge_url: str) -> str:
                "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"refresh_token\"])'); echo\n"
                f"  curl -sS {auth} -d grant_type=refresh_token --data-urlencode \"refresh_token=$REFRESH_TOKEN\" "
                f"{token_url}\n")
-    out.append(browser_banner(seed, edge_url))
     return "\n".join(out)
 
 
 def browser_banner(seed: DemoSeed, edge_url: str) -> str:
     """The browser sign-in: where to start, as whom, and what happens."""
+    if seed.user_error:
+        return ""  # demo_banner said why there is no demo user
     if seed.web_error:
         return f"The demo public client {DEMO_WEB} could not be made: {seed.web_error}\n"
     who = (f"username {DEMO_USERNAME}, password {seed.user_password}" if seed.user_password
@@ -633,7 +634,7 @@ def _seed_demo(stack: Stack) -> DemoSeed:
     import asyncio
 
     seed = asyncio.run(seed_demo(stack))
-    print("\n" + demo_banner(seed, stack.edge_url), flush=True)
+    print("\n" + demo_banner(seed, stack.edge_url) + "\n" + browser_banner(seed, stack.edge_url), flush=True)
     return seed
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shlex
 
-from services.devstack import DEMO_APP, DEMO_USERNAME, DEMO_WEB, DemoSeed, demo_banner
+from services.devstack import DEMO_APP, DEMO_USERNAME, DEMO_WEB, DemoSeed, browser_banner, demo_banner
 
 EDGE = "http://127.0.0.1:8080"
 PAGE = "http://127.0.0.1:8090/start"
@@ -57,17 +57,19 @@ def test_a_user_that_could_not_be_made_is_said_and_the_clients_still_shown():
 
 
 def test_the_banner_prints_the_browser_sign_in_s_start_url_and_the_demo_user():
-    fresh = demo_banner(FRESH, EDGE)
-    browser = fresh.split("Sign in with a browser", 1)[1]
+    browser = browser_banner(FRESH, EDGE)
+    assert browser.startswith("Sign in with a browser")
     assert f"open {PAGE}" in browser and f"{EDGE}/oauth/authorize" in browser
     assert f"username {DEMO_USERNAME}, password demo-password-3" in browser
     assert DEMO_WEB in browser and "webid" in browser and "127.0.0.1 only" in browser
-    again = demo_banner(AGAIN, EDGE).split("Sign in with a browser", 1)[1]
+    again = browser_banner(AGAIN, EDGE)
     assert f"open {PAGE}" in again and "demo-password-3" not in again and "set-password" in again
 
 
 def test_a_public_client_that_could_not_be_made_is_said():
     seed = DemoSeed(client_id="cid", client_secret="", app_client_id="appid", app_secret="", user_id="uid",
                     web_error="InvalidArgument: unknown scopes")
-    banner = demo_banner(seed, EDGE)
+    banner = browser_banner(seed, EDGE)
     assert f"{DEMO_WEB} could not be made: InvalidArgument: unknown scopes" in banner and "open " not in banner
+    assert browser_banner(DemoSeed(client_id="cid", client_secret="", app_client_id="appid", app_secret="",
+                                   user_error="RuntimeError: no"), EDGE) == ""
