@@ -160,9 +160,9 @@ def setup(stack, connections: int) -> dict:
     for username, password in made["users"]:
         with httpx.Client(base_url=stack.edge_url, timeout=30) as http:
             verifier = secrets.token_urlsafe(48)
-            url = stack.edge_url + flowload.AUTHORIZE_PATH + "?" + httpx.QueryParams({
+            url = stack.edge_url + flowload.AUTHORIZE_PATH + "?" + str(httpx.QueryParams({
                 "response_type": "code", "client_id": made["client_id"], "redirect_uri": REDIRECT_URI,
-                "scope": SCOPE, "state": "s", "code_challenge": pkce.s256(verifier), "code_challenge_method": "S256"})
+                "scope": SCOPE, "state": "s", "code_challenge": pkce.s256(verifier), "code_challenge_method": "S256"}))
             location = sign_in_and_consent(http, url, REDIRECT_URI, username, password)
             code = parse_qs(urlsplit(location).query).get("code", [""])[0]
             reply = http.post(flowload.TOKEN_PATH, data={"grant_type": "authorization_code", "code": code,
