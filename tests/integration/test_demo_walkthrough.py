@@ -29,8 +29,14 @@ pytestmark = pytest.mark.both_modes
 
 
 @pytest.fixture(scope="module")
-async def demo(stack):
-    """seed_demo as make run calls it, and the demo client page it starts (on a free port)."""
+async def demo(stack, registry):
+    """seed_demo as make run calls it, and the demo client page it starts (on a free port). What the
+    seed made is deleted afterwards: the session's system is left as found (tests/integration/
+    test_inboundctl_users.py checks make run's first seed on it)."""
+    from services.devstack import DEMO_USERNAME
+
+    clients_before = {c.client_id for c in await registry.list_clients()}
+    user_before = await registry.get_user(username=DEMO_USERNAME)
     port = free_port()
     seed = await seed_demo(stack, demo_page_port=port)
     assert seed.web_error == "" and seed.web_client_id, seed.web_error
@@ -39,6 +45,11 @@ async def demo(stack):
         yield seed, port
     finally:
         stop_demo_page(page)
+        for client_id in (seed.client_id, seed.app_client_id, seed.web_client_id):
+            if client_id not in clients_before:
+                await registry.delete_client(client_id)
+        if user_before is None and seed.user_id:
+            await registry.delete_user(seed.user_id)
 
 
 async def test_the_demo_public_client_has_the_promised_settings(stack, registry, demo):
