@@ -24,7 +24,7 @@ from inboundlib.oauth import oidc, pkce
 from services.authorization_code import codes
 from services.authorization_code.api import ConsentPage, Redirect, SignInPage
 from services.authorization_code.assembly import connect
-from services.client_registry.api import UserSpec
+from services.client_registry.api import UserSpec, UserUpdate
 from services.modules import TABLE
 from tests.support import EDGE, audit_caught_up, eventually
 
@@ -153,7 +153,7 @@ async def test_a_public_app_exchanges_its_code_with_pkce_for_tokens_and_an_id_to
 
 
 async def test_a_confidential_client_authenticates_and_may_skip_pkce(stack, authorization, app, user):
-    client, secret = await app(public=False, pkce_required=False)
+    client, secret = await app(public=False, pkce_required=False, grant_types=["authorization_code"])
     record, password = user
     code = await mint(authorization, client, record, password, scope="api.read")
     reply = await exchange(stack, code, client)
@@ -162,6 +162,17 @@ async def test_a_confidential_client_authenticates_and_may_skip_pkce(stack, auth
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert "id_token" not in body, "no openid, no ID token"
+    assert "refresh_token" not in body, "the client may not use the refresh_token grant"
+
+
+async def test_a_disabled_users_code_is_refused(stack, authorization, app, user, registry):
+    """The user was disabled between the code and its exchange: no tokens."""
+    client, _ = await app()
+    record, password = user
+    verifier = _verifier()
+    code = await mint(authorization, client, record, password, verifier=verifier)
+    await registry.update_user(record.id, UserUpdate(active=False))
+    _refused(await exchange(stack, code, client, verifier=verifier))
 
 
 async def test_a_reused_code_is_refused_and_revokes_the_first_uses_tokens(stack, authorization, app, user, issuer):
