@@ -392,7 +392,7 @@ def code_outcome_to_pb(o: CodeOutcome) -> pb.CodeConsumption:
     if isinstance(o, AuthorizationCodeRecord):
         return pb.CodeConsumption(code=code_to_pb(o))
     if isinstance(o, CodeReused):
-        return pb.CodeConsumption(reused=True)
+        return pb.CodeConsumption(reused=True, reused_grant_id=o.grant_id)
     if isinstance(o, CodeNotFound):
         return pb.CodeConsumption(not_found=True)
     return pb.CodeConsumption(error=item_error_to_pb(o))
@@ -403,7 +403,7 @@ def code_outcome_from_pb(m: pb.CodeConsumption) -> CodeOutcome:
     if kind == "code":
         return code_from_pb(m.code)
     if kind == "reused":
-        return CodeReused()  # the grant id stays in the registry (its log and the revocation)
+        return CodeReused(grant_id=m.reused_grant_id)
     if kind == "not_found":
         return CodeNotFound()
     return item_error_from_pb(m.error) or ItemError("internal", "no outcome")
