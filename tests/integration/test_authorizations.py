@@ -358,6 +358,7 @@ async def test_one_round_trip_through_the_registrys_service(stack, registry, web
         first, second = await asyncio.gather(*(store.consume_authorization_codes(
             [CodeToConsume(sha(code), web.client_id)]) for _ in range(2)))
         assert sorted(type(o).__name__ for o in first + second) == ["AuthorizationCodeRecord", "CodeReused"]
+        assert [o for o in first + second if isinstance(o, CodeReused)] == [CodeReused(grant_id=record.grant_id)]
         await store.grant_consent(user_id, web.client_id, ["openid"])
         assert (await store.withdraw_consent(user_id, web.client_id, "user")) == (True, 1)
         with pytest.raises(InvalidArgument):
@@ -417,3 +418,29 @@ async def test_the_purge_keeps_what_can_still_matter_and_drops_the_rest(stack, r
         assert not await present("user_grants", "grant_id", used_record.grant_id)
     finally:
         await owner.close()
+
+
+async def test_the_purge_keeps_a_grant_record_while_its_refresh_family_lives(stack, repo, pool, registry, issuer,
+                                                                            web):
+    """A user grant is forgotten only once no token of it can live: a refresh token of the grant
+    (unexpired, not revoked) keeps it, so withdrawing the consent later still ends the family."""
+    user_id = await new_user(registry)
+    _, record = code_for(web, user_id)
+    await repo.create_authorization_code(record, 60)
+    tokens = await issuer.issue(IssueRequest(client_id=web.client_id, subject=user_id, scopes=("api.read",),
+                                             format="jwt", lifetime_seconds=600, grant_id=record.grant_id,
+                                             refresh_token_lifetime=30 * 86400))
+    owner = await asyncpg.connect(stack.database_url)
+    try:
+        # Old enough to go but for its family: created, and the refresh token issued, long ago.
+        await owner.execute("UPDATE user_grants SET created_at = now() - make_interval(secs => $2)"
+                            " WHERE grant_id = $1", record.grant_id, float(GRANT_REVOCATION_LIFETIME + 3600))
+        await owner.execute("UPDATE opaque_tokens SET issued_at = now() - make_interval(secs => $2)"
+                            " WHERE grant_id = $1", record.grant_id, float(GRANT_REVOCATION_LIFETIME + 3600))
+    finally:
+        await owner.close()
+    await repo.purge_expired()
+    assert await pool.fetchval("SELECT count(*) FROM user_grants WHERE grant_id = $1", record.grant_id) == 1
+    await repo.grant_consent(user_id, web.client_id, ["api.read"])
+    assert await repo.withdraw_consent(user_id, web.client_id, "user") == (True, 1)
+    assert not (await issuer.introspect(tokens.refresh_token)).active
