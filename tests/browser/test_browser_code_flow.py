@@ -145,6 +145,15 @@ async def test_implicit_tokens_arrive_in_the_fragment_only(stack, browser_page, 
     info = await issuer.introspect(fragment["access_token"])
     assert info.active and info.sub == user.id
 
+    # Tokens are never put in the query, even when the client asks for it (Multiple Response
+    # Type Encoding Practices §2.1): the request is refused, and in the fragment.
+    query_mode = auth_request(stack.edge_url, client, response_type="id_token token", pkce=False,
+                              response_mode="query")
+    await page.goto(query_mode.url)
+    landed = await wait_for_client(page, query_mode.redirect_uri)
+    assert landed.fragment["error"] == "invalid_request" and landed.fragment["state"] == query_mode.state
+    assert "access_token" not in landed.query and "access_token" not in landed.fragment
+
 
 async def test_implicit_is_refused_to_a_client_not_allowed_it(stack, browser_page, client_callback):
     page = browser_page
