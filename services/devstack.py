@@ -678,7 +678,8 @@ def run_forever(single: bool = False) -> None:
                 demo_page = start_demo_page(stack, seed.web_client_id)
             except RuntimeError as exc:  # the rest of the system still works: say why, go on
                 print(f"make run: the demo client page could not start: {exc}", file=sys.stderr, flush=True)
-        print(f"Inbound is up: {stack.edge_url}  (metadata: {stack.edge_url}/.well-known/oauth-authorization-server)"
+        print(f"Inbound is up: {stack.edge_url}  (metadata: {stack.edge_url}/.well-known/oauth-authorization-server, "
+              f"{stack.edge_url}/.well-known/openid-configuration)"
               f"\ninboundctl talks to the registry at {stack.addr('client_registry')} with the operator certificate "
               f"{OPERATOR} (mutual TLS); in another shell:\n\n"
               + "".join(f"  export {k}={v}\n" for k, v in stack.tls_env(OPERATOR).items())
