@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from inboundlib.cache import CacheSettings
 from inboundlib.config import Env
 from inboundlib.hosting import HTTP, Context
+from inboundlib.oauth.oidc import id_token_alg
 from services.edge.app import EdgeConfig, create_app
 from services.edge.jwks import JwksCache, jwks_cache_settings
 from services.edge.readiness import ready_when_issuer_serves
 from services.edge.server import serve
 from services.edge.settings import EdgeSettings
-from services.token_issuer.assembly import id_token_alg
 
 log = logging.getLogger("services.edge")
 

@@ -17,6 +17,7 @@ from inboundlib.config import ConfigError, Env
 from inboundlib.events import EventBus
 from inboundlib.hosting import GRPC, INTROSPECTION, Context, Module
 from inboundlib.oauth.client_auth import ClientCredentials
+from inboundlib.oauth.oidc import id_token_alg
 from services.client_registry.api import ClientRegistryApi
 from services.client_registry.cache import ClientCache, client_cache_settings
 from services.token_issuer import server
@@ -64,13 +65,6 @@ class Settings:
             verified_jwt_cache=env.int("INBOUND_VERIFIED_JWT_CACHE", VERIFIED_CACHE_ENTRIES, minimum=0,
                                        maximum=10_000_000),
         )
-
-
-def id_token_alg(env: Env) -> str:
-    """INBOUND_ID_TOKEN_ALG: the algorithm ID tokens are signed with (RS256 by default, which
-    OpenID Connect Core §15.1 requires available). Read here by token_issuer, and by whoever
-    states it (the edge's /.well-known/openid-configuration `id_token_signing_alg_values_supported`)."""
-    return env.choice("INBOUND_ID_TOKEN_ALG", "RS256", ALGORITHMS)
 
 
 def key_encryption_keys(env: Env) -> tuple[bytes, ...]:

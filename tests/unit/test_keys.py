@@ -274,3 +274,22 @@ async def test_rewrap_reencrypts_under_the_first_key_and_rereads_a_key_another_r
     for record in store.keys:
         if record.kid != garbage.kid:
             assert open_key_record(record, KeyEncryptor(new)).kid == record.kid
+
+
+def test_id_token_algorithms_are_the_ones_keys_exist_for_and_the_setting_is_checked():
+    """The edge states INBOUND_ID_TOKEN_ALG without importing crypto code (inboundlib.oauth.oidc);
+    token_issuer must be able to make a key of whatever it allows."""
+    from inboundlib.config import ConfigError, Env
+    from inboundlib.oauth.oidc import ID_TOKEN_ALGORITHMS, id_token_alg
+    from services.token_issuer.assembly import Settings
+
+    assert sorted(ID_TOKEN_ALGORITHMS) == sorted(ALGORITHMS)
+    kek = {"INBOUND_KEY_ENCRYPTION_KEYS": "A" * 43 + "="}
+    settings = Settings.from_env(Env(kek))
+    assert (settings.alg, settings.id_token_alg, settings.id_token_lifetime) == ("ES256", "RS256", 3600)
+    assert Settings.from_env(Env({**kek, "INBOUND_ID_TOKEN_ALG": "ES256"})).id_token_alg == "ES256"
+    assert id_token_alg(Env({})) == "RS256"
+    for bad in ({"INBOUND_ID_TOKEN_ALG": "HS256"}, {"INBOUND_ID_TOKEN_LIFETIME": "0"},
+                {"INBOUND_ID_TOKEN_LIFETIME": "86401"}):
+        with pytest.raises(ConfigError):
+            Settings.from_env(Env({**kek, **bad}))

@@ -25,6 +25,18 @@ SUPPORTED_CLAIMS = ("sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "at
                     *SCOPE_CLAIMS[PROFILE], *SCOPE_CLAIMS[EMAIL])
 
 
+# The JWS algorithms an ID token may be signed with: the ones token_issuer has keys for
+# (services/token_issuer/keys.py ALGORITHMS; a unit test keeps the two equal).
+ID_TOKEN_ALGORITHMS = ("ES256", "RS256", "EdDSA")
+
+
+def id_token_alg(env) -> str:
+    """INBOUND_ID_TOKEN_ALG (an inboundlib.config.Env): what ID tokens are signed with, RS256 by
+    default (Core §15.1 requires RS256 available). token_issuer signs with it and the edge
+    states it (`id_token_signing_alg_values_supported`): both read it here."""
+    return env.choice("INBOUND_ID_TOKEN_ALG", "RS256", ID_TOKEN_ALGORITHMS)
+
+
 def user_claims(user) -> dict:
     """Every claim Inbound can state about a user (services.client_registry.api.UserRecord),
     empty strings left out (Core §5.3.2: a claim without a value is omitted)."""
