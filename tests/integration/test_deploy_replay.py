@@ -37,7 +37,8 @@ from tests.contract.test_deploy_manifests import _kubectl
 from tests.support import OPERATOR, ensure_scopes, eventually
 
 pytestmark = [pytest.mark.separate_processes, pytest.mark.slow]
-START_ORDER = ["client-registry", "audit", "token-issuer", "client-credentials", "password", "refresh-token", "edge"]
+START_ORDER = ["client-registry", "audit", "token-issuer", "client-credentials", "password", "refresh-token",
+               "authorization-code", "edge"]
 
 
 def _rendered() -> list[dict]:
