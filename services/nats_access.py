@@ -9,7 +9,7 @@ the server, not the receiver, decides who may send what:
 
 | identity | publishes (events) | subscribes (events) |
 |---|---|---|
-| client_registry | registry.client, registry.signing_key, registry.user, token.revoked (the cut-offs that disabling or deleting a client, and a user's password change, disabling or deletion record; a reused refresh token's family), token.refresh_reused, user.locked, user.lock_ended | - |
+| client_registry | registry.client, registry.signing_key, registry.user, registry.scope, token.revoked (the cut-offs that disabling or deleting a client, and a user's password change, disabling or deletion record; a reused refresh token's family), token.refresh_reused, user.locked, user.lock_ended | - |
 | token_issuer | token.issued, token.revoked, token.introspected_revoked, keys.rotated | registry.client, registry.signing_key, keys.rotated, token.revoked |
 | each grant service | token.denied | registry.client |
 | authorization_code | as a grant service, and the browser's: user.signed_in, user.sign_in_failed, consent.granted, consent.withdrawn, session.ended, code.issued | registry.client |
@@ -64,6 +64,7 @@ from inboundlib.events import (
     KEYS_ROTATED,
     REFRESH_TOKEN_REUSED,
     REVOKED_TOKEN_INTROSPECTED,
+    SCOPE_CHANGED,
     SESSION_ENDED,
     SIGNING_KEY_CHANGED,
     TOKEN_DENIED,
@@ -103,7 +104,7 @@ def _p(publish: Iterable[str] = (), subscribe: Iterable[str] = (), consumes_audi
 
 
 RULES: dict[str, Permissions] = {
-    "client_registry": _p(publish=(CLIENT_CHANGED, SIGNING_KEY_CHANGED, USER_CHANGED, TOKEN_REVOKED,
+    "client_registry": _p(publish=(CLIENT_CHANGED, SIGNING_KEY_CHANGED, USER_CHANGED, SCOPE_CHANGED, TOKEN_REVOKED,
                                    REFRESH_TOKEN_REUSED, USER_LOCKED, USER_LOCK_ENDED), creates_stream=True),
     "token_issuer": _p(publish=(TOKEN_ISSUED, TOKEN_REVOKED, REVOKED_TOKEN_INTROSPECTED, KEYS_ROTATED),
                        subscribe=(CLIENT_CHANGED, SIGNING_KEY_CHANGED, KEYS_ROTATED, TOKEN_REVOKED),

@@ -77,6 +77,7 @@ REGISTRY_CHANGED_ALL = REGISTRY_CHANGED_PREFIX + ">"
 ENTITY_CLIENT = "client"
 ENTITY_SIGNING_KEY = "signing_key"
 ENTITY_USER = "user"
+ENTITY_SCOPE = "scope"
 
 
 def registry_subject(entity: str) -> str:
@@ -92,6 +93,7 @@ TOKEN_REVOKED = "token.revoked"
 REVOKED_TOKEN_INTROSPECTED = "token.introspected_revoked"
 ACCESS_DENIED = "access.denied"
 USER_CHANGED = registry_subject(ENTITY_USER)
+SCOPE_CHANGED = registry_subject(ENTITY_SCOPE)
 USER_LOCKED = "user.locked"
 USER_LOCK_ENDED = "user.lock_ended"
 REFRESH_TOKEN_REUSED = "token.refresh_reused"
@@ -117,6 +119,7 @@ PAYLOADS: dict[str, tuple[str, str]] = {  # subject -> (payload field, registry 
     REVOKED_TOKEN_INTROSPECTED: ("revoked_token_introspected", ""),
     ACCESS_DENIED: ("access_denied", ""),
     USER_CHANGED: ("registry_changed", ENTITY_USER),
+    SCOPE_CHANGED: ("registry_changed", ENTITY_SCOPE),
     USER_LOCKED: ("user_locked", ""),
     USER_LOCK_ENDED: ("user_lock_ended", ""),
     REFRESH_TOKEN_REUSED: ("refresh_token_reused", ""),

@@ -68,7 +68,7 @@ class Registry:
         self.refresh_tokens = RefreshTokenRepository(pool, events)
         self.users = UserRepository(pool, events, passwords or Passwords(PasswordSettings()),
                                     login or LoginSettings(), sign_in_slots=sign_in_slots)
-        self.scopes = ScopeRepository(pool)
+        self.scopes = ScopeRepository(pool, events)
         self.authorizations = AuthorizationRepository(pool, events)
 
     # --- clients (api.ClientStore) ----------------------------------------------------------------

@@ -14,6 +14,7 @@ import re
 
 import asyncpg
 
+from inboundlib.events import ENTITY_SCOPE, SCOPE_CHANGED, EventBus, registry_changed
 from inboundlib.oauth.scopes import is_valid_scope_token
 from services.client_registry.api import AlreadyExists, InUse, InvalidArgument, NotFound, ScopeRecord, ScopeUpdate
 from services.client_registry.pg import ts
@@ -69,8 +70,14 @@ async def require_catalog_scopes(conn: asyncpg.Connection, scopes: list[str]) ->
 class ScopeRepository:
     """Implements api.ScopeCatalog over Postgres."""
 
-    def __init__(self, pool: asyncpg.Pool):
+    def __init__(self, pool: asyncpg.Pool, events: EventBus | None = None):
         self.pool = pool
+        self.events = events
+
+    def _changed(self, name: str, change: str) -> None:
+        """For the audit trail: every change names the operator who made it (the call's actor)."""
+        if self.events is not None:
+            self.events.publish(SCOPE_CHANGED, registry_changed(ENTITY_SCOPE, name, change))
 
     async def create_scope(self, name: str, description: str, consent_required: bool) -> ScopeRecord:
         name = check_scope_name(name)
@@ -81,6 +88,7 @@ class ScopeRepository:
         if row is None:
             raise AlreadyExists(f"the catalog has a scope {name} already")
         log.info("scope created", extra={"scope": name})
+        self._changed(name, "created")
         return _scope(row)
 
     async def get_scopes(self, names: list[str]) -> list[ScopeRecord | None]:
@@ -104,6 +112,7 @@ class ScopeRepository:
         if row is None:
             raise NotFound("no such scope")
         log.info("scope updated", extra={"scope": name})
+        self._changed(name, "updated")
         return _scope(row)
 
     async def delete_scope(self, name: str) -> bool:
@@ -121,4 +130,5 @@ class ScopeRepository:
                 raise InUse(f"scope {name} is still given to clients: {listed}")
             await conn.execute("DELETE FROM scopes WHERE name = $1", name)
         log.info("scope deleted", extra={"scope": name})
+        self._changed(name, "deleted")
         return True

@@ -22,7 +22,7 @@ from services.client_registry.api import (
     ScopeUpdate,
 )
 from services.client_registry.assembly import MIGRATIONS
-from tests.support import ensure_scopes
+from tests.support import ensure_scopes, eventually
 
 
 def unique(prefix: str) -> str:
@@ -125,6 +125,24 @@ async def test_post_logout_redirect_uris_are_checked_stored_and_read_back(regist
     await registry.update_client(client.client_id, ClientUpdate(post_logout_redirect_uris=uris[:1]))
     untouched = await registry.update_client(client.client_id, ClientUpdate(name="rp renamed"))
     assert untouched.post_logout_redirect_uris == tuple(uris[:1])
+
+
+async def test_every_change_to_a_scope_is_an_audited_registry_change_naming_the_operator(stack, registry):
+    name = unique("audited")
+    await registry.create_scope(name, "Audited", True)
+    await registry.update_scope(name, ScopeUpdate(consent_required=False))
+    await registry.delete_scope(name)
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        rows = await eventually(lambda: conn.fetch(
+            "SELECT detail->>'change' AS change, actor_kind, actor_id FROM audit_log"
+            " WHERE type = 'registry_changed' AND detail->>'entity' = 'scope' AND detail->>'id' = $1"
+            " ORDER BY occurred_at", name),
+            until=lambda rows: len(rows) == 3, message="the scope's three changes in the audit log")
+    finally:
+        await conn.close()
+    assert [r["change"] for r in rows] == ["created", "updated", "deleted"]
+    assert {(r["actor_kind"], r["actor_id"]) for r in rows} == {("operator", "dev")}
 
 
 async def test_migration_0007_puts_every_scope_clients_have_into_the_catalog(fresh_database, tmp_path):
