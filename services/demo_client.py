@@ -21,7 +21,9 @@ public client `demo-web`.
                    forgotten
 
 Nothing here logs a code or a token (uvicorn's access log, which would print the
-callback's query, is off).
+callback's query, is off). Cookies do not tell ports apart (RFC 6265 §8.5): on
+127.0.0.1 the browser also sends Inbound's cookies to this page, which neither
+reads nor logs them; a real client lives on a host of its own.
 
     python -m services.demo_client --issuer http://127.0.0.1:8080 --client-id ID --port 8090
 """
