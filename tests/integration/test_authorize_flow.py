@@ -196,3 +196,42 @@ async def test_userinfo_through_the_service(browser_service, user, spa):
     claims = await browser_service.user_info(tokens.access_token)
     assert claims["sub"] == user.id and claims["name"] == "Browser User" and "email" not in claims
     assert json.dumps(claims)
+
+
+async def test_no_secret_of_the_browser_reaches_a_log_or_the_audit_trail(stack, browser_service, user, spa):
+    """Session ids, pending request ids, codes, passwords and a username typed wrong (maybe
+    a password) appear in no service's log line and no audit row; the failed sign-in's row
+    carries a digest of the username alone."""
+    client, _ = spa
+    verifier = secrets.token_urlsafe(48)
+    typed = "typed-" + secrets.token_hex(6)
+    wrong = "wrong-" + secrets.token_hex(6)
+    page = await browser_service.authorize(query(
+        client_id=client.client_id, redirect_uri=REDIRECT, response_type="code", scope="openid profile",
+        state="s", code_challenge=s256(verifier), code_challenge_method="S256"), "")
+    await browser_service.sign_in(page.result.request_id, typed, wrong, "")
+    await browser_service.sign_in(page.result.request_id, user.username, wrong, "")
+    signed = await browser_service.sign_in(page.result.request_id, user.username, PASSWORD, "")
+    done = await browser_service.consent(signed.result.request_id, signed.session.session_id, True)
+    code = answer_of(done.result.location)["code"]
+    await browser_service.handle(TokenRequest(
+        grant_type="authorization_code", client=ClientCredentials(NONE, client.client_id, ""),
+        params=query(code=code, redirect_uri=REDIRECT, code_verifier=verifier)))
+    secrets_ = {"session id": signed.session.session_id, "sign-in request id": page.result.request_id,
+                "consent request id": signed.result.request_id, "code": code, "password": PASSWORD,
+                "wrong password": wrong, "typed username": typed}
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        rows = await eventually(lambda: conn.fetch(
+            "SELECT type, detail::text AS detail FROM audit_log WHERE client_id = $1", client.client_id),
+            until=lambda rows: {"user_sign_in_failed", "authorization_code_issued", "token_issued"}
+            <= {r["type"] for r in rows}, message="the flow's audit rows")
+    finally:
+        await conn.close()
+    failed = [json.loads(r["detail"]) for r in rows if r["type"] == "user_sign_in_failed"]
+    assert len(failed) == 2 and all(f["reason"] == "invalid" and f["username"].startswith("sha256:") for f in failed)
+    lines = [line for process in stack.services.values() for line in process.lines]
+    assert lines
+    for name, value in secrets_.items():
+        assert not [r["type"] for r in rows if value in r["detail"]], name
+        assert not [line for line in lines if value in line], name
