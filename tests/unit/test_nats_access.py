@@ -134,3 +134,40 @@ def test_the_edge_and_the_grant_services_may_not_create_the_stream():
     creators = {i for i in nats_access.identities() if "$JS.API.STREAM.CREATE.INBOUND_EVENTS" in
                 nats_access.server_permissions(Installation(), i)["publish"]["allow"]}
     assert creators == {"audit", "token_issuer", "client_registry", ALL_IN_ONE}
+
+
+def _published_by_service() -> dict[str, set[str]]:
+    """What each service of the table publishes, read from its code: its own files, the grant
+    library when it runs it (a grant service, or the edge, which imports its denial publisher),
+    and the gRPC gate's refusals when it serves gRPC."""
+    by_file = _published(p for p in [*(ROOT / "services").rglob("*.py"), *(ROOT / "libs/inboundlib").rglob("*.py")]
+                         if p.relative_to(ROOT) not in FORWARDERS)
+    grant_library = set().union(*(s for f, s in by_file.items() if f.startswith("libs/inboundlib/grants/")))
+    gate = by_file.get(str(GATE.relative_to(ROOT)), set())
+    own: dict[str, set[str]] = {}
+    for name in NAMES:
+        files = list((ROOT / "services" / name).rglob("*.py"))
+        used = set().union(*(s for f, s in by_file.items() if f.startswith(f"services/{name}/")))
+        if TABLE[name].grant_type or any("from inboundlib.grants" in f.read_text() for f in files):
+            used |= grant_library
+        if any(port.kind != HTTP for port in TABLE[name].ports):
+            used |= gate
+        own[name] = used
+    return own
+
+
+def test_no_service_may_publish_more_than_its_code_does():
+    """Least privilege, the other half of the test above: a subject a service may publish
+    but never does is one a compromised service could forge (e.g. the edge sending
+    user.signed_in or code.issued into the audit trail)."""
+    for name, used in _published_by_service().items():
+        allowed = nats_access.permissions(name).publish
+        assert allowed <= used, f"{name} may publish {sorted(allowed - used)}, which its code never does"
+
+
+def test_only_authorization_code_reports_sign_ins_consents_sessions_and_codes():
+    """The browser's audit records are believed because only the service that signs users
+    in, records consents, ends sessions and mints codes may send them."""
+    for subject in (events.USER_SIGNED_IN, events.USER_SIGN_IN_FAILED, events.CONSENT_GRANTED,
+                    events.CONSENT_WITHDRAWN, events.SESSION_ENDED, events.CODE_ISSUED):
+        assert {n for n in NAMES if subject in nats_access.permissions(n).publish} == {"authorization_code"}, subject
