@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
+from bench.loadgen import result_lines
 from inboundlib.oauth import pkce
 
 AUTHORIZE_PATH = "/oauth/authorize"
@@ -120,18 +121,10 @@ async def _main(args) -> None:
     duration = time.perf_counter() - start
     if args.mode == "mint":
         Path(args.codes_out).write_text("".join(f"{code} {verifier}\n" for code, verifier in minted))
-    lat = sorted(stats["latencies"])
-
-    def pct(p: float) -> int:
-        return int(lat[min(len(lat) - 1, int(len(lat) * p / 100))]) if lat else 0
-    mean = sum(lat) / len(lat) if lat else 0.0
-    print(f"BENCH_RESULT requests={stats['requests'] + stats['non2xx']} duration_us={int(duration * 1e6)} bytes=0 "
-          f"non2xx={stats['non2xx']} err_connect=0 err_read={stats['err_read']} err_write=0 "
-          f"err_status={stats['err_status']} err_timeout=0 mean_us={mean:.1f} p50_us={pct(50)} p90_us={pct(90)} "
-          f"p99_us={pct(99)} p999_us={pct(99.9)} max_us={int(lat[-1]) if lat else 0} "
-          f"codes_left={len(codes) if codes is not None else 0}")
-    if stats["sample"]:
-        print("BENCH_SAMPLE " + stats["sample"].replace("\r", " ").replace("\n", " "))
+    print(result_lines(requests=stats["requests"] + stats["non2xx"], seconds=duration,
+                       latencies_us=stats["latencies"], non2xx=stats["non2xx"], err_read=stats["err_read"],
+                       err_status=stats["err_status"], sample=stats["sample"],
+                       codes_left=len(codes) if codes is not None else 0))
 
 
 def main() -> None:

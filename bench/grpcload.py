@@ -33,13 +33,9 @@ import resource
 import sys
 import time
 
+from bench.loadgen import percentile
+
 CALL_TIMEOUT = 3.0
-
-
-def _pct(sorted_values: list[float], p: float) -> float:
-    if not sorted_values:
-        return 0.0
-    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * p / 100))]
 
 
 def _cpu_s() -> float:
@@ -200,8 +196,8 @@ async def _main(args) -> None:
         "mode": args.mode, "concurrency": args.concurrency, "requests": calls, "ok": phase.ok,
         "failed": phase.failed, "sample_failure": phase.sample, "seconds": duration,
         "ok_per_s": phase.ok / duration if duration else 0.0,
-        "mean_us": sum(lat) / len(lat) if lat else 0.0, "p50_us": _pct(lat, 50), "p90_us": _pct(lat, 90),
-        "p99_us": _pct(lat, 99), "p999_us": _pct(lat, 99.9), "max_us": lat[-1] if lat else 0.0,
+        "mean_us": sum(lat) / len(lat) if lat else 0.0, "p50_us": percentile(lat, 50), "p90_us": percentile(lat, 90),
+        "p99_us": percentile(lat, 99), "p999_us": percentile(lat, 99.9), "max_us": lat[-1] if lat else 0.0,
         "loadgen_cpu_s": cpu, "valid": phase.failed == 0 and phase.ok > 0,
     }
     if args.mode == "batched":

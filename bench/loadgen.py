@@ -80,6 +80,31 @@ def lua_script(body: str, headers: dict[str, str]) -> str:
     return _LUA_TEMPLATE % {"body": _lua_string(body), "headers": header_lines}
 
 
+def percentile(sorted_values: list[float], p: float) -> float:
+    """The p-th percentile of already sorted values (0 when there are none)."""
+    if not sorted_values:
+        return 0.0
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * p / 100))]
+
+
+def result_lines(*, requests: int, seconds: float, latencies_us: list[float], bytes_read: int = 0, non2xx: int = 0,
+                 err_connect: int = 0, err_read: int = 0, err_status: int = 0, sample: str = "", **extra: int) -> str:
+    """What a Python load generator (bench.pyload, bench.flowload) prints: the BENCH_RESULT
+    line wrk's done() prints (`extra` keys appended), and BENCH_SAMPLE when a non-2xx
+    answer was kept. parse_result reads it back."""
+    lat = sorted(latencies_us)
+    mean = sum(lat) / len(lat) if lat else 0.0
+    pcts = " ".join(f"{name}={int(percentile(lat, p))}" for name, p in
+                    (("p50_us", 50), ("p90_us", 90), ("p99_us", 99), ("p999_us", 99.9)))
+    line = (f"BENCH_RESULT requests={requests} duration_us={int(seconds * 1e6)} bytes={bytes_read} non2xx={non2xx} "
+            f"err_connect={err_connect} err_read={err_read} err_write=0 err_status={err_status} err_timeout=0 "
+            f"mean_us={mean:.1f} {pcts} max_us={int(lat[-1]) if lat else 0}")
+    line += "".join(f" {key}={value}" for key, value in extra.items())
+    if sample:
+        line += "\nBENCH_SAMPLE " + sample.replace("\r", " ").replace("\n", " ")
+    return line
+
+
 def parse_result(output: str) -> dict:
     """The dict from a load generator's output; raises ValueError if the result line is missing."""
     result: dict = {}

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
+from bench.loadgen import result_lines
+
 
 def _request(url, headers: dict[str, str], body: str) -> bytes:
     data = body.encode()
@@ -81,12 +83,6 @@ async def _worker(host: str, port: int, next_body, deadline: float, stats: dict,
         writer.close()
 
 
-def _pct(sorted_values: list[float], p: float) -> float:
-    if not sorted_values:
-        return 0.0
-    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * p / 100))]
-
-
 async def _main(args) -> None:
     url = urlsplit(args.url)
     headers = {"Host": url.netloc}
@@ -115,15 +111,10 @@ async def _main(args) -> None:
     duration = time.perf_counter() - start
     if args.chain_out:
         Path(args.chain_out).write_text("".join(c[0] + "\n" for c in chains))
-    lat = sorted(stats["latencies"])
-    mean = sum(lat) / len(lat) if lat else 0.0
-    print(f"BENCH_RESULT requests={stats['requests']} duration_us={int(duration * 1e6)} bytes={stats['bytes']} "
-          f"non2xx={stats['non2xx']} err_connect={stats['err_connect']} err_read={stats['err_read']} err_write=0 "
-          f"err_status={stats['err_status']} err_timeout=0 mean_us={mean:.1f} p50_us={int(_pct(lat, 50))} "
-          f"p90_us={int(_pct(lat, 90))} p99_us={int(_pct(lat, 99))} p999_us={int(_pct(lat, 99.9))} "
-          f"max_us={int(lat[-1]) if lat else 0} chains_broken={stats['chains_broken']}")
-    if stats["sample"]:
-        print("BENCH_SAMPLE " + stats["sample"].replace("\r", " ").replace("\n", " "))
+    print(result_lines(requests=stats["requests"], seconds=duration, latencies_us=stats["latencies"],
+                       bytes_read=stats["bytes"], non2xx=stats["non2xx"], err_connect=stats["err_connect"],
+                       err_read=stats["err_read"], err_status=stats["err_status"], sample=stats["sample"],
+                       chains_broken=stats["chains_broken"]))
 
 
 def main() -> None:
