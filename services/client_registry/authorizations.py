@@ -29,7 +29,6 @@ Times are this process's clock (the clock of the registry's cut-offs, api.client
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -38,12 +37,10 @@ from collections.abc import Callable
 import asyncpg
 
 from inboundlib import actors
-from inboundlib.db import UNAVAILABLE_ERRORS
 from inboundlib.events import TOKEN_REVOKED, EventBus
 from inboundlib.oauth.scopes import MAX_SCOPES, is_valid_scope_token
 from services.client_registry.api import (
     GRANT_REVOCATION_LIFETIME,
-    ITEM_INTERNAL,
     ITEM_INVALID,
     MAX_ID_LENGTH,
     REVOKE_GRANT,
@@ -62,7 +59,7 @@ from services.client_registry.api import (
     RevocationRecord,
     is_plausible_id,
 )
-from services.client_registry.pg import from_ms, from_ts, ts
+from services.client_registry.pg import from_ms, from_ts, in_transaction_retrying_deadlocks, items_side_by_side, ts
 from services.client_registry.revocations import insert_revocations
 from services.client_registry.wire import revocation_event
 
@@ -82,7 +79,6 @@ MAX_USER_AGENT = 512
 MAX_ADDRESS = 100
 # A sign-in stamped later than the registry's clock by more than this is not believed.
 CLOCK_SKEW_MS = 5_000
-DEADLOCK_ATTEMPTS = 3
 CODE_REUSE_REVOKED_BY = "service:client_registry: authorization code reused"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -406,34 +402,16 @@ class AuthorizationRepository:
     async def consume_authorization_codes(self, codes: list[CodeToConsume]) -> list[CodeOutcome]:
         """One transaction per item, side by side (each on its own connection): one item's
         trouble never fails another. The database being away fails the call, not an item."""
-        outcomes = await asyncio.gather(*(self._consume_one(c) for c in codes), return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException) and (isinstance(outcome, UNAVAILABLE_ERRORS)
-                                                        or not isinstance(outcome, Exception)):
-                raise outcome
-        results: list[CodeOutcome] = []
-        for outcome in outcomes:
-            if isinstance(outcome, Exception):
-                log.warning("authorization code consumption failed",
-                            extra={"error": type(outcome).__name__, "sqlstate": getattr(outcome, "sqlstate", "")})
-                outcome = ItemError(ITEM_INTERNAL, "the code could not be consumed")
-            results.append(outcome)
-        return results
+        return await items_side_by_side(codes, self._consume_one, "authorization code consumption",
+                                        "the code could not be consumed")
 
     async def _consume_one(self, item: CodeToConsume) -> CodeOutcome:
         problem = _check_consume(item)
         if problem:
             return ItemError(ITEM_INVALID, problem)
-        for attempt in range(DEADLOCK_ATTEMPTS):
-            try:
-                async with self.pool.acquire() as conn, conn.transaction():
-                    outcome = await self._consume_in(conn, item)
-                break
-            except asyncpg.DeadlockDetectedError:
-                # Two reuses revoking one grant's refresh family at once may lock its rows in
-                # opposite orders; Postgres ends one, and its retry finds the code consumed.
-                if attempt == DEADLOCK_ATTEMPTS - 1:
-                    raise
+        # Two reuses revoking one grant's refresh family at once may lock its rows in opposite
+        # orders; Postgres ends one, and its retry finds the code consumed.
+        outcome = await in_transaction_retrying_deadlocks(self.pool, lambda conn: self._consume_in(conn, item))
         if isinstance(outcome, _Reused):
             self._publish([outcome.revocation])
             return CodeReused(grant_id=outcome.code.grant_id)

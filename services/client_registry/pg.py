@@ -1,7 +1,9 @@
 """What every Postgres repository of the registry shares: time conversions, and
-running a batch so that one bad item never fails its neighbours."""
+running a batch so that one bad item never fails its neighbours (in one statement, or
+one transaction per item)."""
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timezone
@@ -92,3 +94,41 @@ async def _run_batch(items: list[Item], run: Callable[[list[Item]], Awaitable[li
 def _refused(what: str, exc: asyncpg.PostgresError) -> ItemError:
     log.warning("%s refused by Postgres", what, extra={"error": type(exc).__name__, "sqlstate": exc.sqlstate})
     return ItemError(ITEM_INTERNAL, f"{what} could not be stored")
+
+
+# Two transactions locking the same rows in opposite orders: Postgres ends one, which is retried.
+DEADLOCK_ATTEMPTS = 3
+
+
+async def items_side_by_side(items: Sequence[Item], one: Callable[[Item], Awaitable[Result]], what: str,
+                             failed: str) -> list[Result | ItemError]:
+    """`one` for each item, side by side (each in a transaction of its own, on its own
+    connection): one item's trouble is its ItemError (`failed` says what could not be done)
+    and never fails another. The database being away, or a cancellation, fails the call
+    (UNAVAILABLE for the caller), not an item."""
+    outcomes = await asyncio.gather(*(one(item) for item in items), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException) and (isinstance(outcome, UNAVAILABLE_ERRORS)
+                                                    or not isinstance(outcome, Exception)):
+            raise outcome
+    results: list[Result | ItemError] = []
+    for outcome in outcomes:
+        if isinstance(outcome, Exception):
+            log.warning("%s failed", what, extra={"error": type(outcome).__name__,
+                                                  "sqlstate": getattr(outcome, "sqlstate", "")})
+            outcome = ItemError(ITEM_INTERNAL, failed)
+        results.append(outcome)
+    return results
+
+
+async def in_transaction_retrying_deadlocks(pool, run: Callable[[asyncpg.Connection], Awaitable[Result]]) -> Result:
+    """`run` in a transaction of its own; a deadlock Postgres broke is retried (the retry
+    finds what the other transaction did), at most DEADLOCK_ATTEMPTS times."""
+    for attempt in range(DEADLOCK_ATTEMPTS):
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                return await run(conn)
+        except asyncpg.DeadlockDetectedError:
+            if attempt == DEADLOCK_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")

@@ -35,7 +35,6 @@ Times are this process's clock in ms, the clock the registry's cut-offs use
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -44,11 +43,9 @@ import asyncpg
 
 from inbound.events.v1 import events_pb2
 from inboundlib import actors
-from inboundlib.db import UNAVAILABLE_ERRORS
 from inboundlib.events import REFRESH_TOKEN_REUSED, TOKEN_REVOKED, EventBus, actor_to_pb
 from services.client_registry.api import (
     GRANT_REVOCATION_LIFETIME,
-    ITEM_INTERNAL,
     ITEM_INVALID,
     ITEM_NOT_FOUND,
     REFUSED_CLIENT_INACTIVE,
@@ -69,7 +66,7 @@ from services.client_registry.api import (
     RotationOutcome,
     is_plausible_id,
 )
-from services.client_registry.pg import from_ms, ms
+from services.client_registry.pg import from_ms, in_transaction_retrying_deadlocks, items_side_by_side, ms
 from services.client_registry.revocations import insert_revocations
 from services.client_registry.tokens import COLUMNS, HASH_BYTES, columns, token_record
 from services.client_registry.wire import revocation_event
@@ -80,7 +77,6 @@ log = logging.getLogger(__name__)
 MAX_GRACE_SECONDS = 300
 # An encrypted response holds an access token, a refresh token, an expiry and a scope.
 MAX_RESPONSE_BYTES = 16 * 1024
-DEADLOCK_ATTEMPTS = 3
 REUSE_REVOKED_BY = "service:client_registry: refresh token reused"
 
 # The presented token, locked; its client with it, shared-locked (see the module docstring).
@@ -165,34 +161,16 @@ class RefreshTokenRepository:
         """One transaction per item, run side by side (each on its own connection): one
         item's trouble never fails another, and one token's rotations serialise on its row.
         The database being away fails the call (UNAVAILABLE), not an item."""
-        outcomes = await asyncio.gather(*(self._rotate_one(r) for r in rotations), return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException) and (isinstance(outcome, UNAVAILABLE_ERRORS)
-                                                        or not isinstance(outcome, Exception)):
-                raise outcome
-        results: list[RotationOutcome] = []
-        for outcome in outcomes:
-            if isinstance(outcome, Exception):
-                log.warning("refresh token rotation failed", extra={"error": type(outcome).__name__,
-                                                                     "sqlstate": getattr(outcome, "sqlstate", "")})
-                outcome = ItemError(ITEM_INTERNAL, "the rotation could not be stored")
-            results.append(outcome)
-        return results
+        return await items_side_by_side(rotations, self._rotate_one, "refresh token rotation",
+                                        "the rotation could not be stored")
 
     async def _rotate_one(self, r: Rotation) -> RotationOutcome:
         problem = check_rotation(r)
         if problem:
             return ItemError(ITEM_INVALID, problem)
-        for attempt in range(DEADLOCK_ATTEMPTS):
-            try:
-                async with self.pool.acquire() as conn, conn.transaction():
-                    outcome = await self._rotate_in(conn, r)
-                break
-            except asyncpg.DeadlockDetectedError:
-                # Two reuses of one family at once lock its rows in opposite orders; Postgres
-                # ends one, and its retry finds the family revoked.
-                if attempt == DEADLOCK_ATTEMPTS - 1:
-                    raise
+        # Two reuses of one family at once lock its rows in opposite orders; Postgres ends one,
+        # and its retry finds the family revoked.
+        outcome = await in_transaction_retrying_deadlocks(self.pool, lambda conn: self._rotate_in(conn, r))
         if isinstance(outcome, _Reused):
             self._publish_reuse(outcome)
             return Refused(REFUSED_REUSED, grant_id=outcome.token.grant_id, revocation=outcome.revocation)
