@@ -193,7 +193,25 @@ def next_cursor(after: RevocationCursor, rows: list, xmin: int,
     return safe, scan, True
 
 
+# A grant revocation marks its family at its insert (_UPSERT), but a refresh token of the
+# grant stored AFTER that (an exchange whose code a second use revoked, or whose consent was
+# withdrawn, while its tokens were being issued) is refused only by the revocation row, as
+# long as the row lives: the row's deletion marks such stragglers first, in the same
+# statement, so none comes back to life once the row is gone.
+_PURGE = """
+WITH gone AS (
+    DELETE FROM revocations WHERE expires_at < now() - interval '1 day' RETURNING kind, value, client_id
+), family AS (
+    UPDATE opaque_tokens t SET revoked_at = now()
+      FROM gone g
+     WHERE g.kind = 'grant' AND t.grant_id = g.value AND t.grant_id <> '' AND t.client_id = g.client_id
+       AND t.kind = 'refresh' AND t.revoked_at IS NULL
+)
+SELECT count(*) FROM gone
+"""
+
+
 async def purge_expired(pool: asyncpg.Pool) -> int:
-    """Revocations whose tokens have been expired for a day (kept that long for investigations)."""
-    status = await pool.execute("DELETE FROM revocations WHERE expires_at < now() - interval '1 day'")
-    return int(status.split()[-1])
+    """Revocations whose tokens have been expired for a day (kept that long for investigations);
+    a purged grant revocation's refresh tokens stay revoked (see _PURGE)."""
+    return await pool.fetchval(_PURGE)

@@ -19,8 +19,10 @@ import pytest
 
 from inboundlib import identity
 from inboundlib.events import EventBus
+from services.client_registry import revocations as revocation_rows
 from services.client_registry.api import (
     GRANT_REVOCATION_LIFETIME,
+    REFUSED_REVOKED,
     AuthorizationCodeRecord,
     BrowserSession,
     ClientSpec,
@@ -30,11 +32,14 @@ from services.client_registry.api import (
     InvalidArgument,
     ItemError,
     PendingAuthorization,
+    Refused,
+    Rotation,
     UserSpec,
     UserUpdate,
 )
 from services.client_registry.authorizations import AuthorizationRepository
 from services.client_registry.client import RegistryClient
+from services.client_registry.refresh_tokens import RefreshTokenRepository
 from services.token_issuer.api import IssueRequest
 from tests.support import ensure_scopes, eventually
 
@@ -299,6 +304,43 @@ async def test_a_second_use_revokes_the_grant_of_the_first(repo, registry, issue
     await eventually(lambda: issuer.introspect(tokens.access_token), until=lambda info: not info.active,
                      message="the first use's access token is inactive")
     assert not (await issuer.introspect(tokens.refresh_token)).active
+
+
+@pytest.mark.parametrize("revoke", ["second use", "consent withdrawn"])
+async def test_a_refresh_token_stored_after_its_grant_was_revoked_stays_revoked_once_the_revocation_goes(
+        stack, repo, pool, registry, issuer, web, revoke):
+    """The first use's tokens are stored while a second use (or the user withdrawing the
+    consent) revokes the grant: the revocation marks no refresh token yet. Its row refuses the
+    straggler while it lives; when the purge removes the row, the straggler must stay revoked
+    (a refresh family outlives any revocation row by weeks)."""
+    user_id = await new_user(registry)
+    code, record = code_for(web, user_id)
+    await repo.create_authorization_code(record, 60)
+    [first] = await repo.consume_authorization_codes([CodeToConsume(sha(code), web.client_id)])
+    assert isinstance(first, AuthorizationCodeRecord)
+    if revoke == "second use":
+        assert await repo.consume_authorization_codes([CodeToConsume(sha(code), web.client_id)]) == [
+            CodeReused(grant_id=first.grant_id)]
+    else:
+        await repo.grant_consent(user_id, web.client_id, ["api.read"])
+        assert await repo.withdraw_consent(user_id, web.client_id, "user") == (True, 1)
+    tokens = await issuer.issue(IssueRequest(client_id=web.client_id, subject=user_id, scopes=("api.read",),
+                                             format="jwt", lifetime_seconds=600, grant_id=first.grant_id,
+                                             refresh_token_lifetime=30 * 86400,
+                                             authenticated_at_ms=first.created_at_ms))
+    owner = await asyncpg.connect(stack.database_url)
+    try:  # the revocation's lifetime and the day it is kept past it are over
+        await owner.execute("UPDATE revocations SET expires_at = now() - interval '2 days'"
+                            " WHERE kind = 'grant' AND value = $1", first.grant_id)
+    finally:
+        await owner.close()
+    await revocation_rows.purge_expired(pool)
+    assert await revocation_of(pool, first.grant_id) is None
+    successor = "ibr_" + secrets.token_urlsafe(32)
+    [outcome] = await RefreshTokenRepository(pool, None).rotate_refresh_tokens([Rotation(
+        token_hash=sha(tokens.refresh_token), client_id=web.client_id, new_token_hash=sha(successor),
+        new_jti=str(uuid.uuid4()), grace_seconds=5)])
+    assert isinstance(outcome, Refused) and outcome.reason == REFUSED_REVOKED, outcome
 
 
 async def test_another_clients_code_is_not_found_and_stays_consumable(repo, registry, web, other, pool):
