@@ -112,6 +112,7 @@ class TokenIssuer:
         self.keyring = KeyRing()
         self.unreadable: dict[str, str] = {}  # kid -> why this replica cannot use that stored key
         self.stored_algorithms: set[str] = set()  # of every stored key, readable or not
+        self.earliest_activation: int | None = None  # of every stored key, readable or not
         self._reload_lock = asyncio.Lock()
 
     # --- keys -----------------------------------------------------------------------------------
@@ -128,9 +129,16 @@ class TokenIssuer:
         if self.unreadable and not self.keyring.keys:
             self._refuse_unreadable()
         missing = [alg for alg in self.algorithms if alg not in self.stored_algorithms]
+        # An upgrade (keys of other algorithms stored already): replicas of the version before
+        # one key per algorithm may still run, and they sign with the newest active key of ANY
+        # algorithm and retire every older one from their JWKS. A new algorithm's first key
+        # active from now would become their access-token key (ES256 tokens turning RS256 under
+        # resource servers that expect ES256). Dated just before the earliest stored key it is
+        # never their newest; this version picks per algorithm and signs with it at once.
+        activates_at = max(0, self.earliest_activation - 1) if self.earliest_activation is not None else None
         for alg in missing:
             # RSA key generation takes tens of milliseconds: off the event loop.
-            record = await workers.CPU.submit(new_key_record, alg, self.encryptor)
+            record = await workers.CPU.submit(new_key_record, alg, self.encryptor, activates_at)
             await self.registry.add_signing_key(record, only_if_none=True)
         if missing:
             await self.reload_keys()
@@ -173,6 +181,7 @@ class TokenIssuer:
                         log.error("stored signing key skipped", extra={"kid": record.kid, "reason": str(exc)})
             self.unreadable = unreadable
             self.stored_algorithms = {r.alg for r in records}
+            self.earliest_activation = min((r.activates_at for r in records), default=None)
             UNREADABLE_KEYS.set(len(unreadable))
             self.keyring = KeyRing(keys)
 

@@ -190,6 +190,30 @@ async def test_the_issuer_creates_one_key_per_algorithm_it_signs_with_and_rotate
     assert [r.alg for r in one.keys] == ["ES256"]
 
 
+async def test_a_first_key_of_a_new_algorithm_never_becomes_an_older_replicas_signing_key():
+    """A rolling upgrade: the first new replica makes the RS256 key for ID tokens while replicas
+    of the version before still run. Those sign with the newest active key of ANY algorithm:
+    the new key must not be it, or their access tokens turn RS256 mid-upgrade."""
+    import time
+
+    from services.token_issuer.issuer import TokenIssuer
+    from tests.fakes import FakeSigningKeys
+
+    encryptor = KeyEncryptor(os.urandom(32))
+    existing = new_key_record("ES256", encryptor, activates_at=int(time.time()) - 86400)
+    store = FakeSigningKeys(existing)
+    issuer = TokenIssuer(store, encryptor, issuer="i", default_audience="a")  # ES256 access, RS256 ID tokens
+    await issuer.start()
+    [made] = [r for r in store.keys if r.alg == "RS256"]
+    # This version signs ID tokens with the new key at once, access tokens with the ES256 key still.
+    assert issuer.keyring.signing_key("RS256").kid == made.kid
+    assert issuer.keyring.signing_key("ES256").kid == existing.kid
+    assert made.kid in {k["kid"] for k in (await issuer.jwks())["keys"]}
+    # The version before (74f7054) signed with KeyRing's newest active key, whatever its algorithm.
+    ring = KeyRing([open_key_record(r, encryptor) for r in store.keys])
+    assert [k for k in ring.keys if k.activates_at <= time.time()][-1].kid == existing.kid
+
+
 def test_key_encryption_keys_come_from_a_file_a_list_or_the_older_single_setting(tmp_path):
     import base64
 
