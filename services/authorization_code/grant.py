@@ -94,6 +94,7 @@ class AuthorizationCodeGrant:
         # The code's scopes, less any the client lost since it was minted (a minute at most).
         scopes = [scope for scope in code.scopes if scope in set(client.scopes)]
         refresh = GRANT_REFRESH_TOKEN in client.grant_types
+        id_token = _id_token(code, user, scopes)
         token = await self.issuer.issue(IssueRequest(
             client_id=client.client_id, subject=user.id, username=user.username, scopes=tuple(scopes),
             format=client.token_format, lifetime_seconds=client.access_token_lifetime,
@@ -103,7 +104,12 @@ class AuthorizationCodeGrant:
             # The sign-in behind the code was checked before the code was minted: a cut-off
             # (password change, disable) recorded after that moment must cover these tokens.
             authenticated_at_ms=code.created_at_ms,
-            id_token=_id_token(code, user, scopes)))
+            id_token=id_token))
+        if id_token is not None and not token.id_token:
+            # Core §3.1.3.3: an `openid` exchange answers an ID token. A token_issuer replica of the
+            # version before ID tokens (a rolling upgrade) ignores the request's id_token field and
+            # issues the rest: never a silent OAuth-only answer to a relying party.
+            raise ServerError(detail="token_issuer issued no ID token for an openid exchange (an older replica?)")
         return TokenResponse(access_token=token.access_token, token_type=token.token_type,
                              expires_in=token.expires_in, scope=format_scope(scopes),
                              refresh_token=token.refresh_token, id_token=token.id_token)

@@ -167,6 +167,16 @@ async def test_an_id_token_with_the_codes_nonce_auth_time_sid_and_at_hash(world)
     assert id_token.claims == {}, "openid alone releases no claims beyond sub"
 
 
+async def test_an_openid_exchange_the_issuer_answers_without_an_id_token_is_a_server_error(world):
+    """A token_issuer replica from before ID tokens (a rolling upgrade) ignores IssueRequest.id_token
+    and answers the rest: the relying party gets an error, not a 200 without its ID token."""
+    code, _ = await world.mint(scopes=("openid",))
+    world.issuer = FakeIssuer()  # answers access (and refresh) tokens only, as such a replica does
+    with pytest.raises(ServerError) as caught:
+        await world.runner.handle(exchange(code))
+    assert "no ID token" in caught.value.detail
+
+
 async def test_no_id_token_without_the_openid_scope(world):
     code, _ = await world.mint(scopes=("profile", "api.read"))
     response = await world.runner.handle(exchange(code))
