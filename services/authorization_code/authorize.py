@@ -34,7 +34,8 @@ in the user's consent for this client yet (or prompt=consent) -> the consent pag
 with prompt=none consent_required. Then the answer: response_type=code mints a code
 (`ibc_` + 256 random bits, bound to everything the exchange checks) and redirects with
 code, state and iss; implicit issues the tokens through token_issuer (no refresh token,
-a shorter lifetime, an ID token with at_hash for `id_token token`) into the fragment.
+a shorter lifetime, an ID token with at_hash and the claims the scopes release for
+`id_token token`, as the code exchange's) into the fragment.
 
 Sign-in (`sign_in`) always starts a NEW session (no session fixation: the id the
 browser had is ended, not reused) and answers one generic message for an unknown
@@ -536,13 +537,18 @@ class Authorization:
                         cookie: SessionCookie | None) -> AuthorizeOutcome:
         """RFC 6749 §4.2.2 (and Core §3.2.2.5 for `id_token token`): tokens in the fragment,
         no refresh token (§4.2.2), the grant recorded so a withdrawn consent ends it."""
-        grant_id = secrets.token_urlsafe(16)
-        await self.store.record_user_grant(session.user_id, client.client_id, grant_id)
         id_token = None
         if request.response_type == ID_TOKEN_TOKEN:
-            # Core §5.4: with an access token issued, the scopes' claims are UserInfo's, not the ID token's.
+            # The claims the granted scopes release, as the code exchange's ID token carries them
+            # (grant.py): one rule for every ID token Inbound issues, whatever the flow. Core §5.4
+            # lets an OP leave them to UserInfo when an access token is issued; it does not require it.
+            user = await self.store.get_user(id=session.user_id)
+            if user is None or not user.active:  # the session outlived its user by a moment
+                return self._redirect_error(AccessDenied("The user cannot sign in."), request, cookie)
             id_token = IdTokenRequest(nonce=request.nonce, auth_time=session.auth_time_ms // 1000, sid=session.sid,
-                                      at_hash=True)
+                                      claims=oidc.claims_for(user, request.scopes), at_hash=True)
+        grant_id = secrets.token_urlsafe(16)
+        await self.store.record_user_grant(session.user_id, client.client_id, grant_id)
         try:
             issued = await self.issuer.issue(IssueRequest(
                 client_id=client.client_id, subject=session.user_id, scopes=request.scopes,

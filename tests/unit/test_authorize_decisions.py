@@ -404,6 +404,30 @@ async def test_implicit_tokens_in_the_fragment_without_a_refresh_token(world):
     assert (ALICE.id, "spa", request.grant_id) in world.state.user_grants  # a withdrawn consent ends it
 
 
+async def test_an_implicit_id_token_carries_the_scopes_claims_as_the_code_exchanges_does(world):
+    """One rule for every ID token (the issue: "the claims the granted scopes release"):
+    `id_token token` releases what the code exchange's ID token does for the same scopes."""
+    from services.authorization_code import grant
+
+    session_id, outcome = await signed_in(world, client_id="spa", response_type="id_token token",
+                                          scope="openid profile", nonce="n-3")
+    done = await world.authorization.consent(outcome.result.request_id, session_id, True)
+    assert "access_token" in response_of(done.result.location)
+    [request] = world.issuer.requests
+    assert request.id_token.claims["name"] == "Alice" and request.id_token.claims["preferred_username"] == "alice"
+    # The exchange's ID token for the same user and scopes, as grant.py builds it.
+    exchanged = grant._id_token(_code_record(), ALICE, ["openid", "profile"])
+    assert request.id_token.claims == exchanged.claims and "email" not in request.id_token.claims
+
+
+def _code_record():
+    from services.client_registry.api import AuthorizationCodeRecord
+    return AuthorizationCodeRecord(code_hash=b"x", client_id="spa", redirect_uri=REDIRECT,
+                                   scopes=("openid", "profile"), user_id=ALICE.id, username="alice", sid="s",
+                                   auth_time_ms=0, nonce="", code_challenge="", code_challenge_method="",
+                                   grant_id="g")
+
+
 # --- account, withdrawal, sign-out -----------------------------------------------------------------------
 
 async def test_withdrawing_a_consent_revokes_its_grants(world):
