@@ -86,8 +86,10 @@ class LocalAuthorizationCode:
                                                          request_id=request_id)
 
     async def end_session(self, session_id: str, params: Mapping[str, tuple[str, ...]], *,
-                          context: RequestContext = NO_CONTEXT, request_id: str = "") -> EndSessionOutcome:
-        return await self.authorization.end_session(session_id, params, context=context, request_id=request_id)
+                          user_confirmed: bool = False, context: RequestContext = NO_CONTEXT,
+                          request_id: str = "") -> EndSessionOutcome:
+        return await self.authorization.end_session(session_id, params, user_confirmed=user_confirmed,
+                                                    context=context, request_id=request_id)
 
     async def user_info(self, access_token: str, *, request_id: str = "") -> dict:
         return await self.authorization.user_info(access_token, request_id=request_id)

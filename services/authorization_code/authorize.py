@@ -688,11 +688,17 @@ class Authorization:
     # --- sign-out and RP-initiated logout --------------------------------------------------------------
 
     async def end_session(self, session_id: str, params: Mapping[str, tuple[str, ...]], *,
-                          context: RequestContext = NO_CONTEXT, request_id: str = "") -> EndSessionOutcome:
-        """Sign-out, and OpenID Connect RP-Initiated Logout 1.0 §2-§3: the session ends
-        either way; the browser goes to the client's post_logout_redirect_uri only when it
-        is exactly one registered for the client that the verified id_token_hint (or
-        client_id) names, with `state` echoed; else it sees the signed-out page."""
+                          user_confirmed: bool = False, context: RequestContext = NO_CONTEXT,
+                          request_id: str = "") -> EndSessionOutcome:
+        """Sign-out (`user_confirmed`: the account page's form, CSRF-checked by the edge), and
+        OpenID Connect RP-Initiated Logout 1.0 §2-§3. RP-initiated, this browser's live session
+        ends only for a verified id_token_hint of it (its sid; its user when the hint has no
+        sid): §2, the OP MUST ask the user otherwise, or any site could sign them out with a
+        link. Then the browser goes to the account page, whose Sign out button asks, and
+        nothing ends. With no session in this browser, a hint's sid ends that session. The
+        browser goes to the client's post_logout_redirect_uri only when it is exactly one
+        registered for the client that the verified id_token_hint (or client_id) names, with
+        `state` echoed; else it sees the signed-out page."""
         signed_out = EndSessionOutcome(ErrorPage(error="", description=SIGNED_OUT, http_status=200),
                                        session=SessionCookie(clear=True))
         try:
@@ -706,6 +712,10 @@ class Authorization:
                 client_id = ""  # they disagree: trust neither
             elif hinted_clients and not client_id:
                 client_id = hinted_clients[0] if len(hinted_clients) == 1 else ""
+            if session is not None and not user_confirmed and not _hint_names(hint, session):
+                log.info("logout not tied to this browser's session: the user is asked on the account page",
+                         extra={"detail": "id_token_hint of another session" if hint else "no id_token_hint"})
+                return EndSessionOutcome(Redirect(self._account_url()))
             ended_sid = ""
             if session is not None:
                 await self.store.end_session(id_hash=secret_hash(session_id))
@@ -717,8 +727,8 @@ class Authorization:
                 with acting_user(user_id):
                     self.events.publish(SESSION_ENDED, events_pb2.Event(
                         browser_session_ended=events_pb2.BrowserSessionEnded(
-                            user_id=user_id, sid=ended_sid, reason="rp_logout" if params else "sign_out",
-                            client_id=client_id if params else "")))
+                            user_id=user_id, sid=ended_sid, reason="sign_out" if user_confirmed else "rp_logout",
+                            client_id="" if user_confirmed else client_id)))
             target = one.get("post_logout_redirect_uri", "")
             if target and client_id and len(client_id) <= 256:
                 client = await self.clients.get_client(client_id)
@@ -835,6 +845,15 @@ def acting_user(user_id: str):
         yield
     finally:
         actors.actor_var.reset(token)
+
+
+def _hint_names(hint: dict | None, session: BrowserSession) -> bool:
+    """Does a verified id_token_hint belong to `session` (RP-Initiated Logout 1.0 §2)?"""
+    if not hint:
+        return False
+    if hint.get("sid"):
+        return str(hint["sid"]) == session.sid
+    return str(hint.get("sub", "")) == session.user_id
 
 
 def _display(client: ClientRecord) -> ClientDisplay:

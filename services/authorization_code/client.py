@@ -101,10 +101,11 @@ class AuthorizationClient:
             client_id=client_id), timeout=TIMEOUT))
 
     async def end_session(self, session_id: str, params: Mapping[str, tuple[str, ...]], *,
-                          context: RequestContext = NO_CONTEXT, request_id: str = "") -> api.EndSessionOutcome:
+                          user_confirmed: bool = False, context: RequestContext = NO_CONTEXT,
+                          request_id: str = "") -> api.EndSessionOutcome:
         reply = await self.stub.EndSession(pb.EndSessionRequest(
             meta=meta(request_id, TIMEOUT), context=context_to_pb(context), session_id=session_id,
-            params=params_to_pb(params)), timeout=TIMEOUT)
+            params=params_to_pb(params), user_confirmed=user_confirmed), timeout=TIMEOUT)
         result = api.Redirect(reply.redirect.location) if reply.WhichOneof("outcome") == "redirect" \
             else _error_page(reply.page)
         return api.EndSessionOutcome(result, session=_cookie(reply.session, reply.HasField("session")))

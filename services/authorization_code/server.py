@@ -118,8 +118,8 @@ class AuthorizationServicer(authorize_pb2_grpc.AuthorizationServicer):
 
     async def EndSession(self, request, context):
         return end_session_to_pb(await self._call(request, lambda: self.api.end_session(
-            request.session_id, params_from_pb(request.params), context=_context(request),
-            request_id=request.meta.request_id)))
+            request.session_id, params_from_pb(request.params), user_confirmed=request.user_confirmed,
+            context=_context(request), request_id=request.meta.request_id)))
 
     async def UserInfo(self, request, context):
         async def work():

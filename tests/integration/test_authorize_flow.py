@@ -172,7 +172,11 @@ async def test_sign_out_ends_the_session(browser_service, user, spa):
     signed = await browser_service.sign_in(page.result.request_id, user.username, PASSWORD, "")
     session_id = signed.session.session_id
     assert (await browser_service.account(session_id)).signed_in
-    out = await browser_service.end_session(session_id, {})
+    # A logout another site sends the browser to, without an ID token of this session, ends nothing.
+    asked = await browser_service.end_session(session_id, {"client_id": (client.client_id,)})
+    assert isinstance(asked.result, Redirect) and asked.result.location.endswith("/account")
+    assert (await browser_service.account(session_id)).signed_in
+    out = await browser_service.end_session(session_id, {}, user_confirmed=True)
     assert out.session.clear and isinstance(out.result, ErrorPage) and out.result.http_status == 200
     assert not (await browser_service.account(session_id)).signed_in
     # The same request again now needs a sign-in.

@@ -442,7 +442,7 @@ async def test_withdrawing_a_consent_revokes_its_grants(world):
 
 async def test_sign_out_ends_the_session(world):
     session_id, _ = await signed_in(world)
-    out = await world.authorization.end_session(session_id, {})
+    out = await world.authorization.end_session(session_id, {}, user_confirmed=True)
     assert isinstance(out.result, ErrorPage) and out.result.http_status == 200 and out.session.clear
     assert not world.state.sessions
     assert not (await world.authorization.account(session_id)).signed_in
@@ -528,6 +528,33 @@ async def test_an_id_token_hint_names_the_client_and_ends_its_session(world, mon
     out = await world.authorization.end_session("", {**bye, "id_token_hint": (hint,)})
     assert out.result == Redirect("https://app.example.com/bye?state=st") and out.session.clear
     assert not world.state.sessions  # ended by the hint's sid (no cookie came with it)
+
+
+async def test_a_logout_not_tied_to_this_session_ends_nothing_and_asks_the_user(world, monkeypatch):
+    """RP-Initiated Logout 1.0 §2: without an id_token_hint of the browser's current session
+    the OP MUST ask, else any site signs the user out with a link (the cookie is SameSite=Lax:
+    sent on a top-level GET). The browser goes to the account page, whose Sign out asks."""
+    key, jwk = _rsa_key("k1")
+
+    async def jwks():
+        return {"keys": [jwk]}
+
+    monkeypatch.setattr(world.issuer, "jwks", jwks)
+    world.clients.put(dataclasses.replace(await world.clients.get_client("web"),
+                                          post_logout_redirect_uris=("https://app.example.com/bye",)))
+    session_id, _ = await signed_in(world)
+    session = world.state.sessions[secret_hash(session_id)]
+    bye = {"client_id": ("web",), "post_logout_redirect_uri": ("https://app.example.com/bye",)}
+    claims = {"iss": ISSUER, "sub": ALICE.id, "aud": "web", "iat": 1, "exp": 2}
+    another_session = jwt.encode({**claims, "sid": "another-sid"}, key, algorithm="RS256", headers={"kid": "k1"})
+    for params in ({}, bye, {**bye, "id_token_hint": (another_session,)}):
+        asked = await world.authorization.end_session(session_id, params)
+        assert asked.result == Redirect(ISSUER + "/account") and asked.session is None, params
+        assert secret_hash(session_id) in world.state.sessions, params
+    this_session = jwt.encode({**claims, "sid": session.sid}, key, algorithm="RS256", headers={"kid": "k1"})
+    out = await world.authorization.end_session(session_id, {**bye, "id_token_hint": (this_session,)})
+    assert out.result == Redirect("https://app.example.com/bye") and out.session.clear
+    assert not world.state.sessions
 
 
 async def test_a_code_is_sent_only_once_its_audit_record_is_kept(world, monkeypatch):

@@ -67,8 +67,9 @@ class FakeAuthorization(FakeGrant):
         self.calls.append(("withdraw_consent", session_id, client_id))
         return self.account_result
 
-    async def end_session(self, session_id, params, *, context=api.NO_CONTEXT, request_id=""):
-        self.calls.append(("end_session", session_id, dict(params)))
+    async def end_session(self, session_id, params, *, user_confirmed=False, context=api.NO_CONTEXT,
+                          request_id=""):
+        self.calls.append(("end_session", session_id, dict(params), user_confirmed))
         return self.end_session_outcome
 
     async def user_info(self, access_token, *, request_id=""):
@@ -278,7 +279,8 @@ async def test_a_session_cookie_the_outcome_clears_is_cleared():
         reply = await http.post("/account/sign-out", data={"csrf_token": page.field("csrf_token")})
     assert reply.status_code == 200 and "You are signed out" in reply.text
     assert set_cookies(reply)["__Host-inbound_session"]["max-age"] == "0"
-    assert service.calls[-1] == ("end_session", "old", {})
+    # The user asked on our page (its CSRF token checked): the service may end the session outright.
+    assert service.calls[-1] == ("end_session", "old", {}, True)
 
 
 async def test_a_session_without_a_lifetime_is_a_browser_session_cookie_not_a_deleted_one():
@@ -541,7 +543,8 @@ async def test_rp_initiated_logout_redirects_to_exactly_the_services_location_an
     assert got.status_code == 302 and got.headers["location"] == "https://app.example/bye?state=1"
     assert posted.status_code == 303 and posted.headers["location"] == "https://app.example/bye?state=1"
     assert set_cookies(got)["__Host-inbound_session"]["max-age"] == "0"
-    assert service.calls[0] == ("end_session", "s1", {"client_id": ("app",), "state": ("1",)})
+    # Another site sent the browser: never said to be the user's own request (RP-Initiated Logout §2).
+    assert service.calls[0] == ("end_session", "s1", {"client_id": ("app",), "state": ("1",)}, False)
 
 
 @pytest.mark.parametrize("path", ["/oauth/authorize", "/oauth_auth.do", "/oauth/end_session"])

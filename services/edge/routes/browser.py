@@ -248,8 +248,10 @@ class BrowserRoutes:
 
     async def sign_out(self, request: Request, rid: str) -> Response:
         await self._form(request)
+        # The user asked, on our page, with our CSRF token: the session ends whatever else.
         outcome = await backend(self.authorization.end_session(
-            self.cookies.session_id(request), {}, context=self._context(request), request_id=rid))
+            self.cookies.session_id(request), {}, user_confirmed=True, context=self._context(request),
+            request_id=rid))
         return self._end_session_outcome(request, outcome)
 
     async def end_session(self, request: Request, rid: str) -> Response:
