@@ -280,12 +280,7 @@ def warnings(results: dict) -> list[str]:
             if r.get("non2xx") or r.get("socket_errors"):
                 out.append(f"{label}: INVALID RUN — {r['non2xx']} failed operations, {r['socket_errors']} socket "
                            f"errors; first: {r.get('sample_non2xx') or '—'}")
-            out.extend(run.log_warnings(label, r))
-            if r.get("dead_services"):
-                out.append(f"{label}: services exited during the run: {r['dead_services']}")
-            if r["machine"]["other_cores"] > 0.25:
-                out.append(f"{label}: other processes used {r['machine']['other_cores']:.2f} of "
-                           f"{r['machine']['cores']} cores during the run (noisy machine)")
+            out.extend(run.run_warnings(label, r))
         exchange = (data or {}).get("exchange")
         if exchange and exchange.get("codes_left") == 0 and exchange["seconds"] < 0.9 * exchange.get("planned_s", 0):
             out.append(f"browser {mode} exchange: the minted codes ran out before the time was up")

@@ -449,12 +449,7 @@ def warnings(results: dict) -> list[str]:
                 out.append(f"{label}: INVALID RUN — {runres['non2xx']} non-2xx answers, {runres['socket_errors']} "
                            f"socket errors, {runres.get('chains_broken', 0)} chains broken; first non-2xx: "
                            f"{runres.get('sample_non2xx') or '—'}")
-            out.extend(run.log_warnings(label, runres))
-            if runres.get("dead_services"):
-                out.append(f"{label}: services exited during the run: {runres['dead_services']}")
-            if runres["machine"]["other_cores"] > 0.25:
-                out.append(f"{label}: other processes used {runres['machine']['other_cores']:.2f} of "
-                           f"{runres['machine']['cores']} cores during the run (noisy machine)")
+            out.extend(run.run_warnings(label, runres))
         timing = (users or {}).get("timing")
         if timing and not timing["same_answer"]:
             out.append(f"users {mode} timing: wrong username and wrong password did not get one identical answer: "

@@ -531,6 +531,21 @@ def log_warnings(label: str, run: dict) -> list[str]:
     return warnings
 
 
+def run_warnings(label: str, run: dict) -> list[str]:
+    """What any measured run is judged by besides its answers: the services' logged problems,
+    services that exited during it, and other processes' share of the machine."""
+    warnings = log_warnings(label, run)
+    machine = run["machine"]
+    if machine["other_cores"] > 0.25:
+        top = ", ".join(f"{p['comm']}[{p['pid']}] {p['cores']:.2f}" for p in machine.get("top_other_processes", ()))
+        warnings.append(f"{label}: other processes used {machine['other_cores']:.2f} of {machine['cores']} cores "
+                        f"during the run (noisy machine: {machine.get('processes_started', 0)} processes started "
+                        f"in the window; top long-lived: {top or 'none'})")
+    if run.get("dead_services"):
+        warnings.append(f"{label}: services exited during the run: {run['dead_services']}")
+    return warnings
+
+
 @contextlib.contextmanager
 def _bench_database():
     """Yields (database_url, external): with DATABASE_URL set, a fresh database beside it, dropped afterwards
@@ -1257,15 +1272,7 @@ def collect_warnings(results: dict) -> list[str]:
             warnings.append(f"{label}: INVALID RUN — {run['non2xx']} non-2xx answers, {run['socket_errors']} socket "
                             f"errors (connect {run['err_connect']}, read {run['err_read']}, write {run['err_write']}, "
                             f"timeout {run['err_timeout']}); first non-2xx: {run['sample_non2xx'] or '—'}")
-        warnings.extend(log_warnings(label, run))
-        machine = run["machine"]
-        if machine["other_cores"] > 0.25:
-            top = ", ".join(f"{p['comm']}[{p['pid']}] {p['cores']:.2f}" for p in machine["top_other_processes"])
-            warnings.append(f"{label}: other processes used {machine['other_cores']:.2f} of {machine['cores']} cores "
-                            f"during the run (noisy machine: {machine['processes_started']} processes started "
-                            f"in the window; top long-lived: {top or 'none'})")
-        if run.get("dead_services"):
-            warnings.append(f"{label}: services exited during the run: {run['dead_services']}")
+        warnings.extend(run_warnings(label, run))
     idle = results.get("idle_check")
     if idle and idle["busy_cores"] > 0.25:
         top = ", ".join(f"{p['comm']}[{p['pid']}] {p['cores']:.2f}" for p in idle["top_processes"])
