@@ -86,6 +86,12 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 UNCONSUMED_CODE_KEEP_SECONDS = 3600
 CONSUMED_CODE_KEEP_SECONDS = GRANT_REVOCATION_LIFETIME
 USER_GRANT_KEEP_SECONDS = GRANT_REVOCATION_LIFETIME + MAX_CODE_LIFETIME
+# The purge deletes in statements of at most this many rows (each its own short transaction):
+# pending requests are made by anyone who opens an authorization URL, so a backlog can be
+# millions of rows, and one DELETE of them all would hold its locks and write its WAL at once.
+PURGE_BATCH = 5_000
+# At most this many batches per table and run; the rest waits for the next run.
+PURGE_MAX_BATCHES = 100
 
 _SESSION_COLUMNS = ("s.id_hash, s.sid, s.user_id, u.username, s.auth_time_ms, s.client_address, s.user_agent,"
                     " s.created_at, s.expires_at")
@@ -204,10 +210,12 @@ class _Reused:
 class AuthorizationRepository:
     """Implements api.AuthorizationStore over Postgres."""
 
-    def __init__(self, pool: asyncpg.Pool, events: EventBus | None, clock: Callable[[], float] = time.time):
+    def __init__(self, pool: asyncpg.Pool, events: EventBus | None, clock: Callable[[], float] = time.time,
+                 purge_batch: int = PURGE_BATCH):
         self.pool = pool
         self.events = events
         self.clock = clock
+        self.purge_batch = purge_batch
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -478,17 +486,25 @@ class AuthorizationRepository:
         now_ms = self._now_ms()
         now = from_ms(now_ms)
         total = 0
-        for sql, args in (
-            ("DELETE FROM browser_sessions WHERE expires_at <= $1 OR ended_at IS NOT NULL", (now,)),
-            ("DELETE FROM authorization_requests WHERE expires_at <= $1 OR completed_at IS NOT NULL", (now,)),
-            ("DELETE FROM authorization_codes WHERE (consumed_at IS NULL AND expires_at < $1)"
-             " OR created_at_ms < $2",
+        for table, where, args in (
+            ("browser_sessions", "expires_at <= $1 OR ended_at IS NOT NULL", (now,)),
+            ("authorization_requests", "expires_at <= $1 OR completed_at IS NOT NULL", (now,)),
+            ("authorization_codes", "(consumed_at IS NULL AND expires_at < $1) OR created_at_ms < $2",
              (from_ms(now_ms - UNCONSUMED_CODE_KEEP_SECONDS * 1000), now_ms - CONSUMED_CODE_KEEP_SECONDS * 1000)),
-            ("DELETE FROM user_grants g WHERE g.created_at < $1 AND NOT EXISTS ("
-             " SELECT 1 FROM opaque_tokens t WHERE t.grant_id = g.grant_id AND t.client_id = g.client_id"
+            ("user_grants", "created_at < $1 AND NOT EXISTS ("
+             " SELECT 1 FROM opaque_tokens t WHERE t.grant_id = user_grants.grant_id"
+             " AND t.client_id = user_grants.client_id"
              " AND t.revoked_at IS NULL AND (t.expires_at > $2 OR t.issued_at > $3))",
              (from_ms(now_ms - USER_GRANT_KEEP_SECONDS * 1000), now,
               from_ts(now_ms // 1000 - GRANT_REVOCATION_LIFETIME))),
         ):
-            total += int((await self.pool.execute(sql, *args)).split()[-1])
+            # By row address, a batch at a time (a row changed meanwhile has a new address: it
+            # is left for the next run, never deleted on a stale reading).
+            sql = (f"DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} WHERE {where}"
+                   f" LIMIT {int(self.purge_batch)}))")
+            for _ in range(PURGE_MAX_BATCHES):
+                deleted = int((await self.pool.execute(sql, *args)).split()[-1])
+                total += deleted
+                if deleted < self.purge_batch:
+                    break
         return total

@@ -462,6 +462,37 @@ async def test_the_purge_keeps_what_can_still_matter_and_drops_the_rest(stack, r
         await owner.close()
 
 
+class CountingPool:
+    """The pool, with how many rows each DELETE statement removed."""
+
+    def __init__(self, pool):
+        self.pool = pool
+        self.deleted: list[int] = []
+
+    async def execute(self, sql: str, *args):
+        status = await self.pool.execute(sql, *args)
+        if sql.startswith("DELETE"):
+            self.deleted.append(int(status.split()[-1]))
+        return status
+
+
+async def test_the_purge_deletes_in_bounded_batches_until_nothing_is_left(stack, repo, pool, bus, registry, web):
+    """Pending requests are made by anyone who opens an authorization URL: a backlog of them is
+    deleted a bounded batch per statement, and wholly."""
+    counting = CountingPool(pool)
+    user_id = await new_user(registry)
+    cookies = []
+    for _ in range(5):
+        cookie, session = session_of(user_id)
+        await repo.create_session(session, 60, now_ms())
+        await repo.end_session(id_hash=sha(cookie))
+        cookies.append(sha(cookie))
+    await AuthorizationRepository(counting, bus, purge_batch=2).purge_expired()
+    assert await pool.fetchval("SELECT count(*) FROM browser_sessions WHERE id_hash = ANY($1::bytea[])",
+                               cookies) == 0
+    assert counting.deleted and max(counting.deleted) <= 2, counting.deleted
+
+
 async def test_the_purge_keeps_a_grant_record_while_its_refresh_family_lives(stack, repo, pool, registry, issuer,
                                                                             web):
     """A user grant is forgotten only once no token of it can live: a refresh token of the grant
