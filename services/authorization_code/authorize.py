@@ -26,6 +26,9 @@ as received and `iss` (RFC 9207 §2):
   check_prompt          none | login | consent; none alone (Core §3.1.2.1) invalid_request
   check_max_age         a non-negative integer                             invalid_request
   check_login_hint      bounded                                            invalid_request
+An `id_token_hint` (Core §3.1.2.1) must be an ID token of ours (invalid_request); when it
+names another user than the session's, the session does not count (prompt=none:
+login_required; else the sign-in page).
 Then the session (the cookie's random id, looked up by SHA-256 in the registry):
 none, prompt=login, or signed in longer ago than max_age -> the sign-in page (the
 request is kept as a pending request, its id random, only its hash stored), or with
@@ -456,8 +459,20 @@ class Authorization:
         except Exception as exc:
             return self._failure(exc)
         try:
+            hinted_user = None
+            if c.one("id_token_hint"):
+                hint = await self._id_token_hint(c.one("id_token_hint"))
+                if hint is None:
+                    return self._error_redirect(InvalidRequest("The id_token_hint is not valid.",
+                                                               detail="id_token_hint not an ID token of ours"), c)
+                hinted_user = str(hint.get("sub", ""))
             session = await self._session(session_id)
             cookie = SessionCookie(clear=True) if session_id and session is None else None
+            if session is not None and hinted_user is not None and session.user_id != hinted_user:
+                # Core §3.1.2.1 id_token_hint: the client asks about another user than the one
+                # signed in here. prompt=none answers login_required; else that user signs in.
+                log.info("id_token_hint names another user than the session's")
+                session = None
             return await self._continue(c.request(), c.client, session, cookie, c.catalog_records)
         except Exception as exc:
             return self._failure(exc)

@@ -557,6 +557,30 @@ async def test_a_logout_not_tied_to_this_session_ends_nothing_and_asks_the_user(
     assert not world.state.sessions
 
 
+async def test_an_id_token_hint_of_another_user_is_not_answered_for_the_session_s_user(world, monkeypatch):
+    """Core §3.1.2.1: a client asking with prompt=none about the user of its ID token gets
+    login_required when another user is signed in here, never a code for that other user."""
+    key, jwk = _rsa_key("k1")
+
+    async def jwks():
+        return {"keys": [jwk]}
+
+    monkeypatch.setattr(world.issuer, "jwks", jwks)
+    session_id, _ = await signed_in(world)  # Alice
+    claims = {"iss": ISSUER, "aud": "web", "iat": 1, "exp": 2}
+    someone_else = jwt.encode({**claims, "sub": "u-someone-else"}, key, algorithm="RS256", headers={"kid": "k1"})
+    alice = jwt.encode({**claims, "sub": ALICE.id}, key, algorithm="RS256", headers={"kid": "k1"})
+    refused(await world.authorization.authorize(params(prompt="none", id_token_hint=someone_else), session_id),
+            "login_required")
+    page = await world.authorization.authorize(params(id_token_hint=someone_else), session_id)
+    assert isinstance(page.result, SignInPage)
+    answered = await world.authorization.authorize(params(prompt="none", id_token_hint=alice), session_id)
+    assert "code" in response_of(answered.result.location)
+    forged = jwt.encode({**claims, "sub": ALICE.id}, _rsa_key("k1")[0], algorithm="RS256", headers={"kid": "k1"})
+    refused(await world.authorization.authorize(params(prompt="none", id_token_hint=forged), session_id),
+            "invalid_request")
+
+
 async def test_a_code_is_sent_only_once_its_audit_record_is_kept(world, monkeypatch):
     """As a token is: with the audit spool full, the answer is temporarily_unavailable (503)
     and no code reaches the browser; with the registry down, the same, never a crash."""
