@@ -766,6 +766,9 @@ class Authorization:
             return None
         try:
             header = jwt.get_unverified_header(token)
+            if str(header.get("typ", "")).lower() in ("at+jwt", "application/at+jwt"):
+                # One of our JWT access tokens (RFC 9068 §2.1), signed by the same JWKS: not an ID token.
+                raise jwt.InvalidTokenError("an access token, not an ID token")
             keys = jwt.PyJWKSet.from_dict(await self.issuer.jwks())
             key = next(k for k in keys.keys if k.key_id == header.get("kid"))
             return jwt.decode(token, key=key.key, algorithms=[key.algorithm_name], issuer=self.settings.issuer,

@@ -579,6 +579,14 @@ async def test_an_id_token_hint_of_another_user_is_not_answered_for_the_session_
     forged = jwt.encode({**claims, "sub": ALICE.id}, _rsa_key("k1")[0], algorithm="RS256", headers={"kid": "k1"})
     refused(await world.authorization.authorize(params(prompt="none", id_token_hint=forged), session_id),
             "invalid_request")
+    # Our JWT access tokens share the JWKS (RFC 9068 typ at+jwt): an access token is no ID token.
+    access_token = jwt.encode({**claims, "sub": ALICE.id}, key, algorithm="RS256", headers={"kid": "k1",
+                                                                                            "typ": "at+jwt"})
+    refused(await world.authorization.authorize(params(prompt="none", id_token_hint=access_token), session_id),
+            "invalid_request")
+    assert isinstance((await world.authorization.end_session(
+        session_id, {"id_token_hint": (access_token,)})).result, Redirect)
+    assert secret_hash(session_id) in world.state.sessions  # it did not stand for the session's user
 
 
 async def test_a_code_is_sent_only_once_its_audit_record_is_kept(world, monkeypatch):
