@@ -162,3 +162,31 @@ async def test_a_stored_token_changes_only_by_rotation_or_revocation(roles):
             await tr.rollback()
     finally:
         await conn.close()
+
+
+async def test_the_browser_state_changes_only_as_the_flow_changes_it(roles):
+    """A code stays bound to what it was minted for (client, redirect URI, scopes, user, nonce,
+    PKCE challenge, grant): the runtime role may only mark it consumed. A session only ends, a
+    pending request only completes, and a user's recorded grant is never rewritten."""
+    conn = await asyncpg.connect(roles.runtime_url)
+    try:
+        for table, columns in (
+                ("authorization_codes", ("code_hash", "client_id", "redirect_uri", "scopes", "user_id", "username",
+                                         "sid", "auth_time_ms", "nonce", "code_challenge", "code_challenge_method",
+                                         "grant_id", "created_at_ms", "expires_at")),
+                ("browser_sessions", ("id_hash", "sid", "user_id", "auth_time_ms", "created_at", "expires_at")),
+                ("authorization_requests", ("id_hash", "client_id", "request_json", "created_at", "expires_at")),
+                ("user_grants", ("user_id", "client_id", "grant_id", "created_at"))):
+            for column in columns:
+                statement = f"UPDATE {table} SET {column} = {column}"
+                assert "permission denied" in await _refused(conn, statement), statement
+        tr = conn.transaction()
+        await tr.start()
+        try:
+            await conn.execute("UPDATE authorization_codes SET consumed_at = consumed_at WHERE false")
+            await conn.execute("UPDATE browser_sessions SET ended_at = ended_at WHERE false")
+            await conn.execute("UPDATE authorization_requests SET completed_at = completed_at WHERE false")
+        finally:
+            await tr.rollback()
+    finally:
+        await conn.close()
