@@ -560,13 +560,15 @@ def test_flowload_runs_the_flow_mints_and_exchanges_each_code_once(tmp_path):
         flow = codeflow.run_flowload(stack, setup_, sessions, "flow", 2, 0.3)
         assert flow["ok"] > 0 and flow["non2xx"] == 0 and fake.exchanged == flow["ok"]
         codes = tmp_path / "codes.txt"
-        # Generous times: each run ends when its codes are made or spent, long before on any machine.
+        # Each run ends when its codes are made or spent (the 60 s are a backstop, never reached):
+        # minting stops at the count (each of the 2 connections may finish the one it had begun),
+        # by the number made, not by a clock.
         minted = codeflow.run_flowload(stack, setup_, sessions, "mint", 2, 60, count="20", codes_out=str(codes))
-        assert minted["ok"] >= 20 and len(codes.read_text().splitlines()) >= 20 and minted["seconds"] < 60
+        assert 20 <= minted["ok"] <= 21 and len(codes.read_text().splitlines()) == minted["ok"]
         before = fake.exchanged
         exchange = codeflow.run_flowload(stack, setup_, sessions, "exchange", 2, 60, codes_in=str(codes))
         assert exchange["ok"] == len(codes.read_text().splitlines()) and fake.exchanged - before == exchange["ok"]
-        assert exchange["codes_left"] == 0 and exchange["seconds"] < 60
+        assert exchange["codes_left"] == 0
         again = codeflow.run_flowload(stack, setup_, sessions, "exchange", 2, 60, codes_in=str(codes))
         assert again["ok"] == 0 and again["non2xx"] == exchange["ok"]  # spent codes fail, and are counted
         cold = tmp_path / "cold.txt"
