@@ -792,7 +792,8 @@ class Authorization:
 
     async def _pending(self, pending_request_id: str) -> tuple[AuthorizationRequest, ClientRecord] | None:
         """The pending request and its client, None when gone (expired, completed, unknown),
-        or its client since disabled or its redirect URI since unregistered."""
+        or its client since disabled, its redirect URI since unregistered, or the grant its
+        response type needs since taken from the client (implicit only while allowed)."""
         if not pending_request_id or len(pending_request_id) > MAX_SECRET_ID_LENGTH:
             return None
         pending = await self.store.get_authorization_request(secret_hash(pending_request_id))
@@ -801,6 +802,9 @@ class Authorization:
         request = AuthorizationRequest.from_json(pending.request_json)
         client = await self.clients.get_client(request.client_id)
         if client is None or not client.active or request.redirect_uri not in client.redirect_uris:
+            return None
+        needed = GRANT_IMPLICIT if request.response_type in (TOKEN, ID_TOKEN_TOKEN) else GRANT_AUTHORIZATION_CODE
+        if needed not in client.grant_types:
             return None
         return request, client
 

@@ -428,6 +428,18 @@ def _code_record():
                                    grant_id="g")
 
 
+async def test_a_pending_implicit_request_ends_when_the_client_loses_implicit(world):
+    """Implicit only while the client is allowed it: not for a request that was pending
+    (the sign-in or consent page open, up to 10 minutes) when the operator took it away."""
+    page = (await world.authorization.authorize(params(client_id="spa", response_type="token", scope="openid"),
+                                                "")).result
+    assert isinstance(page, SignInPage)
+    spa = await world.clients.get_client("spa")
+    world.clients.put(dataclasses.replace(spa, grant_types=("authorization_code",)))
+    outcome = await world.authorization.sign_in(page.request_id, "alice", "alice-password", "", context=CONTEXT)
+    assert isinstance(outcome.result, ErrorPage) and not world.issuer.requests and not world.state.sessions
+
+
 # --- account, withdrawal, sign-out -----------------------------------------------------------------------
 
 async def test_withdrawing_a_consent_revokes_its_grants(world):
