@@ -713,6 +713,19 @@ async def test_head_changes_nothing(path):
     assert reply.status_code == 405 and service.calls == []
 
 
+async def test_a_page_that_fails_to_render_is_the_500_page_with_the_pages_headers():
+    """Not the framework's bare text: whatever fails on a browser route, the answer is the
+    error page, with every security header (and nothing of the failure in it)."""
+    service = FakeAuthorization()
+    service.authorize_outcome = api.AuthorizeOutcome(api.ConsentPage(request_id="pending-1", client=None,
+                                                                     scopes=()))
+    async with browser(service) as http:
+        reply = await http.get("/oauth/authorize", params={"client_id": "app"})
+    assert reply.status_code == 500 and reply.headers["content-type"].startswith("text/html")
+    assert reply.headers["x-frame-options"] == "DENY" and reply.headers["content-security-policy"]
+    assert "pending-1" not in reply.text and "location" not in reply.headers
+
+
 async def test_a_service_outage_is_a_503_page_not_a_redirect():
     service = FakeAuthorization()
 

@@ -34,12 +34,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from inboundlib.oauth.errors import InvalidRequest, ServerError
+from inboundlib.oauth.errors import InvalidRequest, OAuthError, ServerError
 from inboundlib.oauth.params import FORM_CONTENT_TYPE, parse_form, parse_form_multi
 from services.authorization_code import api
 from services.edge import pages
 from services.edge.cookies import CSRF_FIELD, BrowserCookies
-from services.edge.errors import NO_STORE, BearerErrors, CsrfRefused, MethodNotAllowed, PageErrors, json_response
+from services.edge.errors import (
+    NO_STORE,
+    BearerErrors,
+    CsrfRefused,
+    HttpError,
+    MethodNotAllowed,
+    PageErrors,
+    json_response,
+)
 from services.edge.http import backend, endpoint, read_body, read_form_body, request_context
 from services.edge.settings import EdgeSettings
 
@@ -306,7 +314,8 @@ class BrowserRoutes:
         def page(path: str, name: str, handle: Callable[[Request, str], Awaitable[Response]],
                  allow: str = "POST") -> Route:
             # Every method reaches the handler: a wrong one is answered 405 with the page's shape.
-            return Route(path, endpoint(name, handle, self.errors, self.settings, allow=allow), methods=ANY_METHOD)
+            return Route(path, endpoint(name, _never_bare(handle), self.errors, self.settings, allow=allow),
+                         methods=ANY_METHOD)
 
         async def stylesheet(request: Request) -> Response:
             return pages.stylesheet()
@@ -324,6 +333,23 @@ class BrowserRoutes:
                                                         allow="GET, POST"), USERINFO_CORS), methods=ANY_METHOD),
             Route(pages.STYLESHEET_PATH, stylesheet, methods=["GET"]),
         ]
+
+
+def _never_bare(handle: Callable[[Request, str], Awaitable[Response]]):
+    """`handle`, a failure of its own (a page that does not render, an outcome it cannot
+    show) answered as the 500 error page with the pages' security headers, not the
+    framework's bare text without them."""
+
+    async def handle_or_server_error(request: Request, rid: str) -> Response:
+        try:
+            return await handle(request, rid)
+        except (HttpError, OAuthError):
+            raise
+        except Exception:
+            log.exception("browser page failed")
+            raise ServerError(detail="the browser page failed") from None
+
+    return handle_or_server_error
 
 
 def _with_headers(serve: Callable[[Request], Awaitable[Response]], headers: dict[str, str]):
