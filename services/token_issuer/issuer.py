@@ -142,6 +142,12 @@ class TokenIssuer:
             await self.registry.add_signing_key(record, only_if_none=True)
         if missing:
             await self.reload_keys()
+            still = [alg for alg in missing if alg not in self.stored_algorithms]
+            if still:
+                # A registry replica from before one key per algorithm answers "a key exists
+                # already" for any algorithm (a rolling upgrade): not ready, try again (never
+                # serve on without the ID tokens' key, failing every openid exchange).
+                raise RuntimeError(f"the registry stored no {', '.join(still)} signing key: not ready yet")
         if self.unreadable and any(self.keyring.signing_key(alg) is None for alg in self.algorithms):
             self._refuse_unreadable()
         if self.events is not None:

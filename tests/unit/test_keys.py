@@ -214,6 +214,26 @@ async def test_a_first_key_of_a_new_algorithm_never_becomes_an_older_replicas_si
     assert [k for k in ring.keys if k.activates_at <= time.time()][-1].kid == existing.kid
 
 
+async def test_the_issuer_is_not_ready_while_the_registry_declines_a_first_key_of_its_algorithm():
+    """A registry replica from before one key per algorithm (a rolling upgrade) declines the
+    RS256 key because an ES256 one exists: the issuer must not start without an ID-token key
+    (its start is retried until it gets one), nor sign on as if it had one."""
+    from services.token_issuer.issuer import TokenIssuer
+    from tests.fakes import FakeSigningKeys
+
+    class OlderRegistry(FakeSigningKeys):
+        async def add_signing_key(self, key, only_if_none: bool) -> bool:
+            if only_if_none and self.keys:  # "only if there is no key at all", as before
+                return False
+            return await super().add_signing_key(key, only_if_none)
+
+    encryptor = KeyEncryptor(os.urandom(32))
+    store = OlderRegistry(new_key_record("ES256", encryptor))
+    with pytest.raises(RuntimeError, match="no RS256 signing key"):
+        await TokenIssuer(store, encryptor, issuer="i", default_audience="a").start()
+    await TokenIssuer(FakeSigningKeys(*store.keys), encryptor, issuer="i", default_audience="a").start()
+
+
 def test_key_encryption_keys_come_from_a_file_a_list_or_the_older_single_setting(tmp_path):
     import base64
 
