@@ -440,6 +440,17 @@ async def test_a_pending_implicit_request_ends_when_the_client_loses_implicit(wo
     assert isinstance(outcome.result, ErrorPage) and not world.issuer.requests and not world.state.sessions
 
 
+@pytest.mark.parametrize("change", [{"active": False}, {"redirect_uris": ("https://app.example.com/other",)}])
+async def test_a_pending_request_ends_when_its_client_is_disabled_or_its_redirect_uri_unregistered(world, change):
+    """The redirect URI was checked when the request came; a page left open (up to 10
+    minutes) must not send a code to a client disabled since, or to a URI it removed."""
+    session_id, outcome = await signed_in(world, scope="openid profile")
+    assert isinstance(outcome.result, ConsentPage)
+    world.clients.put(dataclasses.replace(await world.clients.get_client("web"), **change))
+    done = await world.authorization.consent(outcome.result.request_id, session_id, True)
+    assert isinstance(done.result, ErrorPage) and not world.state.codes and not world.state.consents
+
+
 # --- account, withdrawal, sign-out -----------------------------------------------------------------------
 
 async def test_withdrawing_a_consent_revokes_its_grants(world):
