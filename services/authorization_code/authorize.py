@@ -639,7 +639,12 @@ class Authorization:
         cookie = SessionCookie(session_id=new_id, max_age_seconds=self.settings.session_lifetime)
         if request is None:  # the account page's sign-in
             return AuthorizeOutcome(Redirect(self._account_url()), session=cookie)
-        return await self._continue(request, client, session, cookie, signed_in_now=True)
+        try:
+            return await self._continue(request, client, session, cookie, signed_in_now=True)
+        except Exception as exc:
+            # The sign-in stands (the old session is ended, the new one made): the error page
+            # keeps its cookie, so trying again needs no second sign-in and no session is orphaned.
+            return replace(self._failure(exc), session=cookie)
 
     async def consent(self, pending_request_id: str, session_id: str, approve: bool, *,
                       context: RequestContext = NO_CONTEXT, request_id: str = "") -> AuthorizeOutcome:

@@ -625,6 +625,12 @@ async def test_a_code_is_sent_only_once_its_audit_record_is_kept(world, monkeypa
     outcome = await world.authorization.sign_in(page.request_id, "alice", "alice-password", "", context=CONTEXT)
     assert isinstance(outcome.result, ErrorPage) and outcome.result.http_status == 503
     assert outcome.result.error == "temporarily_unavailable"
+    # The sign-in itself stood: the page keeps the new session's cookie (else the session is
+    # orphaned and the user signs in again), and the request tried again needs no sign-in.
+    assert outcome.session and secret_hash(outcome.session.session_id) in world.state.sessions
+    monkeypatch.undo()
+    again = await world.authorization.authorize(params(), outcome.session.session_id)
+    assert "code" in response_of(again.result.location)
     world.state.down = ConnectionError("registry away")
     down = await world.authorization.authorize(params(), "")
     assert isinstance(down.result, ErrorPage) and down.result.http_status in (500, 503)
