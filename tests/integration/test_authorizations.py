@@ -17,8 +17,9 @@ import uuid
 import asyncpg
 import pytest
 
+from inbound.events.v1 import events_pb2
 from inboundlib import identity
-from inboundlib.events import EventBus
+from inboundlib.events import TOKEN_REVOKED, EventBus
 from services.client_registry import revocations as revocation_rows
 from services.client_registry.api import (
     GRANT_REVOCATION_LIFETIME,
@@ -41,7 +42,7 @@ from services.client_registry.authorizations import AuthorizationRepository
 from services.client_registry.client import RegistryClient
 from services.client_registry.refresh_tokens import RefreshTokenRepository
 from services.token_issuer.api import IssueRequest
-from tests.support import ensure_scopes, eventually
+from tests.support import ensure_scopes, eventually, nats_connect
 
 SESSION_LIFETIME = 3600
 
@@ -341,6 +342,37 @@ async def test_a_refresh_token_stored_after_its_grant_was_revoked_stays_revoked_
         token_hash=sha(tokens.refresh_token), client_id=web.client_id, new_token_hash=sha(successor),
         new_jti=str(uuid.uuid4()), grace_seconds=5)])
     assert isinstance(outcome, Refused) and outcome.reason == REFUSED_REVOKED, outcome
+
+
+@pytest.mark.parametrize("revoke", ["second use", "consent withdrawn"])
+async def test_a_grant_revoked_by_a_second_use_or_a_withdrawn_consent_is_published_at_once(
+        stack, repo, registry, web, revoke):
+    """Every token_issuer replica drops the grant's tokens on the token.revoked event, not at
+    its next resync of the revocation table (seconds later): the event itself is checked."""
+    nc = await nats_connect(stack, "token_issuer")
+    seen: list[events_pb2.Event] = []
+
+    async def collect(msg) -> None:
+        event = events_pb2.Event()
+        event.ParseFromString(msg.data)
+        seen.append(event)
+
+    await nc.subscribe(stack.installation.subject(TOKEN_REVOKED), cb=collect)
+    await nc.flush()
+    try:
+        user_id = await new_user(registry)
+        code, record = code_for(web, user_id)
+        await repo.create_authorization_code(record, 60)
+        if revoke == "second use":
+            await repo.consume_authorization_codes([CodeToConsume(sha(code), web.client_id)] * 2)
+        else:
+            await repo.grant_consent(user_id, web.client_id, ["api.read"])
+            await repo.withdraw_consent(user_id, web.client_id, "user")
+        [event] = await eventually(lambda: [e for e in seen if e.token_revoked.grant_id == record.grant_id],
+                                   message="the grant's token.revoked event")
+    finally:
+        await nc.close()
+    assert event.token_revoked.client_id == web.client_id
 
 
 async def test_another_clients_code_is_not_found_and_stays_consumable(repo, registry, web, other, pool):
