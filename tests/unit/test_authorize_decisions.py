@@ -304,6 +304,25 @@ async def test_the_sign_in_form_completes_its_request_once(world):
     assert [e.user_signed_in.user_id for e in world.bus.events(USER_SIGNED_IN)] == [ALICE.id]
 
 
+async def test_an_oversized_username_or_password_is_refused_unchecked_with_the_same_message(world, monkeypatch):
+    """No hashing work for a megabyte of password, and the answer reads as any failure."""
+    page = (await world.authorization.authorize(params(), "")).result
+
+    async def never(sign_ins):
+        raise AssertionError("the registry was asked")
+
+    monkeypatch.setattr(world.state, "authenticate_users", never)
+    for username, password in (("a" * 257, "alice-password"), ("alice", "p" * 1025)):
+        outcome = await world.authorization.sign_in(page.request_id, username, password, "", context=CONTEXT)
+        assert outcome.result.message == SIGN_IN_FAILED and not world.state.sessions
+
+
+async def test_an_oversized_state_is_refused_and_not_echoed(world):
+    outcome = await world.authorization.authorize(params(state="s" * 1025), "")
+    refused(outcome, "invalid_request", state=None)
+    assert not world.state.pending
+
+
 # --- sessions: max_age, prompt -------------------------------------------------------------------------
 
 async def test_max_age_asks_for_a_new_sign_in_when_the_session_is_older(world):
