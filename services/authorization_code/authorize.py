@@ -797,8 +797,9 @@ class Authorization:
 
     async def _pending(self, pending_request_id: str) -> tuple[AuthorizationRequest, ClientRecord] | None:
         """The pending request and its client, None when gone (expired, completed, unknown),
-        or its client since disabled, its redirect URI since unregistered, or the grant its
-        response type needs since taken from the client (implicit only while allowed)."""
+        or its client since disabled, its redirect URI since unregistered, the grant its
+        response type needs or a scope it asked for since taken from the client (what a
+        request was checked for when it came must still hold when it is answered)."""
         if not pending_request_id or len(pending_request_id) > MAX_SECRET_ID_LENGTH:
             return None
         pending = await self.store.get_authorization_request(secret_hash(pending_request_id))
@@ -809,7 +810,7 @@ class Authorization:
         if client is None or not client.active or request.redirect_uri not in client.redirect_uris:
             return None
         needed = GRANT_IMPLICIT if request.response_type in (TOKEN, ID_TOKEN_TOKEN) else GRANT_AUTHORIZATION_CODE
-        if needed not in client.grant_types:
+        if needed not in client.grant_types or not set(request.scopes) <= set(client.scopes):
             return None
         return request, client
 

@@ -459,6 +459,17 @@ async def test_a_pending_implicit_request_ends_when_the_client_loses_implicit(wo
     assert isinstance(outcome.result, ErrorPage) and not world.issuer.requests and not world.state.sessions
 
 
+async def test_a_pending_request_ends_when_the_client_loses_a_scope_it_asked_for(world):
+    """Implicit tokens carry the request's scopes as they are: a scope taken from the client
+    while its consent page was open is not issued (the code exchange drops it on its own)."""
+    session_id, outcome = await signed_in(world, client_id="spa", response_type="token", scope="openid api.read")
+    assert isinstance(outcome.result, ConsentPage)
+    spa = await world.clients.get_client("spa")
+    world.clients.put(dataclasses.replace(spa, scopes=("openid", "profile")))
+    done = await world.authorization.consent(outcome.result.request_id, session_id, True)
+    assert isinstance(done.result, ErrorPage) and not world.issuer.requests and not world.state.consents
+
+
 @pytest.mark.parametrize("change", [{"active": False}, {"redirect_uris": ("https://app.example.com/other",)}])
 async def test_a_pending_request_ends_when_its_client_is_disabled_or_its_redirect_uri_unregistered(world, change):
     """The redirect URI was checked when the request came; a page left open (up to 10
