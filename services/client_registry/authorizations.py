@@ -10,7 +10,9 @@ api.AuthorizationStore, for the authorization_code service alone.
   so a change in flight either waits for the session or is seen by it.
 - Pending authorization requests, by SHA-256 of their id: completed once (an UPDATE
   guarded by completed_at IS NULL: of two concurrent completions one wins).
-- Consents per (user, client): granting merges scopes; withdrawing deletes the consent
+- Consents per (user, client): granting merges scopes, and so does minting a code (its
+  scopes) or recording an implicit grant, so every app holding a user's grant is listed
+  on the account page, scopes that need no consent included; withdrawing deletes the consent
   and revokes every grant recorded under (user, client) in user_grants (codes' grant
   ids, implicit grants): a `grant` revocation each, stored with the refresh families
   marked revoked in the same transaction (revocations.insert_revocations) and published
@@ -104,6 +106,11 @@ _LIVE_SESSION = (f"SELECT {_SESSION_COLUMNS} FROM browser_sessions s JOIN users 
 _CODE_COLUMNS = ("code_hash, client_id, redirect_uri, scopes, user_id, username, sid, auth_time_ms, nonce,"
                  " code_challenge, code_challenge_method, grant_id, created_at_ms, expires_at")
 _CONSENT_COLUMNS = "user_id, client_id, scopes, granted_at, updated_at"
+# Adds scopes to a user's consent for a client (made if none), the row locked until the commit.
+_MERGE_CONSENT = ("INSERT INTO consents (user_id, client_id, scopes) VALUES ($1, $2, $3)"
+                  " ON CONFLICT (user_id, client_id) DO UPDATE SET"
+                  " scopes = ARRAY(SELECT DISTINCT s FROM unnest(consents.scopes || EXCLUDED.scopes) AS s ORDER BY s),"
+                  " updated_at = now()")
 
 
 def _session(row: asyncpg.Record) -> BrowserSession:
@@ -337,11 +344,8 @@ class AuthorizationRepository:
         _id("client id", client_id)
         wanted = _scopes(scopes)
         try:
-            row = await self.pool.fetchrow(
-                "INSERT INTO consents (user_id, client_id, scopes) VALUES ($1, $2, $3)"
-                " ON CONFLICT (user_id, client_id) DO UPDATE SET"
-                " scopes = ARRAY(SELECT DISTINCT s FROM unnest(consents.scopes || EXCLUDED.scopes) AS s ORDER BY s),"
-                f" updated_at = now() RETURNING {_CONSENT_COLUMNS}", user_id, client_id, sorted(wanted))
+            row = await self.pool.fetchrow(f"{_MERGE_CONSENT} RETURNING {_CONSENT_COLUMNS}", user_id, client_id,
+                                           sorted(wanted))
         except asyncpg.ForeignKeyViolationError:
             raise NotFound("no such user or client") from None
         log.info("consent granted", extra={"user_id": user_id, "client_id": client_id, "scopes": wanted})
@@ -400,7 +404,7 @@ class AuthorizationRepository:
                     bytes(code.code_hash), code.client_id, code.redirect_uri, _scopes(code.scopes), code.user_id,
                     code.username, code.sid, code.auth_time_ms, code.nonce, code.code_challenge,
                     code.code_challenge_method, code.grant_id, now_ms, from_ms(now_ms + lifetime * 1000))
-                await self._record_grant(conn, code.user_id, code.client_id, code.grant_id)
+                await self._record_grant(conn, code.user_id, code.client_id, code.grant_id, _scopes(code.scopes))
         except asyncpg.UniqueViolationError:
             raise AlreadyExists("a code with that hash exists already") from None
         except asyncpg.ForeignKeyViolationError:
@@ -456,7 +460,13 @@ class AuthorizationRepository:
     # --- grants per (user, client) ----------------------------------------------------------------
 
     @staticmethod
-    async def _record_grant(conn, user_id: str, client_id: str, grant_id: str) -> None:
+    async def _record_grant(conn, user_id: str, client_id: str, grant_id: str, scopes: list[str]) -> None:
+        """Inside the caller's transaction. The grant's scopes join the user's consent for the
+        client (made if none): a grant of scopes that need no consent (`openid` alone, "sign in
+        with") is then listed on the account page too, where withdrawing it ends its tokens.
+        The consent row is written first: a withdrawal in flight holds it, so this grant
+        waits and is then listed again, or the withdrawal waits and then revokes it too."""
+        await conn.execute(_MERGE_CONSENT, user_id, client_id, sorted(scopes))
         await conn.execute("INSERT INTO user_grants (user_id, client_id, grant_id) VALUES ($1, $2, $3)"
                            " ON CONFLICT DO NOTHING", user_id, client_id, grant_id)
 
@@ -465,7 +475,8 @@ class AuthorizationRepository:
         _id("client id", client_id)
         _id("grant id", grant_id)
         try:
-            await self._record_grant(self.pool, user_id, client_id, grant_id)
+            async with self.pool.acquire() as conn, conn.transaction():
+                await self._record_grant(conn, user_id, client_id, grant_id, [])
         except asyncpg.ForeignKeyViolationError:
             raise NotFound("no such user or client") from None
 

@@ -9,6 +9,7 @@ registry's gRPC service as the authorization_code service, the only caller it ad
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import secrets
 import time
@@ -266,6 +267,23 @@ async def test_withdrawing_a_consent_revokes_every_recorded_grant(repo, registry
         if token.refresh_token:
             assert not (await issuer.introspect(token.refresh_token)).active
     assert await repo.withdraw_consent(user_id, web.client_id, "") == (False, 0)  # nothing left
+
+
+@pytest.mark.parametrize("flow", ["code", "implicit"])
+async def test_a_grant_of_scopes_needing_no_consent_is_listed_and_withdrawn_like_any(repo, registry, web, flow):
+    """"Sign in with" (openid alone) asks for no consent, yet the app gets tokens (a refresh
+    token too): it is listed among the user's consents, and withdrawing it ends that grant."""
+    user_id = await new_user(registry)
+    _, record = code_for(web, user_id)
+    if flow == "code":
+        await repo.create_authorization_code(dataclasses.replace(record, scopes=("openid",)), 60)
+    else:
+        await repo.record_user_grant(user_id, web.client_id, record.grant_id)
+    [listed] = await repo.list_consents(user_id)
+    assert listed.client_id == web.client_id
+    assert listed.scopes == (("openid",) if flow == "code" else ())
+    assert await repo.withdraw_consent(user_id, web.client_id, "user") == (True, 1)
+    assert await repo.list_consents(user_id) == []
 
 
 # --- codes ----------------------------------------------------------------------------------------
