@@ -24,7 +24,8 @@ registered for authorization_code (-> unauthorized_client). This grant:
    verifier (RFC 9700 §4.8.2, a downgrade); and a public or PKCE-required client's code
    must have had a challenge at all (the authorize side requires it; checked again here,
    so a code minted before the client became PKCE-required is not redeemed without) -> invalid_grant
-6. the user (the registry's directory, by id) still exists and is active     -> invalid_grant
+6. the user (the registry's directory, by id) still exists, is active, and has not
+   changed password since the sign-in behind the code                          -> invalid_grant
 Then token_issuer issues, for the user, the code's scopes (less any the client no longer
 has), under the code's grant id (so a reuse or a withdrawn consent revokes them), stamped
 as authenticated when the code was minted (a password change or disable recorded after
@@ -152,6 +153,12 @@ class AuthorizationCodeGrant:
             raise InvalidGrant(REFUSED, detail=f"code refused: user {code.user_id} no longer exists")
         if not user.active:
             raise InvalidGrant(REFUSED, detail=f"code refused: user {code.user_id} is disabled")
+        if code.auth_time_ms and user.password_changed_at > code.auth_time_ms // 1000:
+            # The sign-in behind the code predates a password change (a whole second later at
+            # least: the change is stored to the second). Its access and refresh tokens would be
+            # born revoked by the change's cut-off, but an ID token is not revocable: a relying
+            # party would sign in whoever held the old password.
+            raise InvalidGrant(REFUSED, detail=f"code refused: user {code.user_id} changed password since the sign-in")
         return user
 
 

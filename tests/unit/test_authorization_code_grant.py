@@ -380,6 +380,17 @@ async def test_a_disabled_users_code_is_refused(world):
     assert "disabled" in await refused(world, exchange(code))
 
 
+async def test_a_code_from_a_sign_in_before_a_password_change_is_refused(world):
+    """The tokens would be born revoked by the change's cut-off; the ID token would not be."""
+    code, record = await world.mint()
+    world.users.put(dataclasses.replace(ALICE, password_changed_at=record.auth_time_ms // 1000 + 1))
+    assert "changed password" in await refused(world, exchange(code))
+    # A password set before the sign-in (in its very second, too) is no reason.
+    code, record = await world.mint()
+    world.users.put(dataclasses.replace(ALICE, password_changed_at=record.auth_time_ms // 1000))
+    assert (await world.runner.handle(exchange(code))).id_token
+
+
 async def test_a_deleted_users_code_is_refused(world):
     code, _ = await world.mint()
     del world.users.users[ALICE.id]
