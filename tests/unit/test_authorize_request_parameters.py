@@ -98,3 +98,11 @@ async def test_the_code_is_stored_with_the_configured_lifetime(authorization):
         [code] = parse_qs(urlsplit(location).query)["code"]
         stored = state.codes[code_hash(code)]
         assert before + lifetime - 1 <= stored.expires_at <= time.time() + lifetime + 1
+
+
+def test_the_other_lifetimes_default_as_agreed():
+    """A pending request lives 600 s, a browser session 8 hours (absolute), an implicit access
+    token at most 900 s: the defaults TEAM.md's design and the README state."""
+    settings = Settings.from_env(Env({})).authorize
+    assert (settings.request_lifetime, settings.session_lifetime, settings.implicit_access_token_lifetime) == (
+        600, 28800, 900)
