@@ -7,6 +7,8 @@ against the real JWKS. (Chromium drives the same pages in tests/browser; the REA
 screenshots come from docs/walkthrough.py.)"""
 from __future__ import annotations
 
+import html
+import re
 import secrets
 from urllib.parse import parse_qs, urlsplit
 
@@ -102,3 +104,25 @@ async def test_the_walk_through_lands_on_the_demo_page_with_the_tokens(stack, re
         forged = to_inbound.headers["location"].replace("state=", "state=x")
         assert browser.get(forged).status_code == 400
         assert browser.get(to_inbound.headers["location"]).status_code == 303
+        # The demo page's "Sign out of Inbound" (README: RP-initiated logout with the ID token as hint):
+        # the form as the page has it, posted as the browser would; Inbound ends the session and sends
+        # the browser back to the page's registered post-logout URI, which forgets this browser's tokens.
+        page = browser.get(page_url + "/result").text
+        form = re.search(r'<form method="post" action="([^"]+)">(.*?)</form>', page, re.S)
+        assert form and html.unescape(form.group(1)) == stack.edge_url + "/oauth/end_session", page[-1500:]
+        fields = {html.unescape(name): html.unescape(value) for name, value in
+                  re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', form.group(2))}
+        assert set(fields) == {"id_token_hint", "client_id", "post_logout_redirect_uri"}, sorted(fields)
+        [session] = [c for c in browser.cookies.jar if c.name == "inbound_session"]
+        logout = browser.post(html.unescape(form.group(1)), data=fields)
+        assert logout.is_redirect and logout.headers["location"].split("?")[0] == page_url + "/signed-out", (
+            logout.status_code, logout.headers.get("location"), logout.text[:300])
+        assert browser.get(logout.headers["location"]).status_code == 200
+        assert browser.get(page_url + "/result").headers.get("location") == "/", "the page forgot the tokens"
+        # The session is over on the server: its old cookie, presented again, signs nobody in, and the
+        # next sign-in from the page asks for the password again.
+        browser.cookies.jar.set_cookie(session)
+        to_inbound = browser.get(browser.get(page_url + "/start").headers["location"])
+        assert not (to_inbound.is_redirect and to_inbound.headers["location"].startswith(page_url + "/callback")), \
+            "straight back with a code: the session outlived the sign-out"
+        assert 'type="password"' in to_inbound.text, to_inbound.text[:500]
