@@ -302,6 +302,33 @@ async def test_a_code_is_consumed_once_among_concurrent_uses(repo, registry, web
         record.grant_id, record.nonce, record.code_challenge, record.redirect_uri, record.scopes)
 
 
+async def test_two_uses_that_meet_at_the_codes_row_consume_it_once(stack, repo, registry, web):
+    """The interleaving forced, not left to timing: the row is held while both uses arrive, so
+    both have read it before either writes unless reading it waits for the row (FOR UPDATE).
+    Then exactly one consumes it and the other is the second use."""
+    user_id = await new_user(registry)
+    code, record = code_for(web, user_id)
+    await repo.create_authorization_code(record, 60)
+    owner = await asyncpg.connect(stack.database_url)
+    watcher = await asyncpg.connect(stack.database_url)  # outside the holding transaction's stats snapshot
+    try:
+        holding = owner.transaction()
+        await holding.start()
+        await owner.execute("SELECT 1 FROM authorization_codes WHERE code_hash = $1 FOR UPDATE", sha(code))
+        uses = [asyncio.ensure_future(repo.consume_authorization_codes([CodeToConsume(sha(code), web.client_id)]))
+                for _ in range(2)]
+        await eventually(lambda: watcher.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            " AND query LIKE '%authorization_codes%' AND query NOT LIKE '%pg_stat_activity%'"),
+            until=lambda waiting: waiting == 2, message="both uses waiting at the code's row")
+        await holding.rollback()
+        outcomes = [outcome for [outcome] in await asyncio.gather(*uses)]
+    finally:
+        await owner.close()
+        await watcher.close()
+    assert sorted(type(o).__name__ for o in outcomes) == ["AuthorizationCodeRecord", "CodeReused"], outcomes
+
+
 async def test_a_second_use_revokes_the_grant_of_the_first(repo, registry, issuer, pool, web):
     user_id = await new_user(registry)
     code, record = code_for(web, user_id)
