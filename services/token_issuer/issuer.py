@@ -259,6 +259,10 @@ class TokenIssuer:
                                         "out of range")
         id_token_lifetime = self._check_id_token_request(request.id_token) if request.id_token else 0
         now_ms = int(time.time() * 1000)
+        # An ID token is a statement made now (OpenID Connect Core §2 `iat`): relying parties
+        # bound how old its iat may be, and nothing revokes an ID token by cut-off, so it is not
+        # backdated with the access token.
+        id_token_now = now_ms // 1000
         if request.authenticated_at_ms > 0:
             # Stamped as of the credentials' check, not now: a subject cut-off recorded after
             # the check (a password change, disable or delete racing the sign-in) must cover
@@ -285,7 +289,7 @@ class TokenIssuer:
             raise ServerError(detail=f"unknown token format {request.format!r}")
         id_token = ""
         if request.id_token:
-            sign_id = functools.partial(self._issue_id_token, request, request.id_token, access_token, now,
+            sign_id = functools.partial(self._issue_id_token, request, request.id_token, access_token, id_token_now,
                                         id_token_lifetime)
             id_token = await workers.CPU.submit(sign_id) if workers.signs_slowly(self.id_token_alg) else sign_id()
         refresh_token = ""

@@ -186,16 +186,19 @@ async def test_the_audit_event_says_an_id_token_was_issued_and_never_holds_it():
 
 
 async def test_tokens_from_a_code_created_ten_minutes_ago_are_stamped_with_its_creation():
-    """A code lives up to 600 s; the tokens it buys carry its creation (authenticated_at_ms,
-    so a cut-off recorded after the sign-in covers them), the ID token's iat included.
+    """A code lives up to 600 s; the access token it buys carries its creation (authenticated_at_ms,
+    so a cut-off recorded after the sign-in covers it). The ID token's iat is the time it is
+    issued (Core §2): a relying party bounding iat's age must not refuse a late exchange.
     Older than MAX_AUTHENTICATION_AGE_MS is a bug and refused (tests/unit/test_issuer_limits.py)."""
     assert 600_000 < MAX_AUTHENTICATION_AGE_MS <= 660_000
     issuer, _, _ = await started()
     created_ms = int(time.time() * 1000) - 600_000
     # Signed by the keys active now (created at this start, after the code): not refused for want of
     # a key active at the stamp.
+    before = int(time.time())
     issued = await issuer.issue(request(IdTokenRequest(at_hash=True), authenticated_at_ms=created_ms,
                                         lifetime_seconds=1800))
     claims = verified(issued.id_token, await issuer.jwks(), "RS256")
-    assert issued.issued_at == claims["iat"] == created_ms // 1000
+    assert issued.issued_at == created_ms // 1000
+    assert claims["iat"] >= before and claims["exp"] == claims["iat"] + 3600
     assert verified_access(issued.access_token, await issuer.jwks())["iat"] == created_ms // 1000
