@@ -59,6 +59,10 @@ async def test_issuer_down_fails_introspection_and_revocation_with_503(stack):
         await eventually(lambda: http.post("/oauth/token", data={"grant_type": "client_credentials"},
                                            auth=(client.client_id, secret)),
                          until=lambda reply: reply.status_code == 200, message="tokens once the issuer is back")
+        # The edge's readiness follows the issuer's health watch, which reconnects on its own
+        # schedule: the next test starts from a ready edge.
+        await eventually(lambda: http.get("/readyz"), until=lambda reply: reply.status_code == 200,
+                         message="the edge ready once the issuer is back")
 
 
 async def test_authorization_service_down_is_a_503_page_never_a_redirect(stack):
@@ -66,6 +70,11 @@ async def test_authorization_service_down_is_a_503_page_never_a_redirect(stack):
     503 with Retry-After and the pages' headers, no Location; the rest of the edge serves on."""
     port = stack.ports["authorization_code"]
     params = {"response_type": "code", "client_id": "app", "redirect_uri": "https://app.example/cb"}
+    async with httpx.AsyncClient(base_url=stack.edge_url, timeout=10) as http:
+        # Ready before (an earlier test's outage may still be ending), so that ready after means
+        # the edge stayed ready through this one.
+        await eventually(lambda: http.get("/readyz"), until=lambda reply: reply.status_code == 200,
+                         message="the edge ready before authorization_code stops")
     assert stack.stop_service("authorization_code") == 0
     try:
         async with httpx.AsyncClient(base_url=stack.edge_url, timeout=10) as http:
