@@ -1,6 +1,8 @@
 """Protobuf <-> domain records for the registry contract (used by server.py and client.py)."""
 from __future__ import annotations
 
+import dataclasses
+
 from inbound.common.v1 import common_pb2
 from inbound.events.v1 import events_pb2
 from inbound.registry.v1 import registry_pb2 as pb
@@ -326,66 +328,61 @@ def sign_in_outcome_from_pb(m: pb.AuthenticationOutcome) -> SignInOutcome:
     return item_error_from_pb(m.error) or ItemError("internal", "no outcome")
 
 
-# --- the scope catalog ----------------------------------------------------------------------------
+# --- the scope catalog and the authorization endpoint's state --------------------------------------
+# These records are flat: each field has the same name and meaning in its message (scalars, and
+# tuples of scalars for repeated fields), so one pair of functions converts them all; the
+# round-trip test (tests/unit/test_registry_wire_browser.py) checks every field both ways.
+
+def _flat_to_pb(record, message_type):
+    return message_type(**{f.name: getattr(record, f.name) for f in dataclasses.fields(record)})
+
+
+def _flat_from_pb(message, record_type):
+    values = {}
+    for f in dataclasses.fields(record_type):
+        value = getattr(message, f.name)
+        values[f.name] = value if isinstance(value, (str, bytes, int, float, bool)) else tuple(value)
+    return record_type(**values)
+
 
 def scope_to_pb(s: ScopeRecord) -> pb.Scope:
-    return pb.Scope(name=s.name, description=s.description, consent_required=s.consent_required,
-                    created_at=s.created_at, updated_at=s.updated_at)
+    return _flat_to_pb(s, pb.Scope)
 
 
 def scope_from_pb(m: pb.Scope) -> ScopeRecord:
-    return ScopeRecord(name=m.name, description=m.description, consent_required=m.consent_required,
-                       created_at=m.created_at, updated_at=m.updated_at)
+    return _flat_from_pb(m, ScopeRecord)
 
-
-# --- the authorization endpoint's state ------------------------------------------------------------
 
 def session_to_pb(s: BrowserSession) -> pb.BrowserSession:
-    return pb.BrowserSession(id_hash=s.id_hash, sid=s.sid, user_id=s.user_id, username=s.username,
-                             auth_time_ms=s.auth_time_ms, created_at=s.created_at, expires_at=s.expires_at,
-                             client_address=s.client_address, user_agent=s.user_agent)
+    return _flat_to_pb(s, pb.BrowserSession)
 
 
 def session_from_pb(m: pb.BrowserSession) -> BrowserSession:
-    return BrowserSession(id_hash=m.id_hash, sid=m.sid, user_id=m.user_id, username=m.username,
-                          auth_time_ms=m.auth_time_ms, created_at=m.created_at, expires_at=m.expires_at,
-                          client_address=m.client_address, user_agent=m.user_agent)
+    return _flat_from_pb(m, BrowserSession)
 
 
 def pending_to_pb(p: PendingAuthorization) -> pb.PendingAuthorization:
-    return pb.PendingAuthorization(id_hash=p.id_hash, client_id=p.client_id, request_json=p.request_json,
-                                   created_at=p.created_at, expires_at=p.expires_at)
+    return _flat_to_pb(p, pb.PendingAuthorization)
 
 
 def pending_from_pb(m: pb.PendingAuthorization) -> PendingAuthorization:
-    return PendingAuthorization(id_hash=m.id_hash, client_id=m.client_id, request_json=m.request_json,
-                                created_at=m.created_at, expires_at=m.expires_at)
+    return _flat_from_pb(m, PendingAuthorization)
 
 
 def consent_to_pb(c: ConsentRecord) -> pb.Consent:
-    return pb.Consent(user_id=c.user_id, client_id=c.client_id, scopes=c.scopes, granted_at=c.granted_at,
-                      updated_at=c.updated_at)
+    return _flat_to_pb(c, pb.Consent)
 
 
 def consent_from_pb(m: pb.Consent) -> ConsentRecord:
-    return ConsentRecord(user_id=m.user_id, client_id=m.client_id, scopes=tuple(m.scopes), granted_at=m.granted_at,
-                         updated_at=m.updated_at)
+    return _flat_from_pb(m, ConsentRecord)
 
 
 def code_to_pb(c: AuthorizationCodeRecord) -> pb.AuthorizationCode:
-    return pb.AuthorizationCode(
-        code_hash=c.code_hash, client_id=c.client_id, redirect_uri=c.redirect_uri, scopes=c.scopes,
-        user_id=c.user_id, username=c.username, sid=c.sid, auth_time_ms=c.auth_time_ms, nonce=c.nonce,
-        code_challenge=c.code_challenge, code_challenge_method=c.code_challenge_method, grant_id=c.grant_id,
-        created_at_ms=c.created_at_ms, expires_at=c.expires_at)
+    return _flat_to_pb(c, pb.AuthorizationCode)
 
 
 def code_from_pb(m: pb.AuthorizationCode) -> AuthorizationCodeRecord:
-    return AuthorizationCodeRecord(
-        code_hash=m.code_hash, client_id=m.client_id, redirect_uri=m.redirect_uri, scopes=tuple(m.scopes),
-        user_id=m.user_id, username=m.username, sid=m.sid, auth_time_ms=m.auth_time_ms, nonce=m.nonce,
-        code_challenge=m.code_challenge, code_challenge_method=m.code_challenge_method, grant_id=m.grant_id,
-        created_at_ms=m.created_at_ms, expires_at=m.expires_at)
+    return _flat_from_pb(m, AuthorizationCodeRecord)
 
 
 def code_outcome_to_pb(o: CodeOutcome) -> pb.CodeConsumption:
