@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-from bench.loadgen import result_lines
+from bench.loadgen import result_lines, run_on_uvloop
 from inboundlib.oauth import pkce
 
 AUTHORIZE_PATH = "/oauth/authorize"
@@ -141,11 +141,7 @@ def main() -> None:
     parser.add_argument("--codes-out", default="", help="mint: where the codes and verifiers go")
     parser.add_argument("--codes-in", default="", help="exchange: the codes and verifiers to exchange")
     args = parser.parse_args()
-    try:
-        import uvloop
-        uvloop.run(_main(args))
-    except ImportError:
-        asyncio.run(_main(args))
+    run_on_uvloop(_main(args))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import sys
 
 import grpc
 
+from bench.loadgen import run_on_uvloop
+
 SERVICE = "bench.Echo"
 METHOD = f"/{SERVICE}/Echo"
 
@@ -38,11 +40,7 @@ async def serve(port: int) -> None:
 
 def main() -> None:
     port = int(sys.argv[1])
-    try:
-        import uvloop
-        uvloop.run(serve(port))
-    except ImportError:
-        asyncio.run(serve(port))
+    run_on_uvloop(serve(port))
 
 
 if __name__ == "__main__":

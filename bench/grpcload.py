@@ -33,7 +33,7 @@ import resource
 import sys
 import time
 
-from bench.loadgen import percentile
+from bench.loadgen import percentile, run_on_uvloop
 
 CALL_TIMEOUT = 3.0
 
@@ -217,11 +217,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.5)
     parser.add_argument("--payload", type=int, default=200, help="echo payload bytes")
     args = parser.parse_args()
-    try:
-        import uvloop
-        uvloop.run(_main(args))
-    except ImportError:
-        asyncio.run(_main(args))
+    run_on_uvloop(_main(args))
 
 
 if __name__ == "__main__":

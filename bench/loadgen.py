@@ -7,6 +7,7 @@ Both print one line `BENCH_RESULT key=value ...` (and `BENCH_SAMPLE <status>
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import resource
 import shutil
@@ -202,3 +203,14 @@ class LoadGen:
         result["loadgen_cpu_s"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         result["loadgen"] = self.kind
         return result
+
+
+def run_on_uvloop(main) -> None:
+    """Run a load generator's (or bare server's) coroutine on uvloop, as every service runs,
+    or on asyncio's loop where uvloop is missing."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
-from bench.loadgen import result_lines
+from bench.loadgen import result_lines, run_on_uvloop
 
 
 def _request(url, headers: dict[str, str], body: str) -> bytes:
@@ -130,11 +130,7 @@ def main() -> None:
     parser.add_argument("--chain-body", default="grant_type=refresh_token",
                         help="the form before &refresh_token=... in a chain")
     args = parser.parse_args()
-    try:
-        import uvloop
-        uvloop.run(_main(args))
-    except ImportError:
-        asyncio.run(_main(args))
+    run_on_uvloop(_main(args))
 
 
 if __name__ == "__main__":
