@@ -82,6 +82,8 @@ _SCOPES = "/inbound.registry.v1.Scopes/"
 _AUTHZ_STATE = "/inbound.registry.v1.Authorizations/"
 _AUTHORIZE = "/inbound.authorize.v1.Authorization/"
 _AUDIT = "/inbound.audit.v1.AuditLog/"
+_CLIENT_ASSERTIONS = "/inbound.federation.v1.ClientAssertions/"
+_FOREIGN_TOKENS = "/inbound.federation.v1.ForeignTokens/"
 _HEALTH = "/grpc.health.v1.Health/"
 
 RULES: dict[str, Allowed] = {
@@ -152,6 +154,11 @@ RULES: dict[str, Allowed] = {
     # The authorize contract: the edge renders its outcomes for the browser.
     **{_AUTHORIZE + rpc: EDGE for rpc in (
         "Authorize", "SignIn", "Consent", "GetAccount", "WithdrawConsent", "EndSession", "UserInfo")},
+
+    # RFC 7523 §2.2 client assertions, checked by jwt_bearer for whoever authenticates clients.
+    _CLIENT_ASSERTIONS + "Verify": SECRET_VERIFIERS,
+    # Third-party tokens accepted as-is: token_issuer routes foreign JWTs' introspection here.
+    _FOREIGN_TOKENS + "Introspect": ISSUER,
 
     _AUDIT + "Tail": OPERATORS,
     _AUDIT + "Search": OPERATORS,

@@ -120,6 +120,31 @@ class ClientRecord:
     refresh_token_absolute_lifetime: int = 0
     # OpenID Connect RP-Initiated Logout: where the browser may go after sign-out (exact match).
     post_logout_redirect_uris: tuple[str, ...] = ()
+    # The one way this client proves itself at every endpoint that authenticates clients
+    # (RFC 7591 §2 token_endpoint_auth_method): none (public clients), client_secret_basic,
+    # client_secret_post, client_secret_jwt or private_key_jwt (RFC 7523 §2.2).
+    token_endpoint_auth_method: str = "client_secret_basic"
+    # private_key_jwt: the client's public keys, inline (a JWKS as JSON text) or by URL (HTTPS).
+    jwks: str = ""
+    jwks_uri: str = ""
+    # The one JWS alg its assertions must use ("": any the key type allows; RFC 7591 §2).
+    token_endpoint_auth_signing_alg: str = ""
+    # RFC 8693 token exchange: what this client may exchange (None: it may not).
+    token_exchange: TokenExchangePolicy | None = None
+
+
+@dataclass(frozen=True)
+class TokenExchangePolicy:
+    """Per client: what it may turn into an Inbound access token (RFC 8693). Empty tuples
+    allow nothing of that kind, except `audiences`/`scopes`, where empty means "no extra
+    limit beyond the client's own". `providers` names registered OIDC providers whose
+    tokens it may exchange; `own_tokens` lets it exchange Inbound's own access tokens."""
+    subject_token_types: tuple[str, ...] = ()  # RFC 8693 §3 URNs: id_token, access_token, jwt
+    providers: tuple[str, ...] = ()
+    own_tokens: bool = False
+    scopes: tuple[str, ...] = ()
+    audiences: tuple[str, ...] = ()
+    actor_tokens: bool = False  # may send actor_token (delegation, `act`); else only impersonation
 
 
 @dataclass
@@ -139,6 +164,11 @@ class ClientSpec:
     allow_public_password_grant: bool | None = None
     refresh_token_absolute_lifetime: int | None = None
     post_logout_redirect_uris: list[str] = field(default_factory=list)
+    token_endpoint_auth_method: str | None = None  # None: none for public, client_secret_basic otherwise
+    jwks: str = ""
+    jwks_uri: str = ""
+    token_endpoint_auth_signing_alg: str = ""
+    token_exchange: TokenExchangePolicy | None = None
 
 
 @dataclass
@@ -158,6 +188,14 @@ class ClientUpdate:
     allow_public_password_grant: bool | None = None
     refresh_token_absolute_lifetime: int | None = None
     post_logout_redirect_uris: list[str] | None = None
+    # Changing the method to or from client_secret_jwt issues a new secret (the old one was
+    # stored only as a hash, or only for that method): the update answers it once.
+    token_endpoint_auth_method: str | None = None
+    jwks: str | None = None
+    jwks_uri: str | None = None
+    token_endpoint_auth_signing_alg: str | None = None
+    token_exchange: TokenExchangePolicy | None = None
+    clear_token_exchange: bool = False
 
 
 @dataclass(frozen=True)
@@ -512,6 +550,85 @@ class CodeNotFound:
 CodeOutcome = AuthorizationCodeRecord | CodeReused | CodeNotFound | ItemError
 
 
+# --- federation (RFC 7523, OpenID Connect providers, RFC 8693) --------------------------------
+
+# What a user claim of a foreign token or a JWT-bearer `sub` is matched against.
+USER_FIELDS = ("username", "email", "id")
+CLAIM_OPERATORS = ("equals", "not_equals", "in", "contains")
+
+
+@dataclass(frozen=True)
+class ClaimRule:
+    """An extra condition on an assertion's claims: `claim` (a top-level claim name)
+    `operator` `value` (for `in`: a comma-separated list; `contains`: the claim is a
+    list holding value, or a string with value as a space-separated word)."""
+    claim: str
+    operator: str
+    value: str
+
+
+@dataclass(frozen=True)
+class JwtBearerIntegration:
+    """RFC 7523 §2.1: one integration's trust: whose assertions (iss), signed with which keys,
+    for which client, standing for whom. Exactly one key source is set: `jwks_uri`, `jwks`
+    (inline JWKS JSON), `certificate_pem` (one X.509 certificate's public key), or, only when
+    `allow_hs256`, a shared HMAC secret (kept encrypted under the key-encryption key; it never
+    travels in this record: `IntegrationSecrets.get_integration_secrets`)."""
+    id: str
+    name: str
+    client_id: str  # the client that may present this integration's assertions
+    issuer: str  # the assertions' `iss`
+    jwks_uri: str = ""
+    jwks: str = ""
+    certificate_pem: str = ""
+    kid: str = ""  # pinned: only the key with this kid is trusted ("": any key of the source)
+    algorithms: tuple[str, ...] = ()  # accepted JWS algs ("": every alg the key types allow)
+    allow_hs256: bool = False
+    subject_kind: str = "user"  # user | client (sub must be the client's id)
+    user_field: str = "username"  # one of USER_FIELDS, for subject_kind user
+    claim_rules: tuple[ClaimRule, ...] = ()
+    scopes: tuple[str, ...] = ()  # the most its tokens may carry ("": the client's scopes)
+    max_assertion_lifetime: int = 3600  # seconds from iat (or nbf) to exp
+    require_jti: bool = True
+    active: bool = True
+    created_at: int = 0
+    updated_at: int = 0
+
+
+@dataclass(frozen=True)
+class OidcProvider:
+    """A trusted external OpenID provider (Azure AD / Entra ID, Okta, Auth0, Google...).
+    Its keys come from the `jwks_uri` of its discovery document; its tokens are
+    accepted as-is (introspection, bearer use) or exchanged (RFC 8693)."""
+    name: str
+    issuer: str
+    discovery_url: str
+    audiences: tuple[str, ...]  # a token's aud must hold one of them
+    algorithms: tuple[str, ...] = ("RS256",)
+    cache_lifespan: int = 3600  # seconds: the longest its keys are cached, whatever its headers say
+    clock_skew: int = 300
+    user_claim: str = "sub"  # sub, oid, email, upn, preferred_username ...
+    user_field: str = "username"  # one of USER_FIELDS
+    check_jti: bool = False
+    active: bool = True
+    provision_users: bool = False  # create an unknown user (no password) on first use
+    provision_roles: tuple[str, ...] = ()
+    scopes: tuple[str, ...] = ()  # what its tokens carry when accepted as-is or exchanged, at most
+    template: str = ""  # the template it was made from (azure, okta, auth0, google), for display
+    created_at: int = 0
+    updated_at: int = 0
+
+
+@dataclass(frozen=True)
+class JtiClaim:
+    """One use of a `jti`: refused while another use of the same (namespace, jti) is
+    stored; stored until `expires_at` (unix seconds: the token's exp plus the skew), then
+    purged. namespace: "client:<client_id>", "integration:<id>" or "provider:<name>"."""
+    namespace: str
+    jti: str
+    expires_at: int
+
+
 # --- one narrow interface per domain ----------------------------------------------------------
 
 class ClientReader(Protocol):
@@ -643,7 +760,55 @@ class AuthorizationStore(Protocol):
     async def record_user_grant(self, user_id: str, client_id: str, grant_id: str) -> None: ...
 
 
+class ClientSecretReader(Protocol):
+    """client_secret_jwt (RFC 7523 §2.2): the secrets of clients registered for that method,
+    encrypted under the key-encryption key (AES-GCM, associated data "client:<client_id>");
+    b"" for any other client or an unknown one. Only jwt_bearer may call it."""
+    async def get_client_secrets(self, client_ids: list[str]) -> list[bytes]: ...
+
+
+class IntegrationStore(Protocol):
+    """JWT-bearer integrations (RFC 7523 §2.1)."""
+    async def create_integration(self, integration: JwtBearerIntegration, hmac_secret: bytes = b"") -> JwtBearerIntegration: ...
+    async def get_integration(self, id: str) -> JwtBearerIntegration | None: ...
+    async def find_integrations(self, client_id: str, issuer: str) -> list[JwtBearerIntegration]: ...
+    async def list_integrations(self) -> list[JwtBearerIntegration]: ...
+    async def update_integration(self, integration: JwtBearerIntegration, hmac_secret: bytes | None = None) -> JwtBearerIntegration: ...
+    async def delete_integration(self, id: str) -> bool: ...
+    async def get_integration_secrets(self, ids: list[str]) -> list[bytes]:
+        """The HS256 secrets, encrypted ("integration:<id>"); b"" when none. jwt_bearer only."""
+        ...
+
+
+class ProviderStore(Protocol):
+    """The OpenID provider registry."""
+    async def create_provider(self, provider: OidcProvider) -> OidcProvider: ...
+    async def get_provider(self, name: str) -> OidcProvider | None: ...
+    async def list_providers(self) -> list[OidcProvider]: ...
+    async def update_provider(self, provider: OidcProvider) -> OidcProvider: ...
+    async def delete_provider(self, name: str) -> bool: ...
+
+
+class JtiStore(Protocol):
+    """The used-jti store (batched): True when the use is the first one (now recorded),
+    False when (namespace, jti) was used before and has not expired, an ItemError on failure."""
+    async def claim_jtis(self, claims: list[JtiClaim]) -> list[bool | ItemError]: ...
+
+
+class FederatedUsers(Protocol):
+    """Users by the field a foreign identity maps to, and provisioning of unknown ones."""
+    async def find_user(self, field: str, value: str) -> UserRecord | None:
+        """`field` in USER_FIELDS; exact match (email case-insensitively); None when none,
+        or when more than one user has that email (ambiguous: never guess)."""
+        ...
+    async def provision_user(self, field: str, value: str, roles: list[str], provider: str) -> UserRecord:
+        """Create a user without a password whose `field` is `value` (the username derived
+        from it when field is email), or return the one that exists (idempotent)."""
+        ...
+
+
 class ClientRegistryApi(ClientStore, SigningKeyStore, TokenStore, RevocationStore, UserStore, RefreshTokenStore,
-                        ScopeCatalog, AuthorizationStore, Protocol):
+                        ScopeCatalog, AuthorizationStore, ClientSecretReader, IntegrationStore, ProviderStore,
+                        JtiStore, FederatedUsers, Protocol):
     """Every domain at once: what the registry process hosts (and what a test or the
     one-process mode may hand around). Callers should ask for the narrow one they use."""

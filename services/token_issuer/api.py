@@ -52,6 +52,10 @@ class IssueRequest:
     # check (a password change racing the sign-in) then covers them.
     authenticated_at_ms: int = 0
     id_token: IdTokenRequest | None = None
+    # RFC 8693 §4.1 `act` (the acting party), a JSON object as text; "" for none.
+    act_json: str = ""
+    # The OpenID provider whose token was exchanged for this one, for the audit record ("" for none).
+    provider: str = ""
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,9 @@ class TokenInfo:
     iss: str = ""
     aud: tuple[str, ...] = field(default=())
     jti: str = ""
+    act_json: str = ""  # RFC 8693 §4.1 `act` (JSON object text)
+    # A third-party token accepted as-is: the registered provider's name (sub/username: the mapped user).
+    provider: str = ""
 
     def to_json(self) -> dict:
         if not self.active:

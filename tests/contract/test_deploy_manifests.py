@@ -787,13 +787,18 @@ PACKAGE_SERVERS = {
     "inbound.grant.v1": [m.name for m in modules.MODULES if m.grant_type],
     # The authorize contract: the authorization_code service (none until it is in the module table).
     "inbound.authorize.v1": [m for m in ("authorization_code",) if m in modules.TABLE],
+    # Federation: two gRPC services of one package, each served by its own process
+    # (none until it is in the module table).
+    "inbound.federation.v1.ClientAssertions": [m for m in ("jwt_bearer",) if m in modules.TABLE],
+    "inbound.federation.v1.ForeignTokens": [m for m in ("third_party_token",) if m in modules.TABLE],
 }
 HEALTH_PACKAGE = "grpc.health.v1"  # every process; anyone (probes carry no certificate)
 
 
 def _served_by(method: str) -> list[str]:
     """The k8s names of the services serving an RPC of the access table (none: the health service)."""
-    package = method.split("/")[1].rsplit(".", 1)[0]
+    service = method.split("/")[1]
+    package = service if service in PACKAGE_SERVERS else service.rsplit(".", 1)[0]
     if package == HEALTH_PACKAGE:
         return []
     assert package in PACKAGE_SERVERS, f"{method}: which service serves {package}? (PACKAGE_SERVERS)"

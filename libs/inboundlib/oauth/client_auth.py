@@ -29,6 +29,12 @@ if TYPE_CHECKING:
 NONE = "none"
 CLIENT_SECRET_BASIC = "client_secret_basic"
 CLIENT_SECRET_POST = "client_secret_post"
+# RFC 7523 §2.2: a JWT in client_assertion (client_assertion_type JWT_ASSERTION_TYPE),
+# HMAC-signed with the client's secret, or signed with the client's private key.
+CLIENT_SECRET_JWT = "client_secret_jwt"
+PRIVATE_KEY_JWT = "private_key_jwt"
+JWT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+AUTH_METHODS = (NONE, CLIENT_SECRET_BASIC, CLIENT_SECRET_POST, CLIENT_SECRET_JWT, PRIVATE_KEY_JWT)
 MAX_CLIENT_ID = 255
 MAX_CLIENT_SECRET = 512
 
@@ -38,8 +44,9 @@ class ClientCredentials:
     method: str
     client_id: str
     client_secret: str = ""
+    client_assertion: str = ""  # the JWT of client_secret_jwt / private_key_jwt
 
-    def __repr__(self) -> str:  # never print the secret
+    def __repr__(self) -> str:  # never print the secret or the assertion
         return f"ClientCredentials(method={self.method!r}, client_id={self.client_id!r})"
 
 
@@ -49,6 +56,7 @@ class AuthenticatableClient(Protocol):
     public: bool
     active: bool
     grant_types: Sequence[str]
+    token_endpoint_auth_method: str  # the one method it may use (AUTH_METHODS)
 
 
 def new_client_secret() -> str:
