@@ -45,6 +45,9 @@ TABLE = [
     (errors.ConsentRequired, "consent_required", 400),
     (errors.RequestNotSupported, "request_not_supported", 400),
     (errors.RequestUriNotSupported, "request_uri_not_supported", 400),
+    (errors.InvalidTarget, "invalid_target", 400),
+    # Internal (never rendered as such: the edge retries, then answers temporarily_unavailable).
+    (errors.KeysPending, "keys_pending", 503),
 ]
 
 

@@ -97,6 +97,23 @@ class TemporarilyUnavailable(OAuthError):
     default_description = "The service is temporarily unavailable; retry later."
 
 
+class KeysPending(TemporarilyUnavailable):
+    """Not an RFC code: an internal outcome that never reaches HTTP as such. The answer
+    needs keys that are being fetched in the background (a JWKS or discovery document of
+    a client, an integration or a provider): nobody waits for outgoing HTTP inside a
+    batch, where other clients' requests wait with it. The edge, where each request has
+    a task of its own, sends such a request again shortly, within its budget; a caller
+    that cannot (gRPC introspection) answers temporarily_unavailable, which it is."""
+    code = "keys_pending"
+    default_description = TemporarilyUnavailable.default_description
+
+
+class InvalidTarget(OAuthError):
+    """RFC 8707 §2, RFC 8693 §2.2.2: a `resource` or `audience` the server will not issue a token for."""
+    code = "invalid_target"
+    default_description = "The requested resource or audience is not allowed."
+
+
 class UnsupportedResponseType(OAuthError):
     """RFC 6749 §4.1.2.1: the server does not offer this response_type (or not to this client)."""
     code = "unsupported_response_type"
@@ -138,7 +155,7 @@ BY_CODE: dict[str, type[OAuthError]] = {
     for cls in (InvalidRequest, InvalidClient, InvalidGrant, UnauthorizedClient, UnsupportedGrantType,
                 InvalidScope, AccessDenied, UnsupportedTokenType, InvalidToken, InsufficientScope,
                 ServerError, TemporarilyUnavailable, UnsupportedResponseType, InteractionRequired, LoginRequired,
-                ConsentRequired, RequestNotSupported, RequestUriNotSupported)
+                ConsentRequired, RequestNotSupported, RequestUriNotSupported, KeysPending, InvalidTarget)
 }
 
 
