@@ -67,7 +67,7 @@ end
 """
 
 _INT_KEYS = ("requests", "duration_us", "bytes", "non2xx", "err_connect", "err_read", "err_write", "err_status",
-             "err_timeout", "p50_us", "p90_us", "p99_us", "p999_us", "max_us", "chains_broken")
+             "err_timeout", "p50_us", "p90_us", "p99_us", "p999_us", "max_us", "chains_broken", "bodies_left")
 
 
 def _lua_string(value: str) -> str:

@@ -165,19 +165,24 @@ def login_once(url: str, headers: dict[str, str], username: str, password: str) 
 
 # --- the Python load generator with per-request bodies ------------------------------------------
 
-def pyload_cmd(url: str, headers: dict[str, str], connections: int, seconds: float, **options: str) -> list[str]:
+def pyload_cmd(url: str, headers: dict[str, str], connections: int, seconds: float,
+               **options: str | bool) -> list[str]:
     cmd = [sys.executable, "-m", "bench.pyload", "--url", url, "--connections", str(connections),
            "--seconds", str(seconds)]
     for k, v in headers.items():
         cmd += ["--header", f"{k}: {v}"]
     for name, value in options.items():
-        cmd += [f"--{name.replace('_', '-')}", value]
+        flag = f"--{name.replace('_', '-')}"
+        if value is True:
+            cmd.append(flag)
+        elif value is not False:
+            cmd += [flag, value]
     return cmd
 
 
-def run_pyload(url: str, headers: dict[str, str], connections: int, seconds: float, **options: str) -> dict:
-    """One bench.pyload run (options: bodies_file, chain_in, chain_out, chain_body); the parsed result
-    plus its CPU seconds."""
+def run_pyload(url: str, headers: dict[str, str], connections: int, seconds: float, **options: str | bool) -> dict:
+    """One bench.pyload run (options: bodies_file, once=True, chain_in, chain_out, chain_body); the parsed
+    result plus its CPU seconds."""
     from bench.loadgen import parse_result
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)

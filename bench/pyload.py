@@ -5,6 +5,9 @@ generator of the runs whose body changes per request (wrk's is fixed):
 
 - `--bodies-file F`: one form body a line, taken in turn by every request (the
   password grant over many users: one user's sign-ins are serialized by design);
+  with `--once`, each body is sent once and the run stops when they run out (bodies
+  that carry a single-use JWT: a JWT-bearer assertion or a token to exchange, whose
+  `jti` a second use would replay); `bodies_left` says how many were not sent;
 - `--chain-in F --chain-out F --chain-body B`: refresh-token chains, one a
   connection: connection i starts from line i of F, posts `B&refresh_token=<t>`,
   and posts the refresh token of each answer in the next request (RFC 6749 §6
@@ -45,7 +48,10 @@ async def _worker(host: str, port: int, next_body, deadline: float, stats: dict,
     latencies = stats["latencies"]
     try:
         while time.perf_counter() < deadline:
-            body = f"{chain_body}&refresh_token={quote(chain[0], safe='')}" if chain is not None else next_body()
+            try:
+                body = f"{chain_body}&refresh_token={quote(chain[0], safe='')}" if chain is not None else next_body()
+            except IndexError:  # --once: every body was sent
+                return
             request = _request(url, headers, body)
             t0 = time.perf_counter()
             writer.write(request)
@@ -97,10 +103,14 @@ async def _main(args) -> None:
         if len(tokens) < args.connections:
             raise SystemExit(f"{len(tokens)} refresh tokens in {args.chain_in} for {args.connections} connections")
         chains = [[t] for t in tokens[:args.connections]]
+    bodies: list[str] = []
     if args.bodies_file:
         bodies = [b for b in Path(args.bodies_file).read_text().splitlines() if b]
-        cycle = itertools.cycle(bodies)
-        next_body = cycle.__next__
+        if args.once:
+            bodies.reverse()
+            next_body = bodies.pop
+        else:
+            next_body = itertools.cycle(bodies).__next__
     else:
         next_body = itertools.repeat(args.body).__next__
     start = time.perf_counter()
@@ -114,7 +124,7 @@ async def _main(args) -> None:
     print(result_lines(requests=stats["requests"], seconds=duration, latencies_us=stats["latencies"],
                        bytes_read=stats["bytes"], non2xx=stats["non2xx"], err_connect=stats["err_connect"],
                        err_read=stats["err_read"], err_status=stats["err_status"], sample=stats["sample"],
-                       chains_broken=stats["chains_broken"]))
+                       chains_broken=stats["chains_broken"], bodies_left=len(bodies) if args.once else 0))
 
 
 def main() -> None:
@@ -125,6 +135,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--bodies-file", default="", help="one body a line, taken in turn by every request")
+    parser.add_argument("--once", action="store_true",
+                        help="with --bodies-file: each body once, then stop (single-use assertions)")
     parser.add_argument("--chain-in", default="", help="refresh tokens, one a line: one chain per connection")
     parser.add_argument("--chain-out", default="", help="where the last refresh token of each chain goes")
     parser.add_argument("--chain-body", default="grant_type=refresh_token",

@@ -412,6 +412,14 @@ def test_pyload_refresh_chains_present_each_answer_s_token(tmp_path):
         logins = passwords.run_pyload(fake.url, {}, 2, 0.2, bodies_file=str(bodies))
         assert logins["ok"] > 2 and {"grant_type=password&username=u1", "grant_type=password&username=u2"} \
             == set(fake.bodies)
+
+        # --once: single-use bodies (assertions with a jti) are each sent exactly once, then the run stops
+        single_use = [f"grant_type=x&assertion=a{i}" for i in range(5)]
+        bodies.write_text("".join(b + "\n" for b in single_use))
+        fake.bodies.clear()
+        once = passwords.run_pyload(fake.url, {}, 2, 30, bodies_file=str(bodies), once=True)
+        assert sorted(fake.bodies) == sorted(single_use) and once["ok"] == 5 and once["bodies_left"] == 0
+        assert once["seconds"] < 30  # it stopped when they ran out, not at the time
     finally:
         fake.close()
 
