@@ -10,7 +10,9 @@ calls and its ports. An assembly (`services/<svc>/assembly.py`) provides:
   process call), `component.add_to_server(port, server) -> [service names]`
   (what it serves on each of its gRPC ports), `async component.stop()`, and
   optionally `component.unavailable_on` (exceptions answered UNAVAILABLE) and
-  `component.watch` (a task whose end means the component failed);
+  `component.watch` (a task whose end means the component failed). A service it
+  calls that starts after it (a row's `calls_later`: that service calls it too)
+  comes from `ctx.later(name)`, resolved at its first use;
 - `connect(channel, module) -> api`, for services others call: the gRPC
   client with the same interface as `component.api`.
 
@@ -38,6 +40,7 @@ from typing import Any
 from inboundlib import actors, authz, batching, grpcx, identity, metrics, spool, tls
 from inboundlib.config import ConfigError, Env, ScopedEnv
 from inboundlib.events import EventBus, NatsSettings
+from inboundlib.oauth.errors import TemporarilyUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,12 @@ class Module:
     grant_type: str = ""
     # Calls every grant service of the table (the edge): a new grant needs no edit here.
     calls_grants: bool = False
+    # Services it calls that start after it, because they call it (token_issuer asks
+    # third_party_token about foreign tokens, and third_party_token issues through
+    # token_issuer): not a start-up dependency (that would be a cycle), reached through
+    # `Context.later`, resolved at the first use. Callers in every other sense (addresses,
+    # network policies).
+    calls_later: tuple[str, ...] = ()
     metrics_port: int = 9090
 
     @property
@@ -100,10 +109,17 @@ def grant_addrs_default(table: Iterable[Module]) -> str:
     return ",".join(f"{m.grant_type}=127.0.0.1:{m.main_port.number}" for m in table if m.grant_type)
 
 
-def dependencies(table: Mapping[str, Module], module: Module) -> tuple[str, ...]:
-    """The services `module` calls: its own list, and every grant service if it routes grants."""
+def start_dependencies(table: Mapping[str, Module], module: Module) -> tuple[str, ...]:
+    """The services that must be running before `module` starts: its own list, and every
+    grant service if it routes grants."""
     grants = tuple(m.name for m in table.values() if m.grant_type) if module.calls_grants else ()
     return module.depends_on + tuple(g for g in grants if g not in module.depends_on)
+
+
+def dependencies(table: Mapping[str, Module], module: Module) -> tuple[str, ...]:
+    """Every service `module` calls: those it starts after, and those it calls later."""
+    first = start_dependencies(table, module)
+    return first + tuple(name for name in module.calls_later if name not in first)
 
 
 def in_dependency_order(table: Mapping[str, Module], names: Iterable[str]) -> list[str]:
@@ -118,7 +134,7 @@ def in_dependency_order(table: Mapping[str, Module], names: Iterable[str]) -> li
         if name in visiting:
             raise ValueError(f"dependency cycle through {name}")
         visiting.add(name)
-        for dep in dependencies(table, table[name]):
+        for dep in start_dependencies(table, table[name]):
             visit(dep)
         visiting.discard(name)
         done.append(name)
@@ -187,16 +203,51 @@ class Context:
             raise ValueError(f"{self.module.name} does not declare a dependency on {name}")
         return await self._host.dependency(self, name)
 
+    def later(self, name: str) -> LateDependency:
+        """The interface of service `name`, one of the row's `calls_later`, which may not be
+        running yet: resolved at its first use (the component once it runs in this
+        process, else its gRPC client)."""
+        if name not in self.module.calls_later:
+            raise ValueError(f"{self.module.name} does not declare that it calls {name} later")
+        return LateDependency(self._host, self, name)
+
     def grants(self) -> dict[str, Any]:
         """Every grant this service routes to, by grant type: the grant services of
         the table hosted here, or else those named in INBOUND_GRANT_ADDRS."""
         return self._host.grants(self)
 
 
+class LateDependency:
+    """A service called by one that starts before it (Module.calls_later). Each attribute
+    is looked up on the service's interface when used: hosted in this process, the
+    component once it has started (before that, a call is temporarily_unavailable);
+    else its gRPC client, by its address setting or, for a grant, INBOUND_GRANT_ADDRS."""
+
+    def __init__(self, host: _Host, ctx: Context, name: str):
+        self._host = host
+        self._ctx = ctx
+        self._name = name
+        self._target: Any = None
+
+    def _resolve(self) -> Any:
+        if self._target is None:
+            if self._name in self._host.components:
+                self._target = self._host.components[self._name].api
+            elif self._name in self._host.hosted:
+                raise TemporarilyUnavailable(detail=f"{self._name} has not started yet")
+            else:
+                self._target = self._host.remote(self._ctx, self._name)
+        return self._target
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._resolve(), attr)
+
+
 class _Host:
-    def __init__(self, table: Mapping[str, Module], tls_config: tls.TlsConfig):
+    def __init__(self, table: Mapping[str, Module], tls_config: tls.TlsConfig, hosted: Iterable[str] = ()):
         self.table = table
         self.tls = tls_config
+        self.hosted = frozenset(hosted)  # the services of this process (started or not yet)
         self.components: dict[str, Any] = {}
         self.channels: dict[str, Any] = {}
         self.clients: dict[str, Any] = {}
@@ -214,7 +265,15 @@ class _Host:
         dep = self.table[name]
         if dep.grant_type:
             return self.grants(ctx)[dep.grant_type]
+        return self.remote(ctx, name)
+
+    def remote(self, ctx: Context, name: str) -> Any:
+        """The gRPC client of service `name`, at its address setting (a grant without
+        one: its INBOUND_GRANT_ADDRS entry)."""
+        dep = self.table[name]
         if not dep.address_env:
+            if dep.grant_type:
+                return self.grants(ctx)[dep.grant_type]
             raise ConfigError(f"{name} cannot be reached from another process (no address setting)")
         return self._client(dep, ctx.env.addr(dep.address_env, f"127.0.0.1:{dep.main_port.number}"))
 
@@ -280,7 +339,7 @@ async def serve(table: Mapping[str, Module], names: list[str], stop: asyncio.Eve
 
     events = EventBus(nats, process_name, spool=events_spool)
     await events.start()
-    h = _Host(table, tls_config)
+    h = _Host(table, tls_config, names)
     servers: list[tuple[str, grpcx.GrpcServer]] = []
     started: list[tuple[Module, Any]] = []
     metrics_server = None
