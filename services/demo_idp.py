@@ -14,7 +14,8 @@ this machine who asks.
                                            (seconds, default 300), jti (default random), claims (a JSON
                                            object of extra claims); answers {"token", "alg", "kid"}
 - GET  /redirect, /large, /html            test answers: a redirect to /jwks, a JSON document larger
-                                           than `large_bytes`, a page that is not JSON
+                                           than `large_bytes` (chunked, no Content-Length), a page
+                                           that is not JSON
 
 Switches for tests: `down` (every answer 503), `slow` (seconds before answering), `fetches`
 (requests counted per path), `max_age` (the Cache-Control max-age of /jwks and discovery),
@@ -103,7 +104,7 @@ class DemoIdp:
     """The provider's keys, switches and HTTPS server."""
 
     def __init__(self, ca: pki.DevCA | Path | str, *, port: int = 0, issuer_host: str = HOST):
-        self.ca = ca if isinstance(ca, pki.DevCA) else pki.DevCA(Path(ca))
+        self._ca = ca  # made (or opened) at start: minting needs no CA
         self.requested_port = port
         self.issuer_host = issuer_host
         self.port = 0
@@ -129,6 +130,12 @@ class DemoIdp:
     @property
     def discovery_url(self) -> str:
         return f"{self.issuer}/.well-known/openid-configuration"
+
+    @property
+    def ca(self) -> pki.DevCA:
+        if not isinstance(self._ca, pki.DevCA):
+            self._ca = pki.DevCA(Path(self._ca))
+        return self._ca
 
     @property
     def ca_file(self) -> str:
@@ -213,8 +220,16 @@ class DemoIdp:
     async def _redirect(self, request: web.Request) -> web.Response:
         raise web.HTTPFound(self.jwks_uri)
 
-    async def _large(self, request: web.Request) -> web.Response:
-        return web.json_response({"keys": [], "padding": "x" * self.large_bytes})
+    async def _large(self, request: web.Request) -> web.StreamResponse:
+        """Chunked, without Content-Length: only a limit applied while reading stops it."""
+        body = json.dumps({"keys": [], "padding": "x" * self.large_bytes}).encode()
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for start in range(0, len(body), 16384):
+            await response.write(body[start:start + 16384])
+        await response.write_eof()
+        return response
 
     async def _html(self, request: web.Request) -> web.Response:
         return web.Response(text="<!doctype html><title>not JSON</title>", content_type="text/html")
