@@ -3,6 +3,9 @@
 tests move, so cache lifetimes are decided without waiting; the IdP counts its fetches."""
 from __future__ import annotations
 
+import ssl
+
+import aiohttp
 import pytest
 
 from inboundlib.jose.fetch import DiscoveredKeys, Fetcher, FetchPolicy, RemoteKeys
@@ -235,3 +238,18 @@ async def test_warm_prefetches_without_raising(idp, make_fetcher):
     fetcher.warm("http://example.com/jwks", "jwks")  # refused by policy: logged, no exception
     await eventually(lambda: idp.fetches["/jwks"], until=lambda n: n == 1)  # discovery brings its jwks_uri
     assert fetcher.key_set(idp.jwks_uri)
+
+
+async def test_tokens_minted_over_http_validate_against_the_fetched_keys(idp, make_fetcher):
+    context = ssl.create_default_context(cafile=idp.ca_file)
+    async with aiohttp.ClientSession() as session:
+        form = {"sub": "alice", "aud": AUD, "alg": "ES256", "claims": '{"email": "alice@example.com"}'}
+        async with session.post(f"{idp.issuer}/token", data=form, ssl=context) as response:
+            assert response.status == 200
+            minted = await response.json()
+        async with session.post(f"{idp.issuer}/token", data={"aud": AUD}, ssl=context) as response:
+            assert response.status == 400
+    source = RemoteKeys(make_fetcher(), idp.jwks_uri)
+    policy = JwtPolicy(issuers=(idp.issuer,), audiences=(AUD,))
+    claims = await eventually(lambda: JwtValidator().validate(minted["token"], policy, source), ignore=(KeysPending,))
+    assert (claims["sub"], claims["email"], minted["kid"]) == ("alice", "alice@example.com", idp.keys["ES256"].kid)

@@ -1,0 +1,44 @@
+"""The fetcher's settings (INBOUND_FEDERATION_*) and its address rule."""
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from inboundlib.config import ConfigError, Env
+from inboundlib.jose.fetch import FetchPolicy
+
+
+def test_defaults_refuse_loopback_and_private_ranges():
+    policy = FetchPolicy.from_env(Env({}))
+    assert policy == FetchPolicy()
+    assert (policy.timeout, policy.max_bytes, policy.max_cache, policy.refetch_interval) == (5.0, 262144, 86400, 60.0)
+    for address in ("127.0.0.1", "::1", "10.1.2.3", "172.16.0.1", "192.168.0.1", "169.254.169.254", "fe80::1",
+                    "fc00::1", "224.0.0.1", "0.0.0.0", "100.64.0.1", "::ffff:10.0.0.1", "240.0.0.1", "junk"):
+        assert not policy.address_allowed(address), address
+    assert policy.address_allowed("93.184.215.14") and policy.address_allowed("2606:2800:21f:cb07:6820:80da:af6b:8b2c")
+
+
+def test_settings_are_read(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    policy = FetchPolicy.from_env(Env({
+        "INBOUND_FEDERATION_ALLOW_LOOPBACK": "true", "INBOUND_FEDERATION_ALLOWED_NETWORKS": "10.20.0.0/16, fd00::/8",
+        "INBOUND_FEDERATION_CA_FILE": str(ca), "INBOUND_FEDERATION_FETCH_TIMEOUT": "2.5",
+        "INBOUND_FEDERATION_MAX_DOCUMENT_BYTES": "4096", "INBOUND_FEDERATION_MAX_CACHE": "600",
+        "INBOUND_FEDERATION_REFETCH_INTERVAL": "1"}))
+    assert policy.allowed_networks == (ipaddress.ip_network("10.20.0.0/16"), ipaddress.ip_network("fd00::/8"))
+    assert (policy.allow_loopback, policy.ca_file, policy.timeout, policy.max_bytes, policy.max_cache,
+            policy.refetch_interval) == (True, str(ca), 2.5, 4096, 600, 1.0)
+    assert policy.address_allowed("127.0.0.1") and policy.address_allowed("10.20.3.4")
+    assert policy.address_allowed("fd12::1") and not policy.address_allowed("10.21.0.1")
+
+
+@pytest.mark.parametrize("name, value", [
+    ("INBOUND_FEDERATION_ALLOWED_NETWORKS", "10.0.0.0/33"), ("INBOUND_FEDERATION_ALLOWED_NETWORKS", "nope"),
+    ("INBOUND_FEDERATION_CA_FILE", "/nonexistent/ca.pem"), ("INBOUND_FEDERATION_ALLOW_LOOPBACK", "maybe"),
+    ("INBOUND_FEDERATION_FETCH_TIMEOUT", "0"), ("INBOUND_FEDERATION_MAX_DOCUMENT_BYTES", "10"),
+])
+def test_bad_settings_stop_the_service(name, value):
+    with pytest.raises(ConfigError, match=name):
+        FetchPolicy.from_env(Env({name: value}))
