@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from inboundlib.oauth.errors import OAuthError
+from inboundlib.oauth.token_exchange import parse_act_json
 
 FORMAT_JWT = "jwt"
 FORMAT_OPAQUE = "opaque"
@@ -113,6 +114,11 @@ class TokenInfo:
                 "aud": self.aud[0] if len(self.aud) == 1 else list(self.aud), "jti": self.jti}
         if self.username:
             body["username"] = self.username
+        act = parse_act_json(self.act_json)
+        if act is not None:
+            body["act"] = act  # RFC 8693 §4.1, as the object it is in the token
+        if self.provider:
+            body["provider"] = self.provider
         return body
 
 

@@ -23,7 +23,7 @@ from services.client_registry.cache import ClientCache, client_cache_settings
 from services.token_issuer import server
 from services.token_issuer.api import TokenInfo
 from services.token_issuer.client import IssuerClient
-from services.token_issuer.introspection import VERIFIED_CACHE_ENTRIES, TokenChecker
+from services.token_issuer.introspection import VERIFIED_CACHE_ENTRIES, ForeignTokenSource, TokenChecker
 from services.token_issuer.issuer import DEFAULT_ID_TOKEN_LIFETIME, MAX_ACCESS_TOKEN_LIFETIME, TokenIssuer
 from services.token_issuer.keys import ALGORITHMS, KeyEncryptor
 from services.token_issuer.opaque_cache import OpaqueTokenCache, opaque_token_cache_settings
@@ -167,8 +167,15 @@ async def _reload_keys_periodically(issuer: TokenIssuer) -> None:
             pass  # the registry is away for now; the next round tries again
 
 
+# Third-party tokens' introspection (RFC 7662 for a registered OpenID provider's tokens).
+FOREIGN_TOKENS = "third_party_token"
+
+
 async def start(settings: Settings, ctx: Context) -> TokenService:
-    return await start_token_service(settings, await ctx.dependency("client_registry"), ctx.events, ctx.stop)
+    # third_party_token issues through this service, so it starts after it: reached at first use.
+    foreign = ctx.later(FOREIGN_TOKENS) if FOREIGN_TOKENS in ctx.module.calls_later else None
+    return await start_token_service(settings, await ctx.dependency("client_registry"), ctx.events, ctx.stop,
+                                     foreign=foreign)
 
 
 def connect(channel: grpc.aio.Channel, module: Module) -> IssuerClient:
@@ -176,7 +183,7 @@ def connect(channel: grpc.aio.Channel, module: Module) -> IssuerClient:
 
 
 async def start_token_service(settings: Settings, registry: ClientRegistryApi, events: EventBus,
-                              stop: asyncio.Event) -> TokenService:
+                              stop: asyncio.Event, foreign: ForeignTokenSource | None = None) -> TokenService:
     """Keys loaded (the first replica ever creates one), client cache attached, and
     every revocation made so far known: a late replica must honour them before it serves."""
     issuer = TokenIssuer(registry, KeyEncryptor(*settings.key_encryption_keys), issuer=settings.issuer_url,
@@ -192,6 +199,6 @@ async def start_token_service(settings: Settings, registry: ClientRegistryApi, e
     checker = TokenChecker(issuer=settings.issuer_url, keyring=lambda: issuer.keyring, revocations=revocations,
                            clients=clients, registry=registry, events=events,
                            verified_cache_entries=settings.verified_jwt_cache,
-                           opaque=OpaqueTokenCache(registry, settings.opaque_token_cache))
+                           opaque=OpaqueTokenCache(registry, settings.opaque_token_cache), foreign=foreign)
     return TokenService(issuer=issuer, checker=checker, clients=clients, sync=sync,
                         reloader=asyncio.create_task(_reload_keys_periodically(issuer)))

@@ -14,7 +14,7 @@ from inboundlib.oauth.client_auth import ClientCredentials
 from inboundlib.oauth.errors import InvalidRequest
 from inboundlib.wire import credentials_to_pb, error_from_pb, meta, restamp
 from services.token_issuer.api import FORMAT_OPAQUE, IssuedToken, IssueRequest, KeyInfo, RewrapReport, TokenInfo
-from services.token_issuer.wire import id_token_request_to_pb
+from services.token_issuer.wire import id_token_request_to_pb, info_from_pb
 
 SERVICE_NAME = "inbound.issuer.v1.TokenIssuer"
 HOT_TIMEOUT = 3.0
@@ -59,7 +59,8 @@ class IssuerClient:
             lifetime_seconds=request.lifetime_seconds, username=request.username, grant_type=request.grant_type,
             grant_id=request.grant_id, refresh_token_lifetime_seconds=request.refresh_token_lifetime,
             refresh_token_absolute_lifetime_seconds=request.refresh_token_absolute_lifetime,
-            authenticated_at_unix_ms=request.authenticated_at_ms)
+            authenticated_at_unix_ms=request.authenticated_at_ms, act_json=request.act_json,
+            provider=request.provider)
         if request.id_token is not None:
             item.id_token.CopyFrom(id_token_request_to_pb(request.id_token))
         result = await self._issue.submit(item, HOT_TIMEOUT)
@@ -125,9 +126,7 @@ class IssuerClient:
         result = await self._introspect.submit(item, HOT_TIMEOUT)
         if result.HasField("error"):
             raise error_from_pb(result.error)
-        i = result.info
-        return TokenInfo(active=i.active, scope=i.scope, client_id=i.client_id, sub=i.sub, username=i.username,
-                         token_type=i.token_type, exp=i.exp, iat=i.iat, iss=i.iss, aud=tuple(i.aud), jti=i.jti)
+        return info_from_pb(result.info)
 
     async def _send_revoke(self, items: list[pb.RevokeRequest], timeout: float,
                            wait_for_ready: bool = False) -> list[pb.RevokeResult]:
@@ -147,3 +146,4 @@ class IssuerClient:
         reply = await self.stub.RevokeClientTokens(pb.RevokeClientTokensRequest(client_id=client_id),
                                                    timeout=ADMIN_TIMEOUT, metadata=request_metadata())
         return reply.revoked_before_unix_ms
+

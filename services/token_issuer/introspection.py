@@ -10,6 +10,10 @@ Named checks, in order, for introspection:
    issued up to a cut-off, compared to the millisecond)
 6. its client still exists and is active
 Any failed check from 2 on answers only {"active": false} (§2.2).
+A JWT that is not ours and names another issuer is a third-party token: it goes to
+third_party_token's ForeignTokens (a registered OpenID provider's token, as the mapped
+user), and only then through checks 4 and 5 (the subject's cut-off); our own tokens'
+path is untouched (it is taken only after our verification failed).
 When the client record cannot be had (the registry unavailable and the record not
 cached), check 6 rests on check 5: disabling or deleting a client records a cut-off
 in the revocation set, which every replica holds in memory.
@@ -35,8 +39,10 @@ import jwt
 from inbound.events.v1 import events_pb2
 from inboundlib import actors, grpcx, identity
 from inboundlib.events import REVOKED_TOKEN_INTROSPECTED, TOKEN_REVOKED, EventBus, actor_to_pb
+from inboundlib.logs import request_id_var
+from inboundlib.oauth import token_exchange
 from inboundlib.oauth.client_auth import ClientAuthenticator, ClientCredentials
-from inboundlib.oauth.errors import ServerError, UnauthorizedClient
+from inboundlib.oauth.errors import KeysPending, ServerError, TemporarilyUnavailable, UnauthorizedClient
 from services.client_registry.api import (
     GRANT_REVOCATION_LIFETIME,
     MAX_ACCESS_TOKEN_LIFETIME,
@@ -66,6 +72,8 @@ ACCESS_TOKEN = "access_token"
 REFRESH_TOKEN = "refresh_token"
 # Our JWTs are under 1 KiB and opaque tokens under 50 bytes.
 MAX_TOKEN_LENGTH = 4096
+# An IdP's JWT may carry groups and roles: Entra ID's reach several kilobytes.
+MAX_FOREIGN_TOKEN_LENGTH = 16_384
 VERIFIED_CACHE_ENTRIES = 50_000
 
 
@@ -87,6 +95,13 @@ class TokenFacts:
     # Refresh tokens: rotated already, or of a revoked family (the registry's state, read fresh).
     consumed: bool = False
     revoked: bool = False
+    act_json: str = ""  # RFC 8693 §4.1 `act`, as the JWT carries it
+
+
+class ForeignTokenSource(Protocol):
+    """third_party_token's ForeignTokens: a registered provider's token, as the mapped user
+    (inactive when no active provider vouches for it; KeysPending while its keys are fetched)."""
+    async def introspect_foreign(self, token: str, *, request_id: str = "") -> TokenInfo: ...
 
 
 class CheckerStore(TokenStore, RevocationStore, Protocol):
@@ -99,7 +114,8 @@ INACTIVE = TokenInfo(active=False)
 class TokenChecker:
     def __init__(self, *, issuer: str, keyring: callable, revocations: RevocationSet, clients: ClientSource,
                  registry: CheckerStore, events: EventBus | None = None,
-                 verified_cache_entries: int = VERIFIED_CACHE_ENTRIES, opaque: OpaqueTokenCache | None = None):
+                 verified_cache_entries: int = VERIFIED_CACHE_ENTRIES, opaque: OpaqueTokenCache | None = None,
+                 foreign: ForeignTokenSource | None = None):
         self.issuer = issuer
         self._keyring = keyring  # returns the current KeyRing (it is replaced on reload)
         self.revocations = revocations
@@ -109,6 +125,7 @@ class TokenChecker:
         self._unavailable_logged_at = 0.0
         self.authenticator = ClientAuthenticator(clients)
         self.events = events
+        self.foreign = foreign
         self._verified: dict[bytes, TokenFacts] = {}
         self._verified_limit = verified_cache_entries
         self._verified_for: KeyRing | None = None
@@ -128,7 +145,7 @@ class TokenChecker:
         # and each of its calls would add a row to the append-only audit log.
         info = await self.introspect(token, None, internal=True, report_revoked=False)
         if (not info.active or info.token_type != "Bearer" or info.sub != info.client_id or info.username
-                or INTROSPECT_SCOPE not in info.scope.split()):
+                or info.provider or INTROSPECT_SCOPE not in info.scope.split()):
             return None
         try:
             return identity.resource_server(info.client_id), actors.actor(actors.CLIENT, info.client_id)
@@ -190,14 +207,15 @@ class TokenChecker:
                                          "require": ["iss", "sub", "client_id", "jti", "iat", "exp"]})
         except (jwt.PyJWTError, ValueError, TypeError):
             return None
-        aud = claims.get("aud", ())
+        aud, act = claims.get("aud", ()), claims.get("act")
         try:
             iat, jti = int(claims["iat"]), str(claims["jti"])
             return TokenFacts(kind=ACCESS_TOKEN, jti=jti, client_id=str(claims["client_id"]),
                               sub=str(claims["sub"]), scopes=tuple(str(claims.get("scope", "")).split()),
                               aud=(aud,) if isinstance(aud, str) else tuple(aud), iat=iat,
                               exp=int(claims["exp"]), grant_id=str(claims.get("grant_id", "")),
-                              username=str(claims.get("username", "")), iat_ms=issued_at_ms(jti, iat))
+                              username=str(claims.get("username", "")), iat_ms=issued_at_ms(jti, iat),
+                              act_json=token_exchange.act_json(act) if isinstance(act, dict) else "")
         except (TypeError, ValueError):
             return None
 
@@ -215,6 +233,8 @@ class TokenChecker:
             if client.public:
                 raise UnauthorizedClient(detail="public clients may not introspect")
         facts = await self.identify(token)
+        if facts is None and self.foreign is not None and self._foreign_jwt(token):
+            return await self._introspect_foreign(token, client)
         if facts is None or facts.exp <= time.time():
             return INACTIVE
         if client is not None and facts.client_id != client.client_id and INTROSPECT_SCOPE not in client.scopes:
@@ -253,7 +273,38 @@ class TokenChecker:
         return TokenInfo(active=True, scope=" ".join(facts.scopes), client_id=facts.client_id, sub=facts.sub,
                          username=facts.username,
                          token_type="Bearer" if facts.kind == ACCESS_TOKEN else REFRESH_TOKEN,
-                         exp=facts.exp, iat=facts.iat, iss=self.issuer, aud=facts.aud, jti=facts.jti)
+                         exp=facts.exp, iat=facts.iat, iss=self.issuer, aud=facts.aud, jti=facts.jti,
+                         act_json=facts.act_json)
+
+    # --- third-party tokens -----------------------------------------------------------------------
+
+    def _foreign_jwt(self, token: str) -> bool:
+        """A JWT (unverified: for routing only) naming an issuer other than us."""
+        if not token or len(token) > MAX_FOREIGN_TOKEN_LENGTH or token.count(".") != 2:
+            return False
+        try:
+            iss = jwt.decode(token, options={"verify_signature": False}).get("iss")
+        except (jwt.PyJWTError, ValueError, TypeError, AttributeError):
+            return False
+        return isinstance(iss, str) and bool(iss) and iss != self.issuer
+
+    async def _introspect_foreign(self, token: str, client) -> TokenInfo:
+        """ForeignTokens' answer (it verified the token and mapped its user), then check 4
+        (the client_id of a foreign token is the IdP's client: a caller sees it only with
+        the introspection scope, or when that is its own id) and check 5 for the mapped
+        user (a password change, disabling or deleting the user records a cut-off)."""
+        try:
+            info = await self.foreign.introspect_foreign(token, request_id=request_id_var.get())
+        except KeysPending:
+            # gRPC callers cannot wait for the provider's keys: they retry (RFC 7662 has no such answer).
+            raise TemporarilyUnavailable(detail="the provider's keys are being fetched") from None
+        if not info.active or info.exp <= time.time():
+            return INACTIVE
+        if client is not None and info.client_id != client.client_id and INTROSPECT_SCOPE not in client.scopes:
+            return INACTIVE
+        if self.revocations.is_revoked(jti="", grant_id="", client_id="", issued_at=info.iat, subject=info.sub):
+            return INACTIVE
+        return info
 
     def _revocations_current(self) -> bool:
         """Whether this replica's revocation set can stand in for the client record:

@@ -32,7 +32,7 @@ from inbound.events.v1 import events_pb2
 from inboundlib import actors, workers
 from inboundlib.config import ConfigError
 from inboundlib.events import KEYS_ROTATED, SIGNING_KEY_CHANGED, TOKEN_ISSUED, EventBus, actor_to_pb
-from inboundlib.oauth import oidc
+from inboundlib.oauth import oidc, token_exchange
 from inboundlib.oauth.errors import InvalidRequest, ServerError, TemporarilyUnavailable
 from services.client_registry.api import (
     MAX_ACCESS_TOKEN_LIFETIME,
@@ -75,6 +75,8 @@ REWRAP_ATTEMPTS = 5
 # an authorization code are stamped with the code's creation, and a code lives up to 600 s
 # (INBOUND_AUTHORIZATION_CODE_LIFETIME's bound): 600 s and a minute's margin. Older is a bug.
 MAX_AUTHENTICATION_AGE_MS = 660_000
+# An `act` chain (RFC 8693 §4.1) of a few nested actors is a few hundred bytes.
+MAX_ACT_BYTES = 2048
 DEFAULT_ID_TOKEN_LIFETIME = 3600
 # Claims the issuer states in an ID token (Core §2, §3.1.3.6; RFC 7519 §4.1) and that the
 # released user claims may therefore never set, whether or not this token carries them:
@@ -258,6 +260,7 @@ class TokenIssuer:
             raise InvalidRequest(detail=f"refresh absolute lifetime {request.refresh_token_absolute_lifetime} "
                                         "out of range")
         id_token_lifetime = self._check_id_token_request(request.id_token) if request.id_token else 0
+        act = _act(request)
         now_ms = int(time.time() * 1000)
         # An ID token is a statement made now (OpenID Connect Core §2 `iat`): relying parties
         # bound how old its iat may be, and nothing revokes an ID token by cut-off, so it is not
@@ -282,7 +285,7 @@ class TokenIssuer:
             access_token = await self._issue_opaque(request, jti, now_ms, audience, grant_id)
         elif request.format == FORMAT_JWT:
             key = self.keyring.signing_key(self.alg)
-            sign = functools.partial(self._issue_jwt, request, jti, now, audience, grant_id)
+            sign = functools.partial(self._issue_jwt, request, jti, now, audience, grant_id, act)
             # RSA (~1 ms) signs in the worker pool, off the event loop; ES256/EdDSA cost less than the hand-over.
             access_token = await workers.CPU.submit(sign) if key and workers.signs_slowly(key.alg) else sign()
         else:
@@ -312,7 +315,8 @@ class TokenIssuer:
                 client_id=request.client_id, grant_type=request.grant_type, subject=request.subject, jti=jti,
                 scope=" ".join(request.scopes), token_format=request.format,
                 expires_at=now + request.lifetime_seconds, refresh_token_issued=bool(refresh_token),
-                id_token_issued=bool(id_token))),
+                id_token_issued=bool(id_token), provider=request.provider,
+                act_sub=str(act["sub"]) if act else "")),
                 awaited=True)
             # Answered only once its audit event is durable (INBOUND_EVENTS_DELIVERY); the items of
             # a batch wait together, for one publish round (or one spool fsync).
@@ -362,7 +366,8 @@ class TokenIssuer:
             claims["c_hash"] = oidc.half_hash(wanted.code, key.alg)
         return jwt.encode(claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": "JWT"})
 
-    def _issue_jwt(self, request: IssueRequest, jti: str, now: int, audience: list[str], grant_id: str) -> str:
+    def _issue_jwt(self, request: IssueRequest, jti: str, now: int, audience: list[str], grant_id: str,
+                   act: dict | None = None) -> str:
         # The key active now, not at `now` (which may be a sign-in's or a code's time, up to
         # MAX_AUTHENTICATION_AGE_MS ago, before the first key of a fresh system activated).
         key = self.keyring.signing_key(self.alg)
@@ -382,6 +387,8 @@ class TokenIssuer:
             claims["username"] = request.username
         if grant_id:
             claims["grant_id"] = grant_id
+        if act:
+            claims["act"] = act  # RFC 8693 §4.1: who acts for the subject
         return jwt.encode(claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": "at+jwt"})
 
     async def _issue_opaque(self, request: IssueRequest, jti: str, now_ms: int, audience: list[str],
@@ -400,3 +407,19 @@ class TokenIssuer:
         error = (await self.registry.store_opaque_tokens([record]))[0]
         if error:
             raise ServerError(detail=f"token not stored: {error}")
+
+
+def _act(request: IssueRequest) -> dict | None:
+    """RFC 8693 §4.1 `act` of IssueRequest.act_json, checked before anything is issued: a
+    JSON object naming the actor's `sub`, small, and only in a JWT (an opaque token's
+    stored record has no place for it, and the delegation must not silently vanish)."""
+    if not request.act_json:
+        return None
+    if len(request.act_json) > MAX_ACT_BYTES:
+        raise ServerError(detail=f"act over {MAX_ACT_BYTES} bytes")
+    act = token_exchange.parse_act_json(request.act_json)
+    if act is None or not isinstance(act.get("sub"), str) or not act["sub"]:
+        raise ServerError(detail="act is not a JSON object with a sub")
+    if request.format != FORMAT_JWT:
+        raise ServerError(detail="act asked for an opaque token")
+    return act

@@ -13,10 +13,10 @@ from inboundlib.grpcx import infrastructure_error
 from inboundlib.logs import request_id_var
 from inboundlib.oauth.errors import OAuthError, ServerError, TemporarilyUnavailable
 from inboundlib.wire import credentials_from_pb, error_to_pb, expired, item_budget
-from services.token_issuer.api import FORMAT_JWT, FORMAT_OPAQUE, IssueRequest, KeyInfo, TokenInfo
+from services.token_issuer.api import FORMAT_JWT, FORMAT_OPAQUE, IssueRequest, KeyInfo
 from services.token_issuer.introspection import TokenChecker
 from services.token_issuer.issuer import TokenIssuer
-from services.token_issuer.wire import id_token_request_from_pb
+from services.token_issuer.wire import id_token_request_from_pb, info_to_pb
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +28,6 @@ _FORMATS = {pb.TOKEN_FORMAT_JWT: FORMAT_JWT, pb.TOKEN_FORMAT_OPAQUE: FORMAT_OPAQ
 def key_to_pb(k: KeyInfo) -> pb.SigningKeyInfo:
     return pb.SigningKeyInfo(kid=k.kid, alg=k.alg, created_at=k.created_at, activates_at=k.activates_at,
                              signing=k.signing)
-
-
-def info_to_pb(info: TokenInfo) -> pb.TokenInfo:
-    if not info.active:
-        return pb.TokenInfo(active=False)
-    return pb.TokenInfo(active=True, scope=info.scope, client_id=info.client_id, sub=info.sub,
-                        username=info.username, token_type=info.token_type, exp=info.exp, iat=info.iat,
-                        iss=info.iss, aud=info.aud, jti=info.jti)
 
 
 async def _per_item(meta, work):
@@ -77,7 +69,8 @@ class TokenIssuerServicer(issuer_pb2_grpc.TokenIssuerServicer):
                 refresh_token_lifetime=item.refresh_token_lifetime_seconds,
                 refresh_token_absolute_lifetime=item.refresh_token_absolute_lifetime_seconds,
                 authenticated_at_ms=item.authenticated_at_unix_ms,
-                id_token=id_token_request_from_pb(item.id_token) if item.HasField("id_token") else None))
+                id_token=id_token_request_from_pb(item.id_token) if item.HasField("id_token") else None,
+                act_json=item.act_json, provider=item.provider))
             return pb.IssuedToken(access_token=issued.access_token, token_type=issued.token_type,
                                   expires_in=issued.expires_in, jti=issued.jti, issued_at=issued.issued_at,
                                   refresh_token=issued.refresh_token, grant_id=issued.grant_id,
