@@ -6,7 +6,7 @@ import ipaddress
 import pytest
 
 from inboundlib.config import ConfigError, Env
-from inboundlib.jose.fetch import FetchPolicy
+from inboundlib.jose.fetch import FetchPolicy, _freshness
 
 
 def test_defaults_refuse_loopback_and_private_ranges():
@@ -42,3 +42,11 @@ def test_settings_are_read(tmp_path):
 def test_bad_settings_stop_the_service(name, value):
     with pytest.raises(ConfigError, match=name):
         FetchPolicy.from_env(Env({name: value}))
+
+
+@pytest.mark.parametrize("headers, expected", [
+    (["public, max-age=120"], 120), (["max-age=5"], 60), (["max-age=999999"], 86400),
+    (["no-store"], 60), (["private", "no-cache"], 60), ([], 3600), (["max-age=abc"], 3600),
+])
+def test_freshness_is_max_age_clamped(headers, expected):
+    assert _freshness(headers, 60, 86400) == expected
