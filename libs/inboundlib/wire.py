@@ -6,13 +6,22 @@ import contextlib
 from inbound.common.v1 import common_pb2
 from inboundlib import budget
 from inboundlib.grants.api import RequestContext
-from inboundlib.oauth.client_auth import CLIENT_SECRET_BASIC, CLIENT_SECRET_POST, NONE, ClientCredentials
+from inboundlib.oauth.client_auth import (
+    CLIENT_SECRET_BASIC,
+    CLIENT_SECRET_JWT,
+    CLIENT_SECRET_POST,
+    NONE,
+    PRIVATE_KEY_JWT,
+    ClientCredentials,
+)
 from inboundlib.oauth.errors import OAuthError, from_code
 
 _METHOD_FROM_PB = {
     common_pb2.CLIENT_AUTH_METHOD_NONE: NONE,
     common_pb2.CLIENT_AUTH_METHOD_CLIENT_SECRET_BASIC: CLIENT_SECRET_BASIC,
     common_pb2.CLIENT_AUTH_METHOD_CLIENT_SECRET_POST: CLIENT_SECRET_POST,
+    common_pb2.CLIENT_AUTH_METHOD_CLIENT_SECRET_JWT: CLIENT_SECRET_JWT,
+    common_pb2.CLIENT_AUTH_METHOD_PRIVATE_KEY_JWT: PRIVATE_KEY_JWT,
 }
 _METHOD_TO_PB = {value: key for key, value in _METHOD_FROM_PB.items()}
 
@@ -57,7 +66,15 @@ def credentials_to_pb(creds: ClientCredentials | None) -> common_pb2.ClientCrede
     if creds is None:
         return None
     return common_pb2.ClientCredentials(method=_METHOD_TO_PB[creds.method], client_id=creds.client_id,
-                                        client_secret=creds.client_secret)
+                                        client_secret=creds.client_secret, client_assertion=creds.client_assertion)
+
+
+def method_to_pb(method: str) -> int:
+    return _METHOD_TO_PB[method]
+
+
+def method_from_pb(value: int) -> str | None:
+    return _METHOD_FROM_PB.get(value)
 
 
 def credentials_from_pb(message: common_pb2.ClientCredentials) -> ClientCredentials | None:
@@ -65,7 +82,7 @@ def credentials_from_pb(message: common_pb2.ClientCredentials) -> ClientCredenti
     method = _METHOD_FROM_PB.get(message.method)
     if method is None:
         return None
-    return ClientCredentials(method, message.client_id, message.client_secret)
+    return ClientCredentials(method, message.client_id, message.client_secret, message.client_assertion)
 
 
 def context_to_pb(context: RequestContext) -> common_pb2.RequestContext:

@@ -50,6 +50,7 @@ class Client:
     public: bool = False
     active: bool = True
     grant_types: list[str] = field(default_factory=lambda: ["client_credentials"])
+    token_endpoint_auth_method: str = CLIENT_SECRET_BASIC
 
 
 # --- ClientCredentials --------------------------------------------------------------
@@ -318,7 +319,7 @@ def creds_none(client_id: str = "app") -> ClientCredentials:
 
 @pytest.mark.parametrize("creds", [creds_basic(), creds_post()], ids=["basic", "post"])
 def test_confidential_client_with_right_secret(creds):
-    client = Client()
+    client = Client(token_endpoint_auth_method=creds.method)
     assert authenticate_client(client, creds) is client
 
 
@@ -330,7 +331,7 @@ def test_confidential_client_with_right_secret(creds):
 ], ids=["basic-suffix", "post-wrong", "basic-empty", "post-case"])
 def test_confidential_client_with_wrong_secret_is_invalid_client(creds):
     with pytest.raises(InvalidClient):
-        authenticate_client(Client(), creds)
+        authenticate_client(Client(token_endpoint_auth_method=creds.method), creds)
 
 
 def test_confidential_client_sending_no_secret_is_invalid_client():
@@ -346,7 +347,7 @@ def test_confidential_client_without_usable_hash_is_invalid_client(secret_hash):
 
 def test_confidential_client_with_empty_hash_rejects_empty_secret():
     with pytest.raises(InvalidClient):
-        authenticate_client(Client(secret_hash=""), creds_post(""))
+        authenticate_client(Client(secret_hash="", token_endpoint_auth_method=CLIENT_SECRET_POST), creds_post(""))
 
 
 def test_public_client_with_client_id_only():

@@ -44,7 +44,8 @@ def runner(client: ClientRecord, issuer: FakeIssuer) -> GrantRunner:
 
 async def test_issues_with_the_clients_settings():
     issuer = FakeIssuer()
-    response = await runner(record(), issuer).handle(request(CLIENT_SECRET_POST, scope="read"))
+    response = await runner(record(token_endpoint_auth_method=CLIENT_SECRET_POST), issuer).handle(
+        request(CLIENT_SECRET_POST, scope="read"))
     assert response.to_json() == {"access_token": "token-jti-1", "token_type": "Bearer", "expires_in": 900,
                                   "scope": "read"}
     assert issuer.requests[0].format == "opaque"

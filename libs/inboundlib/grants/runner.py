@@ -11,7 +11,9 @@ grant cannot forget any of it:
    single-valued one is invalid_request (§3.1);
 then the handler; and, for every outcome, metrics, the refusal's log line and
 audit event, and a failed dependency turned into `temporarily_unavailable` or
-`server_error`.
+`server_error`. `KeysPending` (a client's keys are being fetched in the
+background) is no refusal: it goes back to the caller, who asks again shortly,
+and is neither counted nor audited as a denial.
 
 The gRPC servicer calls it for each item of a batch; a single process that
 hosts every service (services/all_in_one) calls it directly from the edge.
@@ -34,7 +36,7 @@ from inboundlib.oauth.client_auth import (
     ClientSource,
     require_grant_type,
 )
-from inboundlib.oauth.errors import InvalidClient, OAuthError, ServerError, UnsupportedGrantType
+from inboundlib.oauth.errors import InvalidClient, KeysPending, OAuthError, ServerError, UnsupportedGrantType
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,10 @@ class GrantRunner:
             if not self.self_authenticating:
                 accepted = self._accepted(request)
             response = await self.handler.handle(accepted, client)
+        except KeysPending:
+            # Not an answer yet: the edge sends the request again within its budget.
+            log.debug("token request waits for keys being fetched", extra={"client_id": client_id})
+            raise
         except OAuthError as exc:
             TOKEN_REQUESTS.labels(self.grant_type, exc.code).inc()
             log.info("token request denied", extra={"client_id": client_id, "error": exc.code, "detail": exc.detail,
