@@ -4,7 +4,11 @@ service's own `grant.py`, and the grant servicer with the GrantRunner around it.
 
 A grant service is a folder `services/<name>/` whose `grant.py` has
 `build(deps: GrantDeps) -> GrantHandler`, and a row in services/modules.py
-with its grant type; nothing here changes for a new one."""
+with its grant type; nothing here changes for a new one.
+
+Client assertions (RFC 7523 §2.2: private_key_jwt, client_secret_jwt) are verified
+by jwt_bearer: a grant service whose row says it calls jwt_bearer hands them to it
+(in process, or through its batched ClientAssertions client)."""
 from __future__ import annotations
 
 import importlib
@@ -20,6 +24,7 @@ from inboundlib.grants.api import GrantHandler
 from inboundlib.grants.client import GrantClient
 from inboundlib.grants.runner import GrantRunner
 from inboundlib.hosting import GRPC, Context, Module
+from inboundlib.oauth.client_auth import ClientAssertionVerifier, ClientAuthenticator
 from services.client_registry.api import ClientRegistryApi
 from services.client_registry.cache import ClientCache, client_cache_settings
 from services.token_issuer.api import TokenIssuerApi
@@ -51,14 +56,17 @@ class GrantService:
     # Client records for the runner's client authentication (every grant's, once).
     clients: ClientCache
     events: EventBus
+    # jwt_bearer's client assertion verifier (None: private_key_jwt / client_secret_jwt unsupported).
+    assertions: ClientAssertionVerifier | None = None
 
     def __post_init__(self) -> None:
+        self.authenticator = ClientAuthenticator(self.clients, verifier=self.assertions)
         # What the edge calls in the same process: the handler with the runner's checks, metrics and events.
-        self.api = GrantRunner(self.handler, self.clients, self.events)
+        self.api = GrantRunner(self.handler, self.authenticator, self.events)
 
     def add_to_server(self, port: str, grpc_server: grpc.aio.Server) -> list[str]:
         assert port == GRPC, port
-        server.add_to_server(self.handler, grpc_server, self.clients, self.events)
+        server.add_to_server(self.handler, grpc_server, self.authenticator, self.events)
         return [server.SERVICE_NAME]
 
     async def stop(self) -> None:
@@ -75,7 +83,20 @@ async def start(settings: Settings, ctx: Context) -> GrantService:
     if handler.grant_type != ctx.module.grant_type:
         raise RuntimeError(f"services.{ctx.module.name}.grant serves {handler.grant_type!r}, "
                            f"the module table says {ctx.module.grant_type!r}")
-    return GrantService(handler=handler, clients=clients, events=ctx.events)
+    return GrantService(handler=handler, clients=clients, events=ctx.events, assertions=await client_assertions(ctx))
+
+
+# The service that verifies client assertions (RFC 7523 §2.2) for the others.
+CLIENT_ASSERTIONS = "jwt_bearer"
+
+
+async def client_assertions(ctx: Context) -> ClientAssertionVerifier | None:
+    """jwt_bearer's verifier, when this service's row says it calls jwt_bearer."""
+    if CLIENT_ASSERTIONS in ctx.module.depends_on:
+        return await ctx.dependency(CLIENT_ASSERTIONS)
+    if CLIENT_ASSERTIONS in ctx.module.calls_later:
+        return ctx.later(CLIENT_ASSERTIONS)
+    return None
 
 
 def connect(channel: grpc.aio.Channel, module: Module) -> GrantClient:

@@ -30,6 +30,7 @@ from inbound.events.v1 import events_pb2
 from inboundlib import budget
 from inboundlib.batching import Coalescer
 from inboundlib.grants.api import TokenResponse
+from inboundlib.oauth.errors import KeysPending
 from services.client_registry.api import (
     ClientRecord,
     ItemError,
@@ -288,11 +289,14 @@ class BatchedClients:
 
 class FakeGrant:
     """A grant as the edge sees it (GrantClient / GrantRunner): records each TokenRequest
-    it is given and the budget left when it got it; answers `response`, or raises `error`."""
+    it is given and the budget left when it got it; answers `response`, or raises `error`;
+    its first `pending` answers are KeysPending (keys being fetched)."""
 
-    def __init__(self, grant_type: str = "client_credentials", *, error: BaseException | None = None):
+    def __init__(self, grant_type: str = "client_credentials", *, error: BaseException | None = None,
+                 pending: int = 0):
         self.grant_type = grant_type
         self.error = error
+        self.pending = pending
         self.requests: list = []
         self.budgets: list[float] = []
         self.response = TokenResponse(access_token="fake-token", token_type="Bearer", expires_in=60)
@@ -300,6 +304,8 @@ class FakeGrant:
     async def handle(self, request):
         self.requests.append(request)
         self.budgets.append(budget.remaining(float("inf")))
+        if len(self.requests) <= self.pending:
+            raise KeysPending(detail="keys being fetched")
         if self.error is not None:
             raise self.error
         return self.response
@@ -307,24 +313,34 @@ class FakeGrant:
 
 class FakeTokens:
     """token_issuer as the edge sees it (introspect, revoke): records calls; `error` raises.
-    `infos` maps a token to its introspection answer (any other: inactive)."""
+    `infos` maps a token to its introspection answer (any other: inactive). The first
+    `pending` calls are answered KeysPending; `endpoint_urls` records what each call named."""
 
-    def __init__(self, *, error: BaseException | None = None, infos: dict[str, TokenInfo] | None = None):
+    def __init__(self, *, error: BaseException | None = None, infos: dict[str, TokenInfo] | None = None,
+                 pending: int = 0):
         self.error = error
+        self.pending = pending
+        self.endpoint_urls: list[str] = []
         self.infos = infos if infos is not None else {}
         self.introspected: list[tuple[str, object]] = []
         self.revoked: list[tuple[str, object, str]] = []
 
-    async def introspect(self, token: str, caller=None, *, request_id: str = ""):
+    async def introspect(self, token: str, caller=None, *, request_id: str = "", endpoint_url: str = ""):
         self.introspected.append((token, caller))
-        if self.error is not None:
-            raise self.error
+        self._answer(endpoint_url)
         return self.infos.get(token, TokenInfo(active=False))
 
-    async def revoke(self, token: str, caller, *, token_type_hint: str = "", request_id: str = "") -> None:
-        self.revoked.append((token, caller, token_type_hint))
+    def _answer(self, endpoint_url: str) -> None:
+        self.endpoint_urls.append(endpoint_url)
+        if len(self.endpoint_urls) <= self.pending:
+            raise KeysPending(detail="keys being fetched")
         if self.error is not None:
             raise self.error
+
+    async def revoke(self, token: str, caller, *, token_type_hint: str = "", request_id: str = "",
+                     endpoint_url: str = "") -> None:
+        self.revoked.append((token, caller, token_type_hint))
+        self._answer(endpoint_url)
 
 
 @contextlib.asynccontextmanager

@@ -262,9 +262,8 @@ class _Host:
     async def dependency(self, ctx: Context, name: str) -> Any:
         if name in self.components:
             return self.components[name].api
-        dep = self.table[name]
-        if dep.grant_type:
-            return self.grants(ctx)[dep.grant_type]
+        # A grant service others call for more than its grant (jwt_bearer: client assertions)
+        # has an address setting of its own; any other grant is found among the grants.
         return self.remote(ctx, name)
 
     def remote(self, ctx: Context, name: str) -> Any:

@@ -16,7 +16,7 @@ from inboundlib.cache import CacheSettings
 from inboundlib.config import ConfigError, Env
 from inboundlib.events import EventBus
 from inboundlib.hosting import GRPC, INTROSPECTION, Context, Module
-from inboundlib.oauth.client_auth import ClientCredentials
+from inboundlib.oauth.client_auth import ClientAssertionVerifier, ClientCredentials
 from inboundlib.oauth.oidc import id_token_alg
 from services.client_registry.api import ClientRegistryApi
 from services.client_registry.cache import ClientCache, client_cache_settings
@@ -116,12 +116,12 @@ class LocalIssuer:
         self.rewrap_keys = issuer.rewrap_keys
 
     async def introspect(self, token: str, caller: ClientCredentials | None = None, *,
-                         request_id: str = "") -> TokenInfo:
-        return await self.checker.introspect(token, caller, internal=caller is None)
+                         request_id: str = "", endpoint_url: str = "") -> TokenInfo:
+        return await self.checker.introspect(token, caller, internal=caller is None, endpoint_url=endpoint_url)
 
     async def revoke(self, token: str, caller: ClientCredentials | None, *, token_type_hint: str = "",
-                     request_id: str = "") -> None:
-        await self.checker.revoke(token, caller)
+                     request_id: str = "", endpoint_url: str = "") -> None:
+        await self.checker.revoke(token, caller, endpoint_url=endpoint_url)
 
     async def revoke_client_tokens(self, client_id: str) -> int:
         return await self.checker.revoke_client_tokens(client_id)
@@ -169,13 +169,17 @@ async def _reload_keys_periodically(issuer: TokenIssuer) -> None:
 
 # Third-party tokens' introspection (RFC 7662 for a registered OpenID provider's tokens).
 FOREIGN_TOKENS = "third_party_token"
+# Client assertions (RFC 7523 §2.2) of introspecting and revoking clients.
+CLIENT_ASSERTIONS = "jwt_bearer"
 
 
 async def start(settings: Settings, ctx: Context) -> TokenService:
-    # third_party_token issues through this service, so it starts after it: reached at first use.
+    # third_party_token and jwt_bearer issue through this service, so they start after it:
+    # reached at first use.
     foreign = ctx.later(FOREIGN_TOKENS) if FOREIGN_TOKENS in ctx.module.calls_later else None
+    assertions = ctx.later(CLIENT_ASSERTIONS) if CLIENT_ASSERTIONS in ctx.module.calls_later else None
     return await start_token_service(settings, await ctx.dependency("client_registry"), ctx.events, ctx.stop,
-                                     foreign=foreign)
+                                     foreign=foreign, assertions=assertions)
 
 
 def connect(channel: grpc.aio.Channel, module: Module) -> IssuerClient:
@@ -183,7 +187,8 @@ def connect(channel: grpc.aio.Channel, module: Module) -> IssuerClient:
 
 
 async def start_token_service(settings: Settings, registry: ClientRegistryApi, events: EventBus,
-                              stop: asyncio.Event, foreign: ForeignTokenSource | None = None) -> TokenService:
+                              stop: asyncio.Event, foreign: ForeignTokenSource | None = None,
+                              assertions: ClientAssertionVerifier | None = None) -> TokenService:
     """Keys loaded (the first replica ever creates one), client cache attached, and
     every revocation made so far known: a late replica must honour them before it serves."""
     issuer = TokenIssuer(registry, KeyEncryptor(*settings.key_encryption_keys), issuer=settings.issuer_url,
@@ -199,6 +204,7 @@ async def start_token_service(settings: Settings, registry: ClientRegistryApi, e
     checker = TokenChecker(issuer=settings.issuer_url, keyring=lambda: issuer.keyring, revocations=revocations,
                            clients=clients, registry=registry, events=events,
                            verified_cache_entries=settings.verified_jwt_cache,
-                           opaque=OpaqueTokenCache(registry, settings.opaque_token_cache), foreign=foreign)
+                           opaque=OpaqueTokenCache(registry, settings.opaque_token_cache), foreign=foreign,
+                           assertions=assertions)
     return TokenService(issuer=issuer, checker=checker, clients=clients, sync=sync,
                         reloader=asyncio.create_task(_reload_keys_periodically(issuer)))

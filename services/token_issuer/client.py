@@ -119,10 +119,10 @@ class IssuerClient:
         return list(reply.results)
 
     async def introspect(self, token: str, caller: ClientCredentials | None = None, *,
-                         request_id: str = "") -> TokenInfo:
+                         request_id: str = "", endpoint_url: str = "") -> TokenInfo:
         """RFC 7662. `caller` is the HTTP client asking; internal services pass None."""
         item = pb.IntrospectRequest(meta=meta(request_id, HOT_TIMEOUT), token=token,
-                                    caller=credentials_to_pb(caller))
+                                    caller=credentials_to_pb(caller), endpoint_url=endpoint_url)
         result = await self._introspect.submit(item, HOT_TIMEOUT)
         if result.HasField("error"):
             raise error_from_pb(result.error)
@@ -134,10 +134,10 @@ class IssuerClient:
         return list(reply.results)
 
     async def revoke(self, token: str, caller: ClientCredentials | None, *, token_type_hint: str = "",
-                     request_id: str = "") -> None:
+                     request_id: str = "", endpoint_url: str = "") -> None:
         """RFC 7009; raises the OAuth error when the request is refused."""
         item = pb.RevokeRequest(meta=meta(request_id, HOT_TIMEOUT), token=token, token_type_hint=token_type_hint,
-                                caller=credentials_to_pb(caller))
+                                caller=credentials_to_pb(caller), endpoint_url=endpoint_url)
         result = await self._revoke.submit(item, HOT_TIMEOUT)
         if result.HasField("error"):
             raise error_from_pb(result.error)

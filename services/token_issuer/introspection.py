@@ -39,9 +39,10 @@ import jwt
 from inbound.events.v1 import events_pb2
 from inboundlib import actors, grpcx, identity
 from inboundlib.events import REVOKED_TOKEN_INTROSPECTED, TOKEN_REVOKED, EventBus, actor_to_pb
+from inboundlib.grants.api import RequestContext
 from inboundlib.logs import request_id_var
 from inboundlib.oauth import token_exchange
-from inboundlib.oauth.client_auth import ClientAuthenticator, ClientCredentials
+from inboundlib.oauth.client_auth import ClientAssertionVerifier, ClientAuthenticator, ClientCredentials
 from inboundlib.oauth.errors import KeysPending, ServerError, TemporarilyUnavailable, UnauthorizedClient
 from services.client_registry.api import (
     GRANT_REVOCATION_LIFETIME,
@@ -115,7 +116,7 @@ class TokenChecker:
     def __init__(self, *, issuer: str, keyring: callable, revocations: RevocationSet, clients: ClientSource,
                  registry: CheckerStore, events: EventBus | None = None,
                  verified_cache_entries: int = VERIFIED_CACHE_ENTRIES, opaque: OpaqueTokenCache | None = None,
-                 foreign: ForeignTokenSource | None = None):
+                 foreign: ForeignTokenSource | None = None, assertions: ClientAssertionVerifier | None = None):
         self.issuer = issuer
         self._keyring = keyring  # returns the current KeyRing (it is replaced on reload)
         self.revocations = revocations
@@ -123,7 +124,8 @@ class TokenChecker:
         self.registry = registry
         self.opaque = opaque or OpaqueTokenCache(registry)
         self._unavailable_logged_at = 0.0
-        self.authenticator = ClientAuthenticator(clients)
+        # With jwt_bearer's verifier, callers may authenticate by client assertion (RFC 7523 §2.2).
+        self.authenticator = ClientAuthenticator(clients, verifier=assertions)
         self.events = events
         self.foreign = foreign
         self._verified: dict[bytes, TokenFacts] = {}
@@ -132,9 +134,9 @@ class TokenChecker:
 
     # --- check 1: the caller ----------------------------------------------------------------------
 
-    async def authenticate_caller(self, creds: ClientCredentials | None):
+    async def authenticate_caller(self, creds: ClientCredentials | None, endpoint_url: str = ""):
         # The shared authenticator: a malformed client id is never looked up.
-        return await self.authenticator.authenticate(creds)
+        return await self.authenticator.authenticate(creds, RequestContext(endpoint_url=endpoint_url))
 
     async def resource_server_of(self, token: str) -> tuple[identity.Caller, actors.Actor] | None:
         """Who a bearer token on the introspection port stands for (RFC 6750 §2.1): the
@@ -226,10 +228,10 @@ class TokenChecker:
                                            issued_at_ms=facts.iat_ms or facts.iat * 1000, subject=facts.sub)
 
     async def introspect(self, token: str, caller: ClientCredentials | None, *, internal: bool,
-                         report_revoked: bool = True) -> TokenInfo:
+                         report_revoked: bool = True, endpoint_url: str = "") -> TokenInfo:
         client = None
         if not internal:
-            client = await self.authenticate_caller(caller)
+            client = await self.authenticate_caller(caller, endpoint_url)
             if client.public:
                 raise UnauthorizedClient(detail="public clients may not introspect")
         facts = await self.identify(token)
@@ -313,10 +315,10 @@ class TokenChecker:
 
     # --- revocation -------------------------------------------------------------------------------
 
-    async def revoke(self, token: str, caller: ClientCredentials | None) -> None:
+    async def revoke(self, token: str, caller: ClientCredentials | None, *, endpoint_url: str = "") -> None:
         """RFC 7009 §2.1: only the client the token was issued to may revoke it;
         an unknown or expired token is not an error (§2.2)."""
-        client = await self.authenticate_caller(caller)
+        client = await self.authenticate_caller(caller, endpoint_url)
         facts = await self.identify(token)
         if facts is None or facts.exp <= time.time():
             return

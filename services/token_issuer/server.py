@@ -84,7 +84,8 @@ class TokenIssuerServicer(issuer_pb2_grpc.TokenIssuerServicer):
     async def _introspect_one(self, item: pb.IntrospectRequest) -> pb.IntrospectResult:
         async def work():
             caller = credentials_from_pb(item.caller) if item.HasField("caller") else None
-            return info_to_pb(await self.checker.introspect(item.token, caller, internal=caller is None))
+            return info_to_pb(await self.checker.introspect(item.token, caller, internal=caller is None,
+                                                            endpoint_url=item.endpoint_url))
 
         outcome = await _per_item(item.meta, work)
         if isinstance(outcome, pb.TokenInfo):
@@ -93,7 +94,7 @@ class TokenIssuerServicer(issuer_pb2_grpc.TokenIssuerServicer):
 
     async def _revoke_one(self, item: pb.RevokeRequest) -> pb.RevokeResult:
         async def work():
-            await self.checker.revoke(item.token, credentials_from_pb(item.caller))
+            await self.checker.revoke(item.token, credentials_from_pb(item.caller), endpoint_url=item.endpoint_url)
             return None
 
         outcome = await _per_item(item.meta, work)

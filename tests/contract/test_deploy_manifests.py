@@ -61,6 +61,15 @@ SHARED_SOURCES = {
 }
 
 
+def _address_setting(caller: Module, dep: Module) -> str:
+    """Where `caller` reads `dep`'s address: a grant among the grants it routes (the edge),
+    or one without an address setting of its own, in INBOUND_GRANT_ADDRS; else its own
+    (jwt_bearer, which grant services and token_issuer also call for client assertions)."""
+    if dep.grant_type and (caller.calls_grants or not dep.address_env):
+        return hosting.GRANT_ADDRS_ENV
+    return dep.address_env
+
+
 def _expected_env(module: Module) -> dict:
     """The env a StatefulSet must carry, from the module table: its ports, its
     dependencies' addresses (headless Services, round_robin), and the shared
@@ -75,7 +84,7 @@ def _expected_env(module: Module) -> dict:
     env["INBOUND_NATS_USER"] = f"$(INBOUND_INSTALLATION)-{module.name}"
     for name in hosting.dependencies(modules.TABLE, module):
         dep = modules.TABLE[name]
-        if dep.address_env:
+        if _address_setting(module, dep) == dep.address_env:
             env[dep.address_env] = f"dns:///{dep.k8s_name}:{dep.main_port.number}"
     if module.calls_grants:
         env[hosting.GRANT_ADDRS_ENV] = ",".join(f"{g.grant_type}=dns:///{g.k8s_name}:{g.main_port.number}"
@@ -427,7 +436,7 @@ def _env_read(module: str) -> dict[str, bool]:
     found: dict[str, bool] = {p.env: False for p in row.ports}
     for name in hosting.dependencies(modules.TABLE, row):
         dep = modules.TABLE[name]
-        found[hosting.GRANT_ADDRS_ENV if dep.grant_type else dep.address_env] = False
+        found[_address_setting(row, dep)] = False
     for path in files:
         tree = ast.parse(path.read_text())
         names = _string_constants(tree)

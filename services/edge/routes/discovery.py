@@ -1,7 +1,9 @@
 """Discovery: authorization server metadata (RFC 8414), OpenID Provider metadata
 (OpenID Connect Discovery 1.0 §3) and the JWK Set (RFC 7517). Each lists only
 what this edge serves: the authorization endpoint, UserInfo and end_session
-only when the authorization_code service is configured."""
+only when the authorization_code service is configured; private_key_jwt and
+client_secret_jwt (RFC 7523 §2.2) only when jwt_bearer, which verifies client
+assertions for every endpoint, is (its grant is among the grants)."""
 from __future__ import annotations
 
 import json
@@ -12,7 +14,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from inboundlib.oauth.client_auth import CLIENT_SECRET_BASIC, CLIENT_SECRET_POST, NONE
+from inboundlib.jose.keys import ASYMMETRIC_ALGORITHMS, HMAC_MIN_BYTES
+from inboundlib.oauth.client_auth import (
+    CLIENT_SECRET_BASIC,
+    CLIENT_SECRET_JWT,
+    CLIENT_SECRET_POST,
+    JWT_BEARER_GRANT_TYPE,
+    NONE,
+    PRIVATE_KEY_JWT,
+)
 from inboundlib.oauth.errors import TemporarilyUnavailable
 from inboundlib.oauth.oidc import STANDARD_SCOPES, SUPPORTED_CLAIMS
 from services.edge.errors import TokenEndpointErrors, json_response
@@ -34,12 +44,19 @@ IMPLICIT = "implicit"
 RESPONSE_TYPES = ["code", "token", "id_token token"]
 RESPONSE_MODES = ["query", "fragment"]
 CODE_CHALLENGE_METHODS = ["S256"]  # RFC 7636 §4.2; `plain` is refused (RFC 9700 §2.1.1)
+# What a client assertion may be signed with (inboundlib.jose: each as its key type allows;
+# HS* with the client's own secret, client_secret_jwt). RFC 8414 §2: never `none`.
+ASSERTION_SIGNING_ALGS = sorted(ASYMMETRIC_ALGORITHMS | set(HMAC_MIN_BYTES))
 
 
 def build_metadata(issuer: str, grant_types: list[str], *, introspection: bool = True) -> dict:
     """RFC 8414 §2: only what this server really supports."""
     base = issuer.rstrip("/")
     auth_methods = [CLIENT_SECRET_BASIC, CLIENT_SECRET_POST]
+    # jwt_bearer answers both halves of RFC 7523: where its grant is served, so are client assertions.
+    assertions = JWT_BEARER_GRANT_TYPE in grant_types
+    if assertions:
+        auth_methods += [CLIENT_SECRET_JWT, PRIVATE_KEY_JWT]
     browser = AUTHORIZATION_GRANT in grant_types
     metadata = {
         "issuer": issuer,
@@ -52,6 +69,8 @@ def build_metadata(issuer: str, grant_types: list[str], *, introspection: bool =
         # RFC 8414 requires the member: empty while no authorization endpoint is served.
         "response_types_supported": RESPONSE_TYPES if browser else [],
     }
+    if assertions:
+        metadata["token_endpoint_auth_signing_alg_values_supported"] = ASSERTION_SIGNING_ALGS
     if browser:
         metadata.update({
             "authorization_endpoint": base + AUTHORIZE_PATHS[0],
@@ -66,6 +85,9 @@ def build_metadata(issuer: str, grant_types: list[str], *, introspection: bool =
             "revocation_endpoint": base + REVOKE_PATHS[0],
             "revocation_endpoint_auth_methods_supported": auth_methods,
         })
+        if assertions:
+            metadata.update({"introspection_endpoint_auth_signing_alg_values_supported": ASSERTION_SIGNING_ALGS,
+                             "revocation_endpoint_auth_signing_alg_values_supported": ASSERTION_SIGNING_ALGS})
     return metadata
 
 

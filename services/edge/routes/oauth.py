@@ -8,20 +8,28 @@ renders what the grant answers. Errors are rendered the token endpoint's way
 All three authenticate the client behind the edge (the grant runner, token_issuer);
 the edge learns of a failure from the `invalid_client` they answer, and throttles
 failed client authentication per client id and address (services/edge/throttle.py):
-a throttled request is answered 429 here and never reaches a secret check.
+a throttled request is answered 429 here and never reaches a secret check. A client
+assertion (RFC 7523 §2.2) is throttled by the client id its claims name.
+
+An answer of `keys_pending` (the client's keys are being fetched in the background,
+and nobody waits for outgoing HTTP inside a batch) is no answer yet: the same request
+is sent again after a short back-off, doubling, for as long as its budget allows;
+then 503 temporarily_unavailable with Retry-After (`_answered`).
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+from prometheus_client import Counter
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from inboundlib import redact
+from inboundlib import budget, redact
 from inboundlib.events import EventBus
 from inboundlib.grants.api import TokenRequest, TokenResponse
 from inboundlib.grants.runner import publish_denial
@@ -29,6 +37,7 @@ from inboundlib.oauth.client_auth import ClientCredentials, extract_credentials
 from inboundlib.oauth.errors import (
     InvalidClient,
     InvalidRequest,
+    KeysPending,
     OAuthError,
     TemporarilyUnavailable,
     UnsupportedGrantType,
@@ -48,6 +57,16 @@ ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 # must not flood the audit log. Every one is counted in inbound_http_auth_throttled_total.
 THROTTLE_AUDITS_PER_SECOND = 5.0
 THROTTLE_AUDIT_BURST = 50
+# The form parameters that carry client credentials (RFC 6749 §2.3.1, RFC 7521 §4.2).
+CREDENTIAL_PARAMS = ("client_id", "client_secret", "client_assertion_type", "client_assertion")
+# keys_pending: the first wait before sending again, doubled each time up to the last; a
+# fetch from a healthy IdP takes tens of milliseconds. Sent again only while this much
+# of the request's budget would be left for the answer after the wait.
+KEYS_PENDING_FIRST_WAIT = 0.01
+KEYS_PENDING_LONGEST_WAIT = 0.32
+KEYS_PENDING_ANSWER_TIME = 0.1
+KEYS_PENDING_RETRIES = Counter("inbound_http_keys_pending_retries_total",
+                               "Requests sent again because the keys they need were being fetched", ["route"])
 T = TypeVar("T")
 
 
@@ -60,9 +79,10 @@ class Grant(Protocol):
 class TokenService(Protocol):
     """What the edge needs of token_issuer beyond JWKS (services/token_issuer/client.py)."""
 
-    async def introspect(self, token: str, caller: ClientCredentials | None = None, *, request_id: str = ""): ...
+    async def introspect(self, token: str, caller: ClientCredentials | None = None, *, request_id: str = "",
+                         endpoint_url: str = ""): ...
     async def revoke(self, token: str, caller: ClientCredentials | None, *, token_type_hint: str = "",
-                     request_id: str = "") -> None: ...
+                     request_id: str = "", endpoint_url: str = "") -> None: ...
 
 
 @dataclass
@@ -116,7 +136,7 @@ class OAuthRoutes:
             self._audit_throttled(route, client_id, address, grant_type, refusal)
             raise Throttled(refusal.retry_after)
         try:
-            result = await backend(call())
+            result = await self._answered(route, call)
         except OAuthError as exc:
             if exc.code == InvalidClient.code:
                 AUTH_FAILURES.labels(route).inc()
@@ -124,6 +144,19 @@ class OAuthRoutes:
             raise
         self.throttle.succeeded(client_id, address)
         return result
+
+    async def _answered(self, route: str, call: Callable[[], Awaitable[T]]) -> T:
+        """`call`'s answer; sent again while it is keys_pending and the budget allows."""
+        wait = KEYS_PENDING_FIRST_WAIT
+        while True:
+            try:
+                return await backend(call())
+            except KeysPending:
+                if budget.remaining(self.settings.request_timeout) < wait + KEYS_PENDING_ANSWER_TIME:
+                    raise TemporarilyUnavailable(detail="keys still being fetched when the budget ran out") from None
+            KEYS_PENDING_RETRIES.labels(route).inc()
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, KEYS_PENDING_LONGEST_WAIT)
 
     def _audit_throttled(self, route: str, client_id: str, address: str, grant_type: str,
                          refusal: Refusal) -> None:
@@ -139,7 +172,7 @@ class OAuthRoutes:
         grant_type = ""
         try:
             params = parse_form_multi(await read_form_body(request, self.settings), REPEATABLE_TOKEN_PARAMS)
-            auth = {name: params.pop(name)[0] for name in ("client_id", "client_secret") if name in params}
+            auth = {name: params.pop(name)[0] for name in CREDENTIAL_PARAMS if name in params}
             credentials = extract_credentials(request.headers.get("authorization"), auth)
             grant_type = params.pop("grant_type", ("",))[0]
             if not grant_type:
@@ -171,9 +204,10 @@ class OAuthRoutes:
     async def introspect(self, request: Request, request_id: str) -> Response:
         """RFC 7662 §2: the caller authenticates as a client; inactive is only {"active": false}."""
         token_value, _, credentials = await self._token_form(request)
+        url = self._endpoint_url(request)
         info = await self._authenticating("introspect", credentials, request_address(request, self.settings),
                                           lambda: self.tokens.introspect(token_value, credentials,
-                                                                         request_id=request_id))
+                                                                         request_id=request_id, endpoint_url=url))
         return json_response(info.to_json(), 200, dict(NO_STORE))
 
     async def revoke(self, request: Request, request_id: str) -> Response:
@@ -183,9 +217,10 @@ class OAuthRoutes:
         hint = params.get("token_type_hint", "")
         if hint not in TOKEN_TYPE_HINTS:
             hint = ""
+        url = self._endpoint_url(request)
         await self._authenticating("revoke", credentials, request_address(request, self.settings),
                                    lambda: self.tokens.revoke(token_value, credentials, token_type_hint=hint,
-                                                              request_id=request_id))
+                                                              request_id=request_id, endpoint_url=url))
         return Response(b"", status_code=200, headers=dict(NO_STORE))
 
     def routes(self) -> list[Route]:
