@@ -287,3 +287,62 @@ def test_unverified_helpers_read_without_verifying(idp, attacker):
     assert unverified_header(token)["typ"] == "JWT"
     with pytest.raises(InvalidJwt):
         unverified_header("not a jwt")
+
+
+# ---- hostile values (review): types, ranges, RFC 7515 header rules
+
+@pytest.mark.parametrize("name, value", [
+    ("exp", True), ("exp", "1800000300"), ("exp", 10**400), ("exp", -10**400), ("exp", 10**12),
+    ("nbf", 10**400), ("iat", 10**400), ("iat", False), ("nbf", [NOW]),
+], ids=lambda v: str(v)[:12])
+async def test_numeric_dates_of_another_type_or_out_of_range_are_refused_not_crashed(idp, name, value):
+    # No max_lifetime, so only the type/range rule stands between a 400-digit exp and float overflow.
+    token = idp.mint(claims(idp, **{name: value}))
+    assert f"{name} is not a number" in await refused(token, policy(idp, max_lifetime=None), keys_of(idp))
+
+
+async def test_fractional_numeric_dates_are_accepted(idp):
+    token = idp.mint(claims(idp, iat=NOW + 0.5, exp=NOW + 300.25))
+    assert (await validator().validate(token, policy(idp), keys_of(idp)))["exp"] == NOW + 300.25
+
+
+@pytest.mark.parametrize("aud", [[], [7], {"a": AUD}, ""])
+async def test_empty_or_malformed_aud_refused(idp, aud):
+    assert "aud" in await refused(idp.mint(claims(idp, aud=aud)), policy(idp), keys_of(idp))
+
+
+@pytest.mark.parametrize("headers", [
+    {"crit": ["https://ext.example/must-understand"], "https://ext.example/must-understand": 1},  # RFC 7515 §4.1.11
+    {"crit": []},
+    {"crit": "exp"},
+])
+async def test_a_critical_header_we_do_not_understand_is_refused(idp, headers):
+    assert "malformed token" in await refused(idp.mint(claims(idp), headers=headers), policy(idp), keys_of(idp))
+
+
+async def test_unencoded_payload_b64_false_is_refused(idp):
+    # RFC 7797: the payload is not base64url; a verifier without the detached payload must refuse.
+    token = idp.mint(claims(idp), headers={"b64": False, "crit": ["b64"]})
+    assert "malformed token" in await refused(token, policy(idp), keys_of(idp))
+
+
+async def test_a_jwk_pinned_to_rs256_does_not_verify_ps256(idp):
+    import jwt
+
+    key = idp.keys["RS256"]
+    pss = jwt.encode(claims(idp), key.private_key, algorithm="PS256", headers={"kid": key.kid})
+    assert "no trusted key for algorithm PS256" in await refused(pss, policy(idp), keys_of(idp))
+    unpinned = Source(KeySet.from_jwks({"keys": [{k: v for k, v in key.jwk.items() if k != "alg"}]}))
+    assert (await validator().validate(pss, policy(idp), unpinned))["sub"] == "alice"
+
+
+async def test_an_es_algorithm_of_another_curve_is_refused(idp):
+    import json
+
+    from jwt.utils import base64url_encode
+
+    key = idp.keys["ES256"]  # P-256: a header saying ES384 names another curve (pyjwt will not sign it)
+    _header, payload, signature = idp.mint(claims(idp), alg="ES256").split(".")
+    header = base64url_encode(json.dumps({"alg": "ES384", "kid": key.kid}).encode()).decode()
+    token = f"{header}.{payload}.{signature}"
+    assert "no trusted key for algorithm ES384" in await refused(token, policy(idp), keys_of(idp))

@@ -36,6 +36,10 @@ MAX_TOKEN_BYTES = 32 * 1024  # larger than any ID token seen in practice; parsin
 MAX_KID_CHARS = 256
 MAX_JTI_CHARS = 256
 DEFAULT_SKEW = 300
+# A NumericDate (RFC 7519 §2) beyond ±10^11 s (year 5138) is junk; bounding it keeps the
+# arithmetic below from overflowing a float (JSON integers are unbounded in Python) and the
+# jti store's expiry inside a 64-bit column.
+MAX_NUMERIC_DATE = 10**11
 
 
 class InvalidJwt(Exception):
@@ -117,7 +121,12 @@ def unverified_claims(token: str) -> dict[str, Any]:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A usable NumericDate: an int or a finite float (not a bool) within ±MAX_NUMERIC_DATE."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    return -MAX_NUMERIC_DATE <= value <= MAX_NUMERIC_DATE
 
 
 # Signature only: the claims are checked below, with reasons of our own and the policy's skew.
