@@ -88,3 +88,29 @@ def test_certificate_keys_match_any_kid(tmp_path):
     assert key.kid is None and key.algorithms == {"ES256"} and key_set.find("anything", "ES256")
     with pytest.raises(ValueError):
         KeySet.from_certificate_pem("-----BEGIN CERTIFICATE-----\nbad\n-----END CERTIFICATE-----\n")
+
+
+def _rsa_jwk(e: int, n: int, kid: str) -> dict:
+    from jwt.utils import to_base64url_uint
+
+    return {"kty": "RSA", "kid": kid, "e": to_base64url_uint(e).decode(), "n": to_base64url_uint(n).decode()}
+
+
+def test_rsa_keys_too_costly_to_verify_with_are_skipped():
+    # Each verify runs on the event loop: a 3000-bit exponent costs ~40x e = 65537.
+    n = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key().public_numbers().n
+    assert len(KeySet.from_jwks({"keys": [_rsa_jwk(65537, n, "ok")]})) == 1
+    assert KeySet.from_jwks({"keys": [_rsa_jwk((1 << 2000) + 1, n, "huge-e")]}).keys == ()
+    assert KeySet.from_jwks({"keys": [_rsa_jwk(65537, (1 << 9000) + 1, "huge-n")]}).keys == ()
+
+
+def test_parsing_a_jwks_stops_at_the_key_limit(monkeypatch):
+    from inboundlib.jose import keys as keys_module
+
+    p256 = ec.generate_private_key(ec.SECP256R1()).public_key()
+    jwks = {"keys": [jwk_of(p256, "ES256", kid=f"k{i}") for i in range(keys_module.MAX_KEYS + 50)]}
+    parsed = []
+    real = keys_module._from_jwk
+    monkeypatch.setattr(keys_module, "_from_jwk", lambda jwk, i: parsed.append(i) or real(jwk, i))
+    assert len(KeySet.from_jwks(jwks)) == keys_module.MAX_KEYS
+    assert len(parsed) == keys_module.MAX_KEYS  # the rest of a huge set is never parsed (EC point checks)
