@@ -172,7 +172,11 @@ async def test_a_discovery_document_naming_another_issuer_is_refused(idp, make_f
 
 
 @pytest.mark.parametrize("url", ["https://10.0.0.1/jwks", "https://169.254.169.254/latest/meta-data",
-                                 "https://[::1]/jwks", "https://[::ffff:192.168.1.1]/jwks", "https://0.0.0.0/"])
+                                 "https://[::1]/jwks", "https://[::ffff:192.168.1.1]/jwks", "https://0.0.0.0/",
+                                 # Full-width digits and ideographic dots: urllib sees a name, yarl (what
+                                 # aiohttp connects with, never resolving a literal) sees 127.0.0.1.
+                                 "https://\uff11\uff12\uff17.\uff10.\uff10.\uff11/jwks",
+                                 "https://169\u3002254\u3002169\u3002254/latest/meta-data"])
 async def test_private_addresses_are_refused_before_any_connection(make_fetcher, url):
     fetcher = make_fetcher(allow_loopback=False)
     with pytest.raises(InvalidJwt, match="not allowed"):
@@ -188,6 +192,43 @@ async def test_a_name_resolving_to_loopback_is_refused_unless_allowed(idp, make_
     assert idp.fetches["/jwks"] == 0
     allow_listed = make_fetcher(allow_loopback=False, allowed_networks=("127.0.0.0/8", "::1/128"))
     assert await loaded(lambda: allow_listed.key_set(by_name))
+
+
+async def test_every_connection_is_checked_against_the_policy(idp, make_fetcher):
+    # The last line: even a URL that got past check_url and the resolver (an IP literal aiohttp
+    # never resolves) is refused at the socket, before it connects.
+    from inboundlib.jose.fetch import _FetchFailed
+
+    fetcher = make_fetcher(allow_loopback=False)
+    with pytest.raises(_FetchFailed) as caught:
+        await fetcher._fetch("jwks", idp.jwks_uri, 60)
+    assert caught.value.outcome == "refused" and idp.fetches["/jwks"] == 0
+
+
+async def test_proxies_from_the_environment_are_not_used(idp, make_fetcher, monkeypatch):
+    # A proxy would see (and could answer) every fetch: trust_env stays off.
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # discard: a proxy there fails every fetch
+    fetcher = make_fetcher()
+    assert await loaded(lambda: fetcher.key_set(idp.jwks_uri))
+
+
+async def test_an_unknown_kid_refetch_keeps_the_providers_cache_lifespan(idp, make_fetcher):
+    fetcher = make_fetcher()  # the fetcher's own maximum: a day
+    idp.max_age = 86400
+    source = DiscoveredKeys(fetcher, idp.discovery_url, idp.issuer, max_cache=100)
+    validator, policy = JwtValidator(), JwtPolicy(issuers=(idp.issuer,), audiences=(AUD,))
+    await loaded(source.keys)
+    fetcher.clock.now += 61
+    idp.rotate()
+    token = idp.token("alice", AUD)
+    await eventually(lambda: validator.validate(token, policy, source), ignore=(KeysPending,))
+    assert idp.fetches["/jwks"] == 2
+    fetcher.clock.now += 80  # past 3/4 of the provider's 100 s (not of a day): refreshed ahead
+    source.keys()
+    await eventually(lambda: idp.fetches["/jwks"], until=lambda n: n == 3)
 
 
 async def test_http_is_refused(idp, make_fetcher):

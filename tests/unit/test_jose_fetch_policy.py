@@ -47,6 +47,7 @@ def test_bad_settings_stop_the_service(name, value):
 @pytest.mark.parametrize("headers, expected", [
     (["public, max-age=120"], 120), (["max-age=5"], 60), (["max-age=999999"], 86400),
     (["no-store"], 60), (["private", "no-cache"], 60), ([], 3600), (["max-age=abc"], 3600),
+    (["max-age=99999999999"], 86400), (["max-age=" + "9" * 5000], 86400), (["max-age=-5"], 3600),
 ])
 def test_freshness_is_max_age_clamped(headers, expected):
     assert _freshness(headers, 60, 86400) == expected

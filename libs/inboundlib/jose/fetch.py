@@ -9,7 +9,9 @@ What a fetch may do (server-side request forgery, RFC 8725 §3.10, OWASP SSRF):
   multicast, reserved and unspecified addresses unless allow-listed
   (INBOUND_FEDERATION_ALLOWED_NETWORKS; loopback with INBOUND_FEDERATION_ALLOW_LOOPBACK), and
   the connection goes to the address it checked (no second lookup: no DNS rebinding). An IP
-  literal in the URL is checked before any connection (aiohttp does not resolve those);
+  literal in the URL is checked before any connection (aiohttp does not resolve those), read
+  with yarl as aiohttp reads it (`https://１２７.０.０.１/` is 127.0.0.1 to yarl's IDNA, a name to
+  urllib); and every socket is checked once more against the policy before it connects;
 - redirects are not followed; no cookies, no proxies from the environment;
 - a total timeout, a byte limit while reading (decompressed), JSON only.
 
@@ -34,12 +36,12 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 from prometheus_client import Counter, Gauge
+from yarl import URL
 
 from inboundlib.config import ConfigError, Env
 from inboundlib.jose.keys import KeySet
@@ -56,7 +58,8 @@ REFRESH_AHEAD = 0.75  # refresh in the background once this share of the freshne
 RETRY_AFTER_ERROR = 10.0  # at most one attempt per URL this often while it fails (capped by refetch_interval)
 MAX_URLS = 10_000  # URLs come from the registry, not from tokens; the bound is a safety net
 USER_AGENT = "Inbound-federation/1 (JWKS and OpenID discovery fetcher)"
-_MAX_AGE = re.compile(r"(?:^|,)\s*(?:s-maxage|max-age)\s*=\s*\"?(\d{1,10})\"?\s*(?:,|$)", re.IGNORECASE)
+_MAX_AGE = re.compile(r"(?:^|,)\s*(?:s-maxage|max-age)\s*=\s*\"?(\d+)\"?\s*(?:,|$)", re.IGNORECASE)
+_MAX_AGE_DIGITS = 10  # more digits than that: "longer than any maximum" (int() of 5000 digits raises)
 _NO_CACHE = re.compile(r"(?:^|,)\s*(?:no-store|no-cache)\s*(?:,|=|$)", re.IGNORECASE)
 
 FETCHES = Counter(
@@ -161,6 +164,23 @@ class _GuardedResolver(AbstractResolver):
         await self._inner.close()
 
 
+def _guarded_socket_factory(policy: FetchPolicy):
+    """aiohttp's socket_factory: the last check before any connect, on the very address the
+    socket is about to reach, whatever produced it (the resolver, or an IP literal aiohttp
+    never resolves). The checks before it refuse earlier with a clearer reason; this one holds
+    if a parser difference ever lets an address past them."""
+    def factory(addr_info) -> socket.socket:
+        family, type_, proto, _, address = addr_info
+        if not policy.address_allowed(str(address[0])):
+            raise AddressRefused(f"connection to {address[0]} refused by the fetch policy")
+        return socket.socket(family=family, type=type_, proto=proto)
+    return factory
+
+
+def _refused(exc: BaseException) -> bool:
+    return any(isinstance(e, AddressRefused) for e in (exc.__cause__, getattr(exc, "os_error", None)))
+
+
 class _FetchFailed(Exception):
     def __init__(self, outcome: str, reason: str):
         self.outcome = outcome
@@ -196,7 +216,9 @@ def _freshness(cache_control: list[str], minimum: int, maximum: int) -> float:
         seconds = 0
     else:
         match = _MAX_AGE.search(joined)
-        seconds = int(match.group(1)) if match else DEFAULT_FRESHNESS
+        digits = match.group(1) if match else ""
+        seconds = (DEFAULT_FRESHNESS if not digits else maximum if len(digits) > _MAX_AGE_DIGITS
+                   else int(digits))
     return float(min(max(seconds, minimum), maximum))
 
 
@@ -237,11 +259,11 @@ class Fetcher:
         """The OpenID discovery document (OpenID Connect Discovery §4), cached like a JWKS."""
         return self._read("discovery", url, max_cache)
 
-    def refetch_for_unknown_kid(self, jwks_uri: str) -> bool:
+    def refetch_for_unknown_kid(self, jwks_uri: str, *, max_cache: int | None = None) -> bool:
         """A token named a kid the cached set lacks: start one refetch unless the URL was
         fetched within refetch_interval. True when a fetch is under way (the caller raises
         KeysPending), False when rate-limited (the caller refuses: unknown kid)."""
-        state = self._state("jwks", jwks_uri, None)
+        state = self._state("jwks", jwks_uri, max_cache)
         if state.task is not None:
             return True  # a flood shares the fetch under way
         if self._clock() - state.last_started < self.policy.refetch_interval:
@@ -274,18 +296,19 @@ class Fetcher:
     # ---- the cache
 
     def check_url(self, url: str) -> str:
-        """The URL's host when the policy lets it be fetched, else InvalidJwt."""
+        """The URL's host when the policy lets it be fetched, else InvalidJwt. Parsed by yarl,
+        the parser aiohttp connects with: the host checked is the host reached."""
         try:
-            parts = urlsplit(url)
-            host = parts.hostname
+            parts = URL(url)
+            host = parts.host
             parts.port  # noqa: B018 (raises ValueError on a bad port)
-        except (ValueError, TypeError, AttributeError):
+        except (ValueError, TypeError, AttributeError, UnicodeError):
             raise InvalidJwt("not a URL") from None
         if parts.scheme != "https":
             raise InvalidJwt(f"only https URLs are fetched ({parts.scheme or 'no'} scheme)")
         if not host:
             raise InvalidJwt("URL without a host")
-        if parts.username is not None or parts.password is not None:
+        if parts.user is not None or parts.password is not None:
             raise InvalidJwt("URL with user information")
         try:
             ipaddress.ip_address(host.split("%", 1)[0])
@@ -306,6 +329,8 @@ class Fetcher:
                 self._states.popitem(last=False)
         else:
             self._states.move_to_end(key)
+            if max_cache is None:
+                return state  # keep the lifespan its owner gave (refetch_for_unknown_kid passes none)
         state.max_cache = self.policy.max_cache if max_cache is None else min(max_cache, self.policy.max_cache)
         return state
 
@@ -377,7 +402,8 @@ class Fetcher:
             if self.policy.ca_file:
                 context.load_verify_locations(self.policy.ca_file)
             connector = aiohttp.TCPConnector(resolver=_GuardedResolver(self.policy), ssl=context,
-                                             use_dns_cache=False, limit=64, limit_per_host=4)
+                                             use_dns_cache=False, limit=64, limit_per_host=4,
+                                             socket_factory=_guarded_socket_factory(self.policy))
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=aiohttp.ClientTimeout(total=self.policy.timeout),
                 cookie_jar=aiohttp.DummyCookieJar(), trust_env=False,
@@ -408,13 +434,14 @@ class Fetcher:
         except asyncio.TimeoutError:
             raise _FetchFailed("timeout", f"no answer within {self.policy.timeout:g} s") from None
         except aiohttp.ClientConnectorDNSError as exc:
-            if isinstance(exc.__cause__, AddressRefused) or isinstance(getattr(exc, "os_error", None),
-                                                                        AddressRefused):
+            if _refused(exc):
                 raise _FetchFailed("refused", "the host resolves to an address that is not allowed") from None
             raise _FetchFailed("error", "the host name does not resolve") from None
         except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError):
             raise _FetchFailed("tls_error", "TLS handshake or certificate verification failed") from None
         except (aiohttp.ClientError, OSError) as exc:
+            if _refused(exc) or isinstance(exc, AddressRefused):
+                raise _FetchFailed("refused", "the address connected to is not allowed") from None
             raise _FetchFailed("error", f"connection failed ({type(exc).__name__})") from None
         try:
             document = json.loads(bytes(body))
@@ -438,7 +465,7 @@ class RemoteKeys:
     def refetch(self) -> bool:
         if self.kid:
             return False  # pinned: another kid is never trusted, whatever the URL now serves
-        return self.fetcher.refetch_for_unknown_kid(self.jwks_uri)
+        return self.fetcher.refetch_for_unknown_kid(self.jwks_uri, max_cache=self.max_cache)
 
 
 class DiscoveredKeys:
@@ -458,7 +485,7 @@ class DiscoveredKeys:
         return self.fetcher.key_set(self.jwks_uri(), max_cache=self.max_cache)
 
     def refetch(self) -> bool:
-        return self.fetcher.refetch_for_unknown_kid(self.jwks_uri())
+        return self.fetcher.refetch_for_unknown_kid(self.jwks_uri(), max_cache=self.max_cache)
 
     def warm(self) -> None:
         """Prefetch the discovery document (its jwks_uri follows once it is in)."""
