@@ -256,7 +256,9 @@ class DemoIdp:
         if form.get("jti"):
             extra["jti"] = form["jti"]
         aud = audiences[0] if len(audiences) == 1 else list(audiences)
-        token = self.mint(self.claims(sub, aud, lifetime=lifetime, **extra), alg=alg)
+        # `claims` may override the usual ones (a "sub" or "exp" of its own): merged, never passed
+        # as keyword arguments (a "sub" there was a TypeError, a 500).
+        token = self.mint({**self.claims(sub, aud, lifetime=lifetime), **extra}, alg=alg)
         return web.json_response({"token": token, "alg": alg, "kid": self.keys[alg].kid},
                                  headers={"Cache-Control": "no-store"})
 

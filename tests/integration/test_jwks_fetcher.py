@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from inboundlib.jose.fetch import DiscoveredKeys, Fetcher, FetchPolicy, RemoteKeys
-from inboundlib.jose.validator import InvalidJwt, JwtPolicy, JwtValidator
+from inboundlib.jose.validator import InvalidJwt, JwtPolicy, JwtValidator, unverified_claims
 from inboundlib.oauth.errors import KeysPending
 from services.demo_idp import DemoIdp
 from tests.support import eventually
@@ -290,6 +290,10 @@ async def test_tokens_minted_over_http_validate_against_the_fetched_keys(idp, ma
             minted = await response.json()
         async with session.post(f"{idp.issuer}/token", data={"aud": AUD}, ssl=context) as response:
             assert response.status == 400
+        overriding = {**form, "claims": '{"sub": "bob", "lifetime": 5}'}  # claims override, never crash
+        async with session.post(f"{idp.issuer}/token", data=overriding, ssl=context) as response:
+            assert response.status == 200
+            assert unverified_claims((await response.json())["token"])["sub"] == "bob"
     source = RemoteKeys(make_fetcher(), idp.jwks_uri)
     policy = JwtPolicy(issuers=(idp.issuer,), audiences=(AUD,))
     claims = await eventually(lambda: JwtValidator().validate(minted["token"], policy, source), ignore=(KeysPending,))
