@@ -183,7 +183,7 @@ async def client_update(s: Session, a: argparse.Namespace) -> None:
         allow_public_password_grant=a.allow_public_password_grant,
         refresh_token_absolute_lifetime=a.refresh_token_absolute_lifetime,
         post_logout_redirect_uris=[] if a.clear_post_logout_redirect_uris else a.post_logout_redirect_uri)
-    if all(value is None for value in vars(update).values()):
+    if all(value is None for value in vars(update).values() if value is not False):
         raise CliError("nothing to update: give at least one option (see `inboundctl client update -h`)",
                        EXIT_INVALID)
     await _update(s, a, update)

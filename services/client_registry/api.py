@@ -188,8 +188,11 @@ class ClientUpdate:
     allow_public_password_grant: bool | None = None
     refresh_token_absolute_lifetime: int | None = None
     post_logout_redirect_uris: list[str] | None = None
-    # Changing the method to or from client_secret_jwt issues a new secret (the old one was
-    # stored only as a hash, or only for that method): the update answers it once.
+    # A change to client_secret_jwt (whose secret must be sealed when it is made: the registry
+    # holds only a hash of the current one), or to basic/post for a client without a secret
+    # (private_key_jwt), is refused here: ClientAdmin.rotate_client_secret(client_id, method)
+    # moves the client and answers its new secret once. A change away from client_secret_jwt
+    # drops the sealed copy (the hash stays); to private_key_jwt, the hash too.
     token_endpoint_auth_method: str | None = None
     jwks: str | None = None
     jwks_uri: str | None = None
@@ -642,7 +645,10 @@ class ClientAdmin(Protocol):
     async def list_clients(self) -> list[ClientRecord]: ...
     async def update_client(self, client_id: str, update: ClientUpdate) -> ClientRecord: ...
     async def delete_client(self, client_id: str) -> bool: ...
-    async def rotate_client_secret(self, client_id: str) -> tuple[ClientRecord, str]: ...
+    async def rotate_client_secret(self, client_id: str,
+                                   token_endpoint_auth_method: str | None = None) -> tuple[ClientRecord, str]:
+        """A new secret, answered once; with a (secret) method, the client moves to it in the same step."""
+        ...
 
 
 class ClientStore(ClientReader, ClientAdmin, Protocol):

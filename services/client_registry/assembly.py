@@ -1,6 +1,7 @@
 """client_registry's settings and start-up (see libs/inboundlib/hosting.py):
-migrations, the registry over its Postgres pool, the purge janitor, the sweeper
-that reports ended sign-in locks."""
+migrations, the registry over its Postgres pool (with the key-encryption keys that seal
+client_secret_jwt and HS256 integration secrets), the purge janitor, the sweeper that
+reports ended sign-in locks."""
 from __future__ import annotations
 
 import asyncio
@@ -13,9 +14,10 @@ from inboundlib import db, service
 from inboundlib.batching import Coalescer, Overloaded
 from inboundlib.config import Env
 from inboundlib.hosting import GRPC, Context, Module
+from inboundlib.kek import KeyEncryptor, key_encryption_keys
 from inboundlib.passwords import Passwords, PasswordSettings
 from services.client_registry import server
-from services.client_registry.client import RegistryClient
+from services.client_registry.client import JtiClaims, RegistryClient
 from services.client_registry.registry import Registry
 from services.client_registry.users import LoginSettings
 
@@ -38,6 +40,8 @@ RUNTIME_PRIVILEGES = {
     "consents": "SELECT, INSERT, UPDATE, DELETE",
     "authorization_codes": "SELECT, INSERT, DELETE, UPDATE (consumed_at)",
     "user_grants": "SELECT, INSERT, DELETE",
+    # A used jti is claimed (inserted, or an expired row taken over) and purged, never otherwise changed.
+    "used_jtis": "SELECT, INSERT, DELETE, UPDATE (expires_at)",
 }
 HOT_TIMEOUT = 3.0
 REVOCATION_TIMEOUT = 10.0
@@ -55,6 +59,10 @@ class Settings:
     rotation_response_sweep_seconds: int = 5
     passwords: PasswordSettings = PasswordSettings()
     login: LoginSettings = LoginSettings()
+    # token_issuer's key-encryption keys (the same settings and values): they seal the secrets
+    # of client_secret_jwt clients and HS256 integrations. None set: those are refused.
+    # Never in a repr.
+    key_encryption_keys: tuple[bytes, ...] = field(default=(), repr=False)
 
     @classmethod
     def from_env(cls, env: Env) -> Settings:
@@ -65,7 +73,8 @@ class Settings:
                    purge_seconds=env.int("INBOUND_PURGE_INTERVAL", 600, minimum=1),
                    rotation_response_sweep_seconds=env.int("INBOUND_ROTATION_RESPONSE_SWEEP_INTERVAL", 5,
                                                            minimum=1, maximum=3600),
-                   passwords=PasswordSettings.from_env(env), login=LoginSettings.from_env(env))
+                   passwords=PasswordSettings.from_env(env), login=LoginSettings.from_env(env),
+                   key_encryption_keys=key_encryption_keys(env, required=False))
 
     @property
     def sign_in_slots(self) -> int:
@@ -96,6 +105,7 @@ class BatchedTokenStore:
                                    max_batch=64)
         self._codes = Coalescer("local.ConsumeAuthorizationCodes",
                                 lambda items, _: registry.consume_authorization_codes(items), max_batch=64)
+        self._jtis = JtiClaims("local.ClaimJtis", lambda items, _: registry.claim_jtis(items))
 
     def __getattr__(self, name):
         return getattr(self._registry, name)
@@ -121,6 +131,13 @@ class BatchedTokenStore:
 
     async def consume_authorization_codes(self, codes):
         return list(await asyncio.gather(*(self._codes.submit(c, HOT_TIMEOUT) for c in codes)))
+
+    async def claim_jtis(self, claims):
+        return await self._jtis.claim_jtis(claims)
+
+    async def first_use(self, namespace: str, jti: str, expires_at: int) -> bool:
+        """The JWT validator's UsedJtis, as RegistryClient.jtis gives it across the network."""
+        return await self._jtis.first_use(namespace, jti, expires_at)
 
 
 @dataclass
@@ -153,7 +170,8 @@ async def start(settings: Settings, ctx: Context) -> RegistryService:
                                        runtime_privileges=RUNTIME_PRIVILEGES)
     passwords = Passwords(settings.passwords)  # makes the dummy hash, with the current parameters
     registry = Registry(pool, ctx.events, passwords=passwords, login=settings.login,
-                        sign_in_slots=settings.sign_in_slots)
+                        sign_in_slots=settings.sign_in_slots,
+                        encryptor=KeyEncryptor(*settings.key_encryption_keys) if settings.key_encryption_keys else None)
     return RegistryService(registry=registry, api=BatchedTokenStore(registry), pool=pool,
                            housekeeping=registry.start_housekeeping(
                                purge_seconds=settings.purge_seconds,

@@ -18,8 +18,10 @@ from inbound.registry.v1 import registry_pb2 as pb
 from inbound.registry.v1 import registry_pb2_grpc
 from inboundlib.batching import Coalescer
 from inboundlib.grpcx import is_unavailable, peer_going_away, request_metadata
+from inboundlib.oauth.errors import TemporarilyUnavailable
 from services.client_registry import wire
 from services.client_registry.api import (
+    ITEM_INVALID,
     AlreadyExists,
     AuthorizationCodeRecord,
     BrowserSession,
@@ -32,6 +34,7 @@ from services.client_registry.api import (
     InUse,
     InvalidArgument,
     ItemError,
+    JtiClaim,
     NotFound,
     OpaqueTokenRecord,
     PendingAuthorization,
@@ -86,6 +89,9 @@ class ClientsClient:
         # Lookups and revocation upserts are idempotent: sent once more if the registry went away mid-call.
         self._lookups = Coalescer("registry.GetClients", self._send_lookups, max_batch=MAX_BATCH,
                                   idempotent=True, transient=peer_going_away, unavailable=is_unavailable)
+        self._secret_lookups = Coalescer("registry.GetClientSecrets", self._send_secret_lookups,
+                                         max_batch=MAX_BATCH, idempotent=True, transient=peer_going_away,
+                                         unavailable=is_unavailable)
 
     async def _send_lookups(self, client_ids: list[str], timeout: float) -> list[ClientRecord | None]:
         reply = await self.stub.GetClients(pb.GetClientsRequest(client_ids=client_ids), timeout=timeout)
@@ -113,9 +119,19 @@ class ClientsClient:
         reply = await _admin(self.stub.DeleteClient, pb.DeleteClientRequest(client_id=client_id))
         return reply.deleted
 
-    async def rotate_client_secret(self, client_id: str) -> tuple[ClientRecord, str]:
-        reply = await _admin(self.stub.RotateClientSecret, pb.RotateClientSecretRequest(client_id=client_id))
+    async def rotate_client_secret(self, client_id: str,
+                                   token_endpoint_auth_method: str | None = None) -> tuple[ClientRecord, str]:
+        reply = await _admin(self.stub.RotateClientSecret, pb.RotateClientSecretRequest(
+            client_id=client_id, token_endpoint_auth_method=token_endpoint_auth_method))
         return wire.client_from_pb(reply.client), reply.client_secret
+
+    async def _send_secret_lookups(self, client_ids: list[str], timeout: float) -> list[bytes]:
+        reply = await self.stub.GetClientSecrets(pb.GetClientSecretsRequest(client_ids=client_ids), timeout=timeout)
+        return list(reply.sealed_secrets)
+
+    async def get_client_secrets(self, client_ids: list[str]) -> list[bytes]:
+        """api.ClientSecretReader (jwt_bearer only): sealed, b"" when none; coalesced."""
+        return list(await asyncio.gather(*(self._secret_lookups.submit(c, HOT_TIMEOUT) for c in client_ids)))
 
 
 class SigningKeysClient:
@@ -327,6 +343,46 @@ class ScopesClient:
         return reply.deleted
 
 
+class JtiClaims:
+    """The used-jti store as the JWT validator asks it (inboundlib.jose's UsedJtis): one
+    `first_use(namespace, jti, expires_at)` per token, coalesced into ClaimJtis batches by
+    `send` (a batch of JtiClaim and a timeout in, one bool or ItemError per claim out).
+
+    A claim is never sent twice: the first send may have stored it, and a second would then
+    answer "used before" for a token seen once."""
+
+    def __init__(self, name: str, send):
+        self._claims = Coalescer(name, send, max_batch=MAX_BATCH, unavailable=is_unavailable)
+
+    async def claim_jtis(self, claims: list[JtiClaim]) -> list[bool | ItemError]:
+        return list(await asyncio.gather(*(self._claims.submit(c, HOT_TIMEOUT) for c in claims)))
+
+    async def first_use(self, namespace: str, jti: str, expires_at: int) -> bool:
+        """True for the first use of (namespace, jti) (now recorded until `expires_at`, unix
+        seconds), False for a replay, and False for a jti the store cannot record (empty,
+        over-long, control characters): a token whose single use cannot be enforced is not
+        accepted. The store failing raises TemporarilyUnavailable."""
+        outcome = await self._claims.submit(JtiClaim(namespace, jti, expires_at), HOT_TIMEOUT)
+        if isinstance(outcome, ItemError):
+            if outcome.code == ITEM_INVALID:
+                return False
+            raise TemporarilyUnavailable(detail=f"jti store: {outcome}")
+        return outcome
+
+
+class UsedJtisClient(JtiClaims):
+    """api.JtiStore over gRPC (ClaimJtis), with first_use for the JWT validator."""
+
+    def __init__(self, channel: grpc.aio.Channel):
+        self.stub = registry_pb2_grpc.UsedJtisStub(channel)
+        super().__init__("registry.ClaimJtis", self._send_claims)
+
+    async def _send_claims(self, claims: list[JtiClaim], timeout: float) -> list[bool | ItemError]:
+        reply = await self.stub.ClaimJtis(pb.ClaimJtisRequest(claims=[wire.jti_claim_to_pb(c) for c in claims]),
+                                          timeout=timeout)
+        return [wire.jti_outcome_from_pb(o) for o in reply.results]
+
+
 async def add_missing_scopes(catalog, names: list[str]) -> list[str]:
     """Add to the catalog (an api.ScopeCatalog) the scopes it lacks, each described by its name
     and needing consent, as an operator does before giving them to a client (a client may only
@@ -434,8 +490,8 @@ class AuthorizationsClient:
 class RegistryClient:
     """Every domain's client over one channel (api.ClientRegistryApi), for callers
     that use several; pass a narrow one (`.clients`, `.signing_keys`, `.tokens`,
-    `.revocations`, `.refresh_tokens`, `.users`, `.scopes`, `.authorizations`) to code
-    that needs only that."""
+    `.revocations`, `.refresh_tokens`, `.users`, `.scopes`, `.authorizations`, `.jtis`)
+    to code that needs only that (`.jtis` is also the JWT validator's UsedJtis)."""
 
     def __init__(self, channel: grpc.aio.Channel):
         self.clients = ClientsClient(channel)
@@ -446,12 +502,13 @@ class RegistryClient:
         self.users = UsersClient(channel)
         self.scopes = ScopesClient(channel)
         self.authorizations = AuthorizationsClient(channel)
+        self.jtis = UsedJtisClient(channel)
 
     def __getattr__(self, name: str):
         # Each call belongs to exactly one domain; ask each in turn. (Through __dict__:
         # this runs only for names not found otherwise, and must not recurse.)
         for key in ("clients", "signing_keys", "tokens", "revocations", "refresh_tokens", "users", "scopes",
-                    "authorizations"):
+                    "authorizations", "jtis"):
             domain = self.__dict__.get(key)
             if domain is not None and hasattr(type(domain), name):
                 return getattr(domain, name)

@@ -2,7 +2,7 @@
 
 `Registry` bundles them for what hosts or wires them all (the registry process,
 the one-process mode, tests): `registry.clients`, `.signing_keys`, `.tokens`,
-`.revocations`, `.refresh_tokens`, `.users`, `.scopes`, `.authorizations`, each implementing its narrow Protocol from api.py.
+`.revocations`, `.refresh_tokens`, `.users`, `.scopes`, `.authorizations`, `.jtis`, each implementing its narrow Protocol from api.py.
 It also
 answers every call itself by delegation, so it satisfies `ClientRegistryApi`
 where a caller genuinely needs several domains.
@@ -15,6 +15,7 @@ import logging
 import asyncpg
 
 from inboundlib.events import EventBus
+from inboundlib.kek import KeyEncryptor
 from inboundlib.passwords import Passwords, PasswordSettings
 from services.client_registry import revocations as revocation_rows
 from services.client_registry.api import (
@@ -27,6 +28,7 @@ from services.client_registry.api import (
     CodeToConsume,
     ConsentRecord,
     ItemError,
+    JtiClaim,
     OpaqueTokenRecord,
     PendingAuthorization,
     RevocationCursor,
@@ -46,6 +48,7 @@ from services.client_registry.api import (
 )
 from services.client_registry.authorizations import AuthorizationRepository
 from services.client_registry.clients import ClientRepository
+from services.client_registry.jtis import JtiRepository
 from services.client_registry.keys import SigningKeyRepository
 from services.client_registry.refresh_tokens import RefreshTokenRepository
 from services.client_registry.revocations import RevocationRepository
@@ -58,10 +61,13 @@ log = logging.getLogger(__name__)
 
 class Registry:
     def __init__(self, pool: asyncpg.Pool, events: EventBus | None, *, passwords: Passwords | None = None,
-                 login: LoginSettings | None = None, sign_in_slots: int | None = None):
+                 login: LoginSettings | None = None, sign_in_slots: int | None = None,
+                 encryptor: KeyEncryptor | None = None):
         self.pool = pool
         self.events = events
-        self.clients = ClientRepository(pool, events)
+        # Seals client_secret_jwt secrets (and HS256 integration secrets) as they are made.
+        self.clients = ClientRepository(pool, events, encryptor)
+        self.jtis = JtiRepository(pool)
         self.signing_keys = SigningKeyRepository(pool, events)
         self.tokens = TokenRepository(pool)
         self.revocations = RevocationRepository(pool)
@@ -91,8 +97,17 @@ class Registry:
     async def delete_client(self, client_id: str) -> bool:
         return await self.clients.delete_client(client_id)
 
-    async def rotate_client_secret(self, client_id: str) -> tuple[ClientRecord, str]:
-        return await self.clients.rotate_client_secret(client_id)
+    async def rotate_client_secret(self, client_id: str,
+                                   token_endpoint_auth_method: str | None = None) -> tuple[ClientRecord, str]:
+        return await self.clients.rotate_client_secret(client_id, token_endpoint_auth_method)
+
+    async def get_client_secrets(self, client_ids: list[str]) -> list[bytes]:
+        return await self.clients.get_client_secrets(client_ids)
+
+    # --- used jtis (api.JtiStore) -------------------------------------------------------------------
+
+    async def claim_jtis(self, claims: list[JtiClaim]) -> list[bool | ItemError]:
+        return await self.jtis.claim_jtis(claims)
 
     # --- signing keys (api.SigningKeyStore) -------------------------------------------------------
 
@@ -233,10 +248,12 @@ class Registry:
 
     async def purge_expired(self) -> int:
         """Drop expired opaque tokens and revocations (kept a day longer, for investigations),
-        sign-in counters with nothing left to remember, and the authorization endpoint's rows
-        nothing can use any more (AuthorizationRepository.purge_expired says which)."""
+        sign-in counters with nothing left to remember, the authorization endpoint's rows
+        nothing can use any more (AuthorizationRepository.purge_expired says which), and used
+        jtis whose tokens can no longer be accepted (in bounded batches)."""
         return (await self.tokens.purge_expired() + await revocation_rows.purge_expired(self.pool)
-                + await self.users.purge_stale_counters() + await self.authorizations.purge_expired())
+                + await self.users.purge_stale_counters() + await self.authorizations.purge_expired()
+                + await self.jtis.purge_expired())
 
 
 async def every(seconds: float, job, done: str, failed: str) -> None:

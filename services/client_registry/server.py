@@ -20,11 +20,13 @@ from services.client_registry import wire
 from services.client_registry.api import (
     AlreadyExists,
     AuthorizationStore,
+    ClientSecretReader,
     ClientStore,
     CodeToConsume,
     InUse,
     InvalidArgument,
     ItemError,
+    JtiStore,
     NotFound,
     RefreshTokenStore,
     RegistryError,
@@ -92,8 +94,25 @@ class ClientsServicer(registry_pb2_grpc.ClientsServicer):
         return pb.DeleteClientResponse(deleted=await _call(context, self.clients.delete_client(request.client_id)))
 
     async def RotateClientSecret(self, request, context):
-        client, secret = await _call(context, self.clients.rotate_client_secret(request.client_id))
+        method = request.token_endpoint_auth_method if request.HasField("token_endpoint_auth_method") else None
+        client, secret = await _call(context, self.clients.rotate_client_secret(request.client_id, method))
         return pb.RotateClientSecretResponse(client=_client_to_pb(client), client_secret=secret)
+
+    async def GetClientSecrets(self, request, context):
+        # Only jwt_bearer reaches this (services/access.py): the blobs are sealed, and it alone opens them.
+        await _check_batch(context, request.client_ids, "ids")
+        reader: ClientSecretReader = self.clients
+        return pb.GetClientSecretsResponse(sealed_secrets=await reader.get_client_secrets(list(request.client_ids)))
+
+
+class UsedJtisServicer(registry_pb2_grpc.UsedJtisServicer):
+    def __init__(self, jtis: JtiStore):
+        self.jtis = jtis
+
+    async def ClaimJtis(self, request, context):
+        await _check_batch(context, request.claims, "claims")
+        outcomes = await self.jtis.claim_jtis([wire.jti_claim_from_pb(c) for c in request.claims])
+        return pb.ClaimJtisResponse(results=[wire.jti_outcome_to_pb(o) for o in outcomes])
 
 
 class SigningKeysServicer(registry_pb2_grpc.SigningKeysServicer):
@@ -337,6 +356,8 @@ DOMAINS: tuple[Domain, ...] = (
     Domain("inbound.registry.v1.Authorizations",
            lambda r, s: registry_pb2_grpc.add_AuthorizationsServicer_to_server(
                AuthorizationsServicer(r.authorizations), s)),
+    Domain("inbound.registry.v1.UsedJtis",
+           lambda r, s: registry_pb2_grpc.add_UsedJtisServicer_to_server(UsedJtisServicer(r.jtis), s)),
 )
 SERVICE_NAMES: tuple[str, ...] = tuple(d.service_name for d in DOMAINS)
 # Kept for callers that name one service for health checks: the registry is serving

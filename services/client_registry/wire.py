@@ -23,6 +23,7 @@ from services.client_registry.api import (
     ConsentRecord,
     Invalid,
     ItemError,
+    JtiClaim,
     Locked,
     OpaqueTokenRecord,
     PendingAuthorization,
@@ -37,6 +38,7 @@ from services.client_registry.api import (
     SignIn,
     SigningKeyRecord,
     SignInOutcome,
+    TokenExchangePolicy,
     UserRecord,
     UserSpec,
     UserUpdate,
@@ -54,7 +56,19 @@ def client_to_pb(c: ClientRecord, *, with_secret_hash: bool) -> pb.Client:
         secret_rotated_at=c.secret_rotated_at, allow_public_password_grant=c.allow_public_password_grant,
         refresh_token_absolute_lifetime=c.refresh_token_absolute_lifetime,
         post_logout_redirect_uris=c.post_logout_redirect_uris,
+        token_endpoint_auth_method=c.token_endpoint_auth_method, jwks=c.jwks, jwks_uri=c.jwks_uri,
+        token_endpoint_auth_signing_alg=c.token_endpoint_auth_signing_alg,
+        token_exchange=exchange_policy_to_pb(c.token_exchange),
     )
+
+
+def exchange_policy_to_pb(p: TokenExchangePolicy | None) -> pb.TokenExchangePolicy | None:
+    return None if p is None else _flat_to_pb(p, pb.TokenExchangePolicy)
+
+
+def exchange_policy_from_pb(m, field: str = "token_exchange") -> TokenExchangePolicy | None:
+    """`m`'s policy field, None when unset."""
+    return _flat_from_pb(getattr(m, field), TokenExchangePolicy) if m.HasField(field) else None
 
 
 def client_from_pb(m: pb.Client) -> ClientRecord:
@@ -67,17 +81,24 @@ def client_from_pb(m: pb.Client) -> ClientRecord:
         secret_rotated_at=m.secret_rotated_at, allow_public_password_grant=m.allow_public_password_grant,
         refresh_token_absolute_lifetime=m.refresh_token_absolute_lifetime,
         post_logout_redirect_uris=tuple(m.post_logout_redirect_uris),
+        # An older registry sends no method: what migration 0008 gives its clients.
+        token_endpoint_auth_method=m.token_endpoint_auth_method or ("none" if m.public else "client_secret_basic"),
+        jwks=m.jwks, jwks_uri=m.jwks_uri, token_endpoint_auth_signing_alg=m.token_endpoint_auth_signing_alg,
+        token_exchange=exchange_policy_from_pb(m),
     )
 
 
 _OPTIONAL_SPEC_FIELDS = ("access_token_lifetime", "refresh_token_lifetime", "token_format", "pkce_required",
-                         "allow_public_password_grant", "refresh_token_absolute_lifetime")
+                         "allow_public_password_grant", "refresh_token_absolute_lifetime",
+                         "token_endpoint_auth_method")
 
 
 def spec_to_pb(s: ClientSpec) -> pb.ClientSpec:
     m = pb.ClientSpec(name=s.name, public=s.public, grant_types=s.grant_types, scopes=s.scopes,
                       redirect_uris=s.redirect_uris, logo_url=s.logo_url, comments=s.comments,
-                      post_logout_redirect_uris=s.post_logout_redirect_uris)
+                      post_logout_redirect_uris=s.post_logout_redirect_uris, jwks=s.jwks, jwks_uri=s.jwks_uri,
+                      token_endpoint_auth_signing_alg=s.token_endpoint_auth_signing_alg,
+                      token_exchange=exchange_policy_to_pb(s.token_exchange))
     for name in _OPTIONAL_SPEC_FIELDS:
         value = getattr(s, name)
         if value is not None:
@@ -89,13 +110,15 @@ def spec_from_pb(m: pb.ClientSpec) -> ClientSpec:
     return ClientSpec(
         name=m.name, public=m.public, grant_types=list(m.grant_types), scopes=list(m.scopes),
         redirect_uris=list(m.redirect_uris), logo_url=m.logo_url, comments=m.comments,
-        post_logout_redirect_uris=list(m.post_logout_redirect_uris),
+        post_logout_redirect_uris=list(m.post_logout_redirect_uris), jwks=m.jwks, jwks_uri=m.jwks_uri,
+        token_endpoint_auth_signing_alg=m.token_endpoint_auth_signing_alg, token_exchange=exchange_policy_from_pb(m),
         **{name: getattr(m, name) if m.HasField(name) else None for name in _OPTIONAL_SPEC_FIELDS})
 
 
 _OPTIONAL_UPDATE_FIELDS = ("active", "name", "access_token_lifetime", "refresh_token_lifetime", "token_format",
                            "pkce_required", "logo_url", "comments", "allow_public_password_grant",
-                           "refresh_token_absolute_lifetime")
+                           "refresh_token_absolute_lifetime", "token_endpoint_auth_method", "jwks", "jwks_uri",
+                           "token_endpoint_auth_signing_alg")
 _LIST_UPDATE_FIELDS = ("grant_types", "scopes", "redirect_uris", "post_logout_redirect_uris")
 
 
@@ -110,6 +133,9 @@ def update_to_pb(client_id: str, u: ClientUpdate) -> pb.UpdateClientRequest:
         if value is not None:
             getattr(m, name).extend(value)
             setattr(m, f"set_{name}", True)
+    if u.token_exchange is not None:
+        m.token_exchange.CopyFrom(exchange_policy_to_pb(u.token_exchange))
+    m.clear_token_exchange = u.clear_token_exchange
     return m
 
 
@@ -121,7 +147,27 @@ def update_from_pb(m: pb.UpdateClientRequest) -> ClientUpdate:
     for name in _LIST_UPDATE_FIELDS:
         if getattr(m, f"set_{name}"):
             setattr(u, name, list(getattr(m, name)))
+    u.token_exchange = exchange_policy_from_pb(m)
+    u.clear_token_exchange = m.clear_token_exchange
     return u
+
+
+def jti_claim_to_pb(c: JtiClaim) -> pb.JtiClaim:
+    return _flat_to_pb(c, pb.JtiClaim)
+
+
+def jti_claim_from_pb(m: pb.JtiClaim) -> JtiClaim:
+    return _flat_from_pb(m, JtiClaim)
+
+
+def jti_outcome_to_pb(o: bool | ItemError) -> pb.JtiClaimOutcome:
+    return pb.JtiClaimOutcome(error=item_error_to_pb(o)) if isinstance(o, ItemError) else pb.JtiClaimOutcome(claimed=o)
+
+
+def jti_outcome_from_pb(m: pb.JtiClaimOutcome) -> bool | ItemError:
+    if m.WhichOneof("outcome") == "claimed":
+        return m.claimed
+    return item_error_from_pb(m.error) or ItemError("internal", "no outcome")
 
 
 def key_to_pb(k: SigningKeyRecord) -> pb.SigningKey:

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 
 from inboundlib import service
 from inboundlib.cache import CacheSettings
-from inboundlib.config import ConfigError, Env
+from inboundlib.config import Env
 from inboundlib.events import EventBus
 from inboundlib.hosting import GRPC, INTROSPECTION, Context, Module
+from inboundlib.kek import KeyEncryptor, key_encryption_keys
 from inboundlib.oauth.client_auth import ClientAssertionVerifier, ClientCredentials
 from inboundlib.oauth.oidc import id_token_alg
 from services.client_registry.api import ClientRegistryApi
@@ -25,7 +25,7 @@ from services.token_issuer.api import TokenInfo
 from services.token_issuer.client import IssuerClient
 from services.token_issuer.introspection import VERIFIED_CACHE_ENTRIES, ForeignTokenSource, TokenChecker
 from services.token_issuer.issuer import DEFAULT_ID_TOKEN_LIFETIME, MAX_ACCESS_TOKEN_LIFETIME, TokenIssuer
-from services.token_issuer.keys import ALGORITHMS, KeyEncryptor
+from services.token_issuer.keys import ALGORITHMS
 from services.token_issuer.opaque_cache import OpaqueTokenCache, opaque_token_cache_settings
 from services.token_issuer.revocations import RevocationSet, RevocationSync
 
@@ -65,38 +65,6 @@ class Settings:
             verified_jwt_cache=env.int("INBOUND_VERIFIED_JWT_CACHE", VERIFIED_CACHE_ENTRIES, minimum=0,
                                        maximum=10_000_000),
         )
-
-
-def key_encryption_keys(env: Env) -> tuple[bytes, ...]:
-    """The key-encryption keys, first (encrypting) one first: one key per line of a mounted
-    file (a Kubernetes Secret), or a comma list, or one key (the older setting). Exactly one
-    of the three may be set, so no replica silently reads another list than intended."""
-    settings = {"INBOUND_KEY_ENCRYPTION_KEYS_FILE": env.str("INBOUND_KEY_ENCRYPTION_KEYS_FILE", ""),
-                "INBOUND_KEY_ENCRYPTION_KEYS": env.str("INBOUND_KEY_ENCRYPTION_KEYS", ""),
-                "INBOUND_KEY_ENCRYPTION_KEY": env.str("INBOUND_KEY_ENCRYPTION_KEY", "")}
-    given = [name for name, value in settings.items() if value]
-    if len(given) != 1:
-        raise ConfigError(f"set exactly one of {', '.join(env.name(n) for n in settings)}"
-                          + (f" (got {', '.join(env.name(n) for n in given)})" if given else ""))
-    name = given[0]
-    value = settings[name]
-    if name == "INBOUND_KEY_ENCRYPTION_KEYS_FILE":
-        try:
-            text = Path(value).read_text()
-        except OSError as exc:
-            raise ConfigError(f"{env.name(name)}: cannot read {value}: {exc.strerror}") from None
-        items = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    else:
-        items = [item.strip() for item in value.split(",") if item.strip()]
-    if not items:
-        raise ConfigError(f"{env.name(name)} holds no key")
-    keys = []
-    for position, item in enumerate(items, 1):
-        try:
-            keys.append(Env({"key": item}).key32("key"))
-        except ConfigError as exc:  # its message names no key material, only the length or the alphabet
-            raise ConfigError(f"{env.name(name)}: key {position} {str(exc).removeprefix('key ')}") from None
-    return tuple(keys)
 
 
 KEY_RELOAD_SECONDS = 60

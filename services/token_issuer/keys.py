@@ -25,7 +25,6 @@ import base64
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -34,9 +33,9 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
+from inboundlib.kek import KeyEncryptor
 from services.client_registry.api import SigningKeyRecord
 
 log = logging.getLogger(__name__)
@@ -64,36 +63,6 @@ def public_jwk(alg: str, private_key) -> dict[str, Any]:
     digest = hashlib.sha256(json.dumps(required, separators=(",", ":"), sort_keys=True).encode()).digest()
     jwk.update(kid=base64.urlsafe_b64encode(digest).rstrip(b"=").decode(), use="sig", alg=alg)
     return jwk
-
-
-class KeyEncryptor:
-    """AES-256-GCM with a random 96-bit nonce; the kid is bound as associated data.
-    `keks[0]` encrypts; each of `keks` is tried in turn to decrypt (a wrong key
-    fails GCM's tag check, cryptography's InvalidTag)."""
-
-    def __init__(self, *keks: bytes):
-        if not keks:
-            raise ValueError("at least one key-encryption key is needed")
-        self._aeads = [AESGCM(kek) for kek in keks]
-
-    def encrypt(self, kid: str, plaintext: bytes) -> bytes:
-        nonce = os.urandom(12)
-        return nonce + self._aeads[0].encrypt(nonce, plaintext, kid.encode())
-
-    def decrypt(self, kid: str, blob: bytes) -> bytes:
-        return self.decrypt_with_index(kid, blob)[0]
-
-    def decrypt_with_index(self, kid: str, blob: bytes) -> tuple[bytes, int]:
-        """The plaintext and the position in the list of the key that opened it
-        (0: the current key, nothing to rewrap)."""
-        if len(blob) < 12 + 16:
-            raise InvalidTag()
-        for index, aead in enumerate(self._aeads):
-            try:
-                return aead.decrypt(blob[:12], blob[12:], kid.encode()), index
-            except InvalidTag:
-                continue
-        raise InvalidTag()
 
 
 @dataclass(frozen=True)

@@ -238,7 +238,7 @@ def test_key_encryption_keys_come_from_a_file_a_list_or_the_older_single_setting
     import base64
 
     from inboundlib.config import ConfigError, Env
-    from services.token_issuer.assembly import key_encryption_keys
+    from inboundlib.kek import key_encryption_keys
 
     new, old = os.urandom(32), os.urandom(32)
     b64 = [base64.b64encode(k).decode() for k in (new, old)]

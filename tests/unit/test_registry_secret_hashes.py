@@ -25,7 +25,7 @@ class Clients(FakeClients):
     async def update_client(self, client_id, update):
         return self.clients[client_id]
 
-    async def rotate_client_secret(self, client_id):
+    async def rotate_client_secret(self, client_id, token_endpoint_auth_method=None):
         return self.clients[client_id], "new-secret"
 
 
