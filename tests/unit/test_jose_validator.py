@@ -346,3 +346,44 @@ async def test_an_es_algorithm_of_another_curve_is_refused(idp):
     header = base64url_encode(json.dumps({"alg": "ES384", "kid": key.kid}).encode()).decode()
     token = f"{header}.{payload}.{signature}"
     assert "no trusted key for algorithm ES384" in await refused(token, policy(idp), keys_of(idp))
+
+
+@pytest.mark.parametrize("kid", [7, ["a"], "k" * 257])
+async def test_a_malformed_kid_is_refused_without_a_refetch(idp, kid):
+    import json
+
+    from jwt.utils import base64url_encode
+
+    _header, payload, signature = idp.mint(claims(idp)).split(".")  # pyjwt will not sign a non-string kid
+    header = base64url_encode(json.dumps({"alg": "RS256", "kid": kid}).encode()).decode()
+    source = keys_of(idp)
+    assert "malformed" in await refused(f"{header}.{payload}.{signature}", policy(idp), source)
+    assert source.refetches == 0  # junk never costs the IdP a fetch
+
+
+async def test_a_validly_signed_token_over_the_size_limit_is_refused(idp):
+    token = idp.mint(claims(idp, padding="x" * 33_000))
+    assert "too large" in await refused(token, policy(idp), keys_of(idp))
+
+
+async def test_a_non_string_sub_is_refused(idp):
+    assert "sub is not a string" in await refused(idp.mint(claims(idp, sub=42)), policy(idp), keys_of(idp))
+
+
+async def test_without_iat_or_nbf_the_remaining_lifetime_is_bounded(idp):
+    token = idp.mint(claims(idp, iat=None, exp=NOW + 3601))
+    assert "exceeds the maximum" in await refused(token, policy(idp, max_lifetime=3600), keys_of(idp))
+
+
+async def test_an_overlong_jti_is_refused_before_the_store(idp):
+    jtis = Jtis()
+    pol = policy(idp, require_jti=True, jti_namespace="client:c")
+    assert "jti too long" in await refused(idp.mint(claims(idp, jti="j" * 257)), pol, keys_of(idp), jtis)
+    assert jtis.seen == {}
+
+
+async def test_a_replay_check_needs_a_namespace(idp):
+    # One shared namespace would let one client's jti spend another trust's.
+    jtis = Jtis()
+    reason = await refused(idp.mint(claims(idp)), policy(idp, require_jti=True), keys_of(idp), jtis)
+    assert "namespace" in reason and jtis.seen == {}

@@ -235,6 +235,9 @@ class JwtValidator:
             raise InvalidJwt("jti too long")
         if self.jtis is None:
             raise InvalidJwt("jti replay check unavailable (no store configured)")  # fail closed
+        if not policy.jti_namespace:
+            # One shared namespace would let one trust's jti block another's: fail closed.
+            raise InvalidJwt("jti replay check without a namespace (client:, integration:, provider:)")
         exp = claims.get("exp")
         if exp is None:  # a policy that drops exp from `required` still bounds the memory
             exp = self.clock() + (policy.max_lifetime or 3600)
