@@ -231,6 +231,17 @@ async def test_an_unknown_kid_refetch_keeps_the_providers_cache_lifespan(idp, ma
     await eventually(lambda: idp.fetches["/jwks"], until=lambda n: n == 3)
 
 
+async def test_a_cache_lifespan_of_zero_still_caches_for_the_minimum(idp, make_fetcher):
+    # Not "refetch on every read": the keys would never be served and the IdP hammered.
+    fetcher = make_fetcher(min_cache=60)
+    source = RemoteKeys(fetcher, idp.jwks_uri, max_cache=0)
+    key_set = await loaded(source.keys)
+    fetcher.clock.now += 30  # within the 60 s floor
+    for _ in range(10):
+        assert source.keys() is key_set
+    assert idp.fetches["/jwks"] == 1
+
+
 async def test_http_is_refused(idp, make_fetcher):
     fetcher = make_fetcher()
     with pytest.raises(InvalidJwt, match="only https"):

@@ -51,3 +51,58 @@ def test_bad_settings_stop_the_service(name, value):
 ])
 def test_freshness_is_max_age_clamped(headers, expected):
     assert _freshness(headers, 60, 86400) == expected
+
+
+def test_ipv6_forms_reaching_private_ipv4_or_site_local_are_refused():
+    policy = FetchPolicy()
+    for address in ("2002:a9fe:a9fe::1", "2002:7f00:1::1", "2002:0a00:0001::", "fec0::1", "::ffff:169.254.169.254"):
+        assert not policy.address_allowed(address), address
+    assert policy.address_allowed("2002:5db8:d70e::1")  # 6to4 of a public address
+    assert FetchPolicy(allowed_networks=("169.254.0.0/16",)).address_allowed("2002:a9fe:a9fe::1")
+
+
+@pytest.mark.parametrize("headers, minimum, maximum, expected", [
+    (["max-age=300"], 60, 0, 60), (["max-age=300"], 60, -5, 60), (["no-store"], 0, 100, 0),
+])
+def test_the_minimum_freshness_wins_over_a_lower_maximum(headers, minimum, maximum, expected):
+    # A provider's cache lifespan of 0 must not mean "refetch on every read".
+    assert _freshness(headers, minimum, maximum) == expected
+
+
+async def test_the_resolver_refuses_a_host_when_any_of_its_addresses_is_refused():
+    from inboundlib.jose.fetch import AddressRefused, _GuardedResolver
+
+    class Inner:
+        def __init__(self, *addresses):
+            self.addresses = addresses
+
+        async def resolve(self, host, port, family):
+            return [{"hostname": host, "host": a, "port": port, "family": 0, "proto": 0, "flags": 0}
+                    for a in self.addresses]
+
+    resolver = _GuardedResolver(FetchPolicy())
+    resolver._inner = Inner("93.184.215.14", "10.0.0.1")  # rebinding: one public, one private
+    with pytest.raises(AddressRefused):
+        await resolver.resolve("idp.example", 443)
+    resolver._inner = Inner("93.184.215.14")
+    assert [r["host"] for r in await resolver.resolve("idp.example", 443)] == ["93.184.215.14"]
+
+
+@pytest.mark.parametrize("url", ["https://user:pw@idp.example/jwks", "https://user@idp.example/jwks",
+                                 "http://idp.example/jwks", "https:///jwks", "https://idp.example:99999/"])
+def test_urls_the_fetcher_never_requests(url):
+    from inboundlib.jose.fetch import Fetcher
+    from inboundlib.jose.validator import InvalidJwt
+
+    with pytest.raises(InvalidJwt):
+        Fetcher(FetchPolicy()).check_url(url)
+
+
+def test_the_number_of_cached_urls_is_bounded(monkeypatch):
+    from inboundlib.jose import fetch
+
+    monkeypatch.setattr(fetch, "MAX_URLS", 3)
+    fetcher = fetch.Fetcher(FetchPolicy())
+    for i in range(10):
+        fetcher._state("jwks", f"https://idp{i}.example/jwks", None)
+    assert [url for _kind, url in fetcher._states] == [f"https://idp{i}.example/jwks" for i in (7, 8, 9)]

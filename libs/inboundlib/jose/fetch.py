@@ -131,14 +131,18 @@ class FetchPolicy:
             ip = ipaddress.ip_address(address.split("%", 1)[0])
         except ValueError:
             return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1
+        if isinstance(ip, ipaddress.IPv6Address):
+            if ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1
+            elif ip.sixtofour is not None:
+                ip = ip.sixtofour  # 2002:a9fe:a9fe::/48 reaches 169.254.169.254 via a 6to4 relay (RFC 3056)
         if any(ip in network for network in self.allowed_networks):
             return True
         if ip.is_loopback:
             return self.allow_loopback
+        # is_site_local: fec0::/10, deprecated (RFC 3879) but still routed inside some sites.
         return ip.is_global and not (ip.is_private or ip.is_multicast or ip.is_reserved or ip.is_link_local
-                                     or ip.is_unspecified)
+                                     or ip.is_unspecified or getattr(ip, "is_site_local", False))
 
 
 class AddressRefused(OSError):
@@ -210,7 +214,8 @@ class _UrlState:
 
 
 def _freshness(cache_control: list[str], minimum: int, maximum: int) -> float:
-    """Cache-Control max-age (RFC 9111 §5.2.2.1) clamped to [minimum, maximum]."""
+    """Cache-Control max-age (RFC 9111 §5.2.2.1) clamped to [minimum, maximum]; the minimum wins
+    (a lifespan of 0 would refetch on every read: the IdP hammered, the keys never served)."""
     joined = ",".join(cache_control)
     if _NO_CACHE.search(joined):
         seconds = 0
@@ -219,7 +224,7 @@ def _freshness(cache_control: list[str], minimum: int, maximum: int) -> float:
         digits = match.group(1) if match else ""
         seconds = (DEFAULT_FRESHNESS if not digits else maximum if len(digits) > _MAX_AGE_DIGITS
                    else int(digits))
-    return float(min(max(seconds, minimum), maximum))
+    return float(max(min(seconds, maximum), minimum))
 
 
 def _check_document(kind: Kind, document: object) -> object:
@@ -331,7 +336,8 @@ class Fetcher:
             self._states.move_to_end(key)
             if max_cache is None:
                 return state  # keep the lifespan its owner gave (refetch_for_unknown_kid passes none)
-        state.max_cache = self.policy.max_cache if max_cache is None else min(max_cache, self.policy.max_cache)
+        wanted = self.policy.max_cache if max_cache is None else min(max_cache, self.policy.max_cache)
+        state.max_cache = max(wanted, self.policy.min_cache, 0)  # stale-if-error never below the floor
         return state
 
     def _read(self, kind: Kind, url: str, max_cache: int | None):
