@@ -42,7 +42,7 @@ def test_a_jwk_naming_its_alg_is_held_to_it(idp):
 
 
 @pytest.mark.parametrize("extra", [{"use": "enc"}, {"key_ops": ["encrypt"]}, {"alg": "HS256"}, {"alg": "none"},
-                                   {"kid": 7}])
+                                   {"kid": 7}, {"alg": ["RS256"]}, {"alg": {"RS256": 1}}, {"key_ops": "verify"}])
 def test_keys_not_for_verification_are_skipped(idp, extra):
     assert KeySet.from_jwks({"keys": [{**idp.keys["RS256"].jwk, **extra}]}).keys == ()
 

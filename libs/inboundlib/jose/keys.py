@@ -99,7 +99,7 @@ def _from_jwk(jwk: object, index: int) -> Key | None:
         log.info("JWKS key %d skipped: key_ops does not allow verify", index)
         return None
     alg = jwk.get("alg")
-    if alg is not None and alg not in ASYMMETRIC_ALGORITHMS:
+    if alg is not None and (not isinstance(alg, str) or alg not in ASYMMETRIC_ALGORITHMS):  # a list: unhashable
         log.warning("JWKS key %d skipped: alg not accepted", index)
         return None
     try:
