@@ -106,3 +106,23 @@ def test_the_number_of_cached_urls_is_bounded(monkeypatch):
     for i in range(10):
         fetcher._state("jwks", f"https://idp{i}.example/jwks", None)
     assert [url for _kind, url in fetcher._states] == [f"https://idp{i}.example/jwks" for i in (7, 8, 9)]
+
+
+def test_cache_age_host_labels_are_bounded(monkeypatch):
+    # An IdP's discovery document may name a new jwks_uri host at every refresh.
+    from prometheus_client import REGISTRY
+
+    from inboundlib.jose import fetch
+    from inboundlib.jose.keys import KeySet
+
+    monkeypatch.setattr(fetch, "MAX_HOST_LABELS", 2)
+    monkeypatch.setattr(fetch, "_host_labels", set())
+    fetcher = fetch.Fetcher(FetchPolicy(), clock=lambda: 1000.0)
+    for i in range(5):
+        url = f"https://label{i}.example/jwks"
+        fetcher._state("jwks", url, None).entry = fetch._Entry(KeySet(), 990.0, 100.0, 100.0)
+        fetcher.key_set(url)
+    def age(host):
+        return REGISTRY.get_sample_value("inbound_federation_cache_age_seconds", {"kind": "jwks", "host": host})
+    assert age("label0.example") == 10.0 and age("label1.example") == 10.0 and age("other") == 10.0
+    assert age("label2.example") is None and age("label4.example") is None

@@ -77,9 +77,22 @@ REFETCH_LIMITED = Counter(
 )
 CACHE_AGE = Gauge(
     "inbound_federation_cache_age_seconds",
-    "Age of the cached document last served, by kind and host (hosts come from the registry's configuration)",
+    "Age of the cached document last served, by kind and host (the first MAX_HOST_LABELS hosts; then 'other')",
     ["kind", "host"],
 )
+# Hosts come from the registry, and from discovery documents (an IdP names its jwks_uri, and may
+# name a new host at every refresh): the label's values are bounded, the rest share "other".
+MAX_HOST_LABELS = 100
+_host_labels: set[str] = set()
+
+
+def _host_label(host: str) -> str:
+    if host in _host_labels:
+        return host
+    if len(_host_labels) < MAX_HOST_LABELS:
+        _host_labels.add(host)
+        return host
+    return "other"
 
 
 def _parse_networks(value) -> tuple[IPNetwork, ...]:
@@ -349,12 +362,12 @@ class Fetcher:
             if age < entry.fresh_for:
                 if age >= entry.fresh_for * REFRESH_AHEAD:
                     self._maybe_start(state)
-                CACHE_AGE.labels(kind, state.host).set(age)
+                CACHE_AGE.labels(kind, _host_label(state.host)).set(age)
                 return entry.value
             self._maybe_start(state)
             if age < entry.fresh_for + entry.stale_for:
                 STALE_SERVED.labels(kind).inc()
-                CACHE_AGE.labels(kind, state.host).set(age)
+                CACHE_AGE.labels(kind, _host_label(state.host)).set(age)
                 return entry.value
             state.entry = None  # past stale-if-error too: refused from now on until a fetch succeeds
         if state.task is None and state.error and now - state.error_at < self._retry_after_error():
