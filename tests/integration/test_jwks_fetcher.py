@@ -127,6 +127,24 @@ async def test_stale_if_error_then_a_clear_error(idp, make_fetcher):
     await loaded(lambda: fetcher.key_set(idp.jwks_uri))
 
 
+async def test_a_failing_idp_is_retried_at_most_every_few_seconds_while_stale_keys_are_served(idp, make_fetcher):
+    fetcher = make_fetcher(max_cache=100)
+    idp.max_age = 100
+    key_set = await loaded(lambda: fetcher.key_set(idp.jwks_uri))
+    idp.down = True
+    fetcher.clock.now += 150  # expired: served stale, a refresh starts and fails
+    fetcher.key_set(idp.jwks_uri)
+    state = fetcher._states[("jwks", idp.jwks_uri)]
+    await eventually(lambda: state.task is None and state.error, message="refresh failed")
+    for _ in range(20):  # every token meanwhile: the stale keys, and no new attempt
+        assert fetcher.key_set(idp.jwks_uri) is key_set
+        assert state.task is None
+    fetcher.clock.now += 11  # past the retry pause: one new attempt
+    fetcher.key_set(idp.jwks_uri)
+    assert state.task is not None
+    await eventually(lambda: idp.fetches["/jwks"], until=lambda n: n == 3)
+
+
 async def test_unknown_kid_refetch_is_rate_limited_under_a_flood(idp, make_fetcher):
     fetcher = make_fetcher(refetch_interval=60.0)
     source = RemoteKeys(fetcher, idp.jwks_uri)
