@@ -70,6 +70,11 @@ ISSUER = services("token_issuer")
 # (operators, resource servers, ...) gets client records without them.
 SECRET_VERIFIERS = GRANT_SERVICES | ISSUER
 
+# Callers of jwt_bearer's ClientAssertions.Verify (RFC 7523 §2.2): the services that
+# authenticate clients (grant services, token_issuer) once their module row says they call
+# jwt_bearer; never jwt_bearer itself (its own grant checks assertions in process).
+ASSERTION_VERIFIERS = services(*(m.name for m in modules.MODULES if "jwt_bearer" in (*m.depends_on, *m.calls_later)))
+
 # Callers whose `x-inbound-actor` metadata is believed: they pass on the actor of
 # work they do for someone else. token_issuer: an operator's key rotation adds the
 # key through the registry, whose change event must name that operator, not the
@@ -168,7 +173,7 @@ RULES: dict[str, Allowed] = {
         "Authorize", "SignIn", "Consent", "GetAccount", "WithdrawConsent", "EndSession", "UserInfo")},
 
     # RFC 7523 §2.2 client assertions, checked by jwt_bearer for whoever authenticates clients.
-    _CLIENT_ASSERTIONS + "Verify": SECRET_VERIFIERS,
+    _CLIENT_ASSERTIONS + "Verify": ASSERTION_VERIFIERS,
     # Third-party tokens accepted as-is: token_issuer routes foreign JWTs' introspection here.
     _FOREIGN_TOKENS + "Introspect": ISSUER,
 

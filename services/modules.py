@@ -40,6 +40,10 @@ MODULES: tuple[Module, ...] = (
     # implicit included (one service: both share every step but the last). Its own assembly.
     Module("authorization_code", "services.authorization_code.assembly", depends_on=("client_registry", "token_issuer"),
            ports=(_grpc(50064),), grant_type="authorization_code"),
+    # RFC 7523: the JWT bearer grant, and client assertions (private_key_jwt, client_secret_jwt) checked
+    # for every service that authenticates clients. Its own assembly; it fetches keys over HTTPS.
+    Module("jwt_bearer", "services.jwt_bearer.assembly", depends_on=("client_registry", "token_issuer"),
+           ports=(_grpc(50065),), grant_type="urn:ietf:params:oauth:grant-type:jwt-bearer"),
     Module("audit", "services.audit.assembly", ports=(_grpc(50070),), address_env="INBOUND_AUDIT_ADDR"),
     Module("edge", "services.edge.assembly", depends_on=("token_issuer",), calls_grants=True,
            ports=(Port(HTTP, "INBOUND_HTTP_PORT", 8080),)),

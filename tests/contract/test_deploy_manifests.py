@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import ipaddress
 import os
 import re
 import shutil
@@ -832,6 +833,14 @@ RESOURCE_SERVER_SERVICES = {server for method, allowed in access.RULES.items()
                             if allowed.admits(identity.resource_server("any")) for server in _served_by(method)}
 CALLEES = {name: {callee for callee, who in CALLERS.items() if name in who} for name in CALLERS}
 DNS_PORT, POSTGRES_PORT = 53, 5432
+# The services that fetch keys over HTTPS (clients' and integrations' jwks_uri, OpenID
+# providers' discovery and JWKS): the only ones that may reach beyond the cluster.
+KEY_FETCHERS = {m.k8s_name for m in modules.MODULES if m.name in ("jwt_bearer", "third_party_token")}
+FETCH_PORT = 443
+PUBLIC_ADDRESSES = ("8.8.8.8", "20.190.128.1", "2606:4700::1111")
+# Pod and service networks, other tenants' hosts, cloud metadata, loopback: never a key source.
+INTERNAL_ADDRESSES = ("10.1.2.3", "172.20.0.5", "192.168.1.10", "100.64.0.7", "169.254.169.254", "127.0.0.1",
+                      "fd00::1", "fe80::1", "::1")
 
 
 def _rule_ports(rule: dict, container: dict, protocol: str = "TCP") -> list[tuple[int, int]] | None:
@@ -1026,8 +1035,61 @@ def test_egress_only_where_needed(docs):
             f"{name}: Postgres egress"
         for protocol in ("UDP", "TCP"):
             assert _egress_allowed(policies, labels, outside, {}, DNS_PORT, protocol), f"{name}: DNS over {protocol}"
-        for port in (443, 80, 6379):
-            assert not _egress_allowed(policies, labels, outside, {}, port), f"{name}: egress to port {port} outside"
+        for port in (FETCH_PORT, 80, 8443, 6379):
+            want = name in KEY_FETCHERS and port == FETCH_PORT
+            assert _egress_allowed(policies, labels, outside, {}, port) == want, f"{name}: egress to port {port} outside"
+
+
+def _ip_egress_allowed(policies: list[dict], pod_labels: dict, address: str, port: int) -> bool:
+    """May the pod connect to an address outside the cluster on `port`: a rule without
+    `to` admits any address, an ipBlock one its CIDR minus its exceptions."""
+    ip = ipaddress.ip_address(address)
+    selecting = _isolating(policies, pod_labels, "Egress")
+    if not selecting:
+        return True
+    for policy in selecting:
+        for rule in policy["spec"].get("egress", []):
+            if not _rule_covers(rule, {}, port):
+                continue
+            to = rule.get("to")
+            if not to:
+                return True
+            for peer in to:
+                block = peer.get("ipBlock")
+                if block and ip.version == ipaddress.ip_network(block["cidr"]).version \
+                        and ip in ipaddress.ip_network(block["cidr"]) \
+                        and not any(ip.version == ipaddress.ip_network(e).version and ip in ipaddress.ip_network(e)
+                                    for e in block.get("except", [])):
+                    return True
+    return False
+
+
+def test_only_the_key_fetchers_reach_beyond_the_cluster(docs):
+    """jwt-bearer and third-party-token fetch keys (jwks_uri, OpenID discovery) over HTTPS:
+    they alone may open connections to public addresses, on 443 alone, and never to the
+    private, shared, link-local (cloud metadata) or loopback ranges; no other pod has any
+    egress to an address beyond the cluster but DNS, NATS and (client-registry, audit)
+    Postgres. Every ipBlock egress rule belongs to a fetcher."""
+    assert "jwt-bearer" in KEY_FETCHERS and KEY_FETCHERS <= set(SERVICES)
+    policies = list(_of_kind(docs, "NetworkPolicy").values())
+    pods = _pods(docs)
+    for name, (labels, _) in pods.items():
+        fetcher = name in KEY_FETCHERS
+        for address in PUBLIC_ADDRESSES:
+            assert _ip_egress_allowed(policies, labels, address, FETCH_PORT) == fetcher, \
+                f"{name}: HTTPS egress to {address} {'refused' if fetcher else 'allowed'}"
+            for port in (80, 8443, 22):
+                assert not _ip_egress_allowed(policies, labels, address, port), f"{name}: egress to {address}:{port}"
+        for address in INTERNAL_ADDRESSES:
+            assert not _ip_egress_allowed(policies, labels, address, FETCH_PORT), f"{name}: HTTPS egress to {address}"
+    for policy in policies:
+        for rule in policy["spec"].get("egress", []):
+            if any("ipBlock" in peer for peer in rule.get("to", [])):
+                selected = {n for n, (labels, _) in pods.items() if _matches(policy["spec"]["podSelector"], labels)}
+                assert selected <= KEY_FETCHERS, f"NetworkPolicy/{policy['metadata']['name']} opens an address " \
+                                                 f"range to {sorted(selected - KEY_FETCHERS)}"
+                assert [(p.get("protocol", "TCP"), p.get("port")) for p in rule.get("ports", [])] == \
+                    [("TCP", FETCH_PORT)], f"NetworkPolicy/{policy['metadata']['name']}: HTTPS only"
 
 
 def test_network_policy_evaluator_sanity():
