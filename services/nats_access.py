@@ -13,6 +13,7 @@ the server, not the receiver, decides who may send what:
 | token_issuer | token.issued, token.revoked, token.introspected_revoked, keys.rotated | registry.client, registry.signing_key, keys.rotated, token.revoked |
 | each grant service | token.denied | registry.client |
 | authorization_code | as a grant service, and the browser's: user.signed_in, user.sign_in_failed, consent.granted, consent.withdrawn, session.ended, code.issued | registry.client |
+| jwt_bearer | as a grant service | registry.client, registry.integration |
 | edge | token.denied | keys.rotated |
 | audit | nothing but access.denied | consumes the stream through its durable consumer only |
 | all_in_one | the union of all the above | |
@@ -76,10 +77,14 @@ from inboundlib.events import (
     USER_SIGN_IN_FAILED,
     USER_SIGNED_IN,
     Installation,
+    registry_subject,
 )
 from inboundlib.hosting import HTTP
 from services.audit.consumer import DURABLE as AUDIT_DURABLE
 from services.modules import ALL_IN_ONE, NAMES, TABLE
+
+# RegistryChanged's entity for JWT-bearer integrations (client_registry announces their changes).
+ENTITY_INTEGRATION = "integration"
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,10 @@ GRANT_SERVICE = _p(publish=(TOKEN_DENIED,), subscribe=(CLIENT_CHANGED,))
 # sessions and codes.
 RULES["authorization_code"] = GRANT_SERVICE | _p(publish=(USER_SIGNED_IN, USER_SIGN_IN_FAILED, CONSENT_GRANTED,
                                                           CONSENT_WITHDRAWN, SESSION_ENDED, CODE_ISSUED))
+
+# RFC 7523: a grant service that also follows the integrations it trusts (its cache of
+# them, and the keys it prefetches, follow every change).
+RULES["jwt_bearer"] = GRANT_SERVICE | _p(subscribe=(registry_subject(ENTITY_INTEGRATION),))
 
 
 def identities() -> tuple[str, ...]:
