@@ -29,21 +29,26 @@ MODULES: tuple[Module, ...] = (
            ports=(_grpc(50051),), address_env="INBOUND_REGISTRY_ADDR"),
     Module("token_issuer", "services.token_issuer.assembly", depends_on=("client_registry",),
            ports=(_grpc(50052), Port(INTROSPECTION, "INBOUND_INTROSPECTION_PORT", 50053, optional=True)),
-           address_env="INBOUND_ISSUER_ADDR"),
-    Module("client_credentials", GRANT_ASSEMBLY, depends_on=("client_registry", "token_issuer"),
+           # Client assertions of introspecting and revoking clients: jwt_bearer, which issues
+           # through token_issuer, so it is called later (not a start-up dependency).
+           address_env="INBOUND_ISSUER_ADDR", calls_later=("jwt_bearer",)),
+    Module("client_credentials", GRANT_ASSEMBLY, depends_on=("client_registry", "token_issuer", "jwt_bearer"),
            ports=(_grpc(50061),), grant_type="client_credentials"),
-    Module("password", GRANT_ASSEMBLY, depends_on=("client_registry", "token_issuer"),
+    Module("password", GRANT_ASSEMBLY, depends_on=("client_registry", "token_issuer", "jwt_bearer"),
            ports=(_grpc(50062),), grant_type="password"),
-    Module("refresh_token", GRANT_ASSEMBLY, depends_on=("client_registry", "token_issuer"),
+    Module("refresh_token", GRANT_ASSEMBLY, depends_on=("client_registry", "token_issuer", "jwt_bearer"),
            ports=(_grpc(50063),), grant_type="refresh_token"),
     # The browser: the authorize decisions (authorize contract) and the code-for-token exchange,
     # implicit included (one service: both share every step but the last). Its own assembly.
-    Module("authorization_code", "services.authorization_code.assembly", depends_on=("client_registry", "token_issuer"),
+    Module("authorization_code", "services.authorization_code.assembly",
+           depends_on=("client_registry", "token_issuer", "jwt_bearer"),
            ports=(_grpc(50064),), grant_type="authorization_code"),
     # RFC 7523: the JWT bearer grant, and client assertions (private_key_jwt, client_secret_jwt) checked
-    # for every service that authenticates clients. Its own assembly; it fetches keys over HTTPS.
+    # for every service that authenticates clients (its address setting is theirs; the edge finds the
+    # grant among its grants). Its own assembly; it fetches keys over HTTPS.
     Module("jwt_bearer", "services.jwt_bearer.assembly", depends_on=("client_registry", "token_issuer"),
-           ports=(_grpc(50065),), grant_type="urn:ietf:params:oauth:grant-type:jwt-bearer"),
+           ports=(_grpc(50065),), grant_type="urn:ietf:params:oauth:grant-type:jwt-bearer",
+           address_env="INBOUND_JWT_BEARER_ADDR"),
     Module("audit", "services.audit.assembly", ports=(_grpc(50070),), address_env="INBOUND_AUDIT_ADDR"),
     Module("edge", "services.edge.assembly", depends_on=("token_issuer",), calls_grants=True,
            ports=(Port(HTTP, "INBOUND_HTTP_PORT", 8080),)),

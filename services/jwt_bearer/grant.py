@@ -29,11 +29,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from inboundlib.cache import CacheSettings, ReadThroughCache
-from inboundlib.config import Env
 from inboundlib.grants.api import GrantParameters, TokenRequest, TokenResponse
 from inboundlib.jose.fetch import Fetcher, RemoteKeys
 from inboundlib.jose.keys import ALL_ALGORITHMS, KeySet, StaticKeys
-from inboundlib.jose.validator import DEFAULT_SKEW, InvalidJwt, JwtPolicy, JwtValidator, KeySource, unverified_claims
+from inboundlib.jose.validator import InvalidJwt, JwtPolicy, JwtValidator, KeySource, unverified_claims
 from inboundlib.oauth.errors import InvalidGrant, InvalidRequest, KeysPending
 from inboundlib.oauth.scopes import format_scope, narrow_scopes
 from inboundlib.redact import unverified
@@ -44,6 +43,7 @@ from services.client_registry.api import (
     FederatedUsers,
     JwtBearerIntegration,
 )
+from services.jwt_bearer.client_assertions import AssertionSettings
 from services.token_issuer.api import IssueRequest, TokenIssuerApi
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 # RFC 7523 §3.1: one text for every refused assertion; the reason goes to the detail.
 ASSERTION_REFUSED = "The assertion is not valid."
 SUBJECT_USER, SUBJECT_CLIENT = "user", "client"
-TOKEN_ENDPOINT_PATH = "/oauth/token"
 # HS256 alone among the HMAC algorithms, and only with an integration's sealed secret.
 HS256 = "HS256"
 NOT_HMAC = tuple(alg for alg in ALL_ALGORITHMS if not alg.startswith("HS"))
@@ -71,23 +70,6 @@ class IntegrationSource(Protocol):
 class SecretOpener(Protocol):
     """The key-encryption keys (inboundlib.kek.KeyEncryptor): AES-GCM with associated data."""
     def decrypt(self, associated_data: str, blob: bytes) -> bytes: ...
-
-
-@dataclass(frozen=True)
-class GrantSettings:
-    issuer: str
-    skew: int = DEFAULT_SKEW
-
-    @classmethod
-    def from_env(cls, env: Env) -> GrantSettings:
-        return cls(issuer=env.url("INBOUND_ISSUER", "http://127.0.0.1:8080"),
-                   skew=env.int("INBOUND_JWT_CLOCK_SKEW", DEFAULT_SKEW, minimum=0, maximum=3600))
-
-    @property
-    def audiences(self) -> tuple[str, ...]:
-        """RFC 7523 §3 item 3: the token endpoint's URL or the issuer identifier."""
-        issuer = self.issuer.rstrip("/")
-        return tuple(dict.fromkeys((self.issuer, issuer, issuer + TOKEN_ENDPOINT_PATH)))
 
 
 @dataclass(frozen=True)
@@ -201,7 +183,7 @@ class JwtBearerGrant:
     authenticates_client = False
 
     def __init__(self, integrations: Integrations, validator: JwtValidator, users: FederatedUsers,
-                 issuer: TokenIssuerApi, settings: GrantSettings):
+                 issuer: TokenIssuerApi, settings: AssertionSettings):
         self.integrations = integrations
         self.validator = validator
         self.users = users
@@ -235,7 +217,9 @@ class JwtBearerGrant:
         trusts = await self.integrations.find(client.client_id, issuer)
         if not trusts:
             raise _refused(f"no active integration for this client and issuer {unverified(issuer)}")
-        audiences = self.settings.audiences + ((endpoint_url,) if endpoint_url else ())
+        # RFC 7523 §3 item 3: the token endpoint's URL (the one presented at, too) or the issuer identifier.
+        audiences = tuple(dict.fromkeys((self.settings.issuer, self.settings.token_endpoint,
+                                         *((endpoint_url,) if endpoint_url else ()))))
         reasons: list[str] = []
         pending: KeysPending | None = None
         for trust in trusts:
@@ -286,7 +270,7 @@ def _refused(reason: str) -> InvalidGrant:
 
 
 def build(integrations: Integrations, validator: JwtValidator, users: FederatedUsers, issuer: TokenIssuerApi,
-          settings: GrantSettings) -> JwtBearerGrant:
+          settings: AssertionSettings) -> JwtBearerGrant:
     """The grant as jwt_bearer's assembly runs it."""
     return JwtBearerGrant(integrations, validator, users, issuer, settings)
 

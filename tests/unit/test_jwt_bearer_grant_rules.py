@@ -19,9 +19,9 @@ from inboundlib.grants.api import RequestContext, TokenRequest
 from inboundlib.jose.validator import JwtValidator
 from inboundlib.oauth.errors import InvalidGrant, InvalidRequest, InvalidScope, KeysPending
 from services.client_registry.api import GRANT_JWT_BEARER, ClaimRule, JwtBearerIntegration, UserRecord
+from services.jwt_bearer.client_assertions import AssertionSettings
 from services.jwt_bearer.grant import (
     ASSERTION_REFUSED,
-    GrantSettings,
     Integrations,
     JwtBearerGrant,
     claim_rule_holds,
@@ -112,7 +112,7 @@ def grant(*integrations: JwtBearerIntegration, secrets=None, opener=True, fetche
     source = FakeIntegrations(*(integrations or (integration(),)), secrets=secrets)
     directory = Integrations(source, fetcher or PendingFetcher(), KeyEncryptor(KEK) if opener else None)
     return JwtBearerGrant(directory, JwtValidator(jtis or MemoryJtis()), FakeUsers(ALICE, BOB), issuer,
-                          GrantSettings(issuer=ISSUER)), issuer
+                          AssertionSettings(issuer=ISSUER)), issuer
 
 
 def assertion(*, key=RSA_KEY, alg="RS256", kid="rsa-1", headers=None, **claims) -> str:
