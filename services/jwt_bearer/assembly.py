@@ -27,19 +27,17 @@ from inboundlib.events import CLIENT_CHANGED, EventBus, registry_subject
 from inboundlib.hosting import GRPC, Context, Module
 from inboundlib.jose.fetch import Fetcher, FetchPolicy
 from inboundlib.jose.validator import JwtValidator
+from inboundlib.kek import KeyEncryptor, key_encryption_keys
 from services import grant_process
 from services.client_registry.cache import ClientCache
 from services.jwt_bearer import client_assertions, grant
 from services.jwt_bearer.client_assertions import AssertionSettings, ClientAssertionChecker, JwtBearerApi
 from services.jwt_bearer.grant import Integrations, SecretOpener
-from services.token_issuer.assembly import key_encryption_keys
-from services.token_issuer.keys import KeyEncryptor
 
 log = logging.getLogger(__name__)
 
 # RegistryChanged about JWT-bearer integrations (client_registry publishes them).
 INTEGRATION_CHANGED = registry_subject("integration")
-KEK_SETTINGS = ("INBOUND_KEY_ENCRYPTION_KEYS_FILE", "INBOUND_KEY_ENCRYPTION_KEYS", "INBOUND_KEY_ENCRYPTION_KEY")
 
 
 @dataclass(frozen=True)
@@ -48,15 +46,16 @@ class Settings:
     # Both halves' aud (the issuer, the token endpoint), skew and client assertions' lifetime.
     assertions: AssertionSettings
     fetch: FetchPolicy
-    # The key-encryption keys (as token_issuer's): they open HS256 integrations' secrets.
-    # None when none is configured: such integrations are then refused.
-    key_encryption_keys: tuple[bytes, ...] | None
+    # The key-encryption keys (the same as token_issuer's and client_registry's): they open
+    # client_secret_jwt clients' and HS256 integrations' sealed secrets. () when none is
+    # configured: those are then refused.
+    key_encryption_keys: tuple[bytes, ...]
 
     @classmethod
     def from_env(cls, env: Env) -> Settings:
-        keks = key_encryption_keys(env) if any(env.str(name, "") for name in KEK_SETTINGS) else None
         return cls(grant=grant_process.Settings.from_env(env), assertions=AssertionSettings.from_env(env),
-                   fetch=FetchPolicy.from_env(env), key_encryption_keys=keks)
+                   fetch=FetchPolicy.from_env(env),
+                   key_encryption_keys=key_encryption_keys(env, required=False))
 
 
 @dataclass

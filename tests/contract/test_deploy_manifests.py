@@ -100,9 +100,11 @@ def _expected_env(module: Module) -> dict:
 TLS_DIR = "/etc/inbound/tls"
 TLS_ENV = {"INBOUND_TLS_CERT_FILE": f"{TLS_DIR}/tls.crt", "INBOUND_TLS_KEY_FILE": f"{TLS_DIR}/tls.key",
            "INBOUND_TLS_CA_FILE": f"{TLS_DIR}/ca.crt"}
-# The key-encryption keys: a file in the Secret token-issuer-kek, mounted by token-issuer alone.
-KEK_SECRET, KEK_KEY, KEK_DIR = "token-issuer-kek", "keys", "/etc/inbound/kek"
-KEK_OWNER = "token-issuer"
+# The key-encryption keys: a file in a Secret `<k8s name>-kek` of each service that holds them
+# (token-issuer: signing keys; client-registry seals and jwt-bearer opens shared secrets).
+KEK_KEY, KEK_DIR = "keys", "/etc/inbound/kek"
+KEK_READERS = {"token-issuer", "client-registry", "jwt-bearer"}
+KEK_SECRETS = {f"{name}-kek" for name in KEK_READERS}
 # The plaintext gRPC health port the kubelet probes (it cannot present a client certificate).
 HEALTH_ENV, HEALTH_PORT = "INBOUND_HEALTH_PORT", 9091
 # Settings that must never appear in a manifest: each turns authentication or
@@ -128,6 +130,7 @@ SERVICES = {
     for m in modules.MODULES
 }
 GRPC_SERVICES = [name for name, spec in SERVICES.items() if spec["kind"] == "grpc"]
+SERVICES_BY_MODULE = {spec["module"]: name for name, spec in SERVICES.items()}
 METRICS_PORT = 9090
 # The hot path scales on CPU: the edge, token-issuer and every grant service.
 AUTOSCALED = ["edge", "token-issuer", *(m.k8s_name for m in modules.MODULES if m.grant_type)]
@@ -626,16 +629,19 @@ def test_every_service_connects_to_nats_as_its_own_user_over_tls(docs):
 
 
 def test_key_encryption_keys_are_a_mounted_file(docs):
-    """token-issuer alone reads the key-encryption keys, from a file of its own Secret
-    (rotated by editing it: one key per line), never from the env."""
+    """The services that read the key-encryption keys (their code does, and no other),
+    each from a file of its own Secret (rotated by editing it: one key per line), never
+    from the env."""
+    assert KEK_READERS == {SERVICES_BY_MODULE[m] for m in modules.NAMES
+                           if "INBOUND_KEY_ENCRYPTION_KEYS_FILE" in _env_read(m)}
     for name, dep in _of_kind(docs, WORKLOAD).items():
         env = {e["name"]: e for e in _main(dep).get("env", [])}
         assert not {"INBOUND_KEY_ENCRYPTION_KEY", "INBOUND_KEY_ENCRYPTION_KEYS"} & set(env), f"{name}: a KEK in env"
-        if name != KEK_OWNER:
+        if name not in KEK_READERS:
             assert "INBOUND_KEY_ENCRYPTION_KEYS_FILE" not in env, name
             continue
         mount, volume = _volume_mount(dep, KEK_DIR)
-        assert volume.get("secret", {}).get("secretName") == KEK_SECRET and mount.get("readOnly") is True, volume
+        assert volume.get("secret", {}).get("secretName") == f"{name}-kek" and mount.get("readOnly") is True, volume
         assert "subPath" not in mount and volume["secret"].get("defaultMode", 0o644) & 0o007 == 0, (mount, volume)
         assert env["INBOUND_KEY_ENCRYPTION_KEYS_FILE"].get("value") == f"{KEK_DIR}/{KEK_KEY}"
 
@@ -1195,8 +1201,9 @@ def test_secret_is_an_example_outside_the_base():
         assert _schema_errors(secret) is None, _schema_errors(secret)
     readers = {m.k8s_name for m in modules.MODULES if "DATABASE_URL" in _env_read(m.name)}
     assert readers == {"client-registry", "audit"}
-    assert set(secrets) == {KEK_SECRET} | {r + POSTGRES_SECRET_SUFFIX for r in readers}
-    assert set(secrets[KEK_SECRET]["stringData"]) == {KEK_KEY}
+    assert set(secrets) == KEK_SECRETS | {r + POSTGRES_SECRET_SUFFIX for r in readers}
+    for kek in KEK_SECRETS:
+        assert set(secrets[kek]["stringData"]) == {KEK_KEY}
     runtime_roles = set()
     for reader in readers:
         data = secrets[reader + POSTGRES_SECRET_SUFFIX]["stringData"]
