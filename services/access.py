@@ -92,6 +92,9 @@ _REFRESH = "/inbound.registry.v1.RefreshTokens/"
 _SCOPES = "/inbound.registry.v1.Scopes/"
 _AUTHZ_STATE = "/inbound.registry.v1.Authorizations/"
 _USED_JTIS = "/inbound.registry.v1.UsedJtis/"
+_INTEGRATIONS = "/inbound.registry.v1.Integrations/"
+_PROVIDERS = "/inbound.registry.v1.Providers/"
+_FEDERATED_USERS = "/inbound.registry.v1.FederatedUsers/"
 _AUTHORIZE = "/inbound.authorize.v1.Authorization/"
 _AUDIT = "/inbound.audit.v1.AuditLog/"
 _CLIENT_ASSERTIONS = "/inbound.federation.v1.ClientAssertions/"
@@ -123,6 +126,22 @@ RULES: dict[str, Allowed] = {
     # Replay refusal of JWTs from outside: whoever validates them (client assertions in the grant
     # runner and token_issuer, through jwt_bearer; JWT-bearer grants; providers' tokens).
     _USED_JTIS + "ClaimJtis": GRANT_SERVICES | ISSUER | services("jwt_bearer", "third_party_token"),
+
+    # JWT-bearer integrations: operators manage them (inboundctl integration ...); jwt_bearer reads
+    # them for its grant, and alone gets their sealed HS256 secrets (it alone holds what opens them).
+    **{_INTEGRATIONS + rpc: OPERATORS for rpc in ("CreateIntegration", "UpdateIntegration", "DeleteIntegration")},
+    **{_INTEGRATIONS + rpc: OPERATORS | services("jwt_bearer") for rpc in (
+        "GetIntegration", "FindIntegrations", "ListIntegrations")},
+    _INTEGRATIONS + "GetIntegrationSecrets": services("jwt_bearer"),
+    # OpenID providers: operators manage them (inboundctl provider ...); third_party_token uses them,
+    # token_issuer learns their issuers (which foreign JWTs to route to third_party_token).
+    **{_PROVIDERS + rpc: OPERATORS for rpc in ("CreateProvider", "UpdateProvider", "DeleteProvider")},
+    **{_PROVIDERS + rpc: OPERATORS | ISSUER | services("third_party_token") for rpc in (
+        "GetProvider", "ListProviders")},
+    # Users named by a foreign identity: the subjects of JWT-bearer assertions and of providers'
+    # tokens; provisioning only for providers that may (third_party_token decides by the provider).
+    _FEDERATED_USERS + "FindUsers": services("jwt_bearer", "third_party_token"),
+    _FEDERATED_USERS + "ProvisionUser": services("third_party_token"),
 
     # Stored signing keys (encrypted private keys) are token_issuer's alone: operators list
     # and rotate keys through token_issuer (ListKeys, RotateKey), which makes and checks them.

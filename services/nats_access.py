@@ -9,7 +9,7 @@ the server, not the receiver, decides who may send what:
 
 | identity | publishes (events) | subscribes (events) |
 |---|---|---|
-| client_registry | registry.client, registry.signing_key, registry.user, registry.scope, token.revoked (the cut-offs that disabling or deleting a client, and a user's password change, disabling or deletion record; a reused refresh token's family), token.refresh_reused, user.locked, user.lock_ended | - |
+| client_registry | registry.client, registry.signing_key, registry.user, registry.scope, registry.integration, registry.provider, token.revoked (the cut-offs that disabling or deleting a client, and a user's password change, disabling or deletion record; a reused refresh token's family), token.refresh_reused, user.locked, user.lock_ended | - |
 | token_issuer | token.issued, token.revoked, token.introspected_revoked, keys.rotated | registry.client, registry.signing_key, keys.rotated, token.revoked |
 | each grant service | token.denied | registry.client |
 | authorization_code | as a grant service, and the browser's: user.signed_in, user.sign_in_failed, consent.granted, consent.withdrawn, session.ended, code.issued | registry.client |
@@ -62,7 +62,9 @@ from inboundlib.events import (
     CODE_ISSUED,
     CONSENT_GRANTED,
     CONSENT_WITHDRAWN,
+    INTEGRATION_CHANGED,
     KEYS_ROTATED,
+    PROVIDER_CHANGED,
     REFRESH_TOKEN_REUSED,
     REVOKED_TOKEN_INTROSPECTED,
     SCOPE_CHANGED,
@@ -110,7 +112,8 @@ def _p(publish: Iterable[str] = (), subscribe: Iterable[str] = (), consumes_audi
 
 RULES: dict[str, Permissions] = {
     "client_registry": _p(publish=(CLIENT_CHANGED, SIGNING_KEY_CHANGED, USER_CHANGED, SCOPE_CHANGED, TOKEN_REVOKED,
-                                   REFRESH_TOKEN_REUSED, USER_LOCKED, USER_LOCK_ENDED), creates_stream=True),
+                                   REFRESH_TOKEN_REUSED, USER_LOCKED, USER_LOCK_ENDED, INTEGRATION_CHANGED,
+                                   PROVIDER_CHANGED), creates_stream=True),
     "token_issuer": _p(publish=(TOKEN_ISSUED, TOKEN_REVOKED, REVOKED_TOKEN_INTROSPECTED, KEYS_ROTATED),
                        subscribe=(CLIENT_CHANGED, SIGNING_KEY_CHANGED, KEYS_ROTATED, TOKEN_REVOKED),
                        creates_stream=True),

@@ -78,6 +78,10 @@ ENTITY_CLIENT = "client"
 ENTITY_SIGNING_KEY = "signing_key"
 ENTITY_USER = "user"
 ENTITY_SCOPE = "scope"
+# Issue 10: JWT-bearer integrations (jwt_bearer follows them) and OpenID providers
+# (third_party_token and token_issuer follow them).
+ENTITY_INTEGRATION = "integration"
+ENTITY_PROVIDER = "provider"
 
 
 def registry_subject(entity: str) -> str:
@@ -94,6 +98,8 @@ REVOKED_TOKEN_INTROSPECTED = "token.introspected_revoked"
 ACCESS_DENIED = "access.denied"
 USER_CHANGED = registry_subject(ENTITY_USER)
 SCOPE_CHANGED = registry_subject(ENTITY_SCOPE)
+INTEGRATION_CHANGED = registry_subject(ENTITY_INTEGRATION)
+PROVIDER_CHANGED = registry_subject(ENTITY_PROVIDER)
 USER_LOCKED = "user.locked"
 USER_LOCK_ENDED = "user.lock_ended"
 REFRESH_TOKEN_REUSED = "token.refresh_reused"
@@ -120,6 +126,8 @@ PAYLOADS: dict[str, tuple[str, str]] = {  # subject -> (payload field, registry 
     ACCESS_DENIED: ("access_denied", ""),
     USER_CHANGED: ("registry_changed", ENTITY_USER),
     SCOPE_CHANGED: ("registry_changed", ENTITY_SCOPE),
+    INTEGRATION_CHANGED: ("registry_changed", ENTITY_INTEGRATION),
+    PROVIDER_CHANGED: ("registry_changed", ENTITY_PROVIDER),
     USER_LOCKED: ("user_locked", ""),
     USER_LOCK_ENDED: ("user_lock_ended", ""),
     REFRESH_TOKEN_REUSED: ("refresh_token_reused", ""),

@@ -807,6 +807,9 @@ class FederatedUsers(Protocol):
         """`field` in USER_FIELDS; exact match (email case-insensitively); None when none,
         or when more than one user has that email (ambiguous: never guess)."""
         ...
+    async def find_users(self, keys: list[tuple[str, str]]) -> list[UserRecord | None]:
+        """find_user for each (field, value), batched (the hot path of foreign tokens)."""
+        ...
     async def provision_user(self, field: str, value: str, roles: list[str], provider: str) -> UserRecord:
         """Create a user without a password whose `field` is `value` (the username derived
         from it when field is email), or return the one that exists (idempotent)."""

@@ -42,6 +42,8 @@ RUNTIME_PRIVILEGES = {
     "user_grants": "SELECT, INSERT, DELETE",
     # A used jti is claimed (inserted, or an expired row taken over) and purged, never otherwise changed.
     "used_jtis": "SELECT, INSERT, DELETE, UPDATE (expires_at)",
+    "jwt_bearer_integrations": "SELECT, INSERT, UPDATE, DELETE",
+    "oidc_providers": "SELECT, INSERT, UPDATE, DELETE",
 }
 HOT_TIMEOUT = 3.0
 REVOCATION_TIMEOUT = 10.0

@@ -35,7 +35,9 @@ from services.client_registry.api import (
     InvalidArgument,
     ItemError,
     JtiClaim,
+    JwtBearerIntegration,
     NotFound,
+    OidcProvider,
     OpaqueTokenRecord,
     PendingAuthorization,
     RegistryError,
@@ -343,6 +345,102 @@ class ScopesClient:
         return reply.deleted
 
 
+class IntegrationsClient:
+    """api.IntegrationStore over gRPC. The grant's lookups (find) and jwt_bearer's sealed
+    secrets are coalesced; the rest are administrative calls."""
+
+    def __init__(self, channel: grpc.aio.Channel):
+        self.stub = registry_pb2_grpc.IntegrationsStub(channel)
+        self._secrets = Coalescer("registry.GetIntegrationSecrets", self._send_secrets, max_batch=MAX_BATCH,
+                                  idempotent=True, transient=peer_going_away, unavailable=is_unavailable)
+
+    async def create_integration(self, integration: JwtBearerIntegration,
+                                 hmac_secret: bytes = b"") -> JwtBearerIntegration:
+        reply = await _admin(self.stub.CreateIntegration, pb.CreateIntegrationRequest(
+            integration=wire.integration_to_pb(integration), hmac_secret=hmac_secret))
+        return wire.integration_from_pb(reply.integration)
+
+    async def get_integration(self, id: str) -> JwtBearerIntegration | None:
+        reply = await _admin(self.stub.GetIntegration, pb.GetIntegrationRequest(id=id))
+        return wire.integration_from_pb(reply.integration) if reply.HasField("integration") else None
+
+    async def find_integrations(self, client_id: str, issuer: str) -> list[JwtBearerIntegration]:
+        reply = await _hot(self.stub.FindIntegrations, pb.FindIntegrationsRequest(client_id=client_id, issuer=issuer))
+        return [wire.integration_from_pb(i) for i in reply.integrations]
+
+    async def list_integrations(self) -> list[JwtBearerIntegration]:
+        reply = await _admin(self.stub.ListIntegrations, pb.ListIntegrationsRequest())
+        return [wire.integration_from_pb(i) for i in reply.integrations]
+
+    async def update_integration(self, integration: JwtBearerIntegration,
+                                 hmac_secret: bytes | None = None) -> JwtBearerIntegration:
+        reply = await _admin(self.stub.UpdateIntegration, pb.UpdateIntegrationRequest(
+            integration=wire.integration_to_pb(integration), hmac_secret=hmac_secret))
+        return wire.integration_from_pb(reply.integration)
+
+    async def delete_integration(self, id: str) -> bool:
+        return (await _admin(self.stub.DeleteIntegration, pb.DeleteIntegrationRequest(id=id))).deleted
+
+    async def _send_secrets(self, ids: list[str], timeout: float) -> list[bytes]:
+        reply = await self.stub.GetIntegrationSecrets(pb.GetIntegrationSecretsRequest(ids=ids), timeout=timeout)
+        return list(reply.sealed_secrets)
+
+    async def get_integration_secrets(self, ids: list[str]) -> list[bytes]:
+        return list(await asyncio.gather(*(self._secrets.submit(i, HOT_TIMEOUT) for i in ids)))
+
+
+class ProvidersClient:
+    """api.ProviderStore over gRPC (its readers cache the list and reload it on change events)."""
+
+    def __init__(self, channel: grpc.aio.Channel):
+        self.stub = registry_pb2_grpc.ProvidersStub(channel)
+
+    async def create_provider(self, provider: OidcProvider) -> OidcProvider:
+        reply = await _admin(self.stub.CreateProvider, pb.CreateProviderRequest(provider=wire.provider_to_pb(provider)))
+        return wire.provider_from_pb(reply.provider)
+
+    async def get_provider(self, name: str) -> OidcProvider | None:
+        reply = await _admin(self.stub.GetProvider, pb.GetProviderRequest(name=name))
+        return wire.provider_from_pb(reply.provider) if reply.HasField("provider") else None
+
+    async def list_providers(self) -> list[OidcProvider]:
+        reply = await _admin(self.stub.ListProviders, pb.ListProvidersRequest())
+        return [wire.provider_from_pb(p) for p in reply.providers]
+
+    async def update_provider(self, provider: OidcProvider) -> OidcProvider:
+        reply = await _admin(self.stub.UpdateProvider, pb.UpdateProviderRequest(provider=wire.provider_to_pb(provider)))
+        return wire.provider_from_pb(reply.provider)
+
+    async def delete_provider(self, name: str) -> bool:
+        return (await _admin(self.stub.DeleteProvider, pb.DeleteProviderRequest(name=name))).deleted
+
+
+class FederatedUsersClient:
+    """api.FederatedUsers over gRPC; lookups coalesced (idempotent, sent again if the registry
+    went away mid-call). A provisioning is idempotent too, but rare: one call each."""
+
+    def __init__(self, channel: grpc.aio.Channel):
+        self.stub = registry_pb2_grpc.FederatedUsersStub(channel)
+        self._lookups = Coalescer("registry.FindUsers", self._send_lookups, max_batch=MAX_BATCH,
+                                  idempotent=True, transient=peer_going_away, unavailable=is_unavailable)
+
+    async def _send_lookups(self, keys: list[tuple[str, str]], timeout: float) -> list[UserRecord | None]:
+        reply = await self.stub.FindUsers(pb.FindUsersRequest(keys=[pb.UserKey(field=f, value=v) for f, v in keys]),
+                                          timeout=timeout)
+        return [wire.user_from_pb(r.user) if r.HasField("user") else None for r in reply.results]
+
+    async def find_user(self, field: str, value: str) -> UserRecord | None:
+        return await self._lookups.submit((field, value), HOT_TIMEOUT)
+
+    async def find_users(self, keys: list[tuple[str, str]]) -> list[UserRecord | None]:
+        return list(await asyncio.gather(*(self.find_user(f, v) for f, v in keys)))
+
+    async def provision_user(self, field: str, value: str, roles: list[str], provider: str) -> UserRecord:
+        reply = await _hot(self.stub.ProvisionUser, pb.ProvisionUserRequest(field=field, value=value, roles=roles,
+                                                                            provider=provider))
+        return wire.user_from_pb(reply.user)
+
+
 class JtiClaims:
     """The used-jti store as the JWT validator asks it (inboundlib.jose's UsedJtis): one
     `first_use(namespace, jti, expires_at)` per token, coalesced into ClaimJtis batches by
@@ -490,7 +588,8 @@ class AuthorizationsClient:
 class RegistryClient:
     """Every domain's client over one channel (api.ClientRegistryApi), for callers
     that use several; pass a narrow one (`.clients`, `.signing_keys`, `.tokens`,
-    `.revocations`, `.refresh_tokens`, `.users`, `.scopes`, `.authorizations`, `.jtis`)
+    `.revocations`, `.refresh_tokens`, `.users`, `.scopes`, `.authorizations`, `.jtis`,
+    `.integrations`, `.providers`, `.federated_users`)
     to code that needs only that (`.jtis` is also the JWT validator's UsedJtis)."""
 
     def __init__(self, channel: grpc.aio.Channel):
@@ -503,12 +602,15 @@ class RegistryClient:
         self.scopes = ScopesClient(channel)
         self.authorizations = AuthorizationsClient(channel)
         self.jtis = UsedJtisClient(channel)
+        self.integrations = IntegrationsClient(channel)
+        self.providers = ProvidersClient(channel)
+        self.federated_users = FederatedUsersClient(channel)
 
     def __getattr__(self, name: str):
         # Each call belongs to exactly one domain; ask each in turn. (Through __dict__:
         # this runs only for names not found otherwise, and must not recurse.)
         for key in ("clients", "signing_keys", "tokens", "revocations", "refresh_tokens", "users", "scopes",
-                    "authorizations", "jtis"):
+                    "authorizations", "jtis", "integrations", "providers", "federated_users"):
             domain = self.__dict__.get(key)
             if domain is not None and hasattr(type(domain), name):
                 return getattr(domain, name)

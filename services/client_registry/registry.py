@@ -2,7 +2,8 @@
 
 `Registry` bundles them for what hosts or wires them all (the registry process,
 the one-process mode, tests): `registry.clients`, `.signing_keys`, `.tokens`,
-`.revocations`, `.refresh_tokens`, `.users`, `.scopes`, `.authorizations`, `.jtis`, each implementing its narrow Protocol from api.py.
+`.revocations`, `.refresh_tokens`, `.users`, `.scopes`, `.authorizations`, `.jtis`,
+`.integrations`, `.providers`, `.federated_users`, each implementing its narrow Protocol from api.py.
 It also
 answers every call itself by delegation, so it satisfies `ClientRegistryApi`
 where a caller genuinely needs several domains.
@@ -29,6 +30,8 @@ from services.client_registry.api import (
     ConsentRecord,
     ItemError,
     JtiClaim,
+    JwtBearerIntegration,
+    OidcProvider,
     OpaqueTokenRecord,
     PendingAuthorization,
     RevocationCursor,
@@ -48,8 +51,11 @@ from services.client_registry.api import (
 )
 from services.client_registry.authorizations import AuthorizationRepository
 from services.client_registry.clients import ClientRepository
+from services.client_registry.federated_users import FederatedUserRepository
+from services.client_registry.integrations import IntegrationRepository
 from services.client_registry.jtis import JtiRepository
 from services.client_registry.keys import SigningKeyRepository
+from services.client_registry.providers import ProviderRepository
 from services.client_registry.refresh_tokens import RefreshTokenRepository
 from services.client_registry.revocations import RevocationRepository
 from services.client_registry.scopes import ScopeRepository
@@ -68,6 +74,9 @@ class Registry:
         # Seals client_secret_jwt secrets (and HS256 integration secrets) as they are made.
         self.clients = ClientRepository(pool, events, encryptor)
         self.jtis = JtiRepository(pool)
+        self.integrations = IntegrationRepository(pool, events, encryptor)
+        self.providers = ProviderRepository(pool, events)
+        self.federated_users = FederatedUserRepository(pool, events)
         self.signing_keys = SigningKeyRepository(pool, events)
         self.tokens = TokenRepository(pool)
         self.revocations = RevocationRepository(pool)
@@ -108,6 +117,59 @@ class Registry:
 
     async def claim_jtis(self, claims: list[JtiClaim]) -> list[bool | ItemError]:
         return await self.jtis.claim_jtis(claims)
+
+    # --- JWT-bearer integrations (api.IntegrationStore) ---------------------------------------------
+
+    async def create_integration(self, integration: JwtBearerIntegration,
+                                 hmac_secret: bytes = b"") -> JwtBearerIntegration:
+        return await self.integrations.create_integration(integration, hmac_secret)
+
+    async def get_integration(self, id: str) -> JwtBearerIntegration | None:
+        return await self.integrations.get_integration(id)
+
+    async def find_integrations(self, client_id: str, issuer: str) -> list[JwtBearerIntegration]:
+        return await self.integrations.find_integrations(client_id, issuer)
+
+    async def list_integrations(self) -> list[JwtBearerIntegration]:
+        return await self.integrations.list_integrations()
+
+    async def update_integration(self, integration: JwtBearerIntegration,
+                                 hmac_secret: bytes | None = None) -> JwtBearerIntegration:
+        return await self.integrations.update_integration(integration, hmac_secret)
+
+    async def delete_integration(self, id: str) -> bool:
+        return await self.integrations.delete_integration(id)
+
+    async def get_integration_secrets(self, ids: list[str]) -> list[bytes]:
+        return await self.integrations.get_integration_secrets(ids)
+
+    # --- OpenID providers (api.ProviderStore) ------------------------------------------------------
+
+    async def create_provider(self, provider: OidcProvider) -> OidcProvider:
+        return await self.providers.create_provider(provider)
+
+    async def get_provider(self, name: str) -> OidcProvider | None:
+        return await self.providers.get_provider(name)
+
+    async def list_providers(self) -> list[OidcProvider]:
+        return await self.providers.list_providers()
+
+    async def update_provider(self, provider: OidcProvider) -> OidcProvider:
+        return await self.providers.update_provider(provider)
+
+    async def delete_provider(self, name: str) -> bool:
+        return await self.providers.delete_provider(name)
+
+    # --- federated users (api.FederatedUsers) ------------------------------------------------------
+
+    async def find_user(self, field: str, value: str) -> UserRecord | None:
+        return await self.federated_users.find_user(field, value)
+
+    async def find_users(self, keys: list[tuple[str, str]]) -> list[UserRecord | None]:
+        return await self.federated_users.find_users(keys)
+
+    async def provision_user(self, field: str, value: str, roles: list[str], provider: str) -> UserRecord:
+        return await self.federated_users.provision_user(field, value, roles, provider)
 
     # --- signing keys (api.SigningKeyStore) -------------------------------------------------------
 

@@ -23,11 +23,14 @@ from services.client_registry.api import (
     ClientSecretReader,
     ClientStore,
     CodeToConsume,
+    FederatedUsers,
+    IntegrationStore,
     InUse,
     InvalidArgument,
     ItemError,
     JtiStore,
     NotFound,
+    ProviderStore,
     RefreshTokenStore,
     RegistryError,
     RevocationStore,
@@ -329,6 +332,85 @@ class AuthorizationsServicer(registry_pb2_grpc.AuthorizationsServicer):
         return pb.RecordUserGrantResponse()
 
 
+class IntegrationsServicer(registry_pb2_grpc.IntegrationsServicer):
+    """JWT-bearer integrations. An HS256 secret comes in (create, update) and never goes out
+    but sealed, to jwt_bearer alone (GetIntegrationSecrets; services/access.py)."""
+
+    def __init__(self, integrations: IntegrationStore):
+        self.integrations = integrations
+
+    async def CreateIntegration(self, request, context):
+        created = await _call(context, self.integrations.create_integration(
+            wire.integration_from_pb(request.integration), request.hmac_secret))
+        return pb.CreateIntegrationResponse(integration=wire.integration_to_pb(created))
+
+    async def GetIntegration(self, request, context):
+        found = await self.integrations.get_integration(request.id)
+        return pb.GetIntegrationResponse(integration=wire.integration_to_pb(found) if found else None)
+
+    async def FindIntegrations(self, request, context):
+        found = await self.integrations.find_integrations(request.client_id, request.issuer)
+        return pb.FindIntegrationsResponse(integrations=[wire.integration_to_pb(i) for i in found])
+
+    async def ListIntegrations(self, request, context):
+        listed = await self.integrations.list_integrations()
+        return pb.ListIntegrationsResponse(integrations=[wire.integration_to_pb(i) for i in listed])
+
+    async def UpdateIntegration(self, request, context):
+        secret = request.hmac_secret if request.HasField("hmac_secret") else None
+        updated = await _call(context, self.integrations.update_integration(
+            wire.integration_from_pb(request.integration), secret))
+        return pb.UpdateIntegrationResponse(integration=wire.integration_to_pb(updated))
+
+    async def DeleteIntegration(self, request, context):
+        return pb.DeleteIntegrationResponse(deleted=await _call(context, self.integrations.delete_integration(
+            request.id)))
+
+    async def GetIntegrationSecrets(self, request, context):
+        await _check_batch(context, request.ids, "ids")
+        return pb.GetIntegrationSecretsResponse(
+            sealed_secrets=await self.integrations.get_integration_secrets(list(request.ids)))
+
+
+class ProvidersServicer(registry_pb2_grpc.ProvidersServicer):
+    def __init__(self, providers: ProviderStore):
+        self.providers = providers
+
+    async def CreateProvider(self, request, context):
+        created = await _call(context, self.providers.create_provider(wire.provider_from_pb(request.provider)))
+        return pb.CreateProviderResponse(provider=wire.provider_to_pb(created))
+
+    async def GetProvider(self, request, context):
+        found = await self.providers.get_provider(request.name)
+        return pb.GetProviderResponse(provider=wire.provider_to_pb(found) if found else None)
+
+    async def ListProviders(self, request, context):
+        return pb.ListProvidersResponse(providers=[wire.provider_to_pb(p)
+                                                   for p in await self.providers.list_providers()])
+
+    async def UpdateProvider(self, request, context):
+        updated = await _call(context, self.providers.update_provider(wire.provider_from_pb(request.provider)))
+        return pb.UpdateProviderResponse(provider=wire.provider_to_pb(updated))
+
+    async def DeleteProvider(self, request, context):
+        return pb.DeleteProviderResponse(deleted=await _call(context, self.providers.delete_provider(request.name)))
+
+
+class FederatedUsersServicer(registry_pb2_grpc.FederatedUsersServicer):
+    def __init__(self, users: FederatedUsers):
+        self.users = users
+
+    async def FindUsers(self, request, context):
+        await _check_batch(context, request.keys, "keys")
+        found = await self.users.find_users([(k.field, k.value) for k in request.keys])
+        return pb.FindUsersResponse(results=[pb.UserLookup(user=wire.user_to_pb(u) if u else None) for u in found])
+
+    async def ProvisionUser(self, request, context):
+        user = await _call(context, self.users.provision_user(request.field, request.value, list(request.roles),
+                                                              request.provider))
+        return pb.ProvisionUserResponse(user=wire.user_to_pb(user))
+
+
 @dataclass(frozen=True)
 class Domain:
     """One gRPC service of the registry: its full name, and how to add it to a server
@@ -358,6 +440,14 @@ DOMAINS: tuple[Domain, ...] = (
                AuthorizationsServicer(r.authorizations), s)),
     Domain("inbound.registry.v1.UsedJtis",
            lambda r, s: registry_pb2_grpc.add_UsedJtisServicer_to_server(UsedJtisServicer(r.jtis), s)),
+    Domain("inbound.registry.v1.Integrations",
+           lambda r, s: registry_pb2_grpc.add_IntegrationsServicer_to_server(
+               IntegrationsServicer(r.integrations), s)),
+    Domain("inbound.registry.v1.Providers",
+           lambda r, s: registry_pb2_grpc.add_ProvidersServicer_to_server(ProvidersServicer(r.providers), s)),
+    Domain("inbound.registry.v1.FederatedUsers",
+           lambda r, s: registry_pb2_grpc.add_FederatedUsersServicer_to_server(
+               FederatedUsersServicer(r.federated_users), s)),
 )
 SERVICE_NAMES: tuple[str, ...] = tuple(d.service_name for d in DOMAINS)
 # Kept for callers that name one service for health checks: the registry is serving

@@ -168,7 +168,7 @@ def unknown_username(digest: str) -> str:
     return f"…sha256:{digest[:redact.HASH_HEX]}"
 
 
-def _check_username(value: str) -> str:
+def check_username(value: str) -> str:
     if not value:
         raise InvalidArgument("username is required")
     if len(value) > MAX_USERNAME:
@@ -194,7 +194,7 @@ def _check_text(label: str, value: str, limit: int = MAX_NAME) -> str:
     return value.strip()
 
 
-def _check_email(value: str) -> str:
+def check_email(value: str) -> str:
     value = value.strip()
     if value and (len(value) > MAX_EMAIL or _CONTROL.search(value) or not _EMAIL.match(value)):
         raise InvalidArgument("email is not an address (name@domain)")
@@ -217,7 +217,7 @@ def _check_zoneinfo(value: str) -> str:
     return value
 
 
-def _check_roles(roles: list[str]) -> list[str]:
+def check_roles(roles: list[str]) -> list[str]:
     bad = [r for r in roles if r not in BUILT_IN_ROLES and not _ROLE.match(r)]
     if bad:
         raise InvalidArgument(f"malformed roles (lower-case letters, digits, _ . : -): {[redact.unverified(r) for r in bad]}")
@@ -348,14 +348,14 @@ class UserRepository:
     # --- the directory (api.UserDirectory) --------------------------------------------------------
 
     async def create_user(self, spec: UserSpec) -> UserRecord:
-        username = _check_username(spec.username)
-        email = _check_email(spec.email)
+        username = check_username(spec.username)
+        email = check_email(spec.email)
         display_name = _check_text("display name", spec.display_name)
         given_name = _check_text("given name", spec.given_name)
         family_name = _check_text("family name", spec.family_name)
         locale = _check_locale(spec.locale)
         zoneinfo = _check_zoneinfo(spec.zoneinfo)
-        roles = _check_roles(spec.roles)
+        roles = check_roles(spec.roles)
         password_hash = None
         if spec.password:
             _check_password(self.passwords, spec.password)
@@ -416,8 +416,8 @@ class UserRepository:
 
     async def update_user(self, user_id: str, update: UserUpdate) -> UserRecord:
         values = {
-            "username": None if update.username is None else _check_username(update.username),
-            "email": None if update.email is None else _check_email(update.email),
+            "username": None if update.username is None else check_username(update.username),
+            "email": None if update.email is None else check_email(update.email),
             "display_name": None if update.display_name is None else _check_text("display name", update.display_name),
             "given_name": None if update.given_name is None else _check_text("given name", update.given_name),
             "family_name": None if update.family_name is None else _check_text("family name", update.family_name),
@@ -485,7 +485,7 @@ class UserRepository:
         return _user(row)
 
     async def change_user_roles(self, user_id: str, add: list[str], remove: list[str]) -> UserRecord:
-        add = _check_roles(add)
+        add = check_roles(add)
         async with self.pool.acquire() as conn, conn.transaction():
             current = await self._locked_user(conn, user_id)
             roles = [r for r in dict.fromkeys([*current["roles"], *add]) if r not in set(remove)]

@@ -14,6 +14,7 @@ from services.client_registry.api import (
     REVOKE_SUBJECT,
     AuthorizationCodeRecord,
     BrowserSession,
+    ClaimRule,
     ClientRecord,
     ClientSpec,
     ClientUpdate,
@@ -24,7 +25,9 @@ from services.client_registry.api import (
     Invalid,
     ItemError,
     JtiClaim,
+    JwtBearerIntegration,
     Locked,
+    OidcProvider,
     OpaqueTokenRecord,
     PendingAuthorization,
     Refused,
@@ -450,3 +453,29 @@ def code_outcome_from_pb(m: pb.CodeConsumption) -> CodeOutcome:
     if kind == "not_found":
         return CodeNotFound()
     return item_error_from_pb(m.error) or ItemError("internal", "no outcome")
+
+
+# --- federation ---------------------------------------------------------------------------------
+
+def integration_to_pb(i: JwtBearerIntegration) -> pb.Integration:
+    fields = {f.name: getattr(i, f.name) for f in dataclasses.fields(i) if f.name != "claim_rules"}
+    return pb.Integration(**fields, claim_rules=[_flat_to_pb(r, pb.ClaimRule) for r in i.claim_rules])
+
+
+def integration_from_pb(m: pb.Integration) -> JwtBearerIntegration:
+    values = {}
+    for f in dataclasses.fields(JwtBearerIntegration):
+        if f.name == "claim_rules":
+            values[f.name] = tuple(_flat_from_pb(r, ClaimRule) for r in m.claim_rules)
+        else:
+            value = getattr(m, f.name)
+            values[f.name] = value if isinstance(value, (str, bytes, int, float, bool)) else tuple(value)
+    return JwtBearerIntegration(**values)
+
+
+def provider_to_pb(p: OidcProvider) -> pb.Provider:
+    return _flat_to_pb(p, pb.Provider)
+
+
+def provider_from_pb(m: pb.Provider) -> OidcProvider:
+    return _flat_from_pb(m, OidcProvider)

@@ -1,39 +1,55 @@
 """The registry's federation data against the real Postgres and the running registry:
 client authentication methods (RFC 7591 §2) and the sealing of client_secret_jwt secrets
 under the key-encryption key, the used-jti store (RFC 7523 §3 replay refusal) and its
-purge, and migration 0008's backfill of existing clients."""
+purge, migration 0008's backfill of existing clients, JWT-bearer integrations (HS256
+secrets sealed), OpenID providers, and users as foreign identities name them."""
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 import asyncpg
 import grpc
 import pytest
+from cryptography import x509
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from jwt.algorithms import ECAlgorithm
 
 from inbound.registry.v1 import registry_pb2 as pb
 from inbound.registry.v1 import registry_pb2_grpc
 from inboundlib import db, identity
 from inboundlib.config import Env
-from inboundlib.kek import KeyEncryptor, client_secret_label, key_encryption_keys
+from inboundlib.events import INTEGRATION_CHANGED, PROVIDER_CHANGED
+from inboundlib.kek import KeyEncryptor, client_secret_label, integration_secret_label, key_encryption_keys
 from inboundlib.oauth.client_auth import hash_client_secret
 from services import modules
 from services.client_registry.api import (
+    AlreadyExists,
+    ClaimRule,
     ClientSpec,
     ClientUpdate,
     InvalidArgument,
     ItemError,
     JtiClaim,
+    JwtBearerIntegration,
+    NotFound,
+    OidcProvider,
     TokenExchangePolicy,
+    UserSpec,
 )
 from services.client_registry.client import RegistryClient
+from services.client_registry.federated_users import FederatedUserRepository
+from services.client_registry.integrations import IntegrationRepository
 from services.client_registry.jtis import JtiRepository
+from services.client_registry.providers import ProviderRepository
 from services.client_registry.trust import TOKEN_TYPE_ID_TOKEN
 from tests.support import GRANT_SERVICE, ensure_scopes
 
@@ -267,3 +283,253 @@ async def test_migration_0008_backfills_the_methods(empty_database, tmp_path):
         assert all(r["sealed_secret"] is None for r in rows)
     finally:
         await pool.close()
+
+
+# --- JWT-bearer integrations -----------------------------------------------------------------------
+
+class RecordingBus:
+    """What a repository publishes (the subjects and the changed ids), in order."""
+
+    def __init__(self):
+        self.published: list[tuple[str, str, str]] = []
+
+    def publish(self, subject, event):
+        self.published.append((subject, event.registry_changed.id, event.registry_changed.change))
+
+
+@pytest.fixture(scope="module")
+async def runtime_pool(stack):
+    """The registry's own database role: its grants (assembly.RUNTIME_PRIVILEGES) are tested too."""
+    pool = await asyncpg.create_pool(stack.db_roles.runtime_url, min_size=1, max_size=6)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+def bus():
+    return RecordingBus()
+
+
+@pytest.fixture
+def integrations(runtime_pool, kek, bus):
+    return IntegrationRepository(runtime_pool, bus, kek)
+
+
+@pytest.fixture(scope="module")
+async def partner(registry):
+    await ensure_scopes(registry, ["api.read", "api.write"])
+    client, _ = await registry.create_client(ClientSpec(name="partner", grant_types=[GRANT_JWT_BEARER],
+                                                        scopes=["api.read"]))
+    return client
+
+
+GRANT_JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+
+
+def certificate_pem() -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "partner")])
+    now = datetime.now(timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now.replace(year=now.year + 1))
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def integration(client_id: str, **fields) -> JwtBearerIntegration:
+    fields.setdefault("name", "int-" + uuid.uuid4().hex[:8])
+    fields.setdefault("issuer", "https://partner.example")
+    if not any(k in fields for k in ("jwks_uri", "jwks", "certificate_pem", "allow_hs256")):
+        fields["jwks_uri"] = "https://partner.example/jwks"
+    return JwtBearerIntegration(id="", client_id=client_id, **fields)
+
+
+async def test_an_integration_round_trips_and_is_found_by_client_and_issuer(registry, partner, integrations, bus):
+    rules = (ClaimRule("tenant", "equals", "acme"), ClaimRule("groups", "contains", "api"))
+    made = await integrations.create_integration(integration(partner.client_id, issuer="https://idp.acme.example",
+                                                             claim_rules=rules, scopes=("api.read",), kid="k1",
+                                                             algorithms=("ES256",), user_field="email"))
+    assert made.id and made.claim_rules == rules and made.kid == "k1" and made.created_at > 0
+    assert bus.published == [(INTEGRATION_CHANGED, made.id, "created")]
+    # Through the registry's gRPC service too (an operator's view).
+    assert await registry.get_integration(made.id) == made
+    assert made in await registry.list_integrations()
+    assert await integrations.find_integrations(partner.client_id, "https://idp.acme.example") == [made]
+    assert await integrations.find_integrations(partner.client_id, "https://other.example") == []
+    moved = await integrations.update_integration(replace_fields(made, certificate_pem=certificate_pem(),
+                                                                 jwks_uri="", active=False))
+    assert moved.certificate_pem and not moved.jwks_uri and not moved.active
+    assert await integrations.delete_integration(made.id) and not await integrations.delete_integration(made.id)
+    assert [c for _, _, c in bus.published] == ["created", "updated", "deleted"]
+
+
+def replace_fields(record, **fields):
+    from dataclasses import replace
+
+    return replace(record, **fields)
+
+
+async def test_an_hs256_secret_is_sealed_and_read_by_jwt_bearer_alone(stack, partner, integrations, owner, kek,
+                                                                      as_jwt_bearer):
+    secret = b"s" * 16 + uuid.uuid4().bytes + uuid.uuid4().bytes
+    made = await integrations.create_integration(integration(partner.client_id, allow_hs256=True,
+                                                             algorithms=("HS256",)), secret)
+    sealed = bytes(await owner.fetchval("SELECT sealed_secret FROM jwt_bearer_integrations WHERE id = $1", made.id))
+    assert secret not in sealed
+    assert kek.decrypt(integration_secret_label(made.id), sealed) == secret
+    with pytest.raises(InvalidTag):
+        kek.decrypt(client_secret_label(made.id), sealed)
+    assert await as_jwt_bearer.get_integration_secrets([made.id, "nope"]) == [sealed, b""]
+    async with stack.channel("client_registry", caller=identity.operator("dev")) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await registry_pb2_grpc.IntegrationsStub(channel).GetIntegrationSecrets(
+                pb.GetIntegrationSecretsRequest(ids=[made.id]), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # The record never carries it; an update without a secret keeps it, a move to keys drops it.
+    kept = await integrations.update_integration(replace_fields(made, name=made.name + "-x"))
+    assert await integrations.get_integration_secrets([kept.id]) == [sealed]
+    await integrations.update_integration(replace_fields(made, allow_hs256=False, algorithms=(), jwks=public_jwks()))
+    assert await owner.fetchval("SELECT sealed_secret FROM jwt_bearer_integrations WHERE id = $1", made.id) is None
+
+
+@pytest.mark.parametrize("fields,secret,why", [
+    (dict(jwks_uri="https://a.example/j", jwks='{"keys": []}'), b"", "exactly one"),
+    (dict(jwks_uri="http://a.example/j"), b"", "https"),
+    (dict(allow_hs256=True), b"", "exactly one"),  # HS256 allowed, but no secret given
+    (dict(jwks_uri="", allow_hs256=False), b"x" * 32, "allow_hs256"),
+    (dict(allow_hs256=True, jwks_uri=""), b"short", "32 to 512"),
+    (dict(allow_hs256=True, jwks_uri="", algorithms=("RS256",)), b"x" * 32, "unsupported"),
+    (dict(algorithms=("HS256",)), b"", "unsupported"),  # HMAC over a public key: never
+    (dict(certificate_pem="-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----", jwks_uri=""), b"", "PEM"),
+    (dict(subject_kind="robot"), b"", "subject_kind"),
+    (dict(user_field="phone"), b"", "user_field"),
+    (dict(claim_rules=(ClaimRule("tenant", "matches", "x"),)), b"", "operator"),
+    (dict(claim_rules=(ClaimRule("ten ant", "equals", "x"),)), b"", "claim name"),
+    (dict(scopes=("api.write",)), b"", "does not have"),
+    (dict(max_assertion_lifetime=0), b"", "max_assertion_lifetime"),
+    (dict(issuer=""), b"", "issuer"),
+])
+async def test_bad_integrations_are_refused(partner, integrations, fields, secret, why):
+    with pytest.raises(InvalidArgument, match=why):
+        await integrations.create_integration(integration(partner.client_id, **fields), secret)
+
+
+async def test_an_integration_needs_an_existing_client_and_a_unique_name(partner, integrations):
+    with pytest.raises(InvalidArgument, match="no such client"):
+        await integrations.create_integration(integration("no-such-client"))
+    made = await integrations.create_integration(integration(partner.client_id))
+    with pytest.raises(AlreadyExists):
+        await integrations.create_integration(integration(partner.client_id, name=made.name))
+    with pytest.raises(NotFound):
+        await integrations.update_integration(replace_fields(made, id=str(uuid.uuid4())))
+
+
+# --- OpenID providers --------------------------------------------------------------------------------
+
+@pytest.fixture
+def providers(runtime_pool, bus):
+    return ProviderRepository(runtime_pool, bus)
+
+
+def provider(**fields) -> OidcProvider:
+    fields.setdefault("name", "p-" + uuid.uuid4().hex[:8])
+    fields.setdefault("issuer", f"https://{fields['name']}.idp.example/")
+    fields.setdefault("discovery_url", "")
+    fields.setdefault("audiences", ("api://inbound",))
+    return OidcProvider(**fields)
+
+
+async def test_a_provider_round_trips_with_its_defaults(registry, providers, bus):
+    made = await providers.create_provider(provider(provision_users=True, provision_roles=("reader",),
+                                                    user_field="email", user_claim="email"))
+    assert made.discovery_url == made.issuer.rstrip("/") + "/.well-known/openid-configuration"
+    assert made.algorithms == ("RS256",) and made.cache_lifespan == 3600 and made.clock_skew == 300
+    assert bus.published == [(PROVIDER_CHANGED, made.name, "created")]
+    assert await registry.get_provider(made.name) == made and made in await registry.list_providers()
+    changed = await providers.update_provider(replace_fields(made, active=False, algorithms=("RS256", "ES256")))
+    assert not changed.active and changed.algorithms == ("RS256", "ES256")
+    assert await providers.delete_provider(made.name) and await providers.get_provider(made.name) is None
+    assert [c for _, _, c in bus.published] == ["created", "updated", "deleted"]
+
+
+async def test_provider_names_and_issuers_are_unique(providers):
+    made = await providers.create_provider(provider())
+    with pytest.raises(AlreadyExists, match="name"):
+        await providers.create_provider(provider(name=made.name, issuer="https://else.example"))
+    with pytest.raises(AlreadyExists, match="issuer"):
+        await providers.create_provider(provider(issuer=made.issuer))
+    other = await providers.create_provider(provider())
+    with pytest.raises(AlreadyExists, match="issuer"):
+        await providers.update_provider(replace_fields(other, issuer=made.issuer))
+    with pytest.raises(NotFound):
+        await providers.update_provider(provider(name="never-made"))
+
+
+@pytest.mark.parametrize("fields,why", [
+    (dict(name="Bad Name"), "name"),
+    (dict(issuer="http://idp.example"), "https"),
+    (dict(discovery_url="https://idp.example/x#frag"), "fragment"),
+    (dict(audiences=()), "audiences"),
+    (dict(algorithms=("HS256",)), "unsupported"),
+    (dict(algorithms=()), "algorithm"),
+    (dict(cache_lifespan=1), "cache_lifespan"),
+    (dict(clock_skew=-1), "clock_skew"),
+    (dict(user_claim="a b"), "user_claim"),
+    (dict(user_field="phone"), "user_field"),
+    (dict(provision_users=True, user_field="id"), "not by id"),
+    (dict(provision_roles=("Bad Role",)), "roles"),
+    (dict(template="keycloak"), "template"),
+    (dict(scopes=("no-such-scope-" + uuid.uuid4().hex[:6],)), "catalog|scope"),
+])
+async def test_bad_providers_are_refused(providers, fields, why):
+    with pytest.raises(InvalidArgument, match=why):
+        await providers.create_provider(provider(**fields))
+
+
+# --- users as foreign identities name them -----------------------------------------------------------
+
+@pytest.fixture
+def federated(runtime_pool, bus):
+    return FederatedUserRepository(runtime_pool, bus)
+
+
+async def test_find_user_by_each_field_and_never_a_guess_between_two(registry, federated):
+    tag = uuid.uuid4().hex[:8]
+    ada = await registry.create_user(UserSpec(username=f"Ada-{tag}", email=f"Ada.{tag}@Example.com"))
+    assert await federated.find_user("username", f"ada-{tag}") == ada  # usernames: case-insensitive
+    assert await federated.find_user("email", f"ada.{tag}@example.COM") == ada  # emails too
+    assert await federated.find_user("id", ada.id) == ada
+    assert await federated.find_user("username", "nobody-" + tag) is None
+    await registry.create_user(UserSpec(username=f"ada2-{tag}", email=f"ADA.{tag}@example.com"))
+    assert await federated.find_user("email", f"ada.{tag}@example.com") is None  # two share it: ambiguous
+    with pytest.raises(InvalidArgument):
+        await federated.find_user("phone", "1")
+
+
+async def test_find_users_is_batched_over_grpc(stack, registry):
+    tag = uuid.uuid4().hex[:8]
+    bob = await registry.create_user(UserSpec(username=f"bob-{tag}", email=f"bob-{tag}@example.com"))
+    async with stack.channel("client_registry", caller=JWT_BEARER) as channel:
+        users = RegistryClient(channel)
+        assert await users.find_users([("email", bob.email), ("username", "x" + tag), ("phone", "1")]) == [
+            bob, None, None]
+    async with stack.channel("client_registry", caller=GRANT_SERVICE) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await RegistryClient(channel).find_user("id", bob.id)
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_provisioning_is_idempotent_and_checks_roles(federated, bus):
+    email = f"new-{uuid.uuid4().hex[:8]}@example.com"
+    first, second = await asyncio.gather(federated.provision_user("email", email, ["reader"], "okta"),
+                                         federated.provision_user("email", email, ["reader"], "okta"))
+    assert first == second and first.email == email and first.username == email and first.roles == ("reader",)
+    assert first.password_changed_at == 0  # no password: it signs in only through its provider
+    assert await federated.provision_user("email", email.upper(), ["reader"], "okta") == first
+    assert [c for _, _, c in bus.published] == ["provisioned"]
+    name = "user-" + uuid.uuid4().hex[:8]
+    assert (await federated.provision_user("username", name, [], "azure")).username == name
+    with pytest.raises(InvalidArgument, match="roles"):
+        await federated.provision_user("username", "other-" + name, ["Not A Role"], "azure")
+    with pytest.raises(InvalidArgument, match="provisioned by"):
+        await federated.provision_user("id", str(uuid.uuid4()), [], "azure")
