@@ -20,7 +20,10 @@ Who calls what (read from the code; keep it so when a call is added):
   sign-in page) and GetUser (ID token and UserInfo claims); token_issuer's
   Introspect (UserInfo) and GetJwks (an id_token_hint at RP-initiated logout).
 - token_issuer: the registry's GetClients (it authenticates introspecting and
-  revoking clients), SigningKeys, Tokens (opaque tokens) and Revocations.
+  revoking clients), SigningKeys, Tokens (opaque tokens) and Revocations;
+  third_party_token's ForeignTokens.Introspect (JWTs of other issuers).
+- third_party_token: as a grant service, and token_issuer's Introspect (Inbound's
+  own tokens presented for an exchange).
 - operators (inboundctl; later the admin API): every administrative RPC: the
   registry's client management, token_issuer's key listing and rotation and
   client-wide revocation, the audit log's Tail and Search.
@@ -107,7 +110,8 @@ RULES: dict[str, Allowed] = {
     _ISSUER + "Issue": GRANT_SERVICES,
     # authorization_code: UserInfo introspects the bearer token; RP-initiated logout checks
     # an id_token_hint's signature against the JWKS.
-    _ISSUER + "Introspect": EDGE | RESOURCE_SERVERS | services("authorization_code"),
+    # authorization_code: UserInfo; third_party_token: Inbound's own subject and actor tokens of an exchange.
+    _ISSUER + "Introspect": EDGE | RESOURCE_SERVERS | services("authorization_code", "third_party_token"),
     _ISSUER + "GetJwks": EDGE | RESOURCE_SERVERS | services("authorization_code"),
     _ISSUER + "Revoke": EDGE,
     _ISSUER + "RevokeClientTokens": OPERATORS,

@@ -29,9 +29,10 @@ MODULES: tuple[Module, ...] = (
            ports=(_grpc(50051),), address_env="INBOUND_REGISTRY_ADDR"),
     Module("token_issuer", "services.token_issuer.assembly", depends_on=("client_registry",),
            ports=(_grpc(50052), Port(INTROSPECTION, "INBOUND_INTROSPECTION_PORT", 50053, optional=True)),
-           # Client assertions of introspecting and revoking clients: jwt_bearer, which issues
-           # through token_issuer, so it is called later (not a start-up dependency).
-           address_env="INBOUND_ISSUER_ADDR", calls_later=("jwt_bearer",)),
+           # Client assertions of introspecting and revoking clients: jwt_bearer; JWTs of other
+           # issuers (ForeignTokens): third_party_token. Both issue through token_issuer, so they
+           # are called later (not start-up dependencies).
+           address_env="INBOUND_ISSUER_ADDR", calls_later=("jwt_bearer", "third_party_token")),
     Module("client_credentials", GRANT_ASSEMBLY, depends_on=("client_registry", "token_issuer", "jwt_bearer"),
            ports=(_grpc(50061),), grant_type="client_credentials"),
     Module("password", GRANT_ASSEMBLY, depends_on=("client_registry", "token_issuer", "jwt_bearer"),
@@ -49,6 +50,12 @@ MODULES: tuple[Module, ...] = (
     Module("jwt_bearer", "services.jwt_bearer.assembly", depends_on=("client_registry", "token_issuer"),
            ports=(_grpc(50065),), grant_type="urn:ietf:params:oauth:grant-type:jwt-bearer",
            address_env="INBOUND_JWT_BEARER_ADDR"),
+    # RFC 8693 token exchange, and registered OpenID providers' tokens accepted as-is (ForeignTokens, for
+    # token_issuer's introspection). Its own assembly; it fetches the providers' keys over HTTPS.
+    Module("third_party_token", "services.third_party_token.assembly",
+           depends_on=("client_registry", "token_issuer", "jwt_bearer"),
+           ports=(_grpc(50066),), grant_type="urn:ietf:params:oauth:grant-type:token-exchange",
+           address_env="INBOUND_THIRD_PARTY_TOKEN_ADDR"),
     Module("audit", "services.audit.assembly", ports=(_grpc(50070),), address_env="INBOUND_AUDIT_ADDR"),
     Module("edge", "services.edge.assembly", depends_on=("token_issuer",), calls_grants=True,
            ports=(Port(HTTP, "INBOUND_HTTP_PORT", 8080),)),

@@ -14,6 +14,7 @@ the server, not the receiver, decides who may send what:
 | each grant service | token.denied | registry.client |
 | authorization_code | as a grant service, and the browser's: user.signed_in, user.sign_in_failed, consent.granted, consent.withdrawn, session.ended, code.issued | registry.client |
 | jwt_bearer | as a grant service | registry.client, registry.integration |
+| third_party_token | as a grant service | registry.client, registry.provider, registry.user |
 | edge | token.denied | keys.rotated |
 | audit | nothing but access.denied | consumes the stream through its durable consumer only |
 | all_in_one | the union of all the above | |
@@ -130,6 +131,9 @@ RULES["authorization_code"] = GRANT_SERVICE | _p(publish=(USER_SIGNED_IN, USER_S
 # RFC 7523: a grant service that also follows the integrations it trusts (its cache of
 # them, and the keys it prefetches, follow every change).
 RULES["jwt_bearer"] = GRANT_SERVICE | _p(subscribe=(registry_subject(ENTITY_INTEGRATION),))
+# Token exchange and third-party tokens: a grant service, whose provider list and mapped
+# users drop on their registry changes.
+RULES["third_party_token"] = GRANT_SERVICE | _p(subscribe=(registry_subject("provider"), USER_CHANGED))
 
 
 def identities() -> tuple[str, ...]:
