@@ -133,7 +133,7 @@ RULES["authorization_code"] = GRANT_SERVICE | _p(publish=(USER_SIGNED_IN, USER_S
 RULES["jwt_bearer"] = GRANT_SERVICE | _p(subscribe=(registry_subject(ENTITY_INTEGRATION),))
 # Token exchange and third-party tokens: a grant service, whose provider list and mapped
 # users drop on their registry changes.
-RULES["third_party_token"] = GRANT_SERVICE | _p(subscribe=(registry_subject("provider"), USER_CHANGED))
+RULES["third_party_token"] = GRANT_SERVICE | _p(subscribe=(PROVIDER_CHANGED, USER_CHANGED))
 
 
 def identities() -> tuple[str, ...]:

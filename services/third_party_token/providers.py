@@ -27,14 +27,14 @@ from dataclasses import dataclass, field
 from inboundlib import redact
 from inboundlib.cache import CacheSettings, Invalidation, ReadThroughCache, registry_changes
 from inboundlib.config import Env
-from inboundlib.events import ENTITY_USER, USER_CHANGED, EventBus
+from inboundlib.events import ENTITY_PROVIDER, ENTITY_USER, USER_CHANGED, EventBus
 from inboundlib.jose.fetch import DiscoveredKeys, Fetcher
 from inboundlib.jose.validator import InvalidJwt, JwtPolicy, JwtValidator, unverified_claims
 from services.client_registry.api import FederatedUsers, InvalidArgument, OidcProvider, ProviderStore, UserRecord
 
 log = logging.getLogger(__name__)
 
-PROVIDER_CHANGES = registry_changes("provider")
+PROVIDER_CHANGES = registry_changes(ENTITY_PROVIDER)
 RELOAD_SECONDS = 60.0
 # A provider's token may live this long at most (exp − iat); Okta and Auth0 allow a day.
 DEFAULT_MAX_TOKEN_LIFETIME = 86_400

@@ -9,7 +9,7 @@ import dataclasses
 import jwt
 import pytest
 
-from inboundlib.events import USER_CHANGED, registry_changed, registry_subject
+from inboundlib.events import ENTITY_PROVIDER, PROVIDER_CHANGED, USER_CHANGED, registry_changed
 from inboundlib.jose.validator import InvalidJwt, JwtValidator
 from inboundlib.oauth.errors import KeysPending
 from services.client_registry.api import OidcProvider, UserRecord
@@ -70,7 +70,7 @@ async def test_a_provider_change_event_reloads_the_list():
     assert (await directory.provider(P.issuer))[0].active
     store.providers = [dataclasses.replace(P, active=False)]
     assert (await directory.provider(P.issuer))[0].active  # no event yet: the list held
-    bus.publish(registry_subject("provider"), registry_changed("provider", "p", "updated"))
+    bus.publish(PROVIDER_CHANGED, registry_changed(ENTITY_PROVIDER, "p", "updated"))
     await bus.deliver()
     assert not (await directory.provider(P.issuer))[0].active
     await directory.stop()
