@@ -3,6 +3,10 @@
     inboundctl client create --name NAME [--public] [--grant-type G]... [--scope S]... [--redirect-uri U]...
     inboundctl client list | show ID | disable ID | enable ID | delete ID | rotate-secret ID
     inboundctl client update ID [--name ..] [--scope ..]... [--grant-type ..]... ...
+        [--auth-method M] [--jwks FILE | --jwks-uri URL] [--signing-alg ALG] [--exchange-... | --clear-exchange]
+    inboundctl client rotate-secret ID [--auth-method client_secret_basic|client_secret_post|client_secret_jwt]
+    inboundctl integration add | list | show | update | disable | enable | delete   (see federation_commands.py)
+    inboundctl provider add [--template azure|okta|auth0|google] | list | show | update | disable | enable | delete
     inboundctl user create USERNAME [--password-stdin | --no-password] ...   (see user_commands.py)
     inboundctl user list | show | update | disable | enable | delete | set-password | unlock
     inboundctl user grant-role USER ROLE... | revoke-role USER ROLE...
@@ -99,6 +103,34 @@ def _grants(values: list[str] | None) -> list[str] | None:
     return [GRANT_ALIASES.get(g, g) for g in values]
 
 
+AUTH_METHODS = ("none", "client_secret_basic", "client_secret_post", "client_secret_jwt", "private_key_jwt")
+# Methods that prove the client with a secret; moving to client_secret_jwt (or to a secret from
+# private_key_jwt) makes a new one, which the registry answers once (rotate-secret --auth-method).
+SECRET_METHODS = ("client_secret_basic", "client_secret_post", "client_secret_jwt")
+TOKEN_TYPE_ALIASES = {name: f"urn:ietf:params:oauth:token-type:{name}" for name in ("id_token", "access_token", "jwt")}
+
+
+def _read_jwks(path: str | None) -> str | None:
+    """--jwks FILE ("-": standard input): the JWKS as text (the registry checks it)."""
+    from inboundctl.federation_commands import read_option_file
+
+    return read_option_file("--jwks", path)
+
+
+def _exchange_policy(a: argparse.Namespace):
+    """The token-exchange policy the --exchange-* options describe (None when none is given)."""
+    from services.client_registry.api import TokenExchangePolicy
+
+    given = (a.exchange_token_type, a.exchange_provider, a.exchange_scope, a.exchange_audience)
+    if all(v is None for v in given) and not a.exchange_own_tokens and not a.exchange_actor_tokens:
+        return None
+    return TokenExchangePolicy(
+        subject_token_types=tuple(TOKEN_TYPE_ALIASES.get(t, t) for t in a.exchange_token_type or ()),
+        providers=tuple(a.exchange_provider or ()), own_tokens=a.exchange_own_tokens,
+        scopes=tuple(_scopes(a.exchange_scope) or ()), audiences=tuple(a.exchange_audience or ()),
+        actor_tokens=a.exchange_actor_tokens)
+
+
 def _not_found(client_id: str) -> CliError:
     return CliError(f"no client with id {client_id!r}", EXIT_NOT_FOUND)
 
@@ -114,7 +146,9 @@ async def client_create(s: Session, a: argparse.Namespace) -> None:
         pkce_required=True if a.pkce_required else None, logo_url=a.logo_url or "", comments=a.comments or "",
         allow_public_password_grant=a.allow_public_password_grant,
         refresh_token_absolute_lifetime=a.refresh_token_absolute_lifetime,
-        post_logout_redirect_uris=a.post_logout_redirect_uri or [])
+        post_logout_redirect_uris=a.post_logout_redirect_uri or [], token_endpoint_auth_method=a.auth_method,
+        jwks=_read_jwks(a.jwks) or "", jwks_uri=a.jwks_uri or "", token_endpoint_auth_signing_alg=a.signing_alg or "",
+        token_exchange=_exchange_policy(a))
     client, secret = await s.registry().create_client(spec)
     if a.json:
         output.emit_json({"client": output.client_dict(client), "client_secret": secret or None})
@@ -182,7 +216,22 @@ async def client_update(s: Session, a: argparse.Namespace) -> None:
         pkce_required=a.pkce_required, logo_url=a.logo_url, comments=a.comments,
         allow_public_password_grant=a.allow_public_password_grant,
         refresh_token_absolute_lifetime=a.refresh_token_absolute_lifetime,
-        post_logout_redirect_uris=[] if a.clear_post_logout_redirect_uris else a.post_logout_redirect_uri)
+        post_logout_redirect_uris=[] if a.clear_post_logout_redirect_uris else a.post_logout_redirect_uri,
+        jwks=_read_jwks(a.jwks), jwks_uri=a.jwks_uri, token_endpoint_auth_signing_alg=a.signing_alg,
+        token_exchange=_exchange_policy(a), clear_token_exchange=a.clear_exchange)
+    if a.auth_method is not None:
+        current = await s.registry().get_client(a.client_id)
+        if current is None:
+            raise _not_found(a.client_id)
+        if a.auth_method != current.token_endpoint_auth_method and (
+                a.auth_method == "client_secret_jwt"
+                or (a.auth_method in SECRET_METHODS and current.token_endpoint_auth_method not in SECRET_METHODS)):
+            # The new method needs a new secret: made (and for client_secret_jwt sealed) by a rotation.
+            await _rotate(s, a, a.auth_method)
+            if all(value is None for value in vars(update).values() if value is not False):
+                return
+        else:
+            update.token_endpoint_auth_method = a.auth_method
     if all(value is None for value in vars(update).values() if value is not False):
         raise CliError("nothing to update: give at least one option (see `inboundctl client update -h`)",
                        EXIT_INVALID)
@@ -201,18 +250,24 @@ async def client_delete(s: Session, a: argparse.Namespace) -> None:
 
 
 async def client_rotate_secret(s: Session, a: argparse.Namespace) -> None:
+    await _rotate(s, a, a.auth_method)
+
+
+async def _rotate(s: Session, a: argparse.Namespace, auth_method: str | None) -> None:
+    """A new secret, printed this once; with `auth_method`, the client moves to it in the same step."""
     from inboundctl import output
     from services.client_registry.api import NotFound
 
     try:
-        client, secret = await s.registry().rotate_client_secret(a.client_id)
+        client, secret = await s.registry().rotate_client_secret(a.client_id, auth_method)
     except NotFound:
         raise _not_found(a.client_id) from None
     if a.json:
         output.emit_json({"client": output.client_dict(client), "client_secret": secret})
         print(output.SECRET_NOTE + " The old secret no longer works.", file=sys.stderr)
     else:
-        output.listing([("client_id", client.client_id), ("name", client.name), ("client_secret", secret)])
+        output.listing([("client_id", client.client_id), ("name", client.name),
+                        ("token_endpoint_auth_method", client.token_endpoint_auth_method), ("client_secret", secret)])
         print("\n" + output.SECRET_NOTE + " The old secret no longer works.")
 
 
@@ -343,6 +398,31 @@ def _client_settings(p: argparse.ArgumentParser, *, update: bool) -> None:
         p.add_argument("--pkce-required", action="store_true", help="require PKCE (public clients always do)")
     p.add_argument("--logo-url", metavar="URL")
     p.add_argument("--comments", metavar="TEXT")
+    p.add_argument("--auth-method", choices=AUTH_METHODS,
+                   help="how the client authenticates, the only way it may (RFC 7591 token_endpoint_auth_method; "
+                        "default: none for public clients, client_secret_basic otherwise)"
+                        + ("; moving to client_secret_jwt prints a new secret" if update else ""))
+    p.add_argument("--jwks", metavar="FILE", help="private_key_jwt: a file holding the client's public JWKS ('-': stdin)")
+    p.add_argument("--jwks-uri", metavar="URL", help="private_key_jwt: the https URL of the client's JWKS")
+    p.add_argument("--signing-alg", metavar="ALG",
+                   help="the one JWS algorithm of its assertions (HS256/384/512 for client_secret_jwt; RS*, PS*, "
+                        "ES*, EdDSA for private_key_jwt)")
+    exchange = p.add_argument_group("token exchange (RFC 8693): what the client may exchange"
+                                    + ("; any of these replaces the whole policy" if update else ""))
+    exchange.add_argument("--exchange-token-type", action="append", metavar="T",
+                          help="a subject token type it may exchange: id_token, access_token, jwt (or the URN); "
+                               "repeatable")
+    exchange.add_argument("--exchange-provider", action="append", metavar="NAME",
+                          help="a registered OpenID provider whose tokens it may exchange; repeatable")
+    exchange.add_argument("--exchange-own-tokens", action="store_true", help="it may exchange Inbound's own tokens")
+    exchange.add_argument("--exchange-scope", action="append", metavar="S",
+                          help="the most an exchanged token may carry (within the client's scopes); repeatable")
+    exchange.add_argument("--exchange-audience", action="append", metavar="A",
+                          help="an audience it may ask for; repeatable")
+    exchange.add_argument("--exchange-actor-tokens", action="store_true",
+                          help="it may send actor tokens (delegation: act)")
+    if update:
+        exchange.add_argument("--clear-exchange", action="store_true", help="it may no longer exchange tokens")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -352,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Manage Inbound's registered clients, signing keys and token revocation; read the audit log.",
         epilog="Exit codes: 0 done, 1 a service could not be reached or failed, 2 bad input, 3 no such client, "
                "user or scope, 4 it exists already.")
-    areas = parser.add_subparsers(dest="area", required=True, metavar="{client,user,scope,keys,audit}")
+    areas = parser.add_subparsers(dest="area", required=True, metavar="{client,user,scope,integration,provider,keys,audit}")
 
     client = areas.add_parser("client", help="registered OAuth clients (client_registry)")
     client_cmds = client.add_subparsers(dest="command", required=True)
@@ -377,8 +457,11 @@ def build_parser() -> argparse.ArgumentParser:
             "refuse the client's token requests until it is enabled again", client_id=True)
     command(client_cmds, "enable", client_enable, REGISTRY, "accept the client's requests again", client_id=True)
     command(client_cmds, "delete", client_delete, REGISTRY, "delete a client (no confirmation)", client_id=True)
-    command(client_cmds, "rotate-secret", client_rotate_secret, REGISTRY,
-            "issue a new secret (printed this once); the old one stops working", client_id=True)
+    p = command(client_cmds, "rotate-secret", client_rotate_secret, REGISTRY,
+                "issue a new secret (printed this once); the old one stops working", client_id=True)
+    p.add_argument("--auth-method", choices=SECRET_METHODS,
+                   help="move the client to this method in the same step (client_secret_jwt: its secret is "
+                        "kept sealed under the key-encryption key)")
     command(client_cmds, "revoke-tokens", client_revoke_tokens, ISSUER,
             "revoke every access and refresh token the client holds now", client_id=True)
     p = command(client_cmds, "update", client_update, REGISTRY,
@@ -390,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     user_commands.add_subparsers(areas, common)
     from inboundctl import scope_commands  # inboundctl scope ... (the registry's scope catalog)
     scope_commands.add_subparsers(areas, common)
+    from inboundctl import federation_commands  # inboundctl integration ... | provider ... (federation)
+    federation_commands.add_subparsers(areas, common)
 
     keys = areas.add_parser("keys", help="token signing keys (token_issuer)")
     key_cmds = keys.add_subparsers(dest="command", required=True)

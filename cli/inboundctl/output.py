@@ -6,6 +6,7 @@ User records never carry a password hash (it stays in the registry).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -18,7 +19,8 @@ from services.token_issuer.api import KeyInfo
 CLIENT_FIELDS = ("client_id", "name", "public", "active", "grant_types", "scopes", "redirect_uris", "token_format",
                  "access_token_lifetime", "refresh_token_lifetime", "pkce_required", "logo_url", "comments",
                  "created_at", "updated_at", "secret_rotated_at", "allow_public_password_grant",
-                 "refresh_token_absolute_lifetime", "post_logout_redirect_uris")
+                 "refresh_token_absolute_lifetime", "post_logout_redirect_uris", "token_endpoint_auth_method",
+                 "jwks", "jwks_uri", "token_endpoint_auth_signing_alg", "token_exchange")
 USER_FIELDS = ("id", "username", "email", "display_name", "given_name", "family_name", "email_verified", "locale",
                "zoneinfo", "active", "roles", "created_at", "updated_at", "password_changed_at", "locked_until")
 KEY_FIELDS = ("kid", "alg", "created_at", "activates_at", "signing")
@@ -43,12 +45,22 @@ STDOUT: TextIO = _CurrentStdout()  # type: ignore[assignment]
 
 
 def _record_dict(record: Any, fields: tuple[str, ...]) -> dict[str, Any]:
-    """The named fields of a record, tuples as JSON lists."""
+    """The named fields of a record, tuples as JSON lists, nested records as objects."""
     out = {}
     for name in fields:
         value = getattr(record, name)
-        out[name] = list(value) if isinstance(value, tuple) else value
+        if dataclasses.is_dataclass(value):
+            value = _record_dict(value, tuple(f.name for f in dataclasses.fields(value)))
+        elif isinstance(value, tuple):
+            value = [_record_dict(v, tuple(f.name for f in dataclasses.fields(v))) if dataclasses.is_dataclass(v)
+                     else v for v in value]
+        out[name] = value
     return out
+
+
+def record_dict(record: Any) -> dict[str, Any]:
+    """Every field of a record (one whose every field may be shown: integrations, providers)."""
+    return _record_dict(record, tuple(f.name for f in dataclasses.fields(record)))
 
 
 def client_dict(c: ClientRecord) -> dict[str, Any]:
@@ -127,6 +139,11 @@ def client_rows(c: ClientRecord) -> list[tuple[str, Any]]:
         ("refresh_token_absolute_lifetime",
          f"{c.refresh_token_absolute_lifetime} s" if c.refresh_token_absolute_lifetime else "none"),
         ("pkce_required", yes_no(c.pkce_required)),
+        ("token_endpoint_auth_method", c.token_endpoint_auth_method),
+        ("token_endpoint_auth_signing_alg", c.token_endpoint_auth_signing_alg or "-"),
+        ("jwks_uri", c.jwks_uri or "-"),
+        ("jwks", f"{len(_jwks_keys(c.jwks))} key(s) inline" if c.jwks else "-"),
+        ("token_exchange", _exchange_text(c.token_exchange)),
         ("allow_public_password_grant", yes_no(c.allow_public_password_grant) if c.public else "-"),
         ("logo_url", c.logo_url or "-"),
         ("comments", c.comments or "-"),
@@ -134,6 +151,27 @@ def client_rows(c: ClientRecord) -> list[tuple[str, Any]]:
         ("updated", when(c.updated_at)),
         ("secret_rotated", "-" if c.public else when(c.secret_rotated_at, never="never")),
     ]
+
+
+def _jwks_keys(text: str) -> list:
+    try:
+        return list(json.loads(text).get("keys", []))
+    except (ValueError, AttributeError):
+        return []
+
+
+def _exchange_text(policy) -> str:
+    """A token-exchange policy in one line ("-": the client may not exchange)."""
+    if policy is None:
+        return "-"
+    parts = [f"types={','.join(t.rsplit(':', 1)[-1] for t in policy.subject_token_types) or 'none'}",
+             f"providers={','.join(policy.providers) or 'none'}", f"own_tokens={yes_no(policy.own_tokens)}",
+             f"actor_tokens={yes_no(policy.actor_tokens)}"]
+    if policy.scopes:
+        parts.append(f"scopes={' '.join(policy.scopes)}")
+    if policy.audiences:
+        parts.append(f"audiences={','.join(policy.audiences)}")
+    return " ".join(parts)
 
 
 def show_client(c: ClientRecord, out: TextIO = STDOUT) -> None:

@@ -183,12 +183,13 @@ async def test_human_create_prints_the_secret_once_with_a_note(stack, hashes):
     assert reply.json()["expires_in"] == 120 and "." not in reply.json()["access_token"]
 
     shown = await ok(stack, "client", "show", client_id)
-    assert "client_secret" not in shown.out and secret not in shown.out
+    # No secret line (the method's name, client_secret_basic, is not one).
+    assert "client_secret:" not in shown.out and secret not in shown.out
     assert "confidential" in shown.out
 
     public = await ok(stack, "client", "create", "--name", "ctl-public", "--public",
                       "--redirect-uri", "https://app.example/cb")
-    assert "client_secret" not in public.out and "not be shown again" not in public.out
+    assert "client_secret:" not in public.out and "not be shown again" not in public.out
     assert "public" in public.out
 
 
