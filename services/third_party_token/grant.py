@@ -38,11 +38,11 @@ from typing import TYPE_CHECKING
 
 from inboundlib import redact
 from inboundlib.grants.api import TokenRequest, TokenResponse
-from inboundlib.jose.validator import InvalidJwt, unverified_claims
+from inboundlib.jose.validator import InvalidJwt, KeySource, unverified_claims
 from inboundlib.oauth import token_exchange
 from inboundlib.oauth.errors import InvalidGrant, InvalidRequest, InvalidScope, InvalidTarget, UnauthorizedClient
 from inboundlib.oauth.scopes import format_scope, parse_scope
-from services.client_registry.api import GRANT_TOKEN_EXCHANGE, ClientRecord, TokenExchangePolicy
+from services.client_registry.api import GRANT_TOKEN_EXCHANGE, ClientRecord, OidcProvider, TokenExchangePolicy
 from services.third_party_token.providers import ForeignTokenVerifier, Refused
 from services.token_issuer.api import FORMAT_JWT, IssueRequest
 
@@ -91,14 +91,20 @@ class TokenExchangeGrant:
                                  detail="actor_token sent; the policy allows no delegation")
         audience = self._audience(wanted, policy)
         requested = parse_scope(wanted.scope)  # malformed: invalid_scope before any token is checked
-        subject = await self._party(wanted.subject_token, wanted.subject_token_type, policy, "subject")
+        # Every check that uses nothing up before any token is used up: a provider that checks
+        # jti accepts its token once, and a request refused for its scope must not spend it.
+        subject_at = await self._locate(wanted.subject_token, wanted.subject_token_type, policy, "subject")
+        actor_at = await self._locate(wanted.actor_token, wanted.actor_token_type, policy, "actor") \
+            if wanted.actor_token else None
+        scopes = self._scopes(requested, client, policy, subject_at.scopes if isinstance(subject_at, Party)
+                              else tuple(subject_at[0].scopes))
+        subject = await self._verified(subject_at, wanted.subject_token, "subject")
         act = None
-        if wanted.actor_token:
-            actor = await self._party(wanted.actor_token, wanted.actor_token_type, policy, "actor")
+        if actor_at is not None:
+            actor = await self._verified(actor_at, wanted.actor_token, "actor")
             act = token_exchange.act_claim(actor.subject, self.issuer_url, prior=subject.act)
         elif subject.act:
             act = subject.act  # impersonation of a token issued by delegation: its actor stays named
-        scopes = self._scopes(requested, client, policy, subject)
         lifetime = client.access_token_lifetime
         if subject.expires_at:
             lifetime = min(lifetime, subject.expires_at - int(self.clock()))
@@ -136,14 +142,26 @@ class TokenExchangeGrant:
         except InvalidJwt:
             return False
 
-    async def _party(self, token: str, token_type: str, policy: TokenExchangePolicy, role: str) -> Party:
+    async def _locate(self, token: str, token_type: str, policy: TokenExchangePolicy, role: str
+                      ) -> Party | tuple[OidcProvider, KeySource]:
+        """Inbound's own token, checked (token_issuer's introspection uses nothing up); or the
+        provider of a foreign one, in the client's policy, its token not verified yet."""
         if self._ours(token):
             return await self._own_party(token, token_type, policy, role)
         try:
             found = await self.verifier.provider_of(token)
             if found[0].name not in policy.providers:
                 raise Refused(f"provider {found[0].name} not in the client's policy")
-            verified = await self.verifier.verify(token, consume=True, found=found)
+        except Refused as exc:
+            raise InvalidGrant(TOKEN_REFUSED, detail=f"{role} token: {exc.reason}") from None
+        return found
+
+    async def _verified(self, located: Party | tuple[OidcProvider, KeySource], token: str, role: str) -> Party:
+        """A foreign token verified and used up (its jti claimed when the provider checks jti)."""
+        if isinstance(located, Party):
+            return located
+        try:
+            verified = await self.verifier.verify(token, consume=True, found=located)
         except Refused as exc:
             raise InvalidGrant(TOKEN_REFUSED, detail=f"{role} token: {exc.reason}") from None
         return Party(subject=verified.user.id, username=verified.user.username,
@@ -161,9 +179,10 @@ class TokenExchangeGrant:
                      expires_at=info.exp, act=token_exchange.parse_act_json(info.act_json))
 
     @staticmethod
-    def _scopes(requested: list[str], client: ClientRecord, policy: TokenExchangePolicy, subject: Party) -> list[str]:
+    def _scopes(requested: list[str], client: ClientRecord, policy: TokenExchangePolicy,
+                subject_scopes: tuple[str, ...]) -> list[str]:
         """Never wider than the client's, the policy's (when it lists any) or the subject's."""
-        allowed = [s for s in client.scopes if s in subject.scopes and (not policy.scopes or s in policy.scopes)]
+        allowed = [s for s in client.scopes if s in subject_scopes and (not policy.scopes or s in policy.scopes)]
         if not requested:
             return allowed
         beyond = [s for s in requested if s not in allowed]

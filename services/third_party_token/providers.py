@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
 from inboundlib import redact
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 PROVIDER_CHANGES = registry_changes(ENTITY_PROVIDER)
 RELOAD_SECONDS = 60.0
+# After a failed reload, the last list is used this long before a token asks the registry again.
+RETRY_AFTER_FAILURE = 1.0
 # A provider's token may live this long at most (exp − iat); Okta and Auth0 allow a day.
 DEFAULT_MAX_TOKEN_LIFETIME = 86_400
 USER_CACHE = CacheSettings(ttl=60.0, negative_ttl=5.0, max_entries=100_000, max_negative_entries=10_000,
@@ -71,6 +74,7 @@ class ProviderDirectory:
         self._loaded = False
         self._load: asyncio.Task | None = None
         self._stale = True
+        self._retry_at = 0.0
         self._ticker: asyncio.Task | None = None
 
     async def start(self, events: EventBus | None) -> None:
@@ -112,12 +116,14 @@ class ProviderDirectory:
 
     async def provider(self, issuer: str) -> tuple[OidcProvider, DiscoveredKeys] | None:
         """The provider registered with exactly this issuer (active or not), and its keys."""
-        if self._stale or not self._loaded:
+        if (self._stale and time.monotonic() >= self._retry_at) or not self._loaded:
             try:
                 await self._current()
             except Exception:
                 if not self._loaded:
                     raise  # nothing to answer from: the caller reports the registry unavailable
+                # The last list stands; not every token asks a registry that is away again.
+                self._retry_at = time.monotonic() + RETRY_AFTER_FAILURE
                 log.warning("providers not reloaded: the last list stands")
         return self._by_issuer.get(issuer)
 

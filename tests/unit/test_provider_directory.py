@@ -82,6 +82,10 @@ async def test_a_reconnect_reloads_and_an_unreachable_registry_leaves_the_last_l
     store.down = ConnectionError("registry away")
     await bus.reconnect()
     assert (await directory.provider(P.issuer))[0] == P  # stale but standing
+    loads = store.loads
+    for _ in range(5):
+        assert (await directory.provider(P.issuer))[0] == P
+    assert store.loads == loads  # not every token asks a registry that is away
     store.down = None
     store.providers = []
     await bus.reconnect()

@@ -248,6 +248,14 @@ async def test_a_provider_that_checks_jti_refuses_a_second_exchange():
     await exchange(lax, subject_token=token)
 
 
+async def test_a_refused_scope_does_not_spend_a_single_use_token():
+    runner, *_ = setup()
+    token = idp_token()
+    with pytest.raises(InvalidScope):
+        await exchange(runner, subject_token=token, scope="api.write")
+    await exchange(runner, subject_token=token)  # its jti was not claimed by the refused request
+
+
 async def test_scopes_never_exceed_client_policy_or_provider():
     runner, issuer, *_ = setup(policy=dataclasses.replace(POLICY, scopes=("api.read",)))
     await exchange(runner)
