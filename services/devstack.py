@@ -307,6 +307,11 @@ class Stack:
             "INBOUND_BIND_HOST": "127.0.0.1",
             "INBOUND_ISSUER": self.edge_url,
             "INBOUND_KEY_ENCRYPTION_KEYS_FILE": str(self.kek_file()),
+            # The fetching services (jwt_bearer, third_party_token) reach identity providers on this
+            # machine (the demo IdP, services/demo_idp.py, serves HTTPS on loopback with a
+            # certificate of this stack's CA); deployed, both stay off (public addresses only).
+            "INBOUND_FEDERATION_CA_FILE": str(self.ca.ca_file),
+            "INBOUND_FEDERATION_ALLOW_LOOPBACK": "true",
             GRANT_ADDRS_ENV: ",".join(f"{m.grant_type}={self.addr(m.name)}" for m in TABLE.values() if m.grant_type),
             "PYTHONUNBUFFERED": "1",
         })
@@ -450,9 +455,14 @@ DEMO_WEB = "demo-web"
 DEMO_WEB_GRANTS = ["authorization_code", "refresh_token"]
 DEMO_WEB_SCOPES = ["openid", "profile", "email"]
 DEMO_PAGE_PORT = 8090  # make run: the demo client page, on 127.0.0.1 only
+DEMO_IDP_PORT = 8091  # make run: the demo identity provider (services/demo_idp.py), on 127.0.0.1 only
 DEMO_USERNAME = "demo"
 DEMO_EMAIL = "demo@example.com"
 DEMO_SCOPES = ["api.read", "api.write"]
+# The JWT bearer grant (RFC 7523): a client that trades the demo identity provider's assertions
+# about users (services/demo_idp.py, started by `make run`) for tokens, through an integration.
+DEMO_PARTNER = "demo-partner"
+DEMO_IDP_INTEGRATION = "demo-idp"
 
 
 @dataclass
@@ -469,23 +479,31 @@ class DemoSeed:
     web_client_id: str = ""  # the public client demo-web ("" when it could not be made: web_error says why)
     web_error: str = ""
     demo_page_url: str = ""  # the demo client page's start URL (it redirects to /oauth/authorize)
+    partner_client_id: str = ""  # demo-partner, the JWT bearer grant's client ("" when partner_error says why)
+    partner_secret: str = field(default="", repr=False)  # only when made now
+    partner_error: str = ""
 
 
-async def seed_demo(stack: Stack, demo_page_port: int = DEMO_PAGE_PORT) -> DemoSeed:
+async def seed_demo(stack: Stack, demo_page_port: int = DEMO_PAGE_PORT, demo_idp_port: int = DEMO_IDP_PORT) \
+        -> DemoSeed:
     """Create, once, the demo client (client_credentials), the demo app client (password
     and refresh_token), the demo public client demo-web (authorization_code with PKCE, whose
-    redirect URI is the demo client page on `demo_page_port`) and the demo user (a random
-    password); on a later start with the same database, find them and make nothing (but
-    demo-web's redirect URI, set to this start's page when it differs)."""
+    redirect URI is the demo client page on `demo_page_port`), the demo user (a random
+    password), and demo-partner (the JWT bearer grant) with the integration that trusts the
+    demo identity provider on `demo_idp_port` for assertions about users; on a later start
+    with the same database, find them and make nothing (but demo-web's redirect URI, set to
+    this start's page when it differs)."""
     import grpc
 
     from services import demo_client
     from services.client_registry.api import (
         GRANT_CLIENT_CREDENTIALS,
+        GRANT_JWT_BEARER,
         GRANT_PASSWORD,
         GRANT_REFRESH_TOKEN,
         ClientSpec,
         ClientUpdate,
+        JwtBearerIntegration,
         RegistryError,
         UserSpec,
     )
@@ -524,6 +542,22 @@ async def seed_demo(stack: Stack, demo_page_port: int = DEMO_PAGE_PORT) -> DemoS
             seed.demo_page_url = demo_client.base_url(demo_page_port) + "/start"
         except (RegistryError, grpc.aio.AioRpcError) as exc:  # the other demos still work: say why, go on
             seed.web_error = f"{type(exc).__name__}: {exc}"
+        try:
+            partner = existing.get(DEMO_PARTNER)
+            if partner is None:
+                partner, seed.partner_secret = await registry.create_client(ClientSpec(
+                    name=DEMO_PARTNER, grant_types=[GRANT_JWT_BEARER], scopes=DEMO_SCOPES,
+                    comments="created by make run: trades the demo identity provider's assertions about users "
+                             "for tokens (JWT bearer grant, RFC 7523)"))
+            seed.partner_client_id = partner.client_id
+            issuer = demo_idp_issuer(demo_idp_port)
+            if not any(i.client_id == partner.client_id and i.issuer == issuer
+                       for i in await registry.list_integrations()):
+                await registry.create_integration(JwtBearerIntegration(
+                    id="", name=DEMO_IDP_INTEGRATION, client_id=partner.client_id, issuer=issuer,
+                    jwks_uri=issuer + "/jwks", subject_kind="user", user_field="username"))
+        except (RegistryError, grpc.aio.AioRpcError) as exc:  # the other demos still work: say why, go on
+            seed.partner_error = f"{type(exc).__name__}: {exc}"
         try:
             user = await registry.get_user(username=DEMO_USERNAME)
             if user is None:
@@ -601,17 +635,15 @@ def browser_banner(seed: DemoSeed, edge_url: str) -> str:
             f"  The demo client page is a development tool listening on 127.0.0.1 only.\n")
 
 
-def start_demo_page(stack: Stack, client_id: str, port: int = DEMO_PAGE_PORT, *, echo: bool = True) \
-        -> subprocess.Popen:
-    """The demo client page (services/demo_client.py) as a process of its own on 127.0.0.1:`port`,
-    talking to this stack's edge as its issuer; returns once it listens."""
+def _start_tool(args: list[str], port: int, name: str, echo: bool) -> subprocess.Popen:
+    """A development tool (`python -m <args>`) as a process of its own, listening on
+    127.0.0.1:`port`; returns once it listens."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("INBOUND_")}
     env["PYTHONUNBUFFERED"] = "1"
-    proc = subprocess.Popen([sys.executable, "-m", "services.demo_client", "--issuer", stack.edge_url,
-                             "--client-id", client_id, "--port", str(port)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env=env,
                             stdout=None if echo else subprocess.DEVNULL, stderr=None if echo else subprocess.DEVNULL)
     try:
-        wait_port(port, 30, proc, "demo_client")
+        wait_port(port, 30, proc, name)
     except RuntimeError:
         proc.kill()
         proc.wait()
@@ -619,7 +651,51 @@ def start_demo_page(stack: Stack, client_id: str, port: int = DEMO_PAGE_PORT, *,
     return proc
 
 
-def stop_demo_page(proc: subprocess.Popen | None) -> None:
+def start_demo_page(stack: Stack, client_id: str, port: int = DEMO_PAGE_PORT, *, echo: bool = True) \
+        -> subprocess.Popen:
+    """The demo client page (services/demo_client.py) on 127.0.0.1:`port`, talking to this
+    stack's edge as its issuer; returns once it listens."""
+    return _start_tool(["services.demo_client", "--issuer", stack.edge_url, "--client-id", client_id,
+                        "--port", str(port)], port, "demo_client", echo)
+
+
+def start_demo_idp(stack: Stack, port: int = DEMO_IDP_PORT, *, echo: bool = True) -> subprocess.Popen:
+    """The demo identity provider (services/demo_idp.py): HTTPS on 127.0.0.1:`port` with a
+    certificate of the stack's CA, which jwt_bearer and third_party_token trust for fetching
+    (INBOUND_FEDERATION_CA_FILE); returns once it listens."""
+    return _start_tool(["services.demo_idp", "--ca-dir", str(stack.ca.directory), "--port", str(port)],
+                       port, "demo_idp", echo)
+
+
+def demo_idp_issuer(port: int = DEMO_IDP_PORT) -> str:
+    return f"https://127.0.0.1:{port}"
+
+
+def demo_idp_banner(seed: DemoSeed, stack: Stack, port: int = DEMO_IDP_PORT) -> str:
+    """The JWT bearer grant (RFC 7523) against the demo identity provider: mint an assertion
+    for the demo user there, trade it here; the partner's secret only when just made."""
+    issuer = demo_idp_issuer(port)
+    if seed.partner_error:
+        return f"The demo JWT-bearer client {DEMO_PARTNER} could not be made: {seed.partner_error}\n"
+    token_url = f"{stack.edge_url}/oauth/token"
+    secret = seed.partner_secret or "$DEMO_PARTNER_SECRET"
+    made = (f"  client_id:     {seed.partner_client_id}\n  client_secret: {seed.partner_secret}  (shown only this once)\n"
+            if seed.partner_secret else
+            f"  client {DEMO_PARTNER} exists: client_id {seed.partner_client_id} (set DEMO_PARTNER_SECRET to its "
+            f"secret; `inboundctl client rotate-secret {seed.partner_client_id}` makes a new one)\n")
+    return (f"The JWT bearer grant (RFC 7523) with the demo identity provider {issuer} (services/demo_idp.py, a\n"
+            f"development tool on 127.0.0.1 only; JWKS {issuer}/jwks; its certificate from CA {stack.ca.ca_file}).\n"
+            f"The client {DEMO_PARTNER} trusts its assertions about users (integration {DEMO_IDP_INTEGRATION}, "
+            f"sub = a username):\n" + made +
+            "  # an assertion for the demo user, signed by the IdP (RS256; -d alg=ES256 or EdDSA), then the grant:\n"
+            f"  ASSERTION=$(curl -sS --cacert {stack.ca.ca_file} -d sub={DEMO_USERNAME} -d aud={token_url} "
+            f"{issuer}/token | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"token\"])')\n"
+            f"  curl -sS -u {seed.partner_client_id}:{secret} -d grant_type={TABLE['jwt_bearer'].grant_type} "
+            f"--data-urlencode \"assertion=$ASSERTION\" {token_url}\n")
+
+
+def stop_tool(proc: subprocess.Popen | None) -> None:
+    """Stop a development tool start_demo_page / start_demo_idp started."""
     if proc is None or proc.poll() is not None:
         return
     proc.terminate()
@@ -659,12 +735,13 @@ def run_forever(single: bool = False) -> None:
         signal.signal(sig, lambda *_: stopping.set())
     ports = {**{f"{name} {kind}": port for (name, kind), port in stack.layout.items()},
              **{f"{name} metrics": port for name, port in stack.metrics_ports.items()},
-             "demo client page": DEMO_PAGE_PORT}
+             "demo client page": DEMO_PAGE_PORT, "demo identity provider": DEMO_IDP_PORT}
     busy = [f"{what} ({port})" for what, port in ports.items() if not port_free(port)]
     if busy:
         print(f"make run: ports in use: {', '.join(busy)} — is another `make run` still going?", file=sys.stderr)
         sys.exit(1)
     demo_page: subprocess.Popen | None = None
+    demo_idp: subprocess.Popen | None = None
     try:
         try:
             stack.start()
@@ -672,12 +749,18 @@ def run_forever(single: bool = False) -> None:
             print(f"make run: could not start: {exc}", file=sys.stderr)
             stopping.set()
             sys.exit(1)
+        try:  # before the seed: the integration it makes trusts this provider's keys
+            demo_idp = start_demo_idp(stack)
+        except RuntimeError as exc:  # the rest of the system still works: say why, go on
+            print(f"make run: the demo identity provider could not start: {exc}", file=sys.stderr, flush=True)
         seed = _seed_demo(stack)
         if seed.web_client_id:
             try:
                 demo_page = start_demo_page(stack, seed.web_client_id)
             except RuntimeError as exc:  # the rest of the system still works: say why, go on
                 print(f"make run: the demo client page could not start: {exc}", file=sys.stderr, flush=True)
+        if demo_idp is not None:
+            print(demo_idp_banner(seed, stack), flush=True)
         print(f"Inbound is up: {stack.edge_url}  (metadata: {stack.edge_url}/.well-known/oauth-authorization-server, "
               f"{stack.edge_url}/.well-known/openid-configuration)"
               f"\ninboundctl talks to the registry at {stack.addr('client_registry')} with the operator certificate "
@@ -695,6 +778,9 @@ def run_forever(single: bool = False) -> None:
                 if sp.proc.poll() is not None:
                     print(f"{sp.name} exited with code {sp.proc.returncode}; stopping", flush=True)
                     stopping.set()
+            if demo_idp is not None and demo_idp.poll() is not None:
+                print(f"the demo identity provider exited with code {demo_idp.returncode}; stopping", flush=True)
+                stopping.set()
             if demo_page is not None and demo_page.poll() is not None:
                 print(f"the demo client page exited with code {demo_page.returncode}; stopping", flush=True)
                 stopping.set()
@@ -703,7 +789,8 @@ def run_forever(single: bool = False) -> None:
         pass
     finally:
         print("stopping...", flush=True)
-        stop_demo_page(demo_page)
+        stop_tool(demo_page)
+        stop_tool(demo_idp)
         stack.stop()
 
 
