@@ -694,8 +694,8 @@ def demo_idp_banner(seed: DemoSeed, stack: Stack, port: int = DEMO_IDP_PORT) -> 
             f"--data-urlencode \"assertion=$ASSERTION\" {token_url}\n")
 
 
-def stop_tool(proc: subprocess.Popen | None) -> None:
-    """Stop a development tool start_demo_page / start_demo_idp started."""
+def stop_demo_page(proc: subprocess.Popen | None) -> None:
+    """Stop a development tool's process: the demo client page's, or the demo identity provider's."""
     if proc is None or proc.poll() is not None:
         return
     proc.terminate()
@@ -789,8 +789,8 @@ def run_forever(single: bool = False) -> None:
         pass
     finally:
         print("stopping...", flush=True)
-        stop_tool(demo_page)
-        stop_tool(demo_idp)
+        stop_demo_page(demo_page)
+        stop_demo_page(demo_idp)
         stack.stop()
 
 

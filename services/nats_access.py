@@ -80,14 +80,10 @@ from inboundlib.events import (
     USER_SIGN_IN_FAILED,
     USER_SIGNED_IN,
     Installation,
-    registry_subject,
 )
 from inboundlib.hosting import HTTP
 from services.audit.consumer import DURABLE as AUDIT_DURABLE
 from services.modules import ALL_IN_ONE, NAMES, TABLE
-
-# RegistryChanged's entity for JWT-bearer integrations (client_registry announces their changes).
-ENTITY_INTEGRATION = "integration"
 
 
 @dataclass(frozen=True)
@@ -130,7 +126,7 @@ RULES["authorization_code"] = GRANT_SERVICE | _p(publish=(USER_SIGNED_IN, USER_S
 
 # RFC 7523: a grant service that also follows the integrations it trusts (its cache of
 # them, and the keys it prefetches, follow every change).
-RULES["jwt_bearer"] = GRANT_SERVICE | _p(subscribe=(registry_subject(ENTITY_INTEGRATION),))
+RULES["jwt_bearer"] = GRANT_SERVICE | _p(subscribe=(INTEGRATION_CHANGED,))
 # Token exchange and third-party tokens: a grant service, whose provider list and mapped
 # users drop on their registry changes.
 RULES["third_party_token"] = GRANT_SERVICE | _p(subscribe=(PROVIDER_CHANGED, USER_CHANGED))

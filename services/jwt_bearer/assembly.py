@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import grpc
 
 from inboundlib.config import Env
-from inboundlib.events import CLIENT_CHANGED, EventBus, registry_subject
+from inboundlib.events import CLIENT_CHANGED, INTEGRATION_CHANGED, EventBus
 from inboundlib.hosting import GRPC, Context, Module
 from inboundlib.jose.fetch import Fetcher, FetchPolicy
 from inboundlib.jose.validator import JwtValidator
@@ -35,9 +35,6 @@ from services.jwt_bearer.client_assertions import AssertionSettings, ClientAsser
 from services.jwt_bearer.grant import Integrations, SecretOpener
 
 log = logging.getLogger(__name__)
-
-# RegistryChanged about JWT-bearer integrations (client_registry publishes them).
-INTEGRATION_CHANGED = registry_subject("integration")
 
 
 @dataclass(frozen=True)
