@@ -24,6 +24,13 @@ Who calls what (read from the code; keep it so when a call is added):
   third_party_token's ForeignTokens.Introspect (JWTs of other issuers).
 - third_party_token: as a grant service, and token_issuer's Introspect (Inbound's
   own tokens presented for an exchange).
+- grant services and token_issuer: jwt_bearer's ClientAssertions.Verify (a client
+  authenticating by private_key_jwt or client_secret_jwt), when their row says they
+  call jwt_bearer (never jwt_bearer itself: its own grant checks them in process).
+- jwt_bearer: as a grant service, and the registry's integrations (FindIntegrations,
+  ListIntegrations to prefetch their keys, GetIntegrationSecrets for HS256),
+  FindUsers (an assertion's subject), ClaimJtis (replay) and GetClientSecrets
+  (client_secret_jwt).
 - operators (inboundctl; later the admin API): every administrative RPC: the
   registry's client management, token_issuer's key listing and rotation and
   client-wide revocation, the audit log's Tail and Search.
