@@ -28,6 +28,10 @@
    each of the two stacks, a public client and one user per connection, each connection's browser signed in and
    consenting once through the pages' own forms (sessions warm), then the whole authorization code flow with PKCE
    (authorize -> code -> token) and the code-for-token exchange alone (codes minted before the window)
+   Federation (bench/federation.py; --skip-federation leaves it out): raw RS256 verification in 1.; on each of
+   the two stacks, the demo IdP (services/demo_idp.py) registered as an OpenID provider, a JWT-bearer integration
+   and a client allowed both grants; JWT bearer grants and token exchanges of the provider's ID tokens (each
+   assertion and token used once), and gRPC introspection of the provider's access tokens (keys warm)
 7. CPU per operation of every process from /proc deltas over the measured window
 8. ratios: edge rate / bare HTTP rate, total CPU per token / raw signing cost,
    single-process rate / multi-process rate, multi-process total CPU per token / single-process,
@@ -38,7 +42,9 @@
    rate, p50), logins/s/core / bare argon2id verifies/s/core and / Keycloak's published 15 per vCPU,
    refreshes/s/core / Keycloak's 120 per vCPU, client_credentials p99 beside a login burst / alone, and the
    wrong-username / wrong-password difference of medians over their spread, code flows/s/core and
-   exchanges/s/core / client_credentials tokens/s/core of the same stack, CPU per flow / raw ES256 + RS256 signing
+   exchanges/s/core / client_credentials tokens/s/core of the same stack, CPU per flow / raw ES256 + RS256 signing,
+   JWT bearer grants/s/core and token exchanges/s/core / client_credentials tokens/s/core, CPU per grant / the raw
+   verify + sign it needs, third-party introspections/s / our own JWTs' (cache on and off) and / echo calls/s
 
 The HTTP load comes from wrk; the gRPC load from bench.grpcload, a Python grpc.aio
 process (there is no wrk for gRPC) that shares the cores with the servers and whose
@@ -67,7 +73,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bench import codeflow, delivery, passwords, procstat, signing
+from bench import codeflow, delivery, federation, passwords, procstat, signing
 from bench.loadgen import LoadGen
 from inboundlib import identity, pgroles
 from inboundlib.localservers import free_port, wait_port
@@ -617,6 +623,7 @@ def bench_edge(loadgen: LoadGen, args) -> dict:
             stack = Stack(state, fixed_ports=False, echo=False, database_url=database_url,
                           nats_url=os.environ.get("NATS_URL", ""),
                           extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0", **passwords.LOGIN_ENV})
+            stack.extra_env.update(federation.federation_env(stack))  # the demo IdP on loopback, the stack's CA
             # every service of the module table, each serving /metrics on its metrics port
             metrics_urls = {name: stack.metrics_url(name) for name in NAMES}
             try:
@@ -637,6 +644,9 @@ def bench_edge(loadgen: LoadGen, args) -> dict:
                           f"(signed in, consent remembered): the whole flow, then the code exchange alone, "
                           f"{args.warmup:.0f}+{args.seconds:.0f} s ...", flush=True)
                     out["browser"] = codeflow.bench_stack(stack, roots, metrics_urls, args)
+                if not args.skip_federation:
+                    print(f"   federation: {federation_note(args)} ...", flush=True)
+                    out["federation"] = federation.bench_stack(stack, roots, metrics_urls, args)
                 if not args.skip_introspection:
                     print(f"   introspection over gRPC: {args.introspect_tokens:,} tokens of each format, then "
                           f"{' and '.join(INTROSPECT_MODES)} calls for JWT (verified-JWT cache on"
@@ -652,6 +662,16 @@ def bench_edge(loadgen: LoadGen, args) -> dict:
     finally:
         shutil.rmtree(state, ignore_errors=True)
     return out
+
+
+def federation_note(args) -> str:
+    runs = [name for name, skip in (("JWT bearer grants", args.skip_jwt_bearer),
+                                    ("token exchanges", args.skip_token_exchange)) if not skip]
+    note = f"{' and '.join(runs) or 'no grants'} at {args.federation_connections} connections, " \
+           f"{args.warmup:.0f}+{args.seconds:.0f} s each"
+    if not args.skip_foreign_introspection:
+        note += f"; gRPC introspection of third-party tokens, batched and unary, {args.grpc_seconds:.0f} s each"
+    return note
 
 
 SINGLE_PROCESS = ALL_IN_ONE  # devstack's key and the module (services.all_in_one) of the single process
@@ -673,6 +693,7 @@ def bench_single(loadgen: LoadGen, args) -> dict:
                 else "a private server of its own"
             stack = Stack(state, fixed_ports=False, echo=False, database_url=database_url, nats_url="",
                           single=True, extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0", **passwords.LOGIN_ENV})
+            stack.extra_env.update(federation.federation_env(stack))
             try:
                 t0 = time.monotonic()
                 stack.start()
@@ -691,6 +712,9 @@ def bench_single(loadgen: LoadGen, args) -> dict:
                 if not args.skip_browser:
                     print("   the browser, single process: the whole code flow, then the exchange alone ...", flush=True)
                     out["browser"] = codeflow.bench_stack(stack, roots, metrics_urls, args)
+                if not args.skip_federation:
+                    print(f"   federation, single process: {federation_note(args)} ...", flush=True)
+                    out["federation"] = federation.bench_stack(stack, roots, metrics_urls, args)
             finally:
                 stack.stop()
     finally:
@@ -779,6 +803,7 @@ def ratios(results: dict) -> dict:
     out.update(tls_ratios(results))
     out.update(passwords.ratios(results))
     out.update(codeflow.ratios(results))
+    out.update(federation.ratios(results))
     return out
 
 
@@ -958,6 +983,7 @@ def render(results: dict) -> str:
     lines.extend(delivery.render(results))
     lines.extend(passwords.render(results))
     lines.extend(codeflow.render(results))
+    lines.extend(federation.render(results))
     if results["warnings"]:
         w("")
         for warning in results["warnings"]:
@@ -1259,14 +1285,7 @@ def collect_warnings(results: dict) -> list[str]:
             warnings.append(f"{label}: the stack's own token_issuer served {cold['idle_issuer_introspect_rpcs']:,.0f} "
                             f"Introspect RPCs during the run (it should have been idle)")
     for label, run in grpc_runs:
-        if run["failed"] or not run["ok"]:
-            warnings.append(f"{label}: INVALID RUN — {run['failed']:,} of {run['requests']:,} calls failed or "
-                            f"answered other than active=true; first: {run['sample_failure'] or '—'}")
-        warm = run.get("warmup") or {}
-        if warm.get("first_pass_failed") or warm.get("warmup_failed"):
-            warnings.append(f"{label}: during warm-up {warm.get('first_pass_failed', 0):,} first-pass and "
-                            f"{warm.get('warmup_failed', 0):,} later calls failed; first: "
-                            f"{warm.get('first_pass_sample') or warm.get('warmup_sample') or '—'}")
+        warnings.extend(grpc_failure_warnings(label, run))
     for label, run in runs + grpc_runs:
         if run.get("non2xx") or run.get("socket_errors"):
             warnings.append(f"{label}: INVALID RUN — {run['non2xx']} non-2xx answers, {run['socket_errors']} socket "
@@ -1280,9 +1299,24 @@ def collect_warnings(results: dict) -> list[str]:
                         f"({idle['processes_started']} processes started in 1 s; top: {top or 'none'})")
     warnings.extend(passwords.warnings(results))
     warnings.extend(codeflow.warnings(results))
+    warnings.extend(federation.warnings(results))
     if not results["meta"]["loadgen"] == "wrk":
         warnings.append("wrk was not available: the Python fallback load generator competes with the server "
                         "for the same cores, so rates are lower than wrk would show")
+    return warnings
+
+
+def grpc_failure_warnings(label: str, run: dict) -> list[str]:
+    """A bench.grpcload run's failed calls, measured and during its warm-up."""
+    warnings = []
+    if run["failed"] or not run["ok"]:
+        warnings.append(f"{label}: INVALID RUN — {run['failed']:,} of {run['requests']:,} calls failed or "
+                        f"answered other than active=true; first: {run['sample_failure'] or '—'}")
+    warm = run.get("warmup") or {}
+    if warm.get("first_pass_failed") or warm.get("warmup_failed"):
+        warnings.append(f"{label}: during warm-up {warm.get('first_pass_failed', 0):,} first-pass and "
+                        f"{warm.get('warmup_failed', 0):,} later calls failed; first: "
+                        f"{warm.get('first_pass_sample') or warm.get('warmup_sample') or '—'}")
     return warnings
 
 
@@ -1333,8 +1367,18 @@ def main(argv: list[str] | None = None) -> None:
                         help="no authorization code flow runs (nor the raw RS256 figure)")
     parser.add_argument("--flow-connections", type=int, default=codeflow.FLOW_CONNECTIONS,
                         help=f"browsers with warm sessions in the code flow runs ({codeflow.FLOW_CONNECTIONS})")
+    parser.add_argument("--skip-federation", action="store_true",
+                        help="no JWT bearer, token exchange or third-party introspection runs (nor raw RS256 verify)")
+    parser.add_argument("--skip-jwt-bearer", action="store_true", help="no JWT bearer grant runs")
+    parser.add_argument("--skip-token-exchange", action="store_true", help="no token exchange runs")
+    parser.add_argument("--skip-foreign-introspection", action="store_true",
+                        help="no gRPC introspection runs of third-party tokens")
+    parser.add_argument("--federation-connections", type=int, default=None,
+                        help="connections of the JWT bearer and token exchange runs (default: --connections)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
+    if args.federation_connections is None:
+        args.federation_connections = args.connections
 
     started = time.monotonic()
     loadgen = LoadGen.create(install=not args.no_install, prefer_python=args.python_loadgen)
@@ -1343,11 +1387,13 @@ def main(argv: list[str] | None = None) -> None:
     steps = 3 if args.skip_edge else 3 + 1 + (not args.skip_single) + (not args.skip_plaintext)
     print(f"1/{steps} raw ES256 signing and verification for {args.sign_seconds * 1.5:.0f} s"
           f"{'' if args.skip_users else ', a bare argon2id hash and verify'}"
-          f"{'' if args.skip_browser else ', raw RS256 signing'} ...", flush=True)
+          f"{'' if args.skip_browser else ', raw RS256 signing'}"
+          f"{'' if args.skip_federation else ', raw RS256 verification'} ...", flush=True)
     sign = signing.measure(args.sign_seconds)
     verify = signing.measure_verify(args.sign_seconds / 2)
     argon2 = {} if args.skip_users else passwords.measure_argon2(args.argon2_seconds)
     rs256 = {} if args.skip_browser else signing.measure_rs256(args.sign_seconds / 2)
+    rs256_verify = {} if args.skip_federation else signing.measure_rs256_verify(args.sign_seconds / 2)
     print(f"2/{steps} bare HTTP endpoint, {args.warmup:.0f}+{args.seconds:.0f} s ...", flush=True)
     bare = bench_bare(loadgen, args)
     print(f"3/{steps} bare gRPC echo, {args.grpc_concurrency} in flight, {args.grpc_warmup:.1f}+{args.grpc_seconds:.0f} s "
@@ -1383,6 +1429,7 @@ def main(argv: list[str] | None = None) -> None:
         "signing": sign,
         "signing_rs256": rs256,
         "verifying": verify,
+        "verifying_rs256": rs256_verify,
         "bare_http": bare,
         "grpc_echo": echo,
         "introspection": edge.pop("introspection", {}),
@@ -1395,6 +1442,8 @@ def main(argv: list[str] | None = None) -> None:
                                                   ("single", single.pop("users", None))) if users},
         "browser": {mode: flows for mode, flows in (("edge", edge.pop("browser", None)),
                                                     ("single", single.pop("browser", None))) if flows},
+        "federation": {mode: runs for mode, runs in (("edge", edge.pop("federation", None)),
+                                                     ("single", single.pop("federation", None))) if runs},
     }
     results["ratios"] = ratios(results) if edge else {}
     results["warnings"] = collect_warnings(results)

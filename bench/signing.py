@@ -59,22 +59,8 @@ def measure_verify(seconds: float = 1.0) -> dict:
     token = jwt.encode(claims, key, algorithm="ES256", headers={"kid": "bench", "typ": "at+jwt"})
     options = {"verify_aud": False, "require": ["iss", "sub", "client_id", "jti", "iat", "exp"]}
 
-    def verify() -> None:
-        jwt.decode(token, public, algorithms=["ES256"], issuer=claims["iss"], options=options)
-
-    for _ in range(200):  # warm-up
-        verify()
-    n = 0
-    wall0, cpu0 = time.perf_counter(), time.thread_time()
-    deadline = wall0 + seconds
-    while True:
-        for _ in range(100):
-            verify()
-        n += 100
-        if time.perf_counter() >= deadline:
-            break
-    wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
-    return {"tokens": n, "wall_s": wall, "cpu_s": cpu, "tokens_per_s": n / wall, "cpu_us_per_token": cpu / n * 1e6}
+    return _verify_rate(lambda: jwt.decode(token, public, algorithms=["ES256"], issuer=claims["iss"],
+                                           options=options), seconds)
 
 
 def measure_rs256(seconds: float = 1.0) -> dict:
@@ -95,6 +81,38 @@ def measure_rs256(seconds: float = 1.0) -> dict:
         for _ in range(10):
             jwt.encode(claims, key, algorithm="RS256", headers=headers)
         n += 10
+        if time.perf_counter() >= deadline:
+            break
+    wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
+    return {"tokens": n, "wall_s": wall, "cpu_s": cpu, "tokens_per_s": n / wall, "cpu_us_per_token": cpu / n * 1e6}
+
+
+def measure_rs256_verify(seconds: float = 1.0) -> dict:
+    """jwt.decode of one RS256 token (2048-bit RSA) with its public key: what checking an ID or access token of
+    Entra ID, Okta or Google costs at least (they sign RS256), the floor under federation's figures."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = key.public_key()
+    claims = _claims()
+    token = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "bench-rs256", "typ": "JWT"})
+    options = {"verify_aud": False, "require": ["iss", "sub", "jti", "iat", "exp"]}
+
+    return _verify_rate(lambda: jwt.decode(token, public, algorithms=["RS256"], issuer=claims["iss"],
+                                           options=options), seconds)
+
+
+def _verify_rate(verify, seconds: float) -> dict:
+    """`verify()` in a loop on this thread for `seconds` after a warm-up: rate and CPU per call."""
+    for _ in range(200):  # warm-up
+        verify()
+    n = 0
+    wall0, cpu0 = time.perf_counter(), time.thread_time()
+    deadline = wall0 + seconds
+    while True:
+        for _ in range(100):
+            verify()
+        n += 100
         if time.perf_counter() >= deadline:
             break
     wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0

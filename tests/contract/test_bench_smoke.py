@@ -241,7 +241,8 @@ def test_the_whole_bench_runs_through_both_stacks(tmp_path):
         [sys.executable, "-m", "bench", "--seconds", "0.3", "--warmup", "0.1", "--connections", "4",
          "--sign-seconds", "0.1", "--grpc-seconds", "0.2", "--grpc-warmup", "0.1", "--grpc-concurrency", "4",
          "--introspect-tokens", "8", "--login-users", "4", "--login-connections", "2", "--login-seconds", "0.3",
-         "--timing-tries", "3", "--argon2-seconds", "0.05", "--flow-connections", "2", "--no-install",
+         "--timing-tries", "3", "--argon2-seconds", "0.05", "--flow-connections", "2", "--federation-connections", "2",
+         "--no-install",
          "--out", str(out)],
         cwd=run.ROOT, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -305,6 +306,24 @@ def test_the_whole_bench_runs_through_both_stacks(tmp_path):
     assert "whole flow (authorize -> code -> token), multi-process" in proc.stdout
     assert not [w for w in results["warnings"] if w.startswith("browser ") and ("INVALID RUN" in w or "exited" in w
                                                                                or "failed" in w)], results["warnings"]
+    # Federation: JWT bearer grants, token exchanges and third-party introspection through both stacks.
+    assert results["verifying_rs256"]["cpu_us_per_token"] > 0
+    for mode in ("edge", "single"):
+        federation = results["federation"][mode]
+        for kind in ("jwt_bearer", "exchange"):
+            figures = federation[kind]
+            assert figures["ok"] > 0 and figures["non2xx"] == 0 and figures["per_core_s"] > 0, (mode, kind, figures)
+            assert not figures.get("dead_services"), (mode, kind)
+            assert results["ratios"][f"{mode}_{kind}_per_core_over_cc_per_core"] > 0, (mode, kind)
+        for intro_mode in ("batched", "unary"):
+            figures = federation["introspection"][intro_mode]
+            assert figures["ok"] > 0 and figures["failed"] == 0, (mode, intro_mode, figures["sample_failure"])
+        assert federation["idp_fetches"].get("/jwks"), federation["idp_fetches"]  # the keys came from the IdP
+    assert results["ratios"]["edge_foreign_batched_rate_over_own_warm"] > 0
+    assert "JWT bearer grants (RFC 7523), multi-process" in proc.stdout
+    assert not [w for w in results["warnings"] if w.startswith("federation ") and ("INVALID RUN" in w or "exited" in w
+                                                                                  or "ran out" in w)], \
+        results["warnings"]
 
 
 def test_delivery_ratios_and_rows_render():
@@ -615,3 +634,72 @@ def test_browser_figures_ratios_and_render():
     results["browser"]["edge"]["flow"]["non2xx"] = 3
     assert any("browser edge flow: INVALID RUN" in w for w in codeflow.warnings(results))
     json.dumps(results)
+
+
+# --- federation (bench/federation.py) ------------------------------------------------------------------------
+
+def test_federation_figures_ratios_and_render():
+    from bench import federation
+
+    def fake(per_s: float, cpu_us: float, **extra) -> dict:
+        return {"ok_per_s": per_s, "ok": 100, "requests": 100, "server_cpu_us_per_ok": cpu_us,
+                "per_core_s": 1e6 / cpu_us, "per_inbound_core_s": 2e6 / cpu_us,
+                "cpu_us_per_ok": {"jwt_bearer": cpu_us / 2, "token_issuer": cpu_us / 4,
+                                  "third_party_token": cpu_us / 4},
+                "p50_us": 1000, "p99_us": 3000, "non2xx": 0, "socket_errors": 0, "failed": 0, "seconds": 8.0,
+                "planned_s": 8.0, "bodies_left": 10, "connections": 64,
+                "machine": {"other_cores": 0.0, "cores": 2, "busy_cores": 1.0}, "service_logs": {}, **extra}
+    intro = {mode: fake(2000, 400, label=f"introspect third-party JWT, {mode} (keys warm)", tokens=50)
+             for mode in federation.INTROSPECT_MODES}
+    results = {"meta": {"grpc_concurrency": 64}, "signing": {"cpu_us_per_token": 100.0},
+               "verifying": {"cpu_us_per_token": 200.0}, "verifying_rs256": {"cpu_us_per_token": 50.0},
+               "grpc_echo": {"ok_per_s": 4000.0},
+               "introspection": {"jwt": {"batched": {"ok_per_s": 8000.0}}, "jwt_cold": {"batched": {"ok_per_s": 1000.0}}},
+               "edge": {"jwt": fake(1000, 1000)},
+               "federation": {"edge": {"jwt_bearer": fake(300, 3000), "exchange": fake(250, 2000),
+                                       "introspection": intro}}}
+    r = federation.ratios(results)
+    assert math.isclose(r["edge_jwt_bearer_per_core_over_cc_per_core"], 1 / 3)
+    assert math.isclose(r["edge_jwt_bearer_cpu_over_raw_signatures"], 3000 / 300)  # ES256 verify + sign
+    assert math.isclose(r["edge_exchange_cpu_over_raw_signatures"], 2000 / 150)  # RS256 verify + ES256 sign
+    assert r["edge_foreign_batched_rate_over_own_warm"] == 0.25 and r["edge_foreign_batched_rate_over_own_cold"] == 2
+    assert r["edge_foreign_unary_rate_over_grpc_echo"] == 0.5 and "edge_foreign_unary_rate_over_own_warm" not in r
+    assert math.isclose(r["edge_foreign_batched_issuer_and_third_party_cpu_over_raw_rs256_verify"], 200 / 50)
+    results["ratios"] = r
+    text = "\n".join(federation.render(results))
+    for label in ("JWT bearer grants (RFC 7523), multi-process", "token exchanges of ID tokens (RFC 8693)",
+                  "introspect third-party JWT, batched (keys warm)", "client_credentials JWT, same stack and run",
+                  "JWT bearer grants/s/core / client_credentials/s/core", "third-party introspections/s / own JWTs'"):
+        assert label in text, label
+    assert federation.warnings(results) == []
+    results["federation"]["edge"]["exchange"].update(bodies_left=0, seconds=2.0)
+    results["federation"]["edge"]["jwt_bearer"].update(non2xx=3, sample_non2xx='400 {"error":"invalid_grant"}')
+    intro["unary"].update(failed=2, sample_failure="active=false")
+    found = federation.warnings(results)
+    assert any("exchange: the minted tokens ran out" in w for w in found), found
+    assert any("jwt_bearer: INVALID RUN" in w and "invalid_grant" in w for w in found), found
+    assert any("introspection unary: INVALID RUN" in w for w in found), found
+    assert federation.render({"federation": {}}) == [] and federation.ratios({}) == {}
+    json.dumps(results)
+
+
+def test_federation_bodies_are_single_use_grants():
+    from urllib.parse import parse_qs
+
+    import jwt
+
+    from bench import federation
+
+    key, kid, jwks = federation.assertion_key()
+    assertions = federation.mint_assertions(key, kid, "iss-1", "http://127.0.0.1:1/oauth/token", ["u1", "u2"], 4)
+    claims = [jwt.decode(a, key.public_key(), algorithms=["ES256"], audience="http://127.0.0.1:1/oauth/token")
+              for a in assertions]
+    assert [c["sub"] for c in claims] == ["u1", "u2", "u1", "u2"] and len({c["jti"] for c in claims}) == 4
+    assert all(c["iss"] == "iss-1" and c["exp"] - c["iat"] == federation.ASSERTION_LIFETIME for c in claims)
+    assert json.loads(jwks)["keys"][0]["kid"] == kid == jwt.get_unverified_header(assertions[0])["kid"]
+    body = parse_qs(federation.jwt_bearer_body(assertions[0]))
+    assert body == {"grant_type": ["urn:ietf:params:oauth:grant-type:jwt-bearer"], "assertion": [assertions[0]],
+                    "scope": [federation.SCOPE]}
+    body = parse_qs(federation.exchange_body("tok"))
+    assert body["grant_type"] == ["urn:ietf:params:oauth:grant-type:token-exchange"]
+    assert body["subject_token_type"] == ["urn:ietf:params:oauth:token-type:id_token"]
