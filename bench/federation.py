@@ -109,12 +109,6 @@ class IdpThread:
             self.loop.close()
 
 
-def federation_env(stack) -> dict[str, str]:
-    """What the fetching services need to reach a demo IdP on loopback with the stack's CA (as `make run`
-    sets them): added to the stack's environment before it starts."""
-    return {"INBOUND_FEDERATION_ALLOW_LOOPBACK": "1", "INBOUND_FEDERATION_CA_FILE": str(stack.ca.ca_file)}
-
-
 async def _create(stack, idp, jwks: str) -> dict:
     """The users, the provider, the client and the integration, through the registry as the operator."""
     from services.client_registry.api import (
@@ -238,7 +232,8 @@ def bench_foreign_introspection(stack, roots: dict[str, int], metrics_urls: dict
 
 
 def bench_stack(stack, roots: dict[str, int], metrics_urls: dict[str, str], args) -> dict:
-    """On a running stack (started with federation_env): the demo IdP, setup, then each run not skipped."""
+    """On a running stack (whose fetching services trust its CA and loopback, as every devstack's do): the demo
+    IdP, setup, then each run not skipped."""
     from bench import passwords
 
     out: dict = {"users": USERS}

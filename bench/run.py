@@ -623,7 +623,6 @@ def bench_edge(loadgen: LoadGen, args) -> dict:
             stack = Stack(state, fixed_ports=False, echo=False, database_url=database_url,
                           nats_url=os.environ.get("NATS_URL", ""),
                           extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0", **passwords.LOGIN_ENV})
-            stack.extra_env.update(federation.federation_env(stack))  # the demo IdP on loopback, the stack's CA
             # every service of the module table, each serving /metrics on its metrics port
             metrics_urls = {name: stack.metrics_url(name) for name in NAMES}
             try:
@@ -693,7 +692,6 @@ def bench_single(loadgen: LoadGen, args) -> dict:
                 else "a private server of its own"
             stack = Stack(state, fixed_ports=False, echo=False, database_url=database_url, nats_url="",
                           single=True, extra_env={"INBOUND_KEY_ACTIVATION_DELAY": "0", **passwords.LOGIN_ENV})
-            stack.extra_env.update(federation.federation_env(stack))
             try:
                 t0 = time.monotonic()
                 stack.start()
