@@ -165,10 +165,13 @@ async def registry(stack):
 
 @pytest.fixture
 async def make_client(registry):
-    """Register a client and return (record, secret)."""
+    """Register a client and return (record, secret). `auth_method`: its
+    token_endpoint_auth_method (default: client_secret_basic, or none for a public client)."""
     from services.client_registry.api import ClientSpec
 
-    async def make(**kwargs):
+    async def make(auth_method: str | None = None, **kwargs):
+        if auth_method is not None:
+            kwargs["token_endpoint_auth_method"] = auth_method
         kwargs.setdefault("name", "test-" + secrets.token_hex(4))
         kwargs.setdefault("grant_types", ["client_credentials"])
         kwargs.setdefault("scopes", ["api.read", "api.write"])

@@ -14,7 +14,7 @@ METADATA = "/.well-known/oauth-authorization-server"
 
 @pytest.mark.parametrize("auth_method", ["client_secret_basic", "client_secret_post"])
 async def test_authlib_gets_a_token_from_metadata_alone(stack, make_client, auth_method):
-    client, secret = await make_client(scopes=["api.read", "api.write"])
+    client, secret = await make_client(scopes=["api.read", "api.write"], auth_method=auth_method)
     metadata = httpx.get(stack.edge_url + METADATA).json()
     assert auth_method in metadata["token_endpoint_auth_methods_supported"]
     assert "client_credentials" in metadata["grant_types_supported"]

@@ -55,7 +55,7 @@ async def test_basic_auth_gets_a_jwt_that_verifies_against_the_published_jwks(st
 
 
 async def test_client_secret_post_and_the_servicenow_alias(stack, make_client):
-    client, secret = await make_client()
+    client, secret = await make_client(auth_method="client_secret_post")
     async with httpx.AsyncClient(base_url=stack.edge_url) as http:
         reply = await http.post("/oauth_token.do", data={"grant_type": "client_credentials", "scope": "api.read",
                                                          "client_id": client.client_id, "client_secret": secret})

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from inboundlib.grants.api import RequestContext
 from inboundlib.oauth.client_auth import (
+    CLIENT_SECRET_BASIC,
     CLIENT_SECRET_JWT,
     CLIENT_SECRET_POST,
     JWT_ASSERTION_TYPE,
@@ -207,6 +208,24 @@ def test_without_a_verifier_jwt_methods_are_not_supported():
     with pytest.raises(InvalidClient) as info:
         run(ClientAuthenticator(Clients(Client())).authenticate(extract_credentials(None, form()), CONTEXT))
     assert "not supported" in info.value.detail
+
+
+@pytest.mark.parametrize(("registered", "creds"), [
+    (PRIVATE_KEY_JWT, ClientCredentials(CLIENT_SECRET_BASIC, "app", "s")),
+    (PRIVATE_KEY_JWT, ClientCredentials(CLIENT_SECRET_JWT, "app", client_assertion=assertion(alg="HS256"))),
+    (CLIENT_SECRET_JWT, ClientCredentials(PRIVATE_KEY_JWT, "app", client_assertion=assertion())),
+    (CLIENT_SECRET_JWT, ClientCredentials(CLIENT_SECRET_POST, "app", "s")),
+    (CLIENT_SECRET_BASIC, ClientCredentials(CLIENT_SECRET_POST, "app", "s")),
+    (CLIENT_SECRET_POST, ClientCredentials(CLIENT_SECRET_BASIC, "app", "s")),
+    (CLIENT_SECRET_BASIC, ClientCredentials(PRIVATE_KEY_JWT, "app", client_assertion=assertion())),
+], ids=["pkjwt-basic", "pkjwt-hs256", "csjwt-pkjwt", "csjwt-post", "basic-post", "post-basic", "basic-pkjwt"])
+def test_a_client_may_use_only_the_method_it_is_registered_for(registered, creds):
+    verifier = Verifier()
+    with pytest.raises(InvalidClient) as info:
+        run(ClientAuthenticator(Clients(Client(token_endpoint_auth_method=registered)), verifier=verifier)
+            .authenticate(creds, CONTEXT))
+    assert info.value.detail == f"client is registered for {registered}, sent {creds.method}"
+    assert verifier.asked == [], "never verified: the method alone refuses it"
 
 
 def test_the_registered_method_is_accepted():

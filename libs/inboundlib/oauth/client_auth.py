@@ -347,6 +347,13 @@ class ClientAuthenticator:
         if method is None:
             check_secret_in_vain(creds)
             raise InvalidClient(detail=f"authentication method {redact.unverified(creds.method)} not supported")
+        registered = registered_method(client)
+        if creds.method != registered:
+            # One method per client (RFC 7591 §2): a client registered for private_key_jwt
+            # cannot fall back to a secret, nor a secret_basic client have its secret tried in
+            # a form body (or an HS256 assertion made with it).
+            check_secret_in_vain(creds)
+            raise InvalidClient(detail=f"client is registered for {registered}, sent {creds.method}")
         await method.verify(client, creds, context)
         return client
 
