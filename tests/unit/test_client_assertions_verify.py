@@ -20,10 +20,10 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from jwt.utils import base64url_encode
 
 from inboundlib.jose.validator import JwtValidator
+from inboundlib.kek import KeyEncryptor
 from inboundlib.oauth.client_auth import CLIENT_SECRET_JWT, PRIVATE_KEY_JWT, ClientAssertion
 from inboundlib.oauth.errors import InvalidClient, KeysPending
 from services.jwt_bearer.client_assertions import AssertionSettings, ClientAssertionChecker
-from services.token_issuer.keys import KeyEncryptor
 from tests.fakes import FakeClients, client_record
 
 ISSUER = "https://as.example"
