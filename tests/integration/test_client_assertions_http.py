@@ -30,8 +30,8 @@ def assertion(client_id: str, aud: str, *, key=KEY, alg: str = "ES256", **claims
                       headers={"kid": "k1"} if alg == "ES256" else None)
 
 
-def form(token: str, **params) -> dict:
-    return {"client_assertion_type": JWT_ASSERTION_TYPE, "client_assertion": token, **params}
+def form(signed: str, **params) -> dict:
+    return {"client_assertion_type": JWT_ASSERTION_TYPE, "client_assertion": signed, **params}
 
 
 @pytest.fixture(scope="module")
