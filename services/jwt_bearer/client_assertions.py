@@ -76,6 +76,9 @@ HMAC_ALGORITHMS = tuple(sorted(HMAC_MIN_BYTES))
 # skew), so a longer lifetime costs only a longer-kept jti row; a deployment whose
 # clients send short-lived assertions may lower it.
 DEFAULT_MAX_LIFETIME = 3600
+# Opened secrets and parsed inline JWKS kept in memory (only registered clients' ever are):
+# past this many, the memo starts again rather than grow with clients deleted long ago.
+MEMO_ENTRIES = 10_000
 
 
 class SecretOpener(Protocol):
@@ -156,7 +159,6 @@ class ClientAssertionChecker:
             if pinned and pinned not in HMAC_ALGORITHMS:
                 raise InvalidClient(detail=f"client_secret_jwt client pinned to {pinned}")
             return StaticKeys(await self._secret(client)), (pinned,) if pinned else HMAC_ALGORITHMS
-        assert method == PRIVATE_KEY_JWT
         if pinned in HMAC_ALGORITHMS:
             # Never HMAC with a public key (RFC 8725 §2.1): the key set would not offer it either.
             raise InvalidClient(detail=f"private_key_jwt client pinned to {pinned}")
@@ -167,7 +169,7 @@ class ClientAssertionChecker:
             cached = self._inline.get(client.client_id)
             if cached is None or cached[0] != client.jwks:
                 cached = (client.jwks, KeySet.from_jwks(client.jwks))
-                self._inline[client.client_id] = cached
+                _remember(self._inline, client.client_id, cached)
             return StaticKeys(cached[1]), algorithms
         raise InvalidClient(detail="private_key_jwt client has no keys registered (jwks or jwks_uri)")
 
@@ -188,7 +190,7 @@ class ClientAssertionChecker:
                                                                           "error": type(exc).__name__})
             raise InvalidClient(detail="client_secret_jwt: the sealed secret cannot be opened") from None
         key_set = KeySet.from_secret(secret)
-        self._opened[client.client_id] = (version, key_set)
+        _remember(self._opened, client.client_id, (version, key_set))
         return key_set
 
     def warm(self, client: ClientRecord) -> None:
@@ -196,6 +198,12 @@ class ClientAssertionChecker:
         registry change event), so that assertion finds the keys cached."""
         if client.active and client.jwks_uri and registered_method(client) == PRIVATE_KEY_JWT:
             self.fetcher.warm(client.jwks_uri, "jwks")
+
+
+def _remember(memo: dict, key: str, value) -> None:
+    if len(memo) >= MEMO_ENTRIES:
+        memo.clear()
+    memo[key] = value
 
 
 # --- the gRPC servicer (jwt_bearer serves it) -----------------------------------------------------

@@ -148,6 +148,7 @@ def test_metadata_lists_jwt_client_authentication_where_jwt_bearer_is_served():
         assert {"private_key_jwt", "client_secret_jwt", "client_secret_basic"} <= set(methods)
         algs = metadata[f"{endpoint}_endpoint_auth_signing_alg_values_supported"]
         assert {"RS256", "ES256", "EdDSA", "HS256"} <= set(algs) and "none" not in algs
+        assert not {"HS384", "HS512"} & set(algs), "a 256-bit client secret is too short for them"
     assert "none" in metadata["token_endpoint_auth_methods_supported"]
     assert "none" not in metadata["introspection_endpoint_auth_methods_supported"]
 

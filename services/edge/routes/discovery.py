@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from inboundlib.jose.keys import ASYMMETRIC_ALGORITHMS, HMAC_MIN_BYTES
+from inboundlib.jose.keys import ASYMMETRIC_ALGORITHMS
 from inboundlib.oauth.client_auth import (
     CLIENT_SECRET_BASIC,
     CLIENT_SECRET_JWT,
@@ -45,8 +45,9 @@ RESPONSE_TYPES = ["code", "token", "id_token token"]
 RESPONSE_MODES = ["query", "fragment"]
 CODE_CHALLENGE_METHODS = ["S256"]  # RFC 7636 §4.2; `plain` is refused (RFC 9700 §2.1.1)
 # What a client assertion may be signed with (inboundlib.jose: each as its key type allows;
-# HS* with the client's own secret, client_secret_jwt). RFC 8414 §2: never `none`.
-ASSERTION_SIGNING_ALGS = sorted(ASYMMETRIC_ALGORITHMS | set(HMAC_MIN_BYTES))
+# RFC 8414 §2: never `none`). HMAC only as HS256: client secrets are 256-bit, shorter than
+# HS384's and HS512's minimum keys (RFC 7518 §3.2), which the verifier refuses.
+ASSERTION_SIGNING_ALGS = sorted(ASYMMETRIC_ALGORITHMS | {"HS256"})
 
 
 def build_metadata(issuer: str, grant_types: list[str], *, introspection: bool = True) -> dict:
