@@ -37,8 +37,10 @@ from tests.contract.test_deploy_manifests import _kubectl
 from tests.support import OPERATOR, ensure_scopes, eventually
 
 pytestmark = [pytest.mark.separate_processes, pytest.mark.slow]
-START_ORDER = ["client-registry", "audit", "token-issuer", "client-credentials", "password", "refresh-token",
-               "authorization-code", "edge"]
+# The module table's dependency order (jwt-bearer before the grants that ask it about client
+# assertions; token-issuer reaches jwt-bearer and third-party-token later, at first use).
+START_ORDER = ["client-registry", "audit", "token-issuer", "jwt-bearer", "client-credentials", "password",
+               "refresh-token", "authorization-code", "third-party-token", "edge"]
 
 
 def _rendered() -> list[dict]:
@@ -58,7 +60,8 @@ def _secret_contents(stack: Stack, name: str, edge_https) -> dict[str, dict[str,
             f"{name}-nats": {"password": stack.dev_nats.password_file(stack.installation, module),
                              "ca.crt": stack.ca.ca_file},
             f"{name}-postgres": {"ca.crt": stack.ca.ca_file},
-            "token-issuer-kek": {"keys": stack.kek_file()},
+            # Every service that holds the key-encryption keys mounts a Secret of its own.
+            f"{name}-kek": {"keys": stack.kek_file()},
             "edge-https": {"tls.crt": edge_https.cert, "tls.key": edge_https.key}}
 
 
