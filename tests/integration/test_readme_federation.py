@@ -85,7 +85,10 @@ async def test_the_readme_federation_examples_run(stack, registry, idp):
     # private_key_jwt's client credentials, the exchange, the JWT bearer grant: three Inbound tokens
     assert len(tokens) == 3 and all(t["token_type"] == "Bearer" and t["scope"] == "api.read" for t in tokens), out
     assert [t.get("issued_token_type") for t in tokens].count("urn:ietf:params:oauth:token-type:access_token") == 1
-    (introspected,) = [a for a in answers if "active" in a]
+    introspected, delegated = [a for a in answers if "active" in a]
     demo = await registry.get_user(username="demo")
     assert introspected["active"] is True and introspected["provider"] == "local-idp", introspected
     assert introspected["sub"] == demo.id and introspected["username"] == "demo" and introspected["iss"] == idp.issuer
+    # the exchange with an actor: Inbound's own token, for the demo user, acted on by the portal
+    assert delegated["active"] is True and delegated["sub"] == demo.id and delegated["iss"] == stack.edge_url
+    assert delegated["act"] == {"sub": delegated["client_id"], "iss": stack.edge_url}, delegated
