@@ -253,3 +253,36 @@ def test_a_disabled_client_is_refused_before_its_assertion_is_verified():
             extract_credentials(None, form()), CONTEXT))
     assert info.value.detail == "client is disabled"
     assert verifier.asked == []
+
+
+# --- the grant runner passes keys_pending on --------------------------------------------------
+
+
+async def test_the_grant_runner_passes_keys_pending_on_unaudited_and_uncounted():
+    from inboundlib.events import TOKEN_DENIED
+    from inboundlib.grants.api import GrantParameters, TokenRequest, TokenResponse
+    from inboundlib.grants.runner import GrantRunner
+    from inboundlib.metrics import TOKEN_REQUESTS
+    from tests.fakes import FakeBus
+
+    class Grant:
+        grant_type = "client_credentials"
+        parameters = GrantParameters()
+        authenticates_client = False
+
+        async def handle(self, request, client):
+            return TokenResponse(access_token="t", token_type="Bearer", expires_in=60)
+
+    def counted() -> dict:
+        return {sample.labels["outcome"]: sample.value for metric in TOKEN_REQUESTS.collect()
+                for sample in metric.samples
+                if sample.name.endswith("_total") and sample.labels["grant_type"] == "client_credentials"}
+
+    bus = FakeBus()
+    runner = GrantRunner(Grant(), ClientAuthenticator(Clients(Client()), verifier=Verifier(KeysPending())), bus)
+    before = counted()
+    with pytest.raises(KeysPending):
+        await runner.handle(TokenRequest(grant_type="client_credentials", client=extract_credentials(None, form()),
+                                         context=CONTEXT))
+    assert bus.events(TOKEN_DENIED) == [], "no refusal to audit: the edge asks again"
+    assert counted() == before, "no denial counted"
