@@ -55,15 +55,9 @@ AUTHENTICATED = authz.kinds(*identity.KINDS)
 ALL_IN_ONE = identity.service(modules.ALL_IN_ONE)
 
 
-# Modules whose rows may name them before they join the module table (issue 10: their RPC
-# rows land with the registry's, the modules with their own slices). Until then only the
-# one-process mode is admitted in their place, as for any service.
-COMING_MODULES = ("jwt_bearer", "third_party_token")
-
-
 def services(*names: str) -> Allowed:
     """These services of the module table, and the one-process mode that hosts them all."""
-    unknown = set(names) - set(modules.NAMES) - set(COMING_MODULES)
+    unknown = set(names) - set(modules.NAMES)
     if unknown:
         raise ValueError(f"not in the module table: {sorted(unknown)}")
     return authz.callers(*(identity.service(n) for n in names), ALL_IN_ONE)

@@ -137,3 +137,20 @@ def test_the_browser_state_is_the_authorization_code_service_s_alone_and_its_con
     assert admitted("/inbound.registry.v1.Scopes/GetScopes") == {identity.operator("alice"), *own}
     for method in ("CreateScope", "UpdateScope", "DeleteScope", "ListScopes"):
         assert admitted("/inbound.registry.v1.Scopes/" + method) == {identity.operator("alice")}, method
+
+
+def test_federation_secrets_go_to_jwt_bearer_alone_and_its_data_to_who_uses_it():
+    """Sealed client_secret_jwt and HS256 secrets: jwt_bearer alone holds what opens them. Integrations
+    and providers are managed by operators only; users are provisioned by third_party_token only."""
+    alice, bearer, third = identity.operator("alice"), identity.service("jwt_bearer"), identity.service(
+        "third_party_token")
+    for method in ("/inbound.registry.v1.Clients/GetClientSecrets",
+                   "/inbound.registry.v1.Integrations/GetIntegrationSecrets"):
+        assert admitted(method) == {bearer, access.ALL_IN_ONE}, method
+    for method in ("CreateIntegration", "UpdateIntegration", "DeleteIntegration"):
+        assert admitted("/inbound.registry.v1.Integrations/" + method) == {alice}, method
+    for method in ("CreateProvider", "UpdateProvider", "DeleteProvider"):
+        assert admitted("/inbound.registry.v1.Providers/" + method) == {alice}, method
+    assert admitted("/inbound.registry.v1.FederatedUsers/ProvisionUser") == {third, access.ALL_IN_ONE}
+    assert admitted("/inbound.registry.v1.FederatedUsers/FindUsers") == {bearer, third, access.ALL_IN_ONE}
+    assert identity.service("edge") not in admitted("/inbound.registry.v1.UsedJtis/ClaimJtis")

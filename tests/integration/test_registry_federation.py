@@ -30,7 +30,6 @@ from inboundlib.config import Env
 from inboundlib.events import INTEGRATION_CHANGED, PROVIDER_CHANGED
 from inboundlib.kek import KeyEncryptor, client_secret_label, integration_secret_label, key_encryption_keys
 from inboundlib.oauth.client_auth import hash_client_secret
-from services import modules
 from services.client_registry.api import (
     AlreadyExists,
     ClaimRule,
@@ -54,8 +53,7 @@ from services.client_registry.trust import TOKEN_TYPE_ID_TOKEN
 from tests.support import GRANT_SERVICE, ensure_scopes
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "client_registry" / "migrations"
-# jwt_bearer's stand-in until its module row exists: the one-process mode may do what any service may.
-JWT_BEARER = identity.service("jwt_bearer" if "jwt_bearer" in modules.TABLE else modules.ALL_IN_ONE)
+JWT_BEARER = identity.service("jwt_bearer")
 
 
 def public_jwks() -> str:
