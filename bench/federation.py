@@ -350,7 +350,7 @@ def render(results: dict) -> list[str]:
             w(f"{label + ', ' + names.get(mode, mode):<58}{run_['ok_per_s']:>9.1f}"
               f"{_f(run_.get('per_core_s'), '{:.1f}'):>9}{_f(cpu_ms, '{:.2f}'):>9}{run_['p50_us'] / 1000:>9.2f}"
               f"{run_['p99_us'] / 1000:>9.2f}{run_['non2xx']:>8,}")
-            parts = ", ".join(f"{n} {v / 1000:.2f}" for n, v in run_["cpu_us_per_ok"].items() if v)
+            parts = ", ".join(f"{n} {v / 1000:.2f}" for n, v in run_["cpu_us_per_ok"].items() if v and v >= 10)
             w(f"    {run_['connections']} connections; Inbound's processes alone: "
               f"{_f(run_.get('per_inbound_core_s'), '{:.1f}')}/s/core; CPU ms per op: {parts}")
         for intro_mode, run_ in (data.get("introspection") or {}).items():
