@@ -459,6 +459,10 @@ DEMO_IDP_PORT = 8091  # make run: the demo identity provider (services/demo_idp.
 DEMO_USERNAME = "demo"
 DEMO_EMAIL = "demo@example.com"
 DEMO_SCOPES = ["api.read", "api.write"]
+# The catalog make run fills: the demo clients' scopes, and the scope that lets a resource server
+# introspect others' tokens (RFC 7662 §4), which the README's introspection examples register
+# their resource server with (tests/integration/test_readme_federation.py starts from it).
+DEMO_CATALOG = [*DEMO_SCOPES, "inbound.introspect"]
 # The JWT bearer grant (RFC 7523): a client that trades the demo identity provider's assertions
 # about users (services/demo_idp.py, started by `make run`) for tokens, through an integration.
 DEMO_PARTNER = "demo-partner"
@@ -513,7 +517,7 @@ async def seed_demo(stack: Stack, demo_page_port: int = DEMO_PAGE_PORT, demo_idp
     registry = RegistryClient(channel)
     try:
         existing = {c.name: c for c in await registry.list_clients()}
-        await add_missing_scopes(registry, DEMO_SCOPES)  # a client may only be given catalog scopes
+        await add_missing_scopes(registry, DEMO_CATALOG)  # a client may only be given catalog scopes
 
         async def client(name: str, grants: list[str], comments: str) -> tuple[str, str]:
             if name in existing:

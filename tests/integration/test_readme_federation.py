@@ -17,6 +17,7 @@ import pytest
 
 from services.client_registry.api import UserSpec
 from services.demo_idp import DemoIdp
+from services.devstack import DEMO_CATALOG
 from tests.support import OPERATOR, ensure_scopes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,6 +47,14 @@ def test_the_readme_marks_its_federation_examples():
         assert example in text, example
 
 
+def test_the_examples_use_only_scopes_make_run_puts_in_the_catalog():
+    """A client may only be given catalog scopes: every `--scope` of the examples must be one
+    `make run` adds (services/devstack.py DEMO_CATALOG), or the example fails on a fresh run."""
+    text = "".join(runnable_blocks((ROOT / "README.md").read_text()))
+    used = set(re.findall(r"--(?:exchange-)?scope ([\w.:-]+)", text))
+    assert used and used <= set(DEMO_CATALOG), sorted(used - set(DEMO_CATALOG))
+
+
 def json_answers(output: str) -> list[dict]:
     """The JSON objects curl printed (without a newline after them, so amid inboundctl's lines)."""
     decoder, answers, at = json.JSONDecoder(), [], output.find('{"')
@@ -67,7 +76,7 @@ async def test_the_readme_federation_examples_run(stack, registry, idp):
     # What make run has made before the examples start: the demo user and the catalog's scopes.
     if await registry.get_user(username="demo") is None:
         await registry.create_user(UserSpec(username="demo", display_name="Demo User"))
-    await ensure_scopes(registry, ["api.read", "inbound.introspect"])
+    await ensure_scopes(registry, DEMO_CATALOG)
     script = "\n".join(runnable_blocks((ROOT / "README.md").read_text()))
     script = (script.replace(MAKE_RUN_EDGE, stack.edge_url).replace(MAKE_RUN_IDP, idp.issuer)
               .replace(MAKE_RUN_CA, str(stack.ca.ca_file)))
