@@ -128,9 +128,10 @@ RULES: dict[str, Allowed] = {
     _CLIENTS + "RotateClientSecret": OPERATORS,
     # Sealed client_secret_jwt secrets: jwt_bearer alone checks those assertions (and holds the KEK).
     _CLIENTS + "GetClientSecrets": services("jwt_bearer"),
-    # Replay refusal of JWTs from outside: whoever validates them (client assertions in the grant
-    # runner and token_issuer, through jwt_bearer; JWT-bearer grants; providers' tokens).
-    _USED_JTIS + "ClaimJtis": GRANT_SERVICES | ISSUER | services("jwt_bearer", "third_party_token"),
+    # Replay refusal of JWTs from outside: the two services that validate them (jwt_bearer: client
+    # assertions, for every grant service and token_issuer, and JWT-bearer grants; third_party_token:
+    # providers' tokens). No other may spend a jti of someone else's namespace.
+    _USED_JTIS + "ClaimJtis": services("jwt_bearer", "third_party_token"),
 
     # JWT-bearer integrations: operators manage them (inboundctl integration ...); jwt_bearer reads
     # them for its grant, and alone gets their sealed HS256 secrets (it alone holds what opens them).
@@ -138,10 +139,10 @@ RULES: dict[str, Allowed] = {
     **{_INTEGRATIONS + rpc: OPERATORS | services("jwt_bearer") for rpc in (
         "GetIntegration", "FindIntegrations", "ListIntegrations")},
     _INTEGRATIONS + "GetIntegrationSecrets": services("jwt_bearer"),
-    # OpenID providers: operators manage them (inboundctl provider ...); third_party_token uses them,
-    # token_issuer learns their issuers (which foreign JWTs to route to third_party_token).
+    # OpenID providers: operators manage them (inboundctl provider ...); third_party_token uses them
+    # (token_issuer routes every JWT of another issuer to it, so needs no provider list).
     **{_PROVIDERS + rpc: OPERATORS for rpc in ("CreateProvider", "UpdateProvider", "DeleteProvider")},
-    **{_PROVIDERS + rpc: OPERATORS | ISSUER | services("third_party_token") for rpc in (
+    **{_PROVIDERS + rpc: OPERATORS | services("third_party_token") for rpc in (
         "GetProvider", "ListProviders")},
     # Users named by a foreign identity: the subjects of JWT-bearer assertions and of providers'
     # tokens; provisioning only for providers that may (third_party_token decides by the provider).

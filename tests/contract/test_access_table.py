@@ -154,3 +154,14 @@ def test_federation_secrets_go_to_jwt_bearer_alone_and_its_data_to_who_uses_it()
     assert admitted("/inbound.registry.v1.FederatedUsers/ProvisionUser") == {third, access.ALL_IN_ONE}
     assert admitted("/inbound.registry.v1.FederatedUsers/FindUsers") == {bearer, third, access.ALL_IN_ONE}
     assert identity.service("edge") not in admitted("/inbound.registry.v1.UsedJtis/ClaimJtis")
+
+
+def test_used_jtis_and_the_provider_list_only_for_the_services_that_validate_foreign_jwts():
+    """ClaimJtis spends a jti in a trust's namespace: only jwt_bearer (client assertions for everyone,
+    its grant) and third_party_token (providers' tokens) validate such JWTs; a grant service or
+    token_issuer that could call it could spend another client's jti. The provider list is
+    third_party_token's (token_issuer routes every JWT of another issuer there without it)."""
+    validators = {identity.service("jwt_bearer"), identity.service("third_party_token"), access.ALL_IN_ONE}
+    assert admitted("/inbound.registry.v1.UsedJtis/ClaimJtis") == validators
+    for method in ("GetProvider", "ListProviders"):
+        assert identity.service("token_issuer") not in admitted("/inbound.registry.v1.Providers/" + method), method

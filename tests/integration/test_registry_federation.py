@@ -220,7 +220,7 @@ def claim(jti: str, expires_in: int = 300, namespace: str = "client:app") -> Jti
 
 
 async def test_a_jti_is_claimed_once(stack):
-    async with stack.channel("client_registry", caller=GRANT_SERVICE) as channel:
+    async with stack.channel("client_registry", caller=JWT_BEARER) as channel:
         store = RegistryClient(channel).jtis
         jti = uuid.uuid4().hex
         assert await store.first_use("client:app", jti, int(time.time()) + 300) is True
