@@ -202,6 +202,19 @@ async def issuer(stack):
     await issuer.close()
 
 
+@pytest.fixture(scope="module")
+async def idp(stack):
+    """The demo identity provider (services/demo_idp.py), one per test module: HTTPS on loopback
+    with a certificate of the stack's CA, which every stack's fetching services trust
+    (services/devstack.py sets INBOUND_FEDERATION_CA_FILE and ..._ALLOW_LOOPBACK), so no stack
+    of its own is needed. Its issuer is its own port: a module's providers and integrations
+    trusting it name no other module's."""
+    from services.demo_idp import DemoIdp
+
+    async with DemoIdp(stack.ca) as running:
+        yield running
+
+
 # --- a real browser (tests/browser, tests/conformance): Debian's Chromium driven by Playwright ----------
 
 @pytest.fixture(scope="session")

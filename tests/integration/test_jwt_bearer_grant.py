@@ -15,18 +15,10 @@ import jwt
 import pytest
 
 from services.client_registry.api import GRANT_JWT_BEARER, ClaimRule, JwtBearerIntegration, UserSpec
-from services.demo_idp import DemoIdp
 from services.jwt_bearer.grant import ASSERTION_REFUSED
 from tests.support import eventually
 
 SCOPES = ["api.read", "api.write"]
-
-
-@pytest.fixture(scope="module")
-async def idp(stack):
-    """The demo IdP, its certificate from the stack's CA (which jwt_bearer trusts for fetching)."""
-    async with DemoIdp(stack.ca) as running:
-        yield running
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from services.client_registry.api import UserSpec
-from services.demo_idp import DemoIdp
 from services.devstack import DEMO_CATALOG
 from tests.support import OPERATOR, ensure_scopes
 
@@ -63,12 +62,6 @@ def json_answers(output: str) -> list[dict]:
         answers.append(answer)
         at = output.find('{"', end)
     return answers
-
-
-@pytest.fixture(scope="module")
-async def idp(stack):
-    async with DemoIdp(stack.ca) as running:
-        yield running
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the README's examples use curl")

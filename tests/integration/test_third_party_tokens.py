@@ -1,5 +1,5 @@
 """Third-party tokens end to end (issue "Federation"): a registered OpenID provider (the
-demo IdP on loopback, HTTPS from the stack's CA) signs tokens; token_issuer's gRPC
+demo IdP on loopback, HTTPS from the stack's CA: tests/conftest.py's `idp`) signs tokens; token_issuer's gRPC
 Introspect answers for them through third_party_token's ForeignTokens as the mapped
 user; the RFC 8693 token exchange turns them (or Inbound's own tokens) into Inbound
 access tokens over HTTP. Real processes, Postgres and NATS; rule-by-rule negatives are
@@ -12,7 +12,6 @@ import httpx
 import jwt
 import pytest
 
-from inboundlib import pki
 from inboundlib.oauth import token_exchange as tx
 from inboundlib.oauth.errors import TemporarilyUnavailable
 from services.client_registry.api import (
@@ -22,46 +21,10 @@ from services.client_registry.api import (
     TokenExchangePolicy,
     UserSpec,
 )
-from services.client_registry.client import RegistryClient
-from services.demo_idp import DemoIdp
-from tests.support import OPERATOR, IssuerAs, ensure_scopes, eventually
+from tests.support import ensure_scopes, eventually
 
 TOKEN = "/oauth/token"
 APP = "inbound-app"  # the audience the IdP's tokens carry for Inbound
-
-
-@pytest.fixture(scope="module")
-def idp_ca(tmp_path_factory):
-    return pki.DevCA(tmp_path_factory.mktemp("idp-ca"))
-
-
-@pytest.fixture(scope="module")
-def stack(private_stack, idp_ca):
-    """A system of this module's own: it trusts the demo IdP's CA and fetches from loopback
-    (as `make run` does), and its provider list changes do not reach other tests."""
-    with private_stack("third-party", extra_env={"INBOUND_FEDERATION_ALLOW_LOOPBACK": "true",
-                                                 "INBOUND_FEDERATION_CA_FILE": str(idp_ca.ca_file)}) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-async def registry(stack):
-    channel = stack.channel("client_registry", caller=OPERATOR)
-    yield RegistryClient(channel)
-    await channel.close()
-
-
-@pytest.fixture(scope="module")
-async def issuer(stack):
-    issuer = IssuerAs(stack)
-    yield issuer
-    await issuer.close()
-
-
-@pytest.fixture(scope="module")
-async def idp(idp_ca):
-    async with DemoIdp(idp_ca) as provider:
-        yield provider
 
 
 @pytest.fixture
