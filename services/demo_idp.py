@@ -17,7 +17,8 @@ this machine who asks.
                                            than `large_bytes` (chunked, no Content-Length), a page
                                            that is not JSON
 
-Switches for tests: `down` (every answer 503), `slow` (seconds before answering), `fetches`
+Switches for tests: `down` (every answer 503), `slow` (seconds before answering), `hold` (an
+asyncio.Event every answer waits for: a fetch in flight until the test sets it), `fetches`
 (requests counted per path), `max_age` (the Cache-Control max-age of /jwks and discovery),
 `rotate()`. `mint(claims, alg=..., kid=..., headers=..., secret=...)` signs any claims with
 any header, including tokens no verifier should accept (`alg: none`, HS256 keyed with a
@@ -112,6 +113,7 @@ class DemoIdp:
         self.retired: list[SigningKey] = []  # still published (rotate(keep_old=True))
         self.down = False
         self.slow = 0.0
+        self.hold: asyncio.Event | None = None
         self.max_age = DEFAULT_MAX_AGE
         self.large_bytes = 300 * 1024
         self.fetches: collections.Counter[str] = collections.Counter()
@@ -207,6 +209,8 @@ class DemoIdp:
         self.fetches[request.path] += 1
         if self.slow:
             await asyncio.sleep(self.slow)
+        if self.hold is not None:
+            await self.hold.wait()
         if self.down:
             return web.Response(status=503, text="down (demo IdP switch)")
         return await handler(request)

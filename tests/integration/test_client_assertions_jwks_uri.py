@@ -4,6 +4,7 @@ never waits for HTTP inside a batch: keys_pending), the edge sends the request a
 a short back-off and it is answered once they are in; the next assertion uses the cached set."""
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -11,7 +12,7 @@ import httpx
 
 from inboundlib.oauth.client_auth import JWT_ASSERTION_TYPE, PRIVATE_KEY_JWT
 from services.demo_idp import DemoIdp
-from tests.support import ensure_scopes
+from tests.support import ensure_scopes, eventually
 
 RETRIES = 'inbound_http_keys_pending_retries_total{route="token"}'
 
@@ -25,9 +26,10 @@ async def test_keys_at_a_jwks_uri_are_fetched_while_the_edge_waits(stack, regist
     from services.client_registry.api import ClientSpec
 
     async with DemoIdp(stack.ca) as idp:
-        # A second per fetch: the first assertion, sent at once, finds the keys still coming
-        # (whether the fetch began at the client's change event or at the assertion).
-        idp.slow = 1.0
+        # Every fetch of the client's keys waits until the test lets it through: the first
+        # assertion surely finds them still coming (whether the fetch began at the client's
+        # change event or at the assertion), however fast or slow the machine.
+        idp.hold = asyncio.Event()
         await ensure_scopes(registry, ["api.read"])
         client, _ = await registry.create_client(ClientSpec(
             name="pk-jwks-uri", grant_types=["client_credentials"], scopes=["api.read"],
@@ -41,11 +43,18 @@ async def test_keys_at_a_jwks_uri_are_fetched_while_the_edge_waits(stack, regist
                                                          "client_assertion_type": JWT_ASSERTION_TYPE,
                                                          "client_assertion": signed})
 
+        async def edge_retries(http: httpx.AsyncClient) -> float:
+            return retries((await http.get(stack.metrics_url("edge"))).text)
+
         async with httpx.AsyncClient(base_url=stack.edge_url, timeout=10) as http:
-            before = retries((await http.get(stack.metrics_url("edge"))).text)
-            reply = await token(http)
+            before = await edge_retries(http)
+            first = asyncio.create_task(token(http))
+            # keys_pending reached the edge, which sends the request again while the fetch is held
+            await eventually(lambda: edge_retries(http), until=lambda n: n > before)
+            assert not first.done()
+            idp.hold.set()
+            reply = await first
             assert reply.status_code == 200, reply.text
-            assert retries((await http.get(stack.metrics_url("edge"))).text) > before, "it waited for the keys"
             fetched = idp.fetches["/jwks"]
             reply = await token(http)
             assert reply.status_code == 200, reply.text
