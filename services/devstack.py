@@ -467,6 +467,8 @@ DEMO_CATALOG = [*DEMO_SCOPES, "inbound.introspect"]
 # about users (services/demo_idp.py, started by `make run`) for tokens, through an integration.
 DEMO_PARTNER = "demo-partner"
 DEMO_IDP_INTEGRATION = "demo-idp"
+# The README section whose examples use the demo identity provider (make run's banner points there).
+README_FEDERATION = "Federation: other identity providers"
 
 
 @dataclass
@@ -695,7 +697,9 @@ def demo_idp_banner(seed: DemoSeed, stack: Stack, port: int = DEMO_IDP_PORT) -> 
             f"  ASSERTION=$(curl -sS --cacert {stack.ca.ca_file} -d sub={DEMO_USERNAME} -d aud={token_url} "
             f"{issuer}/token | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"token\"])')\n"
             f"  curl -sS -u {seed.partner_client_id}:{secret} -d grant_type={TABLE['jwt_bearer'].grant_type} "
-            f"--data-urlencode \"assertion=$ASSERTION\" {token_url}\n")
+            f"--data-urlencode \"assertion=$ASSERTION\" {token_url}\n"
+            f"The same IdP as an OpenID provider (its tokens introspected as-is, the token exchange of RFC 8693)\n"
+            f"and a private_key_jwt client: README.md, \"{README_FEDERATION}\" (the examples run as written).\n")
 
 
 def stop_demo_page(proc: subprocess.Popen | None) -> None:

@@ -7,7 +7,7 @@ import shlex
 from pathlib import Path
 from types import SimpleNamespace
 
-from services.devstack import DEMO_PARTNER, DEMO_USERNAME, DemoSeed, demo_idp_banner
+from services.devstack import DEMO_PARTNER, DEMO_USERNAME, README_FEDERATION, ROOT, DemoSeed, demo_idp_banner
 
 EDGE = "http://127.0.0.1:8080"
 STACK = SimpleNamespace(edge_url=EDGE, ca=SimpleNamespace(ca_file=Path("/run/pki/ca.pem")))
@@ -35,3 +35,11 @@ def test_a_later_start_shows_no_secret():
 def test_a_partner_that_could_not_be_made_says_why():
     banner = demo_idp_banner(DemoSeed(**BASE, partner_error="RegistryError: no"), STACK)
     assert DEMO_PARTNER in banner and "RegistryError: no" in banner and "curl" not in banner
+
+
+def test_the_banner_points_to_the_readme_s_federation_examples():
+    """The token exchange and third-party tokens are tried through the README's examples (their
+    provider's issuer is the demo IdP's, which make run therefore does not register itself)."""
+    banner = demo_idp_banner(DemoSeed(**BASE), STACK)
+    assert f'"{README_FEDERATION}"' in banner
+    assert f"\n## {README_FEDERATION}\n" in (ROOT / "README.md").read_text()
