@@ -152,6 +152,14 @@ async def test_an_assertion_for_a_user_issues_a_token_for_that_user():
     assert not response.refresh_token
 
 
+async def test_the_subject_is_matched_on_the_integration_s_user_field():
+    """An integration whose assertions name users by email: sub is an email, never a username."""
+    g, issuer = grant(integration(user_field="email"))
+    await g.handle(request(assertion(sub="alice@example.com")), APP)
+    assert issuer.requests[0].subject == "u-alice"
+    assert "no user whose email" in await refused(g, assertion(sub="alice"))
+
+
 async def test_each_key_type_of_the_integration_verifies():
     g, issuer = grant()
     await g.handle(request(assertion(key=EC_KEY, alg="ES256", kid="ec-1")), APP)
