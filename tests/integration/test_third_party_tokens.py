@@ -23,6 +23,9 @@ from services.client_registry.api import (
 )
 from tests.support import ensure_scopes, eventually
 
+# In the one-process mode too: token_issuer reaches ForeignTokens through Context.later, in process.
+pytestmark = pytest.mark.both_modes
+
 TOKEN = "/oauth/token"
 APP = "inbound-app"  # the audience the IdP's tokens carry for Inbound
 
