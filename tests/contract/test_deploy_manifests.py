@@ -111,7 +111,10 @@ HEALTH_ENV, HEALTH_PORT = "INBOUND_HEALTH_PORT", 9091
 # encryption off, or answers tokens before their audit event is durable.
 # None: whatever the value (the setting exists to turn something off).
 PLAINTEXT_SETTINGS = {"INBOUND_GRPC_TLS": {"plaintext"}, "INBOUND_EVENTS_DELIVERY": {"buffered"},
-                      "INBOUND_HTTP_PLAINTEXT_PUBLIC": None}
+                      "INBOUND_HTTP_PLAINTEXT_PUBLIC": None,
+                      # tests and `make run` only: the key fetchers may reach 127.0.0.1 / ::1 (in a pod:
+                      # its own metrics and health ports, a sidecar's admin port): SSRF guard off.
+                      "INBOUND_FEDERATION_ALLOW_LOOPBACK": None}
 # The edge serves HTTPS itself, with its certificate from its own Secret.
 HTTPS_PORT_NAME = "https"
 HTTPS_SECRET, HTTPS_DIR = "edge-https", "/etc/inbound/https"
@@ -678,8 +681,16 @@ def test_every_process_spools_events_on_a_volume_that_outlives_its_pod(docs):
         assert spec.get("serviceName") == name, name
 
 
+def test_the_forbidden_settings_are_ones_the_code_reads():
+    """The list names real settings (a renamed one would let its new name through)."""
+    read = set().union(*(_env_read(m) for m in modules.NAMES))
+    assert set(PLAINTEXT_SETTINGS) <= read, sorted(set(PLAINTEXT_SETTINGS) - read)
+    assert "INBOUND_FEDERATION_ALLOW_LOOPBACK" in PLAINTEXT_SETTINGS
+
+
 def test_nothing_is_configured_plaintext(docs, target):
-    """No overlay (production or local) turns authentication or encryption off."""
+    """No overlay (production or local) turns authentication, encryption or the key fetchers'
+    SSRF guard off."""
     for name, dep in _of_kind(docs, WORKLOAD).items():
         for c in _containers(dep):
             for e in c.get("env", []):
