@@ -13,7 +13,10 @@ then the handler; and, for every outcome, metrics, the refusal's log line and
 audit event, and a failed dependency turned into `temporarily_unavailable` or
 `server_error`. `KeysPending` (a client's keys are being fetched in the
 background) is no refusal: it goes back to the caller, who asks again shortly,
-and is neither counted nor audited as a denial.
+and is neither counted nor audited as a denial. Once a client assertion (RFC
+7523 §2.2) has authenticated the client, though, its jti is spent and the same
+request cannot be sent again: keys pending in the grant itself are then
+`temporarily_unavailable`, and the client retries with a new assertion.
 
 The gRPC servicer calls it for each item of a batch; a single process that
 hosts every service (services/all_in_one) calls it directly from the edge.
@@ -30,13 +33,21 @@ from inboundlib.grants.api import GrantHandler, TokenRequest, TokenResponse
 from inboundlib.grpcx import infrastructure_error
 from inboundlib.metrics import TOKEN_REQUESTS
 from inboundlib.oauth.client_auth import (
+    JWT_AUTH_METHODS,
     NONE,
     AuthenticatableClient,
     ClientAuthenticator,
     ClientSource,
     require_grant_type,
 )
-from inboundlib.oauth.errors import InvalidClient, KeysPending, OAuthError, ServerError, UnsupportedGrantType
+from inboundlib.oauth.errors import (
+    InvalidClient,
+    KeysPending,
+    OAuthError,
+    ServerError,
+    TemporarilyUnavailable,
+    UnsupportedGrantType,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +85,7 @@ class GrantRunner:
         # is logged and audited only as a fingerprint (it may be a misplaced secret).
         client_id = redact.unverified(request.client.client_id) if request.client else ""
         grant_type = self.grant_type
+        assertion_spent = False  # a client assertion verified: its jti is used up
         try:
             if request.grant_type != self.grant_type:
                 grant_type = redact.unverified(request.grant_type)
@@ -83,16 +95,25 @@ class GrantRunner:
                 accepted = self._accepted(request)
                 client = await self._authenticated_by_grant(accepted)
                 client_id = client.client_id
+                assertion_spent = request.client is not None and request.client.method in JWT_AUTH_METHODS
             else:
                 found = await self.authenticator.find(request.client)
                 if found is not None:
                     client_id = found.client_id
                 client = await self.authenticator.verify(found, request.client, request.context)
+                assertion_spent = request.client.method in JWT_AUTH_METHODS
             require_grant_type(client, self.grant_type)
             if not self.self_authenticating:
                 accepted = self._accepted(request)
             response = await self.handler.handle(accepted, client)
         except KeysPending:
+            if assertion_spent:
+                # Sent again, the request would carry a used client assertion (a replay:
+                # invalid_client). The client retries with a new one; the keys are on their way.
+                log.info("token request answered unavailable: keys being fetched after its client assertion "
+                         "was used", extra={"client_id": client_id})
+                TOKEN_REQUESTS.labels(self.grant_type, TemporarilyUnavailable.code).inc()
+                raise TemporarilyUnavailable(detail="keys being fetched; the client assertion is used up") from None
             # Not an answer yet: the edge sends the request again within its budget.
             log.debug("token request waits for keys being fetched", extra={"client_id": client_id})
             raise
