@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -54,6 +55,9 @@ SUBJECT_USER, SUBJECT_CLIENT = "user", "client"
 # HS256 alone among the HMAC algorithms, and only with an integration's sealed secret.
 HS256 = "HS256"
 NOT_HMAC = tuple(alg for alg in ALL_ALGORITHMS if not alg.startswith("HS"))
+# The longest `iss` looked up: registered issuers are URLs of at most this many characters.
+MAX_ISSUER = 2000
+_NOT_TEXT = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 # (client_id, iss) -> the integrations that trust it: read on every grant, changed rarely.
 # Unknown pairs (any iss a caller makes up) are kept apart, fewer and shorter.
 INTEGRATION_CACHE = CacheSettings(ttl=60.0, negative_ttl=5.0, max_entries=10_000, max_negative_entries=10_000,
@@ -214,6 +218,10 @@ class JwtBearerGrant:
             raise _refused(exc.reason) from None
         if not isinstance(issuer, str) or not issuer:
             raise _refused("the assertion has no iss")
+        if len(issuer) > MAX_ISSUER or _NOT_TEXT.search(issuer):
+            # Names no integration (the registry stores none such), and never reaches its lookup:
+            # Postgres text holds no NUL, protobuf no lone surrogate.
+            raise _refused(f"the assertion's iss is no issuer ({unverified(issuer)})")
         trusts = await self.integrations.find(client.client_id, issuer)
         if not trusts:
             raise _refused(f"no active integration for this client and issuer {unverified(issuer)}")
