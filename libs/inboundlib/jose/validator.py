@@ -20,6 +20,7 @@ fetched raise `KeysPending` (inboundlib.oauth.errors): the caller answers "try a
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -117,7 +118,20 @@ def unverified_claims(token: str) -> dict[str, Any]:
         raise _decode_error(exc) from None
     if not isinstance(claims, dict):
         raise InvalidJwt("malformed token (claims are not an object)")
+    _check_text(claims)
     return claims
+
+
+def _check_text(claims: dict) -> None:
+    """RFC 7519 §7.2 (claims are UTF-8 JSON), RFC 8259 §8.2: a \\uD800 escape decodes to a lone
+    surrogate, which no UTF-8 text, database or protobuf string can hold; such claims reached
+    the registry (a user, a jti, an issuer looked up) and failed there as a server error."""
+    try:
+        json.dumps(claims, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidJwt("malformed token (claims are not valid Unicode)") from None
+    except (TypeError, ValueError):  # (cannot happen for what json.loads made; refuse rather than raise)
+        raise InvalidJwt("malformed token (claims)") from None
 
 
 def _is_number(value: object) -> bool:
@@ -184,6 +198,7 @@ class JwtValidator:
                 raise _decode_error(exc) from None
             if not isinstance(claims, dict):
                 raise InvalidJwt("malformed token (claims are not an object)")
+            _check_text(claims)
             return claims
         raise InvalidJwt(f"bad signature ({len(candidates)} candidate key(s))")
 
