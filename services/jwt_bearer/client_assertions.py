@@ -108,6 +108,13 @@ class AssertionSettings:
     def token_endpoint(self) -> str:
         return self.issuer.rstrip("/") + TOKEN_ENDPOINT_PATH
 
+    def is_endpoint(self, url: str) -> bool:
+        """Whether `url` may be an endpoint of this server (one under the issuer, as the edge
+        makes them): only such a URL is an audience (RFC 7523 §3 item 3). The URL comes with the
+        request, from gRPC callers too (resource servers introspecting as a client): one of
+        theirs, or another server's, would accept assertions made for them."""
+        return bool(url) and url.startswith(self.issuer.rstrip("/") + "/") and not any(c in url for c in "?#")
+
 
 class ClientAssertionChecker:
     """inboundlib.oauth.client_auth.ClientAssertionVerifier, in process."""
@@ -145,7 +152,7 @@ class ClientAssertionChecker:
 
     def policy(self, client: ClientRecord, algorithms: tuple[str, ...], endpoint_url: str) -> JwtPolicy:
         audiences = {self.settings.issuer, self.settings.token_endpoint}
-        if endpoint_url:
+        if self.settings.is_endpoint(endpoint_url):
             audiences.add(endpoint_url)
         return JwtPolicy(issuers=(client.client_id,), subject=client.client_id, audiences=tuple(sorted(audiences)),
                          algorithms=algorithms, skew=self.settings.skew, max_lifetime=self.settings.max_lifetime,
@@ -168,7 +175,10 @@ class ClientAssertionChecker:
         if client.jwks:
             cached = self._inline.get(client.client_id)
             if cached is None or cached[0] != client.jwks:
-                cached = (client.jwks, KeySet.from_jwks(client.jwks))
+                try:
+                    cached = (client.jwks, KeySet.from_jwks(client.jwks))
+                except ValueError as exc:  # a record written around the registry's checks
+                    raise InvalidClient(detail=f"private_key_jwt client's jwks is unusable ({exc})") from None
                 _remember(self._inline, client.client_id, cached)
             return StaticKeys(cached[1]), algorithms
         raise InvalidClient(detail="private_key_jwt client has no keys registered (jwks or jwks_uri)")
@@ -189,7 +199,10 @@ class ClientAssertionChecker:
             log.error("a client's sealed secret cannot be opened", extra={"client_id": client.client_id,
                                                                           "error": type(exc).__name__})
             raise InvalidClient(detail="client_secret_jwt: the sealed secret cannot be opened") from None
-        key_set = KeySet.from_secret(secret)
+        try:
+            key_set = KeySet.from_secret(secret)
+        except ValueError as exc:  # shorter than HS256 needs: not a secret the registry made
+            raise InvalidClient(detail=f"client_secret_jwt: the client's secret is unusable ({exc})") from None
         _remember(self._opened, client.client_id, (version, key_set))
         return key_set
 

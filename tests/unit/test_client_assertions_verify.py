@@ -293,3 +293,24 @@ async def test_verify_over_grpc_answers_each_item_on_its_own():
     assert outcomes[0] is None
     assert isinstance(outcomes[1], InvalidClient) and "audience" in outcomes[1].detail
     assert isinstance(outcomes[2], KeysPending)
+
+
+# --- review: what may be an audience, and records written around the registry's checks ------------
+
+@pytest.mark.parametrize("elsewhere", ["https://rs.example/api", "https://as.example.evil/oauth/token",
+                                       ISSUER + "/oauth/introspect?x=1"])
+def test_an_endpoint_url_not_under_the_issuer_is_no_audience(elsewhere):
+    """A gRPC caller (a resource server introspecting as a client) sends endpoint_url itself: an
+    assertion the client made for that caller, or for another server, must not pass here."""
+    assert "audience not accepted" in refused(checker(), sign(aud=elsewhere), endpoint=elsewhere)
+
+
+def test_an_unusable_inline_jwks_is_invalid_client():
+    broken = client_record(client_id="pk", token_endpoint_auth_method=PRIVATE_KEY_JWT, jwks="not json")
+    assert "jwks is unusable" in refused(checker(broken), sign())
+
+
+def test_a_secret_too_short_for_hs256_is_invalid_client():
+    short = {"cs": KEK.encrypt("client:cs", b"short")}
+    assert "secret is unusable" in refused(checker(sealed=short), sign("cs", alg="HS256", kid=None), "cs",
+                                           CLIENT_SECRET_JWT)
