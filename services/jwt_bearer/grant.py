@@ -121,9 +121,9 @@ class Integrations:
         for integration in found:
             try:
                 trusts.append(await self._trust(integration))
-            except InvalidJwt as exc:  # this integration's keys are unusable: the others still count
-                log.warning("JWT-bearer integration unusable", extra={"integration": integration.id,
-                                                                      "detail": exc.reason})
+            except (InvalidJwt, ValueError) as exc:  # this integration's keys are unusable: the others still count
+                log.warning("JWT-bearer integration unusable", extra={
+                    "integration": integration.id, "detail": exc.reason if isinstance(exc, InvalidJwt) else str(exc)})
         return tuple(trusts) or None
 
     async def _trust(self, integration: JwtBearerIntegration) -> Trust:
@@ -227,7 +227,7 @@ class JwtBearerGrant:
             raise _refused(f"no active integration for this client and issuer {unverified(issuer)}")
         # RFC 7523 §3 item 3: the token endpoint's URL (the one presented at, too) or the issuer identifier.
         audiences = tuple(dict.fromkeys((self.settings.issuer, self.settings.token_endpoint,
-                                         *((endpoint_url,) if endpoint_url else ()))))
+                                         *((endpoint_url,) if self.settings.is_endpoint(endpoint_url) else ()))))
         reasons: list[str] = []
         pending: KeysPending | None = None
         for trust in trusts:

@@ -66,3 +66,21 @@ async def test_a_plain_unknown_iss_is_still_looked_up():
     with pytest.raises(InvalidGrant):
         await grant.handle(request, client_record(grant_types=(GRANT_JWT_BEARER,)))
     assert source.lookups == ["https://idp.example/é"]
+
+
+async def test_an_integration_whose_stored_keys_do_not_parse_is_skipped_not_a_server_error():
+    """A record written around the registry's checks (a malformed inline JWKS): KeySet raises
+    ValueError, which must leave the integration unusable (invalid_grant), as InvalidJwt does."""
+    from services.client_registry.api import JwtBearerIntegration
+
+    class Source(StrictSource):
+        async def find_integrations(self, client_id, issuer):
+            return [JwtBearerIntegration(id="i1", name="i1", client_id=client_id, issuer=issuer, jwks="not json")]
+
+    grant = JwtBearerGrant(Integrations(Source(), fetcher=None, opener=None), JwtValidator(), users=None,
+                           issuer=FakeIssuer(), settings=AssertionSettings(issuer="https://auth.example.com"))
+    request = TokenRequest(grant_type=GRANT_JWT_BEARER, client=None,
+                           params={"assertion": (unsigned_assertion("https://idp.example"),)}, context=RequestContext())
+    with pytest.raises(InvalidGrant) as caught:
+        await grant.handle(request, client_record(grant_types=(GRANT_JWT_BEARER,)))
+    assert "no active integration" in caught.value.detail
