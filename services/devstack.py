@@ -751,16 +751,18 @@ def run_forever(single: bool = False) -> None:
     demo_page: subprocess.Popen | None = None
     demo_idp: subprocess.Popen | None = None
     try:
+        # Before the services: on a later start, jwt_bearer prefetches the keys of the integration
+        # that trusts this provider as it starts (and the seed's integration trusts it).
+        try:
+            demo_idp = start_demo_idp(stack)
+        except RuntimeError as exc:  # the rest of the system still works: say why, go on
+            print(f"make run: the demo identity provider could not start: {exc}", file=sys.stderr, flush=True)
         try:
             stack.start()
         except RuntimeError as exc:
             print(f"make run: could not start: {exc}", file=sys.stderr)
             stopping.set()
             sys.exit(1)
-        try:  # before the seed: the integration it makes trusts this provider's keys
-            demo_idp = start_demo_idp(stack)
-        except RuntimeError as exc:  # the rest of the system still works: say why, go on
-            print(f"make run: the demo identity provider could not start: {exc}", file=sys.stderr, flush=True)
         seed = _seed_demo(stack)
         if seed.web_client_id:
             try:
