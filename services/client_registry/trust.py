@@ -12,17 +12,16 @@ import json
 import re
 from urllib.parse import urlsplit
 
-import jwt
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-
+from inboundlib.jose.keys import KeySet
 from inboundlib.oauth.client_auth import CLIENT_SECRET_JWT, PRIVATE_KEY_JWT
 from inboundlib.oauth.scopes import is_valid_scope_token
 from services.client_registry.api import InvalidArgument, TokenExchangePolicy, is_plausible_id
 
 # JWS algorithms (RFC 7518 §3.1, RFC 8037) by what verifies them.
 ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
-HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+# client_secret_jwt: the registry's secrets are 256 bits (new_client_secret), and RFC 7518 §3.2
+# wants an HMAC key at least as long as the hash, so HS384 and HS512 could never verify.
+CLIENT_SECRET_JWT_ALGORITHMS = ("HS256",)
 # RFC 8693 §3: the subject token types a client may be allowed to exchange.
 TOKEN_TYPE_ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
 TOKEN_TYPE_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
@@ -56,13 +55,14 @@ def check_https_url(label: str, value: str) -> str:
 
 
 def check_jwks(label: str, value: str) -> str:
-    """A JWK Set (RFC 7517 §5) of public keys, each one usable: JSON text, at most
+    """A JWK Set (RFC 7517 §5) of public keys, each one usable by the JWT validator that will
+    read it (inboundlib.jose's KeySet: key type, size, use, key_ops, alg): JSON text, at most
     MAX_JWKS_KEYS keys, no private or symmetric key material. Stored as given."""
     if len(value.encode()) > MAX_JWKS_BYTES:
         raise InvalidArgument(f"{label} is larger than {MAX_JWKS_BYTES} bytes")
     try:
         document = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
         raise InvalidArgument(f"{label} is not JSON") from None
     keys = document.get("keys") if isinstance(document, dict) else None
     if not isinstance(keys, list) or not keys:
@@ -75,25 +75,23 @@ def check_jwks(label: str, value: str) -> str:
         if any(member in key for member in _PRIVATE_MEMBERS) or key.get("kty") == "oct":
             raise InvalidArgument(f"{label}: key {position} holds private or symmetric key material"
                                   " (register the public key only)")
-        try:
-            jwt.PyJWK(key)
-        except jwt.PyJWTError as exc:
-            raise InvalidArgument(f"{label}: key {position} is not a usable public key ({type(exc).__name__})") from None
+        # The validator skips what it cannot use: a stored set must not lose a key there unseen.
+        if len(KeySet.from_jwks({"keys": [key]})) != 1:
+            raise InvalidArgument(f"{label}: key {position} is not a usable signing key (RSA of 2048 to 8192"
+                                  " bits, EC P-256/384/521 or Ed25519/Ed448; use sig; an alg matching the key)")
     return value
 
 
 def check_certificate_pem(label: str, value: str) -> str:
-    """One PEM X.509 certificate whose public key is RSA, EC or Ed25519 (its key verifies;
-    its validity dates and chain are not checked: the operator pins this very key)."""
+    """PEM X.509 certificates whose keys the JWT validator accepts (KeySet.from_certificate_pem:
+    RSA of 2048 to 8192 bits, EC P-256/384/521, Ed25519/Ed448); their validity dates and chain
+    are not checked: the operator pins these very keys."""
     if len(value.encode()) > MAX_PEM_BYTES:
         raise InvalidArgument(f"{label} is larger than {MAX_PEM_BYTES} bytes")
     try:
-        certificate = x509.load_pem_x509_certificate(value.encode())
-    except ValueError:
-        raise InvalidArgument(f"{label} is not a PEM X.509 certificate") from None
-    if not isinstance(certificate.public_key(), (rsa.RSAPublicKey, ec.EllipticCurvePublicKey,
-                                                 ed25519.Ed25519PublicKey)):
-        raise InvalidArgument(f"{label}: the certificate's key is not RSA, EC or Ed25519")
+        KeySet.from_certificate_pem(value)
+    except ValueError as exc:  # its message names the problem, never key material
+        raise InvalidArgument(f"{label}: {exc}") from None
     return value
 
 
@@ -108,12 +106,12 @@ def check_algorithms(label: str, algorithms: list[str] | tuple[str, ...], allowe
 
 def check_auth_signing_alg(method: str, alg: str) -> str:
     """RFC 7591 §2 token_endpoint_auth_signing_alg: "" (any the key allows) or one alg of the
-    method's family: HMAC for client_secret_jwt, public-key algorithms for private_key_jwt;
+    method's family: HS256 for client_secret_jwt (CLIENT_SECRET_JWT_ALGORITHMS), public-key algorithms for private_key_jwt;
     meaningless for other methods (refused rather than ignored). Never "none"."""
     if not alg:
         return ""
     if method == CLIENT_SECRET_JWT:
-        return check_algorithms("token_endpoint_auth_signing_alg", [alg], HMAC_ALGORITHMS)[0]
+        return check_algorithms("token_endpoint_auth_signing_alg", [alg], CLIENT_SECRET_JWT_ALGORITHMS)[0]
     if method == PRIVATE_KEY_JWT:
         return check_algorithms("token_endpoint_auth_signing_alg", [alg], ASYMMETRIC_ALGORITHMS)[0]
     raise InvalidArgument("token_endpoint_auth_signing_alg is for client_secret_jwt and private_key_jwt clients")

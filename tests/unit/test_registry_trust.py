@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime, timedelta, timezone
 
 import pytest
+from cryptography import x509
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from inboundlib.kek import KeyEncryptor, client_secret_label, integration_secret_label
@@ -15,6 +19,7 @@ from services.client_registry.api import InvalidArgument, TokenExchangePolicy
 from services.client_registry.trust import (
     TOKEN_TYPE_ID_TOKEN,
     check_auth_signing_alg,
+    check_certificate_pem,
     check_client_keys,
     check_exchange_policy,
     check_https_url,
@@ -45,10 +50,37 @@ def test_a_public_jwks_is_accepted_as_given():
     (jwks({**PUBLIC, "x": "AAAA"}), "usable"),
     (jwks(*[PUBLIC] * 101), "more than"),
     (jwks("a string"), "object"),
+    # What the JWT validator would skip is refused here, not stored to fail at the first assertion.
+    (jwks({**PUBLIC, "alg": ["ES256"]}), "usable"),  # a list: TypeError out of PyJWK before
+    (jwks({**PUBLIC, "alg": "ES384"}), "usable"),  # not the key's curve
+    (jwks({**PUBLIC, "use": "enc"}), "usable"),
+    (jwks({**PUBLIC, "key_ops": ["encrypt"]}), "usable"),
+    (jwks({**PUBLIC, "kid": 7}), "usable"),
+    (jwks(RSAAlgorithm.to_jwk(rsa.generate_private_key(65537, 1024).public_key(), as_dict=True)), "usable"),
+    ('{"keys": ' + "[" * 60_000, "not JSON"),  # RecursionError out of json before
 ])
 def test_a_bad_jwks_is_refused(text, why):
     with pytest.raises(InvalidArgument, match=why):
         check_jwks("jwks", text)
+
+
+def certificate(key) -> str:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "partner")])
+    now = datetime.now(timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_a_certificate_needs_a_key_the_validator_accepts():
+    good = certificate(EC_PRIVATE)
+    assert check_certificate_pem("certificate_pem", good) == good
+    # RSA-1024: KeySet.from_certificate_pem refuses it (ValueError in jwt_bearer's grant before).
+    with pytest.raises(InvalidArgument, match="not accepted"):
+        check_certificate_pem("certificate_pem", certificate(rsa.generate_private_key(65537, 1024)))
+    with pytest.raises(InvalidArgument, match="PEM"):
+        check_certificate_pem("certificate_pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
 
 
 @pytest.mark.parametrize("url,why", [
@@ -66,11 +98,12 @@ def test_a_key_url_must_be_plain_https(url, why):
 
 
 def test_the_signing_alg_belongs_to_the_method():
-    assert check_auth_signing_alg("client_secret_jwt", "HS512") == "HS512"
+    assert check_auth_signing_alg("client_secret_jwt", "HS256") == "HS256"
     assert check_auth_signing_alg("private_key_jwt", "PS256") == "PS256"
     assert check_auth_signing_alg("private_key_jwt", "") == ""
-    for method, alg in (("client_secret_jwt", "RS256"), ("private_key_jwt", "HS256"), ("private_key_jwt", "none"),
-                        ("client_secret_basic", "HS256")):
+    # HS384/HS512 need 48/64-byte keys (RFC 7518 §3.2); a registry secret has 32 bytes of entropy.
+    for method, alg in (("client_secret_jwt", "RS256"), ("client_secret_jwt", "HS384"), ("client_secret_jwt", "HS512"),
+                        ("private_key_jwt", "HS256"), ("private_key_jwt", "none"), ("client_secret_basic", "HS256")):
         with pytest.raises(InvalidArgument):
             check_auth_signing_alg(method, alg)
 
