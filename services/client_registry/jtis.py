@@ -59,12 +59,16 @@ class JtiRepository:
         return [first[(c.namespace, c.jti)] == i and (c.namespace, c.jti) in won for i, c in enumerate(claims)]
 
     async def purge_expired(self, batch: int = PURGE_BATCH) -> int:
-        """Drop expired rows, `batch` at a time (short transactions, short locks), until none is left."""
+        """Drop the rows expired when the purge starts, `batch` at a time (short transactions,
+        short locks). The cut-off is fixed: while jtis expire faster than batches are deleted
+        (a busy system), a cut-off moving with each round's now() would never let it finish,
+        nor the purges after it run; rows expiring meanwhile wait for the next purge."""
+        cutoff = await self.pool.fetchval("SELECT now()")
         purged = 0
         while True:
             status = await self.pool.execute(
-                "DELETE FROM used_jtis WHERE ctid IN (SELECT ctid FROM used_jtis WHERE expires_at <= now() LIMIT $1)",
-                batch)
+                "DELETE FROM used_jtis WHERE ctid IN"
+                " (SELECT ctid FROM used_jtis WHERE expires_at <= $2 LIMIT $1)", batch, cutoff)
             count = int(status.split()[-1])
             purged += count
             if count < batch:
