@@ -20,6 +20,7 @@ from services.client_registry.api import USER_FIELDS, InvalidArgument, UserRecor
 from services.client_registry.users import (
     _DIGEST_OF_3,
     _SELECT_USER,
+    _USER_COLUMNS,
     MAX_EMAIL,
     _user,
     check_email,
@@ -57,11 +58,34 @@ class FederatedUserRepository:
         return _user(row) if row is not None else None
 
     async def find_users(self, keys: list[tuple[str, str]]) -> list[UserRecord | None]:
-        """find_user for each (field, value); a field no user is found by answers None."""
-        results = []
+        """find_user for each (field, value), one query per field for the whole batch (the
+        subject lookup of every JWT-bearer grant and foreign token comes through here); a
+        field no user is found by answers None."""
+        wanted: dict[str, set[str]] = {field: set() for field in USER_FIELDS}
         for field, value in keys:
-            results.append(await self.find_user(field, value) if field in USER_FIELDS else None)
-        return results
+            if field in USER_FIELDS and is_plausible_id(value) and not (field == "email" and len(value) > MAX_EMAIL):
+                wanted[field].add(value)
+        found: dict[tuple[str, str], UserRecord] = {}
+        if wanted["id"]:
+            for row in await self.pool.fetch(f"{_SELECT_USER} WHERE u.id = ANY($1::text[])", list(wanted["id"])):
+                found[("id", row["id"])] = _user(row)
+        if wanted["username"]:
+            by_key: dict[str, list[str]] = {}
+            for value in wanted["username"]:
+                by_key.setdefault(username_key(value), []).append(value)
+            for row in await self.pool.fetch(f"{_SELECT_USER} WHERE u.username_key = ANY($1::text[])", list(by_key)):
+                for value in by_key[row["username_key"]]:
+                    found[("username", value)] = _user(row)
+        if wanted["email"]:
+            # Matched as find_user matches (Postgres's lower(), users_email_idx); a value two
+            # users share is ambiguous and answers None.
+            matches: dict[str, list[UserRecord]] = {}
+            for row in await self.pool.fetch(
+                    f"SELECT k.value AS wanted, {_USER_COLUMNS} FROM unnest($1::text[]) AS k(value)"
+                    f" JOIN users u ON lower(u.email) = lower(k.value) AND u.email <> ''", list(wanted["email"])):
+                matches.setdefault(row["wanted"], []).append(_user(row))
+            found.update({("email", value): users[0] for value, users in matches.items() if len(users) == 1})
+        return [found.get((field, value)) for field, value in keys]
 
     async def provision_user(self, field: str, value: str, roles: list[str], provider: str) -> UserRecord:
         if field not in PROVISIONED_BY:
@@ -96,4 +120,6 @@ class FederatedUserRepository:
         return await self.find_user("id", user_id)
 
     async def _email_taken(self, email: str) -> bool:
-        return bool(await self.pool.fetchval("SELECT count(*) FROM users WHERE lower(email) = lower($1)", email))
+        # `email <> ''` lets the partial users_email_idx serve it (without it: a scan of every user).
+        return bool(await self.pool.fetchval(
+            "SELECT count(*) FROM users WHERE lower(email) = lower($1) AND email <> ''", email))

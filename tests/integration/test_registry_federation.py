@@ -517,6 +517,34 @@ async def test_find_users_is_batched_over_grpc(stack, registry):
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
+class CountingPool:
+    """The runtime pool, counting the statements sent."""
+
+    def __init__(self, pool):
+        self.pool, self.statements = pool, 0
+
+    def __getattr__(self, name):
+        async def send(*args, **kwargs):
+            self.statements += 1
+            return await getattr(self.pool, name)(*args, **kwargs)
+        return send
+
+
+async def test_find_users_answers_a_batch_as_find_user_in_one_query_a_field(registry, runtime_pool, federated):
+    tag = uuid.uuid4().hex[:8]
+    users = [await registry.create_user(UserSpec(username=f"Batch{i}-{tag}", email=f"batch{i}-{tag}@example.com"))
+             for i in range(10)]
+    await registry.create_user(UserSpec(username=f"twin-{tag}", email=f"BATCH0-{tag}@example.com"))  # ambiguous
+    keys = [key for u in users for key in (("id", u.id), ("username", u.username.upper()), ("email", u.email.upper()))]
+    keys += [("username", "nobody-" + tag), ("email", "no-" + tag + "@example.com"), ("id", "x"), ("phone", "1"),
+             ("id", users[1].id)]
+    counting = CountingPool(runtime_pool)
+    answers = await FederatedUserRepository(counting, None).find_users(keys)
+    assert answers == [await federated.find_user(f, v) if f != "phone" else None for f, v in keys]
+    assert answers[2] is None and answers[5] == users[1] and answers[-1] == users[1]
+    assert counting.statements <= 3  # one a field, not one a key
+
+
 async def test_provisioning_is_idempotent_and_checks_roles(federated, bus):
     email = f"new-{uuid.uuid4().hex[:8]}@example.com"
     first, second = await asyncio.gather(federated.provision_user("email", email, ["reader"], "okta"),
