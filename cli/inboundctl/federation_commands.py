@@ -325,7 +325,7 @@ def _provider_options(p: argparse.ArgumentParser) -> None:
     from inboundlib.provider_templates import TEMPLATES
 
     p.add_argument("--template", choices=tuple(TEMPLATES), help="fill the provider's usual values")
-    p.add_argument("--tenant", help="azure: the tenant id or verified domain")
+    p.add_argument("--tenant", help="azure: the directory (tenant) id, a GUID")
     p.add_argument("--domain", help="okta, auth0: the provider's host name (acme.okta.com, acme.eu.auth0.com)")
     p.add_argument("--auth-server", help="okta: the authorization server id (default: default)")
     p.add_argument("--issuer", metavar="URL", help="the tokens' iss (https)")

@@ -8,8 +8,11 @@ any value. The values are the providers' documented ones:
 - azure (Microsoft Entra ID, v2.0 endpoints): issuer https://login.microsoftonline.com/{tenant}/v2.0
   for ID tokens and v2 access tokens (an API's app registration needs
   accessTokenAcceptedVersion 2, else its access tokens carry the v1 issuer
-  https://sts.windows.net/{tenant}/); RS256; the user by preferred_username (the sign-in
-  name; `oid` is the stable object id, for users provisioned by it).
+  https://sts.windows.net/{tenant}/); RS256; the user by `oid`, the user's immutable object id
+  in the tenant (Microsoft's claims reference: preferred_username, email and upn are mutable,
+  may be reassigned, and must not be used for authorization decisions). The tenant is its id
+  (a GUID): the tokens' iss and the tenant's discovery document name it so, also when the
+  tenant is reached by one of its domain names, so a domain would match no token.
 - okta (a custom authorization server, "default" unless named): https://{domain}/oauth2/{server}; RS256.
 - auth0: https://{domain}/ (the trailing slash is part of Auth0's issuer); RS256.
 - google: https://accounts.google.com; RS256; the user by email.
@@ -58,8 +61,9 @@ def _tenant(value: str) -> str:
         raise TemplateError("the azure template needs --tenant (the directory's tenant id or a verified domain)")
     if value.lower() in MULTI_TENANT_ALIASES:
         raise TemplateError(f"--tenant {value}: a multi-tenant alias has no one issuer; give the tenant's own id")
-    if not (_TENANT_ID.match(value) or _HOST.match(value)):
-        raise TemplateError("--tenant is a tenant id (a GUID) or a domain name")
+    if not _TENANT_ID.match(value):
+        raise TemplateError("--tenant is the directory's tenant id (a GUID): Entra ID's tokens name their tenant"
+                            " by it, never by a domain name")
     return value.lower()
 
 
@@ -79,7 +83,7 @@ def _server(value: str) -> str:
 
 TEMPLATES: dict[str, ProviderTemplate] = {t.name: t for t in (
     ProviderTemplate("azure", "Microsoft Entra ID (Azure AD)", "https://login.microsoftonline.com/{tenant}/v2.0",
-                     ("tenant",), user_claim="preferred_username", user_field="username"),
+                     ("tenant",), user_claim="oid", user_field="username"),
     ProviderTemplate("okta", "Okta (custom authorization server)", "https://{domain}/oauth2/{server}", ("domain",),
                      user_claim="email", user_field="email"),
     ProviderTemplate("auth0", "Auth0", "https://{domain}/", ("domain",), user_claim="email", user_field="email"),

@@ -9,7 +9,11 @@ from inboundlib.provider_templates import TEMPLATES, TemplateError
 
 def test_each_template_fills_its_documented_issuer():
     tenant = "72f988bf-86f1-41af-91ab-2d7cd011db47"
-    assert TEMPLATES["azure"].fill(tenant=tenant)["issuer"] == f"https://login.microsoftonline.com/{tenant}/v2.0"
+    azure = TEMPLATES["azure"].fill(tenant=tenant.upper())
+    assert azure["issuer"] == f"https://login.microsoftonline.com/{tenant}/v2.0"
+    # The immutable object id, never preferred_username/email/upn (mutable, reassignable: Microsoft's
+    # ID token claims reference says they must not be used for authorization decisions).
+    assert (azure["user_claim"], azure["user_field"]) == ("oid", "username")
     assert TEMPLATES["okta"].fill(domain="acme.okta.com")["issuer"] == "https://acme.okta.com/oauth2/default"
     assert TEMPLATES["okta"].fill(domain="acme.okta.com", server="aus1")["issuer"] == "https://acme.okta.com/oauth2/aus1"
     auth0 = TEMPLATES["auth0"].fill(domain="acme.eu.auth0.com")
@@ -25,6 +29,8 @@ def test_each_template_fills_its_documented_issuer():
     ("azure", {}, "needs --tenant"),
     ("azure", {"tenant": "common"}, "multi-tenant"),
     ("azure", {"tenant": "not a tenant"}, "GUID"),
+    # A domain reaches the tenant's endpoints, but its tokens' iss names the tenant's GUID.
+    ("azure", {"tenant": "contoso.onmicrosoft.com"}, "GUID"),
     ("okta", {}, "needs --domain"),
     ("okta", {"domain": "https://acme.okta.com"}, "host name"),
     ("auth0", {"domain": "acme.auth0.com/x"}, "host name"),
