@@ -247,6 +247,11 @@ class ForeignTokenVerifier:
         value = claims.get(provider.user_claim)
         if not isinstance(value, str) or not value:
             raise Refused(f"provider {provider.name}: no {provider.user_claim} claim to map a user by")
+        if provider.user_claim == "email" and claims.get("email_verified", True) not in (True, "true"):
+            # OpenID Connect Core §5.1: the IdP says it has not verified the address. Mapped as it
+            # is, anyone who can sign up there with a user's address (an Auth0 database or social
+            # connection, say) would be that user here.
+            raise Refused(f"provider {provider.name}: email_verified is not true; an unverified email maps no user")
         user = await self.users.find(provider.user_field, value)
         if user is None:
             if not provider.provision_users:

@@ -237,6 +237,17 @@ async def test_a_token_without_the_user_claim_is_refused():
         await exchange(runner, subject_token=idp_token(email=None))
 
 
+async def test_an_email_the_idp_has_not_verified_maps_no_user():
+    users = Users(ALICE)
+    runner, issuer, *_ = setup(users=users, provider=dataclasses.replace(PROVIDER, provision_users=True))
+    for unverified in (False, "false"):
+        with pytest.raises(InvalidGrant):
+            await exchange(runner, subject_token=idp_token(email_verified=unverified))
+    assert not issuer.requests and not users.provisioned
+    await exchange(runner, subject_token=idp_token(email_verified=True))
+    assert issuer.requests[-1].subject == ALICE.id
+
+
 async def test_a_provider_that_checks_jti_refuses_a_second_exchange():
     runner, *_ = setup()
     token = idp_token()
