@@ -126,6 +126,7 @@ RULES: dict[str, Allowed] = {
     _CLIENTS + "UpdateClient": OPERATORS,
     _CLIENTS + "DeleteClient": OPERATORS,
     _CLIENTS + "RotateClientSecret": OPERATORS,
+    _CLIENTS + "RewrapSecrets": OPERATORS,  # inboundctl keys rewrap: sealed secrets under the first KEK
     # Sealed client_secret_jwt secrets: jwt_bearer alone checks those assertions (and holds the KEK).
     _CLIENTS + "GetClientSecrets": services("jwt_bearer"),
     # Replay refusal of JWTs from outside: the two services that validate them (jwt_bearer: client

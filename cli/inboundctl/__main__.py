@@ -314,15 +314,24 @@ async def keys_rewrap(s: Session, a: argparse.Namespace) -> None:
     from inboundctl import output
 
     report = await s.issuer().rewrap_keys()
+    # The same keys seal client_secret_jwt and HS256 integration secrets, which client_registry holds.
+    sealed = await s.registry().rewrap_sealed_secrets()
     if a.json:
         output.emit_json({"rewrapped": list(report.rewrapped), "current": list(report.current),
-                          "unreadable": list(report.unreadable)})
+                          "unreadable": list(report.unreadable),
+                          "sealed_secrets": {"rewrapped": sealed.rewrapped, "current": sealed.current,
+                                             "unreadable": list(sealed.unreadable)}})
         return
     print(f"{len(report.rewrapped)} signing key(s) re-encrypted under the first key-encryption key, "
           f"{len(report.current)} already under it.")
     if report.unreadable:
         print(f"{len(report.unreadable)} stored key(s) open with none of the issuer's key-encryption keys and were "
               f"left as stored (token_issuer skips them): {', '.join(report.unreadable)}")
+    print(f"{sealed.rewrapped} sealed secret(s) (client_secret_jwt clients, HS256 integrations) re-encrypted, "
+          f"{sealed.current} already under it.")
+    if sealed.unreadable:
+        print(f"{len(sealed.unreadable)} sealed secret(s) open with none of client_registry's key-encryption keys "
+              f"and were left as stored (rotate them): {', '.join(output.clean(u) for u in sealed.unreadable)}")
 
 
 # --- the command line ---------------------------------------------------------------------------
@@ -485,8 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--activation-delay", type=_non_negative, metavar="SECONDS",
                    help="seconds until the key signs (default: the issuer's INBOUND_KEY_ACTIVATION_DELAY)")
     command(key_cmds, "rewrap", keys_rewrap, ISSUER,
-            "re-encrypt every stored signing key under the issuer's first key-encryption key (after it was put "
-            "first on every token_issuer replica; then the older keys can be dropped)")
+            "re-encrypt every stored signing key, and client_registry's sealed client_secret_jwt and HS256 "
+            "integration secrets, under the first key-encryption key (after it was put first on every "
+            "token_issuer, client_registry and jwt_bearer replica; then the older keys can be dropped)")
     from inboundctl import audit_commands  # inboundctl audit tail | search (the audit service)
     audit_commands.add_subparsers(areas)
     return parser

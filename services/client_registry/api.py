@@ -649,6 +649,9 @@ class ClientAdmin(Protocol):
                                    token_endpoint_auth_method: str | None = None) -> tuple[ClientRecord, str]:
         """A new secret, answered once; with a (secret) method, the client moves to it in the same step."""
         ...
+    async def rewrap_sealed_secrets(self) -> SecretRewrap:
+        """Every sealed shared secret re-encrypted under the first key-encryption key."""
+        ...
 
 
 class ClientStore(ClientReader, ClientAdmin, Protocol):
@@ -771,6 +774,16 @@ class ClientSecretReader(Protocol):
     encrypted under the key-encryption key (AES-GCM, associated data "client:<client_id>");
     b"" for any other client or an unknown one. Only jwt_bearer may call it."""
     async def get_client_secrets(self, client_ids: list[str]) -> list[bytes]: ...
+
+
+@dataclass(frozen=True)
+class SecretRewrap:
+    """What a rewrap of the sealed shared secrets did: how many it re-encrypted under the first
+    key-encryption key, how many were under it already, and the labels ("client:<id>",
+    "integration:<id>") of those no listed key opens (left as stored)."""
+    rewrapped: int = 0
+    current: int = 0
+    unreadable: tuple[str, ...] = ()
 
 
 class IntegrationStore(Protocol):

@@ -48,6 +48,7 @@ from services.client_registry.api import (
     RotationOutcome,
     ScopeRecord,
     ScopeUpdate,
+    SecretRewrap,
     SignIn,
     SigningKeyRecord,
     SignInOutcome,
@@ -126,6 +127,10 @@ class ClientsClient:
         reply = await _admin(self.stub.RotateClientSecret, pb.RotateClientSecretRequest(
             client_id=client_id, token_endpoint_auth_method=token_endpoint_auth_method))
         return wire.client_from_pb(reply.client), reply.client_secret
+
+    async def rewrap_sealed_secrets(self) -> SecretRewrap:
+        reply = await _admin(self.stub.RewrapSecrets, pb.RewrapSecretsRequest())
+        return SecretRewrap(rewrapped=reply.rewrapped, current=reply.current, unreadable=tuple(reply.unreadable))
 
     async def _send_secret_lookups(self, client_ids: list[str], timeout: float) -> list[bytes]:
         reply = await self.stub.GetClientSecrets(pb.GetClientSecretsRequest(client_ids=client_ids), timeout=timeout)

@@ -14,9 +14,10 @@ import secrets
 from urllib.parse import urlsplit
 
 import asyncpg
+from cryptography.exceptions import InvalidTag
 
 from inboundlib.events import ENTITY_CLIENT, EventBus, registry_changed, registry_subject
-from inboundlib.kek import KeyEncryptor, client_secret_label
+from inboundlib.kek import KeyEncryptor, client_secret_label, integration_secret_label
 from inboundlib.oauth.client_auth import (
     AUTH_METHODS,
     CLIENT_SECRET_BASIC,
@@ -44,6 +45,7 @@ from services.client_registry.api import (
     ClientUpdate,
     InvalidArgument,
     NotFound,
+    SecretRewrap,
     client_cut_off,
     is_plausible_id,
 )
@@ -441,6 +443,42 @@ class ClientRepository:
         log.info("client secret rotated", extra={"client_id": client_id})
         self._changed(client_id, "secret_rotated")
         return _client(row), secret
+
+    async def rewrap_sealed_secrets(self) -> SecretRewrap:
+        """Re-encrypt every sealed shared secret (client_secret_jwt clients', HS256 JWT-bearer
+        integrations') under the first key-encryption key, so the older keys can be dropped
+        (README, "Signing keys and rotation"). Each is replaced by compare-and-swap on its
+        stored blob: a rotation meanwhile (sealed under the first key already) is kept, and a
+        second rewrap at once loses nothing. The plaintext never leaves this process."""
+        rewrapped = current = 0
+        unreadable: list[str] = []
+        for table, key, label_of in (("clients", "client_id", client_secret_label),
+                                     ("jwt_bearer_integrations", "id", integration_secret_label)):
+            rows = await self.pool.fetch(f"SELECT {key} AS id, sealed_secret FROM {table}"
+                                         f" WHERE sealed_secret IS NOT NULL ORDER BY {key}")
+            for row in rows:
+                label, blob = label_of(row["id"]), bytes(row["sealed_secret"])
+                try:
+                    if self.encryptor is None:
+                        raise InvalidTag()
+                    secret, index = self.encryptor.decrypt_with_index(label, blob)
+                except InvalidTag:
+                    unreadable.append(label)
+                    continue
+                if index == 0:
+                    current += 1
+                    continue
+                status = await self.pool.execute(
+                    f"UPDATE {table} SET sealed_secret = $2 WHERE {key} = $1 AND sealed_secret = $3",
+                    row["id"], self.encryptor.encrypt(label, secret), blob)
+                if status.endswith(" 1"):
+                    rewrapped += 1
+                else:  # rotated (sealed under the first key) or deleted meanwhile
+                    current += 1
+        if unreadable:
+            log.error("sealed secrets no key-encryption key opens", extra={"count": len(unreadable)})
+        log.info("sealed secrets rewrapped", extra={"rewrapped": rewrapped, "current": current})
+        return SecretRewrap(rewrapped=rewrapped, current=current, unreadable=tuple(unreadable))
 
     async def get_client_secrets(self, client_ids: list[str]) -> list[bytes]:
         """api.ClientSecretReader: the sealed secrets of client_secret_jwt clients, in order

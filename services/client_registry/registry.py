@@ -41,6 +41,7 @@ from services.client_registry.api import (
     RotationOutcome,
     ScopeRecord,
     ScopeUpdate,
+    SecretRewrap,
     SignIn,
     SigningKeyRecord,
     SignInOutcome,
@@ -112,6 +113,9 @@ class Registry:
 
     async def get_client_secrets(self, client_ids: list[str]) -> list[bytes]:
         return await self.clients.get_client_secrets(client_ids)
+
+    async def rewrap_sealed_secrets(self) -> SecretRewrap:
+        return await self.clients.rewrap_sealed_secrets()
 
     # --- used jtis (api.JtiStore) -------------------------------------------------------------------
 

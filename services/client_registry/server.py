@@ -107,6 +107,11 @@ class ClientsServicer(registry_pb2_grpc.ClientsServicer):
         reader: ClientSecretReader = self.clients
         return pb.GetClientSecretsResponse(sealed_secrets=await reader.get_client_secrets(list(request.client_ids)))
 
+    async def RewrapSecrets(self, request, context):
+        # Operators only (services/access.py): counts and labels out, never a secret or a blob.
+        done = await self.clients.rewrap_sealed_secrets()
+        return pb.RewrapSecretsResponse(rewrapped=done.rewrapped, current=done.current, unreadable=done.unreadable)
+
 
 class UsedJtisServicer(registry_pb2_grpc.UsedJtisServicer):
     def __init__(self, jtis: JtiStore):

@@ -136,7 +136,10 @@ async def test_the_key_encryption_key_rotates_while_tokens_keep_flowing(kek_stac
                                             IssuerClient(channel).rewrap_keys())
         finally:
             await channel.close()
-        one = RewrapReport(**{field: tuple(kids) for field, kids in cli.json().items()})
+        reported = cli.json()
+        # client_registry's sealed secrets are rewrapped by the same command (none on this stack).
+        assert reported.pop("sealed_secrets") == {"rewrapped": 0, "current": 0, "unreadable": []}
+        one = RewrapReport(**{field: tuple(kids) for field, kids in reported.items()})
         readable = {kid for kid, blob in before.items() if _opens_with(old, kid, blob)}
         assert readable and sorted(one.rewrapped + two.rewrapped) == sorted(readable)
         after = await _stored_keys(stack)

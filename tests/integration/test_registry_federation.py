@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import time
 import uuid
@@ -45,6 +46,7 @@ from services.client_registry.api import (
     UserSpec,
 )
 from services.client_registry.client import RegistryClient
+from services.client_registry.clients import ClientRepository
 from services.client_registry.federated_users import FederatedUserRepository
 from services.client_registry.integrations import IntegrationRepository
 from services.client_registry.jtis import JtiRepository
@@ -283,6 +285,36 @@ async def test_migration_0008_backfills_the_methods(empty_database, tmp_path):
         await pool.close()
 
 
+async def test_sealed_secrets_are_rewrapped_under_the_first_key_encryption_key(empty_database):
+    """KEK rotation (README step 2, inboundctl keys rewrap): client_secret_jwt and HS256 integration
+    secrets sealed under the old key are re-sealed under the new one, so the old key can go."""
+    old, new = os.urandom(32), os.urandom(32)
+    pool = await db.create_pool(empty_database, min_size=1, max_size=2)
+    try:
+        await db.migrate(pool, MIGRATIONS)
+        before = ClientRepository(pool, None, KeyEncryptor(old))
+        hmac, secret = await before.create_client(ClientSpec(name="hmac", token_endpoint_auth_method="client_secret_jwt"))
+        lost, _ = await before.create_client(ClientSpec(name="lost", token_endpoint_auth_method="client_secret_jwt"))
+        await before.create_client(ClientSpec(name="basic"))  # a hash only: nothing sealed
+        shared = os.urandom(32)
+        hs256 = await IntegrationRepository(pool, None, KeyEncryptor(old)).create_integration(
+            integration(hmac.client_id, allow_hs256=True), shared)
+        await pool.execute("UPDATE clients SET sealed_secret = $2 WHERE client_id = $1", lost.client_id,
+                           os.urandom(60))  # sealed under a key no longer listed
+
+        after = ClientRepository(pool, None, KeyEncryptor(new, old))
+        done = await after.rewrap_sealed_secrets()
+        assert (done.rewrapped, done.current, done.unreadable) == (2, 0, (client_secret_label(lost.client_id),))
+        sealed = await after.get_client_secrets([hmac.client_id])
+        assert KeyEncryptor(new).decrypt(client_secret_label(hmac.client_id), sealed[0]) == secret.encode()
+        [blob] = await IntegrationRepository(pool, None).get_integration_secrets([hs256.id])
+        assert KeyEncryptor(new).decrypt(integration_secret_label(hs256.id), blob) == shared
+        again = await after.rewrap_sealed_secrets()
+        assert (again.rewrapped, again.current) == (0, 2)
+    finally:
+        await pool.close()
+
+
 # --- JWT-bearer integrations -----------------------------------------------------------------------
 
 class RecordingBus:
@@ -472,6 +504,9 @@ async def test_provider_names_and_issuers_are_unique(providers):
     (dict(algorithms=()), "algorithm"),
     (dict(cache_lifespan=1), "cache_lifespan"),
     (dict(clock_skew=-1), "clock_skew"),
+    # The maxima too: a week-long skew would quietly turn off expiry checks.
+    (dict(cache_lifespan=7 * 86_400 + 1), "cache_lifespan"),
+    (dict(clock_skew=3601), "clock_skew"),
     (dict(user_claim="a b"), "user_claim"),
     (dict(user_field="phone"), "user_field"),
     (dict(provision_users=True, user_field="id"), "not by id"),
