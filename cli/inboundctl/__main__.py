@@ -226,10 +226,17 @@ async def client_update(s: Session, a: argparse.Namespace) -> None:
         if a.auth_method != current.token_endpoint_auth_method and (
                 a.auth_method == "client_secret_jwt"
                 or (a.auth_method in SECRET_METHODS and current.token_endpoint_auth_method not in SECRET_METHODS)):
-            # The new method needs a new secret: made (and for client_secret_jwt sealed) by a rotation.
-            await _rotate(s, a, a.auth_method)
-            if all(value is None for value in vars(update).values() if value is not False):
-                return
+            # The new method needs a new secret: made (and for client_secret_jwt sealed) by a rotation,
+            # first (the other options may need the new method: --signing-alg HS256). One document
+            # shows the outcome, with the secret even when the other options are then refused
+            # (the old secret no longer works: the new one must not be lost).
+            client, secret = await _rotated(s, a, a.auth_method)
+            try:
+                if any(value is not None for value in vars(update).values() if value is not False):
+                    client = await s.registry().update_client(a.client_id, update)
+            finally:
+                _show_rotated(a, client, secret)
+            return
         else:
             update.token_endpoint_auth_method = a.auth_method
     if all(value is None for value in vars(update).values() if value is not False):
@@ -250,18 +257,23 @@ async def client_delete(s: Session, a: argparse.Namespace) -> None:
 
 
 async def client_rotate_secret(s: Session, a: argparse.Namespace) -> None:
-    await _rotate(s, a, a.auth_method)
+    _show_rotated(a, *await _rotated(s, a, a.auth_method))
 
 
-async def _rotate(s: Session, a: argparse.Namespace, auth_method: str | None) -> None:
-    """A new secret, printed this once; with `auth_method`, the client moves to it in the same step."""
-    from inboundctl import output
+async def _rotated(s: Session, a: argparse.Namespace, auth_method: str | None):
+    """A new secret; with `auth_method`, the client moves to it in the same step."""
     from services.client_registry.api import NotFound
 
     try:
-        client, secret = await s.registry().rotate_client_secret(a.client_id, auth_method)
+        return await s.registry().rotate_client_secret(a.client_id, auth_method)
     except NotFound:
         raise _not_found(a.client_id) from None
+
+
+def _show_rotated(a: argparse.Namespace, client, secret: str) -> None:
+    """The rotated client and its new secret, printed this once."""
+    from inboundctl import output
+
     if a.json:
         output.emit_json({"client": output.client_dict(client), "client_secret": secret})
         print(output.SECRET_NOTE + " The old secret no longer works.", file=sys.stderr)

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 from inboundlib import identity
+from services.client_registry.api import ClientSpec
 from services.client_registry.client import RegistryClient
 from tests.integration.test_inboundctl import ctl, ok
 from tests.support import ensure_scopes
@@ -55,6 +56,22 @@ async def test_client_auth_methods_keys_and_exchange_policy(stack, registry, tmp
     refused = await ctl(stack, "client", "create", "--name", "x", "--auth-method", "private_key_jwt",
                         "--jwks-uri", "http://keys.example/jwks")
     assert refused.code == 2 and "https" in refused.err
+
+
+async def test_a_move_to_client_secret_jwt_with_other_options_prints_one_document_with_the_secret(stack, registry):
+    client, _ = await registry.create_client(ClientSpec(name="mover"))
+    moved = await ok(stack, "client", "update", client.client_id, "--json", "--auth-method", "client_secret_jwt",
+                     "--signing-alg", "HS256", "--name", "moved")
+    shown = moved.json()  # one JSON document: the final record and the new secret
+    assert shown["client_secret"] and shown["client"]["name"] == "moved"
+    assert shown["client"]["token_endpoint_auth_method"] == "client_secret_jwt"
+    assert shown["client"]["token_endpoint_auth_signing_alg"] == "HS256"
+    # Another option refused after the rotation: the new secret (the only one that works now) is still shown.
+    other, _ = await registry.create_client(ClientSpec(name="other"))
+    refused = await ctl(stack, "client", "update", other.client_id, "--json", "--auth-method", "client_secret_jwt",
+                        "--scope", "no-such-scope-" + uuid.uuid4().hex[:6])
+    assert refused.code == 2 and json.loads(refused.out)["client_secret"]
+    assert (await registry.get_client(other.client_id)).token_endpoint_auth_method == "client_secret_jwt"
 
 
 async def test_integrations_from_add_to_delete(stack, registry, tmp_path):
