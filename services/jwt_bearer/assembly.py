@@ -81,6 +81,7 @@ class JwtBearerService:
 
         async def client_changed(event) -> None:
             if event.HasField("registry_changed"):
+                self.assertions.forget(event.registry_changed.id)
                 try:
                     client = await self.grant.clients.get_client(event.registry_changed.id)
                 except Exception:  # the registry away: its first assertion fetches the keys instead

@@ -206,6 +206,13 @@ class ClientAssertionChecker:
         _remember(self._opened, client.client_id, (version, key_set))
         return key_set
 
+    def forget(self, client_id: str) -> None:
+        """Drop what is held for a client that changed (its registry.client event): the memo's
+        version counts whole seconds, so a second rotation within the second that cached the
+        first one's secret would otherwise keep that secret usable."""
+        self._opened.pop(client_id, None)
+        self._inline.pop(client_id, None)
+
     def warm(self, client: ClientRecord) -> None:
         """Fetch a private_key_jwt client's jwks_uri ahead of its first assertion (at a
         registry change event), so that assertion finds the keys cached."""

@@ -11,6 +11,7 @@ import json
 import os
 import time
 import uuid
+from types import SimpleNamespace
 
 import jwt
 import pytest
@@ -19,12 +20,14 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from jwt.utils import base64url_encode
 
+from inboundlib.events import CLIENT_CHANGED, ENTITY_CLIENT, registry_changed
 from inboundlib.jose.validator import JwtValidator
 from inboundlib.kek import KeyEncryptor
 from inboundlib.oauth.client_auth import CLIENT_SECRET_JWT, PRIVATE_KEY_JWT, ClientAssertion
 from inboundlib.oauth.errors import InvalidClient, KeysPending
+from services.jwt_bearer.assembly import JwtBearerService
 from services.jwt_bearer.client_assertions import AssertionSettings, ClientAssertionChecker
-from tests.fakes import FakeClients, client_record
+from tests.fakes import FakeBus, FakeClients, client_record
 
 ISSUER = "https://as.example"
 TOKEN_ENDPOINT = ISSUER + "/oauth/token"
@@ -144,6 +147,25 @@ def test_a_rotated_secret_is_opened_again():
     check.clients.put(dataclasses.replace(CSJWT, secret_rotated_at=CSJWT.secret_rotated_at + 1))
     check.secrets.sealed["cs"] = KEK.encrypt("client:cs", b"another-secret-of-sufficient-length-0123456")
     assert "bad signature" in refused(check, sign("cs", alg="HS256", kid=None), "cs", CLIENT_SECRET_JWT)
+
+
+async def test_a_second_rotation_within_the_same_second_is_seen_on_the_client_s_event():
+    """The opened-secret memo is versioned by the record's times in whole seconds: a client's
+    change event drops it (two rotations in one second left the first new secret usable)."""
+    check = checker()
+    await check.verify_client_assertion(ClientAssertion("cs", CLIENT_SECRET_JWT, sign("cs", alg="HS256", kid=None),
+                                                        TOKEN_ENDPOINT))
+    check.secrets.sealed["cs"] = KEK.encrypt("client:cs", b"another-secret-of-sufficient-length-0123456")
+    bus = FakeBus()
+    service = JwtBearerService(grant=SimpleNamespace(api=SimpleNamespace(handle=None), clients=check.clients),
+                               assertions=check, fetcher=None, integrations=None)
+    await service.attach(bus)
+    bus.publish(CLIENT_CHANGED, registry_changed(ENTITY_CLIENT, "cs", "secret_rotated"))
+    await bus.deliver()
+    with pytest.raises(InvalidClient) as info:
+        await check.verify_client_assertion(ClientAssertion("cs", CLIENT_SECRET_JWT,
+                                                            sign("cs", alg="HS256", kid=None), TOKEN_ENDPOINT))
+    assert "bad signature" in info.value.detail
 
 
 # --- each rule ------------------------------------------------------------------------------------
