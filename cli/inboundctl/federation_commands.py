@@ -40,8 +40,20 @@ def read_option_file(option: str, path: str | None) -> str | None:
     """The text of the file an option names ("-": standard input); None when the option is unset."""
     if path is None:
         return None
+    data = read_option_bytes(option, path)
     try:
-        return sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CliError(f"{option} {path}: not UTF-8 text", EXIT_INVALID) from None
+
+
+def read_option_bytes(option: str, path: str) -> bytes:
+    """The bytes of the file an option names ("-": standard input)."""
+    try:
+        if path == "-":
+            return sys.stdin.buffer.read()
+        with open(path, "rb") as file:
+            return file.read()
     except OSError as exc:
         raise CliError(f"cannot read {option} {path}: {exc.strerror}", EXIT_INVALID) from None
 
@@ -150,8 +162,15 @@ def _integration_secret(a: argparse.Namespace) -> tuple[bytes | None, str]:
     if a.generate_hs256_secret:
         text = secrets.token_urlsafe(48)
         return text.encode(), text
-    text = read_option_file("--hs256-secret-file", a.hs256_secret_file)
-    return (text.strip().encode(), "") if text is not None else (None, "")
+    if a.hs256_secret_file is None:
+        return None, ""
+    data = read_option_bytes("--hs256-secret-file", a.hs256_secret_file)
+    try:
+        # A text secret loses the newline an editor or `echo` added; random bytes are taken as they
+        # are (`head -c 32 /dev/urandom`: stripping could cut a byte the partner signs with).
+        return data.decode("utf-8").strip().encode(), ""
+    except UnicodeDecodeError:
+        return data, ""
 
 
 def _integration_fields(a: argparse.Namespace) -> dict[str, object]:
