@@ -857,7 +857,11 @@ FETCH_PORT = 443
 PUBLIC_ADDRESSES = ("8.8.8.8", "20.190.128.1", "2606:4700::1111")
 # Pod and service networks, other tenants' hosts, cloud metadata, loopback: never a key source.
 INTERNAL_ADDRESSES = ("10.1.2.3", "172.20.0.5", "192.168.1.10", "100.64.0.7", "169.254.169.254", "127.0.0.1",
-                      "fd00::1", "fe80::1", "::1")
+                      "198.18.0.1", "224.0.0.251", "240.0.0.1",
+                      "fd00::1", "fe80::1", "::1", "fec0::1",
+                      # IPv6 forms of internal IPv4 addresses: NAT64 (RFC 6052, and RFC 8215's local-use
+                      # prefix: a NAT64 gateway translates them to 169.254.169.254 / 10.0.0.1), 6to4, mapped
+                      "64:ff9b::a9fe:a9fe", "64:ff9b:1::a00:1", "2002:a9fe:a9fe::1", "::ffff:10.0.0.1")
 
 
 def _rule_ports(rule: dict, container: dict, protocol: str = "TCP") -> list[tuple[int, int]] | None:
