@@ -387,3 +387,16 @@ async def test_a_replay_check_needs_a_namespace(idp):
     jtis = Jtis()
     reason = await refused(idp.mint(claims(idp)), policy(idp, require_jti=True), keys_of(idp), jtis)
     assert "namespace" in reason and jtis.seen == {}
+
+
+@pytest.mark.parametrize("name", ["iss", "sub"])
+async def test_an_empty_iss_or_sub_is_refused(idp, name):
+    # issuers includes "" so only the non-empty rule refuses the empty iss.
+    token = idp.mint({**claims(idp), name: ""})
+    assert f"{name} is empty" in await refused(token, policy(idp, issuers=(idp.issuer, "")), keys_of(idp))
+
+
+@pytest.mark.parametrize("name", ["iat", "nbf"])
+async def test_a_null_date_is_malformed_not_absent(idp, name):
+    token = idp.mint({**claims(idp), name: None})
+    assert f"{name} is not a number" in await refused(token, policy(idp), keys_of(idp))

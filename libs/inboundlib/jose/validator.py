@@ -208,13 +208,18 @@ class JwtValidator:
         for name in policy.required:
             if claims.get(name) is None:
                 raise InvalidJwt(f"missing claim {name}")
+        # A present iss/sub is a non-empty string (RFC 7519 §4.1.1-2 StringOrURI): an empty
+        # subject would name nobody, and a user or client looked up by it must not match "".
+        for name in ("iss", "sub"):
+            if name in claims and not isinstance(claims[name], str):
+                raise InvalidJwt(f"{name} is not a string")
+            if name in claims and not claims[name]:
+                raise InvalidJwt(f"{name} is empty")
         iss = claims.get("iss")
         if iss is not None or "iss" in policy.required:
-            if not isinstance(iss, str) or iss not in policy.issuers:
+            if iss not in policy.issuers:
                 raise InvalidJwt(f"issuer not accepted ({unverified(str(iss))})")
         sub = claims.get("sub")
-        if sub is not None and not isinstance(sub, str):
-            raise InvalidJwt("sub is not a string")
         if policy.subject is not None and sub != policy.subject:
             raise InvalidJwt(f"subject not accepted ({unverified(str(sub))})")
         aud = claims.get("aud")
@@ -227,7 +232,8 @@ class JwtValidator:
         times = {}
         for name in ("exp", "nbf", "iat"):
             value = claims.get(name)
-            if value is not None and not _is_number(value):
+            # A date that is present must be a NumericDate (RFC 7519 §2): null is malformed, not absent.
+            if name in claims and not _is_number(value):
                 raise InvalidJwt(f"{name} is not a number")
             times[name] = value
         exp, nbf, iat = times["exp"], times["nbf"], times["iat"]
