@@ -279,7 +279,7 @@ class ClientRepository:
                                     or (NONE if spec.public else CLIENT_SECRET_BASIC), spec.public)
         jwks, jwks_uri = check_client_keys(method, spec.jwks, spec.jwks_uri)
         signing_alg = check_auth_signing_alg(method, spec.token_endpoint_auth_signing_alg)
-        exchange = check_exchange_policy(spec.token_exchange, scopes)
+        exchange = check_exchange_policy(spec.token_exchange, scopes, public=spec.public or method == NONE)
 
         client_id = secrets.token_hex(16)
         # Only the secret methods have a secret (RFC 7591 §3.2.1); private_key_jwt proves itself with its key.
@@ -366,7 +366,8 @@ class ClientRepository:
             }
             values["token_exchange"] = exchange_policy_to_json(check_exchange_policy(
                 None if update.clear_token_exchange else update.token_exchange if update.token_exchange is not None
-                else current.token_exchange, values["scopes"]))
+                else current.token_exchange, values["scopes"],
+                public=current.public or values["token_endpoint_auth_method"] == NONE))
             if update.scopes is not None:
                 await require_catalog_scopes(conn, values["scopes"])
             row = await conn.fetchrow(

@@ -136,11 +136,17 @@ def _check_words(label: str, values: tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(values))
 
 
-def check_exchange_policy(policy: TokenExchangePolicy | None, client_scopes: list[str]) -> TokenExchangePolicy | None:
+def check_exchange_policy(policy: TokenExchangePolicy | None, client_scopes: list[str], *,
+                          public: bool) -> TokenExchangePolicy | None:
     """RFC 8693: known subject token types, scopes the client itself has (an exchange never
-    yields more than the client may hold), plausible provider names and audiences."""
+    yields more than the client may hold), plausible provider names and audiences. Only a
+    confidential client may have a policy: a public one (method none) authenticates nobody,
+    so anyone holding a provider's token could exchange it as that client (RFC 8693 §5)."""
     if policy is None:
         return None
+    if public:
+        raise InvalidArgument("token exchange: a public client (token_endpoint_auth_method none) cannot have a"
+                              " token-exchange policy; clear the policy or use a confidential client")
     unknown = [t for t in policy.subject_token_types if t not in EXCHANGE_TOKEN_TYPES]
     if unknown:
         raise InvalidArgument(f"token exchange: unsupported subject token types; use {', '.join(EXCHANGE_TOKEN_TYPES)}")

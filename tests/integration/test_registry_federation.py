@@ -207,6 +207,16 @@ async def test_a_token_exchange_policy_round_trips_and_is_bounded_by_the_clients
     assert cleared.token_exchange is None
 
 
+async def test_a_public_client_is_refused_a_token_exchange_policy_on_create_and_update(registry):
+    public = dict(public=True, grant_types=["authorization_code"], redirect_uris=["https://spa.example/cb"])
+    with pytest.raises(InvalidArgument, match="public client"):
+        await registry.create_client(ClientSpec(name="spa", **public, token_exchange=TokenExchangePolicy()))
+    spa, _ = await registry.create_client(ClientSpec(name="spa", **public))
+    with pytest.raises(InvalidArgument, match="public client"):
+        await registry.update_client(spa.client_id, ClientUpdate(token_exchange=TokenExchangePolicy()))
+    assert (await registry.get_client(spa.client_id)).token_exchange is None
+
+
 # --- used jtis -----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -118,14 +118,19 @@ def test_keys_only_for_private_key_jwt_and_exactly_one_source():
 
 def test_an_exchange_policy_is_checked():
     policy = TokenExchangePolicy(subject_token_types=(TOKEN_TYPE_ID_TOKEN,), scopes=("a",), providers=("okta",))
-    assert check_exchange_policy(policy, ["a", "b"]) == policy
-    assert check_exchange_policy(None, []) is None
+    assert check_exchange_policy(policy, ["a", "b"], public=False) == policy
+    assert check_exchange_policy(None, [], public=True) is None
     for bad, why in ((TokenExchangePolicy(subject_token_types=("urn:ietf:params:oauth:token-type:saml2",)), "types"),
                      (TokenExchangePolicy(scopes=("c",)), "does not have"),
                      (TokenExchangePolicy(providers=("has space",)), "providers"),
                      (TokenExchangePolicy(audiences=("",)), "audiences")):
         with pytest.raises(InvalidArgument, match=why):
-            check_exchange_policy(bad, ["a", "b"])
+            check_exchange_policy(bad, ["a", "b"], public=False)
+
+
+def test_a_public_client_cannot_have_a_token_exchange_policy():
+    with pytest.raises(InvalidArgument, match="public client"):
+        check_exchange_policy(TokenExchangePolicy(scopes=("a",)), ["a"], public=True)
 
 
 def test_a_sealed_secret_opens_only_for_its_own_label_and_under_any_listed_kek():
