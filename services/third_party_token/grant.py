@@ -99,17 +99,20 @@ class TokenExchangeGrant:
         scopes = self._scopes(requested, client, policy, subject_at.scopes if isinstance(subject_at, Party)
                               else tuple(subject_at[0].scopes))
         subject = await self._verified(subject_at, wanted.subject_token, "subject")
-        act = None
+        act, actor = None, None
         if actor_at is not None:
             actor = await self._verified(actor_at, wanted.actor_token, "actor")
             act = token_exchange.act_claim(actor.subject, self.issuer_url, prior=subject.act)
         elif subject.act:
             act = subject.act  # impersonation of a token issued by delegation: its actor stays named
         lifetime = client.access_token_lifetime
-        if subject.expires_at:
-            lifetime = min(lifetime, subject.expires_at - int(self.clock()))
-            if lifetime <= 0:
-                raise InvalidGrant(TOKEN_REFUSED, detail="the subject token expires now")
+        # The new token outlives neither Inbound token it derives from: not the subject's, and
+        # not the actor's, whose delegation would otherwise outlast it (RFC 8693 §1.1).
+        for role, party in (("subject", subject), ("actor", actor)):
+            if party is not None and party.expires_at:
+                lifetime = min(lifetime, party.expires_at - int(self.clock()))
+                if lifetime <= 0:
+                    raise InvalidGrant(TOKEN_REFUSED, detail=f"the {role} token expires now")
         jwt_asked = wanted.requested_token_type == token_exchange.JWT_TOKEN_TYPE
         token = await self.issuer.issue(IssueRequest(
             client_id=client.client_id, subject=subject.subject, username=subject.username, scopes=tuple(scopes),

@@ -326,6 +326,12 @@ async def test_an_actor_token_makes_act_with_the_prior_chain_nested():
     assert response.issued_token_type == tx.JWT_TOKEN_TYPE
 
 
+async def test_our_own_actor_token_is_never_outlived():
+    runner, issuer, *_ = setup(infos={OWN: own(exp_in=120)})
+    await exchange(runner, actor_token=OWN, actor_token_type=tx.ACCESS_TOKEN_TYPE)  # subject: an IdP's token
+    assert 0 < issuer.requests[-1].lifetime_seconds <= 120
+
+
 async def test_a_bad_actor_token_is_invalid_grant():
     runner, issuer, *_ = setup()
     with pytest.raises(InvalidGrant):
