@@ -9,10 +9,12 @@ import grpc
 
 from inbound.issuer.v1 import issuer_pb2 as pb
 from inbound.issuer.v1 import issuer_pb2_grpc
+from inboundlib import authz
 from inboundlib.grpcx import infrastructure_error
 from inboundlib.logs import request_id_var
-from inboundlib.oauth.errors import OAuthError, ServerError, TemporarilyUnavailable
+from inboundlib.oauth.errors import KeysPending, OAuthError, ServerError, TemporarilyUnavailable
 from inboundlib.wire import credentials_from_pb, error_to_pb, expired, item_budget
+from services import access
 from services.token_issuer.api import FORMAT_JWT, FORMAT_OPAQUE, IssueRequest, KeyInfo
 from services.token_issuer.introspection import TokenChecker
 from services.token_issuer.issuer import TokenIssuer
@@ -41,6 +43,10 @@ async def _per_item(meta, work):
         with item_budget(meta):
             return await work()
     except OAuthError as exc:
+        if isinstance(exc, KeysPending) and not authz.admitted(access.EDGE):
+            # keys_pending is internal: only the edge sends the request again (its _answered
+            # loop); a resource server or another service is told to retry later (RFC 6749 §5.2).
+            exc = TemporarilyUnavailable(detail=exc.detail)
         log.info("request refused", extra={"error": exc.code, "detail": exc.detail})
         return error_to_pb(exc)
     except Exception as exc:

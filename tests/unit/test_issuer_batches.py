@@ -7,10 +7,13 @@ import os
 import time
 
 import jwt
+import pytest
 
 from inbound.common.v1 import common_pb2
 from inbound.issuer.v1 import issuer_pb2 as pb
+from inboundlib import authz, identity
 from inboundlib.oauth.client_auth import CLIENT_SECRET_BASIC, ClientCredentials, hash_client_secret
+from inboundlib.oauth.errors import KeysPending
 from inboundlib.wire import credentials_to_pb
 from services.token_issuer.introspection import TokenChecker
 from services.token_issuer.keys import KeyEncryptor, KeyRing, new_key_record, open_key_record
@@ -94,3 +97,25 @@ async def test_items_out_of_time_are_answered_without_work():
         pb.RevokeRequest(meta=meta(-1), token=mint("a"), caller=caller("a"))]), None)).results
     assert issued[0].error.code == "temporarily_unavailable" and revoked[0].error.code == "temporarily_unavailable"
     assert issuer.requests == [] and source.lookups == [] and registry.revocation_rows == []
+
+
+@pytest.mark.parametrize("who, code", [
+    (identity.service("edge"), "keys_pending"),  # the edge sends the request again
+    (identity.resource_server("api"), "temporarily_unavailable"),
+    (identity.service("authorization_code"), "temporarily_unavailable"),
+])
+async def test_keys_pending_reaches_only_the_edge_as_such(who, code):
+    svc, _, _ = servicer()
+
+    async def pending(*args, **kwargs):
+        raise KeysPending(detail="the caller's jwks_uri is being fetched")
+    svc.checker.introspect = svc.checker.revoke = pending
+    token = authz.caller_var.set(who)
+    try:
+        introspected = await svc.Introspect(pb.IntrospectBatch(requests=[
+            pb.IntrospectRequest(meta=meta(), token=mint("a"), caller=caller("a"))]), None)
+        revoked = await svc.Revoke(pb.RevokeBatch(requests=[
+            pb.RevokeRequest(meta=meta(), token=mint("a"), caller=caller("a"))]), None)
+    finally:
+        authz.caller_var.reset(token)
+    assert introspected.results[0].error.code == code and revoked.results[0].error.code == code
