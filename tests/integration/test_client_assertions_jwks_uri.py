@@ -59,3 +59,33 @@ async def test_keys_at_a_jwks_uri_are_fetched_while_the_edge_waits(stack, regist
             reply = await token(http)
             assert reply.status_code == 200, reply.text
         assert fetched >= 1 and idp.fetches["/jwks"] == fetched, "the second used the cached keys"
+
+
+async def test_introspection_by_a_client_whose_keys_are_coming_is_sent_again_by_the_edge(stack, registry):
+    # token_issuer answers keys_pending as such to the edge alone (others: temporarily_unavailable):
+    # over the stack's mTLS, the edge's identity must be the one it recognises.
+    from services.client_registry.api import ClientSpec
+
+    async with DemoIdp(stack.ca) as idp:
+        idp.hold = asyncio.Event()
+        client, _ = await registry.create_client(ClientSpec(
+            name="pk-jwks-uri-introspect", grant_types=["client_credentials"], scopes=[],
+            token_endpoint_auth_method=PRIVATE_KEY_JWT, jwks_uri=idp.jwks_uri))
+        now = int(time.time())
+        signed = idp.mint({"iss": client.client_id, "sub": client.client_id,
+                           "aud": stack.edge_url + "/oauth/introspect", "iat": now, "exp": now + 60,
+                           "jti": str(uuid.uuid4())}, alg="ES256")
+        metric = RETRIES.replace('"token"', '"introspect"')
+        async with httpx.AsyncClient(base_url=stack.edge_url, timeout=10) as http:
+            async def edge_retries() -> float:
+                lines = [line for line in (await http.get(stack.metrics_url("edge"))).text.splitlines()
+                         if line.startswith(metric)]
+                return float(lines[0].split()[-1]) if lines else 0.0
+
+            before = await edge_retries()
+            first = asyncio.create_task(http.post("/oauth/introspect", data={
+                "token": "not-a-token", "client_assertion_type": JWT_ASSERTION_TYPE, "client_assertion": signed}))
+            await eventually(edge_retries, until=lambda n: n > before)
+            idp.hold.set()
+            reply = await first
+        assert reply.status_code == 200 and reply.json() == {"active": False}, reply.text
