@@ -30,7 +30,7 @@ from inboundlib.cache import CacheSettings, Invalidation, ReadThroughCache, regi
 from inboundlib.config import Env
 from inboundlib.events import ENTITY_PROVIDER, ENTITY_USER, USER_CHANGED, EventBus
 from inboundlib.jose.fetch import DiscoveredKeys, Fetcher
-from inboundlib.jose.validator import InvalidJwt, JwtPolicy, JwtValidator, unverified_claims
+from inboundlib.jose.validator import InvalidJwt, JwtPolicy, JwtValidator, unverified_issuer
 from services.client_registry.api import FederatedUsers, InvalidArgument, OidcProvider, ProviderStore, UserRecord
 
 log = logging.getLogger(__name__)
@@ -214,11 +214,9 @@ class ForeignTokenVerifier:
     async def provider_of(self, token: str) -> tuple[OidcProvider, DiscoveredKeys]:
         """The active provider registered for the token's `iss` (read unverified: routing only)."""
         try:
-            iss = unverified_claims(token).get("iss")
+            iss = unverified_issuer(token)
         except InvalidJwt as exc:
             raise Refused(exc.reason) from None
-        if not isinstance(iss, str) or not iss:
-            raise Refused("no iss")
         found = await self.directory.provider(iss)
         if found is None:
             raise Refused(f"no provider registered for issuer {redact.unverified(iss)}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -120,6 +121,24 @@ def unverified_claims(token: str) -> dict[str, Any]:
         raise InvalidJwt("malformed token (claims are not an object)")
     _check_text(claims)
     return claims
+
+
+# An issuer identifier is a URL (RFC 8414 §2); one longer than this, or with a control
+# character, names no trust we store and is refused before any lookup.
+MAX_ISSUER = 2000
+_NOT_ISSUER_TEXT = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def unverified_issuer(token: str) -> str:
+    """The token's `iss`, UNVERIFIED: for routing only (which integration or provider should
+    vouch for it). InvalidJwt when there is none usable: absent, not a non-empty string, too
+    long, or holding a control character (a NUL would reach a database lookup)."""
+    issuer = unverified_claims(token).get("iss")
+    if not isinstance(issuer, str) or not issuer:
+        raise InvalidJwt("the token has no iss")
+    if len(issuer) > MAX_ISSUER or _NOT_ISSUER_TEXT.search(issuer):
+        raise InvalidJwt(f"the token's iss is no issuer ({unverified(issuer)})")
+    return issuer
 
 
 def _check_text(claims: dict) -> None:
