@@ -307,17 +307,14 @@ def render(results: dict) -> list[str]:
             run_ = data.get(kind)
             if not run_:
                 continue
-            cpu_ms = run_["server_cpu_us_per_ok"] / 1000 if run_.get("server_cpu_us_per_ok") else None
-            w(f"{label + ', ' + names.get(mode, mode):<58}{run_['ok_per_s']:>9.1f}{_f(run_.get('per_core_s'), '{:.1f}'):>9}"
-              f"{_f(cpu_ms, '{:.2f}'):>9}{run_['p50_us'] / 1000:>9.2f}{run_['p99_us'] / 1000:>9.2f}{run_['non2xx']:>8,}")
+            w(operation_row(label + ", " + names.get(mode, mode), run_["ok_per_s"], run_.get("per_core_s"),
+                            run_.get("server_cpu_us_per_ok"), run_["p50_us"], run_["p99_us"], run_["non2xx"]))
             parts = ", ".join(f"{n} {v / 1000:.2f}" for n, v in run_["cpu_us_per_ok"].items() if v)
             w(f"    {data['connections']} browsers in flight; Inbound's processes alone: "
               f"{_f(run_.get('per_inbound_core_s'), '{:.1f}')}/s/core; CPU ms per op: {parts}")
-        cc = (results.get(mode) or {}).get("jwt")
-        if cc and cc.get("server_cpu_us_per_ok"):
-            w(f"{'client_credentials JWT, same stack and run, ' + names.get(mode, mode):<58}{cc['ok_per_s']:>9.1f}"
-              f"{1e6 / cc['server_cpu_us_per_ok']:>9.1f}{cc['server_cpu_us_per_ok'] / 1000:>9.2f}"
-              f"{cc['p50_us'] / 1000:>9.2f}{cc['p99_us'] / 1000:>9.2f}{cc['non2xx']:>8,}")
+        cc_row = client_credentials_row(results, mode, names.get(mode, mode))
+        if cc_row:
+            w(cc_row)
     w(f"  scope {SCOPE!r}: an ES256 access token, a refresh token and an RS256 ID token per flow; the load generator "
       f"(Python httpx) is not counted")
     w("")
@@ -337,4 +334,21 @@ def render(results: dict) -> list[str]:
 
 def _f(value, fmt: str = "{:,.0f}", none: str = "—") -> str:
     return none if value is None else fmt.format(value)
+
+
+def operation_row(label: str, ok_per_s: float, per_core_s: float | None, cpu_us_per_ok: float | None,
+                  p50_us: float, p99_us: float, failed: int) -> str:
+    """One row of the browser's and federation's tables: ops/s, /s/core, CPU ms, p50 ms, p99 ms, failed."""
+    cpu_ms = cpu_us_per_ok / 1000 if cpu_us_per_ok else None
+    return (f"{label:<58}{ok_per_s:>9.1f}{_f(per_core_s, '{:.1f}'):>9}{_f(cpu_ms, '{:.2f}'):>9}"
+            f"{p50_us / 1000:>9.2f}{p99_us / 1000:>9.2f}{failed:>8,}")
+
+
+def client_credentials_row(results: dict, mode: str, name: str) -> str | None:
+    """The same stack's client_credentials JWT run as a row of those tables (None: not measured)."""
+    cc = (results.get(mode) or {}).get("jwt")
+    if not cc or not cc.get("server_cpu_us_per_ok"):
+        return None
+    return operation_row("client_credentials JWT, same stack and run, " + name, cc["ok_per_s"], _per_core(cc),
+                         cc["server_cpu_us_per_ok"], cc["p50_us"], cc["p99_us"], cc["non2xx"])
 

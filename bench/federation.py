@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlencode
 
-from bench.codeflow import _div, _f, _per_core
+from bench.codeflow import _div, _f, _per_core, client_credentials_row, operation_row
 from services.client_registry.api import GRANT_JWT_BEARER, GRANT_TOKEN_EXCHANGE
 
 ID_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"
@@ -346,26 +346,20 @@ def render(results: dict) -> list[str]:
             run_ = data.get(kind)
             if not run_:
                 continue
-            cpu_ms = run_["server_cpu_us_per_ok"] / 1000 if run_.get("server_cpu_us_per_ok") else None
-            w(f"{label + ', ' + names.get(mode, mode):<58}{run_['ok_per_s']:>9.1f}"
-              f"{_f(run_.get('per_core_s'), '{:.1f}'):>9}{_f(cpu_ms, '{:.2f}'):>9}{run_['p50_us'] / 1000:>9.2f}"
-              f"{run_['p99_us'] / 1000:>9.2f}{run_['non2xx']:>8,}")
+            w(operation_row(label + ", " + names.get(mode, mode), run_["ok_per_s"], run_.get("per_core_s"),
+                            run_.get("server_cpu_us_per_ok"), run_["p50_us"], run_["p99_us"], run_["non2xx"]))
             parts = ", ".join(f"{n} {v / 1000:.2f}" for n, v in run_["cpu_us_per_ok"].items() if v and v >= 10)
             w(f"    {run_['connections']} connections; Inbound's processes alone: "
               f"{_f(run_.get('per_inbound_core_s'), '{:.1f}')}/s/core; CPU ms per op: {parts}")
         for intro_mode, run_ in (data.get("introspection") or {}).items():
-            cpu = run_["server_cpu_us_per_ok"]
-            w(f"{run_['label'] + ', ' + names.get(mode, mode):<58}{run_['ok_per_s']:>9.1f}"
-              f"{_f(_per_core(run_), '{:.1f}'):>9}{_f(cpu / 1000 if cpu else None, '{:.2f}'):>9}"
-              f"{run_['p50_us'] / 1000:>9.2f}{run_['p99_us'] / 1000:>9.2f}{run_['failed']:>8,}")
+            w(operation_row(run_["label"] + ", " + names.get(mode, mode), run_["ok_per_s"], _per_core(run_),
+                            run_["server_cpu_us_per_ok"], run_["p50_us"], run_["p99_us"], run_["failed"]))
             parts = ", ".join(f"{n} {v / 1000:.2f}" for n, v in run_["cpu_us_per_ok"].items() if v and v >= 10)
             w(f"    {results['meta'].get('grpc_concurrency', '?')} in flight, {run_['tokens']:,} tokens, keys warm; "
               f"CPU ms per call: {parts}")
-        cc = (results.get(mode) or {}).get("jwt")
-        if cc and cc.get("server_cpu_us_per_ok"):
-            w(f"{'client_credentials JWT, same stack and run, ' + names.get(mode, mode):<58}{cc['ok_per_s']:>9.1f}"
-              f"{1e6 / cc['server_cpu_us_per_ok']:>9.1f}{cc['server_cpu_us_per_ok'] / 1000:>9.2f}"
-              f"{cc['p50_us'] / 1000:>9.2f}{cc['p99_us'] / 1000:>9.2f}{cc['non2xx']:>8,}")
+        cc_row = client_credentials_row(results, mode, names.get(mode, mode))
+        if cc_row:
+            w(cc_row)
     rs256_verify = (results.get("verifying_rs256") or {}).get("cpu_us_per_token")
     w(f"  assertions ES256 (a key of the bench, inline JWKS), the provider's tokens RS256 (services/demo_idp.py, "
       f"raw RS256 verify {_f(rs256_verify, '{:.0f}')} µs); each grant's assertion or token used once; the load "
