@@ -17,7 +17,8 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -28,6 +29,7 @@ from inboundlib.db import UNAVAILABLE_ERRORS
 from inboundlib.logs import request_id_var
 from inboundlib.metrics import RPC_SECONDS
 from inboundlib.oauth.errors import OAuthError, ServerError, TemporarilyUnavailable
+from inboundlib.wire import expired, item_budget
 
 log = logging.getLogger(__name__)
 
@@ -299,3 +301,36 @@ def infrastructure_error(exc: BaseException) -> OAuthError:
     if is_unavailable(exc):
         return TemporarilyUnavailable(detail=type(exc).__name__)
     return ServerError(detail=type(exc).__name__)
+
+
+T = TypeVar("T")
+
+
+async def answer_item(meta, work: Callable[[], Awaitable[T]], *, what: str = "request") -> T | OAuthError:
+    """One item of a batched RPC, answered on its own (DESIGN.md: one item never fails its
+    batch neighbours): refused at once when its budget has passed, else run within it with
+    its request id in the log context. An OAuthError is returned as data, and so is anything
+    else that goes wrong (infrastructure_error, logged here as `what` failed); never raises."""
+    token = request_id_var.set(meta.request_id)
+    try:
+        if expired(meta):
+            raise TemporarilyUnavailable(detail="no time left before handling")
+        with item_budget(meta):
+            return await work()
+    except OAuthError as exc:
+        return exc
+    except Exception as exc:
+        error = infrastructure_error(exc)
+        if isinstance(error, ServerError):
+            log.exception(f"{what} failed")
+        else:
+            log.warning(f"{what} failed: a dependency is unavailable", extra={"detail": error.detail})
+        return error
+    finally:
+        request_id_var.reset(token)
+
+
+async def check_batch_size(context, items, max_batch: int) -> None:
+    """A batch larger than the server takes is the caller's bug: INVALID_ARGUMENT for the call."""
+    if len(items) > max_batch:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {max_batch} requests a call")

@@ -37,7 +37,7 @@ from inbound.federation.v1 import federation_pb2_grpc
 from inboundlib.batching import Coalescer
 from inboundlib.config import Env
 from inboundlib.grants.client import GrantClient
-from inboundlib.grpcx import infrastructure_error, is_unavailable
+from inboundlib.grpcx import answer_item, check_batch_size, is_unavailable
 from inboundlib.jose.fetch import Fetcher, RemoteKeys
 from inboundlib.jose.keys import HMAC_MIN_BYTES, KeySet, StaticKeys
 from inboundlib.jose.validator import DEFAULT_SKEW, InvalidJwt, JwtPolicy, JwtValidator
@@ -50,12 +50,10 @@ from inboundlib.oauth.client_auth import (
     ClientAssertion,
     registered_method,
 )
-from inboundlib.oauth.errors import InvalidClient, OAuthError, ServerError, TemporarilyUnavailable
+from inboundlib.oauth.errors import InvalidClient
 from inboundlib.wire import (
     error_from_pb,
     error_to_pb,
-    expired,
-    item_budget,
     meta,
     method_from_pb,
     method_to_pb,
@@ -235,29 +233,19 @@ class ClientAssertionsServicer(federation_pb2_grpc.ClientAssertionsServicer):
         self.checker = checker
 
     async def _one(self, item: pb.VerifyClientAssertionRequest) -> pb.VerifyClientAssertionResult:
-        token = request_id_var.set(item.meta.request_id)
-        try:
-            if expired(item.meta):
-                raise TemporarilyUnavailable(detail="no time left before verifying")
+        async def work():
             method = method_from_pb(item.method)
-            with item_budget(item.meta):
-                await self.checker.verify_client_assertion(ClientAssertion(
-                    client_id=item.client_id, method=method or "", assertion=item.client_assertion,
-                    endpoint_url=item.endpoint_url, request_id=item.meta.request_id))
+            await self.checker.verify_client_assertion(ClientAssertion(
+                client_id=item.client_id, method=method or "", assertion=item.client_assertion,
+                endpoint_url=item.endpoint_url, request_id=item.meta.request_id))
+
+        refusal = await answer_item(item.meta, work, what="client assertion check")
+        if refusal is None:
             return pb.VerifyClientAssertionResult()
-        except OAuthError as exc:
-            return pb.VerifyClientAssertionResult(error=error_to_pb(exc), detail=exc.detail)
-        except Exception as exc:
-            error = infrastructure_error(exc)
-            if isinstance(error, ServerError):
-                log.exception("client assertion check failed")
-            return pb.VerifyClientAssertionResult(error=error_to_pb(error), detail=error.detail)
-        finally:
-            request_id_var.reset(token)
+        return pb.VerifyClientAssertionResult(error=error_to_pb(refusal), detail=refusal.detail)
 
     async def Verify(self, request, context):
-        if len(request.requests) > MAX_BATCH:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_BATCH} requests a call")
+        await check_batch_size(context, request.requests, MAX_BATCH)
         results = await asyncio.gather(*(self._one(item) for item in request.requests))
         return pb.VerifyClientAssertionResults(results=results)
 

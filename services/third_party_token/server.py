@@ -9,10 +9,9 @@ import grpc
 
 from inbound.federation.v1 import federation_pb2 as pb
 from inbound.federation.v1 import federation_pb2_grpc
-from inboundlib.grpcx import infrastructure_error
-from inboundlib.logs import request_id_var
-from inboundlib.oauth.errors import KeysPending, OAuthError, ServerError, TemporarilyUnavailable
-from inboundlib.wire import error_to_pb, expired, item_budget
+from inboundlib.grpcx import answer_item, check_batch_size
+from inboundlib.oauth.errors import KeysPending, OAuthError, TemporarilyUnavailable
+from inboundlib.wire import error_to_pb
 from services.third_party_token.api import ForeignTokensApi
 from services.token_issuer.wire import info_to_pb
 
@@ -27,32 +26,19 @@ class ForeignTokensServicer(federation_pb2_grpc.ForeignTokensServicer):
         self.tokens = tokens
 
     async def _one(self, item: pb.ForeignIntrospectRequest) -> pb.ForeignIntrospectResult:
-        token = request_id_var.set(item.meta.request_id)
-        try:
-            if expired(item.meta):
-                raise TemporarilyUnavailable(detail="no time left before handling")
-            with item_budget(item.meta):
-                info = await self.tokens.introspect_foreign(item.token, request_id=item.meta.request_id)
-            return pb.ForeignIntrospectResult(info=info_to_pb(info))
-        except KeysPending:
+        async def work():
+            return await self.tokens.introspect_foreign(item.token, request_id=item.meta.request_id)
+
+        outcome = await answer_item(item.meta, work, what="foreign token introspection")
+        if isinstance(outcome, KeysPending):
             # A gRPC caller cannot wait for the provider's keys: it tries again later.
-            return pb.ForeignIntrospectResult(error=error_to_pb(TemporarilyUnavailable()))
-        except OAuthError as exc:
-            return pb.ForeignIntrospectResult(error=error_to_pb(exc))
-        except Exception as exc:
-            error = infrastructure_error(exc)
-            if isinstance(error, ServerError):
-                log.exception("foreign token introspection failed")
-            else:
-                log.warning("foreign token introspection failed: a dependency is unavailable",
-                            extra={"detail": error.detail})
-            return pb.ForeignIntrospectResult(error=error_to_pb(error))
-        finally:
-            request_id_var.reset(token)
+            outcome = TemporarilyUnavailable()
+        if isinstance(outcome, OAuthError):
+            return pb.ForeignIntrospectResult(error=error_to_pb(outcome))
+        return pb.ForeignIntrospectResult(info=info_to_pb(outcome))
 
     async def Introspect(self, request, context):
-        if len(request.requests) > MAX_BATCH:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_BATCH} requests a call")
+        await check_batch_size(context, request.requests, MAX_BATCH)
         return pb.ForeignIntrospectResults(results=await asyncio.gather(*(self._one(i) for i in request.requests)))
 
 

@@ -10,10 +10,9 @@ import grpc
 from inbound.issuer.v1 import issuer_pb2 as pb
 from inbound.issuer.v1 import issuer_pb2_grpc
 from inboundlib import authz
-from inboundlib.grpcx import infrastructure_error
-from inboundlib.logs import request_id_var
-from inboundlib.oauth.errors import KeysPending, OAuthError, ServerError, TemporarilyUnavailable
-from inboundlib.wire import credentials_from_pb, error_to_pb, expired, item_budget
+from inboundlib.grpcx import answer_item, check_batch_size
+from inboundlib.oauth.errors import KeysPending, OAuthError, TemporarilyUnavailable
+from inboundlib.wire import credentials_from_pb, error_to_pb
 from services import access
 from services.token_issuer.api import FORMAT_JWT, FORMAT_OPAQUE, IssueRequest, KeyInfo
 from services.token_issuer.introspection import TokenChecker
@@ -33,31 +32,16 @@ def key_to_pb(k: KeyInfo) -> pb.SigningKeyInfo:
 
 
 async def _per_item(meta, work):
-    """Run one batch item within its own budget, with its request id in the log
-    context. OAuth errors become data, and so does anything else that goes wrong:
-    one item never fails its batch neighbours."""
-    token = request_id_var.set(meta.request_id)
-    try:
-        if expired(meta):
-            raise TemporarilyUnavailable(detail="deadline passed before handling")
-        with item_budget(meta):
-            return await work()
-    except OAuthError as exc:
-        if isinstance(exc, KeysPending) and not authz.admitted(access.EDGE):
-            # keys_pending is internal: only the edge sends the request again (its _answered
-            # loop); a resource server or another service is told to retry later (RFC 6749 §5.2).
-            exc = TemporarilyUnavailable(detail=exc.detail)
-        log.info("request refused", extra={"error": exc.code, "detail": exc.detail})
-        return error_to_pb(exc)
-    except Exception as exc:
-        error = infrastructure_error(exc)
-        if isinstance(error, ServerError):
-            log.exception("request failed")
-        else:
-            log.warning("request failed: a dependency is unavailable", extra={"detail": error.detail})
-        return error_to_pb(error)
-    finally:
-        request_id_var.reset(token)
+    """One batch item (inboundlib.grpcx.answer_item), its OAuth error as data: keys_pending
+    is internal, so only the edge gets it (its _answered loop sends the request again); a
+    resource server or another service is told to retry later (RFC 6749 §5.2)."""
+    outcome = await answer_item(meta, work)
+    if not isinstance(outcome, OAuthError):
+        return outcome
+    if isinstance(outcome, KeysPending) and not authz.admitted(access.EDGE):
+        outcome = TemporarilyUnavailable(detail=outcome.detail)
+    log.info("request refused", extra={"error": outcome.code, "detail": outcome.detail})
+    return error_to_pb(outcome)
 
 
 class TokenIssuerServicer(issuer_pb2_grpc.TokenIssuerServicer):
@@ -106,17 +90,13 @@ class TokenIssuerServicer(issuer_pb2_grpc.TokenIssuerServicer):
         outcome = await _per_item(item.meta, work)
         return pb.RevokeResult(error=outcome) if outcome is not None else pb.RevokeResult()
 
-    async def _check_batch(self, context, items) -> None:
-        if len(items) > MAX_BATCH:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_BATCH} requests a call")
-
     async def Introspect(self, request, context):
-        await self._check_batch(context, request.requests)
+        await check_batch_size(context, request.requests, MAX_BATCH)
         return pb.IntrospectResults(results=await asyncio.gather(
             *(self._introspect_one(item) for item in request.requests)))
 
     async def Revoke(self, request, context):
-        await self._check_batch(context, request.requests)
+        await check_batch_size(context, request.requests, MAX_BATCH)
         return pb.RevokeResults(results=await asyncio.gather(*(self._revoke_one(item) for item in request.requests)))
 
     async def RevokeClientTokens(self, request, context):
@@ -126,7 +106,7 @@ class TokenIssuerServicer(issuer_pb2_grpc.TokenIssuerServicer):
         return pb.RevokeClientTokensResponse(revoked_before=cut_off_ms // 1000, revoked_before_unix_ms=cut_off_ms)
 
     async def Issue(self, request, context):
-        await self._check_batch(context, request.requests)
+        await check_batch_size(context, request.requests, MAX_BATCH)
         results = await asyncio.gather(*(self._issue_one(item) for item in request.requests))
         return pb.IssueResults(results=results)
 
